@@ -1,0 +1,200 @@
+//! The command line, and nothing else: clap definitions whose doc comments are the
+//! `--help` text. Values are validated into a `Config` in `config.rs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0        done / ready
+  1        the migration or the external migrator failed; other runtime errors
+  2        usage or configuration error (bad flag, bad URL, unreadable source,
+           authentication refused): retrying will not help
+  3        wait: the expected version is recorded as failed
+  4        drift: applied migrations differ from the source (checksum mismatch,
+           unknown applied version, dirty state)
+  124      timed out (connect, lock, wait)
+  130/143  interrupted by SIGINT / SIGTERM (the run is rolled back or recorded as failed)
+
+Every flag can also be set as SCHEMAGATE_<FLAG> (for example SCHEMAGATE_LOCK_WAIT=5m).";
+
+/// Apply schema migrations under a crash-safe database lock, and gate applications on the
+/// schema version they were built for.
+///
+/// Run `migrate` once per rollout (a Kubernetes Job, a Compose service, or in every replica:
+/// only one applies, the rest wait or exit at once), and `wait` in front of every app
+/// container (an initContainer, a `depends_on` service or an entrypoint wrapper).
+#[derive(Debug, Parser)]
+#[command(name = "schemagate", version, after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations under the lock, then record a completion marker.
+    ///
+    /// When a `succeeded` marker for this version (and source digest) exists, exits 0 after
+    /// one query without taking the lock: that is what every replica pays at every start.
+    ///
+    /// Examples:
+    ///   schemagate migrate --source ./migrations
+    ///   schemagate migrate --source ./migrations --dry-run
+    #[command(verbatim_doc_comment)]
+    Migrate(MigrateArgs),
+    /// Exit 0 once the expected schema version is present; optionally exec a command.
+    ///
+    /// Ready when the newest marker for the expected version is `succeeded` (with
+    /// `--source`, its digest must match), or, with `--source`, when every migration there
+    /// is recorded as applied (the database is at or ahead of this build).
+    ///
+    /// Examples:
+    ///   schemagate wait --expect 20240115093000
+    ///   schemagate wait --source ./migrations --timeout 5m
+    ///   schemagate wait --expect 20240115093000 --once      # a healthcheck
+    #[command(verbatim_doc_comment)]
+    Wait(WaitArgs),
+    /// Show marker history, applied and pending migrations, dirty state and the lock holder.
+    ///
+    /// Examples:
+    ///   schemagate status
+    ///   schemagate status --source ./migrations --json
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
+}
+
+/// How to reach the database and which marker and lock to use.
+#[derive(Debug, Args, Clone)]
+pub struct ConnectArgs {
+    /// Database URL: postgres://, postgresql://, mysql://, mariadb:// or sqlite://.
+    /// Falls back to DATABASE_URL.
+    #[arg(long, env = "SCHEMAGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Read the database URL from this file (a mounted secret); surrounding white space is
+    /// ignored.
+    #[arg(long, env = "SCHEMAGATE_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    pub database_url_file: Option<PathBuf>,
+
+    /// The marker table; `schema.table` is allowed. Created by `migrate` when missing.
+    #[arg(long, env = "SCHEMAGATE_TABLE", default_value = "schemagate_marker")]
+    pub table: String,
+
+    /// The name the migration lock is derived from. Runs that share it exclude each other.
+    /// Defaults to the marker table's name.
+    #[arg(long, env = "SCHEMAGATE_LOCK_NAME")]
+    pub lock_name: Option<String>,
+
+    /// Give up connecting after this long (transient errors are retried with jittered
+    /// backoff until then; authentication errors fail at once).
+    #[arg(long, env = "SCHEMAGATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Log format on stderr.
+    #[arg(long, env = "SCHEMAGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Write a one-line JSON result here on exit (default: /dev/termination-log when it
+    /// exists, so `kubectl describe` shows why a pod stopped).
+    #[arg(long, env = "SCHEMAGATE_TERMINATION_LOG")]
+    pub termination_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Directory of SQL migrations (sqlx layout: `<VERSION>_<description>.sql`, or
+    /// `.up.sql`/`.down.sql`; `-- no-transaction` as the first line runs a file outside a
+    /// transaction).
+    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    pub source: PathBuf,
+
+    /// Give up waiting for the lock after this long (exit 124).
+    #[arg(long, env = "SCHEMAGATE_LOCK_WAIT", default_value = "10m", value_parser = parse_duration)]
+    pub lock_wait: Duration,
+
+    /// Print what would be applied and change nothing.
+    #[arg(long, env = "SCHEMAGATE_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// The schema version to wait for (as written in the marker).
+    #[arg(long, env = "SCHEMAGATE_EXPECT", required_unless_present = "source", conflicts_with = "source")]
+    pub expect: Option<String>,
+
+    /// Wait for the newest migration in this directory, with a matching digest (or for all
+    /// of them to be recorded as applied).
+    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    pub source: Option<PathBuf>,
+
+    /// Give up after this long (exit 124).
+    #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Time between checks (jittered by up to 20%).
+    #[arg(long, env = "SCHEMAGATE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Hold one connection and LISTEN for the marker (PostgreSQL): wakes at commit.
+    /// Polling continues as a fallback.
+    #[arg(long, env = "SCHEMAGATE_LISTEN")]
+    pub listen: bool,
+
+    /// Check once and exit: 0 ready, 1 not yet (for a Compose healthcheck).
+    #[arg(long, env = "SCHEMAGATE_ONCE", conflicts_with = "listen")]
+    pub once: bool,
+
+    /// Keep waiting when the newest marker for the version is `failed` (a retry may fix it).
+    #[arg(long, env = "SCHEMAGATE_IGNORE_FAILED")]
+    pub ignore_failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Compare the database with this migrations directory (applied, pending, drift).
+    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    pub source: Option<PathBuf>,
+
+    /// Print one JSON document instead of text.
+    #[arg(long, env = "SCHEMAGATE_JSON")]
+    pub json: bool,
+
+    /// How many markers to show, newest first.
+    #[arg(long, env = "SCHEMAGATE_LIMIT", default_value_t = 20)]
+    pub limit: u32,
+}
+
+/// Humane durations: `30s`, `10m`, `1h 30m`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (try 30s, 10m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

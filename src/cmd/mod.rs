@@ -1,0 +1,18 @@
+//! One file per subcommand. Each takes a validated `Config` and returns an `Outcome` that
+//! `main` turns into the exit code and the termination-log line.
+
+pub mod migrate;
+pub mod status;
+pub mod wait;
+
+use serde::Serialize;
+
+/// What a successful run did, for the termination log.
+#[derive(Debug, Default, Serialize)]
+pub struct Outcome {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<usize>,
+    pub message: String,
+}

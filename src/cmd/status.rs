@@ -1,0 +1,162 @@
+//! `schemagate status`: marker history, applied / pending migrations, dirty state and the
+//! lock holder, as text or as one JSON document (shape documented in README.md).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::Outcome;
+use crate::cli::StatusArgs;
+use crate::config::Config;
+use crate::db::{self, Holder, Marker};
+use crate::error::Result;
+use crate::lock;
+use crate::source::{Source, hex};
+
+#[derive(Debug, Serialize)]
+struct Report {
+    database: String,
+    backend: &'static str,
+    table: String,
+    lock: LockReport,
+    markers: Vec<Marker>,
+    migrations: Migrations,
+}
+
+#[derive(Debug, Serialize)]
+struct LockReport {
+    name: String,
+    key: i64,
+    holder: Option<Holder>,
+}
+
+#[derive(Debug, Serialize)]
+struct Migrations {
+    dirty: Option<i64>,
+    applied: Vec<Applied>,
+    /// Only with --source: in the source, not applied.
+    pending: Option<Vec<Pending>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Applied {
+    version: i64,
+    checksum: String,
+    /// Only with --source: "ok", "modified" or "missing" (not in the source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Pending {
+    version: i64,
+    description: String,
+    no_transaction: bool,
+    /// A `.down.sql` exists for it.
+    reversible: bool,
+}
+
+pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
+    let source = args.source.as_deref().map(Source::load).transpose()?;
+    let mut conn = db::connect(cfg).await?;
+    let markers = conn.markers(&cfg.table, args.limit).await?;
+    let holder = lock::holder(&mut conn, cfg).await?;
+    let (applied, dirty) = conn.applied().await?;
+    conn.close().await;
+
+    let in_source: Option<HashMap<i64, &[u8]>> = source
+        .as_ref()
+        .map(|s| s.ups.iter().map(|m| (m.version, &*m.checksum)).collect());
+    let pending = source.as_ref().map(|s| {
+        let done: std::collections::HashSet<i64> = applied.iter().map(|a| a.version).collect();
+        s.ups
+            .iter()
+            .filter(|m| !done.contains(&m.version))
+            .map(|m| Pending {
+                version: m.version,
+                description: m.description.to_string(),
+                no_transaction: m.no_tx,
+                reversible: s.downs.contains_key(&m.version),
+            })
+            .collect()
+    });
+    let report = Report {
+        database: cfg.display_url.clone(),
+        backend: cfg.backend.name(),
+        table: cfg.table.qualified.clone(),
+        lock: LockReport {
+            name: cfg.lock.name.clone(),
+            key: cfg.lock.key,
+            holder,
+        },
+        markers,
+        migrations: Migrations {
+            dirty,
+            applied: applied
+                .iter()
+                .map(|a| Applied {
+                    version: a.version,
+                    checksum: hex(&a.checksum),
+                    source: in_source.as_ref().map(|s| match s.get(&a.version) {
+                        None => "missing",
+                        Some(c) if *c == &*a.checksum => "ok",
+                        Some(_) => "modified",
+                    }),
+                })
+                .collect(),
+            pending,
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+    } else {
+        print_text(&report);
+    }
+    Ok(Outcome {
+        message: "status printed".into(),
+        ..Outcome::default()
+    })
+}
+
+fn print_text(r: &Report) {
+    println!("database  {} ({})", r.database, r.backend);
+    println!("lock      {:?} key {}", r.lock.name, r.lock.key);
+    match &r.lock.holder {
+        Some(h) => println!("holder    {h}"),
+        None => println!("holder    none"),
+    }
+    println!();
+    println!("markers in {} (newest first):", r.table);
+    if r.markers.is_empty() {
+        println!("  none");
+    }
+    for m in &r.markers {
+        println!(
+            "  #{:<4} {:<10} {:<9} {:<20} applied {:<3} {} .. {}  {}{}",
+            m.id,
+            m.action,
+            m.status,
+            m.version,
+            m.applied,
+            m.started_at,
+            m.finished_at,
+            m.runner,
+            m.detail.as_deref().map(|d| format!("\n         {d}")).unwrap_or_default()
+        );
+    }
+    println!();
+    let migrations = &r.migrations;
+    println!("applied migrations: {}", migrations.applied.len());
+    for a in migrations.applied.iter().filter(|a| a.source.is_some_and(|s| s != "ok")) {
+        println!("  {} {}", a.version, a.source.unwrap_or_default());
+    }
+    if let Some(v) = migrations.dirty {
+        println!("dirty: migration {v} failed part-way");
+    }
+    if let Some(pending) = &migrations.pending {
+        println!("pending migrations: {}", pending.len());
+        for p in pending {
+            println!("  {} {}", p.version, p.description);
+        }
+    }
+}

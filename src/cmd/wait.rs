@@ -1,0 +1,199 @@
+//! `schemagate wait`: poll (or LISTEN) until the expected schema version is present.
+//! Between polls no connection is held, so hundreds of waiting pods never take the slots
+//! the migrator needs.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::Outcome;
+use crate::cli::WaitArgs;
+use crate::config::{Backend, Config};
+use crate::db::{self, Conn, Listener, Wake};
+use crate::error::{Error, Result};
+use crate::source::Source;
+
+/// What the database says about the expected version right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Readiness {
+    Ready(String),
+    RecordedFailed(String),
+    NotYet(String),
+}
+
+struct Target {
+    version: String,
+    source: Option<Source>,
+}
+
+pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
+    let target = match (&args.expect, &args.source) {
+        (Some(v), _) => {
+            if v.trim().is_empty() {
+                return Err(Error::Config("--expect must not be empty".into()));
+            }
+            Target {
+                version: v.clone(),
+                source: None,
+            }
+        }
+        (None, Some(dir)) => {
+            let source = Source::load(dir)?;
+            Target {
+                version: source.version(),
+                source: Some(source),
+            }
+        }
+        (None, None) => return Err(Error::Config("pass --expect VERSION or --source DIR".into())),
+    };
+    if args.listen && cfg.backend != Backend::Postgres {
+        return Err(Error::Config(format!(
+            "--listen needs PostgreSQL's LISTEN/NOTIFY; {} has none: drop --listen to poll",
+            cfg.backend.name()
+        )));
+    }
+    let version = target.version.clone();
+    let started = Instant::now();
+    let mut last = Readiness::NotYet("not checked yet".into());
+    let waiting = wait_loop(cfg, args, &target, &mut last);
+    let result = if args.once {
+        waiting.await
+    } else {
+        match tokio::time::timeout(args.timeout, waiting).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(format!(
+                "schema version {version} not ready after {} (--timeout): {}",
+                humantime::format_duration(args.timeout),
+                match &last {
+                    Readiness::NotYet(why) => why.as_str(),
+                    _ => "unknown",
+                }
+            ))),
+        }
+    };
+    let why = result?;
+    tracing::info!("schema version {version} is ready ({why}) after {:.1?}", started.elapsed());
+    Ok(Outcome {
+        version: Some(version),
+        applied: None,
+        message: why,
+    })
+}
+
+async fn wait_loop(cfg: &Config, args: &WaitArgs, target: &Target, last: &mut Readiness) -> Result<String> {
+    let mut listener = None;
+    if args.listen {
+        // LISTEN before the first check, so a marker committed in between still wakes us.
+        listener = Some(Listener::connect(cfg).await.map_err(|e| {
+            Error::Failed(format!("cannot LISTEN on {}: {}", cfg.display_url, db::describe(&e)))
+        })?);
+    }
+    // With --listen a checking connection is kept too; polling opens one per check.
+    let mut kept: Option<Conn> = None;
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let state = match check_with(cfg, target, &mut kept, args.listen).await {
+            Ok(state) => state,
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) => Readiness::NotYet(format!("database not reachable: {e}")),
+        };
+        match state {
+            Readiness::Ready(why) => return Ok(why),
+            Readiness::RecordedFailed(detail) if !args.ignore_failed => {
+                return Err(Error::RecordedFailed(format!(
+                    "schema version {} is recorded as failed: {detail}",
+                    target.version
+                )));
+            }
+            Readiness::RecordedFailed(detail) => {
+                *last = Readiness::NotYet(format!("recorded as failed ({detail}); waiting for a retry"))
+            }
+            other => *last = other,
+        }
+        if args.once {
+            let why = match last {
+                Readiness::NotYet(why) => why.clone(),
+                _ => String::new(),
+            };
+            return Err(Error::Failed(format!("schema version {} not ready: {why}", target.version)));
+        }
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            if let Readiness::NotYet(why) = &*last {
+                tracing::info!("waiting for schema version {}: {why}", target.version);
+            }
+            last_log = Some(Instant::now());
+        }
+        let pause = jitter(args.interval);
+        match listener.as_mut() {
+            Some(l) => match l.wait(pause).await {
+                Ok(Wake::Check) | Ok(Wake::Idle) => {}
+                Err(e) => {
+                    tracing::warn!("LISTEN connection lost ({}); polling until it is back", db::describe(&e));
+                    tokio::time::sleep(pause).await;
+                }
+            },
+            None => tokio::time::sleep(pause).await,
+        }
+    }
+}
+
+/// One check, on the kept connection (reconnecting if it broke) or a fresh one.
+async fn check_with(cfg: &Config, target: &Target, kept: &mut Option<Conn>, keep: bool) -> Result<Readiness> {
+    let mut conn = match kept.take() {
+        Some(c) => c,
+        None => db::connect(cfg).await?,
+    };
+    let state = check(&mut conn, cfg, target).await;
+    if keep && state.is_ok() {
+        *kept = Some(conn);
+    } else {
+        conn.close().await;
+    }
+    state
+}
+
+async fn check(conn: &mut Conn, cfg: &Config, target: &Target) -> Result<Readiness> {
+    let digest = target.source.as_ref().map(Source::digest);
+    let newest = conn.newest_marker(&cfg.table, &target.version).await?;
+    let mut failed = None;
+    let mut why_not = format!("no marker for version {} yet", target.version);
+    if let Some(m) = newest {
+        match m.status.as_str() {
+            "succeeded" if digest.is_none() || m.digest == digest => {
+                return Ok(Readiness::Ready("marker succeeded".into()));
+            }
+            "succeeded" => {
+                why_not = format!(
+                    "the marker for version {} has digest {}, this build's source has {}",
+                    target.version,
+                    m.digest.as_deref().unwrap_or("none"),
+                    digest.as_deref().unwrap_or("none")
+                )
+            }
+            _ => failed = Some(m.detail.unwrap_or_else(|| "no detail recorded".into())),
+        }
+    }
+    if let Some(source) = &target.source {
+        // The database may be at or ahead of this build (an app rolled back to it must
+        // still start): ready when every migration here is applied, unchanged.
+        let (applied, dirty) = conn.applied().await?;
+        let applied: HashMap<i64, &[u8]> = applied.iter().map(|a| (a.version, &*a.checksum)).collect();
+        let all = source
+            .ups
+            .iter()
+            .all(|m| applied.get(&m.version).is_some_and(|c| *c == &*m.checksum));
+        if all && dirty.is_none() {
+            return Ok(Readiness::Ready("every migration in the source is applied".into()));
+        }
+    }
+    Ok(match failed {
+        Some(detail) => Readiness::RecordedFailed(detail),
+        None => Readiness::NotYet(why_not),
+    })
+}
+
+/// `d` scaled by a random factor in [0.8, 1.2), so that many waiters spread their polls.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let r = RandomState::new().hash_one(Instant::now()) % 4000;
+    d.mul_f64(0.8 + r as f64 / 10_000.0)
+}

@@ -1,0 +1,376 @@
+//! Connecting (with retry inside a wall-clock deadline) and the few operations whose SQL
+//! differs by backend. Each backend file holds its SQL; this file dispatches with a `match`
+//! and holds what they share. Migrations themselves go through sqlx's `Migrate` trait.
+
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::Serialize;
+use sqlx::migrate::{AppliedMigration, Migrate};
+use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
+
+use crate::config::{Backend, Config, Table, redact};
+use crate::error::{Error, Result};
+
+pub use postgres::{Listener, Wake};
+pub use sqlite::options as sqlite_options;
+
+/// One open connection to whichever backend the URL names.
+pub enum Conn {
+    Pg(PgConnection),
+    My(MySqlConnection),
+    Lite(SqliteConnection),
+}
+
+/// A marker row as read back, timestamps as RFC 3339 text in UTC.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Marker {
+    pub id: i64,
+    pub version: String,
+    pub digest: Option<String>,
+    pub status: String,
+    pub action: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub applied: i64,
+    pub runner: String,
+    pub tool_version: String,
+    pub detail: Option<String>,
+}
+
+/// A marker row to write.
+#[derive(Debug, Clone)]
+pub struct NewMarker<'a> {
+    pub version: &'a str,
+    pub digest: Option<&'a str>,
+    pub status: Status,
+    pub action: &'a str,
+    /// Seconds between the start of the run and now.
+    pub elapsed: Duration,
+    pub applied: i64,
+    pub runner: &'a str,
+    pub detail: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// The newest marker that decides readiness for a version: `status`, `digest`, and
+/// whether it is a later rollback to another version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Newest {
+    pub version: String,
+    pub status: String,
+    pub digest: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Who holds the migration lock.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holder {
+    pub pid: i64,
+    pub application_name: String,
+    pub client: String,
+    pub held_for_secs: f64,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} ({:?}) from {}, for {:.0}s",
+            self.pid, self.application_name, self.client, self.held_for_secs
+        )
+    }
+}
+
+/// The sqlx table that records applied migrations (shared with sqlx-cli).
+pub const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// How a failed operation should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Worth retrying: refused, reset, server starting or shutting down, too many clients.
+    Transient,
+    /// Retrying will not help: authentication, unknown database, bad options.
+    Config,
+    Other,
+}
+
+pub fn classify(e: &sqlx::Error) -> Class {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut => Class::Transient,
+        sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Class::Config,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match code.as_ref() {
+                // PostgreSQL: cannot_connect_now (starting up), too_many_connections,
+                // admin/crash shutdown, connection exceptions.
+                "57P03" | "53300" | "57P01" | "57P02" | "08000" | "08003" | "08006" | "08001"
+                | "08004" => Class::Transient,
+                // MySQL: too many connections, user has too many connections, server shutdown.
+                "1040" | "1203" | "1226" | "1053" | "08S01" => Class::Transient,
+                // SQLite: busy / locked.
+                "5" | "6" | "261" | "517" => Class::Transient,
+                // PostgreSQL auth / unknown database; MySQL access denied / unknown database;
+                // SQLite cannot open.
+                "28P01" | "28000" | "3D000" | "1045" | "1044" | "1049" | "14" => Class::Config,
+                _ if code.starts_with("28") => Class::Config,
+                _ => Class::Other,
+            }
+        }
+        _ => Class::Other,
+    }
+}
+
+/// A driver error as text, redacted.
+pub fn describe(e: &sqlx::Error) -> String {
+    redact(&e.to_string())
+}
+
+/// Connect, retrying transient errors with jittered backoff until `cfg.connect_timeout`.
+pub async fn connect(cfg: &Config) -> Result<Conn> {
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let attempt = || async {
+        match cfg.backend {
+            Backend::Postgres => postgres::connect(cfg).await.map(Conn::Pg),
+            Backend::MySql => mysql::connect(cfg).await.map(Conn::My),
+            Backend::Sqlite => sqlite::connect(cfg).await.map(Conn::Lite),
+        }
+    };
+    let retrying = attempt
+        .retry(backoff(Duration::from_millis(50), Duration::from_secs(2)))
+        .sleep(tokio::time::sleep)
+        .when(|e| classify(e) == Class::Transient)
+        .notify(|e, delay| {
+            let msg = describe(e);
+            tracing::warn!(
+                "cannot connect to {} yet ({msg}); retrying in {delay:.1?}",
+                cfg.display_url
+            );
+            *last_error.lock().expect("last_error") = Some(msg);
+        });
+    match tokio::time::timeout(cfg.connect_timeout, retrying).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            let msg = format!("cannot connect to {}: {}", cfg.display_url, describe(&e));
+            Err(match classify(&e) {
+                Class::Config => Error::Config(msg),
+                _ => Error::Failed(msg),
+            })
+        }
+        Err(_) => {
+            let last = last_error.lock().expect("last_error").clone();
+            Err(Error::Timeout(format!(
+                "cannot connect to {} within {} (--connect-timeout){}",
+                cfg.display_url,
+                humantime::format_duration(cfg.connect_timeout),
+                last.map(|e| format!("; last error: {e}")).unwrap_or_default()
+            )))
+        }
+    }
+}
+
+/// Exponential backoff with jitter and no limit on tries: callers bound it with a deadline.
+pub fn backoff(min: Duration, max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .without_max_times()
+}
+
+/// Whether an error means "this table does not exist" (so: not migrated yet).
+pub fn is_undefined_table(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("42P01") | Some("1146") | Some("42S02"))
+                || (db.message().starts_with("no such table"))
+        }
+        _ => false,
+    }
+}
+
+fn db_err(context: &str, e: sqlx::Error) -> Error {
+    let msg = format!("{context}: {}", describe(&e));
+    match classify(&e) {
+        Class::Config => Error::Config(msg),
+        _ => Error::Failed(msg),
+    }
+}
+
+impl Conn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Pg(_) => Backend::Postgres,
+            Conn::My(_) => Backend::MySql,
+            Conn::Lite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// sqlx's migration operations on this connection.
+    pub fn migrate(&mut self) -> &mut dyn Migrate {
+        match self {
+            Conn::Pg(c) => c,
+            Conn::My(c) => c,
+            Conn::Lite(c) => c,
+        }
+    }
+
+    pub async fn close(self) {
+        use sqlx::Connection;
+        let _ = match self {
+            Conn::Pg(c) => c.close().await,
+            Conn::My(c) => c.close().await,
+            Conn::Lite(c) => c.close().await,
+        };
+    }
+
+    /// Settings for the connection that holds the lock and runs migrations.
+    pub async fn prepare_for_lock(&mut self) -> Result<()> {
+        match self {
+            Conn::Pg(c) => postgres::prepare_for_lock(c).await,
+            Conn::My(_) | Conn::Lite(_) => Ok(()),
+        }
+        .map_err(|e| db_err("cannot prepare the lock connection", e))
+    }
+
+    /// Try once to take the migration lock; true when this connection now holds it.
+    pub async fn try_lock(&mut self, cfg: &Config) -> Result<bool> {
+        match self {
+            Conn::Pg(c) => postgres::try_lock(c, cfg.lock.key).await,
+            Conn::My(c) => mysql::try_lock(c, &cfg.lock).await,
+            // SQLite's lock is a file lock taken in lock.rs.
+            Conn::Lite(_) => Ok(true),
+        }
+        .map_err(|e| db_err("cannot take the migration lock", e))
+    }
+
+    pub async fn unlock(&mut self, cfg: &Config) -> Result<()> {
+        match self {
+            Conn::Pg(c) => postgres::unlock(c, cfg.lock.key).await,
+            Conn::My(c) => mysql::unlock(c, &cfg.lock).await,
+            Conn::Lite(_) => Ok(()),
+        }
+        .map_err(|e| db_err("cannot release the migration lock", e))
+    }
+
+    pub async fn lock_holder(&mut self, cfg: &Config) -> Result<Option<Holder>> {
+        match self {
+            Conn::Pg(c) => postgres::lock_holder(c, cfg.lock.key).await,
+            Conn::My(c) => mysql::lock_holder(c, &cfg.lock).await,
+            Conn::Lite(_) => Ok(None),
+        }
+        .map_err(|e| db_err("cannot read the lock holder", e))
+    }
+
+    /// This session's id on the server (for killing it from another connection).
+    pub async fn session_id(&mut self) -> Result<i64> {
+        match self {
+            Conn::Pg(c) => postgres::session_id(c).await,
+            Conn::My(c) => mysql::session_id(c).await,
+            Conn::Lite(_) => Ok(0),
+        }
+        .map_err(|e| db_err("cannot read the session id", e))
+    }
+
+    /// End another session of ours: its transaction rolls back and its lock is released.
+    pub async fn kill_session(&mut self, id: i64) -> Result<()> {
+        match self {
+            Conn::Pg(c) => postgres::kill_session(c, id).await,
+            Conn::My(c) => mysql::kill_session(c, id).await,
+            Conn::Lite(_) => Ok(()),
+        }
+        .map_err(|e| db_err("cannot end the interrupted session", e))
+    }
+
+    pub async fn ensure_marker_table(&mut self, table: &Table) -> Result<()> {
+        match self {
+            Conn::Pg(c) => postgres::ensure_marker_table(c, table).await,
+            Conn::My(c) => mysql::ensure_marker_table(c, table).await,
+            Conn::Lite(c) => sqlite::ensure_marker_table(c, table).await,
+        }
+        .map_err(|e| db_err(&format!("cannot create the marker table {}", table.qualified), e))
+    }
+
+    /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction).
+    pub async fn insert_marker(&mut self, table: &Table, m: &NewMarker<'_>) -> Result<()> {
+        let detail = m.detail.map(redact);
+        let m = NewMarker {
+            detail: detail.as_deref(),
+            ..m.clone()
+        };
+        match self {
+            Conn::Pg(c) => postgres::insert_marker(c, table, &m).await,
+            Conn::My(c) => mysql::insert_marker(c, table, &m).await,
+            Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
+        }
+        .map_err(|e| db_err(&format!("cannot write the marker to {}", table.qualified), e))
+    }
+
+    /// The marker that decides `version`: the newest row for it, unless a rollback to
+    /// another version came later. `None` when there is none (or no table yet).
+    pub async fn newest_marker(&mut self, table: &Table, version: &str) -> Result<Option<Newest>> {
+        let r = match self {
+            Conn::Pg(c) => postgres::newest_marker(c, table, version).await,
+            Conn::My(c) => mysql::newest_marker(c, table, version).await,
+            Conn::Lite(c) => sqlite::newest_marker(c, table, version).await,
+        };
+        match r {
+            Err(e) if is_undefined_table(&e) => Ok(None),
+            // A later rollback to another version: this version is no longer current.
+            Ok(Some(m)) if m.version != version => Ok(None),
+            r => r.map_err(|e| db_err(&format!("cannot read the marker from {}", table.qualified), e)),
+        }
+    }
+
+    /// Marker history, newest first. Empty when the table does not exist.
+    pub async fn markers(&mut self, table: &Table, limit: u32) -> Result<Vec<Marker>> {
+        let r = match self {
+            Conn::Pg(c) => postgres::markers(c, table, limit).await,
+            Conn::My(c) => mysql::markers(c, table, limit).await,
+            Conn::Lite(c) => sqlite::markers(c, table, limit).await,
+        };
+        match r {
+            Err(e) if is_undefined_table(&e) => Ok(Vec::new()),
+            r => r.map_err(|e| db_err(&format!("cannot read the markers from {}", table.qualified), e)),
+        }
+    }
+
+    /// Applied migrations and the dirty version, or empty when sqlx's table is missing.
+    pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
+        let migrate = self.migrate();
+        let applied = match migrate.list_applied_migrations(MIGRATIONS_TABLE).await {
+            Ok(a) => a,
+            Err(sqlx::migrate::MigrateError::Execute(e)) if is_undefined_table(&e) => {
+                return Ok((Vec::new(), None));
+            }
+            Err(e) => return Err(Error::Failed(format!("cannot list applied migrations: {}", redact(&e.to_string())))),
+        };
+        let dirty = migrate
+            .dirty_version(MIGRATIONS_TABLE)
+            .await
+            .map_err(|e| Error::Failed(format!("cannot read the dirty state: {}", redact(&e.to_string()))))?;
+        Ok((applied, dirty))
+    }
+}
+
+/// The version of schemagate, recorded in each marker.
+pub const TOOL_VERSION: &str = concat!("schemagate ", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,153 @@
+//! MySQL / MariaDB: `GET_LOCK(name, 0)` polled (released on disconnect); the same marker.
+//! There is no NOTIFY, so `wait --listen` is refused before it gets here.
+
+use std::str::FromStr;
+
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection};
+
+use super::{Holder, Marker, NewMarker, Newest};
+use crate::config::{Config, LockId, Table};
+
+pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
+    MySqlConnectOptions::from_str(&cfg.url)?
+        .disable_statement_logging()
+        .connect()
+        .await
+}
+
+// GET_LOCK names are server-wide and at most 64 characters: scope the name to the current
+// database and hash it to a fixed length.
+const LOCK_NAME: &str = "CONCAT('schemagate:', LEFT(SHA2(CONCAT(DATABASE(), ':', ?), 256), 40))";
+
+pub async fn try_lock(c: &mut MySqlConnection, lock: &LockId) -> Result<bool, sqlx::Error> {
+    let got: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT GET_LOCK({LOCK_NAME}, 0)"
+    )))
+    .bind(&lock.name)
+    .fetch_one(c)
+    .await?;
+    Ok(got == Some(1))
+}
+
+pub async fn unlock(c: &mut MySqlConnection, lock: &LockId) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!("SELECT RELEASE_LOCK({LOCK_NAME})")))
+        .bind(&lock.name)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn lock_holder(c: &mut MySqlConnection, lock: &LockId) -> Result<Option<Holder>, sqlx::Error> {
+    let row: Option<(i64, String, String, f64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT CAST(p.ID AS SIGNED), CONCAT('user ', COALESCE(p.USER, '')), COALESCE(p.HOST, ''), \
+                CAST(p.TIME AS DOUBLE) \
+         FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK({LOCK_NAME})"
+    )))
+    .bind(&lock.name)
+    .fetch_optional(c)
+    .await?;
+    Ok(row.map(|(pid, application_name, client, held_for_secs)| Holder {
+        pid,
+        application_name,
+        client,
+        held_for_secs,
+    }))
+}
+
+pub async fn session_id(c: &mut MySqlConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)").fetch_one(c).await
+}
+
+pub async fn kill_session(c: &mut MySqlConnection, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(format!("KILL CONNECTION {id}")))
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn ensure_marker_table(c: &mut MySqlConnection, t: &Table) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {q} (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            version VARCHAR(255) NOT NULL,
+            digest CHAR(64) NULL,
+            status VARCHAR(16) NOT NULL,
+            action VARCHAR(16) NOT NULL DEFAULT 'migrate',
+            started_at DATETIME(6) NOT NULL,
+            finished_at DATETIME(6) NOT NULL,
+            applied INT NOT NULL DEFAULT 0,
+            runner VARCHAR(255) NOT NULL,
+            tool_version VARCHAR(64) NOT NULL,
+            detail TEXT NULL,
+            KEY {n}_version_idx (version, id)
+        )",
+        q = t.qualified,
+        n = t.name,
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(c).await?;
+    Ok(())
+}
+
+pub async fn insert_marker(
+    c: &mut MySqlConnection,
+    t: &Table,
+    m: &NewMarker<'_>,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {q} (version, digest, status, action, started_at, finished_at, applied,
+                          runner, tool_version, detail)
+         VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND, UTC_TIMESTAMP(6),
+                 ?, ?, ?, ?)",
+        q = t.qualified
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(m.version)
+        .bind(m.digest)
+        .bind(m.status.as_str())
+        .bind(m.action)
+        .bind(i64::try_from(m.elapsed.as_micros()).unwrap_or(i64::MAX))
+        .bind(m.applied)
+        .bind(m.runner)
+        .bind(super::TOOL_VERSION)
+        .bind(m.detail)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn newest_marker(
+    c: &mut MySqlConnection,
+    t: &Table,
+    version: &str,
+) -> Result<Option<Newest>, sqlx::Error> {
+    let sql = format!(
+        "SELECT version, status, digest, detail FROM {q} \
+         WHERE version = ? OR action = 'rollback' ORDER BY id DESC LIMIT 1",
+        q = t.qualified
+    );
+    let row: Option<(String, String, Option<String>, Option<String>)> =
+        sqlx::query_as(AssertSqlSafe(sql)).bind(version).fetch_optional(c).await?;
+    Ok(row.map(|(version, status, digest, detail)| Newest {
+        version,
+        status,
+        digest,
+        detail,
+    }))
+}
+
+pub async fn markers(c: &mut MySqlConnection, t: &Table, limit: u32) -> Result<Vec<Marker>, sqlx::Error> {
+    let sql = format!(
+        "SELECT id, version, digest, status, action, \
+           DATE_FORMAT(started_at, '%Y-%m-%dT%H:%i:%s.%fZ'), \
+           DATE_FORMAT(finished_at, '%Y-%m-%dT%H:%i:%s.%fZ'), \
+           CAST(applied AS SIGNED), runner, tool_version, detail \
+         FROM {q} ORDER BY id DESC LIMIT ?",
+        q = t.qualified
+    );
+    let rows = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(i64::from(limit))
+        .fetch_all(c)
+        .await?;
+    Ok(rows.into_iter().map(super::postgres::marker_from_row).collect())
+}

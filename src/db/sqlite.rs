@@ -1,0 +1,107 @@
+//! SQLite: WAL and a busy timeout so racing processes wait instead of failing; the lock is
+//! an OS file lock beside the database (lock.rs), so nothing here takes it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
+
+use super::{Marker, NewMarker, Newest};
+use crate::config::{Config, Table};
+
+pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(SqliteConnectOptions::from_str(&cfg.url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(30))
+        .disable_statement_logging())
+}
+
+pub async fn connect(cfg: &Config) -> Result<SqliteConnection, sqlx::Error> {
+    options(cfg)?.connect().await
+}
+
+pub async fn ensure_marker_table(c: &mut SqliteConnection, t: &Table) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {q} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            version TEXT NOT NULL,
+            digest TEXT,
+            status TEXT NOT NULL CHECK (status IN ('succeeded', 'failed')),
+            action TEXT NOT NULL DEFAULT 'migrate',
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            applied INTEGER NOT NULL DEFAULT 0,
+            runner TEXT NOT NULL,
+            tool_version TEXT NOT NULL,
+            detail TEXT
+        );
+        CREATE INDEX IF NOT EXISTS {n}_version_idx ON {n} (version, id);",
+        q = t.qualified,
+        n = t.name,
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(c).await?;
+    Ok(())
+}
+
+pub async fn insert_marker(
+    c: &mut SqliteConnection,
+    t: &Table,
+    m: &NewMarker<'_>,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {q} (version, digest, status, action, started_at, finished_at, applied,
+                          runner, tool_version, detail)
+         VALUES (?1, ?2, ?3, ?4,
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ?5 || ' seconds'),
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?6, ?7, ?8, ?9)",
+        q = t.qualified
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(m.version)
+        .bind(m.digest)
+        .bind(m.status.as_str())
+        .bind(m.action)
+        .bind(format!("{:.3}", m.elapsed.as_secs_f64()))
+        .bind(m.applied)
+        .bind(m.runner)
+        .bind(super::TOOL_VERSION)
+        .bind(m.detail)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn newest_marker(
+    c: &mut SqliteConnection,
+    t: &Table,
+    version: &str,
+) -> Result<Option<Newest>, sqlx::Error> {
+    let sql = format!(
+        "SELECT version, status, digest, detail FROM {q} \
+         WHERE version = ?1 OR action = 'rollback' ORDER BY id DESC LIMIT 1",
+        q = t.qualified
+    );
+    let row: Option<(String, String, Option<String>, Option<String>)> =
+        sqlx::query_as(AssertSqlSafe(sql)).bind(version).fetch_optional(c).await?;
+    Ok(row.map(|(version, status, digest, detail)| Newest {
+        version,
+        status,
+        digest,
+        detail,
+    }))
+}
+
+pub async fn markers(c: &mut SqliteConnection, t: &Table, limit: u32) -> Result<Vec<Marker>, sqlx::Error> {
+    let sql = format!(
+        "SELECT id, version, digest, status, action, started_at, finished_at, applied, runner, \
+           tool_version, detail FROM {q} ORDER BY id DESC LIMIT ?1",
+        q = t.qualified
+    );
+    let rows = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(i64::from(limit))
+        .fetch_all(c)
+        .await?;
+    Ok(rows.into_iter().map(super::postgres::marker_from_row).collect())
+}

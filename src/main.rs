@@ -1,0 +1,114 @@
+//! schemagate: parse the command line, start logging, run one subcommand, and turn its
+//! outcome into the exit code and the termination-log line. Every exit code is decided in
+//! `error.rs`; nothing below calls `process::exit`.
+
+mod cli;
+mod cmd;
+mod config;
+mod db;
+mod error;
+mod lock;
+mod signals;
+mod source;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, LogFormat};
+use cmd::Outcome;
+use config::{Config, redact};
+use error::Error;
+use signals::Signals;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (mode, connect) = match &cli.command {
+        Command::Migrate(a) => ("migrate", &a.connect),
+        Command::Wait(a) => ("wait", &a.connect),
+        Command::Status(a) => ("status", &a.connect),
+    };
+    init_logging(connect.log_format);
+    let termination_log = connect.termination_log.clone();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime");
+    let result = runtime.block_on(run(cli.command, mode));
+    match &result {
+        Ok(outcome) => tracing::debug!("{}", outcome.message),
+        Err(e) => tracing::error!("{}", redact(&e.to_string())),
+    }
+    write_termination_log(termination_log.as_deref(), mode, &result);
+    // Do not wait for blocking tasks (a SQLite worker mid-statement) on the way out.
+    runtime.shutdown_background();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(e.exit_code()),
+    }
+}
+
+async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
+    let mut signals =
+        Signals::install().map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
+    match command {
+        // `migrate` handles signals itself: it must record the failure before it exits.
+        Command::Migrate(args) => {
+            let cfg = Config::from_args(&args.connect, mode)?;
+            cmd::migrate::run(&cfg, &args, signals).await
+        }
+        Command::Wait(args) => {
+            let cfg = Config::from_args(&args.connect, mode)?;
+            tokio::select! {
+                r = cmd::wait::run(&cfg, &args) => r,
+                sig = signals.recv() => Err(Error::Interrupted(sig)),
+            }
+        }
+        Command::Status(args) => {
+            let cfg = Config::from_args(&args.connect, mode)?;
+            tokio::select! {
+                r = cmd::status::run(&cfg, &args) => r,
+                sig = signals.recv() => Err(Error::Interrupted(sig)),
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SCHEMAGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// One JSON line for Kubernetes' `terminationMessagePath`, so `kubectl describe` says why.
+fn write_termination_log(path: Option<&Path>, mode: &str, result: &Result<Outcome, Error>) {
+    const DEFAULT: &str = "/dev/termination-log";
+    let path: PathBuf = match path {
+        Some(p) => p.to_owned(),
+        None if Path::new(DEFAULT).exists() => PathBuf::from(DEFAULT),
+        None => return,
+    };
+    let line = match result {
+        Ok(o) => serde_json::json!({
+            "mode": mode, "exit_code": 0, "result": "ok",
+            "version": o.version, "applied": o.applied, "message": o.message,
+        }),
+        Err(e) => serde_json::json!({
+            "mode": mode, "exit_code": e.exit_code(), "result": e.kind(),
+            "message": redact(&e.to_string()),
+        }),
+    };
+    if let Err(e) = std::fs::write(&path, format!("{line}\n")) {
+        tracing::warn!("cannot write the termination log {}: {e}", path.display());
+    }
+}

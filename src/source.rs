@@ -1,0 +1,144 @@
+//! A directory of SQL migrations in sqlx's layout, read strictly: a `.sql` file whose name
+//! does not parse is an error naming it, not a file silently skipped. Checksums are sqlx's
+//! own (SHA-384 of the file), so a database that sqlx-cli managed keeps its history.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use sqlx::migrate::{Migration, MigrationType};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug)]
+pub struct Source {
+    pub dir: PathBuf,
+    /// Up (or simple) migrations, in version order.
+    pub ups: Vec<Migration>,
+    /// Down migrations by version.
+    pub downs: BTreeMap<i64, Migration>,
+}
+
+impl Source {
+    pub fn load(dir: &Path) -> Result<Source> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            Error::Config(format!("cannot read migration source {}: {e}", dir.display()))
+        })?;
+        let mut ups: BTreeMap<i64, Migration> = BTreeMap::new();
+        let mut downs = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                Error::Config(format!("cannot read migration source {}: {e}", dir.display()))
+            })?;
+            let path = entry.path();
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if !path.is_file() || file_name.starts_with('.') || !file_name.ends_with(".sql") {
+                continue;
+            }
+            let (version, migration_type, description) = parse_file_name(&file_name)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "malformed migration file name {:?} in {}: expected \
+                         <VERSION>_<description>.sql (or .up.sql / .down.sql), VERSION a \
+                         positive integer",
+                        file_name,
+                        dir.display()
+                    ))
+                })?;
+            let sql = std::fs::read_to_string(&path).map_err(|e| {
+                Error::Config(format!("cannot read migration {}: {e}", path.display()))
+            })?;
+            // sqlx's rule: the marker must be the file's very first bytes.
+            let no_tx = sql.starts_with("-- no-transaction");
+            let migration = Migration::new(
+                version,
+                Cow::Owned(description),
+                migration_type,
+                AssertSqlSafe(sql).into_sql_str(),
+                no_tx,
+            );
+            let slot = if migration_type == MigrationType::ReversibleDown {
+                &mut downs
+            } else {
+                &mut ups
+            };
+            if slot.insert(version, migration).is_some() {
+                return Err(Error::Config(format!(
+                    "duplicate migration version {version} in {} ({file_name})",
+                    dir.display()
+                )));
+            }
+        }
+        if ups.is_empty() {
+            return Err(Error::Config(format!(
+                "no migrations found in {}: expected files named <VERSION>_<description>.sql",
+                dir.display()
+            )));
+        }
+        Ok(Source {
+            dir: dir.to_owned(),
+            ups: ups.into_values().collect(),
+            downs,
+        })
+    }
+
+    /// The newest version, as the marker records it.
+    pub fn version(&self) -> String {
+        self.ups.last().expect("a source is never empty").version.to_string()
+    }
+
+    /// Hex SHA-256 over the ordered `(version, checksum)` pairs of the up migrations with a
+    /// version at most `upto` (all when `None`): one line `<version>:<hex sha384>\n` each.
+    pub fn digest_upto(&self, upto: Option<i64>) -> String {
+        let mut hasher = Sha256::new();
+        for m in self.ups.iter().filter(|m| upto.is_none_or(|v| m.version <= v)) {
+            hasher.update(format!("{}:{}\n", m.version, hex(&m.checksum)));
+        }
+        hex(&hasher.finalize())
+    }
+
+    pub fn digest(&self) -> String {
+        self.digest_upto(None)
+    }
+}
+
+fn parse_file_name(name: &str) -> Option<(i64, MigrationType, String)> {
+    let (version, rest) = name.split_once('_')?;
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let version: i64 = version.parse().ok()?;
+    let migration_type = MigrationType::from_filename(rest);
+    let description = rest.strip_suffix(migration_type.suffix())?.replace('_', " ");
+    if description.trim().is_empty() {
+        return None;
+    }
+    Some((version, migration_type, description))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sqlx_file_names() {
+        let (v, t, d) = parse_file_name("20240115093000_create_users.sql").unwrap();
+        assert_eq!((v, t, d.as_str()), (20240115093000, MigrationType::Simple, "create users"));
+        assert_eq!(parse_file_name("2_x.up.sql").unwrap().1, MigrationType::ReversibleUp);
+        assert_eq!(parse_file_name("2_x.down.sql").unwrap().1, MigrationType::ReversibleDown);
+        for bad in ["create.sql", "v1_x.sql", "_x.sql", "1_.sql", "99999999999999999999_x.sql"] {
+            assert!(parse_file_name(bad).is_none(), "{bad}");
+        }
+    }
+}
