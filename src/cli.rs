@@ -76,7 +76,11 @@ pub struct ConnectArgs {
 
     /// Read the database URL from this file (a mounted secret); surrounding white space is
     /// ignored.
-    #[arg(long, env = "SCHEMAGATE_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_DATABASE_URL_FILE",
+        conflicts_with = "database_url"
+    )]
     pub database_url_file: Option<PathBuf>,
 
     /// The marker table; `schema.table` is allowed. Created by `migrate` when missing.
@@ -135,7 +139,12 @@ pub struct WaitArgs {
     pub connect: ConnectArgs,
 
     /// The schema version to wait for (as written in the marker).
-    #[arg(long, env = "SCHEMAGATE_EXPECT", required_unless_present = "source", conflicts_with = "source")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_EXPECT",
+        required_unless_present = "source",
+        conflicts_with = "source"
+    )]
     pub expect: Option<String>,
 
     /// Wait for the newest migration in this directory, with a matching digest (or for all

@@ -129,7 +129,9 @@ fn read_url_file(path: &Path) -> Result<String> {
 fn classify_url(raw: &str) -> Option<(Backend, String)> {
     let (scheme, rest) = raw.split_once(':')?;
     match scheme.to_ascii_lowercase().as_str() {
-        "postgres" | "postgresql" if rest.starts_with("//") => Some((Backend::Postgres, raw.into())),
+        "postgres" | "postgresql" if rest.starts_with("//") => {
+            Some((Backend::Postgres, raw.into()))
+        }
         "mysql" if rest.starts_with("//") => Some((Backend::MySql, raw.into())),
         "mariadb" if rest.starts_with("//") => Some((Backend::MySql, format!("mysql:{rest}"))),
         "sqlite" => Some((Backend::Sqlite, raw.into())),
@@ -201,15 +203,15 @@ pub fn register_secrets(raw_url: &str) {
     let mut found = Vec::new();
     if let Some((_, pw)) = userinfo(raw_url).and_then(|u| u.split_once(':')) {
         found.push(pw.to_owned());
-        if let Ok(decoded) = url::Url::parse(&format!("x://u:{pw}@h")) {
-            if let Some(p) = decoded.password() {
-                found.push(p.to_owned());
-                found.push(
-                    url::form_urlencoded::parse(p.as_bytes())
-                        .map(|(k, _)| k.into_owned())
-                        .collect::<String>(),
-                );
-            }
+        if let Ok(decoded) = url::Url::parse(&format!("x://u:{pw}@h"))
+            && let Some(p) = decoded.password()
+        {
+            found.push(p.to_owned());
+            found.push(
+                url::form_urlencoded::parse(p.as_bytes())
+                    .map(|(k, _)| k.into_owned())
+                    .collect::<String>(),
+            );
         }
     }
     if let Some((_, query)) = raw_url.split_once('?') {
@@ -254,11 +256,11 @@ fn userinfo(raw: &str) -> Option<&str> {
 /// The URL with the password (in the user-info or a `password=` parameter) masked.
 pub fn redact_url(raw: &str) -> String {
     let mut out = raw.to_owned();
-    if let Some(info) = userinfo(raw) {
-        if let Some((user, _)) = info.split_once(':') {
-            let start = raw.find("://").expect("userinfo implies ://") + 3;
-            out = format!("{}{user}:***{}", &raw[..start], &raw[start + info.len()..]);
-        }
+    if let Some(info) = userinfo(raw)
+        && let Some((user, _)) = info.split_once(':')
+    {
+        let start = raw.find("://").expect("userinfo implies ://") + 3;
+        out = format!("{}{user}:***{}", &raw[..start], &raw[start + info.len()..]);
     }
     if let Some((base, query)) = out.clone().split_once('?') {
         let masked: Vec<String> = query
@@ -289,13 +291,19 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://db/app"), "postgres://db/app");
         // A malformed URL is still masked.
-        assert_eq!(redact_url("postgres://u:pw@@h:xx/d"), "postgres://u:***@h:xx/d");
+        assert_eq!(
+            redact_url("postgres://u:pw@@h:xx/d"),
+            "postgres://u:***@h:xx/d"
+        );
     }
 
     #[test]
     fn rejects_bad_table_names() {
         assert!(Table::parse("schemagate_marker").is_ok());
-        assert_eq!(Table::parse("ops.marker").unwrap().schema.as_deref(), Some("ops"));
+        assert_eq!(
+            Table::parse("ops.marker").unwrap().schema.as_deref(),
+            Some("ops")
+        );
         for bad in ["", "1abc", "a;drop", "a.b.c", "a b", "\"x\""] {
             assert!(Table::parse(bad).is_err(), "{bad}");
         }
@@ -303,7 +311,10 @@ mod tests {
 
     #[test]
     fn lock_key_is_stable() {
-        assert_eq!(lock_key("schemagate:schemagate_marker"), lock_key("schemagate:schemagate_marker"));
+        assert_eq!(
+            lock_key("schemagate:schemagate_marker"),
+            lock_key("schemagate:schemagate_marker")
+        );
         assert_ne!(lock_key("a"), lock_key("b"));
     }
 }

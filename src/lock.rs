@@ -37,7 +37,12 @@ pub struct Expected<'a> {
 
 const HOLDER_LOG_EVERY: Duration = Duration::from_secs(5);
 
-pub async fn acquire(conn: &mut Conn, cfg: &Config, wait: Duration, expected: &Expected<'_>) -> Result<Acquired> {
+pub async fn acquire(
+    conn: &mut Conn,
+    cfg: &Config,
+    wait: Duration,
+    expected: &Expected<'_>,
+) -> Result<Acquired> {
     let started = Instant::now();
     let polling = async {
         let mut delays = db::backoff(Duration::from_millis(20), Duration::from_millis(500)).build();
@@ -155,7 +160,10 @@ pub async fn holder(conn: &mut Conn, cfg: &Config) -> Result<Option<Holder>> {
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut lines = text.lines();
     let runner = lines.next().unwrap_or("unknown").to_owned();
-    let since: f64 = lines.next().and_then(|s| s.parse().ok()).unwrap_or(now_unix());
+    let since: f64 = lines
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(now_unix());
     Ok(Some(Holder {
         pid: runner
             .rsplit_once("(pid ")

@@ -52,8 +52,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
-    let mut signals =
-        Signals::install().map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
+    let mut signals = Signals::install()
+        .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
     match command {
         // `migrate` handles signals itself: it must record the failure before it exits.
         Command::Migrate(args) => {

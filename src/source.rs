@@ -25,21 +25,27 @@ pub struct Source {
 impl Source {
     pub fn load(dir: &Path) -> Result<Source> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
-            Error::Config(format!("cannot read migration source {}: {e}", dir.display()))
+            Error::Config(format!(
+                "cannot read migration source {}: {e}",
+                dir.display()
+            ))
         })?;
         let mut ups: BTreeMap<i64, Migration> = BTreeMap::new();
         let mut downs = BTreeMap::new();
         for entry in entries {
             let entry = entry.map_err(|e| {
-                Error::Config(format!("cannot read migration source {}: {e}", dir.display()))
+                Error::Config(format!(
+                    "cannot read migration source {}: {e}",
+                    dir.display()
+                ))
             })?;
             let path = entry.path();
             let file_name = entry.file_name().to_string_lossy().into_owned();
             if !path.is_file() || file_name.starts_with('.') || !file_name.ends_with(".sql") {
                 continue;
             }
-            let (version, migration_type, description) = parse_file_name(&file_name)
-                .ok_or_else(|| {
+            let (version, migration_type, description) =
+                parse_file_name(&file_name).ok_or_else(|| {
                     Error::Config(format!(
                         "malformed migration file name {:?} in {}: expected \
                          <VERSION>_<description>.sql (or .up.sql / .down.sql), VERSION a \
@@ -87,14 +93,22 @@ impl Source {
 
     /// The newest version, as the marker records it.
     pub fn version(&self) -> String {
-        self.ups.last().expect("a source is never empty").version.to_string()
+        self.ups
+            .last()
+            .expect("a source is never empty")
+            .version
+            .to_string()
     }
 
     /// Hex SHA-256 over the ordered `(version, checksum)` pairs of the up migrations with a
     /// version at most `upto` (all when `None`): one line `<version>:<hex sha384>\n` each.
     pub fn digest_upto(&self, upto: Option<i64>) -> String {
         let mut hasher = Sha256::new();
-        for m in self.ups.iter().filter(|m| upto.is_none_or(|v| m.version <= v)) {
+        for m in self
+            .ups
+            .iter()
+            .filter(|m| upto.is_none_or(|v| m.version <= v))
+        {
             hasher.update(format!("{}:{}\n", m.version, hex(&m.checksum)));
         }
         hex(&hasher.finalize())
@@ -112,7 +126,9 @@ fn parse_file_name(name: &str) -> Option<(i64, MigrationType, String)> {
     }
     let version: i64 = version.parse().ok()?;
     let migration_type = MigrationType::from_filename(rest);
-    let description = rest.strip_suffix(migration_type.suffix())?.replace('_', " ");
+    let description = rest
+        .strip_suffix(migration_type.suffix())?
+        .replace('_', " ");
     if description.trim().is_empty() {
         return None;
     }
@@ -134,10 +150,25 @@ mod tests {
     #[test]
     fn parses_sqlx_file_names() {
         let (v, t, d) = parse_file_name("20240115093000_create_users.sql").unwrap();
-        assert_eq!((v, t, d.as_str()), (20240115093000, MigrationType::Simple, "create users"));
-        assert_eq!(parse_file_name("2_x.up.sql").unwrap().1, MigrationType::ReversibleUp);
-        assert_eq!(parse_file_name("2_x.down.sql").unwrap().1, MigrationType::ReversibleDown);
-        for bad in ["create.sql", "v1_x.sql", "_x.sql", "1_.sql", "99999999999999999999_x.sql"] {
+        assert_eq!(
+            (v, t, d.as_str()),
+            (20240115093000, MigrationType::Simple, "create users")
+        );
+        assert_eq!(
+            parse_file_name("2_x.up.sql").unwrap().1,
+            MigrationType::ReversibleUp
+        );
+        assert_eq!(
+            parse_file_name("2_x.down.sql").unwrap().1,
+            MigrationType::ReversibleDown
+        );
+        for bad in [
+            "create.sql",
+            "v1_x.sql",
+            "_x.sql",
+            "1_.sql",
+            "99999999999999999999_x.sql",
+        ] {
             assert!(parse_file_name(bad).is_none(), "{bad}");
         }
     }

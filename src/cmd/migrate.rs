@@ -50,7 +50,10 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         Acquired::AlreadyDone => {
             tracing::info!("schema version {version} was applied by another run; nothing to do");
             conn.close().await;
-            return Ok(done(format!("schema version {version} applied by another run"), 0));
+            return Ok(done(
+                format!("schema version {version} applied by another run"),
+                0,
+            ));
         }
         Acquired::Held(lock) => lock,
     };
@@ -100,11 +103,19 @@ async fn apply_under_lock(
     conn.migrate()
         .ensure_migrations_table(MIGRATIONS_TABLE)
         .await
-        .map_err(|e| Error::Failed(format!("cannot create {MIGRATIONS_TABLE}: {}", redact(&e.to_string()))))?;
+        .map_err(|e| {
+            Error::Failed(format!(
+                "cannot create {MIGRATIONS_TABLE}: {}",
+                redact(&e.to_string())
+            ))
+        })?;
     conn.ensure_marker_table(&cfg.table).await?;
     // Another run may have finished between our fast path and taking the lock.
     if lock::is_done(conn, cfg, expected).await? {
-        tracing::info!("schema version {} was applied by another run; nothing to do", expected.version);
+        tracing::info!(
+            "schema version {} was applied by another run; nothing to do",
+            expected.version
+        );
         return Ok(0);
     }
     let pending = plan(conn, source).await?;
@@ -121,21 +132,37 @@ async fn apply_under_lock(
     for m in &pending {
         let label = format!("{} ({})", m.version, m.description);
         progress.current = Some(label.clone());
-        tracing::info!("applying {label}{}", if m.no_tx { " without a transaction" } else { "" });
+        tracing::info!(
+            "applying {label}{}",
+            if m.no_tx {
+                " without a transaction"
+            } else {
+                ""
+            }
+        );
         let t = Instant::now();
         if let Err(e) = conn.migrate().apply(MIGRATIONS_TABLE, m).await {
-            let detail = format!("migration {label} failed: {}", redact(&migrate_error_text(&e)));
+            let detail = format!(
+                "migration {label} failed: {}",
+                redact(&migrate_error_text(&e))
+            );
             tracing::error!("{detail}");
-            conn.insert_marker(&cfg.table, &marker(Status::Failed, progress.applied, Some(&detail)))
-                .await?;
+            conn.insert_marker(
+                &cfg.table,
+                &marker(Status::Failed, progress.applied, Some(&detail)),
+            )
+            .await?;
             return Err(Error::Failed(detail));
         }
         progress.applied += 1;
         tracing::info!("applied {label} in {:.1?}", t.elapsed());
     }
     progress.current = None;
-    conn.insert_marker(&cfg.table, &marker(Status::Succeeded, progress.applied, None))
-        .await?;
+    conn.insert_marker(
+        &cfg.table,
+        &marker(Status::Succeeded, progress.applied, None),
+    )
+    .await?;
     tracing::info!(
         "schema version {} ready: {} applied in {:.1?}",
         expected.version,
@@ -187,7 +214,11 @@ async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Vec<&'s Migrati
         }
     }
     let applied: std::collections::HashSet<i64> = applied.iter().map(|a| a.version).collect();
-    Ok(source.ups.iter().filter(|m| !applied.contains(&m.version)).collect())
+    Ok(source
+        .ups
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .collect())
 }
 
 fn short(checksum: &[u8]) -> String {
@@ -196,10 +227,17 @@ fn short(checksum: &[u8]) -> String {
 
 fn print_plan(source: &Source, pending: &[&Migration]) {
     if pending.is_empty() {
-        println!("nothing to apply: the database has every migration in {}", source.dir.display());
+        println!(
+            "nothing to apply: the database has every migration in {}",
+            source.dir.display()
+        );
         return;
     }
-    println!("would apply {} migration(s) from {}:", pending.len(), source.dir.display());
+    println!(
+        "would apply {} migration(s) from {}:",
+        pending.len(),
+        source.dir.display()
+    );
     for m in pending {
         let tx = if m.no_tx { "  (no transaction)" } else { "" };
         println!("  {} {}{tx}", m.version, m.description);

@@ -108,7 +108,10 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
         },
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else {
         print_text(&report);
     }
@@ -141,13 +144,20 @@ fn print_text(r: &Report) {
             m.started_at,
             m.finished_at,
             m.runner,
-            m.detail.as_deref().map(|d| format!("\n         {d}")).unwrap_or_default()
+            m.detail
+                .as_deref()
+                .map(|d| format!("\n         {d}"))
+                .unwrap_or_default()
         );
     }
     println!();
     let migrations = &r.migrations;
     println!("applied migrations: {}", migrations.applied.len());
-    for a in migrations.applied.iter().filter(|a| a.source.is_some_and(|s| s != "ok")) {
+    for a in migrations
+        .applied
+        .iter()
+        .filter(|a| a.source.is_some_and(|s| s != "ok"))
+    {
         println!("  {} {}", a.version, a.source.unwrap_or_default());
     }
     if let Some(v) = migrations.dirty {

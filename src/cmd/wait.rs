@@ -43,7 +43,11 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
                 source: Some(source),
             }
         }
-        (None, None) => return Err(Error::Config("pass --expect VERSION or --source DIR".into())),
+        (None, None) => {
+            return Err(Error::Config(
+                "pass --expect VERSION or --source DIR".into(),
+            ));
+        }
     };
     if args.listen && cfg.backend != Backend::Postgres {
         return Err(Error::Config(format!(
@@ -71,7 +75,10 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
         }
     };
     let why = result?;
-    tracing::info!("schema version {version} is ready ({why}) after {:.1?}", started.elapsed());
+    tracing::info!(
+        "schema version {version} is ready ({why}) after {:.1?}",
+        started.elapsed()
+    );
     Ok(Outcome {
         version: Some(version),
         applied: None,
@@ -79,12 +86,21 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
     })
 }
 
-async fn wait_loop(cfg: &Config, args: &WaitArgs, target: &Target, last: &mut Readiness) -> Result<String> {
+async fn wait_loop(
+    cfg: &Config,
+    args: &WaitArgs,
+    target: &Target,
+    last: &mut Readiness,
+) -> Result<String> {
     let mut listener = None;
     if args.listen {
         // LISTEN before the first check, so a marker committed in between still wakes us.
         listener = Some(Listener::connect(cfg).await.map_err(|e| {
-            Error::Failed(format!("cannot LISTEN on {}: {}", cfg.display_url, db::describe(&e)))
+            Error::Failed(format!(
+                "cannot LISTEN on {}: {}",
+                cfg.display_url,
+                db::describe(&e)
+            ))
         })?);
     }
     // With --listen a checking connection is kept too; polling opens one per check.
@@ -94,6 +110,8 @@ async fn wait_loop(cfg: &Config, args: &WaitArgs, target: &Target, last: &mut Re
         let state = match check_with(cfg, target, &mut kept, args.listen).await {
             Ok(state) => state,
             Err(e @ Error::Config(_)) => return Err(e),
+            // A single check reports why it could not look (unreachable: 124).
+            Err(e) if args.once => return Err(e),
             Err(e) => Readiness::NotYet(format!("database not reachable: {e}")),
         };
         match state {
@@ -105,7 +123,9 @@ async fn wait_loop(cfg: &Config, args: &WaitArgs, target: &Target, last: &mut Re
                 )));
             }
             Readiness::RecordedFailed(detail) => {
-                *last = Readiness::NotYet(format!("recorded as failed ({detail}); waiting for a retry"))
+                *last = Readiness::NotYet(format!(
+                    "recorded as failed ({detail}); waiting for a retry"
+                ))
             }
             other => *last = other,
         }
@@ -114,7 +134,10 @@ async fn wait_loop(cfg: &Config, args: &WaitArgs, target: &Target, last: &mut Re
                 Readiness::NotYet(why) => why.clone(),
                 _ => String::new(),
             };
-            return Err(Error::Failed(format!("schema version {} not ready: {why}", target.version)));
+            return Err(Error::Failed(format!(
+                "schema version {} not ready: {why}",
+                target.version
+            )));
         }
         if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             if let Readiness::NotYet(why) = &*last {
@@ -127,7 +150,10 @@ async fn wait_loop(cfg: &Config, args: &WaitArgs, target: &Target, last: &mut Re
             Some(l) => match l.wait(pause).await {
                 Ok(Wake::Check) | Ok(Wake::Idle) => {}
                 Err(e) => {
-                    tracing::warn!("LISTEN connection lost ({}); polling until it is back", db::describe(&e));
+                    tracing::warn!(
+                        "LISTEN connection lost ({}); polling until it is back",
+                        db::describe(&e)
+                    );
                     tokio::time::sleep(pause).await;
                 }
             },
@@ -137,7 +163,12 @@ async fn wait_loop(cfg: &Config, args: &WaitArgs, target: &Target, last: &mut Re
 }
 
 /// One check, on the kept connection (reconnecting if it broke) or a fresh one.
-async fn check_with(cfg: &Config, target: &Target, kept: &mut Option<Conn>, keep: bool) -> Result<Readiness> {
+async fn check_with(
+    cfg: &Config,
+    target: &Target,
+    kept: &mut Option<Conn>,
+    keep: bool,
+) -> Result<Readiness> {
     let mut conn = match kept.take() {
         Some(c) => c,
         None => db::connect(cfg).await?,
@@ -176,13 +207,16 @@ async fn check(conn: &mut Conn, cfg: &Config, target: &Target) -> Result<Readine
         // The database may be at or ahead of this build (an app rolled back to it must
         // still start): ready when every migration here is applied, unchanged.
         let (applied, dirty) = conn.applied().await?;
-        let applied: HashMap<i64, &[u8]> = applied.iter().map(|a| (a.version, &*a.checksum)).collect();
+        let applied: HashMap<i64, &[u8]> =
+            applied.iter().map(|a| (a.version, &*a.checksum)).collect();
         let all = source
             .ups
             .iter()
             .all(|m| applied.get(&m.version).is_some_and(|c| *c == &*m.checksum));
         if all && dirty.is_none() {
-            return Ok(Readiness::Ready("every migration in the source is applied".into()));
+            return Ok(Readiness::Ready(
+                "every migration in the source is applied".into(),
+            ));
         }
     }
     Ok(match failed {

@@ -116,7 +116,9 @@ pub enum Class {
 
 pub fn classify(e: &sqlx::Error) -> Class {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut => Class::Transient,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut => {
+            Class::Transient
+        }
         sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Class::Config,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
@@ -182,7 +184,8 @@ pub async fn connect(cfg: &Config) -> Result<Conn> {
                 "cannot connect to {} within {} (--connect-timeout){}",
                 cfg.display_url,
                 humantime::format_duration(cfg.connect_timeout),
-                last.map(|e| format!("; last error: {e}")).unwrap_or_default()
+                last.map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
             )))
         }
     }
@@ -201,8 +204,10 @@ pub fn backoff(min: Duration, max: Duration) -> ExponentialBuilder {
 pub fn is_undefined_table(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("42P01") | Some("1146") | Some("42S02"))
-                || (db.message().starts_with("no such table"))
+            matches!(
+                db.code().as_deref(),
+                Some("42P01") | Some("1146") | Some("42S02")
+            ) || (db.message().starts_with("no such table"))
         }
         _ => false,
     }
@@ -307,7 +312,12 @@ impl Conn {
             Conn::My(c) => mysql::ensure_marker_table(c, table).await,
             Conn::Lite(c) => sqlite::ensure_marker_table(c, table).await,
         }
-        .map_err(|e| db_err(&format!("cannot create the marker table {}", table.qualified), e))
+        .map_err(|e| {
+            db_err(
+                &format!("cannot create the marker table {}", table.qualified),
+                e,
+            )
+        })
     }
 
     /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction).
@@ -322,7 +332,12 @@ impl Conn {
             Conn::My(c) => mysql::insert_marker(c, table, &m).await,
             Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
         }
-        .map_err(|e| db_err(&format!("cannot write the marker to {}", table.qualified), e))
+        .map_err(|e| {
+            db_err(
+                &format!("cannot write the marker to {}", table.qualified),
+                e,
+            )
+        })
     }
 
     /// The marker that decides `version`: the newest row for it, unless a rollback to
@@ -337,7 +352,12 @@ impl Conn {
             Err(e) if is_undefined_table(&e) => Ok(None),
             // A later rollback to another version: this version is no longer current.
             Ok(Some(m)) if m.version != version => Ok(None),
-            r => r.map_err(|e| db_err(&format!("cannot read the marker from {}", table.qualified), e)),
+            r => r.map_err(|e| {
+                db_err(
+                    &format!("cannot read the marker from {}", table.qualified),
+                    e,
+                )
+            }),
         }
     }
 
@@ -350,7 +370,12 @@ impl Conn {
         };
         match r {
             Err(e) if is_undefined_table(&e) => Ok(Vec::new()),
-            r => r.map_err(|e| db_err(&format!("cannot read the markers from {}", table.qualified), e)),
+            r => r.map_err(|e| {
+                db_err(
+                    &format!("cannot read the markers from {}", table.qualified),
+                    e,
+                )
+            }),
         }
     }
 
@@ -362,12 +387,19 @@ impl Conn {
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_undefined_table(&e) => {
                 return Ok((Vec::new(), None));
             }
-            Err(e) => return Err(Error::Failed(format!("cannot list applied migrations: {}", redact(&e.to_string())))),
+            Err(e) => {
+                return Err(Error::Failed(format!(
+                    "cannot list applied migrations: {}",
+                    redact(&e.to_string())
+                )));
+            }
         };
-        let dirty = migrate
-            .dirty_version(MIGRATIONS_TABLE)
-            .await
-            .map_err(|e| Error::Failed(format!("cannot read the dirty state: {}", redact(&e.to_string()))))?;
+        let dirty = migrate.dirty_version(MIGRATIONS_TABLE).await.map_err(|e| {
+            Error::Failed(format!(
+                "cannot read the dirty state: {}",
+                redact(&e.to_string())
+            ))
+        })?;
         Ok((applied, dirty))
     }
 }

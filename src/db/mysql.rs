@@ -21,12 +21,11 @@ pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
 const LOCK_NAME: &str = "CONCAT('schemagate:', LEFT(SHA2(CONCAT(DATABASE(), ':', ?), 256), 40))";
 
 pub async fn try_lock(c: &mut MySqlConnection, lock: &LockId) -> Result<bool, sqlx::Error> {
-    let got: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT GET_LOCK({LOCK_NAME}, 0)"
-    )))
-    .bind(&lock.name)
-    .fetch_one(c)
-    .await?;
+    let got: Option<i64> =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT GET_LOCK({LOCK_NAME}, 0)")))
+            .bind(&lock.name)
+            .fetch_one(c)
+            .await?;
     Ok(got == Some(1))
 }
 
@@ -38,7 +37,10 @@ pub async fn unlock(c: &mut MySqlConnection, lock: &LockId) -> Result<(), sqlx::
     Ok(())
 }
 
-pub async fn lock_holder(c: &mut MySqlConnection, lock: &LockId) -> Result<Option<Holder>, sqlx::Error> {
+pub async fn lock_holder(
+    c: &mut MySqlConnection,
+    lock: &LockId,
+) -> Result<Option<Holder>, sqlx::Error> {
     let row: Option<(i64, String, String, f64)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT CAST(p.ID AS SIGNED), CONCAT('user ', COALESCE(p.USER, '')), COALESCE(p.HOST, ''), \
                 CAST(p.TIME AS DOUBLE) \
@@ -47,16 +49,20 @@ pub async fn lock_holder(c: &mut MySqlConnection, lock: &LockId) -> Result<Optio
     .bind(&lock.name)
     .fetch_optional(c)
     .await?;
-    Ok(row.map(|(pid, application_name, client, held_for_secs)| Holder {
-        pid,
-        application_name,
-        client,
-        held_for_secs,
-    }))
+    Ok(
+        row.map(|(pid, application_name, client, held_for_secs)| Holder {
+            pid,
+            application_name,
+            client,
+            held_for_secs,
+        }),
+    )
 }
 
 pub async fn session_id(c: &mut MySqlConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)").fetch_one(c).await
+    sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)")
+        .fetch_one(c)
+        .await
 }
 
 pub async fn kill_session(c: &mut MySqlConnection, id: i64) -> Result<(), sqlx::Error> {
@@ -127,7 +133,10 @@ pub async fn newest_marker(
         q = t.qualified
     );
     let row: Option<(String, String, Option<String>, Option<String>)> =
-        sqlx::query_as(AssertSqlSafe(sql)).bind(version).fetch_optional(c).await?;
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(version)
+            .fetch_optional(c)
+            .await?;
     Ok(row.map(|(version, status, digest, detail)| Newest {
         version,
         status,
@@ -136,7 +145,11 @@ pub async fn newest_marker(
     }))
 }
 
-pub async fn markers(c: &mut MySqlConnection, t: &Table, limit: u32) -> Result<Vec<Marker>, sqlx::Error> {
+pub async fn markers(
+    c: &mut MySqlConnection,
+    t: &Table,
+    limit: u32,
+) -> Result<Vec<Marker>, sqlx::Error> {
     let sql = format!(
         "SELECT id, version, digest, status, action, \
            DATE_FORMAT(started_at, '%Y-%m-%dT%H:%i:%s.%fZ'), \
@@ -149,5 +162,8 @@ pub async fn markers(c: &mut MySqlConnection, t: &Table, limit: u32) -> Result<V
         .bind(i64::from(limit))
         .fetch_all(c)
         .await?;
-    Ok(rows.into_iter().map(super::postgres::marker_from_row).collect())
+    Ok(rows
+        .into_iter()
+        .map(super::postgres::marker_from_row)
+        .collect())
 }

@@ -50,7 +50,10 @@ pub async fn try_lock(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Erro
 }
 
 pub async fn unlock(c: &mut PgConnection, key: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(c).await?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(c)
+        .await?;
     Ok(())
 }
 
@@ -69,16 +72,20 @@ pub async fn lock_holder(c: &mut PgConnection, key: i64) -> Result<Option<Holder
     .bind(key)
     .fetch_optional(c)
     .await?;
-    Ok(row.map(|(pid, application_name, client, held_for_secs)| Holder {
-        pid,
-        application_name,
-        client,
-        held_for_secs,
-    }))
+    Ok(
+        row.map(|(pid, application_name, client, held_for_secs)| Holder {
+            pid,
+            application_name,
+            client,
+            held_for_secs,
+        }),
+    )
 }
 
 pub async fn session_id(c: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_backend_pid()::int8").fetch_one(c).await
+    sqlx::query_scalar("SELECT pg_backend_pid()::int8")
+        .fetch_one(c)
+        .await
 }
 
 pub async fn kill_session(c: &mut PgConnection, pid: i64) -> Result<(), sqlx::Error> {
@@ -161,7 +168,10 @@ pub async fn newest_marker(
         q = t.qualified
     );
     let row: Option<(String, String, Option<String>, Option<String>)> =
-        sqlx::query_as(AssertSqlSafe(sql)).bind(version).fetch_optional(c).await?;
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(version)
+            .fetch_optional(c)
+            .await?;
     Ok(row.map(|(version, status, digest, detail)| Newest {
         version,
         status,
@@ -200,7 +210,11 @@ pub(super) fn marker_from_row(r: MarkerRow) -> Marker {
     }
 }
 
-pub async fn markers(c: &mut PgConnection, t: &Table, limit: u32) -> Result<Vec<Marker>, sqlx::Error> {
+pub async fn markers(
+    c: &mut PgConnection,
+    t: &Table,
+    limit: u32,
+) -> Result<Vec<Marker>, sqlx::Error> {
     let sql = format!(
         "SELECT id, version, digest, status, action, \
            to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \

@@ -84,7 +84,10 @@ pub async fn newest_marker(
         q = t.qualified
     );
     let row: Option<(String, String, Option<String>, Option<String>)> =
-        sqlx::query_as(AssertSqlSafe(sql)).bind(version).fetch_optional(c).await?;
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(version)
+            .fetch_optional(c)
+            .await?;
     Ok(row.map(|(version, status, digest, detail)| Newest {
         version,
         status,
@@ -93,7 +96,11 @@ pub async fn newest_marker(
     }))
 }
 
-pub async fn markers(c: &mut SqliteConnection, t: &Table, limit: u32) -> Result<Vec<Marker>, sqlx::Error> {
+pub async fn markers(
+    c: &mut SqliteConnection,
+    t: &Table,
+    limit: u32,
+) -> Result<Vec<Marker>, sqlx::Error> {
     let sql = format!(
         "SELECT id, version, digest, status, action, started_at, finished_at, applied, runner, \
            tool_version, detail FROM {q} ORDER BY id DESC LIMIT ?1",
@@ -103,5 +110,8 @@ pub async fn markers(c: &mut SqliteConnection, t: &Table, limit: u32) -> Result<
         .bind(i64::from(limit))
         .fetch_all(c)
         .await?;
-    Ok(rows.into_iter().map(super::postgres::marker_from_row).collect())
+    Ok(rows
+        .into_iter()
+        .map(super::postgres::marker_from_row)
+        .collect())
 }

@@ -1,0 +1,617 @@
+//! The core suite on PostgreSQL: races between real processes, crashes and signals in the
+//! middle of a migration, `wait` in all its endings, drift, and bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn migrate(db: &PgDb, src: &Migrations) -> std::process::Command {
+    let mut c = schemagate(&db.url);
+    c.args(["migrate", "--source", src.path()]);
+    c
+}
+
+/// N migrations, each creating a table and logging which backend applied it.
+fn logged_migrations(n: usize) -> Migrations {
+    let src = Migrations::new(&[]);
+    for i in 1..=n {
+        src.write(
+            &format!("{i:04}_step_{i}.sql"),
+            &format!(
+                "CREATE TABLE IF NOT EXISTS apply_log (version int, pid int);
+                 CREATE TABLE t{i} (id int);
+                 INSERT INTO apply_log VALUES ({i}, pg_backend_pid());"
+            ),
+        );
+    }
+    src
+}
+
+#[test]
+fn twenty_racing_migrators_apply_each_migration_exactly_once() {
+    let db = PgDb::new("race20");
+    let src = logged_migrations(20);
+    let children: Vec<_> = (0..20).map(|_| spawn(&mut migrate(&db, &src))).collect();
+    for child in children {
+        let out = finish(child);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 20);
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM apply_log"), 20);
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(DISTINCT version) FROM apply_log"),
+        20
+    );
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(DISTINCT pid) FROM apply_log"),
+        1,
+        "more than one run applied migrations"
+    );
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM schemagate_marker WHERE status = 'succeeded'"
+        ),
+        1
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
+}
+
+#[test]
+fn racing_create_index_concurrently_does_not_deadlock() {
+    let db = PgDb::new("cic");
+    let src = Migrations::new(&[
+        (
+            "1_orders.sql",
+            "CREATE TABLE orders (id int, user_id int); INSERT INTO orders SELECT g, g % 100 FROM generate_series(1, 20000) g;",
+        ),
+        (
+            "2_index.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY orders_user_idx ON orders (user_id);",
+        ),
+        ("3_more.sql", "ALTER TABLE orders ADD COLUMN note text;"),
+    ]);
+    let children: Vec<_> = (0..10)
+        .map(|_| spawn(migrate(&db, &src).args(["--lock-wait", "60s"])))
+        .collect();
+    for child in children {
+        let out = finish(child);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_index WHERE indexrelid = 'orders_user_idx'::regclass AND indisvalid"
+        ),
+        1,
+        "the concurrently built index is not valid"
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 3);
+}
+
+/// Migration 2 creates a table, then sleeps while `ctl.slow` is true.
+fn slow_second_migration() -> Migrations {
+    Migrations::new(&[
+        ("1_first.sql", "CREATE TABLE first (id int);"),
+        (
+            "2_slow.sql",
+            "CREATE TABLE second (id int);
+             SELECT pg_sleep(CASE WHEN (SELECT slow FROM ctl) THEN 60 ELSE 0 END);",
+        ),
+    ])
+}
+
+fn wait_until_sleeping(db: &PgDb) {
+    until(
+        "the migration to reach pg_sleep",
+        Duration::from_secs(30),
+        || {
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%pg_sleep(CASE%' AND state = 'active' AND pid <> pg_backend_pid()",
+            ) == 1
+        },
+    );
+}
+
+#[test]
+fn sigkill_mid_migration_leaves_no_partial_schema_and_the_next_run_completes() {
+    let db = PgDb::new("kill9");
+    pg_exec(
+        &db.url,
+        "CREATE TABLE ctl (slow bool); INSERT INTO ctl VALUES (true);",
+    );
+    let src = slow_second_migration();
+    let mut child = spawn(&mut migrate(&db, &src));
+    wait_until_sleeping(&db);
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    pg_exec(&db.url, "UPDATE ctl SET slow = false");
+    // The killed run's half of migration 2 is gone with its transaction.
+    let out = run(migrate(&db, &src).args(["--lock-wait", "30s"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'second'"
+        ),
+        1
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
+}
+
+#[test]
+fn sigkilled_migrator_partial_state_is_not_visible() {
+    let db = PgDb::new("kill9b");
+    pg_exec(
+        &db.url,
+        "CREATE TABLE ctl (slow bool); INSERT INTO ctl VALUES (true);",
+    );
+    let src = slow_second_migration();
+    let mut child = spawn(&mut migrate(&db, &src));
+    wait_until_sleeping(&db);
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The server notices the dead client and rolls back: the lock frees, `second` is gone.
+    until("the killed session to end", Duration::from_secs(30), || {
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        ) == 0
+    });
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'second'"
+        ),
+        0
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 1);
+}
+
+#[test]
+fn sigterm_mid_migration_rolls_back_records_failed_and_exits_143() {
+    let db = PgDb::new("sigterm");
+    pg_exec(
+        &db.url,
+        "CREATE TABLE ctl (slow bool); INSERT INTO ctl VALUES (true);",
+    );
+    let src = slow_second_migration();
+    let child = spawn(&mut migrate(&db, &src));
+    wait_until_sleeping(&db);
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = finish(child);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'second'"
+        ),
+        0,
+        "not rolled back"
+    );
+    let detail = pg_strings(
+        &db.url,
+        "SELECT status || ': ' || detail FROM schemagate_marker ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(detail.len(), 1);
+    assert!(
+        detail[0].starts_with("failed: interrupted by SIGTERM while applying 2 (slow)"),
+        "{detail:?}"
+    );
+    // The lock went with the session: the next run completes.
+    pg_exec(&db.url, "UPDATE ctl SET slow = false");
+    let out = run(migrate(&db, &src).args(["--lock-wait", "30s"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
+fn simple_source() -> Migrations {
+    Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+    ])
+}
+
+fn wait_started_before_migrate(listen: bool) {
+    let db = PgDb::new(if listen { "waitlisten" } else { "waitpoll" });
+    let src = simple_source();
+    let mut w = schemagate(&db.url);
+    w.args([
+        "wait",
+        "--expect",
+        "2",
+        "--interval",
+        "200ms",
+        "--timeout",
+        "60s",
+    ]);
+    if listen {
+        w.arg("--listen");
+    }
+    let mut waiter = spawn(&mut w);
+    // The waiter has checked once and found nothing.
+    wait_for_stderr_line(
+        &mut waiter,
+        "waiting for schema version 2",
+        Duration::from_secs(30),
+    );
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "wait exited before the marker existed"
+    );
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let status = waiter.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn wait_started_before_migrate_passes_when_the_marker_commits() {
+    wait_started_before_migrate(false);
+}
+
+#[test]
+fn wait_listen_started_before_migrate_passes_when_the_marker_commits() {
+    wait_started_before_migrate(true);
+}
+
+#[test]
+fn wait_for_a_version_never_written_times_out_with_124() {
+    let db = PgDb::new("waittimeout");
+    let out = run(schemagate(&db.url).args([
+        "wait",
+        "--expect",
+        "42",
+        "--timeout",
+        "1s",
+        "--interval",
+        "100ms",
+    ]));
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("schema version 42 not ready after 1s"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn failing_migration_records_failed_and_wait_exits_3() {
+    let db = PgDb::new("failed");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        (
+            "2_bad.sql",
+            "CREATE TABLE b (id int); SELECT no_such_function();",
+        ),
+    ]);
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 2 (bad) failed"),
+        "{}",
+        stderr(&out)
+    );
+    // Rolled back: table b is not there, migration 1 is.
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'b'"
+        ),
+        0
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 1);
+    let out = run(schemagate(&db.url).args(["wait", "--source", src.path(), "--timeout", "30s"]));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no_such_function"),
+        "{}",
+        stderr(&out)
+    );
+    // --ignore-failed keeps waiting instead (and so times out here).
+    let out = run(schemagate(&db.url).args([
+        "wait",
+        "--source",
+        src.path(),
+        "--ignore-failed",
+        "--timeout",
+        "1s",
+    ]));
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+}
+
+#[test]
+fn wait_source_passes_when_the_database_is_ahead() {
+    let db = PgDb::new("ahead");
+    let newer = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+        ("3_c.sql", "CREATE TABLE c (id int);"),
+    ]);
+    let out = run(&mut migrate(&db, &newer));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let older = simple_source(); // 1 and 2, same SQL
+    let out = run(schemagate(&db.url).args(["wait", "--source", older.path(), "--timeout", "5s"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // ...but not when an applied migration differs from this build's.
+    older.write("2_b.sql", "CREATE TABLE b (id bigint);");
+    let out = run(schemagate(&db.url).args(["wait", "--source", older.path(), "--timeout", "1s"]));
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+}
+
+#[test]
+fn wait_once_reports_not_ready_then_ready() {
+    let db = PgDb::new("once");
+    let src = simple_source();
+    let out = run(schemagate(&db.url).args(["wait", "--once", "--expect", "2"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    run(&mut migrate(&db, &src));
+    let out = run(schemagate(&db.url).args(["wait", "--once", "--expect", "2"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn modified_applied_migration_is_drift_exit_4() {
+    let db = PgDb::new("drift");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    src.write("1_a.sql", "CREATE TABLE a (id bigint);");
+    src.write("3_c.sql", "CREATE TABLE c (id int);");
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 1 (a) was previously applied but has been modified"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'c'"
+        ),
+        0,
+        "applied despite drift"
+    );
+}
+
+#[test]
+fn applied_migration_missing_from_source_is_drift_exit_4() {
+    let db = PgDb::new("missing");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    std::fs::remove_file(src.dir.join("2_b.sql")).unwrap();
+    src.write("3_c.sql", "CREATE TABLE c (id int);");
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 2 was applied to the database but is missing"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let db = PgDb::new("dryrun");
+    let src = simple_source();
+    let out = run(migrate(&db, &src).arg("--dry-run"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("would apply 2 migration(s)") && stdout.contains("  2 b"),
+        "{stdout}"
+    );
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn second_migrate_takes_the_fast_path_without_the_lock() {
+    let db = PgDb::new("fastpath");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    // Hold the lock from another session: a run that needed it would time out.
+    let key = {
+        let out = run(schemagate(&db.url).args(["status", "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["lock"]["key"].as_i64().unwrap()
+    };
+    block_on(async {
+        use sqlx::Connection;
+        let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let out = tokio::process::Command::new(bin())
+            .env("SCHEMAGATE_DATABASE_URL", &db.url)
+            .args(["migrate", "--source", src.path(), "--lock-wait", "1s"])
+            .output()
+            .await
+            .unwrap();
+        assert_no_secret(&out);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        // A new migration needs the lock: it waits, names the holder, and times out.
+        src.write("3_c.sql", "CREATE TABLE c (id int);");
+        let out = tokio::process::Command::new(bin())
+            .env("SCHEMAGATE_DATABASE_URL", &db.url)
+            .args(["migrate", "--source", src.path(), "--lock-wait", "1s"])
+            .output()
+            .await
+            .unwrap();
+        assert_no_secret(&out);
+        assert_eq!(code(&out), 124, "{}", stderr(&out));
+        assert!(stderr(&out).contains("held by pid"), "{}", stderr(&out));
+    });
+}
+
+#[test]
+fn status_json_shows_markers_pending_and_lock() {
+    let db = PgDb::new("status");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    src.write("3_c.sql", "CREATE TABLE c (id int);");
+    let out = run(schemagate(&db.url).args(["status", "--json", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["markers"][0]["status"], "succeeded");
+    assert_eq!(v["markers"][0]["version"], "2");
+    assert_eq!(v["markers"][0]["applied"], 2);
+    assert_eq!(v["migrations"]["pending"][0]["version"], 3);
+    assert_eq!(v["migrations"]["applied"][1]["source"], "ok");
+    assert_eq!(v["lock"]["holder"], serde_json::Value::Null);
+    assert!(v["database"].as_str().unwrap().contains(":***@") || !db.url.contains('@'));
+}
+
+// ----- bad input -----
+
+#[test]
+fn unreachable_host_times_out_with_124() {
+    let out = run(schemagate("postgres://postgres:x@127.0.0.1:1/db").args([
+        "wait",
+        "--expect",
+        "1",
+        "--connect-timeout",
+        "1s",
+        "--timeout",
+        "30s",
+        "--once",
+    ]));
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot connect to postgres://postgres:***@127.0.0.1:1/db within 1s"),
+        "{}",
+        stderr(&out)
+    );
+    let src = simple_source();
+    let out = run(schemagate("postgres://postgres:x@127.0.0.1:1/db").args([
+        "migrate",
+        "--source",
+        src.path(),
+        "--connect-timeout",
+        "1s",
+    ]));
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+}
+
+#[test]
+fn wrong_password_fails_at_once_with_2() {
+    let db = PgDb::new("auth");
+    let role = format!("sg_auth_{}", std::process::id());
+    pg_exec(
+        &db.url,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'right-one'"),
+    );
+    let bad = db
+        .url
+        .replacen("//postgres:", &format!("//{role}:"), 1)
+        .replacen(PASSWORD, "wrong-one", 1);
+    let src = simple_source();
+    let started = std::time::Instant::now();
+    let out = run(schemagate(&bad).args([
+        "migrate",
+        "--source",
+        src.path(),
+        "--connect-timeout",
+        "30s",
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "authentication failure was retried"
+    );
+    assert!(
+        stderr(&out).contains("password authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("wrong-one"), "{}", stderr(&out));
+    pg_exec(&db.url, &format!("DROP ROLE {role}"));
+}
+
+#[test]
+fn missing_source_directory_is_2() {
+    let out = run(schemagate("postgres://postgres:x@127.0.0.1:1/db").args([
+        "migrate",
+        "--source",
+        "/no/such/dir",
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("/no/such/dir"), "{}", stderr(&out));
+}
+
+#[test]
+fn malformed_migration_file_name_is_2() {
+    let src = Migrations::new(&[("1_a.sql", "SELECT 1;"), ("add_users.sql", "SELECT 1;")]);
+    let out = run(schemagate("postgres://postgres:x@127.0.0.1:1/db").args([
+        "migrate",
+        "--source",
+        src.path(),
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("malformed migration file name \"add_users.sql\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn malformed_url_is_2_and_redacted() {
+    let src = simple_source();
+    for url in [
+        format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/db"),
+        format!("ftp://postgres:{PASSWORD}@127.0.0.1/db"),
+    ] {
+        let out = run(schemagate(&url).args([
+            "migrate",
+            "--source",
+            src.path(),
+            "--connect-timeout",
+            "5s",
+        ]));
+        assert_eq!(code(&out), 2, "{url}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("postgres:***@127.0.0.1"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn database_url_from_file_and_termination_log() {
+    let db = PgDb::new("urlfile");
+    let src = simple_source();
+    let secret = src.dir.join("url.secret");
+    std::fs::write(&secret, format!("{}\n", db.url)).unwrap();
+    let tlog = src.dir.join("termination-log");
+    std::fs::write(&tlog, "").unwrap();
+    let mut cmd = schemagate("");
+    cmd.env_remove("SCHEMAGATE_DATABASE_URL")
+        .args(["migrate", "--source", src.path(), "--database-url-file"])
+        .arg(&secret)
+        .arg("--termination-log")
+        .arg(&tlog);
+    let out = run(&mut cmd);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&tlog).unwrap().trim()).unwrap();
+    assert_eq!(line["exit_code"], 0);
+    assert_eq!(line["version"], "2");
+    assert_eq!(line["applied"], 2);
+}
