@@ -117,33 +117,6 @@ fn wait_until_sleeping(db: &PgDb) {
 }
 
 #[test]
-fn sigkill_mid_migration_leaves_no_partial_schema_and_the_next_run_completes() {
-    let db = PgDb::new("kill9");
-    pg_exec(
-        &db.url,
-        "CREATE TABLE ctl (slow bool); INSERT INTO ctl VALUES (true);",
-    );
-    let src = slow_second_migration();
-    let mut child = spawn(&mut migrate(&db, &src));
-    wait_until_sleeping(&db);
-    child.kill().unwrap(); // SIGKILL
-    let _ = child.wait();
-    pg_exec(&db.url, "UPDATE ctl SET slow = false");
-    // The killed run's half of migration 2 is gone with its transaction.
-    let out = run(migrate(&db, &src).args(["--lock-wait", "30s"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
-    assert_eq!(
-        pg_i64(
-            &db.url,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 'second'"
-        ),
-        1
-    );
-    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
-}
-
-#[test]
 fn sigkilled_migrator_partial_state_is_not_visible() {
     let db = PgDb::new("kill9b");
     pg_exec(
@@ -172,47 +145,6 @@ fn sigkilled_migrator_partial_state_is_not_visible() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 1);
 }
 
-#[test]
-fn sigterm_mid_migration_rolls_back_records_failed_and_exits_143() {
-    let db = PgDb::new("sigterm");
-    pg_exec(
-        &db.url,
-        "CREATE TABLE ctl (slow bool); INSERT INTO ctl VALUES (true);",
-    );
-    let src = slow_second_migration();
-    let child = spawn(&mut migrate(&db, &src));
-    wait_until_sleeping(&db);
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let out = finish(child);
-    assert_eq!(code(&out), 143, "{}", stderr(&out));
-    assert_eq!(
-        pg_i64(
-            &db.url,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 'second'"
-        ),
-        0,
-        "not rolled back"
-    );
-    let detail = pg_strings(
-        &db.url,
-        "SELECT status || ': ' || detail FROM schemagate_marker ORDER BY id DESC LIMIT 1",
-    );
-    assert_eq!(detail.len(), 1);
-    assert!(
-        detail[0].starts_with("failed: interrupted by SIGTERM while applying 2 (slow)"),
-        "{detail:?}"
-    );
-    // The lock went with the session: the next run completes.
-    pg_exec(&db.url, "UPDATE ctl SET slow = false");
-    let out = run(migrate(&db, &src).args(["--lock-wait", "30s"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
-}
-
 fn simple_source() -> Migrations {
     Migrations::new(&[
         ("1_a.sql", "CREATE TABLE a (id int);"),
@@ -220,22 +152,22 @@ fn simple_source() -> Migrations {
     ])
 }
 
-fn wait_started_before_migrate(listen: bool) {
-    let db = PgDb::new(if listen { "waitlisten" } else { "waitpoll" });
+#[test]
+fn wait_listen_started_before_migrate_passes_when_the_marker_commits() {
+    let db = PgDb::new("waitlisten");
     let src = simple_source();
     let mut w = schemagate(&db.url);
+    // A long interval: only the NOTIFY can wake it before the timeout.
     w.args([
         "wait",
         "--expect",
         "2",
         "--interval",
-        "200ms",
-        "--timeout",
         "60s",
+        "--timeout",
+        "30s",
+        "--listen",
     ]);
-    if listen {
-        w.arg("--listen");
-    }
     let mut waiter = spawn(&mut w);
     // The waiter has checked once and found nothing.
     wait_for_stderr_line(
@@ -251,171 +183,6 @@ fn wait_started_before_migrate(listen: bool) {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let status = waiter.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-}
-
-#[test]
-fn wait_started_before_migrate_passes_when_the_marker_commits() {
-    wait_started_before_migrate(false);
-}
-
-#[test]
-fn wait_listen_started_before_migrate_passes_when_the_marker_commits() {
-    wait_started_before_migrate(true);
-}
-
-#[test]
-fn wait_for_a_version_never_written_times_out_with_124() {
-    let db = PgDb::new("waittimeout");
-    let out = run(schemagate(&db.url).args([
-        "wait",
-        "--expect",
-        "42",
-        "--timeout",
-        "1s",
-        "--interval",
-        "100ms",
-    ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("schema version 42 not ready after 1s"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
-fn failing_migration_records_failed_and_wait_exits_3() {
-    let db = PgDb::new("failed");
-    let src = Migrations::new(&[
-        ("1_a.sql", "CREATE TABLE a (id int);"),
-        (
-            "2_bad.sql",
-            "CREATE TABLE b (id int); SELECT no_such_function();",
-        ),
-    ]);
-    let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("migration 2 (bad) failed"),
-        "{}",
-        stderr(&out)
-    );
-    // Rolled back: table b is not there, migration 1 is.
-    assert_eq!(
-        pg_i64(
-            &db.url,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 'b'"
-        ),
-        0
-    );
-    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 1);
-    let out = run(schemagate(&db.url).args(["wait", "--source", src.path(), "--timeout", "30s"]));
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no_such_function"),
-        "{}",
-        stderr(&out)
-    );
-    // --ignore-failed keeps waiting instead (and so times out here).
-    let out = run(schemagate(&db.url).args([
-        "wait",
-        "--source",
-        src.path(),
-        "--ignore-failed",
-        "--timeout",
-        "1s",
-    ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-}
-
-#[test]
-fn wait_source_passes_when_the_database_is_ahead() {
-    let db = PgDb::new("ahead");
-    let newer = Migrations::new(&[
-        ("1_a.sql", "CREATE TABLE a (id int);"),
-        ("2_b.sql", "CREATE TABLE b (id int);"),
-        ("3_c.sql", "CREATE TABLE c (id int);"),
-    ]);
-    let out = run(&mut migrate(&db, &newer));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let older = simple_source(); // 1 and 2, same SQL
-    let out = run(schemagate(&db.url).args(["wait", "--source", older.path(), "--timeout", "5s"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    // ...but not when an applied migration differs from this build's.
-    older.write("2_b.sql", "CREATE TABLE b (id bigint);");
-    let out = run(schemagate(&db.url).args(["wait", "--source", older.path(), "--timeout", "1s"]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-}
-
-#[test]
-fn wait_once_reports_not_ready_then_ready() {
-    let db = PgDb::new("once");
-    let src = simple_source();
-    let out = run(schemagate(&db.url).args(["wait", "--once", "--expect", "2"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    run(&mut migrate(&db, &src));
-    let out = run(schemagate(&db.url).args(["wait", "--once", "--expect", "2"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-}
-
-#[test]
-fn modified_applied_migration_is_drift_exit_4() {
-    let db = PgDb::new("drift");
-    let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
-    src.write("1_a.sql", "CREATE TABLE a (id bigint);");
-    src.write("3_c.sql", "CREATE TABLE c (id int);");
-    let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("migration 1 (a) was previously applied but has been modified"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(
-        pg_i64(
-            &db.url,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 'c'"
-        ),
-        0,
-        "applied despite drift"
-    );
-}
-
-#[test]
-fn applied_migration_missing_from_source_is_drift_exit_4() {
-    let db = PgDb::new("missing");
-    let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
-    std::fs::remove_file(src.dir.join("2_b.sql")).unwrap();
-    src.write("3_c.sql", "CREATE TABLE c (id int);");
-    let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("migration 2 was applied to the database but is missing"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
-fn dry_run_changes_nothing() {
-    let db = PgDb::new("dryrun");
-    let src = simple_source();
-    let out = run(migrate(&db, &src).arg("--dry-run"));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("would apply 2 migration(s)") && stdout.contains("  2 b"),
-        "{stdout}"
-    );
-    assert_eq!(
-        pg_i64(
-            &db.url,
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        ),
-        0
-    );
 }
 
 #[test]
@@ -478,35 +245,6 @@ fn status_json_shows_markers_pending_and_lock() {
 }
 
 // ----- bad input -----
-
-#[test]
-fn unreachable_host_times_out_with_124() {
-    let out = run(schemagate("postgres://postgres:x@127.0.0.1:1/db").args([
-        "wait",
-        "--expect",
-        "1",
-        "--connect-timeout",
-        "1s",
-        "--timeout",
-        "30s",
-        "--once",
-    ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot connect to postgres://postgres:***@127.0.0.1:1/db within 1s"),
-        "{}",
-        stderr(&out)
-    );
-    let src = simple_source();
-    let out = run(schemagate("postgres://postgres:x@127.0.0.1:1/db").args([
-        "migrate",
-        "--source",
-        src.path(),
-        "--connect-timeout",
-        "1s",
-    ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-}
 
 #[test]
 fn wrong_password_fails_at_once_with_2() {
@@ -614,4 +352,45 @@ fn database_url_from_file_and_termination_log() {
     assert_eq!(line["exit_code"], 0);
     assert_eq!(line["version"], "2");
     assert_eq!(line["applied"], 2);
+}
+
+#[test]
+fn sigterm_while_waiting_for_the_lock_exits_143_and_records_nothing() {
+    let db = PgDb::new("termwait");
+    let src = simple_source();
+    let key = {
+        let out = run(schemagate(&db.url).args(["status", "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["lock"]["key"].as_i64().unwrap()
+    };
+    block_on(async {
+        use sqlx::Connection;
+        let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut child = spawn(&mut migrate(&db, &src));
+        wait_for_stderr_line(
+            &mut child,
+            "waiting for the migration lock",
+            Duration::from_secs(30),
+        );
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(143));
+        let _ = holder.close().await;
+    });
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'schemagate_marker'"
+        ),
+        0
+    );
 }

@@ -11,7 +11,7 @@ use crate::cli::MigrateArgs;
 use crate::config::{Config, redact};
 use crate::db::{self, Conn, MIGRATIONS_TABLE, NewMarker, Status};
 use crate::error::{Error, Result};
-use crate::lock::{self, Acquired, Expected};
+use crate::lock::{self, Acquired, Expected, Lock};
 use crate::signals::Signals;
 use crate::source::{Source, hex};
 
@@ -31,31 +31,13 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         message,
     };
 
-    let mut conn = db::connect(cfg).await?;
-    // The fast path every replica pays at every start: one query, no lock.
-    if !args.dry_run && lock::is_done(&mut conn, cfg, &expected).await? {
-        tracing::info!("schema version {version} is already applied; nothing to do");
-        conn.close().await;
-        return Ok(done(format!("schema version {version} already applied"), 0));
-    }
-    if args.dry_run {
-        let plan = plan(&mut conn, &source).await?;
-        conn.close().await;
-        print_plan(&source, &plan);
-        return Ok(done(format!("dry run: {} pending", plan.len()), 0));
-    }
-
-    conn.prepare_for_lock().await?;
-    let lock = match lock::acquire(&mut conn, cfg, args.lock_wait, &expected).await? {
-        Acquired::AlreadyDone => {
-            tracing::info!("schema version {version} was applied by another run; nothing to do");
-            conn.close().await;
-            return Ok(done(
-                format!("schema version {version} applied by another run"),
-                0,
-            ));
-        }
-        Acquired::Held(lock) => lock,
+    // Until we hold the lock nothing is ours to record: a signal just ends the run.
+    let (mut conn, lock) = tokio::select! {
+        r = connect_and_lock(cfg, args, &source, &expected) => match r? {
+            Before::Done(message) => return Ok(done(message, 0)),
+            Before::Locked(conn, lock) => (conn, lock),
+        },
+        sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
     let session = conn.session_id().await?;
     let mut progress = Progress::default();
@@ -71,6 +53,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
                 progress.current.as_deref().unwrap_or("the marker")
             );
             tracing::warn!("{detail}; rolling back");
+            db::interrupt_local();
             record_interrupt(cfg, &version, &digest, started, progress.applied, &detail, session).await;
             return Err(Error::Interrupted(sig));
         }
@@ -83,6 +66,50 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         format!("schema version {version} ready ({applied} applied)"),
         applied,
     ))
+}
+
+/// How the run stands before any migration is applied.
+enum Before {
+    /// Nothing to do (already applied, applied by another run, or a dry run).
+    Done(String),
+    /// We hold the lock on this connection.
+    Locked(Conn, Lock),
+}
+
+async fn connect_and_lock(
+    cfg: &Config,
+    args: &MigrateArgs,
+    source: &Source,
+    expected: &Expected<'_>,
+) -> Result<Before> {
+    let version = expected.version;
+    let mut conn = db::connect(cfg).await?;
+    if args.dry_run {
+        let plan = plan(&mut conn, source).await;
+        conn.close().await;
+        let plan = plan?;
+        print_plan(source, &plan);
+        return Ok(Before::Done(format!("dry run: {} pending", plan.len())));
+    }
+    // The fast path every replica pays at every start: one query, no lock.
+    if lock::is_done(&mut conn, cfg, expected).await? {
+        tracing::info!("schema version {version} is already applied; nothing to do");
+        conn.close().await;
+        return Ok(Before::Done(format!(
+            "schema version {version} already applied"
+        )));
+    }
+    conn.prepare_for_lock().await?;
+    match lock::acquire(&mut conn, cfg, args.lock_wait, expected).await? {
+        Acquired::AlreadyDone => {
+            tracing::info!("schema version {version} was applied by another run; nothing to do");
+            conn.close().await;
+            Ok(Before::Done(format!(
+                "schema version {version} applied by another run"
+            )))
+        }
+        Acquired::Held(lock) => Ok(Before::Locked(conn, lock)),
+    }
 }
 
 /// What `apply_under_lock` has got to, readable after it is cancelled.
@@ -185,9 +212,11 @@ async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Vec<&'s Migrati
     let (applied, dirty) = conn.applied().await?;
     if let Some(v) = dirty {
         return Err(Error::Drift(format!(
-            "migration {v} is dirty: it failed part-way on a previous run and its effects may be \
-             partly applied; repair the schema by hand, then delete its row from \
-             {MIGRATIONS_TABLE} (or mark it done with `schemagate stamp`)"
+            "migration {v} is dirty: it failed part-way on a previous run and some of its \
+             statements may have taken effect (DDL is not transactional on this database). \
+             Repair by hand: either undo what it did and `DELETE FROM {MIGRATIONS_TABLE} WHERE \
+             version = {v}` to run it again, or finish it and `UPDATE {MIGRATIONS_TABLE} SET \
+             success = TRUE WHERE version = {v}`"
         )));
     }
     let by_version: HashMap<i64, &Migration> = source.ups.iter().map(|m| (m.version, m)).collect();

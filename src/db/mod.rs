@@ -252,7 +252,8 @@ impl Conn {
     pub async fn prepare_for_lock(&mut self) -> Result<()> {
         match self {
             Conn::Pg(c) => postgres::prepare_for_lock(c).await,
-            Conn::My(_) | Conn::Lite(_) => Ok(()),
+            Conn::Lite(c) => sqlite::prepare_for_lock(c).await,
+            Conn::My(_) => Ok(()),
         }
         .map_err(|e| db_err("cannot prepare the lock connection", e))
     }
@@ -402,6 +403,12 @@ impl Conn {
         })?;
         Ok((applied, dirty))
     }
+}
+
+/// Stop the statement running on this process's lock connection, where the server cannot
+/// be asked to (SQLite runs in-process).
+pub fn interrupt_local() {
+    sqlite::interrupt();
 }
 
 /// The version of schemagate, recorded in each marker.

@@ -2,6 +2,7 @@
 //! an OS file lock beside the database (lock.rs), so nothing here takes it.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
@@ -16,6 +17,20 @@ pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(30))
         .disable_statement_logging())
+}
+
+/// Set by a signal handler: the lock connection's running statement stops at its next
+/// progress check, so its transaction rolls back and frees the database for the marker.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub async fn prepare_for_lock(c: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut handle = c.lock_handle().await?;
+    handle.set_progress_handler(10_000, || !INTERRUPTED.load(Ordering::Relaxed));
+    Ok(())
 }
 
 pub async fn connect(cfg: &Config) -> Result<SqliteConnection, sqlx::Error> {

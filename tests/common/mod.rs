@@ -476,3 +476,325 @@ pub fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ----- MySQL / MariaDB -----
+
+/// The MySQL/MariaDB server to test against: `TEST_MYSQL_URL`, else the local server on
+/// 127.0.0.1:3306 (root, no password), else a throwaway `mariadbd` started here.
+fn mysql_admin_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("TEST_MYSQL_URL")
+            && !url.is_empty()
+        {
+            return url;
+        }
+        let local = "mysql://root@127.0.0.1:3306/mysql".to_owned();
+        if block_on(async { sqlx::MySqlConnection::connect(&local).await.is_ok() }) {
+            return local;
+        }
+        start_mariadb()
+    })
+}
+
+fn start_mariadb() -> String {
+    let server = ["/usr/sbin/mariadbd", "/usr/sbin/mysqld"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no MySQL/MariaDB to test against: set TEST_MYSQL_URL, run a server on \
+                 127.0.0.1:3306 (root, empty password), or install one (Debian: apt-get install \
+                 mariadb-server) so the tests can start a throwaway server"
+            )
+        });
+    let dir = std::env::temp_dir().join(format!("schemagate-mariadb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("mariadb-install-db")
+        .arg(format!("--datadir={}", dir.join("data").display()))
+        .args([
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--user=root",
+        ])
+        .output()
+        .expect("run mariadb-install-db");
+    assert!(
+        out.status.success(),
+        "mariadb-install-db: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let mut child = Command::new(server)
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", dir.join("data").display()))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--port={port}"))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--user=root",
+            "--max-connections=300",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mariadbd");
+    let url = format!("mysql://root@127.0.0.1:{port}/mysql");
+    until(
+        "the throwaway MariaDB to accept connections",
+        Duration::from_secs(60),
+        || {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "mariadbd exited at start"
+            );
+            block_on(async { sqlx::MySqlConnection::connect(&url).await.is_ok() })
+        },
+    );
+    let watchdog = format!(
+        "while [ -d /proc/{} ]; do sleep 0.5; done; kill {}; sleep 2; rm -rf {}",
+        std::process::id(),
+        child.id(),
+        dir.display()
+    );
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .args(["-c", &watchdog])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn watchdog");
+    std::mem::forget(child);
+    url
+}
+
+pub struct MyDb {
+    pub url: String,
+    name: String,
+}
+
+impl MyDb {
+    pub fn new(test: &str) -> MyDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "sg_{test}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        my_exec(mysql_admin_url(), &format!("CREATE DATABASE {name}"));
+        MyDb {
+            url: replace_db(mysql_admin_url(), &name),
+            name,
+        }
+    }
+}
+
+impl Drop for MyDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::panic::catch_unwind(move || {
+            my_exec(
+                mysql_admin_url(),
+                &format!("DROP DATABASE IF EXISTS {name}"),
+            )
+        });
+    }
+}
+
+pub fn my_exec(url: &str, sql: &str) {
+    block_on(async {
+        let mut c = sqlx::MySqlConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to MySQL: {e}"));
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+}
+
+// ----- every backend -----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pg,
+    My,
+    Lite,
+}
+
+/// A database of its own on one backend, with the few helpers the generic tests need.
+pub enum TestDb {
+    Pg(PgDb),
+    My(MyDb),
+    Lite { url: String, dir: PathBuf },
+}
+
+impl TestDb {
+    pub fn new(kind: Kind, test: &str) -> TestDb {
+        match kind {
+            Kind::Pg => TestDb::Pg(PgDb::new(test)),
+            Kind::My => TestDb::My(MyDb::new(test)),
+            Kind::Lite => {
+                static N: AtomicU32 = AtomicU32::new(0);
+                let dir = std::env::temp_dir().join(format!(
+                    "schemagate-lite-{test}-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::SeqCst)
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).unwrap();
+                TestDb::Lite {
+                    url: format!("sqlite://{}/app.db", dir.display()),
+                    dir,
+                }
+            }
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            TestDb::Pg(_) => Kind::Pg,
+            TestDb::My(_) => Kind::My,
+            TestDb::Lite { .. } => Kind::Lite,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Pg(d) => &d.url,
+            TestDb::My(d) => &d.url,
+            TestDb::Lite { url, .. } => url,
+        }
+    }
+
+    pub fn exec(&self, sql: &str) {
+        match self {
+            TestDb::Pg(d) => pg_exec(&d.url, sql),
+            TestDb::My(d) => my_exec(&d.url, sql),
+            TestDb::Lite { url, .. } => block_on(async {
+                let mut c = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }),
+        }
+    }
+
+    pub fn i64(&self, sql: &str) -> i64 {
+        let sql = AssertSqlSafe(sql.to_owned());
+        block_on(async {
+            match self {
+                TestDb::Pg(d) => {
+                    let mut c = PgConnection::connect(&d.url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_one(&mut c).await
+                }
+                TestDb::My(d) => {
+                    let mut c = sqlx::MySqlConnection::connect(&d.url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_one(&mut c).await
+                }
+                TestDb::Lite { url, .. } => {
+                    let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_one(&mut c).await
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    pub fn strings(&self, sql: &str) -> Vec<String> {
+        let sql = AssertSqlSafe(sql.to_owned());
+        block_on(async {
+            match self {
+                TestDb::Pg(d) => {
+                    let mut c = PgConnection::connect(&d.url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_all(&mut c).await
+                }
+                TestDb::My(d) => {
+                    let mut c = sqlx::MySqlConnection::connect(&d.url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_all(&mut c).await
+                }
+                TestDb::Lite { url, .. } => {
+                    let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_all(&mut c).await
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    pub fn table_exists(&self, table: &str) -> bool {
+        let sql = match self.kind() {
+            Kind::Pg => format!(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = '{table}'"
+            ),
+            Kind::My => format!(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{table}'"
+            ),
+            Kind::Lite => format!(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+            ),
+        };
+        self.i64(&sql) == 1
+    }
+
+    /// A statement that runs for a minute while `ctl.slow` is true, and at once otherwise
+    /// (the test creates `ctl` with `create_ctl`).
+    pub fn slow_sql(&self) -> &'static str {
+        match self.kind() {
+            Kind::Pg => "SELECT pg_sleep(CASE WHEN (SELECT slow FROM ctl) = 1 THEN 60 ELSE 0 END);",
+            Kind::My => "SELECT SLEEP(IF((SELECT slow FROM ctl) = 1, 60, 0));",
+            Kind::Lite => {
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                 WHERE x < (SELECT CASE WHEN slow = 1 THEN 10000000000 ELSE 1 END FROM ctl)) \
+                 SELECT count(*) FROM c;"
+            }
+        }
+    }
+
+    /// Wait until the server runs `slow_sql` for another session. SQLite runs in the
+    /// migrator's process, where only its log line shows the migration has started.
+    pub fn wait_until_slow_sql_runs(&self) {
+        let sql = match self.kind() {
+            Kind::Pg => {
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE '%pg_sleep(CASE%' AND state = 'active' AND pid <> pg_backend_pid()"
+            }
+            Kind::My => {
+                "SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() \
+                 AND INFO LIKE '%SLEEP(IF%' AND ID <> CONNECTION_ID()"
+            }
+            Kind::Lite => return,
+        };
+        until("the slow statement to run", Duration::from_secs(30), || {
+            self.i64(sql) == 1
+        });
+    }
+
+    pub fn create_ctl(&self) {
+        self.exec("CREATE TABLE ctl (slow int); INSERT INTO ctl VALUES (1);");
+    }
+
+    pub fn set_fast(&self) {
+        self.exec("UPDATE ctl SET slow = 0");
+    }
+
+    /// A URL for this backend's server that refuses connections.
+    pub fn unreachable_url(kind: Kind) -> String {
+        match kind {
+            Kind::Pg => format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/db"),
+            Kind::My => format!("mysql://root:{PASSWORD}@127.0.0.1:1/db"),
+            Kind::Lite => "sqlite:///no/such/dir/app.db".into(),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Lite { dir, .. } = self {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

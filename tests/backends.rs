@@ -1,0 +1,391 @@
+//! The core suite on every backend (PostgreSQL, MySQL/MariaDB, SQLite): racing processes,
+//! SIGKILL and SIGTERM in the middle of a migration, `wait`, drift and bad input.
+//! Each case is one function taking the backend; the macro at the bottom makes a test of
+//! it per backend, so a failure names both.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn migrate(db: &TestDb, src: &Migrations) -> Command {
+    let mut c = schemagate(db.url());
+    c.args(["migrate", "--source", src.path()]);
+    c
+}
+
+fn ok(out: &std::process::Output) {
+    assert_eq!(code(out), 0, "{}", stderr(out));
+}
+
+fn simple_source() -> Migrations {
+    Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+    ])
+}
+
+fn race(kind: Kind) {
+    let db = TestDb::new(kind, "race");
+    let src = Migrations::new(&[]);
+    for i in 1..=20 {
+        src.write(
+            &format!("{i:04}_step_{i}.sql"),
+            &format!("CREATE TABLE t{i} (id int); INSERT INTO apply_log VALUES ({i});"),
+        );
+    }
+    src.write("0000_log.sql", "CREATE TABLE apply_log (version int);");
+    let children: Vec<_> = (0..20).map(|_| spawn(&mut migrate(&db, &src))).collect();
+    let outs: Vec<_> = children.into_iter().map(finish).collect();
+    outs.iter().for_each(ok);
+    let appliers = outs
+        .iter()
+        .filter(|o| stderr(o).contains("INFO applying "))
+        .count();
+    assert_eq!(appliers, 1, "exactly one run must apply the migrations");
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 21);
+    assert_eq!(db.i64("SELECT count(*) FROM apply_log"), 20);
+    assert_eq!(db.i64("SELECT count(DISTINCT version) FROM apply_log"), 20);
+    assert_eq!(db.i64("SELECT count(*) FROM schemagate_marker"), 1);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM schemagate_marker WHERE status = 'succeeded'"),
+        1
+    );
+}
+
+fn slow_source(db: &TestDb) -> Migrations {
+    Migrations::new(&[
+        ("1_first.sql", "CREATE TABLE first (id int);"),
+        (
+            "2_slow.sql",
+            &format!("CREATE TABLE second (id int);\n{}", db.slow_sql()),
+        ),
+    ])
+}
+
+/// Spawn a migrator and return once it is inside migration 2.
+fn migrator_in_slow_migration(db: &TestDb, src: &Migrations) -> std::process::Child {
+    let mut child = spawn(&mut migrate(db, src));
+    wait_for_stderr_line(&mut child, "applying 2 (slow)", Duration::from_secs(30));
+    db.wait_until_slow_sql_runs();
+    child
+}
+
+fn sigkill_mid_migration(kind: Kind) {
+    let db = TestDb::new(kind, "kill9");
+    db.create_ctl();
+    let src = slow_source(&db);
+    let mut child = migrator_in_slow_migration(&db, &src);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    db.set_fast();
+    let out = run(migrate(&db, &src).args(["--lock-wait", "30s"]));
+    if kind == Kind::My {
+        // MySQL commits DDL implicitly: `second` was created, so the migration is dirty and
+        // the next run refuses, naming it and the repair.
+        assert_eq!(code(&out), 4, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("migration 2 is dirty"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("DELETE FROM _sqlx_migrations WHERE version = 2"),
+            "{}",
+            stderr(&out)
+        );
+        db.exec("DROP TABLE second; DELETE FROM _sqlx_migrations WHERE version = 2;");
+        ok(&run(&mut migrate(&db, &src)));
+    } else {
+        ok(&out);
+        // The second run applied migration 2 itself: nothing of the killed run survived.
+        assert!(
+            stderr(&out).contains("applying 2 (slow)"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
+    assert!(db.table_exists("second"));
+    assert_eq!(
+        db.i64("SELECT count(*) FROM schemagate_marker WHERE status = 'succeeded'"),
+        1
+    );
+}
+
+fn sigterm_mid_migration(kind: Kind) {
+    let db = TestDb::new(kind, "sigterm");
+    db.create_ctl();
+    let src = slow_source(&db);
+    let child = migrator_in_slow_migration(&db, &src);
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = finish(child);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    let newest = db.strings("SELECT status FROM schemagate_marker ORDER BY id DESC");
+    assert_eq!(newest, vec!["failed".to_string()]);
+    let detail = db.strings("SELECT detail FROM schemagate_marker");
+    assert!(
+        detail[0].starts_with("interrupted by SIGTERM while applying 2 (slow)"),
+        "{detail:?}"
+    );
+    if kind == Kind::My {
+        assert!(db.table_exists("second"), "MySQL DDL commits at once");
+        return;
+    }
+    assert!(
+        !db.table_exists("second"),
+        "migration 2 was not rolled back"
+    );
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 1);
+    db.set_fast();
+    ok(&run(migrate(&db, &src).args(["--lock-wait", "30s"])));
+    assert!(db.table_exists("second"));
+}
+
+fn wait_started_before_migrate(kind: Kind) {
+    let db = TestDb::new(kind, "waitpoll");
+    let src = simple_source();
+    let mut waiter = spawn(schemagate(db.url()).args([
+        "wait",
+        "--expect",
+        "2",
+        "--interval",
+        "100ms",
+        "--timeout",
+        "60s",
+    ]));
+    wait_for_stderr_line(
+        &mut waiter,
+        "waiting for schema version 2",
+        Duration::from_secs(30),
+    );
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "wait exited before the marker existed"
+    );
+    ok(&run(&mut migrate(&db, &src)));
+    assert_eq!(waiter.wait().unwrap().code(), Some(0));
+}
+
+fn wait_times_out(kind: Kind) {
+    let db = TestDb::new(kind, "waittimeout");
+    let out = run(schemagate(db.url()).args([
+        "wait",
+        "--expect",
+        "42",
+        "--timeout",
+        "1s",
+        "--interval",
+        "100ms",
+    ]));
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("schema version 42 not ready after 1s"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn failed_migration_then_wait_exits_3(kind: Kind) {
+    let db = TestDb::new(kind, "failed");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        (
+            "2_bad.sql",
+            "INSERT INTO a VALUES (1); INSERT INTO no_such_table VALUES (1);",
+        ),
+    ]);
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 2 (bad) failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        db.i64("SELECT count(*) FROM a"),
+        0,
+        "the failed migration's insert was kept"
+    );
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 1);
+    let out = run(schemagate(db.url()).args(["wait", "--source", src.path(), "--timeout", "30s"]));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no_such_table"), "{}", stderr(&out));
+    let out = run(schemagate(db.url()).args([
+        "wait",
+        "--source",
+        src.path(),
+        "--ignore-failed",
+        "--timeout",
+        "1s",
+    ]));
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    // Fixed and re-run: the newest marker is succeeded and waiters pass.
+    src.write("2_bad.sql", "INSERT INTO a VALUES (1);");
+    ok(&run(&mut migrate(&db, &src)));
+    ok(&run(schemagate(db.url()).args([
+        "wait",
+        "--source",
+        src.path(),
+        "--timeout",
+        "5s",
+    ])));
+}
+
+fn wait_source_when_database_is_ahead(kind: Kind) {
+    let db = TestDb::new(kind, "ahead");
+    let newer = simple_source();
+    newer.write("3_c.sql", "CREATE TABLE c (id int);");
+    ok(&run(&mut migrate(&db, &newer)));
+    let older = simple_source();
+    ok(&run(schemagate(db.url()).args([
+        "wait",
+        "--source",
+        older.path(),
+        "--timeout",
+        "5s",
+    ])));
+    older.write("2_b.sql", "CREATE TABLE b (id bigint);");
+    let out = run(schemagate(db.url()).args(["wait", "--source", older.path(), "--timeout", "1s"]));
+    assert_eq!(
+        code(&out),
+        124,
+        "a build whose migration 2 differs must not pass: {}",
+        stderr(&out)
+    );
+}
+
+fn wait_once(kind: Kind) {
+    let db = TestDb::new(kind, "once");
+    let out = run(schemagate(db.url()).args(["wait", "--once", "--expect", "2"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    ok(&run(&mut migrate(&db, &simple_source())));
+    ok(&run(
+        schemagate(db.url()).args(["wait", "--once", "--expect", "2"])
+    ));
+}
+
+fn modified_migration_is_drift(kind: Kind) {
+    let db = TestDb::new(kind, "drift");
+    let src = simple_source();
+    ok(&run(&mut migrate(&db, &src)));
+    src.write("1_a.sql", "CREATE TABLE a (id bigint);");
+    src.write("3_c.sql", "CREATE TABLE c (id int);");
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 1 (a) was previously applied but has been modified"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!db.table_exists("c"), "applied despite drift");
+}
+
+fn missing_migration_is_drift(kind: Kind) {
+    let db = TestDb::new(kind, "missing");
+    let src = simple_source();
+    ok(&run(&mut migrate(&db, &src)));
+    std::fs::remove_file(src.dir.join("2_b.sql")).unwrap();
+    src.write("3_c.sql", "CREATE TABLE c (id int);");
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 2 was applied to the database but is missing"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn dry_run_changes_nothing(kind: Kind) {
+    let db = TestDb::new(kind, "dryrun");
+    let src = simple_source();
+    let out = run(migrate(&db, &src).arg("--dry-run"));
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("would apply 2 migration(s)") && stdout.contains("  2 b"),
+        "{stdout}"
+    );
+    assert!(!db.table_exists("a"));
+    assert!(!db.table_exists("schemagate_marker"));
+}
+
+fn unreachable_database(kind: Kind) {
+    let url = TestDb::unreachable_url(kind);
+    let src = simple_source();
+    let out =
+        run(schemagate(&url).args(["migrate", "--source", src.path(), "--connect-timeout", "1s"]));
+    if kind == Kind::Lite {
+        // A file that cannot be created is a configuration error, not a wait.
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("/no/such/dir/app.db"),
+            "{}",
+            stderr(&out)
+        );
+    } else {
+        assert_eq!(code(&out), 124, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("within 1s (--connect-timeout)"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(":***@127.0.0.1:1/db"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+fn no_transaction_migration(kind: Kind) {
+    let db = TestDb::new(kind, "notx");
+    // Each of these refuses to run inside a transaction block.
+    let stmt = match kind {
+        Kind::Pg => "CREATE INDEX CONCURRENTLY a_id_idx ON a (id);",
+        Kind::My => "CREATE INDEX a_id_idx ON a (id);",
+        Kind::Lite => "VACUUM;",
+    };
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_outside.sql", &format!("-- no-transaction\n{stmt}")),
+    ]);
+    ok(&run(&mut migrate(&db, &src)));
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $( #[test] fn $case() { super::$case(super::Kind::Pg) } )*
+        }
+        mod mysql {
+            $( #[test] fn $case() { super::$case(super::Kind::My) } )*
+        }
+        mod sqlite {
+            $( #[test] fn $case() { super::$case(super::Kind::Lite) } )*
+        }
+    };
+}
+
+on_every_backend!(
+    race,
+    sigkill_mid_migration,
+    sigterm_mid_migration,
+    wait_started_before_migrate,
+    wait_times_out,
+    failed_migration_then_wait_exits_3,
+    wait_source_when_database_is_ahead,
+    wait_once,
+    modified_migration_is_drift,
+    missing_migration_is_drift,
+    dry_run_changes_nothing,
+    unreachable_database,
+    no_transaction_migration,
+);
