@@ -64,6 +64,19 @@ pub enum Command {
     ///   schemagate status --source ./migrations --json
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
+    /// Rehearse a rollout locally: N racing `migrate` and N `wait` processes.
+    ///
+    /// Runs against a throwaway SQLite file unless --database-url is given (DATABASE_URL is
+    /// deliberately not read: a rehearsal must never touch a database by accident). Checks
+    /// that every process exited 0, each migration was applied exactly once by one run, one
+    /// `succeeded` marker was written, and every waiter passed only once it existed.
+    ///
+    /// Examples:
+    ///   schemagate smoke --source examples/migrations/sqlite
+    ///   schemagate smoke --source ./migrations --replicas 20 \
+    ///       --database-url postgres://postgres@127.0.0.1/scratch
+    #[command(verbatim_doc_comment)]
+    Smoke(SmokeArgs),
 }
 
 /// How to reach the database and which marker and lock to use.
@@ -190,6 +203,30 @@ pub struct StatusArgs {
     /// How many markers to show, newest first.
     #[arg(long, env = "SCHEMAGATE_LIMIT", default_value_t = 20)]
     pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct SmokeArgs {
+    /// The database to rehearse against (default: a throwaway SQLite file in a temp dir).
+    /// Use a scratch database: the migrations are really applied.
+    #[arg(long, env = "SCHEMAGATE_SMOKE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory of SQL migrations, as for `migrate`.
+    #[arg(long, env = "SCHEMAGATE_SOURCE", default_value = "./migrations")]
+    pub source: PathBuf,
+
+    /// How many `migrate` and how many `wait` processes to start at once.
+    #[arg(long, env = "SCHEMAGATE_REPLICAS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub replicas: u32,
+
+    /// Give up on the whole rehearsal after this long.
+    #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Log format of this process (the rehearsed processes' logs are summarised).
+    #[arg(long, env = "SCHEMAGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Humane durations: `30s`, `10m`, `1h 30m`, `250ms`.

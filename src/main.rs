@@ -25,13 +25,25 @@ use signals::Signals;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (mode, connect) = match &cli.command {
-        Command::Migrate(a) => ("migrate", &a.connect),
-        Command::Wait(a) => ("wait", &a.connect),
-        Command::Status(a) => ("status", &a.connect),
+    let (mode, log_format, termination_log) = match &cli.command {
+        Command::Migrate(a) => (
+            "migrate",
+            a.connect.log_format,
+            a.connect.termination_log.clone(),
+        ),
+        Command::Wait(a) => (
+            "wait",
+            a.connect.log_format,
+            a.connect.termination_log.clone(),
+        ),
+        Command::Status(a) => (
+            "status",
+            a.connect.log_format,
+            a.connect.termination_log.clone(),
+        ),
+        Command::Smoke(a) => ("smoke", a.log_format, None),
     };
-    init_logging(connect.log_format);
-    let termination_log = connect.termination_log.clone();
+    init_logging(log_format);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,6 +86,11 @@ async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
                 sig = signals.recv() => Err(Error::Interrupted(sig)),
             }
         }
+        // Dropping the rehearsal kills its children (kill_on_drop).
+        Command::Smoke(args) => tokio::select! {
+            r = cmd::smoke::run(&args) => r,
+            sig = signals.recv() => Err(Error::Interrupted(sig)),
+        },
     }
 }
 

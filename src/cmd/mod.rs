@@ -2,6 +2,7 @@
 //! `main` turns into the exit code and the termination-log line.
 
 pub mod migrate;
+pub mod smoke;
 pub mod status;
 pub mod wait;
 

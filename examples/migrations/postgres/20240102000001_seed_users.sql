@@ -1,0 +1,1 @@
+INSERT INTO users (email) VALUES ('ada@example.com'), ('grace@example.com');

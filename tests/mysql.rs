@@ -1,0 +1,82 @@
+//! MySQL / MariaDB specifics: non-transactional DDL leaves a failed migration dirty, and
+//! the next run must refuse and say how to repair; no LISTEN; password errors.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn half_applied_migration_is_dirty_and_the_next_run_refuses_with_4() {
+    let db = TestDb::new(Kind::My, "dirty");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        // The first statement commits implicitly; the second fails.
+        (
+            "2_half.sql",
+            "CREATE TABLE half (id int);\nINSERT INTO no_such_table VALUES (1);",
+        ),
+    ]);
+    let out = run(schemagate(db.url()).args(["migrate", "--source", src.path()]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        db.table_exists("half"),
+        "expected the DDL to have committed"
+    );
+    let out = run(schemagate(db.url()).args(["migrate", "--source", src.path()]));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("migration 2 is dirty"), "{err}");
+    assert!(
+        err.contains("DELETE FROM _sqlx_migrations WHERE version = 2"),
+        "{err}"
+    );
+    // `wait --source` does not pass on a dirty database either.
+    let out = run(schemagate(db.url()).args(["wait", "--source", src.path(), "--timeout", "1s"]));
+    assert_eq!(
+        code(&out),
+        3,
+        "the newest marker is failed: {}",
+        stderr(&out)
+    );
+    // The repair the message names works.
+    src.write("2_half.sql", "CREATE TABLE half (id int);");
+    db.exec("DROP TABLE half; DELETE FROM _sqlx_migrations WHERE version = 2;");
+    let out = run(schemagate(db.url()).args(["migrate", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn listen_is_refused_with_2() {
+    let db = TestDb::new(Kind::My, "listen");
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "1", "--listen"]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--listen needs PostgreSQL"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn wrong_password_fails_at_once_with_2() {
+    let db = TestDb::new(Kind::My, "auth");
+    let user = format!("sg_auth_{}", std::process::id());
+    db.exec(&format!(
+        "DROP USER IF EXISTS '{user}'@'%'; CREATE USER '{user}'@'%' IDENTIFIED BY 'right-one';"
+    ));
+    let (_, rest) = db.url().split_once("://").unwrap();
+    let (_, host_and_db) = rest.split_once('@').unwrap();
+    let bad = format!("mariadb://{user}:{PASSWORD}@{host_and_db}");
+    let out = run(schemagate(&bad).args([
+        "wait",
+        "--expect",
+        "1",
+        "--connect-timeout",
+        "30s",
+        "--timeout",
+        "30s",
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("Access denied"), "{}", stderr(&out));
+    db.exec(&format!("DROP USER '{user}'@'%'"));
+}
