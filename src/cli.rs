@@ -43,6 +43,7 @@ pub enum Command {
     /// Examples:
     ///   schemagate migrate --source ./migrations
     ///   schemagate migrate --source ./migrations --dry-run
+    ///   schemagate migrate --version "$(cat /app/ALEMBIC_HEAD)" -- alembic upgrade head
     #[command(verbatim_doc_comment)]
     Migrate(MigrateArgs),
     /// Exit 0 once the expected schema version is present; optionally exec a command.
@@ -55,6 +56,8 @@ pub enum Command {
     ///   schemagate wait --expect 20240115093000
     ///   schemagate wait --source ./migrations --timeout 5m
     ///   schemagate wait --expect 20240115093000 --once      # a healthcheck
+    ///   schemagate wait --expect 20240115093000 --http http://localhost:8080/health
+    ///   schemagate wait --source ./migrations -- ./server    # then exec the app
     #[command(verbatim_doc_comment)]
     Wait(WaitArgs),
     /// Show marker history, applied and pending migrations, dirty state and the lock holder.
@@ -134,8 +137,18 @@ pub struct MigrateArgs {
     /// Directory of SQL migrations (sqlx layout: `<VERSION>_<description>.sql`, or
     /// `.up.sql`/`.down.sql`; `-- no-transaction` as the first line runs a file outside a
     /// transaction).
-    #[arg(long, env = "SCHEMAGATE_SOURCE")]
-    pub source: PathBuf,
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        required_unless_present = "command",
+        conflicts_with = "command"
+    )]
+    pub source: Option<PathBuf>,
+
+    /// With an external migrator: the schema version it brings the database to (for example
+    /// the output of `alembic heads`, baked into the image). Recorded in the marker.
+    #[arg(long, env = "SCHEMAGATE_VERSION")]
+    pub version: Option<String>,
 
     /// Give up waiting for the lock after this long (exit 124).
     #[arg(long, env = "SCHEMAGATE_LOCK_WAIT", default_value = "10m", value_parser = parse_duration)]
@@ -144,6 +157,25 @@ pub struct MigrateArgs {
     /// Print what would be applied and change nothing.
     #[arg(long, env = "SCHEMAGATE_DRY_RUN")]
     pub dry_run: bool,
+
+    /// How long an external migrator gets to exit after SIGTERM before SIGKILL.
+    #[arg(long, env = "SCHEMAGATE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// POST a JSON event here when this run succeeds or fails (repeatable). A slow or
+    /// failing endpoint never changes the outcome: 5 s timeout, 3 tries, then a warning.
+    #[arg(
+        long = "notify-url",
+        env = "SCHEMAGATE_NOTIFY_URL",
+        value_delimiter = ','
+    )]
+    pub notify_urls: Vec<String>,
+
+    /// An external migrator to run under the lock instead of --source, for example
+    /// `-- alembic upgrade head`. Needs --version. stdin is closed; its output is logged;
+    /// SCHEMAGATE_VERSION and SCHEMAGATE_LOCK_KEY are added to its environment.
+    #[arg(last = true, value_name = "CMD", requires = "version")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +217,16 @@ pub struct WaitArgs {
     /// Keep waiting when the newest marker for the version is `failed` (a retry may fix it).
     #[arg(long, env = "SCHEMAGATE_IGNORE_FAILED")]
     pub ignore_failed: bool,
+
+    /// After the database is ready, also wait until this URL answers 2xx (repeatable),
+    /// within the same --timeout.
+    #[arg(long = "http", env = "SCHEMAGATE_HTTP", value_delimiter = ',')]
+    pub http: Vec<String>,
+
+    /// Once ready, replace this process with CMD (signals then go straight to the app):
+    /// `schemagate wait --expect V -- ./server --port 8080`.
+    #[arg(last = true, value_name = "CMD", conflicts_with = "once")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -43,6 +43,8 @@ pub struct Config {
     pub runner: String,
     /// `schemagate <mode> <host>`: the connection's application_name.
     pub application_name: String,
+    /// Logs are JSON lines (so a child's output lines carry structured fields).
+    pub json_logs: bool,
 }
 
 /// A validated marker table name, optionally schema-qualified.
@@ -104,6 +106,7 @@ impl Config {
             connect_timeout: args.connect_timeout,
             runner: format!("{host} (pid {})", std::process::id()),
             application_name: format!("schemagate {mode} {host}"),
+            json_logs: args.log_format == crate::cli::LogFormat::Json,
         })
     }
 }

@@ -24,6 +24,9 @@ pub enum Error {
     /// A deadline passed: connect, lock or wait.
     #[error("{0}")]
     Timeout(String),
+    /// The session holding the migration lock went away mid-run (exit 1, like `Failed`).
+    #[error("{0}")]
+    LockLost(String),
     /// SIGINT or SIGTERM arrived.
     #[error("interrupted by {0}")]
     Interrupted(Signal),
@@ -33,7 +36,7 @@ impl Error {
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Failed(_) => 1,
+            Error::Failed(_) | Error::LockLost(_) => 1,
             Error::Config(_) => 2,
             Error::RecordedFailed(_) => 3,
             Error::Drift(_) => 4,
@@ -45,7 +48,7 @@ impl Error {
 
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Failed(_) => "failed",
+            Error::Failed(_) | Error::LockLost(_) => "failed",
             Error::Config(_) => "config",
             Error::RecordedFailed(_) => "recorded_failed",
             Error::Drift(_) => "drift",

@@ -2,15 +2,18 @@
 //! outcome into the exit code and the termination-log line. Every exit code is decided in
 //! `error.rs`; nothing below calls `process::exit`.
 
+mod child;
 mod cli;
 mod cmd;
 mod config;
 mod db;
 mod error;
+mod http;
 mod lock;
 mod signals;
 mod source;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -49,14 +52,25 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
-    let result = runtime.block_on(run(cli.command, mode));
+    let mut result = runtime.block_on(run(cli.command, mode));
+    // Do not wait for blocking tasks (a SQLite worker mid-statement) on the way out.
+    runtime.shutdown_background();
+    if let Ok(Outcome {
+        exec: Some(command),
+        ..
+    }) = &result
+    {
+        // `wait -- CMD`: become the app. exec only returns on failure.
+        let err = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .exec();
+        result = Err(Error::Config(format!("cannot exec {}: {err}", command[0])));
+    }
     match &result {
         Ok(outcome) => tracing::debug!("{}", outcome.message),
         Err(e) => tracing::error!("{}", redact(&e.to_string())),
     }
     write_termination_log(termination_log.as_deref(), mode, &result);
-    // Do not wait for blocking tasks (a SQLite worker mid-statement) on the way out.
-    runtime.shutdown_background();
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => ExitCode::from(e.exit_code()),

@@ -19,6 +19,15 @@ impl std::fmt::Display for Signal {
     }
 }
 
+impl Signal {
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Int => libc::SIGINT,
+            Signal::Term => libc::SIGTERM,
+        }
+    }
+}
+
 /// A handle that resolves when the first SIGINT or SIGTERM arrives; clone it freely.
 #[derive(Clone)]
 pub struct Signals(watch::Receiver<Option<Signal>>);

@@ -1,70 +1,148 @@
-//! `schemagate migrate --source DIR`: the fast path, the lock, the pending migrations on the
-//! lock-holding connection, and the marker.
+//! `schemagate migrate`: the fast path, the lock, then either the pending SQL migrations on
+//! the lock-holding connection or an external migrator kept under the lock, and the marker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migration;
 
 use super::Outcome;
+use crate::child;
 use crate::cli::MigrateArgs;
 use crate::config::{Config, redact};
 use crate::db::{self, Conn, MIGRATIONS_TABLE, NewMarker, Status};
 use crate::error::{Error, Result};
+use crate::http;
 use crate::lock::{self, Acquired, Expected, Lock};
 use crate::signals::Signals;
 use crate::source::{Source, hex};
 
+/// What this run applies.
+enum Job {
+    Sql(Source),
+    External {
+        version: String,
+        command: Vec<String>,
+    },
+}
+
+impl Job {
+    fn from_args(args: &MigrateArgs) -> Result<Job> {
+        match (&args.source, args.command.is_empty()) {
+            (Some(dir), true) => Ok(Job::Sql(Source::load(dir)?)),
+            (None, false) => {
+                let version = args.version.clone().unwrap_or_default();
+                if version.trim().is_empty() {
+                    return Err(Error::Config(
+                        "--version must not be empty with -- CMD".into(),
+                    ));
+                }
+                // Not found is a usage error, before we connect or take the lock.
+                child::resolve(&args.command[0])?;
+                Ok(Job::External {
+                    version,
+                    command: args.command.clone(),
+                })
+            }
+            (Some(_), false) => Err(Error::Config(
+                "give --source DIR or -- CMD, not both".into(),
+            )),
+            (None, true) => Err(Error::Config(
+                "give --source DIR, or --version V -- CMD".into(),
+            )),
+        }
+    }
+
+    fn expected(&self) -> (String, Option<String>) {
+        match self {
+            Job::Sql(source) => (source.version(), Some(source.digest())),
+            Job::External { version, .. } => (version.clone(), None),
+        }
+    }
+}
+
+/// How a run under the lock ended, for the marker and the webhook.
+struct Ran {
+    applied: usize,
+    /// Whether this run wrote a marker (and so has something to notify).
+    wrote_marker: bool,
+}
+
 pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Result<Outcome> {
     let started = Instant::now();
-    // Read the source before touching the database: a bad file is a usage error.
-    let source = Source::load(&args.source)?;
-    let version = source.version();
-    let digest = source.digest();
+    // Read the source and check the command before touching the database: bad input is a
+    // usage error.
+    let job = Job::from_args(args)?;
+    if args.version.is_some() && matches!(job, Job::Sql(_)) {
+        return Err(Error::Config(
+            "--version goes with an external migrator (-- CMD); a SQL source's version is its newest migration".into(),
+        ));
+    }
+    http::validate(&args.notify_urls, "--notify-url")?;
+    let (version, digest) = job.expected();
     let expected = Expected {
         version: &version,
-        digest: Some(&digest),
+        digest: digest.as_deref(),
     };
     let done = |message: String, applied| Outcome {
         version: Some(version.clone()),
         applied: Some(applied),
         message,
+        exec: None,
     };
 
     // Until we hold the lock nothing is ours to record: a signal just ends the run.
     let (mut conn, lock) = tokio::select! {
-        r = connect_and_lock(cfg, args, &source, &expected) => match r? {
+        r = connect_and_lock(cfg, args, &job, &expected) => match r? {
             Before::Done(message) => return Ok(done(message, 0)),
             Before::Locked(conn, lock) => (conn, lock),
         },
         sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
-    let session = conn.session_id().await?;
-    let mut progress = Progress::default();
 
-    let result = tokio::select! {
-        r = apply_under_lock(&mut conn, cfg, &source, &expected, started, &mut progress) => r,
-        sig = signals.recv() => {
-            // Leave the dropped query to the server: record the failure from another
-            // connection while our session still holds the lock, then end our session so
-            // its transaction rolls back and the lock is freed for the next run.
-            let detail = format!(
-                "interrupted by {sig} while applying {}",
-                progress.current.as_deref().unwrap_or("the marker")
-            );
-            tracing::warn!("{detail}; rolling back");
-            db::interrupt_local();
-            record_interrupt(cfg, &version, &digest, started, progress.applied, &detail, session).await;
-            return Err(Error::Interrupted(sig));
+    let ctx = Ctx {
+        cfg,
+        expected: &expected,
+        started,
+    };
+    let result = match &job {
+        Job::Sql(source) => apply_sql(&mut conn, &ctx, source, &mut signals).await,
+        Job::External { command, .. } => {
+            run_external(&mut conn, &ctx, command, args.grace, &mut signals).await
         }
     };
-    let release = lock.release(&mut conn, cfg).await;
-    conn.close().await;
-    let applied = result?;
-    release?;
+    let result = match result {
+        // The session that held the lock is gone (killed, or the server went away).
+        Err(e @ (Error::Interrupted(_) | Error::LockLost(_))) => Err(e),
+        other => {
+            let release = lock.release(&mut conn, cfg).await;
+            conn.close().await;
+            other.and_then(|ran| release.map(|()| ran))
+        }
+    };
+    let (status, applied, error, wrote) = match &result {
+        Ok(ran) => ("succeeded", ran.applied, None, ran.wrote_marker),
+        Err(e) => ("failed", 0, Some(redact(&e.to_string())), true),
+    };
+    if wrote {
+        let event = http::Event {
+            event: "schemagate.migrate",
+            version: &version,
+            status,
+            applied,
+            duration_ms: started.elapsed().as_millis(),
+            runner: &cfg.runner,
+            error,
+        };
+        http::notify(&args.notify_urls, &event).await;
+    }
+    let ran = result.map_err(|e| match e {
+        Error::LockLost(msg) => Error::Failed(msg),
+        other => other,
+    })?;
     Ok(done(
-        format!("schema version {version} ready ({applied} applied)"),
-        applied,
+        format!("schema version {version} ready ({} applied)", ran.applied),
+        ran.applied,
     ))
 }
 
@@ -79,17 +157,15 @@ enum Before {
 async fn connect_and_lock(
     cfg: &Config,
     args: &MigrateArgs,
-    source: &Source,
+    job: &Job,
     expected: &Expected<'_>,
 ) -> Result<Before> {
     let version = expected.version;
     let mut conn = db::connect(cfg).await?;
     if args.dry_run {
-        let plan = plan(&mut conn, source).await;
+        let result = dry_run(&mut conn, cfg, job, expected).await;
         conn.close().await;
-        let plan = plan?;
-        print_plan(source, &plan);
-        return Ok(Before::Done(format!("dry run: {} pending", plan.len())));
+        return result.map(Before::Done);
     }
     // The fast path every replica pays at every start: one query, no lock.
     if lock::is_done(&mut conn, cfg, expected).await? {
@@ -112,50 +188,134 @@ async fn connect_and_lock(
     }
 }
 
-/// What `apply_under_lock` has got to, readable after it is cancelled.
+async fn dry_run(
+    conn: &mut Conn,
+    cfg: &Config,
+    job: &Job,
+    expected: &Expected<'_>,
+) -> Result<String> {
+    match job {
+        Job::Sql(source) => {
+            let plan = plan(conn, source).await?;
+            print_plan(source, &plan);
+            Ok(format!("dry run: {} pending", plan.len()))
+        }
+        Job::External { command, .. } => {
+            if lock::is_done(conn, cfg, expected).await? {
+                println!(
+                    "nothing to run: schema version {} is already recorded",
+                    expected.version
+                );
+            } else {
+                println!(
+                    "would run under the lock: {}\nthen record schema version {}",
+                    redact(&command.join(" ")),
+                    expected.version
+                );
+            }
+            Ok("dry run".into())
+        }
+    }
+}
+
+/// What every run under the lock needs.
+struct Ctx<'a> {
+    cfg: &'a Config,
+    expected: &'a Expected<'a>,
+    started: Instant,
+}
+
+impl Ctx<'_> {
+    fn marker<'m>(
+        &'m self,
+        status: Status,
+        applied: usize,
+        detail: Option<&'m str>,
+    ) -> NewMarker<'m> {
+        NewMarker {
+            version: self.expected.version,
+            digest: self.expected.digest,
+            status,
+            action: "migrate",
+            elapsed: self.started.elapsed(),
+            applied: applied as i64,
+            runner: &self.cfg.runner,
+            detail,
+        }
+    }
+}
+
+/// Tables first, then the check again: another run may have finished between our fast
+/// path and taking the lock. `true` when there is nothing left to do.
+async fn prepare_under_lock(conn: &mut Conn, ctx: &Ctx<'_>, sqlx_table: bool) -> Result<bool> {
+    if sqlx_table {
+        conn.migrate()
+            .ensure_migrations_table(MIGRATIONS_TABLE)
+            .await
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "cannot create {MIGRATIONS_TABLE}: {}",
+                    redact(&e.to_string())
+                ))
+            })?;
+    }
+    conn.ensure_marker_table(&ctx.cfg.table).await?;
+    if lock::is_done(conn, ctx.cfg, ctx.expected).await? {
+        tracing::info!(
+            "schema version {} was applied by another run; nothing to do",
+            ctx.expected.version
+        );
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// What `apply_pending` has got to, readable after it is cancelled.
 #[derive(Default)]
 struct Progress {
     applied: usize,
     current: Option<String>,
 }
 
-async fn apply_under_lock(
+async fn apply_sql(
     conn: &mut Conn,
-    cfg: &Config,
+    ctx: &Ctx<'_>,
     source: &Source,
-    expected: &Expected<'_>,
-    started: Instant,
+    signals: &mut Signals,
+) -> Result<Ran> {
+    let session = conn.session_id().await?;
+    let mut progress = Progress::default();
+    tokio::select! {
+        r = apply_pending(conn, ctx, source, &mut progress) => r,
+        sig = signals.recv() => {
+            // Leave the dropped query to the server: record the failure from another
+            // connection while our session still holds the lock, then end our session so
+            // its transaction rolls back and the lock is freed for the next run.
+            let detail = format!(
+                "interrupted by {sig} while applying {}",
+                progress.current.as_deref().unwrap_or("the marker")
+            );
+            tracing::warn!("{detail}; rolling back");
+            db::interrupt_local();
+            record_from_side(ctx, progress.applied, &detail, Some(session)).await;
+            Err(Error::Interrupted(sig))
+        }
+    }
+}
+
+async fn apply_pending(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    source: &Source,
     progress: &mut Progress,
-) -> Result<usize> {
-    conn.migrate()
-        .ensure_migrations_table(MIGRATIONS_TABLE)
-        .await
-        .map_err(|e| {
-            Error::Failed(format!(
-                "cannot create {MIGRATIONS_TABLE}: {}",
-                redact(&e.to_string())
-            ))
-        })?;
-    conn.ensure_marker_table(&cfg.table).await?;
-    // Another run may have finished between our fast path and taking the lock.
-    if lock::is_done(conn, cfg, expected).await? {
-        tracing::info!(
-            "schema version {} was applied by another run; nothing to do",
-            expected.version
-        );
-        return Ok(0);
+) -> Result<Ran> {
+    if prepare_under_lock(conn, ctx, true).await? {
+        return Ok(Ran {
+            applied: 0,
+            wrote_marker: false,
+        });
     }
     let pending = plan(conn, source).await?;
-    let marker = |status, applied, detail| NewMarker {
-        version: expected.version,
-        digest: expected.digest,
-        status,
-        action: "migrate",
-        elapsed: started.elapsed(),
-        applied: applied as i64,
-        runner: &cfg.runner,
-        detail,
-    };
     for m in &pending {
         let label = format!("{} ({})", m.version, m.description);
         progress.current = Some(label.clone());
@@ -175,8 +335,8 @@ async fn apply_under_lock(
             );
             tracing::error!("{detail}");
             conn.insert_marker(
-                &cfg.table,
-                &marker(Status::Failed, progress.applied, Some(&detail)),
+                &ctx.cfg.table,
+                &ctx.marker(Status::Failed, progress.applied, Some(&detail)),
             )
             .await?;
             return Err(Error::Failed(detail));
@@ -186,17 +346,109 @@ async fn apply_under_lock(
     }
     progress.current = None;
     conn.insert_marker(
-        &cfg.table,
-        &marker(Status::Succeeded, progress.applied, None),
+        &ctx.cfg.table,
+        &ctx.marker(Status::Succeeded, progress.applied, None),
     )
     .await?;
     tracing::info!(
         "schema version {} ready: {} applied in {:.1?}",
-        expected.version,
+        ctx.expected.version,
         progress.applied,
-        started.elapsed()
+        ctx.started.elapsed()
     );
-    Ok(progress.applied)
+    Ok(Ran {
+        applied: progress.applied,
+        wrote_marker: true,
+    })
+}
+
+/// How often the lock connection is checked while an external migrator runs.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+async fn run_external(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    command: &[String],
+    grace: Duration,
+    signals: &mut Signals,
+) -> Result<Ran> {
+    if prepare_under_lock(conn, ctx, false).await? {
+        return Ok(Ran {
+            applied: 0,
+            wrote_marker: false,
+        });
+    }
+    let env = [
+        ("SCHEMAGATE_VERSION", ctx.expected.version.to_owned()),
+        ("SCHEMAGATE_LOCK_KEY", ctx.cfg.lock.key.to_string()),
+    ];
+    let mut running = child::spawn(command, &env, ctx.cfg.json_logs)?;
+    let name = running.name().to_owned();
+    let mut check = tokio::time::interval(LOCK_CHECK_EVERY);
+    check.tick().await;
+    let status = loop {
+        tokio::select! {
+            status = running.wait() => break status.map_err(|e| Error::Failed(format!("cannot wait for {name}: {e}")))?,
+            _ = check.tick() => {
+                if let Err(why) = conn.lock_still_held(ctx.cfg).await {
+                    let msg = format!("lost the migration lock while {name} ran ({why}); stopping it");
+                    tracing::error!("{msg}");
+                    let ended = running.stop(libc::SIGTERM, grace).await;
+                    let detail = format!(
+                        "{msg}; {name} {}",
+                        ended.map(|s| child::describe_status(&s)).unwrap_or_else(|e| e.to_string())
+                    );
+                    record_from_side(ctx, 0, &detail, None).await;
+                    return Err(Error::LockLost(detail));
+                }
+            }
+            sig = signals.recv() => {
+                tracing::warn!("{sig} received: passing it to {name}, which has {grace:?} to exit");
+                let ended = running.stop(sig.number(), grace).await;
+                let detail = format!(
+                    "interrupted by {sig}; {name} {}",
+                    ended.map(|s| child::describe_status(&s)).unwrap_or_else(|e| e.to_string())
+                );
+                // We still hold the lock: record it on our own connection, then let go.
+                if let Err(e) = conn.insert_marker(&ctx.cfg.table, &ctx.marker(Status::Failed, 0, Some(&detail))).await {
+                    tracing::warn!("could not record the interruption: {e}");
+                }
+                return Err(Error::Interrupted(sig));
+            }
+        }
+    };
+    if status.success() {
+        conn.insert_marker(&ctx.cfg.table, &ctx.marker(Status::Succeeded, 0, None))
+            .await?;
+        tracing::info!(
+            "{name} finished; schema version {} recorded in {:.1?}",
+            ctx.expected.version,
+            ctx.started.elapsed()
+        );
+        return Ok(Ran {
+            applied: 0,
+            wrote_marker: true,
+        });
+    }
+    let tail = running.stderr_tail().await;
+    let detail = format!(
+        "{name} {}{}",
+        child::describe_status(&status),
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; last stderr lines:\n{tail}")
+        }
+    );
+    conn.insert_marker(
+        &ctx.cfg.table,
+        &ctx.marker(Status::Failed, 0, Some(&detail)),
+    )
+    .await?;
+    Err(Error::Failed(format!(
+        "{name} {}",
+        child::describe_status(&status)
+    )))
 }
 
 /// The error text without sqlx's "while executing migration N:" prefix (we name it).
@@ -242,7 +494,7 @@ async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Vec<&'s Migrati
             Some(_) => {}
         }
     }
-    let applied: std::collections::HashSet<i64> = applied.iter().map(|a| a.version).collect();
+    let applied: HashSet<i64> = applied.iter().map(|a| a.version).collect();
     Ok(source
         .ups
         .iter()
@@ -273,42 +525,28 @@ fn print_plan(source: &Source, pending: &[&Migration]) {
     }
 }
 
-/// After a signal: write the `failed` marker from a fresh connection, then end the session
-/// that held the lock. Best effort: the database may be the reason we are stopping.
-async fn record_interrupt(
-    cfg: &Config,
-    version: &str,
-    digest: &str,
-    started: Instant,
-    applied: usize,
-    detail: &str,
-    session: i64,
-) {
-    let mut short_cfg = cfg.clone();
+/// Write a `failed` marker from a fresh connection (the lock connection is busy or gone),
+/// then end the session that held the lock, if given. Best effort: the database may be the
+/// reason we are stopping.
+async fn record_from_side(ctx: &Ctx<'_>, applied: usize, detail: &str, end_session: Option<i64>) {
+    let mut short_cfg = ctx.cfg.clone();
     short_cfg.connect_timeout = Duration::from_secs(5);
     let attempt = async {
         let mut side = db::connect(&short_cfg).await?;
         side.insert_marker(
-            &cfg.table,
-            &NewMarker {
-                version,
-                digest: Some(digest),
-                status: Status::Failed,
-                action: "migrate",
-                elapsed: started.elapsed(),
-                applied: applied as i64,
-                runner: &cfg.runner,
-                detail: Some(detail),
-            },
+            &ctx.cfg.table,
+            &ctx.marker(Status::Failed, applied, Some(detail)),
         )
         .await?;
-        side.kill_session(session).await?;
+        if let Some(session) = end_session {
+            side.kill_session(session).await?;
+        }
         side.close().await;
         Ok::<_, Error>(())
     };
     match tokio::time::timeout(Duration::from_secs(8), attempt).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("could not record the interruption: {e}"),
-        Err(_) => tracing::warn!("could not record the interruption in time"),
+        Ok(Err(e)) => tracing::warn!("could not record the failure: {e}"),
+        Err(_) => tracing::warn!("could not record the failure in time"),
     }
 }

@@ -16,4 +16,7 @@ pub struct Outcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub applied: Option<usize>,
     pub message: String,
+    /// `wait -- CMD`: the command to replace this process with, once ready.
+    #[serde(skip)]
+    pub exec: Option<Vec<String>>,
 }

@@ -194,6 +194,7 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
             version: Some(version),
             applied: Some(pending_before),
             message: "smoke: every check passed".into(),
+            exec: None,
         })
     } else {
         Err(Error::Failed(format!(

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Outcome;
+use crate::child;
 use crate::cli::WaitArgs;
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, redact_url};
 use crate::db::{self, Conn, Listener, Wake};
 use crate::error::{Error, Result};
+use crate::http;
 use crate::source::Source;
 
 /// What the database says about the expected version right now.
@@ -55,10 +57,19 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
             cfg.backend.name()
         )));
     }
+    http::validate(&args.http, "--http")?;
+    if let Some(program) = args.command.first() {
+        // Not found is a usage error now, not after minutes of waiting.
+        child::resolve(program)?;
+    }
     let version = target.version.clone();
     let started = Instant::now();
     let mut last = Readiness::NotYet("not checked yet".into());
-    let waiting = wait_loop(cfg, args, &target, &mut last);
+    let waiting = async {
+        let why = wait_loop(cfg, args, &target, &mut last).await?;
+        probe_http(args).await?;
+        Ok(why)
+    };
     let result = if args.once {
         waiting.await
     } else {
@@ -83,7 +94,32 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
         version: Some(version),
         applied: None,
         message: why,
+        exec: (!args.command.is_empty()).then(|| args.command.clone()),
     })
+}
+
+/// After the database gate: each `--http` URL must answer 2xx (once, with `--once`).
+async fn probe_http(args: &WaitArgs) -> Result<()> {
+    if args.http.is_empty() {
+        return Ok(());
+    }
+    let client =
+        http::client(Duration::from_secs(5).min(args.interval.max(Duration::from_secs(1))))?;
+    for url in &args.http {
+        if args.once {
+            let ok = client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !ok {
+                return Err(Error::Failed(format!("{} is not ready", redact_url(url))));
+            }
+        } else {
+            http::wait_ready(&client, url, jitter(args.interval)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn wait_loop(

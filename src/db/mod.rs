@@ -278,6 +278,21 @@ impl Conn {
         .map_err(|e| db_err("cannot release the migration lock", e))
     }
 
+    /// Whether this connection still holds the migration lock; `Err` says why not.
+    pub async fn lock_still_held(&mut self, cfg: &Config) -> Result<(), String> {
+        let held = match self {
+            Conn::Pg(c) => postgres::holds_lock(c, cfg.lock.key).await,
+            Conn::My(c) => mysql::holds_lock(c, &cfg.lock).await,
+            // The file lock lives as long as this process.
+            Conn::Lite(_) => Ok(true),
+        };
+        match held {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the lock is no longer held by this session".into()),
+            Err(e) => Err(format!("the lock connection failed: {}", describe(&e))),
+        }
+    }
+
     pub async fn lock_holder(&mut self, cfg: &Config) -> Result<Option<Holder>> {
         match self {
             Conn::Pg(c) => postgres::lock_holder(c, cfg.lock.key).await,

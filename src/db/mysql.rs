@@ -37,6 +37,16 @@ pub async fn unlock(c: &mut MySqlConnection, lock: &LockId) -> Result<(), sqlx::
     Ok(())
 }
 
+pub async fn holds_lock(c: &mut MySqlConnection, lock: &LockId) -> Result<bool, sqlx::Error> {
+    let held: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT CAST(IS_USED_LOCK({LOCK_NAME}) = CONNECTION_ID() AS SIGNED)"
+    )))
+    .bind(&lock.name)
+    .fetch_one(c)
+    .await?;
+    Ok(held == Some(1))
+}
+
 pub async fn lock_holder(
     c: &mut MySqlConnection,
     lock: &LockId,

@@ -57,6 +57,18 @@ pub async fn unlock(c: &mut PgConnection, key: i64) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+pub async fn holds_lock(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() \
+           AND locktype = 'advisory' AND granted AND objsubid = 1 \
+           AND classid = (($1::int8 >> 32) & 4294967295)::oid \
+           AND objid = ($1::int8 & 4294967295)::oid)",
+    )
+    .bind(key)
+    .fetch_one(c)
+    .await
+}
+
 pub async fn lock_holder(c: &mut PgConnection, key: i64) -> Result<Option<Holder>, sqlx::Error> {
     let row: Option<(i64, String, String, f64)> = sqlx::query_as(
         "SELECT a.pid::int8, coalesce(a.application_name, ''), \

@@ -1,0 +1,204 @@
+//! Running an external command: the migrator under the lock (`migrate -- CMD`), its output
+//! streamed into our log, signals forwarded with a grace period; and resolving a command on
+//! PATH up front, so "not found" is a usage error before anything else happens.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::config::redact;
+use crate::error::{Error, Result};
+
+/// Find `program` the way a shell would: a path as is, else the first executable on PATH.
+pub fn resolve(program: &str) -> Result<PathBuf> {
+    let is_executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.is_empty() {
+        return Err(Error::Config("the command after -- is empty".into()));
+    }
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(Error::Config(format!(
+                "command not found or not executable: {program}"
+            )))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| Error::Config(format!("command not found: {program} (searched PATH)")))
+}
+
+/// A running external command whose output goes to our log.
+pub struct Running {
+    child: Child,
+    pid: i32,
+    name: String,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const TAIL_LINES: usize = 20;
+
+/// Start `command` with `env` added. Each output line is logged as `[name] line`; with
+/// `json_logs` it also carries `child` and `stream` fields.
+pub fn spawn(command: &[String], env: &[(&str, String)], json_logs: bool) -> Result<Running> {
+    let program = resolve(&command[0])?;
+    let name = Path::new(&command[0])
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| command[0].clone());
+    let mut cmd = Command::new(&program);
+    cmd.args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C reaches us, and we decide what the
+        // child gets and when.
+        .process_group(0)
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Config(format!("cannot run {}: {e}", command[0])))?;
+    let pid = child.id().map_or(0, |p| p as i32);
+    tracing::info!(
+        "running {} (pid {pid}) under the lock",
+        redact(&command.join(" "))
+    );
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(stream(
+            out,
+            name.clone(),
+            "stdout",
+            None,
+            json_logs,
+        )));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(stream(
+            err,
+            name.clone(),
+            "stderr",
+            Some(stderr_tail.clone()),
+            json_logs,
+        )));
+    }
+    Ok(Running {
+        child,
+        pid,
+        name,
+        stderr_tail,
+        readers,
+    })
+}
+
+async fn stream(
+    pipe: impl AsyncRead + Unpin,
+    name: String,
+    stream: &'static str,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    json_logs: bool,
+) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line = redact(&line);
+        if json_logs {
+            tracing::info!(child = %name, stream, "[{name}] {line}");
+        } else {
+            tracing::info!("[{name}] {line}");
+        }
+        if let Some(tail) = &tail {
+            let mut tail = tail.lock().expect("tail lock");
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+}
+
+impl Running {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Send `signal`, wait up to `grace`, then SIGKILL. Returns how it ended.
+    pub async fn stop(&mut self, signal: i32, grace: Duration) -> std::io::Result<ExitStatus> {
+        self.signal(signal);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!(
+                    "{} did not exit within {grace:?} of the signal; killing it",
+                    self.name
+                );
+                self.signal(libc::SIGKILL);
+                self.child.wait().await
+            }
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        if self.pid > 0 {
+            // The whole group: a shell wrapper's children get it too.
+            // SAFETY: kill(2) takes plain integers and has no memory effects.
+            unsafe {
+                libc::kill(-self.pid, signal);
+            }
+        }
+    }
+
+    /// The last lines the command wrote to stderr (redacted), after its output has drained.
+    pub async fn stderr_tail(&mut self) -> String {
+        for reader in self.readers.drain(..) {
+            // A grandchild may hold the pipe open: do not wait for it forever.
+            let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+        }
+        let tail = self.stderr_tail.lock().expect("tail lock");
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// How a finished command ended, in words.
+pub fn describe_status(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+        _ => "ended".into(),
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        6 => "SIGABRT",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
