@@ -67,6 +67,29 @@ pub enum Command {
     ///   schemagate status --source ./migrations --json
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
+    /// Run down migrations under the lock, newest first, until VERSION is the newest
+    /// applied; record a `rollback` marker.
+    ///
+    /// Every migration to undo needs a `<VERSION>_<description>.down.sql`. Waiters for
+    /// VERSION (built from the same source) then pass; waiters for a newer version wait.
+    ///
+    /// Examples:
+    ///   schemagate rollback --to 20240103000000 --source ./migrations
+    ///   schemagate rollback --to 0 --source ./migrations --dry-run
+    #[command(verbatim_doc_comment)]
+    Rollback(RollbackArgs),
+    /// Repair: mark VERSION done without running anything, under the lock.
+    ///
+    /// With --source, every migration up to VERSION that is not applied is recorded as
+    /// applied, and a dirty one (failed part-way) is marked done: use it after finishing
+    /// a migration by hand. Without --source (an external migrator), only the marker is
+    /// written.
+    ///
+    /// Examples:
+    ///   schemagate stamp 20240104000000 --source ./migrations
+    ///   schemagate stamp 0003_backfill_display_name
+    #[command(verbatim_doc_comment)]
+    Stamp(StampArgs),
     /// Rehearse a rollout locally: N racing `migrate` and N `wait` processes.
     ///
     /// Runs against a throwaway SQLite file unless --database-url is given (DATABASE_URL is
@@ -80,6 +103,32 @@ pub enum Command {
     ///       --database-url postgres://postgres@127.0.0.1/scratch
     #[command(verbatim_doc_comment)]
     Smoke(SmokeArgs),
+}
+
+impl Command {
+    /// The subcommand's name, for logs, application_name and the termination log.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Command::Migrate(_) => "migrate",
+            Command::Wait(_) => "wait",
+            Command::Status(_) => "status",
+            Command::Rollback(_) => "rollback",
+            Command::Stamp(_) => "stamp",
+            Command::Smoke(_) => "smoke",
+        }
+    }
+
+    /// The connection options, for the commands that take them.
+    pub fn connect(&self) -> Option<&ConnectArgs> {
+        match self {
+            Command::Migrate(a) => Some(&a.connect),
+            Command::Wait(a) => Some(&a.connect),
+            Command::Status(a) => Some(&a.connect),
+            Command::Rollback(a) => Some(&a.connect),
+            Command::Stamp(a) => Some(&a.connect),
+            Command::Smoke(_) => None,
+        }
+    }
 }
 
 /// How to reach the database and which marker and lock to use.
@@ -123,6 +172,32 @@ pub struct ConnectArgs {
     pub termination_log: Option<PathBuf>,
 }
 
+/// How concurrent runs exclude each other.
+#[derive(Debug, Args, Clone)]
+pub struct LockArgs {
+    /// `advisory`: a session lock the server releases when the connection ends (no stale
+    /// locks). `lease`: a row with an expiry, renewed while the run lasts and taken over
+    /// only once expired; for PgBouncer in transaction pooling mode, where session locks
+    /// do not work (PostgreSQL only).
+    #[arg(long, env = "SCHEMAGATE_LOCK", value_enum, default_value_t = LockMode::Advisory)]
+    pub lock: LockMode,
+
+    /// With --lock lease: how long a lease lives without a heartbeat (renewed every third
+    /// of it). A crashed run's lease is taken over after this long.
+    #[arg(long, env = "SCHEMAGATE_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// Give up waiting for the lock after this long (exit 124).
+    #[arg(long, env = "SCHEMAGATE_LOCK_WAIT", default_value = "10m", value_parser = parse_duration)]
+    pub lock_wait: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockMode {
+    Advisory,
+    Lease,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -150,13 +225,33 @@ pub struct MigrateArgs {
     #[arg(long, env = "SCHEMAGATE_VERSION")]
     pub version: Option<String>,
 
-    /// Give up waiting for the lock after this long (exit 124).
-    #[arg(long, env = "SCHEMAGATE_LOCK_WAIT", default_value = "10m", value_parser = parse_duration)]
-    pub lock_wait: Duration,
+    #[command(flatten)]
+    pub lock: LockArgs,
 
     /// Print what would be applied and change nothing.
     #[arg(long, env = "SCHEMAGATE_DRY_RUN")]
     pub dry_run: bool,
+
+    /// PostgreSQL: `lock_timeout` for each transactional migration. A migration that
+    /// waits longer for a table lock is rolled back and retried with backoff (see
+    /// --ddl-retries), instead of queueing every query on that table behind it.
+    #[arg(long, env = "SCHEMAGATE_DDL_LOCK_TIMEOUT", value_parser = parse_duration)]
+    pub ddl_lock_timeout: Option<Duration>,
+
+    /// PostgreSQL: `statement_timeout` for each transactional migration; a migration that
+    /// exceeds it is rolled back and retried like a lock timeout.
+    #[arg(long, env = "SCHEMAGATE_STATEMENT_TIMEOUT", value_parser = parse_duration)]
+    pub statement_timeout: Option<Duration>,
+
+    /// How many times a migration that hit --ddl-lock-timeout or --statement-timeout is
+    /// retried before the run fails.
+    #[arg(long, env = "SCHEMAGATE_DDL_RETRIES", default_value_t = 3)]
+    pub ddl_retries: u32,
+
+    /// PostgreSQL: apply all pending transactional migrations in one transaction (all or
+    /// nothing). `-- no-transaction` migrations still run on their own.
+    #[arg(long, env = "SCHEMAGATE_SINGLE_TRANSACTION")]
+    pub single_transaction: bool,
 
     /// How long an external migrator gets to exit after SIGTERM before SIGKILL.
     #[arg(long, env = "SCHEMAGATE_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -245,6 +340,45 @@ pub struct StatusArgs {
     /// How many markers to show, newest first.
     #[arg(long, env = "SCHEMAGATE_LIMIT", default_value_t = 20)]
     pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// The version to roll back to: it stays applied, everything newer is undone. `0`
+    /// undoes every migration.
+    #[arg(long, env = "SCHEMAGATE_TO")]
+    pub to: i64,
+
+    /// Directory of migrations with `.down.sql` files.
+    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    pub source: PathBuf,
+
+    /// Print what would be undone and change nothing.
+    #[arg(long, env = "SCHEMAGATE_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StampArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// The version to mark done.
+    #[arg(value_name = "VERSION")]
+    pub version: String,
+
+    /// Directory of SQL migrations: record those up to VERSION as applied.
+    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -1,32 +1,50 @@
 //! The migration lock: acquire by polling (never blocking), report who holds it while we
 //! wait, and stop waiting as soon as another run's marker says the work is done.
 //!
-//! PostgreSQL: a session advisory lock; MySQL: `GET_LOCK`; both die with the connection,
-//! so a crashed migrator leaves no stale lock. SQLite: an OS file lock on a file beside the
-//! database, released by the kernel when the process dies.
+//! - PostgreSQL `advisory`: a session advisory lock; MySQL: `GET_LOCK`. Both die with the
+//!   connection, so a crashed migrator leaves no stale lock.
+//! - PostgreSQL `lease`: a row with an owner and an expiry, renewed by a heartbeat on its
+//!   own connection and taken over only once expired. Works through transaction poolers.
+//! - SQLite: an OS file lock on a file beside the database, released by the kernel when
+//!   the process dies.
 
 use std::fs::File;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 
+use crate::cli::{LockArgs, LockMode};
 use crate::config::{Backend, Config};
 use crate::db::{self, Conn, Holder};
 use crate::error::{Error, Result};
 
 /// What waiting for the lock ended in.
 pub enum Acquired {
-    /// We hold the lock (until `Lock::release` or the connection / process ends).
+    /// We hold the lock (until `Lock::release`, or the connection / process ends).
     Held(Lock),
     /// Another run recorded the expected marker while we waited: nothing to do.
     AlreadyDone,
 }
 
-/// Proof that we hold the lock. For SQLite it owns the locked file.
+/// Proof that we hold the lock.
 pub struct Lock {
-    file: Option<File>,
+    kind: Kind,
+}
+
+enum Kind {
+    Session,
+    File(File),
+    Lease(Lease),
+}
+
+struct Lease {
+    token: String,
+    lost: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 /// The marker that makes waiting for the lock pointless.
@@ -37,28 +55,48 @@ pub struct Expected<'a> {
 
 const HOLDER_LOG_EVERY: Duration = Duration::from_secs(5);
 
+/// Refuse lock settings the backend cannot honour, before connecting.
+pub fn validate(cfg: &Config, args: &LockArgs) -> Result<()> {
+    if args.lock == LockMode::Lease && cfg.backend != Backend::Postgres {
+        return Err(Error::Config(format!(
+            "--lock lease is for PostgreSQL behind a transaction pooler; {} uses its own lock",
+            cfg.backend.name()
+        )));
+    }
+    if args.lease_ttl < Duration::from_secs(3) {
+        return Err(Error::Config("--lease-ttl must be at least 3s".into()));
+    }
+    Ok(())
+}
+
 pub async fn acquire(
     conn: &mut Conn,
     cfg: &Config,
-    wait: Duration,
-    expected: &Expected<'_>,
+    args: &LockArgs,
+    expected: Option<&Expected<'_>>,
 ) -> Result<Acquired> {
     let started = Instant::now();
+    let token = token();
+    if args.lock == LockMode::Lease {
+        conn.ensure_lease_table(&cfg.table).await?;
+    }
     let polling = async {
         let mut delays = db::backoff(Duration::from_millis(20), Duration::from_millis(500)).build();
         let mut last_log: Option<Instant> = None;
         loop {
-            if let Some(lock) = try_acquire(conn, cfg).await? {
+            if let Some(lock) = try_acquire(conn, cfg, args, &token).await? {
                 if last_log.is_some() {
                     tracing::info!("took the migration lock after {:.1?}", started.elapsed());
                 }
                 return Ok(Acquired::Held(lock));
             }
-            if is_done(conn, cfg, expected).await? {
+            if let Some(expected) = expected
+                && is_done(conn, cfg, expected).await?
+            {
                 return Ok(Acquired::AlreadyDone);
             }
             if last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY) {
-                let who = match holder(conn, cfg).await {
+                let who = match holder(conn, cfg, args.lock).await {
                     Ok(Some(h)) => h.to_string(),
                     Ok(None) => "a session that just let go".into(),
                     Err(e) => format!("unknown ({e})"),
@@ -74,10 +112,10 @@ pub async fn acquire(
             tokio::time::sleep(delay).await;
         }
     };
-    match tokio::time::timeout(wait, polling).await {
+    match tokio::time::timeout(args.lock_wait, polling).await {
         Ok(r) => r,
         Err(_) => {
-            let who = holder(conn, cfg)
+            let who = holder(conn, cfg, args.lock)
                 .await
                 .ok()
                 .flatten()
@@ -86,7 +124,7 @@ pub async fn acquire(
             Err(Error::Timeout(format!(
                 "could not take the migration lock {:?} within {} (--lock-wait){who}",
                 cfg.lock.name,
-                humantime::format_duration(wait)
+                humantime::format_duration(args.lock_wait)
             )))
         }
     }
@@ -100,13 +138,55 @@ pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> 
         .is_some_and(|m| m.status == "succeeded" && m.digest.as_deref() == expected.digest))
 }
 
-async fn try_acquire(conn: &mut Conn, cfg: &Config) -> Result<Option<Lock>> {
-    if conn.backend() != Backend::Sqlite {
-        return Ok(conn.try_lock(cfg).await?.then_some(Lock { file: None }));
+async fn try_acquire(
+    conn: &mut Conn,
+    cfg: &Config,
+    args: &LockArgs,
+    token: &str,
+) -> Result<Option<Lock>> {
+    match (conn.backend(), args.lock) {
+        (Backend::Sqlite, _) => try_file_lock(cfg),
+        (_, LockMode::Lease) => {
+            let Some(previous) = conn.try_lease(cfg, token, args.lease_ttl).await? else {
+                return Ok(None);
+            };
+            if let Some(previous) = previous {
+                tracing::warn!("took over an expired lease from {previous}");
+            }
+            Ok(Some(Lock {
+                kind: Kind::Lease(start_heartbeat(cfg, token, args.lease_ttl)),
+            }))
+        }
+        (_, LockMode::Advisory) => {
+            if !conn.try_lock(cfg).await? {
+                return Ok(None);
+            }
+            // Behind a transaction pooler the next statement may run in another server
+            // session, where our session lock does not exist: the lock would protect
+            // nothing. Say so instead of pretending.
+            if conn.lock_still_held(cfg).await.is_err() {
+                let _ = conn.unlock(cfg).await;
+                return Err(Error::Config(
+                    "took the advisory lock, but the next statement ran in another server \
+                     session: this connection goes through a transaction pooler (PgBouncer \
+                     pool_mode = transaction?), where session locks do not work. Use \
+                     --lock lease"
+                        .into(),
+                ));
+            }
+            Ok(Some(Lock {
+                kind: Kind::Session,
+            }))
+        }
     }
+}
+
+fn try_file_lock(cfg: &Config) -> Result<Option<Lock>> {
     let Some(path) = sqlite_lock_path(cfg) else {
         // An in-memory database is private to this process.
-        return Ok(Some(Lock { file: None }));
+        return Ok(Some(Lock {
+            kind: Kind::Session,
+        }));
     };
     let mut file = File::options()
         .create(true)
@@ -120,7 +200,9 @@ async fn try_acquire(conn: &mut Conn, cfg: &Config) -> Result<Option<Lock>> {
             // Say who holds it, for `status` and for the runs that wait.
             let _ = file.set_len(0);
             let _ = write!(file, "{}\n{}\n", cfg.runner, now_unix());
-            Ok(Some(Lock { file: Some(file) }))
+            Ok(Some(Lock {
+                kind: Kind::File(file),
+            }))
         }
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::Failed(format!(
@@ -130,24 +212,108 @@ async fn try_acquire(conn: &mut Conn, cfg: &Config) -> Result<Option<Lock>> {
     }
 }
 
+/// Renew the lease every third of its TTL on a connection of its own; flag it lost when it
+/// is no longer ours, or when a TTL passes without a successful renewal.
+fn start_heartbeat(cfg: &Config, token: &str, ttl: Duration) -> Lease {
+    let lost = Arc::new(AtomicBool::new(false));
+    let (cfg, token_owned, flag) = (cfg.clone(), token.to_owned(), lost.clone());
+    let heartbeat = tokio::spawn(async move {
+        let mut conn: Option<Conn> = None;
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            if conn.is_none() {
+                let mut short = cfg.clone();
+                short.connect_timeout = ttl / 3;
+                conn = db::connect(&short).await.ok();
+            }
+            let outcome = match conn.as_mut() {
+                Some(c) => c.renew_lease(&cfg, &token_owned, ttl).await,
+                None => Err(Error::Failed("no connection".into())),
+            };
+            match outcome {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => {
+                    tracing::error!("the lease is no longer ours");
+                    flag.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("could not renew the lease: {e}");
+                    conn = None;
+                    if renewed.elapsed() >= ttl {
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Lease {
+        token: token.to_owned(),
+        lost,
+        heartbeat,
+    }
+}
+
 impl Lock {
+    /// Whether we can no longer be sure we hold the lock (the lease lapsed or was taken).
+    /// Session and file locks are checked on their connection (`Conn::lock_still_held`).
+    pub fn lease_lost(&self) -> bool {
+        matches!(&self.kind, Kind::Lease(l) if l.lost.load(Ordering::SeqCst))
+    }
+
+    pub fn is_lease(&self) -> bool {
+        matches!(self.kind, Kind::Lease(_))
+    }
+
+    /// Check the lock while a long step runs; `Err` says why it is gone.
+    pub async fn check(&self, conn: &mut Conn, cfg: &Config) -> Result<(), String> {
+        match &self.kind {
+            Kind::Lease(l) if l.lost.load(Ordering::SeqCst) => {
+                Err("the lease lapsed or was taken over".into())
+            }
+            Kind::Lease(_) | Kind::File(_) => Ok(()),
+            Kind::Session => conn.lock_still_held(cfg).await,
+        }
+    }
+
     pub async fn release(self, conn: &mut Conn, cfg: &Config) -> Result<()> {
-        match self.file {
-            Some(file) => {
+        match self.kind {
+            Kind::File(file) => {
                 let _ = file.set_len(0);
                 drop(file);
                 Ok(())
             }
-            None => conn.unlock(cfg).await,
+            Kind::Session => conn.unlock(cfg).await,
+            Kind::Lease(lease) => {
+                lease.heartbeat.abort();
+                conn.release_lease(cfg, &lease.token).await
+            }
+        }
+    }
+
+    /// Leave the lock to expire (a lease) or to the process's end: used when the run was
+    /// interrupted and its last transaction may still be rolling back on the server.
+    pub fn abandon(self) {
+        if let Kind::Lease(lease) = self.kind {
+            lease.heartbeat.abort();
         }
     }
 }
 
 /// Who holds the lock now, if anyone.
-pub async fn holder(conn: &mut Conn, cfg: &Config) -> Result<Option<Holder>> {
-    if conn.backend() != Backend::Sqlite {
-        return conn.lock_holder(cfg).await;
+pub async fn holder(conn: &mut Conn, cfg: &Config, mode: LockMode) -> Result<Option<Holder>> {
+    if conn.backend() == Backend::Sqlite {
+        return file_holder(cfg);
     }
+    if mode == LockMode::Lease {
+        return conn.lease_holder(cfg).await;
+    }
+    conn.lock_holder(cfg).await
+}
+
+fn file_holder(cfg: &Config) -> Result<Option<Holder>> {
     let Some(path) = sqlite_lock_path(cfg) else {
         return Ok(None);
     };
@@ -193,4 +359,12 @@ fn now_unix() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// A random token that names this run's lease.
+fn token() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let a = RandomState::new().hash_one((std::process::id(), Instant::now()));
+    let b = RandomState::new().hash_one(a);
+    format!("{a:016x}{b:016x}")
 }

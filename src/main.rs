@@ -28,23 +28,11 @@ use signals::Signals;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (mode, log_format, termination_log) = match &cli.command {
-        Command::Migrate(a) => (
-            "migrate",
-            a.connect.log_format,
-            a.connect.termination_log.clone(),
-        ),
-        Command::Wait(a) => (
-            "wait",
-            a.connect.log_format,
-            a.connect.termination_log.clone(),
-        ),
-        Command::Status(a) => (
-            "status",
-            a.connect.log_format,
-            a.connect.termination_log.clone(),
-        ),
-        Command::Smoke(a) => ("smoke", a.log_format, None),
+    let mode = cli.command.mode();
+    let (log_format, termination_log) = match (cli.command.connect(), &cli.command) {
+        (Some(c), _) => (c.log_format, c.termination_log.clone()),
+        (None, Command::Smoke(a)) => (a.log_format, None),
+        (None, _) => (LogFormat::Text, None),
     };
     init_logging(log_format);
 
@@ -97,6 +85,22 @@ async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
             let cfg = Config::from_args(&args.connect, mode)?;
             tokio::select! {
                 r = cmd::status::run(&cfg, &args) => r,
+                sig = signals.recv() => Err(Error::Interrupted(sig)),
+            }
+        }
+        // Down migrations run one transaction each: an interrupted one rolls back with the
+        // connection.
+        Command::Rollback(args) => {
+            let cfg = Config::from_args(&args.connect, mode)?;
+            tokio::select! {
+                r = cmd::rollback::run(&cfg, &args) => r,
+                sig = signals.recv() => Err(Error::Interrupted(sig)),
+            }
+        }
+        Command::Stamp(args) => {
+            let cfg = Config::from_args(&args.connect, mode)?;
+            tokio::select! {
+                r = cmd::stamp::run(&cfg, &args) => r,
                 sig = signals.recv() => Err(Error::Interrupted(sig)),
             }
         }

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migration;
 
-use super::Outcome;
+use super::{Before, Outcome};
 use crate::child;
 use crate::cli::MigrateArgs;
 use crate::config::{Config, redact};
-use crate::db::{self, Conn, MIGRATIONS_TABLE, NewMarker, Status};
+use crate::db::{self, ApplyOptions, Conn, MIGRATIONS_TABLE, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::lock::{self, Acquired, Expected, Lock};
+use crate::lock::{self, Expected, Lock};
 use crate::signals::Signals;
 use crate::source::{Source, hex};
 
@@ -79,6 +79,19 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         ));
     }
     http::validate(&args.notify_urls, "--notify-url")?;
+    lock::validate(cfg, &args.lock)?;
+    let postgres_only = [
+        (args.ddl_lock_timeout.is_some(), "--ddl-lock-timeout"),
+        (args.statement_timeout.is_some(), "--statement-timeout"),
+        (args.single_transaction, "--single-transaction"),
+    ];
+    if let Some((_, flag)) = postgres_only.iter().find(|(set, _)| *set)
+        && cfg.backend != crate::config::Backend::Postgres
+    {
+        return Err(Error::Config(format!(
+            "{flag} is supported on PostgreSQL only"
+        )));
+    }
     let (version, digest) = job.expected();
     let expected = Expected {
         version: &version,
@@ -104,16 +117,21 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         cfg,
         expected: &expected,
         started,
+        lock: &lock,
     };
     let result = match &job {
-        Job::Sql(source) => apply_sql(&mut conn, &ctx, source, &mut signals).await,
+        Job::Sql(source) => apply_sql(&mut conn, &ctx, source, args, &mut signals).await,
         Job::External { command, .. } => {
             run_external(&mut conn, &ctx, command, args.grace, &mut signals).await
         }
     };
     let result = match result {
-        // The session that held the lock is gone (killed, or the server went away).
-        Err(e @ (Error::Interrupted(_) | Error::LockLost(_))) => Err(e),
+        // The session that held the lock is gone (killed, or the server went away), or a
+        // transaction may still be rolling back: leave the lock to end with it.
+        Err(e @ (Error::Interrupted(_) | Error::LockLost(_))) => {
+            lock.abandon();
+            Err(e)
+        }
         other => {
             let release = lock.release(&mut conn, cfg).await;
             conn.close().await;
@@ -146,46 +164,19 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
     ))
 }
 
-/// How the run stands before any migration is applied.
-enum Before {
-    /// Nothing to do (already applied, applied by another run, or a dry run).
-    Done(String),
-    /// We hold the lock on this connection.
-    Locked(Conn, Lock),
-}
-
 async fn connect_and_lock(
     cfg: &Config,
     args: &MigrateArgs,
     job: &Job,
     expected: &Expected<'_>,
 ) -> Result<Before> {
-    let version = expected.version;
-    let mut conn = db::connect(cfg).await?;
     if args.dry_run {
+        let mut conn = db::connect(cfg).await?;
         let result = dry_run(&mut conn, cfg, job, expected).await;
         conn.close().await;
         return result.map(Before::Done);
     }
-    // The fast path every replica pays at every start: one query, no lock.
-    if lock::is_done(&mut conn, cfg, expected).await? {
-        tracing::info!("schema version {version} is already applied; nothing to do");
-        conn.close().await;
-        return Ok(Before::Done(format!(
-            "schema version {version} already applied"
-        )));
-    }
-    conn.prepare_for_lock().await?;
-    match lock::acquire(&mut conn, cfg, args.lock_wait, expected).await? {
-        Acquired::AlreadyDone => {
-            tracing::info!("schema version {version} was applied by another run; nothing to do");
-            conn.close().await;
-            Ok(Before::Done(format!(
-                "schema version {version} applied by another run"
-            )))
-        }
-        Acquired::Held(lock) => Ok(Before::Locked(conn, lock)),
-    }
+    super::connect_and_lock(cfg, &args.lock, Some(expected)).await
 }
 
 async fn dry_run(
@@ -223,6 +214,7 @@ struct Ctx<'a> {
     cfg: &'a Config,
     expected: &'a Expected<'a>,
     started: Instant,
+    lock: &'a Lock,
 }
 
 impl Ctx<'_> {
@@ -249,15 +241,7 @@ impl Ctx<'_> {
 /// path and taking the lock. `true` when there is nothing left to do.
 async fn prepare_under_lock(conn: &mut Conn, ctx: &Ctx<'_>, sqlx_table: bool) -> Result<bool> {
     if sqlx_table {
-        conn.migrate()
-            .ensure_migrations_table(MIGRATIONS_TABLE)
-            .await
-            .map_err(|e| {
-                Error::Failed(format!(
-                    "cannot create {MIGRATIONS_TABLE}: {}",
-                    redact(&e.to_string())
-                ))
-            })?;
+        conn.ensure_migrations_table().await?;
     }
     conn.ensure_marker_table(&ctx.cfg.table).await?;
     if lock::is_done(conn, ctx.cfg, ctx.expected).await? {
@@ -281,12 +265,23 @@ async fn apply_sql(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
     source: &Source,
+    args: &MigrateArgs,
     signals: &mut Signals,
 ) -> Result<Ran> {
-    let session = conn.session_id().await?;
+    // With a lease, the session may be a pooler's: there is nothing of ours to end.
+    let session = if ctx.lock.is_lease() {
+        None
+    } else {
+        Some(conn.session_id().await?)
+    };
+    let opts = ApplyOptions {
+        lock_timeout: args.ddl_lock_timeout,
+        statement_timeout: args.statement_timeout,
+        async_commit: false,
+    };
     let mut progress = Progress::default();
     tokio::select! {
-        r = apply_pending(conn, ctx, source, &mut progress) => r,
+        r = apply_pending(conn, ctx, source, args, &opts, &mut progress) => r,
         sig = signals.recv() => {
             // Leave the dropped query to the server: record the failure from another
             // connection while our session still holds the lock, then end our session so
@@ -297,9 +292,35 @@ async fn apply_sql(
             );
             tracing::warn!("{detail}; rolling back");
             db::interrupt_local();
-            record_from_side(ctx, progress.applied, &detail, Some(session)).await;
+            record_from_side(ctx, progress.applied, &detail, session).await;
             Err(Error::Interrupted(sig))
         }
+    }
+}
+
+/// Pending migrations in the groups applied together: each alone, or with
+/// --single-transaction every run of transactional ones in one group.
+fn batches<'m>(pending: &[&'m Migration], single_transaction: bool) -> Vec<Vec<&'m Migration>> {
+    let mut out: Vec<Vec<&Migration>> = Vec::new();
+    for m in pending {
+        match out.last_mut() {
+            Some(group) if single_transaction && !m.no_tx && !group[0].no_tx => group.push(m),
+            _ => out.push(vec![m]),
+        }
+    }
+    out
+}
+
+fn label(group: &[&Migration]) -> String {
+    match group {
+        [m] => format!("{} ({})", m.version, m.description),
+        [first, .., last] => format!(
+            "{} migrations {}..{} in one transaction",
+            group.len(),
+            first.version,
+            last.version
+        ),
+        [] => String::new(),
     }
 }
 
@@ -307,6 +328,8 @@ async fn apply_pending(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
     source: &Source,
+    args: &MigrateArgs,
+    opts: &ApplyOptions,
     progress: &mut Progress,
 ) -> Result<Ran> {
     if prepare_under_lock(conn, ctx, true).await? {
@@ -316,32 +339,60 @@ async fn apply_pending(
         });
     }
     let pending = plan(conn, source).await?;
-    for m in &pending {
-        let label = format!("{} ({})", m.version, m.description);
+    for group in batches(&pending, args.single_transaction) {
+        if ctx.lock.lease_lost() {
+            return Err(Error::LockLost(format!(
+                "the migration lease lapsed before {}; stopped (applied {})",
+                label(&group),
+                progress.applied
+            )));
+        }
+        let label = label(&group);
         progress.current = Some(label.clone());
+        let no_tx = group[0].no_tx;
         tracing::info!(
             "applying {label}{}",
-            if m.no_tx {
-                " without a transaction"
-            } else {
-                ""
-            }
+            if no_tx { " without a transaction" } else { "" }
         );
         let t = Instant::now();
-        if let Err(e) = conn.migrate().apply(MIGRATIONS_TABLE, m).await {
-            let detail = format!(
-                "migration {label} failed: {}",
-                redact(&migrate_error_text(&e))
-            );
-            tracing::error!("{detail}");
-            conn.insert_marker(
-                &ctx.cfg.table,
-                &ctx.marker(Status::Failed, progress.applied, Some(&detail)),
-            )
-            .await?;
-            return Err(Error::Failed(detail));
+        let mut attempt = 0;
+        loop {
+            match conn.apply(&group, opts).await {
+                Ok(()) => break,
+                Err(e) if e.retryable && attempt < args.ddl_retries => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(250) * 2u32.pow(attempt.min(6));
+                    tracing::warn!(
+                        "migration {label} timed out ({}); rolled back, retry {attempt}/{} in {pause:?}",
+                        e.message,
+                        args.ddl_retries
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    let tries = if attempt > 0 {
+                        format!(" after {} tries", attempt + 1)
+                    } else {
+                        String::new()
+                    };
+                    let detail = format!("migration {label} failed{tries}: {}", e.message);
+                    let hint = if no_tx {
+                        " It ran without a transaction: some of its statements may have taken effect; \
+                         it is recorded as dirty, so the next run stops and says so instead of running it again."
+                    } else {
+                        ""
+                    };
+                    tracing::error!("{detail}{hint}");
+                    let marker = ctx.marker(Status::Failed, progress.applied, Some(&detail));
+                    if let Err(m) = conn.insert_marker(&ctx.cfg.table, &marker).await {
+                        // The database may be why it failed: report the migration's error.
+                        tracing::warn!("{m}");
+                    }
+                    return Err(Error::Failed(format!("{detail}{hint}")));
+                }
+            }
         }
-        progress.applied += 1;
+        progress.applied += group.len();
         tracing::info!("applied {label} in {:.1?}", t.elapsed());
     }
     progress.current = None;
@@ -390,7 +441,7 @@ async fn run_external(
         tokio::select! {
             status = running.wait() => break status.map_err(|e| Error::Failed(format!("cannot wait for {name}: {e}")))?,
             _ = check.tick() => {
-                if let Err(why) = conn.lock_still_held(ctx.cfg).await {
+                if let Err(why) = ctx.lock.check(conn, ctx.cfg).await {
                     let msg = format!("lost the migration lock while {name} ran ({why}); stopping it");
                     tracing::error!("{msg}");
                     let ended = running.stop(libc::SIGTERM, grace).await;
@@ -451,24 +502,16 @@ async fn run_external(
     )))
 }
 
-/// The error text without sqlx's "while executing migration N:" prefix (we name it).
-fn migrate_error_text(e: &sqlx::migrate::MigrateError) -> String {
-    match e {
-        sqlx::migrate::MigrateError::ExecuteMigration(inner, _) => inner.to_string(),
-        other => other.to_string(),
-    }
-}
-
 /// The pending migrations, after checking that what is applied matches the source.
-async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Vec<&'s Migration>> {
+pub(super) async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Vec<&'s Migration>> {
     let (applied, dirty) = conn.applied().await?;
     if let Some(v) = dirty {
         return Err(Error::Drift(format!(
-            "migration {v} is dirty: it failed part-way on a previous run and some of its \
-             statements may have taken effect (DDL is not transactional on this database). \
-             Repair by hand: either undo what it did and `DELETE FROM {MIGRATIONS_TABLE} WHERE \
-             version = {v}` to run it again, or finish it and `UPDATE {MIGRATIONS_TABLE} SET \
-             success = TRUE WHERE version = {v}`"
+            "migration {v} is dirty: it failed part-way on a previous run (it ran without a \
+             transaction, or its DDL committed implicitly) and some of its statements may have \
+             taken effect. Repair by hand: either undo what it did and `DELETE FROM \
+             {MIGRATIONS_TABLE} WHERE version = {v}` to run it again, or finish it and run \
+             `schemagate stamp {v} --source DIR` to mark it done"
         )));
     }
     let by_version: HashMap<i64, &Migration> = source.ups.iter().map(|m| (m.version, m)).collect();

@@ -2,11 +2,19 @@
 //! `main` turns into the exit code and the termination-log line.
 
 pub mod migrate;
+pub mod rollback;
 pub mod smoke;
+pub mod stamp;
 pub mod status;
 pub mod wait;
 
 use serde::Serialize;
+
+use crate::cli::LockArgs;
+use crate::config::Config;
+use crate::db::{self, Conn};
+use crate::error::Result;
+use crate::lock::{self, Acquired, Expected, Lock};
 
 /// What a successful run did, for the termination log.
 #[derive(Debug, Default, Serialize)]
@@ -19,4 +27,50 @@ pub struct Outcome {
     /// `wait -- CMD`: the command to replace this process with, once ready.
     #[serde(skip)]
     pub exec: Option<Vec<String>>,
+}
+
+/// How a locked command stands before it changes anything.
+pub enum Before {
+    /// Nothing to do (already applied, applied by another run, or a dry run).
+    Done(String),
+    /// We hold the lock on this connection.
+    Locked(Conn, Lock),
+}
+
+/// Connect, take the fast path when `expected` is already recorded, else take the lock
+/// (stopping early if another run records `expected` meanwhile).
+pub async fn connect_and_lock(
+    cfg: &Config,
+    args: &LockArgs,
+    expected: Option<&Expected<'_>>,
+) -> Result<Before> {
+    let mut conn = db::connect(cfg).await?;
+    if let Some(expected) = expected
+        && lock::is_done(&mut conn, cfg, expected).await?
+    {
+        // The fast path every replica pays at every start: one query, no lock.
+        tracing::info!(
+            "schema version {} is already applied; nothing to do",
+            expected.version
+        );
+        conn.close().await;
+        return Ok(Before::Done(format!(
+            "schema version {} already applied",
+            expected.version
+        )));
+    }
+    if args.lock == crate::cli::LockMode::Advisory {
+        conn.prepare_for_lock().await?;
+    }
+    match lock::acquire(&mut conn, cfg, args, expected).await? {
+        Acquired::AlreadyDone => {
+            let version = expected.map_or("", |e| e.version);
+            tracing::info!("schema version {version} was applied by another run; nothing to do");
+            conn.close().await;
+            Ok(Before::Done(format!(
+                "schema version {version} applied by another run"
+            )))
+        }
+        Acquired::Held(lock) => Ok(Before::Locked(conn, lock)),
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::Outcome;
-use crate::cli::StatusArgs;
+use crate::cli::{LockMode, StatusArgs};
 use crate::config::Config;
 use crate::db::{self, Holder, Marker};
 use crate::error::Result;
@@ -28,11 +28,15 @@ struct LockReport {
     name: String,
     key: i64,
     holder: Option<Holder>,
+    /// The holder of the `--lock lease` lease, if one is live (PostgreSQL).
+    lease_holder: Option<Holder>,
 }
 
 #[derive(Debug, Serialize)]
 struct Migrations {
     dirty: Option<i64>,
+    /// PostgreSQL: indexes left invalid, typically by a failed CREATE INDEX CONCURRENTLY.
+    invalid_indexes: Vec<String>,
     applied: Vec<Applied>,
     /// Only with --source: in the source, not applied.
     pending: Option<Vec<Pending>>,
@@ -60,7 +64,12 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
     let source = args.source.as_deref().map(Source::load).transpose()?;
     let mut conn = db::connect(cfg).await?;
     let markers = conn.markers(&cfg.table, args.limit).await?;
-    let holder = lock::holder(&mut conn, cfg).await?;
+    let holder = lock::holder(&mut conn, cfg, LockMode::Advisory).await?;
+    let lease = match cfg.backend {
+        crate::config::Backend::Postgres => lock::holder(&mut conn, cfg, LockMode::Lease).await?,
+        _ => None,
+    };
+    let invalid_indexes = conn.invalid_indexes().await?;
     let (applied, dirty) = conn.applied().await?;
     conn.close().await;
 
@@ -88,10 +97,12 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
             name: cfg.lock.name.clone(),
             key: cfg.lock.key,
             holder,
+            lease_holder: lease,
         },
         markers,
         migrations: Migrations {
             dirty,
+            invalid_indexes,
             applied: applied
                 .iter()
                 .map(|a| Applied {
@@ -128,6 +139,9 @@ fn print_text(r: &Report) {
         Some(h) => println!("holder    {h}"),
         None => println!("holder    none"),
     }
+    if let Some(h) = &r.lock.lease_holder {
+        println!("lease     {h}");
+    }
     println!();
     println!("markers in {} (newest first):", r.table);
     if r.markers.is_empty() {
@@ -161,7 +175,10 @@ fn print_text(r: &Report) {
         println!("  {} {}", a.version, a.source.unwrap_or_default());
     }
     if let Some(v) = migrations.dirty {
-        println!("dirty: migration {v} failed part-way");
+        println!("dirty: migration {v} failed part-way; see `schemagate migrate` for the repair");
+    }
+    for index in &migrations.invalid_indexes {
+        println!("invalid index: {index} (a failed CREATE INDEX CONCURRENTLY? drop it and re-run)");
     }
     if let Some(pending) = &migrations.pending {
         println!("pending migrations: {}", pending.len());

@@ -1,6 +1,8 @@
 //! Connecting (with retry inside a wall-clock deadline) and the few operations whose SQL
 //! differs by backend. Each backend file holds its SQL; this file dispatches with a `match`
-//! and holds what they share. Migrations themselves go through sqlx's `Migrate` trait.
+//! and holds what they share. Migrations use sqlx's types, checksums and
+//! `_sqlx_migrations` table everywhere; MySQL and SQLite apply them through sqlx's
+//! `Migrate` trait, PostgreSQL through the simple query protocol (see postgres.rs).
 
 mod mysql;
 mod postgres;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use serde::Serialize;
-use sqlx::migrate::{AppliedMigration, Migrate};
+use sqlx::migrate::{AppliedMigration, Migrate, Migration};
 use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 
 use crate::config::{Backend, Config, Table, redact};
@@ -80,6 +82,48 @@ pub struct Newest {
     pub status: String,
     pub digest: Option<String>,
     pub detail: Option<String>,
+}
+
+/// Per-migration settings (PostgreSQL): `SET LOCAL` inside each migration's transaction.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    pub lock_timeout: Option<Duration>,
+    pub statement_timeout: Option<Duration>,
+    /// `synchronous_commit = off` for migration transactions; the marker's commit stays
+    /// synchronous and flushes all earlier WAL.
+    pub async_commit: bool,
+}
+
+/// A migration that failed, and whether trying again may help (it hit a lock or
+/// statement timeout).
+#[derive(Debug)]
+pub struct ApplyError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ApplyError {
+    fn from_sqlx(e: &sqlx::Error) -> ApplyError {
+        let retryable = matches!(
+            e,
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("55P03") | Some("57014"))
+        );
+        ApplyError {
+            message: describe(e),
+            retryable,
+        }
+    }
+
+    fn from_migrate(e: sqlx::migrate::MigrateError) -> ApplyError {
+        match e {
+            sqlx::migrate::MigrateError::ExecuteMigration(inner, _)
+            | sqlx::migrate::MigrateError::Execute(inner) => ApplyError::from_sqlx(&inner),
+            other => ApplyError {
+                message: redact(&other.to_string()),
+                retryable: false,
+            },
+        }
+    }
 }
 
 /// Who holds the migration lock.
@@ -293,6 +337,59 @@ impl Conn {
         }
     }
 
+    pub async fn ensure_lease_table(&mut self, table: &Table) -> Result<()> {
+        match self {
+            Conn::Pg(c) => postgres::ensure_lease_table(c, table)
+                .await
+                .map_err(|e| db_err("cannot create the lease table", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Try to take the lease; `Some(previous owner of an expired lease)` when taken.
+    pub async fn try_lease(
+        &mut self,
+        cfg: &Config,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<Option<String>>> {
+        match self {
+            Conn::Pg(c) => {
+                postgres::try_lease(c, &cfg.table, &cfg.lock.name, &cfg.runner, token, ttl)
+                    .await
+                    .map_err(|e| db_err("cannot take the lease", e))
+            }
+            _ => Err(Error::Config("--lock lease needs PostgreSQL".into())),
+        }
+    }
+
+    pub async fn renew_lease(&mut self, cfg: &Config, token: &str, ttl: Duration) -> Result<bool> {
+        match self {
+            Conn::Pg(c) => postgres::renew_lease(c, &cfg.table, &cfg.lock.name, token, ttl)
+                .await
+                .map_err(|e| db_err("cannot renew the lease", e)),
+            _ => Ok(false),
+        }
+    }
+
+    pub async fn release_lease(&mut self, cfg: &Config, token: &str) -> Result<()> {
+        match self {
+            Conn::Pg(c) => postgres::release_lease(c, &cfg.table, &cfg.lock.name, token)
+                .await
+                .map_err(|e| db_err("cannot release the lease", e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn lease_holder(&mut self, cfg: &Config) -> Result<Option<Holder>> {
+        match self {
+            Conn::Pg(c) => postgres::lease_holder(c, &cfg.table, &cfg.lock.name)
+                .await
+                .map_err(|e| db_err("cannot read the lease", e)),
+            _ => Ok(None),
+        }
+    }
+
     pub async fn lock_holder(&mut self, cfg: &Config) -> Result<Option<Holder>> {
         match self {
             Conn::Pg(c) => postgres::lock_holder(c, cfg.lock.key).await,
@@ -397,26 +494,140 @@ impl Conn {
 
     /// Applied migrations and the dirty version, or empty when sqlx's table is missing.
     pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
+        let fail =
+            |e: String| Error::Failed(format!("cannot list applied migrations: {}", redact(&e)));
+        if let Conn::Pg(c) = self {
+            return match postgres::applied(c).await {
+                Err(e) if is_undefined_table(&e) => Ok((Vec::new(), None)),
+                r => r.map_err(|e| fail(e.to_string())),
+            };
+        }
         let migrate = self.migrate();
         let applied = match migrate.list_applied_migrations(MIGRATIONS_TABLE).await {
             Ok(a) => a,
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_undefined_table(&e) => {
                 return Ok((Vec::new(), None));
             }
-            Err(e) => {
-                return Err(Error::Failed(format!(
-                    "cannot list applied migrations: {}",
-                    redact(&e.to_string())
-                )));
-            }
+            Err(e) => return Err(fail(e.to_string())),
         };
-        let dirty = migrate.dirty_version(MIGRATIONS_TABLE).await.map_err(|e| {
-            Error::Failed(format!(
-                "cannot read the dirty state: {}",
-                redact(&e.to_string())
-            ))
-        })?;
+        let dirty = migrate
+            .dirty_version(MIGRATIONS_TABLE)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         Ok((applied, dirty))
+    }
+
+    pub async fn ensure_migrations_table(&mut self) -> Result<()> {
+        self.migrate()
+            .ensure_migrations_table(MIGRATIONS_TABLE)
+            .await
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "cannot create {MIGRATIONS_TABLE}: {}",
+                    redact(&e.to_string())
+                ))
+            })
+    }
+
+    /// Apply transactional migrations together in one transaction (PostgreSQL), or one
+    /// migration on any backend. A failed `-- no-transaction` migration is recorded dirty.
+    pub async fn apply(
+        &mut self,
+        migrations: &[&Migration],
+        opts: &ApplyOptions,
+    ) -> Result<(), ApplyError> {
+        match self {
+            Conn::Pg(c) => match migrations {
+                [m] if m.no_tx => postgres::apply_no_tx(c, m).await,
+                ms => postgres::apply_in_tx(c, ms, opts).await,
+            }
+            .map_err(|e| ApplyError::from_sqlx(&e)),
+            Conn::My(_) | Conn::Lite(_) => {
+                for m in migrations {
+                    let r = self.migrate().apply(MIGRATIONS_TABLE, m).await;
+                    if let (Err(_), true, Conn::Lite(c)) = (&r, m.no_tx, &mut *self)
+                        && let Err(record) = sqlite::record_dirty(c, m).await
+                    {
+                        tracing::warn!(
+                            "could not record migration {} as dirty: {record}",
+                            m.version
+                        );
+                    }
+                    r.map_err(ApplyError::from_migrate)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Run a down migration and delete its row.
+    pub async fn revert(&mut self, down: &Migration) -> Result<(), ApplyError> {
+        match self {
+            Conn::Pg(c) => postgres::revert(c, down)
+                .await
+                .map_err(|e| ApplyError::from_sqlx(&e)),
+            _ => self
+                .migrate()
+                .revert(MIGRATIONS_TABLE, down)
+                .await
+                .map(|_| ())
+                .map_err(ApplyError::from_migrate),
+        }
+    }
+
+    /// Record a migration as applied without running it (or mark a dirty one done).
+    pub async fn stamp(&mut self, m: &Migration) -> Result<()> {
+        let r = match self {
+            Conn::Pg(c) => postgres::stamp(c, m).await,
+            Conn::My(c) => mysql::stamp(c, m).await,
+            Conn::Lite(c) => sqlite::stamp(c, m).await,
+        };
+        r.map_err(|e| {
+            db_err(
+                &format!("cannot record migration {} as applied", m.version),
+                e,
+            )
+        })
+    }
+
+    /// Indexes a failed `CREATE INDEX CONCURRENTLY` left invalid (PostgreSQL only).
+    pub async fn invalid_indexes(&mut self) -> Result<Vec<String>> {
+        match self {
+            Conn::Pg(c) => postgres::invalid_indexes(c)
+                .await
+                .map_err(|e| db_err("cannot list invalid indexes", e)),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+type MarkerRow = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+);
+
+fn marker_from_row(r: MarkerRow) -> Marker {
+    Marker {
+        id: r.0,
+        version: r.1,
+        digest: r.2,
+        status: r.3,
+        action: r.4,
+        started_at: r.5,
+        finished_at: r.6,
+        applied: r.7,
+        runner: r.8,
+        tool_version: r.9,
+        detail: r.10,
     }
 }
 

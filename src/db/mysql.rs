@@ -172,8 +172,23 @@ pub async fn markers(
         .bind(i64::from(limit))
         .fetch_all(c)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(super::postgres::marker_from_row)
-        .collect())
+    Ok(rows.into_iter().map(super::marker_from_row).collect())
+}
+
+/// Record a migration as applied without running it, or mark a dirty one done.
+pub async fn stamp(
+    c: &mut MySqlConnection,
+    m: &sqlx::migrate::Migration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (?, ?, TRUE, ?, -1) \
+         ON DUPLICATE KEY UPDATE success = TRUE, checksum = VALUES(checksum)",
+    )
+    .bind(m.version)
+    .bind(&*m.description)
+    .bind(&*m.checksum)
+    .execute(c)
+    .await?;
+    Ok(())
 }

@@ -125,8 +125,40 @@ pub async fn markers(
         .bind(i64::from(limit))
         .fetch_all(c)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(super::postgres::marker_from_row)
-        .collect())
+    Ok(rows.into_iter().map(super::marker_from_row).collect())
+}
+
+/// Record a migration as applied without running it, or mark a dirty one done.
+pub async fn stamp(
+    c: &mut SqliteConnection,
+    m: &sqlx::migrate::Migration,
+) -> Result<(), sqlx::Error> {
+    record(c, m, true).await
+}
+
+/// A `-- no-transaction` migration failed part-way: record it dirty.
+pub async fn record_dirty(
+    c: &mut SqliteConnection,
+    m: &sqlx::migrate::Migration,
+) -> Result<(), sqlx::Error> {
+    record(c, m, false).await
+}
+
+async fn record(
+    c: &mut SqliteConnection,
+    m: &sqlx::migrate::Migration,
+    success: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (?1, ?2, ?3, ?4, -1) \
+         ON CONFLICT (version) DO UPDATE SET success = excluded.success, checksum = excluded.checksum",
+    )
+    .bind(m.version)
+    .bind(&*m.description)
+    .bind(success)
+    .bind(&*m.checksum)
+    .execute(c)
+    .await?;
+    Ok(())
 }

@@ -1,0 +1,135 @@
+//! `schemagate rollback --to V`: down migrations under the lock, newest first, and a
+//! `rollback` marker so that waiters for V pass and waiters for newer versions wait.
+
+use std::time::Instant;
+
+use super::{Before, Outcome};
+use crate::cli::RollbackArgs;
+use crate::config::Config;
+use crate::db::{NewMarker, Status};
+use crate::error::{Error, Result};
+use crate::lock;
+use crate::source::Source;
+
+pub async fn run(cfg: &Config, args: &RollbackArgs) -> Result<Outcome> {
+    let started = Instant::now();
+    let source = Source::load(&args.source)?;
+    lock::validate(cfg, &args.lock)?;
+    let to = args.to;
+    if to != 0 && !source.ups.iter().any(|m| m.version == to) {
+        return Err(Error::Config(format!(
+            "--to {to} is not a migration in {} (use 0 to undo every migration)",
+            source.dir.display()
+        )));
+    }
+    let (mut conn, lock) = match super::connect_and_lock(cfg, &args.lock, None).await? {
+        Before::Locked(conn, lock) => (conn, lock),
+        Before::Done(message) => return Ok(outcome(to, 0, message)),
+    };
+    let result = undo(&mut conn, cfg, &source, args, started).await;
+    let release = lock.release(&mut conn, cfg).await;
+    conn.close().await;
+    let undone = result?;
+    release?;
+    Ok(outcome(
+        to,
+        undone,
+        format!("rolled back to {to} ({undone} undone)"),
+    ))
+}
+
+fn outcome(to: i64, undone: usize, message: String) -> Outcome {
+    Outcome {
+        version: Some(to.to_string()),
+        applied: Some(undone),
+        message,
+        exec: None,
+    }
+}
+
+async fn undo(
+    conn: &mut crate::db::Conn,
+    cfg: &Config,
+    source: &Source,
+    args: &RollbackArgs,
+    started: Instant,
+) -> Result<usize> {
+    conn.ensure_migrations_table().await?;
+    conn.ensure_marker_table(&cfg.table).await?;
+    // What is applied must match the source, or the down migrations may not fit.
+    super::migrate::plan(conn, source).await?;
+    let (applied, _) = conn.applied().await?;
+    let mut to_undo: Vec<i64> = applied
+        .iter()
+        .map(|a| a.version)
+        .filter(|v| *v > args.to)
+        .collect();
+    to_undo.sort_unstable_by(|a, b| b.cmp(a));
+    let missing: Vec<String> = to_undo
+        .iter()
+        .filter(|v| !source.downs.contains_key(v))
+        .map(|v| v.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Config(format!(
+            "cannot roll back to {}: no .down.sql for {} in {}",
+            args.to,
+            missing.join(", "),
+            source.dir.display()
+        )));
+    }
+    if args.dry_run {
+        if to_undo.is_empty() {
+            println!(
+                "nothing to undo: no migration newer than {} is applied",
+                args.to
+            );
+        } else {
+            println!("would undo {} migration(s), newest first:", to_undo.len());
+            for v in &to_undo {
+                println!("  {} {}", v, source.downs[v].description);
+            }
+        }
+        return Ok(0);
+    }
+    let version = args.to.to_string();
+    let digest = source.digest_upto(Some(args.to));
+    let marker = |status, undone: usize, detail| NewMarker {
+        version: &version,
+        digest: Some(&digest),
+        status,
+        action: "rollback",
+        elapsed: started.elapsed(),
+        applied: undone as i64,
+        runner: &cfg.runner,
+        detail,
+    };
+    let mut undone = 0;
+    for v in &to_undo {
+        let down = &source.downs[v];
+        let label = format!("{v} ({})", down.description);
+        tracing::info!("undoing {label}");
+        let t = Instant::now();
+        if let Err(e) = conn.revert(down).await {
+            let detail = format!("undoing migration {label} failed: {}", e.message);
+            tracing::error!("{detail}");
+            if let Err(m) = conn
+                .insert_marker(&cfg.table, &marker(Status::Failed, undone, Some(&detail)))
+                .await
+            {
+                tracing::warn!("{m}");
+            }
+            return Err(Error::Failed(detail));
+        }
+        undone += 1;
+        tracing::info!("undid {label} in {:.1?}", t.elapsed());
+    }
+    conn.insert_marker(&cfg.table, &marker(Status::Succeeded, undone, None))
+        .await?;
+    tracing::info!(
+        "rolled back to {}: {undone} undone in {:.1?}",
+        args.to,
+        started.elapsed()
+    );
+    Ok(undone)
+}
