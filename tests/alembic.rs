@@ -36,6 +36,7 @@ fn venv() -> PathBuf {
     venv
 }
 
+/// reliability: 20 racing `alembic upgrade head` wrapped by `migrate --version head --` | all exit 0, alembic runs in one of them, each revision runs once, `alembic_version` holds head | nothing
 #[test]
 fn twenty_racing_alembic_upgrades_under_schemagate_all_succeed_and_run_each_revision_once() {
     let venv = venv();

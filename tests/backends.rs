@@ -27,6 +27,7 @@ fn simple_source() -> Migrations {
     ])
 }
 
+/// reliability: 20 `migrate` processes started at once on an empty database | exactly one takes the lock and applies; the others wait on the polled lock and exit 0 when its marker appears | nothing: each migration applied once, one `succeeded` marker
 fn race(kind: Kind) {
     let db = TestDb::new(kind, "race");
     let src = Migrations::new(&[]);
@@ -73,6 +74,7 @@ fn migrator_in_slow_migration(db: &TestDb, src: &Migrations) -> std::process::Ch
     child
 }
 
+/// reliability: the migrator is killed with SIGKILL in the middle of a migration | PostgreSQL and SQLite roll the transaction back and free the lock with the dead session or process, and the next run applies the migration; on MySQL the DDL had committed implicitly, so the next run exits 4 naming the dirty migration and the repair | nothing that was reported as applied
 fn sigkill_mid_migration(kind: Kind) {
     let db = TestDb::new(kind, "kill9");
     db.create_ctl();
@@ -115,6 +117,7 @@ fn sigkill_mid_migration(kind: Kind) {
     );
 }
 
+/// reliability: SIGTERM in the middle of a migration | exit 143; the in-flight migration is rolled back (its session ended, or SQLite's statement interrupted); a `failed` marker names it; the lock is free for the next run | nothing that was reported as applied (MySQL: DDL already committed stays, as the marker says)
 fn sigterm_mid_migration(kind: Kind) {
     let db = TestDb::new(kind, "sigterm");
     db.create_ctl();
@@ -148,6 +151,7 @@ fn sigterm_mid_migration(kind: Kind) {
     assert!(db.table_exists("second"));
 }
 
+/// reliability: `wait` started before `migrate` | polls without holding a connection and exits 0 after the marker commits | nothing
 fn wait_started_before_migrate(kind: Kind) {
     let db = TestDb::new(kind, "waitpoll");
     let src = simple_source();
@@ -173,6 +177,7 @@ fn wait_started_before_migrate(kind: Kind) {
     assert_eq!(waiter.wait().unwrap().code(), Some(0));
 }
 
+/// reliability: `wait` for a version that is never written | exit 124 after `--timeout`, naming the version and why it is not ready | nothing
 fn wait_times_out(kind: Kind) {
     let db = TestDb::new(kind, "waittimeout");
     let out = run(schemagate(db.url()).args([
@@ -192,6 +197,7 @@ fn wait_times_out(kind: Kind) {
     );
 }
 
+/// reliability: a migration fails (SQL error) | rolled back; `failed` marker with the redacted error; exit 1; waiters exit 3 at once (or keep waiting with `--ignore-failed`); a fixed re-run succeeds | nothing
 fn failed_migration_then_wait_exits_3(kind: Kind) {
     let db = TestDb::new(kind, "failed");
     let src = Migrations::new(&[
@@ -238,6 +244,7 @@ fn failed_migration_then_wait_exits_3(kind: Kind) {
     ])));
 }
 
+/// reliability: `wait --source` from an older build while the database is ahead | passes when every migration of the build is applied unchanged; refuses (times out) when one of them differs | nothing
 fn wait_source_when_database_is_ahead(kind: Kind) {
     let db = TestDb::new(kind, "ahead");
     let newer = simple_source();
@@ -271,6 +278,7 @@ fn wait_once(kind: Kind) {
     ));
 }
 
+/// reliability: an applied migration edited on disk | exit 4 naming the version and both checksums; nothing newer is applied | nothing
 fn modified_migration_is_drift(kind: Kind) {
     let db = TestDb::new(kind, "drift");
     let src = simple_source();
@@ -287,6 +295,7 @@ fn modified_migration_is_drift(kind: Kind) {
     assert!(!db.table_exists("c"), "applied despite drift");
 }
 
+/// reliability: an applied migration deleted from the source | exit 4 naming the version | nothing
 fn missing_migration_is_drift(kind: Kind) {
     let db = TestDb::new(kind, "missing");
     let src = simple_source();
@@ -316,6 +325,7 @@ fn dry_run_changes_nothing(kind: Kind) {
     assert!(!db.table_exists("schemagate_marker"));
 }
 
+/// reliability: the database is unreachable (refused port; SQLite file in a missing directory) | retried with jittered backoff until `--connect-timeout`, then exit 124 (SQLite: exit 2 at once), URL redacted | nothing
 fn unreachable_database(kind: Kind) {
     let url = TestDb::unreachable_url(kind);
     let src = simple_source();
@@ -360,6 +370,143 @@ fn no_transaction_migration(kind: Kind) {
     assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
 }
 
+fn reversible_source() -> Migrations {
+    Migrations::new(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+        ("2_b.down.sql", "DROP TABLE b;"),
+        ("3_c.up.sql", "CREATE TABLE c (id int);"),
+        ("3_c.down.sql", "DROP TABLE c;"),
+    ])
+}
+
+/// reliability: `rollback --to V` then `migrate` again | down migrations run under the lock, newest first; a `rollback` marker makes waiters for V pass and waiters for the newer version wait; the next `migrate` re-applies | nothing
+fn rollback_and_up_again(kind: Kind) {
+    let db = TestDb::new(kind, "rollback");
+    let src = reversible_source();
+    ok(&run(&mut migrate(&db, &src)));
+    let out = run(schemagate(db.url()).args(["rollback", "--to", "1", "--source", src.path()]));
+    ok(&out);
+    assert!(
+        stderr(&out).contains("undoing 3 (c)") && stderr(&out).contains("undoing 2 (b)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!db.table_exists("c") && !db.table_exists("b") && db.table_exists("a"));
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 1);
+    let newest = db.strings(
+        "SELECT action || ' ' || version || ' ' || status FROM schemagate_marker ORDER BY id DESC",
+    );
+    assert_eq!(newest[0], "rollback 1 succeeded");
+    // The app built for 3 waits again; one built for 1 starts.
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "3", "--timeout", "1s"]));
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    let old = Migrations::new(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+    ]);
+    ok(&run(schemagate(db.url()).args([
+        "wait",
+        "--source",
+        old.path(),
+        "--timeout",
+        "5s",
+    ])));
+    // And up again.
+    let out = run(&mut migrate(&db, &src));
+    ok(&out);
+    assert!(stderr(&out).contains("applying 2 (b)"), "{}", stderr(&out));
+    assert!(db.table_exists("c"));
+    ok(&run(schemagate(db.url()).args([
+        "wait",
+        "--expect",
+        "3",
+        "--timeout",
+        "5s",
+    ])));
+}
+
+/// reliability: `rollback` past a migration that has no `.down.sql` | refused with exit 2 naming the versions, before anything is undone | nothing
+fn rollback_without_down_migration_is_refused(kind: Kind) {
+    let db = TestDb::new(kind, "rollbacknodown");
+    let src = simple_source();
+    ok(&run(&mut migrate(&db, &src)));
+    let out = run(schemagate(db.url()).args(["rollback", "--to", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no .down.sql for 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(db.table_exists("b"));
+}
+
+/// reliability: a `-- no-transaction` migration that fails part-way, then `stamp` | the run exits 1 and records the migration dirty; the next `migrate` exits 4 naming it and the repair; after the operator finishes it by hand, `stamp V --source` marks it done under the lock and `migrate` / `wait` pass | nothing: the partial effects are reported, never re-run blindly
+fn dirty_then_stamp(kind: Kind) {
+    let db = TestDb::new(kind, "stamp");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        (
+            "2_half.sql",
+            "-- no-transaction
+CREATE TABLE half (id int);
+INSERT INTO no_such_table VALUES (1);",
+        ),
+    ]);
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 2 is dirty")
+            && stderr(&out).contains("schemagate stamp 2"),
+        "{}",
+        stderr(&out)
+    );
+    // The operator finishes it by hand, then stamps it.
+    if !db.table_exists("half") {
+        db.exec("CREATE TABLE half (id int)");
+    }
+    let out = run(schemagate(db.url()).args(["stamp", "2", "--source", src.path()]));
+    ok(&out);
+    let out = run(&mut migrate(&db, &src));
+    ok(&out);
+    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
+    ok(&run(schemagate(db.url()).args([
+        "wait",
+        "--source",
+        src.path(),
+        "--timeout",
+        "5s",
+    ])));
+    assert_eq!(
+        db.strings("SELECT action || ' ' || status FROM schemagate_marker ORDER BY id DESC")[0],
+        "stamp succeeded"
+    );
+}
+
+/// reliability: `stamp V` with a source on an empty database (the schema was created by other means) | records every migration up to V as applied without running it; `migrate` then takes the fast path | nothing
+fn stamp_without_running(kind: Kind) {
+    let db = TestDb::new(kind, "stampfresh");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        (
+            "2_fails_if_run.sql",
+            "INSERT INTO no_such_table VALUES (1);",
+        ),
+    ]);
+    ok(&run(schemagate(db.url()).args([
+        "stamp",
+        "2",
+        "--source",
+        src.path(),
+    ])));
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
+    assert!(!db.table_exists("a"), "stamp ran a migration");
+    ok(&run(&mut migrate(&db, &src)));
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -388,4 +535,8 @@ on_every_backend!(
     dry_run_changes_nothing,
     unreachable_database,
     no_transaction_migration,
+    rollback_and_up_again,
+    rollback_without_down_migration_is_refused,
+    dirty_then_stamp,
+    stamp_without_running,
 );

@@ -57,6 +57,7 @@ fn external_migrator_runs_once_under_the_lock_and_records_the_version() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
+/// reliability: 20 racing `migrate --version V -- CMD` | CMD runs once, under the lock; the others exit 0 | nothing
 #[test]
 fn twenty_racing_external_migrators_run_the_command_once() {
     let db = PgDb::new("extrace");
@@ -74,6 +75,7 @@ fn twenty_racing_external_migrators_run_the_command_once() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
 }
 
+/// reliability: the external migrator exits non-zero | exit 1; `failed` marker with its last 20 stderr lines, passwords masked | nothing
 #[test]
 fn failing_external_migrator_records_the_tail_of_its_stderr() {
     let db = PgDb::new("extfail");
@@ -109,6 +111,7 @@ fn failing_external_migrator_records_the_tail_of_its_stderr() {
     assert_eq!(code(&out), 3, "{}", stderr(&out));
 }
 
+/// reliability: the external migrator is killed by a signal | exit 1; the marker names the signal | nothing
 #[test]
 fn external_migrator_killed_by_a_signal_is_named() {
     let db = PgDb::new("extkill");
@@ -142,6 +145,7 @@ fn external_bad_input_is_2() {
     assert!(stderr(&out).contains("--version"), "{}", stderr(&out));
 }
 
+/// reliability: SIGTERM while an external migrator runs | forwarded to its process group; once it exits, a `failed` marker; exit 143 | nothing
 #[test]
 fn sigterm_is_forwarded_to_the_external_migrator() {
     let db = PgDb::new("extterm");
@@ -165,6 +169,7 @@ fn sigterm_is_forwarded_to_the_external_migrator() {
     );
 }
 
+/// reliability: an external migrator that ignores SIGTERM | SIGKILL after `--grace`; `failed` marker; exit 143 | nothing
 #[test]
 fn external_migrator_ignoring_sigterm_is_killed_after_the_grace() {
     let db = PgDb::new("extgrace");
@@ -200,6 +205,7 @@ fn external_migrator_ignoring_sigterm_is_killed_after_the_grace() {
     );
 }
 
+/// reliability: `pg_terminate_backend` on the lock connection while an external migrator runs | the lost lock is noticed within 2 s; the migrator gets SIGTERM (SIGKILL after the grace); `failed` marker; exit 1 | nothing: no second migrator ran beside it
 #[test]
 fn losing_the_lock_connection_stops_the_external_migrator() {
     let db = PgDb::new("extlost");
@@ -343,6 +349,7 @@ fn notify_url_posts_the_outcome_and_never_changes_it() {
     assert_eq!(e["error"], "sh exited with 1");
 }
 
+/// reliability: a `--notify-url` endpoint that never answers | 3 tries of 5 s, a warning; the run still succeeds | nothing
 #[test]
 fn a_silent_notify_endpoint_does_not_change_the_outcome() {
     let db = PgDb::new("notifyslow");

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 
+/// reliability: MySQL: a migration fails after its DDL committed implicitly | exit 1 and a `failed` marker; the next run exits 4 naming the dirty version and the repair; after the repair it completes | nothing reported as applied; the half-applied DDL is reported
 #[test]
 fn half_applied_migration_is_dirty_and_the_next_run_refuses_with_4() {
     let db = TestDb::new(Kind::My, "dirty");
@@ -57,6 +58,7 @@ fn listen_is_refused_with_2() {
     );
 }
 
+/// reliability: MariaDB: wrong password | exit 2 at once, password never printed | nothing
 #[test]
 fn wrong_password_fails_at_once_with_2() {
     let db = TestDb::new(Kind::My, "auth");

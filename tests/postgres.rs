@@ -29,6 +29,7 @@ fn logged_migrations(n: usize) -> Migrations {
     src
 }
 
+/// reliability: 20 racing `migrate` processes, 20 migrations | one backend applies all 20 (checked by `pg_backend_pid`); all exit 0; one marker | nothing
 #[test]
 fn twenty_racing_migrators_apply_each_migration_exactly_once() {
     let db = PgDb::new("race20");
@@ -59,6 +60,7 @@ fn twenty_racing_migrators_apply_each_migration_exactly_once() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
 }
 
+/// reliability: 10 racing `migrate` with a `-- no-transaction` `CREATE INDEX CONCURRENTLY` | no deadlock (the lock is polled, never a blocking `pg_advisory_lock` that holds a snapshot); all exit 0; the index is valid | nothing
 #[test]
 fn racing_create_index_concurrently_does_not_deadlock() {
     let db = PgDb::new("cic");
@@ -116,6 +118,7 @@ fn wait_until_sleeping(db: &PgDb) {
     );
 }
 
+/// reliability: SIGKILL during a slow migration | the server notices the dead client within a second (`client_connection_check_interval`), rolls back and frees the advisory lock: no stale lock, no partial table | nothing
 #[test]
 fn sigkilled_migrator_partial_state_is_not_visible() {
     let db = PgDb::new("kill9b");
@@ -246,6 +249,7 @@ fn status_json_shows_markers_pending_and_lock() {
 
 // ----- bad input -----
 
+/// reliability: wrong password | exit 2 at once (no retry), the password never printed | nothing
 #[test]
 fn wrong_password_fails_at_once_with_2() {
     let db = PgDb::new("auth");
@@ -281,6 +285,7 @@ fn wrong_password_fails_at_once_with_2() {
     pg_exec(&db.url, &format!("DROP ROLE {role}"));
 }
 
+/// reliability: missing source directory | exit 2 naming it, before connecting | nothing
 #[test]
 fn missing_source_directory_is_2() {
     let out = run(schemagate("postgres://postgres:x@127.0.0.1:1/db").args([
@@ -292,6 +297,7 @@ fn missing_source_directory_is_2() {
     assert!(stderr(&out).contains("/no/such/dir"), "{}", stderr(&out));
 }
 
+/// reliability: a `.sql` file whose name does not parse | exit 2 naming the file (not silently skipped) | nothing
 #[test]
 fn malformed_migration_file_name_is_2() {
     let src = Migrations::new(&[("1_a.sql", "SELECT 1;"), ("add_users.sql", "SELECT 1;")]);
@@ -308,6 +314,7 @@ fn malformed_migration_file_name_is_2() {
     );
 }
 
+/// reliability: malformed URL or unknown scheme | exit 2, the URL shown with its password masked | nothing
 #[test]
 fn malformed_url_is_2_and_redacted() {
     let src = simple_source();
@@ -354,6 +361,7 @@ fn database_url_from_file_and_termination_log() {
     assert_eq!(line["applied"], 2);
 }
 
+/// reliability: SIGTERM while waiting for the lock | exit 143 at once; no marker written (another run may be doing the work) | nothing
 #[test]
 fn sigterm_while_waiting_for_the_lock_exits_143_and_records_nothing() {
     let db = PgDb::new("termwait");

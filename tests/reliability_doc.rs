@@ -1,0 +1,111 @@
+//! RELIABILITY.md is generated from the test suite: every fault and bad input a test
+//! reproduces carries a `/// reliability: fault | what schemagate did | what was lost`
+//! line, and this test rebuilds the table from those lines. It fails when the file is out
+//! of date; `SCHEMAGATE_BLESS=1 cargo test --test reliability_doc` rewrites it.
+
+use std::path::Path;
+
+struct Row {
+    fault: String,
+    did: String,
+    lost: String,
+    backends: &'static str,
+    test: String,
+}
+
+fn backends_of(file: &str) -> &'static str {
+    match file {
+        "backends.rs" => "PostgreSQL, MariaDB, SQLite",
+        "mysql.rs" => "MariaDB",
+        _ => "PostgreSQL",
+    }
+}
+
+fn rows() -> Vec<Row> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    let mut rows = Vec::new();
+    for path in files {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(spec) = line.trim_start().strip_prefix("/// reliability: ") else {
+                continue;
+            };
+            let parts: Vec<&str> = spec.split(" | ").collect();
+            assert_eq!(
+                parts.len(),
+                3,
+                "{file}:{}: expected `fault | what it did | lost`",
+                i + 1
+            );
+            let name = lines[i + 1..]
+                .iter()
+                .find_map(|l| {
+                    l.trim_start()
+                        .strip_prefix("fn ")
+                        .map(|f| f.split('(').next().unwrap().to_owned())
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{file}:{}: no test function after the reliability line",
+                        i + 1
+                    )
+                });
+            rows.push(Row {
+                fault: parts[0].to_owned(),
+                did: parts[1].to_owned(),
+                lost: parts[2].to_owned(),
+                backends: backends_of(&file),
+                test: format!("tests/{file}: `{name}`"),
+            });
+        }
+    }
+    rows
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "# Reliability\n\n\
+         Every fault and bad input the test suite reproduces on real databases, what schemagate\n\
+         did, and what was lost. Generated from the tests' `/// reliability:` lines by\n\
+         `tests/reliability_doc.rs`, so each row is asserted by the test it names; do not edit by\n\
+         hand (`SCHEMAGATE_BLESS=1 cargo test --test reliability_doc` regenerates it).\n\n\
+         | fault or bad input | backends | what schemagate did | lost | test |\n\
+         | --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.fault, r.backends, r.did, r.lost, r.test
+        ));
+    }
+    out
+}
+
+#[test]
+fn reliability_md_is_generated_from_the_tests() {
+    let rows = rows();
+    assert!(
+        rows.len() >= 20,
+        "only {} reliability rows found",
+        rows.len()
+    );
+    let expected = render(&rows);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RELIABILITY.md");
+    if std::env::var_os("SCHEMAGATE_BLESS").is_some() {
+        std::fs::write(&path, &expected).unwrap();
+    }
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "RELIABILITY.md is out of date with the tests' `/// reliability:` lines; regenerate it \
+         with `SCHEMAGATE_BLESS=1 cargo test --test reliability_doc`"
+    );
+}
