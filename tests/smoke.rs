@@ -1,5 +1,6 @@
-//! `schemagate smoke`: the rehearsal passes on each backend's example migrations, and fails,
-//! naming the check, when the rollout would fail.
+//! `schemagate smoke`: the rehearsal passes on each backend's example migrations (and
+//! rehearses a rollback where they have down migrations), and fails, naming the check,
+//! when the rollout would fail.
 
 mod common;
 
@@ -13,8 +14,8 @@ fn smoke(args: &[&str]) -> std::process::Output {
     run(&mut c)
 }
 
-fn assert_passed(out: &std::process::Output) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
+fn assert_passed(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(code(out), 0, "{stdout}\n{}", stderr(out));
     for check in [
         "every process exited 0",
@@ -22,21 +23,32 @@ fn assert_passed(out: &std::process::Output) {
         "one succeeded marker",
         "every waiter passed only once the schema was complete",
     ] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(check))
-            .unwrap_or_else(|| panic!("no {check:?} in\n{stdout}"));
-        assert!(line.contains(" ok "), "{line}");
+        let lines: Vec<&str> = stdout.lines().filter(|l| l.contains(check)).collect();
+        assert!(!lines.is_empty(), "no {check:?} in\n{stdout}");
+        for line in lines {
+            assert!(line.contains(" ok "), "{line}");
+        }
     }
+    stdout
 }
 
 #[test]
 fn smoke_on_the_embedded_sqlite_default() {
     let out = smoke(&["--source", "examples/migrations/sqlite", "--replicas", "8"]);
-    assert_passed(&out);
+    let stdout = assert_passed(&out);
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains("8 migrate + 8 wait processes against sqlite://")
+        stdout.contains("8 migrate + 8 wait processes against sqlite://"),
+        "{stdout}"
+    );
+    // The SQLite examples have down migrations: the rollback is rehearsed too.
+    let rollback = stdout
+        .lines()
+        .find(|l| l.starts_with("rollback: down one version"))
+        .expect("no rollback rehearsal");
+    assert!(rollback.contains(" ok "), "{rollback}");
+    assert!(
+        stdout.contains("up again: each migration applied exactly once"),
+        "{stdout}"
     );
 }
 
@@ -73,15 +85,15 @@ fn smoke_fails_and_names_the_check_when_a_migration_fails() {
         ("2_bad.sql", "INSERT INTO nope VALUES (1);"),
     ]);
     let out = smoke(&["--source", src.path(), "--replicas", "3"]);
-    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stdout));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 1, "{stdout}");
     let line = stdout
         .lines()
-        .find(|l| l.starts_with("every process exited 0"))
+        .find(|l| l.starts_with("rollout: every process exited 0"))
         .unwrap();
     assert!(line.contains("FAIL"), "{stdout}");
     assert!(
-        stderr(&out).contains("smoke failed: every process exited 0"),
+        stderr(&out).contains("smoke failed: rollout: every process exited 0"),
         "{}",
         stderr(&out)
     );

@@ -1,0 +1,2 @@
+DROP TABLE orders;
+DELETE FROM users;
