@@ -277,7 +277,6 @@ async fn apply_sql(
     let opts = ApplyOptions {
         lock_timeout: args.ddl_lock_timeout,
         statement_timeout: args.statement_timeout,
-        async_commit: false,
     };
     let mut progress = Progress::default();
     tokio::select! {

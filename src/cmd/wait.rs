@@ -9,7 +9,9 @@ use super::Outcome;
 use crate::child;
 use crate::cli::WaitArgs;
 use crate::config::{Backend, Config, redact_url};
-use crate::db::{self, Conn, Listener, Wake};
+use sqlx::migrate::AppliedMigration;
+
+use crate::db::{self, Conn, Listener, Newest, Wake};
 use crate::error::{Error, Result};
 use crate::http;
 use crate::source::Source;
@@ -139,11 +141,15 @@ async fn wait_loop(
             ))
         })?);
     }
-    // With --listen a checking connection is kept too; polling opens one per check.
-    let mut kept: Option<Conn> = None;
     let mut last_log: Option<Instant> = None;
     loop {
-        let state = match check_with(cfg, target, &mut kept, args.listen).await {
+        // --listen checks on its one LISTEN connection; polling opens one per check and
+        // holds nothing in between.
+        let checked = match listener.as_mut() {
+            Some(l) => check(&mut Via::Listener(l), cfg, target).await,
+            None => check_once(cfg, target).await,
+        };
+        let state = match checked {
             Ok(state) => state,
             Err(e @ Error::Config(_)) => return Err(e),
             // A single check reports why it could not look (unreachable: 124).
@@ -198,29 +204,43 @@ async fn wait_loop(
     }
 }
 
-/// One check, on the kept connection (reconnecting if it broke) or a fresh one.
-async fn check_with(
-    cfg: &Config,
-    target: &Target,
-    kept: &mut Option<Conn>,
-    keep: bool,
-) -> Result<Readiness> {
-    let mut conn = match kept.take() {
-        Some(c) => c,
-        None => db::connect(cfg).await?,
-    };
-    let state = check(&mut conn, cfg, target).await;
-    if keep && state.is_ok() {
-        *kept = Some(conn);
-    } else {
-        conn.close().await;
+/// Where a check reads from: a fresh connection, or the LISTEN connection.
+enum Via<'a> {
+    Conn(&'a mut Conn),
+    Listener(&'a mut Listener),
+}
+
+impl Via<'_> {
+    async fn newest_marker(&mut self, cfg: &Config, version: &str) -> Result<Option<Newest>> {
+        match self {
+            Via::Conn(c) => c.newest_marker(&cfg.table, version).await,
+            Via::Listener(l) => db::settle_newest(
+                l.newest_marker(&cfg.table, version).await,
+                &cfg.table,
+                version,
+            ),
+        }
     }
+
+    async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
+        match self {
+            Via::Conn(c) => c.applied().await,
+            Via::Listener(l) => db::settle_applied(l.applied().await),
+        }
+    }
+}
+
+/// One check on a connection of its own, closed afterwards.
+async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
+    let mut conn = db::connect(cfg).await?;
+    let state = check(&mut Via::Conn(&mut conn), cfg, target).await;
+    conn.close().await;
     state
 }
 
-async fn check(conn: &mut Conn, cfg: &Config, target: &Target) -> Result<Readiness> {
+async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {
     let digest = target.source.as_ref().map(Source::digest);
-    let newest = conn.newest_marker(&cfg.table, &target.version).await?;
+    let newest = via.newest_marker(cfg, &target.version).await?;
     let mut failed = None;
     let mut why_not = format!("no marker for version {} yet", target.version);
     if let Some(m) = newest {
@@ -242,7 +262,7 @@ async fn check(conn: &mut Conn, cfg: &Config, target: &Target) -> Result<Readine
     if let Some(source) = &target.source {
         // The database may be at or ahead of this build (an app rolled back to it must
         // still start): ready when every migration here is applied, unchanged.
-        let (applied, dirty) = conn.applied().await?;
+        let (applied, dirty) = via.applied().await?;
         let applied: HashMap<i64, &[u8]> =
             applied.iter().map(|a| (a.version, &*a.checksum)).collect();
         let all = source

@@ -89,9 +89,6 @@ pub struct Newest {
 pub struct ApplyOptions {
     pub lock_timeout: Option<Duration>,
     pub statement_timeout: Option<Duration>,
-    /// `synchronous_commit = off` for migration transactions; the marker's commit stays
-    /// synchronous and flushes all earlier WAL.
-    pub async_commit: bool,
 }
 
 /// A migration that failed, and whether trying again may help (it hit a lock or
@@ -461,17 +458,7 @@ impl Conn {
             Conn::My(c) => mysql::newest_marker(c, table, version).await,
             Conn::Lite(c) => sqlite::newest_marker(c, table, version).await,
         };
-        match r {
-            Err(e) if is_undefined_table(&e) => Ok(None),
-            // A later rollback to another version: this version is no longer current.
-            Ok(Some(m)) if m.version != version => Ok(None),
-            r => r.map_err(|e| {
-                db_err(
-                    &format!("cannot read the marker from {}", table.qualified),
-                    e,
-                )
-            }),
-        }
+        settle_newest(r, table, version)
     }
 
     /// Marker history, newest first. Empty when the table does not exist.
@@ -497,10 +484,7 @@ impl Conn {
         let fail =
             |e: String| Error::Failed(format!("cannot list applied migrations: {}", redact(&e)));
         if let Conn::Pg(c) = self {
-            return match postgres::applied(c).await {
-                Err(e) if is_undefined_table(&e) => Ok((Vec::new(), None)),
-                r => r.map_err(|e| fail(e.to_string())),
-            };
+            return settle_applied(postgres::applied(c).await);
         }
         let migrate = self.migrate();
         let applied = match migrate.list_applied_migrations(MIGRATIONS_TABLE).await {
@@ -598,6 +582,37 @@ impl Conn {
                 .map_err(|e| db_err("cannot list invalid indexes", e)),
             _ => Ok(Vec::new()),
         }
+    }
+}
+
+/// A marker read as `Conn::newest_marker` reports it: no table means none yet, and a later
+/// rollback to another version means this one is no longer current.
+pub fn settle_newest(
+    r: Result<Option<Newest>, sqlx::Error>,
+    table: &Table,
+    version: &str,
+) -> Result<Option<Newest>> {
+    match r {
+        Err(e) if is_undefined_table(&e) => Ok(None),
+        Ok(Some(m)) if m.version != version => Ok(None),
+        r => r.map_err(|e| {
+            db_err(
+                &format!("cannot read the marker from {}", table.qualified),
+                e,
+            )
+        }),
+    }
+}
+
+/// Applied migrations as `Conn::applied` reports them: no table means none.
+pub fn settle_applied(
+    r: Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error>,
+) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
+    match r {
+        Err(e) if is_undefined_table(&e) => Ok((Vec::new(), None)),
+        r => r.map_err(|e| {
+            Error::Failed(format!("cannot list applied migrations: {}", describe(&e)))
+        }),
     }
 }
 

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{AppliedMigration, Migration};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgExecutor, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row};
 
 use super::{ApplyOptions, Holder, MIGRATIONS_TABLE, Marker, NewMarker, Newest};
@@ -55,11 +55,11 @@ fn millis(d: Duration) -> String {
     format!("'{}ms'", d.as_millis().max(1))
 }
 
-async fn rows(c: &mut PgConnection, sql: String) -> Result<Vec<PgRow>, sqlx::Error> {
+async fn rows<'c>(c: impl PgExecutor<'c>, sql: String) -> Result<Vec<PgRow>, sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(c).await
 }
 
-async fn row(c: &mut PgConnection, sql: String) -> Result<Option<PgRow>, sqlx::Error> {
+async fn row<'c>(c: impl PgExecutor<'c>, sql: String) -> Result<Option<PgRow>, sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(sql)).fetch_optional(c).await
 }
 
@@ -345,8 +345,8 @@ pub async fn insert_marker(
     exec(c, insert_marker_sql(t, m)).await
 }
 
-pub async fn newest_marker(
-    c: &mut PgConnection,
+pub async fn newest_marker<'c>(
+    c: impl PgExecutor<'c>,
     t: &Table,
     version: &str,
 ) -> Result<Option<Newest>, sqlx::Error> {
@@ -418,8 +418,8 @@ pub async fn invalid_indexes(c: &mut PgConnection) -> Result<Vec<String>, sqlx::
 // ----- migrations, in sqlx's _sqlx_migrations layout -----
 
 /// Applied migrations, in version order, and the first dirty one (`success = false`).
-pub async fn applied(
-    c: &mut PgConnection,
+pub async fn applied<'c>(
+    c: impl PgExecutor<'c>,
 ) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {
     let rs = rows(
         c,
@@ -481,9 +481,6 @@ fn settings_sql(opts: &ApplyOptions) -> String {
     }
     if let Some(d) = opts.statement_timeout {
         s.push_str(&format!("SET LOCAL statement_timeout = {};\n", millis(d)));
-    }
-    if opts.async_commit {
-        s.push_str("SET LOCAL synchronous_commit = off;\n");
     }
     s
 }
@@ -580,6 +577,19 @@ impl Listener {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(Listener(listener))
+    }
+
+    /// The listening connection runs the checks too: `--listen` holds one connection.
+    pub async fn newest_marker(
+        &mut self,
+        t: &Table,
+        version: &str,
+    ) -> Result<Option<Newest>, sqlx::Error> {
+        newest_marker(&mut self.0, t, version).await
+    }
+
+    pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {
+        applied(&mut self.0).await
     }
 
     pub async fn wait(&mut self, interval: Duration) -> Result<Wake, sqlx::Error> {
