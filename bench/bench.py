@@ -27,6 +27,8 @@ TOOLS = ROOT / "target/bench-tools"
 SQLX = TOOLS / "sqlx/bin/sqlx"
 DBMATE = TOOLS / "dbmate/node_modules/.bin/dbmate"
 ALEMBIC = ROOT / "target/bench-venv/bin/alembic"
+SQLX_LIB = TOOLS / "sqlx-lib/release/sqlx-lib-migrate"
+GNU_TIME = Path("/usr/bin/time")
 
 
 def pg_bin() -> Path:
@@ -92,6 +94,15 @@ def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> t
     elapsed = time.perf_counter() - t
     p.returncode = os.waitstatus_to_exitcode(status)
     return elapsed, p.returncode, usage.ru_maxrss
+
+
+def peak_rss_kb(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> int:
+    """Peak RSS of `cmd` in KiB, from GNU time: its child is forked from a small process,
+    so the figure is not inflated by this Python's pages as a fork from here would be."""
+    with tempfile.NamedTemporaryFile() as out:
+        subprocess.run([str(GNU_TIME), "-f", "%M", "-o", out.name, *cmd], env=env, cwd=cwd,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return int(Path(out.name).read_text().split()[-1])
 
 
 def env_with(url: str, **extra: str) -> dict:
@@ -162,6 +173,8 @@ def commands(tool: str, sets: Sets, url: str) -> tuple[list[str], dict, Path | N
         return [str(SG), "migrate", "--source", str(sets.sqlx)], env, None
     if tool == "schemagate 1tx":
         return [str(SG), "migrate", "--single-transaction", "--source", str(sets.sqlx)], env, None
+    if tool == "sqlx library":
+        return [str(SQLX_LIB), str(sets.sqlx)], env, None
     if tool == "sqlx-cli":
         return [str(SQLX), "migrate", "run", "--source", str(sets.sqlx), "--database-url", url], env, None
     if tool == "dbmate":
@@ -212,18 +225,18 @@ def noop_case(cl: Cluster, sets: Sets, tools: list[str], runs: int) -> tuple[dic
         urls[tool] = url
     cases = {t: commands(t, sets, urls[t]) for t in tools}
     sg_url = urls["schemagate"]
-    cases["schemagate wait"] = ([str(SG), "wait", "--source", str(sets.sqlx)], env_with(sg_url), None)
+    cases["schemagate wait --source"] = ([str(SG), "wait", "--source", str(sets.sqlx)], env_with(sg_url), None)
+    cases["schemagate wait --expect"] = ([str(SG), "wait", "--expect", sets.head], env_with(sg_url), None)
     cases["psql -c 'select 1'"] = ([str(PSQL), "-X", "-q", "-c", "select 1", sg_url], env_with(sg_url), None)
     times: dict[str, list[float]] = {t: [] for t in cases}
-    rss: dict[str, list[int]] = {t: [] for t in cases}
     for _ in range(runs):
         for name, (cmd, env, cwd) in cases.items():
-            t, code, kb = timed(cmd, env, cwd)
+            t, code, _ = timed(cmd, env, cwd)
             if code != 0:
                 raise SystemExit(f"bench: {name} failed its no-op run (exit {code})")
             times[name].append(t)
-            rss[name].append(kb)
-    return {t: median(v) for t, v in times.items()}, {t: max(v) for t, v in rss.items()}
+    rss = {name: max(peak_rss_kb(cmd, env, cwd) for _ in range(3)) for name, (cmd, env, cwd) in cases.items()}
+    return {t: median(v) for t, v in times.items()}, rss
 
 
 def race_case(cl: Cluster, sets: Sets, tools: list[str], k: int, runs: int) -> dict:
@@ -345,7 +358,7 @@ def main() -> None:
     args = ap.parse_args()
     smoke = args.smoke
     runs = args.runs or (3 if smoke else 9)
-    peers = [] if smoke else ["sqlx-cli", "dbmate", "alembic"]
+    peers = [] if smoke else ["sqlx library", "sqlx-cli", "dbmate", "alembic"]
     cl = Cluster()
     base = Path(tempfile.mkdtemp(prefix="schemagate-bench-src-"))
     lines: list[str] = []
@@ -391,21 +404,23 @@ def main() -> None:
     say(f"Measured by `bench/run` on {time.strftime('%Y-%m-%d')}: {machine()}. A throwaway cluster "
         "(default settings, `fsync` on, plain TCP on loopback) served nothing else. Tools took turns run by run; "
         f"figures are medians of {runs} runs (N = 500 applies: {max(1, runs // 3)}), latencies p50/p99. "
-        "Peers: sqlx-cli 0.9.0 (crates.io), dbmate 2.36.0 (npm), alembic 1.18.4 with psycopg 3 (PyPI). "
+        "Peers: sqlx 0.9.0 as a library (its `Migrator`, locking on: `bench/sqlx-lib`), sqlx-cli 0.9.0 (crates.io), "
+        "dbmate 2.36.0 (npm), alembic 1.18.4 with psycopg 3 (PyPI). "
         "The floor is PostgreSQL's own `psql` binary (not Debian's wrapper script).\n")
     say("Reproduce: `bench/run` (installs the peers under `target/bench-tools`, ~5 min the first time; "
         "the run itself takes a few minutes). CI runs `bench/run --smoke`.\n")
     say("## Targets\n")
     sg_noop = noop[big][0]["schemagate"]
-    sg_wait = noop[big][0]["schemagate wait"]
+    sg_wait = noop[big][0]["schemagate wait --source"]
     peers_apply = {p: applied[big][p] for p in peers}
     rows = [
         ("no-op `migrate`, N = 500, / `select 1` floor", sg_noop / floor, "≤ 1.0×"),
         ("ready `wait --source`, N = 500, / `select 1` floor", sg_wait / floor, "≤ 1.0×"),
+        ("ready `wait --expect`, / `select 1` floor", noop[big][0]["schemagate wait --expect"] / floor, "≤ 1.0×"),
         ("no-op `migrate`, N = 500 / N = 1 (flat in N)", sg_noop / noop[sizes[0]][0]["schemagate"], "≈ 1.0×"),
         ("apply 500, `schemagate` / `psql` autocommit floor", applied[big]["schemagate"] / applied[big]["psql autocommit"], "≤ 1.1×"),
         ("apply 500, `schemagate --single-transaction` / `psql -1` floor", applied[big]["schemagate 1tx"] / applied[big]["psql 1tx"], "≤ 1.1×"),
-        ("K = 50 racing, wall time, schemagate / sqlx-cli", races[50]["schemagate"]["wall"] / races[50]["sqlx-cli"]["wall"], "≤ 1.0×"),
+        ("K = 50 racing, wall time, schemagate / sqlx's locked library run", races[50]["schemagate"]["wall"] / races[50]["sqlx library"]["wall"], "≤ 1.0×"),
     ]
     say("| measure | ratio | target |\n| --- | --- | --- |")
     for name, ratio, target in rows:
@@ -428,7 +443,7 @@ def main() -> None:
     say("## The no-op run every replica pays at start (already up to date)\n")
     say(f"| tool | N = {sizes[0]} | N = {big} | × schemagate (N = {big}) | peak RSS |")
     say("| --- | --- | --- | --- | --- |")
-    for tool in ["schemagate", "schemagate wait", *peers, "psql -c 'select 1'"]:
+    for tool in ["schemagate", "schemagate wait --source", "schemagate wait --expect", *peers, "psql -c 'select 1'"]:
         say(f"| {tool} | {fmt_ms(noop[sizes[0]][0][tool])} | {fmt_ms(noop[big][0][tool])} | "
             f"{noop[big][0][tool] / sg_noop:.2f}× | {noop[big][1][tool] / 1024:.1f} MiB |")
     say("")

@@ -616,6 +616,28 @@ pub fn settle_applied(
     }
 }
 
+/// The row `newest_marker` reads (MySQL and SQLite; PostgreSQL quotes its literal).
+type NewestRow = (String, String, Option<String>, Option<String>);
+
+/// The marker that decides `version`: its own newest row, or a later rollback. `param` is
+/// the backend's placeholder for the version.
+fn newest_marker_sql(t: &Table, param: &str) -> String {
+    format!(
+        "SELECT version, status, digest, detail FROM {} \
+         WHERE version = {param} OR action = 'rollback' ORDER BY id DESC LIMIT 1",
+        t.qualified
+    )
+}
+
+fn newest_from_row((version, status, digest, detail): NewestRow) -> Newest {
+    Newest {
+        version,
+        status,
+        digest,
+        detail,
+    }
+}
+
 type MarkerRow = (
     i64,
     String,

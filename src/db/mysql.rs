@@ -137,22 +137,12 @@ pub async fn newest_marker(
     t: &Table,
     version: &str,
 ) -> Result<Option<Newest>, sqlx::Error> {
-    let sql = format!(
-        "SELECT version, status, digest, detail FROM {q} \
-         WHERE version = ? OR action = 'rollback' ORDER BY id DESC LIMIT 1",
-        q = t.qualified
-    );
-    let row: Option<(String, String, Option<String>, Option<String>)> =
-        sqlx::query_as(AssertSqlSafe(sql))
+    let row: Option<super::NewestRow> =
+        sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(t, "?")))
             .bind(version)
             .fetch_optional(c)
             .await?;
-    Ok(row.map(|(version, status, digest, detail)| Newest {
-        version,
-        status,
-        digest,
-        detail,
-    }))
+    Ok(row.map(super::newest_from_row))
 }
 
 pub async fn markers(

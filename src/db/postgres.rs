@@ -147,6 +147,14 @@ pub async fn kill_session(c: &mut PgConnection, pid: i64) -> Result<(), sqlx::Er
 
 // ----- the lease lock (for transaction poolers, where session locks do not work) -----
 
+/// `CREATE SCHEMA IF NOT EXISTS` for a schema-qualified table, else nothing.
+fn create_schema_sql(t: &Table) -> String {
+    t.schema
+        .as_ref()
+        .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"))
+        .unwrap_or_default()
+}
+
 fn lease_table(t: &Table) -> String {
     match &t.schema {
         Some(s) => format!("{s}.{}_lease", t.name),
@@ -155,11 +163,7 @@ fn lease_table(t: &Table) -> String {
 }
 
 pub async fn ensure_lease_table(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
-    let schema = t
-        .schema
-        .as_ref()
-        .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"))
-        .unwrap_or_default();
+    let schema = create_schema_sql(t);
     let sql = format!(
         "{schema}
         CREATE TABLE IF NOT EXISTS {l} (
@@ -286,11 +290,7 @@ pub async fn lease_holder(
 // ----- the marker -----
 
 pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
-    let schema = t
-        .schema
-        .as_ref()
-        .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"))
-        .unwrap_or_default();
+    let schema = create_schema_sql(t);
     let sql = format!(
         "{schema}
         CREATE TABLE IF NOT EXISTS {q} (
@@ -350,13 +350,7 @@ pub async fn newest_marker<'c>(
     t: &Table,
     version: &str,
 ) -> Result<Option<Newest>, sqlx::Error> {
-    let sql = format!(
-        "SELECT version, status, digest, detail FROM {q} \
-         WHERE version = {v} OR action = 'rollback' ORDER BY id DESC LIMIT 1",
-        q = t.qualified,
-        v = lit(version)
-    );
-    row(c, sql)
+    row(c, super::newest_marker_sql(t, &lit(version)))
         .await?
         .map(|r| {
             Ok(Newest {
