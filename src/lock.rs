@@ -54,6 +54,7 @@ pub struct Expected<'a> {
 }
 
 const HOLDER_LOG_EVERY: Duration = Duration::from_secs(5);
+const BRISK_FOR: Duration = Duration::from_secs(10);
 
 /// Refuse lock settings the backend cannot honour, before connecting.
 pub fn validate(cfg: &Config, args: &LockArgs) -> Result<()> {
@@ -81,7 +82,7 @@ pub async fn acquire(
         conn.ensure_lease_table(&cfg.table).await?;
     }
     let polling = async {
-        let mut delays = db::backoff(Duration::from_millis(20), Duration::from_millis(500)).build();
+        let mut delays = db::backoff(Duration::from_millis(10), Duration::from_secs(1)).build();
         let mut last_log: Option<Instant> = None;
         loop {
             if let Some(lock) = try_acquire(conn, cfg, args, &token).await? {
@@ -108,8 +109,15 @@ pub async fn acquire(
                 );
                 last_log = Some(Instant::now());
             }
-            let delay = delays.next().unwrap_or(Duration::from_millis(500));
-            tokio::time::sleep(delay).await;
+            // Briskly at first: most waits are for a short migration, and a waiter should
+            // leave as soon as its marker lands. Then gently, to spare the server during a
+            // long one.
+            let cap = if started.elapsed() < BRISK_FOR {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::time::sleep(delays.next().unwrap_or(cap).min(cap)).await;
         }
     };
     match tokio::time::timeout(args.lock_wait, polling).await {
