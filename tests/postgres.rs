@@ -148,6 +148,13 @@ fn sigkilled_migrator_partial_state_is_not_visible() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 1);
 }
 
+/// The advisory lock key, as `status --json` reports it.
+fn lock_key(db: &PgDb) -> i64 {
+    let out = run(schemagate(&db.url).args(["status", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["lock"]["key"].as_i64().unwrap()
+}
+
 fn simple_source() -> Migrations {
     Migrations::new(&[
         ("1_a.sql", "CREATE TABLE a (id int);"),
@@ -194,11 +201,7 @@ fn second_migrate_takes_the_fast_path_without_the_lock() {
     let src = simple_source();
     assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
     // Hold the lock from another session: a run that needed it would time out.
-    let key = {
-        let out = run(schemagate(&db.url).args(["status", "--json"]));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["lock"]["key"].as_i64().unwrap()
-    };
+    let key = lock_key(&db);
     block_on(async {
         use sqlx::Connection;
         let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -366,11 +369,7 @@ fn database_url_from_file_and_termination_log() {
 fn sigterm_while_waiting_for_the_lock_exits_143_and_records_nothing() {
     let db = PgDb::new("termwait");
     let src = simple_source();
-    let key = {
-        let out = run(schemagate(&db.url).args(["status", "--json"]));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["lock"]["key"].as_i64().unwrap()
-    };
+    let key = lock_key(&db);
     block_on(async {
         use sqlx::Connection;
         let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();

@@ -12,7 +12,7 @@ root=$(cd "$here/../.." && pwd)
 n=${1:-20}
 admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 sg=${SCHEMAGATE:-$( [ -x "$root/target/release/schemagate" ] && echo "$root/target/release/schemagate" || echo "$root/target/debug/schemagate")}
-venv=${VENV:-$root/target/alembic-venv}
+venv=$(realpath -m "${VENV:-$root/target/alembic-venv}")
 if [ ! -x "$venv/bin/alembic" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r "$here/requirements.txt"
