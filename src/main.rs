@@ -68,47 +68,48 @@ fn main() -> ExitCode {
 async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
     let mut signals = Signals::install()
         .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
+    let config = |connect| Config::from_args(connect, mode);
     match command {
         // `migrate` handles signals itself: it must record the failure before it exits.
-        Command::Migrate(args) => {
-            let cfg = Config::from_args(&args.connect, mode)?;
-            cmd::migrate::run(&cfg, &args, signals).await
-        }
+        Command::Migrate(args) => cmd::migrate::run(&config(&args.connect)?, &args, signals).await,
+        // The others just stop: nothing they do is half-done at a signal (a down migration
+        // rolls back with its connection; smoke's children are killed on drop).
         Command::Wait(args) => {
-            let cfg = Config::from_args(&args.connect, mode)?;
-            tokio::select! {
-                r = cmd::wait::run(&cfg, &args) => r,
-                sig = signals.recv() => Err(Error::Interrupted(sig)),
-            }
+            or_signal(cmd::wait::run(&config(&args.connect)?, &args), &mut signals).await
         }
         Command::Status(args) => {
-            let cfg = Config::from_args(&args.connect, mode)?;
-            tokio::select! {
-                r = cmd::status::run(&cfg, &args) => r,
-                sig = signals.recv() => Err(Error::Interrupted(sig)),
-            }
+            or_signal(
+                cmd::status::run(&config(&args.connect)?, &args),
+                &mut signals,
+            )
+            .await
         }
-        // Down migrations run one transaction each: an interrupted one rolls back with the
-        // connection.
         Command::Rollback(args) => {
-            let cfg = Config::from_args(&args.connect, mode)?;
-            tokio::select! {
-                r = cmd::rollback::run(&cfg, &args) => r,
-                sig = signals.recv() => Err(Error::Interrupted(sig)),
-            }
+            or_signal(
+                cmd::rollback::run(&config(&args.connect)?, &args),
+                &mut signals,
+            )
+            .await
         }
         Command::Stamp(args) => {
-            let cfg = Config::from_args(&args.connect, mode)?;
-            tokio::select! {
-                r = cmd::stamp::run(&cfg, &args) => r,
-                sig = signals.recv() => Err(Error::Interrupted(sig)),
-            }
+            or_signal(
+                cmd::stamp::run(&config(&args.connect)?, &args),
+                &mut signals,
+            )
+            .await
         }
-        // Dropping the rehearsal kills its children (kill_on_drop).
-        Command::Smoke(args) => tokio::select! {
-            r = cmd::smoke::run(&args) => r,
-            sig = signals.recv() => Err(Error::Interrupted(sig)),
-        },
+        Command::Smoke(args) => or_signal(cmd::smoke::run(&args), &mut signals).await,
+    }
+}
+
+/// Run `work` unless SIGINT or SIGTERM comes first.
+async fn or_signal(
+    work: impl Future<Output = Result<Outcome, Error>>,
+    signals: &mut Signals,
+) -> Result<Outcome, Error> {
+    tokio::select! {
+        r = work => r,
+        sig = signals.recv() => Err(Error::Interrupted(sig)),
     }
 }
 

@@ -401,3 +401,21 @@ fn sigterm_while_waiting_for_the_lock_exits_143_and_records_nothing() {
         0
     );
 }
+
+/// reliability: SIGTERM to a waiting `wait` (schemagate as PID 1 of an initContainer) | exits 143 at once instead of ignoring the signal as PID 1 would by default | nothing
+#[test]
+fn sigterm_stops_a_waiting_wait_with_143() {
+    let db = PgDb::new("termwaiter");
+    let mut waiter = spawn(schemagate(&db.url).args(["wait", "--expect", "9", "--timeout", "60s"]));
+    wait_for_stderr_line(
+        &mut waiter,
+        "waiting for schema version 9",
+        Duration::from_secs(30),
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &waiter.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert_eq!(waiter.wait().unwrap().code(), Some(143));
+}
