@@ -202,7 +202,7 @@ NOTES = """## Where the targets are missed, and why
   file and stays under the floor at any N.
 - **K = 50 racing against sqlx's library.** schemagate's waiters poll the lock (a blocked
   `pg_advisory_lock` holds a snapshot that `CREATE INDEX CONCURRENTLY` in the holder's
-  migration waits on: deadlock), so each leaves up to one poll (at most 100 ms in the first
+  migration waits on: deadlock), so each leaves up to one poll (at most 50 ms in the first
   10 s) after the marker lands, where sqlx's blocked waiters wake at the unlock. On 2 cores
   the 50 process starts dominate both. schemagate has no failure and no deadlock; sqlx-cli
   0.9 loses most of its processes to the race on creating `_sqlx_migrations`.

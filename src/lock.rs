@@ -113,7 +113,7 @@ pub async fn acquire(
             // leave as soon as its marker lands. Then gently, to spare the server during a
             // long one.
             let cap = if started.elapsed() < BRISK_FOR {
-                Duration::from_millis(100)
+                Duration::from_millis(50)
             } else {
                 Duration::from_secs(1)
             };
