@@ -3,12 +3,12 @@
 //! own (SHA-384 of the file), so a database that sqlx-cli managed keeps its history.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use sqlx::migrate::{Migration, MigrationType};
+use sqlx::migrate::{AppliedMigration, Migration, MigrationType};
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 
 use crate::error::{Error, Result};
@@ -124,6 +124,16 @@ impl Source {
             hasher.update(format!("{}:{}\n", m.version, hex(&m.checksum)));
         }
         hex(&hasher.finalize())
+    }
+
+    /// Whether every up migration here is among `applied`, with the same checksum: the
+    /// database is at (or ahead of) this source.
+    pub fn applied_unchanged(&self, applied: &[AppliedMigration]) -> bool {
+        let applied: HashMap<i64, &[u8]> =
+            applied.iter().map(|a| (a.version, &*a.checksum)).collect();
+        self.ups
+            .iter()
+            .all(|m| applied.get(&m.version).is_some_and(|c| *c == &*m.checksum))
     }
 
     pub fn digest(&self) -> String {

@@ -154,10 +154,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         };
         http::notify(&args.notify_urls, &event).await;
     }
-    let ran = result.map_err(|e| match e {
-        Error::LockLost(msg) => Error::Failed(msg),
-        other => other,
-    })?;
+    let ran = result?;
     Ok(done(
         format!("schema version {version} ready ({} applied)", ran.applied),
         ran.applied,

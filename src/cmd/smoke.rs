@@ -291,11 +291,7 @@ impl Rehearsal {
             return Ok(true);
         }
         let (applied, _) = conn.applied().await?;
-        Ok(self.source.ups.iter().all(|m| {
-            applied
-                .iter()
-                .any(|a| a.version == m.version && *a.checksum == *m.checksum)
-        }))
+        Ok(self.source.applied_unchanged(&applied))
     }
 
     async fn rollback(&self, conn: &mut Conn, to: i64) -> Result<Check> {

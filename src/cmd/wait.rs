@@ -2,7 +2,6 @@
 //! Between polls no connection is held, so hundreds of waiting pods never take the slots
 //! the migrator needs.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Outcome;
@@ -263,12 +262,7 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
         // The database may be at or ahead of this build (an app rolled back to it must
         // still start): ready when every migration here is applied, unchanged.
         let (applied, dirty) = via.applied().await?;
-        let applied: HashMap<i64, &[u8]> =
-            applied.iter().map(|a| (a.version, &*a.checksum)).collect();
-        let all = source
-            .ups
-            .iter()
-            .all(|m| applied.get(&m.version).is_some_and(|c| *c == &*m.checksum));
+        let all = source.applied_unchanged(&applied);
         if all && dirty.is_none() {
             return Ok(Readiness::Ready(
                 "every migration in the source is applied".into(),
