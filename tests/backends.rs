@@ -123,11 +123,7 @@ fn sigterm_mid_migration(kind: Kind) {
     db.create_ctl();
     let src = slow_source(&db);
     let child = migrator_in_slow_migration(&db, &src);
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    sigterm(child.id());
     let out = finish(child);
     assert_eq!(code(&out), 143, "{}", stderr(&out));
     let newest = db.strings("SELECT status FROM schemagate_marker ORDER BY id DESC");

@@ -152,11 +152,7 @@ fn sigterm_is_forwarded_to_the_external_migrator() {
     let script = "trap 'echo got-term; exit 0' TERM; echo started; while true; do sleep 0.1; done";
     let mut child = spawn(&mut external(&db, "v4", script));
     wait_for_stderr_line(&mut child, "[sh] started", Duration::from_secs(30));
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    sigterm(child.id());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
     let detail = pg_strings(
@@ -189,10 +185,7 @@ fn external_migrator_ignoring_sigterm_is_killed_after_the_grace() {
     let mut child = spawn(&mut cmd);
     wait_for_stderr_line(&mut child, "[sh] started", Duration::from_secs(30));
     let t = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(child.id());
     assert_eq!(child.wait().unwrap().code(), Some(143));
     assert!(
         t.elapsed() >= Duration::from_secs(1),

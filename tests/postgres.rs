@@ -384,11 +384,7 @@ fn sigterm_while_waiting_for_the_lock_exits_143_and_records_nothing() {
             "waiting for the migration lock",
             Duration::from_secs(30),
         );
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        sigterm(child.id());
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(143));
         let _ = holder.close().await;
@@ -412,10 +408,6 @@ fn sigterm_stops_a_waiting_wait_with_143() {
         "waiting for schema version 9",
         Duration::from_secs(30),
     );
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &waiter.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    sigterm(waiter.id());
     assert_eq!(waiter.wait().unwrap().code(), Some(143));
 }

@@ -63,6 +63,15 @@ pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
+/// Send SIGTERM to a child process (what `docker stop` / the kubelet send first).
+pub fn sigterm(pid: u32) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {pid} failed");
+}
+
 /// Spawn with piped output, for processes that run concurrently.
 pub fn spawn(cmd: &mut Command) -> Child {
     cmd.stdout(Stdio::piped())
