@@ -175,11 +175,15 @@ pub struct ConnectArgs {
 /// How concurrent runs exclude each other.
 #[derive(Debug, Args, Clone)]
 pub struct LockArgs {
-    /// `advisory`: a session lock the server releases when the connection ends (no stale
-    /// locks). `lease`: a row with an expiry, renewed while the run lasts and taken over
-    /// only once expired; for PgBouncer in transaction pooling mode, where session locks
-    /// do not work (PostgreSQL only).
-    #[arg(long, env = "SCHEMAGATE_LOCK", value_enum, default_value_t = LockMode::Advisory)]
+    /// `auto` (PostgreSQL): the session advisory lock when this connection is proven to be a
+    /// server session of its own whose advisory lock excludes others, otherwise the lease
+    /// (transaction poolers such as PgBouncer, Supavisor or Neon's pooler; CockroachDB,
+    /// YugabyteDB). `advisory`: a session lock the server releases when the connection ends
+    /// (no stale locks); refused (exit 2) when it cannot be honoured. `lease`: a row with an
+    /// expiry, renewed while the run lasts and taken over only once expired; every
+    /// migration checks in its own transaction that the lease is still ours (PostgreSQL
+    /// only). MySQL and SQLite always use their own locks.
+    #[arg(long, env = "SCHEMAGATE_LOCK", value_enum, default_value_t = LockMode::Auto)]
     pub lock: LockMode,
 
     /// With --lock lease: how long a lease lives without a heartbeat (renewed every third
@@ -194,6 +198,7 @@ pub struct LockArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LockMode {
+    Auto,
     Advisory,
     Lease,
 }

@@ -194,47 +194,315 @@ fn lease_lock_through_pgbouncer_transaction_pooling() {
     );
 }
 
-/// reliability: the default advisory lock used through PgBouncer in transaction pooling mode | refused with exit 2 and a message pointing to `--lock lease` (the next statement ran in another server session, so a session lock would protect nothing) | nothing: refused before any migration ran
-#[test]
-fn advisory_lock_behind_a_transaction_pooler_is_refused() {
-    let server = start_cluster(&[]);
-    let db = PgDb::on(&server.url("postgres"), "pooled");
-    let bouncer = PgBouncer::start(&server);
-    let url = bouncer.url(db.url.rsplit('/').next().unwrap());
-    // Warm the pool: several server connections at once, then handed out round-robin.
-    block_on(async {
-        use sqlx::Connection;
-        let mut conns = Vec::new();
-        for _ in 0..4 {
-            conns.push(sqlx::PgConnection::connect(&url).await.unwrap());
-        }
-        let mut tasks = Vec::new();
-        for mut c in conns {
-            tasks.push(tokio::spawn(async move {
-                sqlx::raw_sql("SELECT pg_sleep(0.3)")
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    let src = logged_source(2);
-    let out = run(schemagate(&url).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+/// 20 racing `migrate` (with `extra` flags) through `url`, on `logged_source(10)`;
+/// returns their outputs.
+fn race_through(url: &str, src: &Migrations, extra: &[&str]) -> Vec<std::process::Output> {
+    let migrators: Vec<_> = (0..20)
+        .map(|_| {
+            spawn(
+                schemagate(url)
+                    .args(["migrate", "--source", src.path(), "--lock-wait", "90s"])
+                    .args(extra),
+            )
+        })
+        .collect();
+    migrators.into_iter().map(finish).collect()
+}
+
+/// Every racer that took the lock path logged `lock: <want>`, and at least one did (the
+/// others found the marker first).
+fn assert_lock_chosen(outs: &[std::process::Output], want: &str) {
+    let logged: Vec<String> = outs
+        .iter()
+        .map(stderr)
+        .filter(|e| e.contains("INFO lock: "))
+        .collect();
     assert!(
-        stderr(&out).contains("transaction pooler") && stderr(&out).contains("--lock lease"),
-        "{}",
-        stderr(&out)
+        !logged.is_empty(),
+        "no run took the lock: {}",
+        stderr(&outs[0])
+    );
+    for e in &logged {
+        assert!(e.contains(&format!("INFO lock: {want}")), "{e}");
+    }
+}
+
+/// Every racer exited 0, each migration ran once, and exactly one marker (`succeeded`)
+/// was written.
+fn assert_clean_race(db: &PgDb, outs: &[std::process::Output]) {
+    for out in outs {
+        assert_eq!(code(out), 0, "{}", stderr(out));
+    }
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM apply_log"), 10);
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(DISTINCT version) FROM apply_log"),
+        10
     );
     assert_eq!(
+        pg_strings(&db.url, "SELECT status FROM schemagate_marker"),
+        vec!["succeeded".to_owned()]
+    );
+}
+
+fn bounced_db(server: &PgServer, bouncer: &PgBouncer, name: &str) -> (PgDb, String) {
+    let db = PgDb::on(&server.url("postgres"), name);
+    let url = bouncer.url(db.url.rsplit('/').next().unwrap());
+    (db, url)
+}
+
+/// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 1`, where every statement of every client lands on one server session | `--lock auto` proves that a second connection lands on the same server session, logs why, and uses the lease; one run applies every migration once, the others see the marker | nothing: no failed marker, no double run
+#[test]
+fn default_lock_races_behind_a_transaction_pooler_with_one_server_connection() {
+    let server = start_cluster(&[]);
+    let bouncer = PgBouncer::start_with(&server, "transaction", 1);
+    let (db, url) = bounced_db(&server, &bouncer, "pool1");
+    let src = logged_source(10);
+    let outs = race_through(&url, &src, &[]);
+    assert_clean_race(&db, &outs);
+    assert_lock_chosen(&outs, "lease (a transaction pooler");
+}
+
+/// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 4` | the probe sees statements move between server sessions (or share one) and picks the lease; one run applies every migration once | nothing: no failed marker, no double run
+#[test]
+fn default_lock_races_behind_a_transaction_pooler_with_four_server_connections() {
+    let server = start_cluster(&[]);
+    let bouncer = PgBouncer::start_with(&server, "transaction", 4);
+    let (db, url) = bounced_db(&server, &bouncer, "pool4");
+    let src = logged_source(10);
+    let outs = race_through(&url, &src, &[]);
+    assert_clean_race(&db, &outs);
+    assert_lock_chosen(&outs, "lease");
+}
+
+/// reliability: `--lock advisory` given explicitly through PgBouncer in transaction pooling mode | refused with exit 2 before anything is applied; the message names the transaction pooler and `--lock lease` | nothing: refused before any migration ran
+#[test]
+fn explicit_advisory_lock_behind_a_transaction_pooler_is_refused() {
+    let server = start_cluster(&[]);
+    for pool in [1, 4] {
+        let bouncer = PgBouncer::start_with(&server, "transaction", pool);
+        let (db, url) = bounced_db(&server, &bouncer, "pooled");
+        let src = logged_source(2);
+        let outs = race_through(&url, &src, &["--lock", "advisory"]);
+        for out in &outs {
+            assert_eq!(code(out), 2, "{}", stderr(out));
+            assert!(
+                stderr(out).contains("transaction pooler") && stderr(out).contains("--lock lease"),
+                "{}",
+                stderr(out)
+            );
+        }
+        assert_eq!(
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_tables WHERE tablename IN ('apply_log', 't1')"
+            ),
+            0
+        );
+        drop(bouncer);
+    }
+}
+
+/// reliability: 20 racing `migrate` with default flags through PgBouncer in session pooling mode | each client keeps its server session, so the probe proves the advisory lock and uses it; one run applies every migration once | nothing
+#[test]
+fn default_lock_uses_the_advisory_lock_behind_a_session_pooler() {
+    let server = start_cluster(&[]);
+    let bouncer = PgBouncer::start_with(&server, "session", 60);
+    let (db, url) = bounced_db(&server, &bouncer, "session");
+    let src = logged_source(10);
+    let outs = race_through(&url, &src, &[]);
+    assert_clean_race(&db, &outs);
+    assert_lock_chosen(&outs, "advisory (a server session of its own");
+}
+
+/// reliability: an engine whose `pg_try_advisory_lock` is a stub that always returns true (simulated: a `public` function shadowing it, `search_path = public, pg_catalog`, as CockroachDB behaves) | the probe's second connection is granted the key, so `--lock auto` uses the lease: 20 racers, each migration once; `--lock advisory` is refused with exit 2 saying the lock does not exclude (not "pooler") | nothing
+#[test]
+fn default_lock_races_where_advisory_locks_are_a_stub() {
+    let db = PgDb::new("stub");
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    pg_exec(
+        &db.url,
+        &format!(
+            "CREATE FUNCTION public.pg_try_advisory_lock(bigint) RETURNS boolean \
+               LANGUAGE sql AS 'SELECT true'; \
+             ALTER DATABASE {name} SET search_path = public, pg_catalog;"
+        ),
+    );
+    let src = logged_source(2);
+    let refused =
+        run(schemagate(&db.url).args(["migrate", "--source", src.path(), "--lock", "advisory"]));
+    assert_eq!(code(&refused), 2, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("does not exclude") && !stderr(&refused).contains("pooler"),
+        "{}",
+        stderr(&refused)
+    );
+    let src = logged_source(10);
+    let outs = race_through(&db.url, &src, &[]);
+    assert_clean_race(&db, &outs);
+    assert_lock_chosen(&outs, "lease");
+}
+
+#[test]
+fn status_shows_the_lock_auto_picks_and_why() {
+    let server = start_cluster(&[]);
+    let bouncer = PgBouncer::start_with(&server, "transaction", 1);
+    let (db, url) = bounced_db(&server, &bouncer, "statuslock");
+    let direct = run(schemagate(&db.url).args(["status", "--json"]));
+    assert_eq!(code(&direct), 0, "{}", stderr(&direct));
+    let v: serde_json::Value = serde_json::from_slice(&direct.stdout).unwrap();
+    assert_eq!(v["lock"]["kind"], "advisory", "{v}");
+    assert!(
+        v["lock"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("a server session of its own"),
+        "{v}"
+    );
+    let pooled = run(schemagate(&url).args(["status", "--json"]));
+    assert_eq!(code(&pooled), 0, "{}", stderr(&pooled));
+    let v: serde_json::Value = serde_json::from_slice(&pooled.stdout).unwrap();
+    assert_eq!(v["lock"]["kind"], "lease", "{v}");
+    assert!(
+        v["lock"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("transaction pooler"),
+        "{v}"
+    );
+    let text = run(schemagate(&url).args(["status"]));
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("kind      lease (a transaction pooler"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+}
+
+/// reliability: `wait --listen` through PgBouncer in transaction pooling mode, where a NOTIFY reaches a pooled server session and not the waiter | the waiter detects the pooler (the same probe as `--lock auto`), warns, and polls instead: it exits 0 once the marker lands | nothing
+#[test]
+fn wait_listen_behind_a_transaction_pooler_polls() {
+    let server = start_cluster(&[]);
+    let bouncer = PgBouncer::start_with(&server, "transaction", 2);
+    let (db, url) = bounced_db(&server, &bouncer, "listen");
+    let src = logged_source(2);
+    let mut waiter = spawn(schemagate(&url).args([
+        "wait",
+        "--source",
+        src.path(),
+        "--listen",
+        "--interval",
+        "200ms",
+        "--timeout",
+        "60s",
+    ]));
+    let seen = wait_for_stderr_line(
+        &mut waiter,
+        "polling every --interval instead",
+        Duration::from_secs(30),
+    );
+    assert!(seen.contains("transaction pooler"), "{seen}");
+    let out = run(schemagate(&url).args(["migrate", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(waiter.wait().unwrap().code(), Some(0));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM apply_log"), 2);
+}
+
+/// reliability: `--lock lease --lease-ttl 3s`: the holder is paused with SIGSTOP (a frozen node, a long GC pause) past its TTL, another run takes the lease over and completes, then the first resumes (SIGCONT) | the resumed run's next migration starts with the lease's fence, which finds the lease no longer ours: it stops before running anything, writes no marker, exits 1; the newest marker is the new holder's `succeeded`, so `wait --expect` exits 0 | nothing: each migration applied once
+#[test]
+fn paused_lease_holder_is_fenced_after_a_takeover() {
+    let db = PgDb::new("fence");
+    let src = Migrations::new(&[
+        ("0_log.sql", "CREATE TABLE apply_log (version int);"),
+        ("1_a.sql", "INSERT INTO apply_log VALUES (1);"),
+        (
+            "2_slow.sql",
+            "INSERT INTO apply_log VALUES (2); SELECT pg_sleep(0.5);",
+        ),
+        ("3_c.sql", "INSERT INTO apply_log VALUES (3);"),
+    ]);
+    let args = [
+        "migrate",
+        "--source",
+        src.path(),
+        "--lock",
+        "lease",
+        "--lease-ttl",
+        "3s",
+    ];
+    let mut first = spawn(schemagate(&db.url).args(args));
+    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
+    signal(first.id(), "STOP");
+    let second = run(schemagate(&db.url).args(args));
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("took over an expired lease"),
+        "{}",
+        stderr(&second)
+    );
+    signal(first.id(), "CONT");
+    assert_eq!(first.wait().unwrap().code(), Some(1));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM apply_log"), 3);
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(DISTINCT version) FROM apply_log"),
+        3
+    );
+    assert_eq!(
+        pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
+        vec!["succeeded".to_owned()]
+    );
+    let out = run(schemagate(&db.url).args(["wait", "--expect", "3", "--once"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// reliability: `--lock lease --lease-ttl 3s`: the holder is paused with SIGSTOP while its migration transaction runs on the server, longer than the TTL; another run takes the lease over and runs the same migration | the new holder's migration waits on the paused run's uncommitted row; the paused run's transaction ends with the fence, which finds the lease taken and rolls it back; the new holder completes; the resumed run exits 1 without a marker | nothing: the migration's effects are the new holder's alone
+#[test]
+fn lease_taken_over_during_an_in_flight_migration_rolls_it_back() {
+    let db = PgDb::new("fenceflight");
+    let src = Migrations::new(&[
+        (
+            "0_log.sql",
+            "CREATE TABLE apply_log (version int, pid int);",
+        ),
+        (
+            "1_slow.sql",
+            "INSERT INTO apply_log VALUES (1, pg_backend_pid()); SELECT pg_sleep(6);",
+        ),
+        (
+            "2_c.sql",
+            "INSERT INTO apply_log VALUES (2, pg_backend_pid());",
+        ),
+    ]);
+    let args = [
+        "migrate",
+        "--source",
+        src.path(),
+        "--lock",
+        "lease",
+        "--lease-ttl",
+        "3s",
+    ];
+    let mut first = spawn(schemagate(&db.url).args(args));
+    wait_for_stderr_line(&mut first, "applying 1 (slow)", Duration::from_secs(30));
+    until("the slow migration to run", Duration::from_secs(30), || {
         pg_i64(
             &db.url,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 't1'"
-        ),
-        0
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(6)%' \
+             AND state = 'active' AND pid <> pg_backend_pid()",
+        ) == 1
+    });
+    signal(first.id(), "STOP");
+    let second = run(schemagate(&db.url).args(args));
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    signal(first.id(), "CONT");
+    assert_eq!(first.wait().unwrap().code(), Some(1));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM apply_log"), 2);
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(DISTINCT pid) FROM apply_log"),
+        1,
+        "both migrations must be the new holder's"
+    );
+    assert_eq!(
+        pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
+        vec!["succeeded".to_owned()]
     );
 }
 

@@ -118,6 +118,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         expected: &expected,
         started,
         lock: &lock,
+        fence: lock.fence(cfg),
     };
     let result = match &job {
         Job::Sql(source) => apply_sql(&mut conn, &ctx, source, args, &mut signals).await,
@@ -212,6 +213,8 @@ struct Ctx<'a> {
     expected: &'a Expected<'a>,
     started: Instant,
     lock: &'a Lock,
+    /// With a lease: the fence every schema change and marker write runs first.
+    fence: Option<db::Fence>,
 }
 
 impl Ctx<'_> {
@@ -231,6 +234,12 @@ impl Ctx<'_> {
             runner: &self.cfg.runner,
             detail,
         }
+    }
+
+    /// Write a marker on `conn`, fenced by the lease when we hold one.
+    async fn record(&self, conn: &mut Conn, marker: &NewMarker<'_>) -> Result<()> {
+        conn.insert_marker(&self.cfg.table, marker, self.fence.as_ref())
+            .await
     }
 }
 
@@ -274,6 +283,7 @@ async fn apply_sql(
     let opts = ApplyOptions {
         lock_timeout: args.ddl_lock_timeout,
         statement_timeout: args.statement_timeout,
+        fence: ctx.fence.clone(),
     };
     let mut progress = Progress::default();
     tokio::select! {
@@ -365,6 +375,15 @@ async fn apply_pending(
                     );
                     tokio::time::sleep(pause).await;
                 }
+                Err(e) if e.lease_lost => {
+                    // Another run owns the lease now: nothing of this migration ran, and
+                    // any marker we wrote could contradict the new holder's.
+                    return Err(Error::LockLost(format!(
+                        "the migration lease was taken over by another run before {label}; \
+                         stopped without running it (applied {})",
+                        progress.applied
+                    )));
+                }
                 Err(e) => {
                     let tries = if attempt > 0 {
                         format!(" after {} tries", attempt + 1)
@@ -380,7 +399,7 @@ async fn apply_pending(
                     };
                     tracing::error!("{detail}{hint}");
                     let marker = ctx.marker(Status::Failed, progress.applied, Some(&detail));
-                    if let Err(m) = conn.insert_marker(&ctx.cfg.table, &marker).await {
+                    if let Err(m) = ctx.record(conn, &marker).await {
                         // The database may be why it failed: report the migration's error.
                         tracing::warn!("{m}");
                     }
@@ -392,11 +411,8 @@ async fn apply_pending(
         tracing::info!("applied {label} in {:.1?}", t.elapsed());
     }
     progress.current = None;
-    conn.insert_marker(
-        &ctx.cfg.table,
-        &ctx.marker(Status::Succeeded, progress.applied, None),
-    )
-    .await?;
+    ctx.record(conn, &ctx.marker(Status::Succeeded, progress.applied, None))
+        .await?;
     tracing::info!(
         "schema version {} ready: {} applied in {:.1?}",
         ctx.expected.version,
@@ -457,7 +473,7 @@ async fn run_external(
                     ended.map(|s| child::describe_status(&s)).unwrap_or_else(|e| e.to_string())
                 );
                 // We still hold the lock: record it on our own connection, then let go.
-                if let Err(e) = conn.insert_marker(&ctx.cfg.table, &ctx.marker(Status::Failed, 0, Some(&detail))).await {
+                if let Err(e) = ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail))).await {
                     tracing::warn!("could not record the interruption: {e}");
                 }
                 return Err(Error::Interrupted(sig));
@@ -465,7 +481,7 @@ async fn run_external(
         }
     };
     if status.success() {
-        conn.insert_marker(&ctx.cfg.table, &ctx.marker(Status::Succeeded, 0, None))
+        ctx.record(conn, &ctx.marker(Status::Succeeded, 0, None))
             .await?;
         tracing::info!(
             "{name} finished; schema version {} recorded in {:.1?}",
@@ -487,11 +503,8 @@ async fn run_external(
             format!("; last stderr lines:\n{tail}")
         }
     );
-    conn.insert_marker(
-        &ctx.cfg.table,
-        &ctx.marker(Status::Failed, 0, Some(&detail)),
-    )
-    .await?;
+    ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail)))
+        .await?;
     Err(Error::Failed(format!(
         "{name} {}",
         child::describe_status(&status)
@@ -572,8 +585,8 @@ async fn record_from_side(ctx: &Ctx<'_>, applied: usize, detail: &str, end_sessi
     short_cfg.connect_timeout = Duration::from_secs(5);
     let attempt = async {
         let mut side = db::connect(&short_cfg).await?;
-        side.insert_marker(
-            &ctx.cfg.table,
+        ctx.record(
+            &mut side,
             &ctx.marker(Status::Failed, applied, Some(detail)),
         )
         .await?;

@@ -59,9 +59,6 @@ pub async fn connect_and_lock(
             expected.version
         )));
     }
-    if args.lock == crate::cli::LockMode::Advisory {
-        conn.prepare_for_lock().await?;
-    }
     match lock::acquire(&mut conn, cfg, args, expected).await? {
         Acquired::AlreadyDone => {
             let version = expected.map_or("", |e| e.version);

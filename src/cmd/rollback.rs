@@ -26,7 +26,7 @@ pub async fn run(cfg: &Config, args: &RollbackArgs) -> Result<Outcome> {
         Before::Locked(conn, lock) => (conn, lock),
         Before::Done(message) => return Ok(outcome(to, 0, message)),
     };
-    let result = undo(&mut conn, cfg, &source, args, started).await;
+    let result = undo(&mut conn, cfg, &source, args, started, lock.fence(cfg)).await;
     let release = lock.release(&mut conn, cfg).await;
     conn.close().await;
     let undone = result?;
@@ -53,7 +53,9 @@ async fn undo(
     source: &Source,
     args: &RollbackArgs,
     started: Instant,
+    fence: Option<crate::db::Fence>,
 ) -> Result<usize> {
+    let fence = fence.as_ref();
     conn.ensure_migrations_table().await?;
     conn.ensure_marker_table(&cfg.table).await?;
     // What is applied must match the source, or the down migrations may not fit.
@@ -110,11 +112,18 @@ async fn undo(
         let label = format!("{v} ({})", down.description);
         tracing::info!("undoing {label}");
         let t = Instant::now();
-        if let Err(e) = conn.revert(down).await {
+        if let Err(e) = conn.revert(down, fence).await {
             let detail = format!("undoing migration {label} failed: {}", e.message);
             tracing::error!("{detail}");
+            if e.lease_lost {
+                return Err(Error::LockLost(detail));
+            }
             if let Err(m) = conn
-                .insert_marker(&cfg.table, &marker(Status::Failed, undone, Some(&detail)))
+                .insert_marker(
+                    &cfg.table,
+                    &marker(Status::Failed, undone, Some(&detail)),
+                    fence,
+                )
                 .await
             {
                 tracing::warn!("{m}");
@@ -124,7 +133,7 @@ async fn undo(
         undone += 1;
         tracing::info!("undid {label} in {:.1?}", t.elapsed());
     }
-    conn.insert_marker(&cfg.table, &marker(Status::Succeeded, undone, None))
+    conn.insert_marker(&cfg.table, &marker(Status::Succeeded, undone, None), fence)
         .await?;
     tracing::info!(
         "rolled back to {}: {undone} undone in {:.1?}",

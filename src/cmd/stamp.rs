@@ -50,6 +50,7 @@ pub async fn run(cfg: &Config, args: &StampArgs) -> Result<Outcome> {
             });
         }
     };
+    let fence = lock.fence(cfg);
     let result = async {
         conn.ensure_marker_table(&cfg.table).await?;
         let mut recorded = 0;
@@ -59,7 +60,7 @@ pub async fn run(cfg: &Config, args: &StampArgs) -> Result<Outcome> {
             for m in source.ups.iter().filter(|m| m.version <= upto) {
                 let present = applied.iter().any(|a| a.version == m.version);
                 if !present || dirty == Some(m.version) {
-                    conn.stamp(m).await?;
+                    conn.stamp(m, fence.as_ref()).await?;
                     recorded += 1;
                     tracing::info!(
                         "recorded {} ({}) as applied without running it",
@@ -82,6 +83,7 @@ pub async fn run(cfg: &Config, args: &StampArgs) -> Result<Outcome> {
                 runner: &cfg.runner,
                 detail: Some("marked done by `schemagate stamp`"),
             },
+            fence.as_ref(),
         )
         .await?;
         tracing::info!("stamped schema version {version} ({recorded} migration(s) recorded)");

@@ -27,9 +27,12 @@ struct Report {
 struct LockReport {
     name: String,
     key: i64,
+    /// The lock `--lock auto` uses from this connection: `advisory`, `lease`, `get_lock`
+    /// or `file`, and why.
+    kind: &'static str,
+    reason: String,
+    /// Who holds it now (a live lease first, else the advisory lock's session).
     holder: Option<Holder>,
-    /// The holder of the `--lock lease` lease, if one is live (PostgreSQL).
-    lease_holder: Option<Holder>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,11 +67,10 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
     let source = args.source.as_deref().map(Source::load).transpose()?;
     let mut conn = db::connect(cfg).await?;
     let markers = conn.markers(&cfg.table, args.limit).await?;
-    let holder = lock::holder(&mut conn, cfg, LockMode::Advisory).await?;
-    let lease = match cfg.backend {
-        crate::config::Backend::Postgres => lock::holder(&mut conn, cfg, LockMode::Lease).await?,
-        _ => None,
-    };
+    let holder = lock::holder(&mut conn, cfg).await?;
+    // What `--lock auto` picks from here, and why (the probe takes a random key, never the
+    // real lock).
+    let choice = lock::choose(&mut conn, cfg, LockMode::Auto).await?;
     let invalid_indexes = conn.invalid_indexes().await?;
     let (applied, dirty) = conn.applied().await?;
     conn.close().await;
@@ -96,8 +98,9 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
         lock: LockReport {
             name: cfg.lock.name.clone(),
             key: cfg.lock.key,
+            kind: choice.kind,
+            reason: choice.reason,
             holder,
-            lease_holder: lease,
         },
         markers,
         migrations: Migrations {
@@ -135,12 +138,10 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
 fn print_text(r: &Report) {
     println!("database  {} ({})", r.database, r.backend);
     println!("lock      {:?} key {}", r.lock.name, r.lock.key);
+    println!("kind      {} ({})", r.lock.kind, r.lock.reason);
     match &r.lock.holder {
         Some(h) => println!("holder    {h}"),
         None => println!("holder    none"),
-    }
-    if let Some(h) = &r.lock.lease_holder {
-        println!("lease     {h}");
     }
     println!();
     println!("markers in {} (newest first):", r.table);

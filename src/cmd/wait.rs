@@ -130,7 +130,7 @@ async fn wait_loop(
     last: &mut Readiness,
 ) -> Result<String> {
     let mut listener = None;
-    if args.listen {
+    if args.listen && listen_works(cfg).await? {
         // LISTEN before the first check, so a marker committed in between still wakes us.
         listener = Some(Listener::connect(cfg).await.map_err(|e| {
             Error::Failed(format!(
@@ -201,6 +201,26 @@ async fn wait_loop(
             None => tokio::time::sleep(pause).await,
         }
     }
+}
+
+/// Whether LISTEN can be trusted on this connection: a NOTIFY reaches only the server
+/// session that LISTENs, and behind a transaction pooler that session is not ours between
+/// statements (and CockroachDB and YugabyteDB have no LISTEN). The same probe as `--lock
+/// auto` decides; when it fails, `wait` polls and says so.
+async fn listen_works(cfg: &Config) -> Result<bool> {
+    let mut conn = db::connect(cfg).await?;
+    let choice = crate::lock::choose(&mut conn, cfg, crate::cli::LockMode::Auto).await;
+    conn.close().await;
+    let choice = choice?;
+    if choice.kind == "advisory" {
+        return Ok(true);
+    }
+    tracing::warn!(
+        "--listen needs a server session of its own, and this connection has none ({}): \
+         polling every --interval instead",
+        choice.reason
+    );
+    Ok(false)
 }
 
 /// Where a check reads from: a fresh connection, or the LISTEN connection.

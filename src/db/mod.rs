@@ -5,7 +5,7 @@
 //! `Migrate` trait, PostgreSQL through the simple query protocol (see postgres.rs).
 
 mod mysql;
-mod postgres;
+pub(crate) mod postgres;
 mod sqlite;
 
 use std::sync::{Arc, Mutex};
@@ -89,6 +89,27 @@ pub struct Newest {
 pub struct ApplyOptions {
     pub lock_timeout: Option<Duration>,
     pub statement_timeout: Option<Duration>,
+    /// The lease's fence (`lock::Lock::fence`), run in each migration's transaction.
+    pub fence: Option<Fence>,
+}
+
+/// The lease's fence: SQL that raises `LEASE_LOST` unless this run still owns the lease.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// A plain check, run first: a deposed run stops before any statement of a migration.
+    pub check: String,
+    /// Renews the lease and locks its row until the transaction ends, run last before
+    /// COMMIT: the commit and the ownership are one.
+    pub hold: String,
+}
+
+/// The text of the error the lease's fence raises (a failed cast, so that it needs no
+/// procedural language: it works on every Postgres-compatible engine).
+pub const LEASE_LOST: &str = "schemagate fence: the migration lease is no longer ours";
+
+/// Whether an error is the lease's fence saying that another run took the lease over.
+pub fn is_lease_lost(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.message().contains(LEASE_LOST))
 }
 
 /// A migration that failed, and whether trying again may help (it hit a lock or
@@ -97,6 +118,9 @@ pub struct ApplyOptions {
 pub struct ApplyError {
     pub message: String,
     pub retryable: bool,
+    /// The lease's fence refused: another run owns the lease now. Nothing of this
+    /// migration ran, and this run must not write a marker.
+    pub lease_lost: bool,
 }
 
 impl ApplyError {
@@ -108,6 +132,7 @@ impl ApplyError {
         ApplyError {
             message: describe(e),
             retryable,
+            lease_lost: is_lease_lost(e),
         }
     }
 
@@ -118,6 +143,7 @@ impl ApplyError {
             other => ApplyError {
                 message: redact(&other.to_string()),
                 retryable: false,
+                lease_lost: false,
             },
         }
     }
@@ -255,6 +281,11 @@ pub fn is_undefined_table(e: &sqlx::Error) -> bool {
 }
 
 fn db_err(context: &str, e: sqlx::Error) -> Error {
+    if is_lease_lost(&e) {
+        return Error::LockLost(format!(
+            "{context}: another run has taken the migration lease over"
+        ));
+    }
     let msg = format!("{context}: {}", describe(&e));
     match classify(&e) {
         Class::Config => Error::Config(msg),
@@ -263,14 +294,6 @@ fn db_err(context: &str, e: sqlx::Error) -> Error {
 }
 
 impl Conn {
-    pub fn backend(&self) -> Backend {
-        match self {
-            Conn::Pg(_) => Backend::Postgres,
-            Conn::My(_) => Backend::MySql,
-            Conn::Lite(_) => Backend::Sqlite,
-        }
-    }
-
     /// sqlx's migration operations on this connection.
     pub fn migrate(&mut self) -> &mut dyn Migrate {
         match self {
@@ -289,32 +312,43 @@ impl Conn {
         };
     }
 
-    /// Settings for the connection that holds the lock and runs migrations.
-    pub async fn prepare_for_lock(&mut self) -> Result<()> {
+    /// The PostgreSQL connection, for what only PostgreSQL has (the lease, the probe).
+    pub fn pg(&mut self) -> Option<&mut PgConnection> {
         match self {
-            Conn::Pg(c) => postgres::prepare_for_lock(c).await,
-            Conn::Lite(c) => sqlite::prepare_for_lock(c).await,
-            Conn::My(_) => Ok(()),
+            Conn::Pg(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Settings for the connection that holds the lock and runs migrations. On PostgreSQL,
+    /// returns the server's `version()`.
+    pub async fn prepare_for_lock(&mut self) -> Result<Option<String>> {
+        match self {
+            Conn::Pg(c) => postgres::prepare_for_lock(c).await.map(Some),
+            Conn::Lite(c) => sqlite::prepare_for_lock(c).await.map(|()| None),
+            Conn::My(_) => Ok(None),
         }
         .map_err(|e| db_err("cannot prepare the lock connection", e))
     }
 
-    /// Try once to take the migration lock; true when this connection now holds it.
-    pub async fn try_lock(&mut self, cfg: &Config) -> Result<bool> {
+    /// Try once to take the migration lock for the run named by `token`; true when this
+    /// connection now holds it.
+    pub async fn try_lock(&mut self, cfg: &Config, token: &str) -> Result<bool> {
         match self {
-            Conn::Pg(c) => postgres::try_lock(c, cfg.lock.key).await,
+            Conn::Pg(c) => postgres::try_lock(c, cfg.lock.key, token).await,
             Conn::My(c) => mysql::try_lock(c, &cfg.lock).await,
-            // SQLite's lock is a file lock taken in lock.rs.
+            // SQLite's lock is a file lock taken in lock/file.rs.
             Conn::Lite(_) => Ok(true),
         }
         .map_err(|e| db_err("cannot take the migration lock", e))
     }
 
-    pub async fn unlock(&mut self, cfg: &Config) -> Result<()> {
+    /// Release the migration lock; false when this session did not hold it.
+    pub async fn unlock(&mut self, cfg: &Config) -> Result<bool> {
         match self {
             Conn::Pg(c) => postgres::unlock(c, cfg.lock.key).await,
-            Conn::My(c) => mysql::unlock(c, &cfg.lock).await,
-            Conn::Lite(_) => Ok(()),
+            Conn::My(c) => mysql::unlock(c, &cfg.lock).await.map(|()| true),
+            Conn::Lite(_) => Ok(true),
         }
         .map_err(|e| db_err("cannot release the migration lock", e))
     }
@@ -331,59 +365,6 @@ impl Conn {
             Ok(true) => Ok(()),
             Ok(false) => Err("the lock is no longer held by this session".into()),
             Err(e) => Err(format!("the lock connection failed: {}", describe(&e))),
-        }
-    }
-
-    pub async fn ensure_lease_table(&mut self, table: &Table) -> Result<()> {
-        match self {
-            Conn::Pg(c) => postgres::ensure_lease_table(c, table)
-                .await
-                .map_err(|e| db_err("cannot create the lease table", e)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Try to take the lease; `Some(previous owner of an expired lease)` when taken.
-    pub async fn try_lease(
-        &mut self,
-        cfg: &Config,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<Option<Option<String>>> {
-        match self {
-            Conn::Pg(c) => {
-                postgres::try_lease(c, &cfg.table, &cfg.lock.name, &cfg.runner, token, ttl)
-                    .await
-                    .map_err(|e| db_err("cannot take the lease", e))
-            }
-            _ => Err(Error::Config("--lock lease needs PostgreSQL".into())),
-        }
-    }
-
-    pub async fn renew_lease(&mut self, cfg: &Config, token: &str, ttl: Duration) -> Result<bool> {
-        match self {
-            Conn::Pg(c) => postgres::renew_lease(c, &cfg.table, &cfg.lock.name, token, ttl)
-                .await
-                .map_err(|e| db_err("cannot renew the lease", e)),
-            _ => Ok(false),
-        }
-    }
-
-    pub async fn release_lease(&mut self, cfg: &Config, token: &str) -> Result<()> {
-        match self {
-            Conn::Pg(c) => postgres::release_lease(c, &cfg.table, &cfg.lock.name, token)
-                .await
-                .map_err(|e| db_err("cannot release the lease", e)),
-            _ => Ok(()),
-        }
-    }
-
-    pub async fn lease_holder(&mut self, cfg: &Config) -> Result<Option<Holder>> {
-        match self {
-            Conn::Pg(c) => postgres::lease_holder(c, &cfg.table, &cfg.lock.name)
-                .await
-                .map_err(|e| db_err("cannot read the lease", e)),
-            _ => Ok(None),
         }
     }
 
@@ -430,19 +411,32 @@ impl Conn {
         })
     }
 
-    /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction).
-    pub async fn insert_marker(&mut self, table: &Table, m: &NewMarker<'_>) -> Result<()> {
+    /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction), in one
+    /// transaction with the lease's fence when given: a run
+    /// whose lease another run has taken never writes a marker (`Error::LockLost`).
+    pub async fn insert_marker(
+        &mut self,
+        table: &Table,
+        m: &NewMarker<'_>,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
         let detail = m.detail.map(redact);
         let m = NewMarker {
             detail: detail.as_deref(),
             ..m.clone()
         };
         match self {
-            Conn::Pg(c) => postgres::insert_marker(c, table, &m).await,
+            Conn::Pg(c) => postgres::insert_marker(c, table, &m, fence).await,
             Conn::My(c) => mysql::insert_marker(c, table, &m).await,
             Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
         }
         .map_err(|e| {
+            if is_lease_lost(&e) {
+                return Error::LockLost(format!(
+                    "not recording a {} marker: another run has taken the migration lease over",
+                    m.status.as_str()
+                ));
+            }
             db_err(
                 &format!("cannot write the marker to {}", table.qualified),
                 e,
@@ -522,7 +516,7 @@ impl Conn {
     ) -> Result<(), ApplyError> {
         match self {
             Conn::Pg(c) => match migrations {
-                [m] if m.no_tx => postgres::apply_no_tx(c, m).await,
+                [m] if m.no_tx => postgres::apply_no_tx(c, m, opts).await,
                 ms => postgres::apply_in_tx(c, ms, opts).await,
             }
             .map_err(|e| ApplyError::from_sqlx(&e)),
@@ -545,9 +539,13 @@ impl Conn {
     }
 
     /// Run a down migration and delete its row.
-    pub async fn revert(&mut self, down: &Migration) -> Result<(), ApplyError> {
+    pub async fn revert(
+        &mut self,
+        down: &Migration,
+        fence: Option<&Fence>,
+    ) -> Result<(), ApplyError> {
         match self {
-            Conn::Pg(c) => postgres::revert(c, down)
+            Conn::Pg(c) => postgres::revert(c, down, fence)
                 .await
                 .map_err(|e| ApplyError::from_sqlx(&e)),
             _ => self
@@ -560,9 +558,9 @@ impl Conn {
     }
 
     /// Record a migration as applied without running it (or mark a dirty one done).
-    pub async fn stamp(&mut self, m: &Migration) -> Result<()> {
+    pub async fn stamp(&mut self, m: &Migration, fence: Option<&Fence>) -> Result<()> {
         let r = match self {
-            Conn::Pg(c) => postgres::stamp(c, m).await,
+            Conn::Pg(c) => postgres::stamp(c, m, fence).await,
             Conn::My(c) => mysql::stamp(c, m).await,
             Conn::Lite(c) => sqlite::stamp(c, m).await,
         };

@@ -13,12 +13,46 @@ use sqlx::migrate::{AppliedMigration, Migration};
 use sqlx::postgres::{PgConnectOptions, PgExecutor, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row};
 
-use super::{ApplyOptions, Holder, MIGRATIONS_TABLE, Marker, NewMarker, Newest};
+use super::{ApplyOptions, Fence, Holder, MIGRATIONS_TABLE, Marker, NewMarker, Newest};
 use crate::config::{Config, Table};
 use crate::source::hex;
 
 /// The channel `migrate` notifies in the marker's transaction, and `wait --listen` hears.
 pub const CHANNEL: &str = "schemagate_marker";
+
+/// A Postgres-compatible engine that is not PostgreSQL, named by its `version()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    /// `pg_try_advisory_lock` is a stub that always returns true; `pg_locks` is empty;
+    /// no LISTEN/NOTIFY.
+    CockroachDb,
+    /// Advisory locks are off unless enabled; no LISTEN/NOTIFY.
+    YugabyteDb,
+}
+
+impl Engine {
+    pub fn from_version(version: &str) -> Engine {
+        if version.contains("CockroachDB") {
+            Engine::CockroachDb
+        } else if version.contains("-YB-") || version.contains("YugabyteDB") {
+            Engine::YugabyteDb
+        } else {
+            Engine::Postgres
+        }
+    }
+}
+
+/// Set once the lock connection's `version()` named an engine without NOTIFY: the
+/// marker is then written without it (waiters poll). One process talks to one database.
+static NO_NOTIFY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_engine(engine: Engine) {
+    NO_NOTIFY.store(
+        engine != Engine::Postgres,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
 
 fn options(cfg: &Config) -> Result<PgConnectOptions, sqlx::Error> {
     // application_name is limited to 63 bytes by the server.
@@ -32,13 +66,13 @@ fn options(cfg: &Config) -> Result<PgConnectOptions, sqlx::Error> {
         .disable_statement_logging())
 }
 
-pub async fn connect(cfg: &Config) -> Result<PgConnection, sqlx::Error> {
+pub(crate) async fn connect(cfg: &Config) -> Result<PgConnection, sqlx::Error> {
     options(cfg)?.connect().await
 }
 
 /// A string as a PostgreSQL literal, safe whatever `standard_conforming_strings` says
 /// (the quoting libpq's PQescapeLiteral does). NUL cannot be stored in text: dropped.
-pub fn lit(s: &str) -> String {
+pub(crate) fn lit(s: &str) -> String {
     let s = s.replace('\0', "");
     if s.contains('\\') {
         format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
@@ -51,46 +85,95 @@ fn lit_opt(s: Option<&str>) -> String {
     s.map_or_else(|| "NULL".to_owned(), lit)
 }
 
-fn millis(d: Duration) -> String {
+pub(crate) fn millis(d: Duration) -> String {
     format!("'{}ms'", d.as_millis().max(1))
 }
 
-async fn rows<'c>(c: impl PgExecutor<'c>, sql: String) -> Result<Vec<PgRow>, sqlx::Error> {
+pub(crate) async fn rows<'c>(
+    c: impl PgExecutor<'c>,
+    sql: String,
+) -> Result<Vec<PgRow>, sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(c).await
 }
 
-async fn row<'c>(c: impl PgExecutor<'c>, sql: String) -> Result<Option<PgRow>, sqlx::Error> {
+pub(crate) async fn row<'c>(
+    c: impl PgExecutor<'c>,
+    sql: String,
+) -> Result<Option<PgRow>, sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(sql)).fetch_optional(c).await
 }
 
-async fn exec(c: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
+pub(crate) async fn exec(c: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(sql))
         .execute(c)
         .await
         .map(|_| ())
 }
 
-pub async fn prepare_for_lock(c: &mut PgConnection) -> Result<(), sqlx::Error> {
+/// Settings for the lock connection; returns the server's `version()`, which names a
+/// Postgres-compatible engine (CockroachDB, YugabyteDB) whose advisory locks are not real.
+pub async fn prepare_for_lock(c: &mut PgConnection) -> Result<String, sqlx::Error> {
     // If this process dies mid-statement, the server notices the closed socket within a
     // second and rolls back, instead of finishing a long statement while holding the lock.
-    // (PostgreSQL 14+; older servers reject the setting, which only costs that speed-up.)
-    if let Err(e) = exec(c, "SET client_connection_check_interval = '1s'".into()).await {
-        tracing::debug!("client_connection_check_interval not set: {e}");
-    }
-    Ok(())
+    // (PostgreSQL 14+; other engines may reject the setting, which only costs that speed-up.)
+    let sql = "SELECT version(), CASE WHEN current_setting('server_version_num')::int >= 140000 \
+               THEN set_config('client_connection_check_interval', '1s', false) END";
+    let r = match row(&mut *c, sql.into()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("client_connection_check_interval not set: {e}");
+            row(c, "SELECT version()".into()).await?
+        }
+    };
+    Ok(r.map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// The session setting that names the run holding `key` on this server session.
+fn owner_setting(key: i64) -> String {
+    format!("schemagate.owner_{:016x}", key as u64)
 }
 
 // Poll pg_try_advisory_lock: a blocked pg_advisory_lock holds a snapshot that CREATE INDEX
 // CONCURRENTLY in the holder's migration waits on: deadlock.
-pub async fn try_lock(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
-    let r = row(c, format!("SELECT pg_try_advisory_lock({key})")).await?;
+//
+// The lock is also tagged with the run's token in a session setting, and refused when the
+// session already carries another run's token. A session advisory lock is re-entrant, so
+// two clients that a pooler puts on one server session would both "take" it; with the tag
+// the second is refused. This is defence in depth: `lock::probe` already keeps runs behind
+// a transaction pooler on the lease.
+pub async fn try_lock(c: &mut PgConnection, key: i64, token: &str) -> Result<bool, sqlx::Error> {
+    let r = row(
+        c,
+        format!(
+            "SELECT CASE \
+               WHEN coalesce(current_setting({o}, true), '') NOT IN ('', {t}) THEN false \
+               WHEN pg_try_advisory_lock({key}) THEN set_config({o}, {t}, false) IS NOT NULL \
+               ELSE false END",
+            o = lit(&owner_setting(key)),
+            t = lit(token),
+        ),
+    )
+    .await?;
     Ok(r.map(|r| r.try_get::<bool, _>(0))
         .transpose()?
         .unwrap_or(false))
 }
 
-pub async fn unlock(c: &mut PgConnection, key: i64) -> Result<(), sqlx::Error> {
-    exec(c, format!("SELECT pg_advisory_unlock({key})")).await
+/// Release the lock and its tag; false when this session did not hold it.
+pub async fn unlock(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    let r = row(
+        c,
+        format!(
+            "SELECT pg_advisory_unlock({key}), set_config({}, '', false)",
+            lit(&owner_setting(key))
+        ),
+    )
+    .await?;
+    Ok(r.map(|r| r.try_get::<bool, _>(0))
+        .transpose()?
+        .unwrap_or(false))
 }
 
 pub async fn holds_lock(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
@@ -145,146 +228,12 @@ pub async fn kill_session(c: &mut PgConnection, pid: i64) -> Result<(), sqlx::Er
     exec(c, format!("SELECT pg_terminate_backend({pid}::int4)")).await
 }
 
-// ----- the lease lock (for transaction poolers, where session locks do not work) -----
-
 /// `CREATE SCHEMA IF NOT EXISTS` for a schema-qualified table, else nothing.
-fn create_schema_sql(t: &Table) -> String {
+pub(crate) fn create_schema_sql(t: &Table) -> String {
     t.schema
         .as_ref()
         .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"))
         .unwrap_or_default()
-}
-
-fn lease_table(t: &Table) -> String {
-    match &t.schema {
-        Some(s) => format!("{s}.{}_lease", t.name),
-        None => format!("{}_lease", t.name),
-    }
-}
-
-pub async fn ensure_lease_table(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
-    let schema = create_schema_sql(t);
-    let sql = format!(
-        "{schema}
-        CREATE TABLE IF NOT EXISTS {l} (
-            name TEXT PRIMARY KEY,
-            owner TEXT NOT NULL,
-            token TEXT NOT NULL,
-            acquired_at TIMESTAMPTZ NOT NULL,
-            heartbeat_at TIMESTAMPTZ NOT NULL,
-            expires_at TIMESTAMPTZ NOT NULL
-        )",
-        l = lease_table(t)
-    );
-    match exec(c, sql).await {
-        // Racing creators: one wins, the others see the type or table appear.
-        Err(sqlx::Error::Database(e))
-            if matches!(e.code().as_deref(), Some("23505") | Some("42P07")) =>
-        {
-            Ok(())
-        }
-        r => r,
-    }
-}
-
-/// Take the lease if it is free or expired. Returns the previous owner when we took over
-/// an expired lease, `Err` … `Ok(None)` when someone else holds it.
-pub async fn try_lease(
-    c: &mut PgConnection,
-    t: &Table,
-    name: &str,
-    owner: &str,
-    token: &str,
-    ttl: Duration,
-) -> Result<Option<Option<String>>, sqlx::Error> {
-    let l = lease_table(t);
-    let sql = format!(
-        "WITH prev AS (SELECT owner FROM {l} WHERE name = {n}) \
-         INSERT INTO {l} AS cur (name, owner, token, acquired_at, heartbeat_at, expires_at) \
-         VALUES ({n}, {o}, {tok}, clock_timestamp(), clock_timestamp(), clock_timestamp() + {ttl}::interval) \
-         ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, token = EXCLUDED.token, \
-           acquired_at = EXCLUDED.acquired_at, heartbeat_at = EXCLUDED.heartbeat_at, \
-           expires_at = EXCLUDED.expires_at \
-         WHERE cur.expires_at < clock_timestamp() \
-         RETURNING (SELECT owner FROM prev)",
-        n = lit(name),
-        o = lit(owner),
-        tok = lit(token),
-        ttl = millis(ttl),
-    );
-    match row(c, sql).await? {
-        Some(r) => Ok(Some(r.try_get::<Option<String>, _>(0)?)),
-        None => Ok(None),
-    }
-}
-
-/// Extend our lease; false when it is no longer ours.
-pub async fn renew_lease(
-    c: &mut PgConnection,
-    t: &Table,
-    name: &str,
-    token: &str,
-    ttl: Duration,
-) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "UPDATE {l} SET heartbeat_at = clock_timestamp(), expires_at = clock_timestamp() + {ttl}::interval \
-         WHERE name = {n} AND token = {tok} RETURNING 1",
-        l = lease_table(t),
-        n = lit(name),
-        tok = lit(token),
-        ttl = millis(ttl),
-    );
-    Ok(row(c, sql).await?.is_some())
-}
-
-pub async fn release_lease(
-    c: &mut PgConnection,
-    t: &Table,
-    name: &str,
-    token: &str,
-) -> Result<(), sqlx::Error> {
-    exec(
-        c,
-        format!(
-            "DELETE FROM {} WHERE name = {} AND token = {}",
-            lease_table(t),
-            lit(name),
-            lit(token)
-        ),
-    )
-    .await
-}
-
-pub async fn lease_holder(
-    c: &mut PgConnection,
-    t: &Table,
-    name: &str,
-) -> Result<Option<Holder>, sqlx::Error> {
-    let sql = format!(
-        "SELECT owner, extract(epoch FROM clock_timestamp() - acquired_at)::float8, \
-           extract(epoch FROM expires_at - clock_timestamp())::float8 \
-         FROM {} WHERE name = {} AND expires_at > clock_timestamp()",
-        lease_table(t),
-        lit(name)
-    );
-    let r = match row(c, sql).await {
-        Err(e) if super::is_undefined_table(&e) => return Ok(None),
-        r => r?,
-    };
-    r.map(|r| {
-        let owner: String = r.try_get(0)?;
-        let expires_in: f64 = r.try_get(2)?;
-        Ok(Holder {
-            pid: owner
-                .rsplit_once("(pid ")
-                .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
-                .unwrap_or(0),
-            application_name: format!("{owner}, lease expires in {expires_in:.0}s"),
-            client: "lease".into(),
-            held_for_secs: r.try_get(1)?,
-        })
-    })
-    .transpose()
 }
 
 // ----- the marker -----
@@ -316,6 +265,11 @@ pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), 
 /// The INSERT (and NOTIFY) for a marker row, as one statement: `wait --listen` wakes at
 /// the commit that makes the row visible.
 pub fn insert_marker_sql(t: &Table, m: &NewMarker<'_>) -> String {
+    let notify = if NO_NOTIFY.load(std::sync::atomic::Ordering::Relaxed) {
+        "SELECT version FROM ins".to_owned()
+    } else {
+        format!("SELECT pg_notify('{CHANNEL}', version) FROM ins")
+    };
     format!(
         "WITH ins AS (
             INSERT INTO {q} (version, digest, status, action, started_at, finished_at,
@@ -323,7 +277,7 @@ pub fn insert_marker_sql(t: &Table, m: &NewMarker<'_>) -> String {
             VALUES ({v}, {d}, '{s}', {a}, clock_timestamp() - make_interval(secs => {e}),
                     clock_timestamp(), {n}, {r}, {tv}, {det})
             RETURNING version)
-         SELECT pg_notify('{CHANNEL}', version) FROM ins",
+         {notify}",
         q = t.qualified,
         v = lit(m.version),
         d = lit_opt(m.digest),
@@ -341,8 +295,9 @@ pub async fn insert_marker(
     c: &mut PgConnection,
     t: &Table,
     m: &NewMarker<'_>,
+    fence: Option<&Fence>,
 ) -> Result<(), sqlx::Error> {
-    exec(c, insert_marker_sql(t, m)).await
+    fenced(c, insert_marker_sql(t, m), fence).await
 }
 
 pub async fn newest_marker<'c>(
@@ -487,8 +442,20 @@ pub async fn apply_in_tx(
     opts: &ApplyOptions,
 ) -> Result<(), sqlx::Error> {
     let mut sql = format!("BEGIN;\n{}", settings_sql(opts));
+    // The lease's fence: a run that lost its lease stops before any statement of the
+    // migration; and the last statement before COMMIT renews the lease under a row lock,
+    // so the migration commits only while the lease is ours. (Holding the row for the
+    // whole migration would starve the heartbeat of a long one.)
+    if let Some(fence) = &opts.fence {
+        sql.push_str(&fence.check);
+        sql.push_str(";\n");
+    }
     for m in migrations {
         sql.push_str(&migration_in_tx_sql(m));
+    }
+    if let Some(fence) = &opts.fence {
+        sql.push_str(&fence.hold);
+        sql.push_str(";\n");
     }
     sql.push_str("COMMIT;");
     let r = exec(c, sql).await;
@@ -502,7 +469,16 @@ pub async fn apply_in_tx(
 /// Apply a `-- no-transaction` migration. On failure it is recorded as dirty
 /// (`success = false`): its statements may have partly taken effect, so the next run must
 /// not silently run it again.
-pub async fn apply_no_tx(c: &mut PgConnection, m: &Migration) -> Result<(), sqlx::Error> {
+pub async fn apply_no_tx(
+    c: &mut PgConnection,
+    m: &Migration,
+    opts: &ApplyOptions,
+) -> Result<(), sqlx::Error> {
+    // Without a transaction the fence cannot hold the lease for the migration's duration:
+    // it only stops a run that has already lost its lease.
+    if let Some(fence) = &opts.fence {
+        exec(c, fence.check.clone()).await?;
+    }
     match exec(c, m.sql.as_str().to_owned()).await {
         Ok(()) => exec(c, bookkeeping_sql(m, true)).await,
         Err(e) => {
@@ -517,18 +493,31 @@ pub async fn apply_no_tx(c: &mut PgConnection, m: &Migration) -> Result<(), sqlx
     }
 }
 
-pub async fn revert(c: &mut PgConnection, down: &Migration) -> Result<(), sqlx::Error> {
+pub async fn revert(
+    c: &mut PgConnection,
+    down: &Migration,
+    fence: Option<&Fence>,
+) -> Result<(), sqlx::Error> {
+    let (check, hold) = fence
+        .map(|f| (format!("{};\n", f.check), format!("{};\n", f.hold)))
+        .unwrap_or_default();
     let delete = format!(
         "DELETE FROM {MIGRATIONS_TABLE} WHERE version = {}",
         down.version
     );
     if down.no_tx {
+        if !check.is_empty() {
+            exec(c, check).await?;
+        }
         exec(c, down.sql.as_str().to_owned()).await?;
         return exec(c, delete).await;
     }
     let r = exec(
         c,
-        format!("BEGIN;\n{}\n;\n{delete};\nCOMMIT;", down.sql.as_str()),
+        format!(
+            "BEGIN;\n{check}{}\n;\n{delete};\n{hold}COMMIT;",
+            down.sql.as_str()
+        ),
     )
     .await;
     if r.is_err() {
@@ -538,15 +527,36 @@ pub async fn revert(c: &mut PgConnection, down: &Migration) -> Result<(), sqlx::
 }
 
 /// Record a migration as applied without running it, or mark a dirty one done.
-pub async fn stamp(c: &mut PgConnection, m: &Migration) -> Result<(), sqlx::Error> {
-    exec(
+pub async fn stamp(
+    c: &mut PgConnection,
+    m: &Migration,
+    fence: Option<&Fence>,
+) -> Result<(), sqlx::Error> {
+    fenced(
         c,
         format!(
             "{} ON CONFLICT (version) DO UPDATE SET success = TRUE, checksum = EXCLUDED.checksum",
             bookkeeping_sql(m, true)
         ),
+        fence,
     )
     .await
+}
+
+/// Run `sql`, in one transaction after the lease's fence when there is one.
+async fn fenced(
+    c: &mut PgConnection,
+    sql: String,
+    fence: Option<&Fence>,
+) -> Result<(), sqlx::Error> {
+    let Some(fence) = fence else {
+        return exec(c, sql).await;
+    };
+    let r = exec(c, format!("BEGIN;\n{};\n{sql};\nCOMMIT;", fence.hold)).await;
+    if r.is_err() {
+        let _ = exec(c, "ROLLBACK".into()).await;
+    }
+    r
 }
 
 // ----- LISTEN -----
@@ -564,7 +574,7 @@ pub enum Wake {
 }
 
 impl Listener {
-    pub async fn connect(cfg: &Config) -> Result<Listener, sqlx::Error> {
+    pub(crate) async fn connect(cfg: &Config) -> Result<Listener, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with(options(cfg)?);

@@ -72,6 +72,15 @@ pub fn sigterm(pid: u32) {
     assert!(sent.success(), "kill -TERM {pid} failed");
 }
 
+/// Send `kill -<name>` (STOP, CONT, KILL …) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid} failed");
+}
+
 /// Spawn with piped output, for processes that run concurrently.
 pub fn spawn(cmd: &mut Command) -> Child {
     cmd.stdout(Stdio::piped())
@@ -914,7 +923,13 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
+    /// Transaction pooling, 6 server connections per pool.
     pub fn start(server: &PgServer) -> PgBouncer {
+        Self::start_with(server, "transaction", 6)
+    }
+
+    /// `pool_mode` (`transaction` or `session`) and `default_pool_size` as given.
+    pub fn start_with(server: &PgServer, pool_mode: &str, pool_size: u32) -> PgBouncer {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -930,8 +945,8 @@ impl PgBouncer {
             format!(
                 "[databases]\n* = host=127.0.0.1 port={sp} user=postgres password={PASSWORD}\n\
                  [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-                 auth_type = trust\nauth_file = {d}/users.txt\npool_mode = transaction\n\
-                 default_pool_size = 6\nmax_client_conn = 500\nserver_round_robin = 1\n\
+                 auth_type = trust\nauth_file = {d}/users.txt\npool_mode = {pool_mode}\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 500\nserver_round_robin = 1\n\
                  ignore_startup_parameters = extra_float_digits,options\n\
                  logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
                 sp = server.port,
@@ -957,9 +972,11 @@ impl PgBouncer {
             String::from_utf8_lossy(&out.stderr)
         );
         let pidfile = dir.join("pgbouncer.pid");
-        until("pgbouncer to start", Duration::from_secs(10), || {
-            pidfile.exists()
-        });
+        until(
+            "pgbouncer to write its pid",
+            Duration::from_secs(10),
+            || std::fs::read_to_string(&pidfile).is_ok_and(|p| p.trim().parse::<u32>().is_ok()),
+        );
         let pid = std::fs::read_to_string(&pidfile)
             .unwrap()
             .trim()

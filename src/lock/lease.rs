@@ -1,0 +1,258 @@
+//! The lease lock (PostgreSQL): a row `<table>_lease` with an owner, a token and an expiry,
+//! renewed by a heartbeat on a connection of its own and taken over only once expired. It
+//! works through transaction poolers and on Postgres-compatible engines whose advisory
+//! locks are not real, so its SQL sticks to what those support: plain tables, `INSERT … ON
+//! CONFLICT`, `clock_timestamp()`, `SET LOCAL lock_timeout`, no advisory functions, no
+//! procedural language, no NOTIFY.
+//!
+//! A lease alone cannot stop a holder that was paused past its TTL (a frozen node, a long
+//! GC pause) from carrying on once it resumes. The **fence** does: every migration
+//! transaction starts by checking the lease row *by our token*, and ends, just before
+//! COMMIT, by renewing it by our token, which locks the row until the commit. When another
+//! run took the lease over, the token no longer matches, the fence raises and the
+//! transaction does nothing; a takeover that races our commit waits for it and then finds
+//! the lease renewed. Marker writes take the same lock first. Should another run take over
+//! while our migration is in flight (we were paused past the TTL after sending it), its own
+//! migration waits on ours (the same DDL, the same `_sqlx_migrations` key) until our fence
+//! fails and rolls ours back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::{PgConnection, Row};
+
+use crate::config::{Config, Table};
+use crate::db::postgres::{create_schema_sql, exec, lit, millis, row};
+use crate::db::{self, Fence, Holder, LEASE_LOST};
+use crate::error::{Error, Result};
+
+fn table(t: &Table) -> String {
+    match &t.schema {
+        Some(s) => format!("{s}.{}_lease", t.name),
+        None => format!("{}_lease", t.name),
+    }
+}
+
+fn err(context: &str, e: sqlx::Error) -> Error {
+    Error::Failed(format!("{context}: {}", db::describe(&e)))
+}
+
+pub async fn ensure_table(c: &mut PgConnection, t: &Table) -> Result<()> {
+    let sql = format!(
+        "{schema}
+        CREATE TABLE IF NOT EXISTS {l} (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            token TEXT NOT NULL,
+            acquired_at TIMESTAMPTZ NOT NULL,
+            heartbeat_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        )",
+        schema = create_schema_sql(t),
+        l = table(t)
+    );
+    match exec(c, sql).await {
+        // Racing creators: one wins, the others see the type or table appear.
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("23505" | "42P07" | "42710")) =>
+        {
+            Ok(())
+        }
+        r => r.map_err(|e| err("cannot create the lease table", e)),
+    }
+}
+
+/// Take the lease if it is free or expired: `Some(previous owner of an expired lease)`
+/// when taken, `None` when another run holds it.
+pub async fn try_take(
+    c: &mut PgConnection,
+    cfg: &Config,
+    token: &str,
+    ttl: Duration,
+) -> Result<Option<Option<String>>> {
+    let l = table(&cfg.table);
+    // A run inside a fenced migration holds the row locked: give up after a moment
+    // instead of queueing behind it (the holder is alive, the lease is not free).
+    let sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = '200ms';
+         WITH prev AS (SELECT owner FROM {l} WHERE name = {n}) \
+         INSERT INTO {l} AS cur (name, owner, token, acquired_at, heartbeat_at, expires_at) \
+         VALUES ({n}, {o}, {tok}, clock_timestamp(), clock_timestamp(), clock_timestamp() + {ttl}::interval) \
+         ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, token = EXCLUDED.token, \
+           acquired_at = EXCLUDED.acquired_at, heartbeat_at = EXCLUDED.heartbeat_at, \
+           expires_at = EXCLUDED.expires_at \
+         WHERE cur.expires_at < clock_timestamp() \
+         RETURNING (SELECT owner FROM prev);
+         COMMIT;",
+        n = lit(&cfg.lock.name),
+        o = lit(&cfg.runner),
+        tok = lit(token),
+        ttl = millis(ttl),
+    );
+    match db::postgres::rows(&mut *c, sql).await {
+        Ok(rows) => match rows.first() {
+            Some(r) => Ok(Some(
+                r.try_get::<Option<String>, _>(0)
+                    .map_err(|e| err("cannot take the lease", e))?,
+            )),
+            None => Ok(None),
+        },
+        Err(e) => {
+            let _ = exec(c, "ROLLBACK".into()).await;
+            match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03") => Ok(None),
+                _ => Err(err("cannot take the lease", e)),
+            }
+        }
+    }
+}
+
+/// Extend our lease; false when it is no longer ours.
+pub async fn renew(c: &mut PgConnection, cfg: &Config, token: &str, ttl: Duration) -> Result<bool> {
+    let sql = format!(
+        "UPDATE {l} SET heartbeat_at = clock_timestamp(), expires_at = clock_timestamp() + {ttl}::interval \
+         WHERE name = {n} AND token = {tok} RETURNING 1",
+        l = table(&cfg.table),
+        n = lit(&cfg.lock.name),
+        tok = lit(token),
+        ttl = millis(ttl),
+    );
+    Ok(row(c, sql)
+        .await
+        .map_err(|e| err("cannot renew the lease", e))?
+        .is_some())
+}
+
+/// The fence (see the module comment). Both statements check the token, not the expiry:
+/// a lease that lapsed while nobody took it is still ours, and `hold` renews it under the
+/// row lock, so a takeover waits for our commit. The error is a failed cast of a text that
+/// depends on the row count, so PostgreSQL cannot fold it into a constant and raise it when
+/// the lease is fine.
+pub fn fence(cfg: &Config, token: &str, ttl: Duration) -> Fence {
+    let raise = |rows: &str| {
+        format!(
+            "SELECT CASE WHEN count(*) = 1 THEN 0 \
+               ELSE ({lost} || ' (' || count(*) || ')')::int END FROM {rows}",
+            lost = lit(LEASE_LOST)
+        )
+    };
+    let (l, n, tok) = (table(&cfg.table), lit(&cfg.lock.name), lit(token));
+    Fence {
+        check: raise(&format!(
+            "(SELECT 1 FROM {l} WHERE name = {n} AND token = {tok}) AS fence"
+        )),
+        hold: format!(
+            "WITH fence AS (UPDATE {l} SET heartbeat_at = clock_timestamp(), \
+               expires_at = clock_timestamp() + {ttl}::interval \
+               WHERE name = {n} AND token = {tok} RETURNING 1) {}",
+            raise("fence"),
+            ttl = millis(ttl),
+        ),
+    }
+}
+
+pub async fn release(c: &mut PgConnection, cfg: &Config, token: &str) -> Result<()> {
+    let sql = format!(
+        "DELETE FROM {} WHERE name = {} AND token = {}",
+        table(&cfg.table),
+        lit(&cfg.lock.name),
+        lit(token)
+    );
+    exec(c, sql)
+        .await
+        .map_err(|e| err("cannot release the lease", e))
+}
+
+/// The live lease's holder, if any (none when the table does not exist yet).
+pub async fn holder(c: &mut PgConnection, cfg: &Config) -> Result<Option<Holder>> {
+    let sql = format!(
+        "SELECT owner, extract(epoch FROM clock_timestamp() - acquired_at)::float8, \
+           extract(epoch FROM expires_at - clock_timestamp())::float8 \
+         FROM {} WHERE name = {} AND expires_at > clock_timestamp()",
+        table(&cfg.table),
+        lit(&cfg.lock.name)
+    );
+    let r = match row(c, sql).await {
+        Err(e) if db::is_undefined_table(&e) => return Ok(None),
+        r => r.map_err(|e| err("cannot read the lease", e))?,
+    };
+    r.map(|r| {
+        let owner: String = r.try_get(0)?;
+        let expires_in: f64 = r.try_get(2)?;
+        Ok(Holder {
+            pid: owner
+                .rsplit_once("(pid ")
+                .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
+                .unwrap_or(0),
+            application_name: format!("{owner}, lease expires in {expires_in:.0}s"),
+            client: "lease".into(),
+            held_for_secs: r.try_get(1)?,
+        })
+    })
+    .transpose()
+    .map_err(|e: sqlx::Error| err("cannot read the lease", e))
+}
+
+/// A lease we hold: its token, and the heartbeat that renews it.
+pub struct Held {
+    pub token: String,
+    pub ttl: Duration,
+    pub lost: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    /// Renew the lease every third of its TTL on a connection of its own; flag it lost
+    /// when it is no longer ours, or when a TTL passes without a successful renewal.
+    pub fn start(cfg: &Config, token: &str, ttl: Duration) -> Held {
+        let lost = Arc::new(AtomicBool::new(false));
+        let (cfg, token_owned, flag) = (cfg.clone(), token.to_owned(), lost.clone());
+        let heartbeat = tokio::spawn(async move {
+            let mut conn: Option<db::Conn> = None;
+            let mut renewed = Instant::now();
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                if conn.is_none() {
+                    let mut short = cfg.clone();
+                    short.connect_timeout = ttl / 3;
+                    conn = db::connect(&short).await.ok();
+                }
+                let outcome = match conn.as_mut().and_then(db::Conn::pg) {
+                    Some(c) => renew(c, &cfg, &token_owned, ttl).await,
+                    None => Err(Error::Failed("no connection".into())),
+                };
+                match outcome {
+                    Ok(true) => renewed = Instant::now(),
+                    Ok(false) => {
+                        tracing::error!("the lease is no longer ours: another run took it over");
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!("could not renew the lease: {e}");
+                        conn = None;
+                        if renewed.elapsed() >= ttl {
+                            flag.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Held {
+            token: token.to_owned(),
+            ttl,
+            lost,
+            heartbeat,
+        }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    pub fn stop_heartbeat(&self) {
+        self.heartbeat.abort();
+    }
+}

@@ -1,0 +1,395 @@
+//! The migration lock: choose the kind that really excludes here, acquire it by polling
+//! (never blocking), report who holds it while we wait, and stop waiting as soon as another
+//! run's marker says the work is done.
+//!
+//! - PostgreSQL `advisory`: a session advisory lock; MySQL: `GET_LOCK`. Both die with the
+//!   connection, so a crashed migrator leaves no stale lock. `--lock auto` (the default)
+//!   uses it on PostgreSQL only when `probe` proves it excludes other sessions.
+//! - PostgreSQL `lease` (`lease.rs`): a row with an owner and an expiry, renewed by a
+//!   heartbeat and fenced in every migration transaction. Works through transaction
+//!   poolers and on engines whose advisory locks are not real.
+//! - SQLite (`file.rs`): an OS file lock on a file beside the database, released by the
+//!   kernel when the process dies.
+//!
+//! Runs that chose differently still exclude each other (one connects directly, another
+//! through a pooler): an advisory holder steps back when a live lease exists, and a lease
+//! taker steps back when a session holds the advisory lock. Each checks *after* taking its
+//! own, so of two that race at least one sees the other.
+
+mod file;
+mod lease;
+mod probe;
+
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use serde::Serialize;
+
+use crate::cli::{LockArgs, LockMode};
+use crate::config::{Backend, Config};
+use crate::db::postgres::{Engine, set_engine};
+use crate::db::{self, Conn, Holder};
+use crate::error::{Error, Result};
+
+/// What waiting for the lock ended in.
+pub enum Acquired {
+    /// We hold the lock (until `Lock::release`, or the connection / process ends).
+    Held(Lock),
+    /// Another run recorded the expected marker while we waited: nothing to do.
+    AlreadyDone,
+}
+
+/// Proof that we hold the lock.
+pub struct Lock {
+    kind: Kind,
+}
+
+enum Kind {
+    Session,
+    File(Option<std::fs::File>),
+    Lease(lease::Held),
+}
+
+/// The kind of lock in force for this connection, and why: logged once by every run that
+/// takes the lock, and shown by `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Choice {
+    /// `advisory`, `lease`, `get_lock` (MySQL) or `file` (SQLite).
+    pub kind: &'static str,
+    pub reason: String,
+    #[serde(skip)]
+    engine: Engine,
+}
+
+impl Choice {
+    fn new(kind: &'static str, reason: impl Into<String>) -> Choice {
+        Choice {
+            kind,
+            reason: reason.into(),
+            engine: Engine::Postgres,
+        }
+    }
+}
+
+/// The marker that makes waiting for the lock pointless.
+pub struct Expected<'a> {
+    pub version: &'a str,
+    pub digest: Option<&'a str>,
+}
+
+const HOLDER_LOG_EVERY: Duration = Duration::from_secs(5);
+const BRISK_FOR: Duration = Duration::from_secs(10);
+
+/// Refuse lock settings the backend cannot honour, before connecting.
+pub fn validate(cfg: &Config, args: &LockArgs) -> Result<()> {
+    if args.lock == LockMode::Lease && cfg.backend != Backend::Postgres {
+        return Err(Error::Config(format!(
+            "--lock lease is for PostgreSQL behind a transaction pooler; {} uses its own lock",
+            cfg.backend.name()
+        )));
+    }
+    if args.lease_ttl < Duration::from_secs(3) {
+        return Err(Error::Config("--lease-ttl must be at least 3s".into()));
+    }
+    Ok(())
+}
+
+/// Decide which lock this connection uses (on PostgreSQL: the engine, then the probe).
+/// `--lock advisory` that cannot be honoured is a configuration error (exit 2).
+pub async fn choose(conn: &mut Conn, cfg: &Config, mode: LockMode) -> Result<Choice> {
+    let (version, decided) = preliminary(conn, cfg, mode).await?;
+    match decided {
+        Some(choice) => Ok(choice),
+        None => prove_advisory(conn, cfg, mode, &version).await,
+    }
+}
+
+/// What is decided without the probe: the backend's own lock, `--lock lease`, or an engine
+/// whose advisory locks are not real. `None`: the advisory lock, once proven. Also returns
+/// the server's `version()` (PostgreSQL).
+async fn preliminary(
+    conn: &mut Conn,
+    cfg: &Config,
+    mode: LockMode,
+) -> Result<(String, Option<Choice>)> {
+    let version = conn.prepare_for_lock().await?.unwrap_or_default();
+    let decided = match cfg.backend {
+        Backend::Sqlite => Some(Choice::new(
+            "file",
+            "SQLite: an OS file lock beside the database file",
+        )),
+        Backend::MySql => Some(Choice::new(
+            "get_lock",
+            "MySQL/MariaDB: GET_LOCK, released when the connection ends",
+        )),
+        Backend::Postgres => {
+            let engine = Engine::from_version(&version);
+            set_engine(engine);
+            if mode == LockMode::Lease {
+                Some(Choice {
+                    engine,
+                    ..Choice::new("lease", "chosen with --lock lease")
+                })
+            } else if engine != Engine::Postgres {
+                Some(prove_advisory(conn, cfg, mode, &version).await?)
+            } else {
+                None
+            }
+        }
+    };
+    Ok((version, decided))
+}
+
+/// Run the probe (`probe.rs`): the advisory lock where proven, else the lease, or, with
+/// `--lock advisory`, a configuration error naming what was detected.
+async fn prove_advisory(
+    conn: &mut Conn,
+    cfg: &Config,
+    mode: LockMode,
+    version: &str,
+) -> Result<Choice> {
+    let t = Instant::now();
+    let verdict = probe::prove(conn, cfg, version).await?;
+    tracing::debug!("the advisory-lock probe took {:.2?}", t.elapsed());
+    let engine = Engine::from_version(version);
+    if verdict.advisory_ok {
+        return Ok(Choice {
+            engine,
+            ..Choice::new("advisory", verdict.reason)
+        });
+    }
+    if mode == LockMode::Advisory {
+        let what = if verdict.pooler {
+            "this connection goes through a transaction pooler"
+        } else {
+            "the session advisory lock does not exclude other sessions here"
+        };
+        return Err(Error::Config(format!(
+            "--lock advisory cannot be honoured: {what} ({}). Use --lock lease, or --lock auto \
+             (the default), which picks the lease here",
+            verdict.reason
+        )));
+    }
+    Ok(Choice {
+        engine,
+        ..Choice::new("lease", verdict.reason)
+    })
+}
+
+pub async fn acquire(
+    conn: &mut Conn,
+    cfg: &Config,
+    args: &LockArgs,
+    expected: Option<&Expected<'_>>,
+) -> Result<Acquired> {
+    let started = Instant::now();
+    let token = token();
+    // Decided before the first try on the real key: a run that took the advisory lock on a
+    // pooled server session could not be sure to release it there.
+    let choice = choose(conn, cfg, args.lock).await?;
+    tracing::info!("lock: {} ({})", choice.kind, choice.reason);
+    if choice.kind == "lease" {
+        lease::ensure_table(pg(conn), &cfg.table).await?;
+    }
+    let polling = async {
+        let mut delays = db::backoff(Duration::from_millis(10), Duration::from_secs(1)).build();
+        let mut last_log: Option<Instant> = None;
+        loop {
+            if let Some(lock) = try_acquire(conn, cfg, &choice, args, &token).await? {
+                if last_log.is_some() {
+                    tracing::info!("took the migration lock after {:.1?}", started.elapsed());
+                }
+                return Ok(Acquired::Held(lock));
+            }
+            if let Some(expected) = expected
+                && is_done(conn, cfg, expected).await?
+            {
+                return Ok(Acquired::AlreadyDone);
+            }
+            if last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY) {
+                let who = match holder(conn, cfg).await {
+                    Ok(Some(h)) => h.to_string(),
+                    Ok(None) => "a session that just let go".into(),
+                    Err(e) => format!("unknown ({e})"),
+                };
+                tracing::info!(
+                    "waiting for the migration lock {:?} (key {}), held by {who}",
+                    cfg.lock.name,
+                    cfg.lock.key
+                );
+                last_log = Some(Instant::now());
+            }
+            // Briskly at first: most waits are for a short migration, and a waiter should
+            // leave as soon as its marker lands. Then gently, to spare the server during a
+            // long one.
+            let cap = if started.elapsed() < BRISK_FOR {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::time::sleep(delays.next().unwrap_or(cap).min(cap)).await;
+        }
+    };
+    match tokio::time::timeout(args.lock_wait, polling).await {
+        Ok(r) => r,
+        Err(_) => {
+            let who = holder(conn, cfg)
+                .await
+                .ok()
+                .flatten()
+                .map(|h| format!(", held by {h}"))
+                .unwrap_or_default();
+            Err(Error::Timeout(format!(
+                "could not take the migration lock {:?} within {} (--lock-wait){who}",
+                cfg.lock.name,
+                humantime::format_duration(args.lock_wait)
+            )))
+        }
+    }
+}
+
+fn pg(conn: &mut Conn) -> &mut sqlx::PgConnection {
+    conn.pg().expect("the lease and the probe are PostgreSQL's")
+}
+
+/// Whether the newest marker for the expected version says it succeeded (same digest).
+pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
+    Ok(conn
+        .newest_marker(&cfg.table, expected.version)
+        .await?
+        .is_some_and(|m| m.status == "succeeded" && m.digest.as_deref() == expected.digest))
+}
+
+async fn try_acquire(
+    conn: &mut Conn,
+    cfg: &Config,
+    choice: &Choice,
+    args: &LockArgs,
+    token: &str,
+) -> Result<Option<Lock>> {
+    match choice.kind {
+        "file" => Ok(file::try_lock(cfg)?.map(|f| Lock {
+            kind: Kind::File(f),
+        })),
+        "lease" => {
+            let Some(previous) = lease::try_take(pg(conn), cfg, token, args.lease_ttl).await?
+            else {
+                return Ok(None);
+            };
+            // A run that proved the advisory lock (it connects directly) may hold it.
+            if choice.engine == Engine::Postgres
+                && let Some(h) = conn.lock_holder(cfg).await?
+            {
+                tracing::debug!("stepping back: the advisory lock is held by {h}");
+                lease::release(pg(conn), cfg, token).await?;
+                return Ok(None);
+            }
+            if let Some(previous) = previous {
+                tracing::warn!("took over an expired lease from {previous}");
+            }
+            Ok(Some(Lock {
+                kind: Kind::Lease(lease::Held::start(cfg, token, args.lease_ttl)),
+            }))
+        }
+        _ => {
+            if !conn.try_lock(cfg, token).await? {
+                return Ok(None);
+            }
+
+            // A run that could not use the advisory lock (behind a pooler) may hold the
+            // lease.
+            if cfg.backend == Backend::Postgres
+                && let Some(h) = lease::holder(pg(conn), cfg).await?
+            {
+                tracing::debug!("stepping back: the lease is held by {h}");
+                conn.unlock(cfg).await?;
+                return Ok(None);
+            }
+            Ok(Some(Lock {
+                kind: Kind::Session,
+            }))
+        }
+    }
+}
+
+impl Lock {
+    /// Whether we can no longer be sure we hold the lock (the lease lapsed or was taken).
+    /// Session and file locks are checked on their connection (`Conn::lock_still_held`).
+    pub fn lease_lost(&self) -> bool {
+        matches!(&self.kind, Kind::Lease(l) if l.is_lost())
+    }
+
+    pub fn is_lease(&self) -> bool {
+        matches!(self.kind, Kind::Lease(_))
+    }
+
+    /// The lease's fence, to run first in each transaction that changes the schema or
+    /// writes a marker (`lease::fence`); `None` for the other locks.
+    pub fn fence(&self, cfg: &Config) -> Option<db::Fence> {
+        match &self.kind {
+            Kind::Lease(l) => Some(lease::fence(cfg, &l.token, l.ttl)),
+            _ => None,
+        }
+    }
+
+    /// Check the lock while a long step runs; `Err` says why it is gone.
+    pub async fn check(&self, conn: &mut Conn, cfg: &Config) -> Result<(), String> {
+        match &self.kind {
+            Kind::Lease(l) if l.is_lost() => Err("the lease lapsed or was taken over".into()),
+            Kind::Lease(_) | Kind::File(_) => Ok(()),
+            Kind::Session => conn.lock_still_held(cfg).await,
+        }
+    }
+
+    pub async fn release(self, conn: &mut Conn, cfg: &Config) -> Result<()> {
+        match self.kind {
+            Kind::File(f) => {
+                if let Some(f) = f {
+                    file::release(f);
+                }
+                Ok(())
+            }
+            Kind::Session => {
+                if !conn.unlock(cfg).await? {
+                    tracing::warn!(
+                        "the advisory lock was no longer held by this session when released: \
+                         if this connection goes through a transaction pooler, use --lock lease"
+                    );
+                }
+                Ok(())
+            }
+            Kind::Lease(held) => {
+                held.stop_heartbeat();
+                lease::release(pg(conn), cfg, &held.token).await
+            }
+        }
+    }
+
+    /// Leave the lock to expire (a lease) or to the process's end: used when the run was
+    /// interrupted and its last transaction may still be rolling back on the server.
+    pub fn abandon(self) {
+        if let Kind::Lease(held) = self.kind {
+            held.stop_heartbeat();
+        }
+    }
+}
+
+/// Who holds the lock now, if anyone: the lease's holder, else the advisory lock's.
+pub async fn holder(conn: &mut Conn, cfg: &Config) -> Result<Option<Holder>> {
+    match cfg.backend {
+        Backend::Sqlite => file::holder(cfg),
+        Backend::MySql => conn.lock_holder(cfg).await,
+        Backend::Postgres => match lease::holder(pg(conn), cfg).await? {
+            Some(h) => Ok(Some(h)),
+            None => conn.lock_holder(cfg).await,
+        },
+    }
+}
+
+/// A random token that names this run's lease.
+fn token() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let a = RandomState::new().hash_one((std::process::id(), Instant::now()));
+    let b = RandomState::new().hash_one(a);
+    format!("{a:016x}{b:016x}")
+}

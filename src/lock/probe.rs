@@ -1,0 +1,301 @@
+//! `--lock auto` on PostgreSQL: use the session advisory lock only when this connection is
+//! proven to be a server session of its own whose advisory lock excludes other sessions;
+//! otherwise the lease.
+//!
+//! What is trusted, and why:
+//!
+//! - **`version()`** names CockroachDB and YugabyteDB, whose advisory locks are a stub that
+//!   always succeeds, or off (or silently not locking) unless enabled. The server reports
+//!   its own version; no pooler rewrites it.
+//! - **A second connection is refused the key.** We take an advisory lock on a fresh random
+//!   key, then open one short-lived connection with the same URL and try the same key
+//!   there. On a real server session it must be refused: a stub grants it, and a
+//!   transaction pooler that put the second client on *our* server session grants it too
+//!   (a session advisory lock is re-entrant). The second connection also reports its
+//!   `pg_backend_pid()`: the same pid as ours means one server session serves two clients.
+//!   In a quiet pool every client lands on the one server session that is open, so this is
+//!   what catches PgBouncer with `default_pool_size = 1` and any pool that has not grown.
+//! - **Our statements stay on one server session.** Between the probes, our own
+//!   connection reports `pg_backend_pid()` again and checks in `pg_locks` that this
+//!   session holds the key. Behind a transaction pooler with several server connections,
+//!   a statement is handed to whichever is free (round robin or most recently used): the
+//!   pid changes, or the lock is not there. Three rounds are made, in an order that catches
+//!   both hand-out orders (see `rounds`).
+//! - The key is random and used by no one else, so the probe never contends with a real
+//!   run, and a lock left on a pooled session by a probe blocks nothing.
+//!
+//! A session pooler (PgBouncer `pool_mode = session`) gives each client a server session of
+//! its own for the client's lifetime: the advisory lock works there, and the probe says so.
+//!
+//! The probe cannot tell a busy transaction pool whose hand-out order happened to keep us on
+//! one session through every check. Two defences cover that residual case: the advisory
+//! lock is tagged with the run's token in a session setting, so a second client put on our
+//! server session is refused the lock (no double run); and a run whose lock is not where it
+//! left it (`Lock::check`, the release) says so and fails rather than carrying on.
+//!
+//! The probe runs only on the path that takes the lock, never on the fast path, and costs
+//! one short extra connection (BENCHMARKS.md has the figure).
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, Row};
+
+use crate::config::Config;
+use crate::db::postgres::{Engine, row};
+use crate::db::{self, Conn};
+use crate::error::Result;
+
+/// What the probe found: whether the advisory lock can be trusted here, and why.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub advisory_ok: bool,
+    /// One sentence naming what was detected (or proven).
+    pub reason: String,
+    /// Detected a transaction pooler (as opposed to an advisory lock that does not
+    /// exclude, or an engine without one).
+    pub pooler: bool,
+}
+
+impl Verdict {
+    fn no(pooler: bool, reason: String) -> Verdict {
+        Verdict {
+            advisory_ok: false,
+            reason,
+            pooler,
+        }
+    }
+}
+
+/// Decide on the lock connection `conn`, whose `version()` is `version`.
+pub async fn prove(conn: &mut Conn, cfg: &Config, version: &str) -> Result<Verdict> {
+    let engine = Engine::from_version(version);
+    match engine {
+        Engine::CockroachDb => {
+            return Ok(Verdict::no(
+                false,
+                "the server is CockroachDB, whose pg_try_advisory_lock is a stub that always \
+                 succeeds"
+                    .into(),
+            ));
+        }
+        Engine::YugabyteDb => {
+            return Ok(Verdict::no(
+                false,
+                "the server is YugabyteDB, whose advisory locks are off unless enabled".into(),
+            ));
+        }
+        Engine::Postgres => {}
+    }
+    let Some(c) = conn.pg() else {
+        unreachable!("the probe runs on PostgreSQL only")
+    };
+    let key = random_key();
+    let ours = match take(c, key).await {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            return Ok(Verdict::no(
+                false,
+                "an advisory lock on an unused key was refused".into(),
+            ));
+        }
+        Err(e) => {
+            return Ok(Verdict::no(
+                false,
+                format!("the server rejects advisory locks ({})", db::describe(&e)),
+            ));
+        }
+    };
+    let verdict = check(c, connect_other(cfg).await, key, ours).await;
+    // Leave nothing behind on our session (on another one, a random key blocks nobody).
+    let _ = row(
+        c,
+        format!(
+            "SELECT pg_advisory_unlock({key}) WHERE EXISTS ({})",
+            held_here(key)
+        ),
+    )
+    .await;
+    verdict
+}
+
+/// Open the second connection, with a short deadline.
+async fn connect_other(cfg: &Config) -> Result<Conn> {
+    let mut short = cfg.clone();
+    short.connect_timeout = cfg.connect_timeout.min(Duration::from_secs(5));
+    db::connect(&short).await
+}
+
+async fn check(c: &mut PgConnection, other: Result<Conn>, key: i64, ours: i64) -> Result<Verdict> {
+    let mut other = match other {
+        Ok(other) => other,
+        Err(e) => {
+            return Ok(Verdict::no(
+                false,
+                format!(
+                    "could not open a second connection to prove that the advisory lock \
+                     excludes other sessions ({e})"
+                ),
+            ));
+        }
+    };
+    let verdict = rounds(c, other.pg().expect("same URL"), key, ours).await;
+    other.close().await;
+    verdict
+}
+
+async fn rounds(
+    c: &mut PgConnection,
+    other: &mut PgConnection,
+    key: i64,
+    ours: i64,
+) -> Result<Verdict> {
+    // The order matters: our statement right after our own (M M) catches a pool that hands
+    // out the least recently used server; the second connection right after us (M P)
+    // catches one that hands out the most recently used. Three rounds: M M P M, M P M …
+    for _ in 0..ROUNDS {
+        if let Some(moved) = moved(c, key, ours).await? {
+            return Ok(moved);
+        }
+        // A session pooler with no free server session would queue the second client.
+        let Ok(answer) = tokio::time::timeout(OTHER_WAIT, try_other(other, key)).await else {
+            return Ok(Verdict::no(
+                false,
+                format!(
+                    "a second connection got no server session within {OTHER_WAIT:?} (a pool \
+                     with no free slot?), so the advisory lock could not be proven"
+                ),
+            ));
+        };
+        let (their_pid, granted) = answer.map_err(probe_err)?;
+        if their_pid == ours {
+            return Ok(Verdict::no(
+                true,
+                format!(
+                    "a transaction pooler: a second connection ran on the same server session \
+                     (pid {ours}) as this one"
+                ),
+            ));
+        }
+        if granted {
+            return Ok(Verdict::no(
+                false,
+                format!(
+                    "the advisory lock does not exclude: a second session (pid {their_pid}) \
+                     took the key this session (pid {ours}) held"
+                ),
+            ));
+        }
+    }
+    if let Some(moved) = moved(c, key, ours).await? {
+        return Ok(moved);
+    }
+    Ok(Verdict {
+        advisory_ok: true,
+        reason: format!(
+            "a server session of its own (pid {ours}): a second connection was refused the \
+             advisory lock it held"
+        ),
+        pooler: false,
+    })
+}
+
+/// How long the second connection may wait for a server session.
+const OTHER_WAIT: Duration = Duration::from_secs(5);
+
+const ROUNDS: usize = 3;
+
+/// `Some(verdict)` when our statement no longer runs on server session `ours`, or the lock
+/// is not there.
+async fn moved(c: &mut PgConnection, key: i64, ours: i64) -> Result<Option<Verdict>> {
+    let (now, held) = still_ours(c, key).await.map_err(probe_err)?;
+    if now == ours && held {
+        return Ok(None);
+    }
+    if now == ours {
+        return Ok(Some(Verdict::no(
+            false,
+            format!(
+                "the advisory lock does not exclude: it was granted, but the server's \
+                 pg_locks does not show this session (pid {ours}) holding it"
+            ),
+        )));
+    }
+    Ok(Some(Verdict::no(
+        true,
+        format!(
+            "a transaction pooler: this connection's statements moved from server session \
+             {ours} to {now}{}",
+            if held {
+                ""
+            } else {
+                ", where the advisory lock is not held"
+            }
+        ),
+    )))
+}
+
+fn probe_err(e: sqlx::Error) -> crate::error::Error {
+    crate::error::Error::Failed(format!(
+        "cannot probe the advisory lock: {}",
+        db::describe(&e)
+    ))
+}
+
+/// Take the probe key: `Some(our pid)` when granted.
+async fn take(c: &mut PgConnection, key: i64) -> Result<Option<i64>, sqlx::Error> {
+    let r = row(
+        c,
+        format!("SELECT pg_try_advisory_lock({key}), pg_backend_pid()::int8"),
+    )
+    .await?;
+    match r {
+        Some(r) if r.try_get::<bool, _>(0)? => Ok(Some(r.try_get(1)?)),
+        _ => Ok(None),
+    }
+}
+
+/// From the second connection: its pid, and whether it was granted the key (then
+/// released in the same statement, on the same session).
+async fn try_other(c: &mut PgConnection, key: i64) -> Result<(i64, bool), sqlx::Error> {
+    let r = row(
+        c,
+        format!(
+            "WITH p AS MATERIALIZED (SELECT pg_backend_pid()::int8 AS pid, \
+               pg_try_advisory_lock({key}) AS granted) \
+             SELECT pid, granted, \
+               CASE WHEN granted AND EXISTS ({held}) THEN pg_advisory_unlock({key}) END FROM p",
+            held = held_here(key)
+        ),
+    )
+    .await?
+    .ok_or_else(|| sqlx::Error::Protocol("no row from the probe".into()))?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
+}
+
+/// Our pid now, and whether `pg_locks` shows this session holding the key.
+async fn still_ours(c: &mut PgConnection, key: i64) -> Result<(i64, bool), sqlx::Error> {
+    let r = row(
+        c,
+        format!("SELECT pg_backend_pid()::int8, EXISTS ({})", held_here(key)),
+    )
+    .await?
+    .ok_or_else(|| sqlx::Error::Protocol("no row from the probe".into()))?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
+}
+
+/// A query for "this session holds the advisory lock `key`", from the server's own view
+/// (`pg_catalog.pg_locks`, which a stub engine leaves empty).
+fn held_here(key: i64) -> String {
+    format!(
+        "SELECT 1 FROM pg_catalog.pg_locks WHERE pid = pg_backend_pid() \
+           AND locktype = 'advisory' AND granted AND objsubid = 1 \
+           AND classid = (({key}::int8 >> 32) & 4294967295)::oid \
+           AND objid = ({key}::int8 & 4294967295)::oid"
+    )
+}
+
+/// A key no real lock uses (the real ones are SHA-256 of a name).
+fn random_key() -> i64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one((std::process::id(), std::time::Instant::now())) as i64
+}
