@@ -3,7 +3,7 @@
 //! own (SHA-384 of the file), so a database that sqlx-cli managed keeps its history.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::migrate::{AppliedMigration, Migration, MigrationType};
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 
+use crate::db::MIGRATIONS_TABLE;
 use crate::error::{Error, Result};
 
 #[derive(Debug)]
@@ -136,9 +137,109 @@ impl Source {
             .all(|m| applied.get(&m.version).is_some_and(|c| *c == &*m.checksum))
     }
 
+    /// The newest version and the number of migrations, as the fast path cross-checks
+    /// them against `_sqlx_migrations`.
+    pub fn history(&self) -> (i64, usize) {
+        (
+            self.ups.last().expect("a source is never empty").version,
+            self.ups.len(),
+        )
+    }
+
+    /// Compare what is applied with this source: the pending migrations, in order, or
+    /// drift (a dirty migration, a modified one, or an applied one this source does not
+    /// have and that is not simply newer than its newest). Applied migrations newer than
+    /// every one here are the database being **ahead** of this build: not drift.
+    pub fn plan(&self, applied: &[AppliedMigration], dirty: Option<i64>) -> Result<Plan<'_>> {
+        if let Some(v) = dirty {
+            return Err(Error::Drift(format!(
+                "migration {v} is dirty: it failed part-way on a previous run (it ran without a \
+                 transaction, or its DDL committed implicitly) and some of its statements may \
+                 have taken effect. Repair by hand: either undo what it did and `DELETE FROM \
+                 {MIGRATIONS_TABLE} WHERE version = {v}` to run it again, or finish it and run \
+                 `schemagate stamp {v} --source DIR` to mark it done"
+            )));
+        }
+        let newest = self.history().0;
+        let by_version: HashMap<i64, &Migration> =
+            self.ups.iter().map(|m| (m.version, m)).collect();
+        let mut ahead = Vec::new();
+        for a in applied {
+            match by_version.get(&a.version) {
+                None if a.version > newest => ahead.push(a.version),
+                None => {
+                    return Err(Error::Drift(format!(
+                        "migration {} was applied to the database but is missing from {}",
+                        a.version,
+                        self.dir.display()
+                    )));
+                }
+                Some(m) if *m.checksum != *a.checksum => {
+                    return Err(Error::Drift(format!(
+                        "migration {} ({}) was previously applied but has been modified: \
+                         checksum {} in the database, {} on disk",
+                        a.version,
+                        m.description,
+                        short(&a.checksum),
+                        short(&m.checksum)
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let done: HashSet<i64> = applied.iter().map(|a| a.version).collect();
+        let pending: Vec<&Migration> = self
+            .ups
+            .iter()
+            .filter(|m| !done.contains(&m.version))
+            .collect();
+        if !ahead.is_empty()
+            && let Some(m) = pending.first()
+        {
+            return Err(Error::Drift(format!(
+                "migration {} ({}) is not applied, but newer migrations this source does not \
+                 have are ({}): the database has moved on without it",
+                m.version,
+                m.description,
+                ahead
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(Plan { pending, ahead })
+    }
+
     pub fn digest(&self) -> String {
         self.digest_upto(None)
     }
+}
+
+/// What applying a source to a database would do (`Source::plan`).
+#[derive(Debug)]
+pub struct Plan<'s> {
+    pub pending: Vec<&'s Migration>,
+    /// Applied versions newer than the source's newest (the database is ahead).
+    pub ahead: Vec<i64>,
+}
+
+impl Plan<'_> {
+    /// When the database is ahead of the source (and nothing is pending), the line that
+    /// says so.
+    pub fn ahead_message(&self, source: &Source) -> Option<String> {
+        let newest = self.ahead.iter().max()?;
+        Some(format!(
+            "the database is ahead of this build: every migration in {} is applied, plus {} \
+             newer one(s) up to {newest}; nothing to do",
+            source.dir.display(),
+            self.ahead.len()
+        ))
+    }
+}
+
+fn short(checksum: &[u8]) -> String {
+    hex(&checksum[..checksum.len().min(6)])
 }
 
 /// Read every file as UTF-8, in order. (Threads were measured: no faster here, the cost

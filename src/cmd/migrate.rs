@@ -1,7 +1,6 @@
 //! `schemagate migrate`: the fast path, the lock, then either the pending SQL migrations on
 //! the lock-holding connection or an external migrator kept under the lock, and the marker.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migration;
@@ -10,12 +9,12 @@ use super::{Before, Outcome};
 use crate::child;
 use crate::cli::MigrateArgs;
 use crate::config::{Config, redact};
-use crate::db::{self, ApplyOptions, Conn, MIGRATIONS_TABLE, NewMarker, Status};
+use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::http;
 use crate::lock::{self, Expected, Lock};
 use crate::signals::Signals;
-use crate::source::{Source, hex};
+use crate::source::{Plan, Source};
 
 /// What this run applies.
 enum Job {
@@ -53,19 +52,27 @@ impl Job {
         }
     }
 
-    fn expected(&self) -> (String, Option<String>) {
+    fn expected(&self) -> (String, Option<String>, Option<(i64, usize)>) {
         match self {
-            Job::Sql(source) => (source.version(), Some(source.digest())),
-            Job::External { version, .. } => (version.clone(), None),
+            Job::Sql(source) => (
+                source.version(),
+                Some(source.digest()),
+                Some(source.history()),
+            ),
+            Job::External { version, .. } => (version.clone(), None, None),
         }
     }
 }
 
 /// How a run under the lock ended, for the marker and the webhook.
+#[derive(Default)]
 struct Ran {
     applied: usize,
     /// Whether this run wrote a marker (and so has something to notify).
     wrote_marker: bool,
+    /// The lock's session was ended from a side connection (after a signal): there is
+    /// nothing left to release.
+    session_ended: bool,
 }
 
 pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Result<Outcome> {
@@ -92,10 +99,11 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
             "{flag} is supported on PostgreSQL only"
         )));
     }
-    let (version, digest) = job.expected();
+    let (version, digest, history) = job.expected();
     let expected = Expected {
         version: &version,
         digest: digest.as_deref(),
+        history,
     };
     let done = |message: String, applied| Outcome {
         version: Some(version.clone()),
@@ -132,6 +140,10 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         Err(e @ (Error::Interrupted(_) | Error::LockLost(_))) => {
             lock.abandon();
             Err(e)
+        }
+        Ok(ran) if ran.session_ended => {
+            lock.abandon();
+            Ok(ran)
         }
         other => {
             let release = lock.release(&mut conn, cfg).await;
@@ -186,8 +198,8 @@ async fn dry_run(
     match job {
         Job::Sql(source) => {
             let plan = plan(conn, source).await?;
-            print_plan(source, &plan);
-            Ok(format!("dry run: {} pending", plan.len()))
+            print_plan(source, &plan.pending);
+            Ok(format!("dry run: {} pending", plan.pending.len()))
         }
         Job::External { command, .. } => {
             if lock::is_done(conn, cfg, expected).await? {
@@ -265,6 +277,8 @@ async fn prepare_under_lock(conn: &mut Conn, ctx: &Ctx<'_>, sqlx_table: bool) ->
 struct Progress {
     applied: usize,
     current: Option<String>,
+    /// The versions of the group in flight.
+    group: Vec<i64>,
 }
 
 async fn apply_sql(
@@ -289,19 +303,88 @@ async fn apply_sql(
     tokio::select! {
         r = apply_pending(conn, ctx, source, args, &opts, &mut progress) => r,
         sig = signals.recv() => {
-            // Leave the dropped query to the server: record the failure from another
-            // connection while our session still holds the lock, then end our session so
-            // its transaction rolls back and the lock is freed for the next run.
-            let detail = format!(
-                "interrupted by {sig} while applying {}",
-                progress.current.as_deref().unwrap_or("the marker")
-            );
-            tracing::warn!("{detail}; rolling back");
             db::interrupt_local();
-            record_from_side(ctx, progress.applied, &detail, session).await;
-            Err(Error::Interrupted(sig))
+            interrupted(ctx, &progress, sig, session).await
         }
     }
+}
+
+/// A signal arrived while migrations (or the marker) were being applied. From a side
+/// connection, while our session still holds the lock: cancel its statement and wait until
+/// it settles, then read what really happened (the in-flight migration, or the marker,
+/// may have committed before the cancel reached it), record that, and end our session.
+///
+/// When the `succeeded` marker committed, the run is done: exit 0 and no new marker.
+async fn interrupted(
+    ctx: &Ctx<'_>,
+    progress: &Progress,
+    sig: crate::signals::Signal,
+    session: Option<i64>,
+) -> Result<Ran> {
+    let current = progress.current.as_deref().unwrap_or("the marker");
+    let mut short_cfg = ctx.cfg.clone();
+    short_cfg.connect_timeout = Duration::from_secs(5);
+    let attempt = async {
+        let mut side = db::connect(&short_cfg).await?;
+        let settled = match session {
+            Some(id) => side.cancel_and_settle(id, Duration::from_secs(5)).await?,
+            None => false,
+        };
+        if lock::is_done(&mut side, ctx.cfg, ctx.expected).await? {
+            if let Some(id) = session {
+                side.kill_session(id).await?;
+            }
+            side.close().await;
+            return Ok(None);
+        }
+        // How many of the group in flight committed before the cancel reached it.
+        let (applied, dirty) = side.applied().await?;
+        let committed = progress
+            .group
+            .iter()
+            .filter(|v| dirty != Some(**v) && applied.iter().any(|a| a.version == **v))
+            .count();
+        let detail = match (committed, settled) {
+            (0, true) => {
+                format!("interrupted by {sig} while applying {current}; it did not commit")
+            }
+            (0, false) => format!("interrupted by {sig} while applying {current}"),
+            (n, _) => format!(
+                "interrupted by {sig} after applying {current}: {n} migration(s) of it \
+                 committed before the signal took effect"
+            ),
+        };
+        tracing::warn!("{detail}");
+        let applied_count = progress.applied + committed;
+        ctx.record(
+            &mut side,
+            &ctx.marker(Status::Failed, applied_count, Some(&detail)),
+        )
+        .await?;
+        if let Some(id) = session {
+            side.kill_session(id).await?;
+        }
+        side.close().await;
+        Ok::<_, Error>(Some(()))
+    };
+    match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+        Ok(Ok(None)) => {
+            tracing::info!(
+                "{sig} arrived after the marker for schema version {} committed: the run is \
+                 done",
+                ctx.expected.version
+            );
+            return Ok(Ran {
+                applied: progress.applied,
+                session_ended: true,
+                ..Ran::default()
+            });
+        }
+        Ok(Ok(Some(()))) => {}
+        Ok(Err(e)) => tracing::warn!("could not record the interruption: {e}"),
+        Err(_) => tracing::warn!("could not record the interruption in time"),
+    }
+    Err(Error::Interrupted(sig))
 }
 
 /// Pending migrations in the groups applied together: each alone, or with
@@ -342,10 +425,21 @@ async fn apply_pending(
         return Ok(Ran {
             applied: 0,
             wrote_marker: false,
+            ..Ran::default()
         });
     }
-    let pending = plan(conn, source).await?;
-    for group in batches(&pending, args.single_transaction) {
+    let plan = plan(conn, source).await?;
+    if let Some(message) = plan.ahead_message(source) {
+        // An older release against a newer schema (an image rolled back): not drift, and
+        // nothing to record: the newer release's marker stands.
+        tracing::info!("{message}");
+        return Ok(Ran {
+            applied: 0,
+            wrote_marker: false,
+            ..Ran::default()
+        });
+    }
+    for group in batches(&plan.pending, args.single_transaction) {
         if ctx.lock.lease_lost() {
             return Err(Error::LockLost(format!(
                 "the migration lease lapsed before {}; stopped (applied {})",
@@ -355,6 +449,7 @@ async fn apply_pending(
         }
         let label = label(&group);
         progress.current = Some(label.clone());
+        progress.group = group.iter().map(|m| m.version).collect();
         let no_tx = group[0].no_tx;
         tracing::info!(
             "applying {label}{}",
@@ -400,19 +495,34 @@ async fn apply_pending(
                     tracing::error!("{detail}{hint}");
                     let marker = ctx.marker(Status::Failed, progress.applied, Some(&detail));
                     if let Err(m) = ctx.record(conn, &marker).await {
-                        // The database may be why it failed: report the migration's error.
-                        tracing::warn!("{m}");
+                        // The lock's connection may be gone (a failover, a terminated
+                        // session): record from a fresh one, so waiters fail fast.
+                        tracing::warn!("{m}; recording the failure from another connection");
+                        if !matches!(m, Error::LockLost(_)) {
+                            record_from_side(ctx, progress.applied, &detail, None).await;
+                        }
                     }
                     return Err(Error::Failed(format!("{detail}{hint}")));
                 }
             }
         }
         progress.applied += group.len();
+        progress.group.clear();
         tracing::info!("applied {label} in {:.1?}", t.elapsed());
     }
     progress.current = None;
-    ctx.record(conn, &ctx.marker(Status::Succeeded, progress.applied, None))
-        .await?;
+    let marker = ctx.marker(Status::Succeeded, progress.applied, None);
+    if let Err(e) = ctx.record(conn, &marker).await {
+        if matches!(e, Error::LockLost(_)) {
+            return Err(e);
+        }
+        // The connection may have died with the commit in flight: see what landed.
+        let detail = format!("every migration applied, but {e}");
+        if record_from_side(ctx, progress.applied, &detail, None).await {
+            return Err(e);
+        }
+        tracing::info!("the marker committed before the connection was lost");
+    }
     tracing::info!(
         "schema version {} ready: {} applied in {:.1?}",
         ctx.expected.version,
@@ -422,6 +532,7 @@ async fn apply_pending(
     Ok(Ran {
         applied: progress.applied,
         wrote_marker: true,
+        ..Ran::default()
     })
 }
 
@@ -439,6 +550,7 @@ async fn run_external(
         return Ok(Ran {
             applied: 0,
             wrote_marker: false,
+            ..Ran::default()
         });
     }
     let env = [
@@ -491,6 +603,7 @@ async fn run_external(
         return Ok(Ran {
             applied: 0,
             wrote_marker: true,
+            ..Ran::default()
         });
     }
     let tail = running.stderr_tail().await;
@@ -512,50 +625,9 @@ async fn run_external(
 }
 
 /// The pending migrations, after checking that what is applied matches the source.
-pub(super) async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Vec<&'s Migration>> {
+pub(super) async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Plan<'s>> {
     let (applied, dirty) = conn.applied().await?;
-    if let Some(v) = dirty {
-        return Err(Error::Drift(format!(
-            "migration {v} is dirty: it failed part-way on a previous run (it ran without a \
-             transaction, or its DDL committed implicitly) and some of its statements may have \
-             taken effect. Repair by hand: either undo what it did and `DELETE FROM \
-             {MIGRATIONS_TABLE} WHERE version = {v}` to run it again, or finish it and run \
-             `schemagate stamp {v} --source DIR` to mark it done"
-        )));
-    }
-    let by_version: HashMap<i64, &Migration> = source.ups.iter().map(|m| (m.version, m)).collect();
-    for a in &applied {
-        match by_version.get(&a.version) {
-            None => {
-                return Err(Error::Drift(format!(
-                    "migration {} was applied to the database but is missing from {}",
-                    a.version,
-                    source.dir.display()
-                )));
-            }
-            Some(m) if *m.checksum != *a.checksum => {
-                return Err(Error::Drift(format!(
-                    "migration {} ({}) was previously applied but has been modified: \
-                     checksum {} in the database, {} on disk",
-                    a.version,
-                    m.description,
-                    short(&a.checksum),
-                    short(&m.checksum)
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    let applied: HashSet<i64> = applied.iter().map(|a| a.version).collect();
-    Ok(source
-        .ups
-        .iter()
-        .filter(|m| !applied.contains(&m.version))
-        .collect())
-}
-
-fn short(checksum: &[u8]) -> String {
-    hex(&checksum[..checksum.len().min(6)])
+    source.plan(&applied, dirty)
 }
 
 fn print_plan(source: &Source, pending: &[&Migration]) {
@@ -578,27 +650,43 @@ fn print_plan(source: &Source, pending: &[&Migration]) {
 }
 
 /// Write a `failed` marker from a fresh connection (the lock connection is busy or gone),
-/// then end the session that held the lock, if given. Best effort: the database may be the
-/// reason we are stopping.
-async fn record_from_side(ctx: &Ctx<'_>, applied: usize, detail: &str, end_session: Option<i64>) {
+/// unless the expected version is recorded as done (by us, with an acknowledgement lost in
+/// transit, or by a run that took the lock since), then end the session that held the lock,
+/// if given. Best effort: the database may be the reason we are stopping. Returns false
+/// when the version turned out to be done.
+async fn record_from_side(
+    ctx: &Ctx<'_>,
+    applied: usize,
+    detail: &str,
+    end_session: Option<i64>,
+) -> bool {
     let mut short_cfg = ctx.cfg.clone();
     short_cfg.connect_timeout = Duration::from_secs(5);
     let attempt = async {
         let mut side = db::connect(&short_cfg).await?;
-        ctx.record(
-            &mut side,
-            &ctx.marker(Status::Failed, applied, Some(detail)),
-        )
-        .await?;
+        let done = lock::is_done(&mut side, ctx.cfg, ctx.expected).await?;
+        if !done {
+            ctx.record(
+                &mut side,
+                &ctx.marker(Status::Failed, applied, Some(detail)),
+            )
+            .await?;
+        }
         if let Some(session) = end_session {
             side.kill_session(session).await?;
         }
         side.close().await;
-        Ok::<_, Error>(())
+        Ok::<_, Error>(!done)
     };
     match tokio::time::timeout(Duration::from_secs(8), attempt).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("could not record the failure: {e}"),
-        Err(_) => tracing::warn!("could not record the failure in time"),
+        Ok(Ok(recorded)) => recorded,
+        Ok(Err(e)) => {
+            tracing::warn!("could not record the failure: {e}");
+            true
+        }
+        Err(_) => {
+            tracing::warn!("could not record the failure in time");
+            true
+        }
     }
 }

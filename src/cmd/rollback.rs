@@ -106,6 +106,36 @@ async fn undo(
         runner: &cfg.runner,
         detail,
     };
+    // Before the first down migration: a marker that takes the newest applied version
+    // off the ready list, so a rollback interrupted half-way (SIGTERM, SIGKILL, a lost
+    // connection) never leaves an undone version looking ready. It names the version
+    // being undone, so its waiters stop (exit 3) while waiters for --to keep waiting
+    // until the `succeeded` rollback marker lands.
+    if let Some(newest) = to_undo.first() {
+        let newest = newest.to_string();
+        let detail = format!(
+            "rollback to {} started: undoing {}; this marker stays the newest if the \
+             rollback is interrupted",
+            args.to,
+            to_undo
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let started_marker = NewMarker {
+            version: &newest,
+            digest: None,
+            status: Status::Failed,
+            action: "rollback",
+            elapsed: started.elapsed(),
+            applied: 0,
+            runner: &cfg.runner,
+            detail: Some(&detail),
+        };
+        conn.insert_marker(&cfg.table, &started_marker, fence)
+            .await?;
+    }
     let mut undone = 0;
     for v in &to_undo {
         let down = &source.downs[v];

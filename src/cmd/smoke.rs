@@ -286,6 +286,7 @@ impl Rehearsal {
         let expected = crate::lock::Expected {
             version: &self.source.version(),
             digest: Some(&self.source.digest()),
+            history: Some(self.source.history()),
         };
         if crate::lock::is_done(conn, &self.cfg, &expected).await? {
             return Ok(true);

@@ -230,11 +230,16 @@ enum Via<'a> {
 }
 
 impl Via<'_> {
-    async fn newest_marker(&mut self, cfg: &Config, version: &str) -> Result<Option<Newest>> {
+    async fn newest_marker(
+        &mut self,
+        cfg: &Config,
+        version: &str,
+        upto: Option<i64>,
+    ) -> Result<Option<Newest>> {
         match self {
-            Via::Conn(c) => c.newest_marker(&cfg.table, version).await,
+            Via::Conn(c) => c.newest_marker(&cfg.table, version, upto).await,
             Via::Listener(l) => db::settle_newest(
-                l.newest_marker(&cfg.table, version).await,
+                l.newest_marker(&cfg.table, version, upto).await,
                 &cfg.table,
                 version,
             ),
@@ -259,13 +264,35 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
 
 async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {
     let digest = target.source.as_ref().map(Source::digest);
-    let newest = via.newest_marker(cfg, &target.version).await?;
+    let history = target.source.as_ref().map(Source::history);
+    let newest = via
+        .newest_marker(cfg, &target.version, history.map(|(v, _)| v))
+        .await?;
     let mut failed = None;
     let mut why_not = format!("no marker for version {} yet", target.version);
     if let Some(m) = newest {
+        // With a source, the marker must agree with the history it sits beside: a revert
+        // made by another tool is not hidden behind an old `succeeded`.
+        let history_agrees =
+            history.is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0);
         match m.status.as_str() {
-            "succeeded" if digest.is_none() || m.digest == digest => {
+            "succeeded" if (digest.is_none() || m.digest == digest) && history_agrees => {
                 return Ok(Readiness::Ready("marker succeeded".into()));
+            }
+            "succeeded" if !history_agrees => {
+                why_not = format!(
+                    "the marker for version {} says succeeded, but {} records {} of this \
+                     build's {} migrations as applied{}",
+                    target.version,
+                    db::MIGRATIONS_TABLE,
+                    m.applied_upto,
+                    history.map_or(0, |(_, n)| n),
+                    if m.dirty > 0 {
+                        ", and one is dirty"
+                    } else {
+                        ""
+                    }
+                )
             }
             "succeeded" => {
                 why_not = format!(

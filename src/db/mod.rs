@@ -82,6 +82,10 @@ pub struct Newest {
     pub status: String,
     pub digest: Option<String>,
     pub detail: Option<String>,
+    /// Read in the same query when asked (`newest_marker`'s `upto`): how many migrations
+    /// up to that version `_sqlx_migrations` records as applied, and how many as dirty.
+    pub applied_upto: i64,
+    pub dirty: i64,
 }
 
 /// Per-migration settings (PostgreSQL): `SET LOCAL` inside each migration's transaction.
@@ -387,6 +391,25 @@ impl Conn {
         .map_err(|e| db_err("cannot read the session id", e))
     }
 
+    /// Cancel the statement another session of ours runs, and wait (up to `limit`) until
+    /// it is no longer running one: its transaction is then aborted or was committed, and
+    /// the session still holds the lock. False when it did not settle in time.
+    pub async fn cancel_and_settle(&mut self, id: i64, limit: Duration) -> Result<bool> {
+        let settle = async {
+            match self {
+                Conn::Pg(c) => postgres::cancel_and_settle(c, id).await,
+                Conn::My(c) => mysql::cancel_and_settle(c, id).await,
+                Conn::Lite(_) => Ok(()),
+            }
+        };
+        match tokio::time::timeout(limit, settle).await {
+            Ok(r) => r
+                .map(|()| true)
+                .map_err(|e| db_err("cannot cancel the interrupted statement", e)),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// End another session of ours: its transaction rolls back and its lock is released.
     pub async fn kill_session(&mut self, id: i64) -> Result<()> {
         match self {
@@ -446,11 +469,20 @@ impl Conn {
 
     /// The marker that decides `version`: the newest row for it, unless a rollback to
     /// another version came later. `None` when there is none (or no table yet).
-    pub async fn newest_marker(&mut self, table: &Table, version: &str) -> Result<Option<Newest>> {
+    ///
+    /// With `upto`, the same query also counts what `_sqlx_migrations` shows (see
+    /// `Newest::applied_upto`): the fast path cross-checks the marker against the history
+    /// in one round trip, so a revert made by another tool sends it down the slow path.
+    pub async fn newest_marker(
+        &mut self,
+        table: &Table,
+        version: &str,
+        upto: Option<i64>,
+    ) -> Result<Option<Newest>> {
         let r = match self {
-            Conn::Pg(c) => postgres::newest_marker(c, table, version).await,
-            Conn::My(c) => mysql::newest_marker(c, table, version).await,
-            Conn::Lite(c) => sqlite::newest_marker(c, table, version).await,
+            Conn::Pg(c) => postgres::newest_marker(c, table, version, upto).await,
+            Conn::My(c) => mysql::newest_marker(c, table, version, upto).await,
+            Conn::Lite(c) => sqlite::newest_marker(c, table, version, upto).await,
         };
         settle_newest(r, table, version)
     }
@@ -615,24 +647,34 @@ pub fn settle_applied(
 }
 
 /// The row `newest_marker` reads (MySQL and SQLite; PostgreSQL quotes its literal).
-type NewestRow = (String, String, Option<String>, Option<String>);
+type NewestRow = (String, String, Option<String>, Option<String>, i64, i64);
 
 /// The marker that decides `version`: its own newest row, or a later rollback. `param` is
-/// the backend's placeholder for the version.
-fn newest_marker_sql(t: &Table, param: &str) -> String {
+/// the backend's placeholder for the version; `zero` its 64-bit integer zero. With `upto`,
+/// two more columns count the history in `_sqlx_migrations`.
+fn newest_marker_sql(t: &Table, param: &str, zero: &str, upto: Option<i64>) -> String {
+    let history = match upto {
+        Some(v) => format!(
+            "(SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE version <= {v} AND success), \
+             (SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE NOT success)"
+        ),
+        None => format!("{zero}, {zero}"),
+    };
     format!(
-        "SELECT version, status, digest, detail FROM {} \
+        "SELECT version, status, digest, detail, {history} FROM {} \
          WHERE version = {param} OR action = 'rollback' ORDER BY id DESC LIMIT 1",
         t.qualified
     )
 }
 
-fn newest_from_row((version, status, digest, detail): NewestRow) -> Newest {
+fn newest_from_row((version, status, digest, detail, applied_upto, dirty): NewestRow) -> Newest {
     Newest {
         version,
         status,
         digest,
         detail,
+        applied_upto,
+        dirty,
     }
 }
 

@@ -75,6 +75,25 @@ pub async fn session_id(c: &mut MySqlConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
+pub async fn cancel_and_settle(c: &mut MySqlConnection, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(format!("KILL QUERY {id}")))
+        .execute(&mut *c)
+        .await?;
+    loop {
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE ID = ? AND COMMAND <> 'Sleep'",
+        )
+        .bind(id)
+        .fetch_one(&mut *c)
+        .await?;
+        if busy == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn kill_session(c: &mut MySqlConnection, id: i64) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(format!("KILL CONNECTION {id}")))
         .execute(c)
@@ -136,12 +155,17 @@ pub async fn newest_marker(
     c: &mut MySqlConnection,
     t: &Table,
     version: &str,
+    upto: Option<i64>,
 ) -> Result<Option<Newest>, sqlx::Error> {
-    let row: Option<super::NewestRow> =
-        sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(t, "?")))
-            .bind(version)
-            .fetch_optional(c)
-            .await?;
+    let row: Option<super::NewestRow> = sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
+        t,
+        "?",
+        "CAST(0 AS SIGNED)",
+        upto,
+    )))
+    .bind(version)
+    .fetch_optional(c)
+    .await?;
     Ok(row.map(super::newest_from_row))
 }
 

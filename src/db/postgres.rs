@@ -224,6 +224,24 @@ pub async fn session_id(c: &mut PgConnection) -> Result<i64, sqlx::Error> {
     Ok(r.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0))
 }
 
+pub async fn cancel_and_settle(c: &mut PgConnection, pid: i64) -> Result<(), sqlx::Error> {
+    exec(c, format!("SELECT pg_cancel_backend({pid}::int4)")).await?;
+    loop {
+        let active = row(
+            &mut *c,
+            format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'"),
+        )
+        .await?
+        .map(|r| r.try_get::<i64, _>(0))
+        .transpose()?
+        .unwrap_or(0);
+        if active == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn kill_session(c: &mut PgConnection, pid: i64) -> Result<(), sqlx::Error> {
     exec(c, format!("SELECT pg_terminate_backend({pid}::int4)")).await
 }
@@ -304,18 +322,24 @@ pub async fn newest_marker<'c>(
     c: impl PgExecutor<'c>,
     t: &Table,
     version: &str,
+    upto: Option<i64>,
 ) -> Result<Option<Newest>, sqlx::Error> {
-    row(c, super::newest_marker_sql(t, &lit(version)))
-        .await?
-        .map(|r| {
-            Ok(Newest {
-                version: r.try_get(0)?,
-                status: r.try_get(1)?,
-                digest: r.try_get(2)?,
-                detail: r.try_get(3)?,
-            })
+    row(
+        c,
+        super::newest_marker_sql(t, &lit(version), "0::int8", upto),
+    )
+    .await?
+    .map(|r| {
+        Ok(Newest {
+            version: r.try_get(0)?,
+            status: r.try_get(1)?,
+            digest: r.try_get(2)?,
+            detail: r.try_get(3)?,
+            applied_upto: r.try_get(4)?,
+            dirty: r.try_get(5)?,
         })
-        .transpose()
+    })
+    .transpose()
 }
 
 pub async fn markers(
@@ -588,8 +612,9 @@ impl Listener {
         &mut self,
         t: &Table,
         version: &str,
+        upto: Option<i64>,
     ) -> Result<Option<Newest>, sqlx::Error> {
-        newest_marker(&mut self.0, t, version).await
+        newest_marker(&mut self.0, t, version, upto).await
     }
 
     pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {

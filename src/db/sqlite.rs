@@ -92,9 +92,10 @@ pub async fn newest_marker(
     c: &mut SqliteConnection,
     t: &Table,
     version: &str,
+    upto: Option<i64>,
 ) -> Result<Option<Newest>, sqlx::Error> {
     let row: Option<super::NewestRow> =
-        sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(t, "?1")))
+        sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(t, "?1", "0", upto)))
             .bind(version)
             .fetch_optional(c)
             .await?;

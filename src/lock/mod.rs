@@ -75,6 +75,10 @@ impl Choice {
 pub struct Expected<'a> {
     pub version: &'a str,
     pub digest: Option<&'a str>,
+    /// For a SQL source: its newest version and how many migrations it has. The marker
+    /// then also needs `_sqlx_migrations` to show exactly that many applied up to that
+    /// version, none dirty (read in the same query).
+    pub history: Option<(i64, usize)>,
 }
 
 const HOLDER_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -252,12 +256,20 @@ fn pg(conn: &mut Conn) -> &mut sqlx::PgConnection {
     conn.pg().expect("the lease and the probe are PostgreSQL's")
 }
 
-/// Whether the newest marker for the expected version says it succeeded (same digest).
+/// Whether the newest marker for the expected version says it succeeded (same digest), and
+/// the history it can see agrees (see `Expected::history`).
 pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
+    let upto = expected.history.map(|(v, _)| v);
     Ok(conn
-        .newest_marker(&cfg.table, expected.version)
+        .newest_marker(&cfg.table, expected.version, upto)
         .await?
-        .is_some_and(|m| m.status == "succeeded" && m.digest.as_deref() == expected.digest))
+        .is_some_and(|m| {
+            m.status == "succeeded"
+                && m.digest.as_deref() == expected.digest
+                && expected
+                    .history
+                    .is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0)
+        }))
 }
 
 async fn try_acquire(
