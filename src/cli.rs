@@ -16,7 +16,8 @@ Exit codes:
   4        drift: applied migrations differ from the source (checksum mismatch,
            unknown applied version, dirty state)
   124      timed out (connect, lock, wait)
-  130/143  interrupted by SIGINT / SIGTERM (the run is rolled back or recorded as failed)
+  130/143  interrupted by SIGINT / SIGTERM (the run is rolled back or recorded as failed;
+           a signal after the succeeded marker committed ends the run with 0)
 
 Every flag can also be set as SCHEMAGATE_<FLAG> (for example SCHEMAGATE_LOCK_WAIT=5m).";
 

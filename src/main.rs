@@ -12,6 +12,7 @@ mod http;
 mod lock;
 mod signals;
 mod source;
+mod sql;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

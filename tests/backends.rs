@@ -503,6 +503,216 @@ fn stamp_without_running(kind: Kind) {
     ok(&run(&mut migrate(&db, &src)));
 }
 
+/// A reversible 1..3 source whose down migration for 2 runs slowly while `ctl.slow` is 1
+/// (the slow statement first, so that on MySQL nothing has been dropped when it is
+/// interrupted).
+fn slow_down_source(db: &TestDb) -> Migrations {
+    Migrations::new(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+        ("2_b.down.sql", &format!("{}\nDROP TABLE b;", db.slow_sql())),
+        ("3_c.up.sql", "CREATE TABLE c (id int);"),
+        ("3_c.down.sql", "DROP TABLE c;"),
+    ])
+}
+
+/// Migrate 1..3, then start `rollback --to 1` and return once it is in the slow down
+/// migration of 2 (after 3 was undone).
+fn rollback_in_slow_down(db: &TestDb, src: &Migrations) -> std::process::Child {
+    db.create_ctl();
+    db.set_fast();
+    ok(&run(&mut migrate(db, src)));
+    db.exec("UPDATE ctl SET slow = 1");
+    let mut child =
+        spawn(schemagate(db.url()).args(["rollback", "--to", "1", "--source", src.path()]));
+    wait_for_stderr_line(&mut child, "undoing 2 (b)", Duration::from_secs(30));
+    db.wait_until_slow_sql_runs();
+    child
+}
+
+/// After an interrupted rollback: version 3 must not look ready, and `migrate` must put it
+/// back.
+fn assert_undone_version_not_ready(db: &TestDb, src: &Migrations) {
+    assert!(
+        !db.table_exists("c"),
+        "3 was undone before the interruption"
+    );
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "3", "--once"]));
+    assert_ne!(
+        code(&out),
+        0,
+        "wait passed on a schema without 3: {}",
+        stderr(&out)
+    );
+    db.set_fast();
+    let out = run(&mut migrate(db, src));
+    if db.kind() == Kind::My {
+        // sqlx marks a MySQL down migration dirty before running it (its DDL commits
+        // at once): the next run stops and names it, as for an interrupted up migration.
+        assert_eq!(code(&out), 4, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("migration 2 is dirty"),
+            "{}",
+            stderr(&out)
+        );
+        return;
+    }
+    ok(&out);
+    assert!(
+        !stderr(&out).contains("already applied"),
+        "the fast path trusted the old marker: {}",
+        stderr(&out)
+    );
+    assert!(db.table_exists("c"), "migrate did not re-apply 3");
+    ok(&run(
+        schemagate(db.url()).args(["wait", "--expect", "3", "--once"])
+    ));
+}
+
+/// reliability: `rollback --to 1` from 3 interrupted by SIGTERM in the down migration of 2 (3 already undone) | a `failed` rollback marker naming 3 was written before anything was undone, so `wait --expect 3` does not pass and `migrate` does not take the fast path: it re-applies 3 (MySQL: sqlx marked the interrupted down migration dirty, so `migrate` exits 4 naming it) | nothing: the schema and the markers agree
+fn interrupted_rollback_by_sigterm_leaves_the_undone_version_not_ready(kind: Kind) {
+    let db = TestDb::new(kind, "rbterm");
+    let src = slow_down_source(&db);
+    let child = rollback_in_slow_down(&db, &src);
+    sigterm(child.id());
+    let out = finish(child);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_undone_version_not_ready(&db, &src);
+}
+
+/// reliability: `rollback --to 1` from 3 killed with SIGKILL in the down migration of 2 | as with SIGTERM: the marker written before the first down migration keeps 3 from looking ready; `migrate` re-applies it | nothing
+fn interrupted_rollback_by_sigkill_leaves_the_undone_version_not_ready(kind: Kind) {
+    let db = TestDb::new(kind, "rbkill");
+    let src = slow_down_source(&db);
+    let mut child = rollback_in_slow_down(&db, &src);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_undone_version_not_ready(&db, &src);
+}
+
+/// reliability: `migrate` to 3, `rollback --to 2`, then an app built for 1 waits (`wait --expect 1`) | the database has passed 1 (applied, and the newest succeeded marker is for 2): ready; an app built for 3 waits | nothing
+fn wait_for_a_version_the_database_has_passed(kind: Kind) {
+    let db = TestDb::new(kind, "passed");
+    let src = reversible_source();
+    ok(&run(&mut migrate(&db, &src)));
+    ok(&run(schemagate(db.url()).args([
+        "rollback",
+        "--to",
+        "2",
+        "--source",
+        src.path(),
+    ])));
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "1", "--once"]));
+    ok(&out);
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "2", "--once"]));
+    ok(&out);
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "3", "--once"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    // Rolled back below 1: an app built for 1 waits again.
+    ok(&run(schemagate(db.url()).args([
+        "rollback",
+        "--to",
+        "0",
+        "--source",
+        src.path(),
+    ])));
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "1", "--once"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+}
+
+/// reliability: another tool reverts migrations out of band (the SQL `sqlx migrate revert` runs: the down migration, then its `_sqlx_migrations` row deleted) after a `succeeded` marker | the fast path reads the history in the same query as the marker, sees it disagree, and takes the slow path: `migrate` re-applies; `wait --source` does not pass meanwhile | nothing
+fn out_of_band_revert_is_seen_by_the_fast_path(kind: Kind) {
+    let db = TestDb::new(kind, "oob");
+    let src = reversible_source();
+    ok(&run(&mut migrate(&db, &src)));
+    db.exec("DROP TABLE c");
+    db.exec("DELETE FROM _sqlx_migrations WHERE version = 3");
+    let out = run(schemagate(db.url()).args(["wait", "--source", src.path(), "--once"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("records 2 of this build's 3"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&mut migrate(&db, &src));
+    ok(&out);
+    assert!(stderr(&out).contains("applying 3 (c)"), "{}", stderr(&out));
+    assert!(db.table_exists("c"));
+}
+
+/// reliability: an image rolled back to an older release runs `migrate --source` against a database that is ahead (every migration of the release applied unchanged, plus newer ones) | not drift: exit 0 with one line saying the database is ahead; a modified older migration is still drift (exit 4) | nothing
+fn database_ahead_of_the_source_is_not_drift(kind: Kind) {
+    let db = TestDb::new(kind, "ahead");
+    let new = simple_source();
+    new.write("3_c.sql", "CREATE TABLE c (id int);");
+    ok(&run(&mut migrate(&db, &new)));
+    let old = simple_source();
+    // No marker for the old release's version: the slow path decides.
+    let fresh = TestDb::new(kind, "ahead2");
+    ok(&run(&mut migrate(&fresh, &new)));
+    for target in [&db, &fresh] {
+        let out = run(&mut migrate(target, &old));
+        ok(&out);
+    }
+    fresh.exec("DELETE FROM schemagate_marker");
+    let out = run(&mut migrate(&fresh, &old));
+    ok(&out);
+    assert!(
+        stderr(&out).contains("the database is ahead of this build"),
+        "{}",
+        stderr(&out)
+    );
+    let modified = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int); -- changed"),
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+    ]);
+    let out = run(&mut migrate(&fresh, &modified));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+}
+
+/// reliability (PostgreSQL, MariaDB): the server ends the migrator's session in the middle of a migration (`pg_terminate_backend`, MySQL `KILL CONNECTION`: a failover, a restart) | exit 1; the `failed` marker is written from a fresh connection, so a `wait` for the version exits 3 at once instead of waiting to its timeout | nothing reported as applied
+fn lost_lock_connection_records_a_failed_marker(kind: Kind) {
+    let db = TestDb::new(kind, "lostconn");
+    db.create_ctl();
+    let src = slow_source(&db);
+    let child = migrator_in_slow_migration(&db, &src);
+    match kind {
+        Kind::Pg => db.exec(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE '%pg_sleep(CASE%' AND state = 'active' AND pid <> pg_backend_pid()",
+        ),
+        Kind::My => {
+            let id = db.i64(
+                "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
+                 WHERE INFO LIKE '%SLEEP(IF%' AND ID <> CONNECTION_ID()",
+            );
+            db.exec(&format!("KILL CONNECTION {id}"));
+        }
+        Kind::Lite => unreachable!("SQLite runs in the migrator's process"),
+    }
+    let out = finish(child);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(
+        db.strings("SELECT status FROM schemagate_marker ORDER BY id DESC"),
+        vec!["failed".to_string()]
+    );
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "2", "--timeout", "60s"]));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+}
+
+mod lost_connection {
+    use super::*;
+    #[test]
+    fn postgres() {
+        lost_lock_connection_records_a_failed_marker(Kind::Pg)
+    }
+    #[test]
+    fn mysql() {
+        lost_lock_connection_records_a_failed_marker(Kind::My)
+    }
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -535,4 +745,9 @@ on_every_backend!(
     rollback_without_down_migration_is_refused,
     dirty_then_stamp,
     stamp_without_running,
+    interrupted_rollback_by_sigterm_leaves_the_undone_version_not_ready,
+    interrupted_rollback_by_sigkill_leaves_the_undone_version_not_ready,
+    wait_for_a_version_the_database_has_passed,
+    out_of_band_revert_is_seen_by_the_fast_path,
+    database_ahead_of_the_source_is_not_drift,
 );

@@ -250,7 +250,7 @@ fn bounced_db(server: &PgServer, bouncer: &PgBouncer, name: &str) -> (PgDb, Stri
     (db, url)
 }
 
-/// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 1`, where every statement of every client lands on one server session | `--lock auto` proves that a second connection lands on the same server session, logs why, and uses the lease; one run applies every migration once, the others see the marker | nothing: no failed marker, no double run
+/// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 1`, where every statement of every client lands on one server session | `--lock auto` sees that the backend pid announced at startup (the pooler's) is not the server session's, logs why, and uses the lease; one run applies every migration once, the others see the marker | nothing: no failed marker, no double run
 #[test]
 fn default_lock_races_behind_a_transaction_pooler_with_one_server_connection() {
     let server = start_cluster(&[]);
@@ -259,10 +259,10 @@ fn default_lock_races_behind_a_transaction_pooler_with_one_server_connection() {
     let src = logged_source(10);
     let outs = race_through(&url, &src, &[]);
     assert_clean_race(&db, &outs);
-    assert_lock_chosen(&outs, "lease (a transaction pooler");
+    assert_lock_chosen(&outs, "lease (a connection pooler or proxy");
 }
 
-/// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 4` | the probe sees statements move between server sessions (or share one) and picks the lease; one run applies every migration once | nothing: no failed marker, no double run
+/// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 4` | the startup pid gives the pooler away whatever the traffic (a probe that watched statements move between server sessions was fooled here under load) and the lease is used; one run applies every migration once | nothing: no failed marker, no double run
 #[test]
 fn default_lock_races_behind_a_transaction_pooler_with_four_server_connections() {
     let server = start_cluster(&[]);
@@ -274,7 +274,7 @@ fn default_lock_races_behind_a_transaction_pooler_with_four_server_connections()
     assert_lock_chosen(&outs, "lease");
 }
 
-/// reliability: `--lock advisory` given explicitly through PgBouncer in transaction pooling mode | refused with exit 2 before anything is applied; the message names the transaction pooler and `--lock lease` | nothing: refused before any migration ran
+/// reliability: `--lock advisory` given explicitly through PgBouncer in transaction pooling mode | refused with exit 2 before anything is applied; the message names the pooler that was detected and `--lock lease` | nothing: refused before any migration ran
 #[test]
 fn explicit_advisory_lock_behind_a_transaction_pooler_is_refused() {
     let server = start_cluster(&[]);
@@ -286,7 +286,8 @@ fn explicit_advisory_lock_behind_a_transaction_pooler_is_refused() {
         for out in &outs {
             assert_eq!(code(out), 2, "{}", stderr(out));
             assert!(
-                stderr(out).contains("transaction pooler") && stderr(out).contains("--lock lease"),
+                stderr(out).contains("connection pooler or proxy")
+                    && stderr(out).contains("--lock lease"),
                 "{}",
                 stderr(out)
             );
@@ -302,16 +303,26 @@ fn explicit_advisory_lock_behind_a_transaction_pooler_is_refused() {
     }
 }
 
-/// reliability: 20 racing `migrate` with default flags through PgBouncer in session pooling mode | each client keeps its server session, so the probe proves the advisory lock and uses it; one run applies every migration once | nothing
+/// reliability: 20 racing `migrate` with default flags through PgBouncer in session pooling mode | the pooler announces its own backend key at startup, so `--lock auto` cannot prove a server session of its own (a session pooler cannot be told from a transaction pooler with certainty) and uses the lease; one run applies every migration once | nothing
 #[test]
-fn default_lock_uses_the_advisory_lock_behind_a_session_pooler() {
+fn default_lock_uses_the_lease_behind_a_session_pooler() {
     let server = start_cluster(&[]);
     let bouncer = PgBouncer::start_with(&server, "session", 60);
     let (db, url) = bounced_db(&server, &bouncer, "session");
     let src = logged_source(10);
     let outs = race_through(&url, &src, &[]);
     assert_clean_race(&db, &outs);
-    assert_lock_chosen(&outs, "advisory (a server session of its own");
+    assert_lock_chosen(&outs, "lease (a connection pooler or proxy");
+}
+
+/// reliability: 20 racing `migrate` with default flags, each connected directly to PostgreSQL | the backend pid announced at startup is the session's, a second connection is refused the probe key and `pg_locks` shows it held: the advisory lock is proven and used; one run applies every migration once | nothing
+#[test]
+fn default_lock_uses_the_advisory_lock_on_a_direct_connection() {
+    let db = PgDb::new("direct");
+    let src = logged_source(10);
+    let outs = race_through(&db.url, &src, &[]);
+    assert_clean_race(&db, &outs);
+    assert_lock_chosen(&outs, "advisory (a direct server session");
 }
 
 /// reliability: an engine whose `pg_try_advisory_lock` is a stub that always returns true (simulated: a `public` function shadowing it, `search_path = public, pg_catalog`, as CockroachDB behaves) | the probe's second connection is granted the key, so `--lock auto` uses the lease: 20 racers, each migration once; `--lock advisory` is refused with exit 2 saying the lock does not exclude (not "pooler") | nothing
@@ -355,7 +366,7 @@ fn status_shows_the_lock_auto_picks_and_why() {
         v["lock"]["reason"]
             .as_str()
             .unwrap()
-            .contains("a server session of its own"),
+            .contains("a direct server session"),
         "{v}"
     );
     let pooled = run(schemagate(&url).args(["status", "--json"]));
@@ -366,12 +377,12 @@ fn status_shows_the_lock_auto_picks_and_why() {
         v["lock"]["reason"]
             .as_str()
             .unwrap()
-            .contains("transaction pooler"),
+            .contains("connection pooler or proxy"),
         "{v}"
     );
     let text = run(schemagate(&url).args(["status"]));
     assert!(
-        String::from_utf8_lossy(&text.stdout).contains("kind      lease (a transaction pooler"),
+        String::from_utf8_lossy(&text.stdout).contains("kind      lease (a connection pooler"),
         "{}",
         String::from_utf8_lossy(&text.stdout)
     );
@@ -399,7 +410,7 @@ fn wait_listen_behind_a_transaction_pooler_polls() {
         "polling every --interval instead",
         Duration::from_secs(30),
     );
-    assert!(seen.contains("transaction pooler"), "{seen}");
+    assert!(seen.contains("connection pooler or proxy"), "{seen}");
     let out = run(schemagate(&url).args(["migrate", "--source", src.path()]));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(waiter.wait().unwrap().code(), Some(0));
@@ -792,7 +803,7 @@ fn expired_lease_of_a_killed_run_is_taken_over() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
 }
 
-/// reliability: `--lock lease` on MySQL or SQLite | refused with exit 2: they have their own lock | nothing
+/// reliability (SQLite): `--lock lease` on MySQL or SQLite | refused with exit 2: they have their own lock | nothing
 #[test]
 fn lease_is_refused_off_postgres() {
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);

@@ -82,3 +82,50 @@ fn wrong_password_fails_at_once_with_2() {
     assert!(stderr(&out).contains("Access denied"), "{}", stderr(&out));
     db.exec(&format!("DROP USER '{user}'@'%'"));
 }
+
+/// reliability: MySQL: `migrate --version` longer than the marker's column (300 characters) | refused with exit 2 before the migrator runs (it used to run, then fail to record, and run again next time) | nothing
+#[test]
+fn version_longer_than_the_marker_column_is_refused_before_running() {
+    let db = TestDb::new(Kind::My, "longver");
+    let dir = Migrations::new(&[]);
+    let ran = dir.dir.join("ran");
+    let version = "v".repeat(300);
+    let out = run(schemagate(db.url()).args([
+        "migrate",
+        "--version",
+        &version,
+        "--",
+        "sh",
+        "-c",
+        &format!("touch {}", ran.display()),
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("300 characters"), "{}", stderr(&out));
+    assert!(!ran.exists(), "the migrator ran");
+}
+
+/// reliability: MySQL: a failing external migrator that prints a 70 KB line on stderr | the marker's `detail` is cut to fit (saying how much was cut), so the `failed` marker is written and waiters exit 3 | nothing: the error is recorded
+#[test]
+fn huge_migrator_output_still_records_the_failed_marker() {
+    let db = TestDb::new(Kind::My, "hugeerr");
+    let out = run(schemagate(db.url()).args([
+        "migrate",
+        "--version",
+        "v1",
+        "--",
+        "sh",
+        "-c",
+        "head -c 70000 /dev/zero | tr '\\0' x >&2; echo >&2; exit 1",
+    ]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(
+        db.strings("SELECT status FROM schemagate_marker"),
+        vec!["failed".to_string()]
+    );
+    assert!(
+        db.strings("SELECT detail FROM schemagate_marker")[0].contains("bytes cut]"),
+        "the detail was not cut"
+    );
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "v1", "--once"]));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+}

@@ -411,3 +411,222 @@ fn sigterm_stops_a_waiting_wait_with_143() {
     sigterm(waiter.id());
     assert_eq!(waiter.wait().unwrap().code(), Some(143));
 }
+
+/// reliability: a transactional migration that ends its own transaction (`…; COMMIT; …`, `BEGIN; …; ROLLBACK;`, a psql-style `BEGIN; … COMMIT;` file, also with `--single-transaction`) | refused with exit 2 before anything runs, naming the statement and its line and saying to remove it or use `-- no-transaction` | nothing: no part committed early, nothing recorded as applied that was not
+#[test]
+fn migration_that_ends_its_own_transaction_is_refused() {
+    let cases = [
+        (
+            "CREATE TABLE c1 (id int);\nCOMMIT;\nCREATE TABLE c2 (id int);\nSELECT 1/0;",
+            "`COMMIT` at line 2",
+            "c1",
+        ),
+        (
+            "BEGIN;\nCREATE TABLE r1 (id int);\nROLLBACK;",
+            "`BEGIN` at line 1",
+            "r1",
+        ),
+        (
+            "-- psql style\nBEGIN;\nCREATE TABLE p1 (id int);\nCOMMIT;",
+            "`BEGIN` at line 2",
+            "p1",
+        ),
+    ];
+    for (sql, named, table) in cases {
+        for extra in [&[][..], &["--single-transaction"][..]] {
+            let db = PgDb::new("txctl");
+            let src =
+                Migrations::new(&[("1_ok.sql", "CREATE TABLE ok (id int);"), ("2_tx.sql", sql)]);
+            let out = run(migrate(&db, &src).args(extra));
+            assert_eq!(code(&out), 2, "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains(named) && stderr(&out).contains("-- no-transaction"),
+                "{}",
+                stderr(&out)
+            );
+            for t in ["ok", table] {
+                assert_eq!(
+                    pg_i64(
+                        &db.url,
+                        &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{t}'")
+                    ),
+                    0,
+                    "{t} exists: something ran"
+                );
+            }
+        }
+    }
+}
+
+/// reliability: a `-- no-transaction` file with several statements (two `CREATE INDEX CONCURRENTLY`) | its statements run one at a time, as psql would, so it applies | nothing
+#[test]
+fn no_transaction_file_with_several_statements_applies() {
+    let db = PgDb::new("notxmulti");
+    let src = Migrations::new(&[
+        ("1_t.sql", "CREATE TABLE t (x int, y int);"),
+        (
+            "2_idx.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY t_x ON t (x);\n\
+             /* a; comment */ CREATE INDEX CONCURRENTLY t_y ON t (y);\n",
+        ),
+    ]);
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 't'"
+        ),
+        2
+    );
+}
+
+/// reliability: a `-- no-transaction` file whose first statement fails, or whose second fails after the first took effect | first: nothing took effect, so it is not recorded dirty and the next run retries it; second: recorded dirty, the error names statement 2 and its line, and the next run exits 4 | nothing unreported
+#[test]
+fn no_transaction_failure_is_dirty_only_when_something_took_effect() {
+    let db = PgDb::new("notxfail");
+    let src = Migrations::new(&[
+        ("1_t.sql", "CREATE TABLE t (x int);"),
+        (
+            "2_idx.sql",
+            "-- no-transaction\nINSERT INTO missing VALUES (1);\nCREATE INDEX CONCURRENTLY t_x ON t (x);",
+        ),
+    ]);
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("statement 1 of 2 (line 2)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("nothing of it took effect"),
+        "{}",
+        stderr(&out)
+    );
+    pg_exec(&db.url, "CREATE TABLE missing (id int)");
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "the retry must run it: {}", stderr(&out));
+
+    let db = PgDb::new("notxfail2");
+    let src = Migrations::new(&[
+        ("1_t.sql", "CREATE TABLE t (x int);"),
+        (
+            "2_idx.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY t_x ON t (x);\nINSERT INTO missing VALUES (1);",
+        ),
+    ]);
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("statement 2 of 2 (line 3), after statement 1 took effect"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("recorded as dirty"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 2 is dirty"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A trigger that makes the marker's commit take a second, so that a test can stop the
+/// migrator with the commit in flight.
+fn slow_marker_commit(db: &PgDb) {
+    pg_exec(
+        &db.url,
+        "CREATE TABLE schemagate_marker (
+            id BIGSERIAL PRIMARY KEY, version TEXT NOT NULL, digest TEXT,
+            status TEXT NOT NULL CHECK (status IN ('succeeded', 'failed')),
+            action TEXT NOT NULL DEFAULT 'migrate', started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied INTEGER NOT NULL DEFAULT 0,
+            runner TEXT NOT NULL, tool_version TEXT NOT NULL, detail TEXT);
+         CREATE FUNCTION slow_marker() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF NEW.status = 'succeeded' THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER slow_marker AFTER INSERT ON schemagate_marker
+           FOR EACH ROW EXECUTE FUNCTION slow_marker();",
+    );
+}
+
+/// reliability: SIGTERM reaches `migrate` after its `succeeded` marker committed but before it saw the acknowledgement (the process was paused with the commit in flight) | the run reads from a side connection that the marker committed: the run is done, exit 0, no `failed` marker after the `succeeded` one, so waiters pass | nothing
+#[test]
+fn sigterm_after_the_marker_committed_is_not_a_failure() {
+    for round in 0..3 {
+        let db = PgDb::new("termdone");
+        slow_marker_commit(&db);
+        let src = simple_source();
+        let child = spawn(&mut migrate(&db, &src));
+        until("the marker insert to run", Duration::from_secs(30), || {
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO schemagate_marker%' \
+                 AND state = 'active' AND pid <> pg_backend_pid()",
+            ) == 1
+        });
+        signal(child.id(), "STOP");
+        until("the marker to commit", Duration::from_secs(30), || {
+            pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker") == 1
+        });
+        sigterm(child.id());
+        signal(child.id(), "CONT");
+        let out = finish(child);
+        assert_eq!(code(&out), 0, "round {round}: {}", stderr(&out));
+        assert_eq!(
+            pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
+            vec!["succeeded".to_owned()]
+        );
+        let out = run(schemagate(&db.url).args(["wait", "--expect", "2", "--once"]));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+}
+
+/// reliability: SIGTERM while a migration's transaction commits (the process paused while the server ran and committed it) | the run cancels what is still running, reads which migrations committed, and records the `failed` marker with the true `applied` count and a detail saying the in-flight migration committed | nothing: the marker and `_sqlx_migrations` agree
+#[test]
+fn sigterm_while_a_migration_commits_records_the_true_count() {
+    for round in 0..3 {
+        let db = PgDb::new("termcommit");
+        let src = Migrations::new(&[
+            ("1_a.sql", "CREATE TABLE a (id int);"),
+            (
+                "2_slowish.sql",
+                "CREATE TABLE b (id int); SELECT pg_sleep(1);",
+            ),
+            ("3_c.sql", "CREATE TABLE c (id int); SELECT pg_sleep(30);"),
+        ]);
+        let child = spawn(&mut migrate(&db, &src));
+        until("migration 2 to run", Duration::from_secs(30), || {
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' \
+                 AND state = 'active' AND pid <> pg_backend_pid()",
+            ) == 1
+        });
+        signal(child.id(), "STOP");
+        until("migration 2 to commit", Duration::from_secs(30), || {
+            pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations") == 2
+        });
+        sigterm(child.id());
+        signal(child.id(), "CONT");
+        let out = finish(child);
+        assert_eq!(code(&out), 143, "round {round}: {}", stderr(&out));
+        let applied = pg_i64(
+            &db.url,
+            "SELECT count(*) FROM _sqlx_migrations WHERE success",
+        );
+        assert_eq!(applied, 2, "3 must have been rolled back");
+        assert_eq!(
+            pg_i64(&db.url, "SELECT applied::int8 FROM schemagate_marker"),
+            applied,
+            "round {round}: the marker's count disagrees with _sqlx_migrations: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("rolling back"), "{}", stderr(&out));
+    }
+}

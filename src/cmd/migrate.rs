@@ -36,6 +36,15 @@ impl Job {
                         "--version must not be empty with -- CMD".into(),
                     ));
                 }
+                if version.chars().count() > db::MAX_VERSION {
+                    return Err(Error::Config(format!(
+                        "--version is {} characters long; the marker stores at most {} \
+                         (a migration head or a hash fits): {:.40}…",
+                        version.chars().count(),
+                        db::MAX_VERSION,
+                        version
+                    )));
+                }
                 // Not found is a usage error, before we connect or take the lock.
                 child::resolve(&args.command[0])?;
                 Ok(Job::External {
@@ -387,6 +396,28 @@ async fn interrupted(
     Err(Error::Interrupted(sig))
 }
 
+/// PostgreSQL: a transactional migration must not end the transaction it runs in. A
+/// `COMMIT` in it would commit its first part early (left behind, unrecorded, when a later
+/// statement fails), a `ROLLBACK` would undo it while it is recorded as applied. Refused
+/// before anything runs.
+fn refuse_transaction_control(cfg: &Config, pending: &[&Migration]) -> Result<()> {
+    if cfg.backend != crate::config::Backend::Postgres {
+        return Ok(());
+    }
+    for m in pending.iter().filter(|m| !m.no_tx) {
+        if let Some((statement, line)) = crate::sql::transaction_control(m.sql.as_str()) {
+            return Err(Error::Config(format!(
+                "migration {} ({}) has `{statement}` at line {line}: schemagate runs each \
+                 migration in a transaction of its own, which that statement would end. \
+                 Remove BEGIN/COMMIT/ROLLBACK from the file, or make `-- no-transaction` its \
+                 first line to run its statements one by one as written",
+                m.version, m.description
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Pending migrations in the groups applied together: each alone, or with
 /// --single-transaction every run of transactional ones in one group.
 fn batches<'m>(pending: &[&'m Migration], single_transaction: bool) -> Vec<Vec<&'m Migration>> {
@@ -439,6 +470,7 @@ async fn apply_pending(
             ..Ran::default()
         });
     }
+    refuse_transaction_control(ctx.cfg, &plan.pending)?;
     for group in batches(&plan.pending, args.single_transaction) {
         if ctx.lock.lease_lost() {
             return Err(Error::LockLost(format!(
@@ -486,9 +518,13 @@ async fn apply_pending(
                         String::new()
                     };
                     let detail = format!("migration {label} failed{tries}: {}", e.message);
-                    let hint = if no_tx {
-                        " It ran without a transaction: some of its statements may have taken effect; \
-                         it is recorded as dirty, so the next run stops and says so instead of running it again."
+                    let hint = if e.dirty {
+                        " It ran without a transaction and part of it took effect: it is \
+                         recorded as dirty, so the next run stops and says so instead of running \
+                         it again."
+                    } else if no_tx {
+                        " It ran without a transaction; nothing of it took effect, so the next \
+                         run tries it again."
                     } else {
                         ""
                     };

@@ -20,6 +20,13 @@ pub async fn run(cfg: &Config, args: &StampArgs) -> Result<Outcome> {
             "the version to stamp must not be empty".into(),
         ));
     }
+    if version.chars().count() > crate::db::MAX_VERSION {
+        return Err(Error::Config(format!(
+            "the version to stamp is {} characters long; the marker stores at most {}",
+            version.chars().count(),
+            crate::db::MAX_VERSION
+        )));
+    }
     lock::validate(cfg, &args.lock)?;
     let source = args.source.as_deref().map(Source::load).transpose()?;
     let upto = match &source {

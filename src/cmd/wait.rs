@@ -316,10 +316,43 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
             ));
         }
     }
+    if failed.is_none()
+        && target.source.is_none()
+        && let Ok(v) = target.version.parse::<i64>()
+        && passed(via, cfg, v).await?
+    {
+        return Ok(Readiness::Ready(format!(
+            "the database has passed version {v}: it is applied, and the newest succeeded \
+             marker is for a version at or above it"
+        )));
+    }
     Ok(match failed {
         Some(detail) => Readiness::RecordedFailed(detail),
         None => Readiness::NotYet(why_not),
     })
+}
+
+/// `--expect V` for a SQL history, where the database has moved past V (migrated further,
+/// or rolled back to a version at or above V): V is recorded as applied in
+/// `_sqlx_migrations`, nothing is dirty, and the newest `succeeded` marker of any action
+/// names an integer version at or above V. A rollback below V, or an interrupted one
+/// (whose marker is `failed`), does not pass.
+async fn passed(via: &mut Via<'_>, cfg: &Config, v: i64) -> Result<bool> {
+    let newest = match via {
+        Via::Conn(c) => c.newest_succeeded_version(&cfg.table).await?,
+        Via::Listener(l) => l
+            .newest_succeeded_version(&cfg.table)
+            .await
+            .map_err(|e| Error::Failed(db::describe(&e)))?,
+    };
+    if newest
+        .and_then(|n| n.parse::<i64>().ok())
+        .is_none_or(|n| n < v)
+    {
+        return Ok(false);
+    }
+    let (applied, dirty) = via.applied().await?;
+    Ok(dirty.is_none() && applied.iter().any(|a| a.version == v))
 }
 
 /// `d` scaled by a random factor in [0.8, 1.2), so that many waiters spread their polls.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use serde::Serialize;
 use sqlx::migrate::{AppliedMigration, Migrate, Migration};
-use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
+use sqlx::{AssertSqlSafe, MySqlConnection, PgConnection, SqliteConnection};
 
 use crate::config::{Backend, Config, Table, redact};
 use crate::error::{Error, Result};
@@ -125,6 +125,9 @@ pub struct ApplyError {
     /// The lease's fence refused: another run owns the lease now. Nothing of this
     /// migration ran, and this run must not write a marker.
     pub lease_lost: bool,
+    /// A migration without a transaction failed after part of it took effect, and is
+    /// recorded dirty.
+    pub dirty: bool,
 }
 
 impl ApplyError {
@@ -137,6 +140,7 @@ impl ApplyError {
             message: describe(e),
             retryable,
             lease_lost: is_lease_lost(e),
+            dirty: false,
         }
     }
 
@@ -148,6 +152,7 @@ impl ApplyError {
                 message: redact(&other.to_string()),
                 retryable: false,
                 lease_lost: false,
+                dirty: false,
             },
         }
     }
@@ -170,6 +175,27 @@ impl std::fmt::Display for Holder {
             self.pid, self.application_name, self.client, self.held_for_secs
         )
     }
+}
+
+/// The longest marker `version` (and `runner`) every backend stores: MySQL's column is
+/// VARCHAR(255). Checked before anything runs.
+pub const MAX_VERSION: usize = 255;
+
+/// Marker `detail` is cut to this many bytes (MySQL's TEXT holds 65,535): a migrator that
+/// prints a huge line must not cost the `failed` marker.
+const MAX_DETAIL: usize = 16 * 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying how much was cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let note = format!(" … [{} bytes cut]", text.len());
+    let mut end = max.saturating_sub(note.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{note}", &text[..end])
 }
 
 /// The sqlx table that records applied migrations (shared with sqlx-cli).
@@ -325,8 +351,8 @@ impl Conn {
     }
 
     /// Settings for the connection that holds the lock and runs migrations. On PostgreSQL,
-    /// returns the server's `version()`.
-    pub async fn prepare_for_lock(&mut self) -> Result<Option<String>> {
+    /// returns what it learnt about the server.
+    pub async fn prepare_for_lock(&mut self) -> Result<Option<postgres::ServerInfo>> {
         match self {
             Conn::Pg(c) => postgres::prepare_for_lock(c).await.map(Some),
             Conn::Lite(c) => sqlite::prepare_for_lock(c).await.map(|()| None),
@@ -443,9 +469,11 @@ impl Conn {
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
     ) -> Result<()> {
-        let detail = m.detail.map(redact);
+        let detail = m.detail.map(|d| clip(&redact(d), MAX_DETAIL));
+        let runner = clip(m.runner, MAX_VERSION);
         let m = NewMarker {
             detail: detail.as_deref(),
+            runner: &runner,
             ..m.clone()
         };
         match self {
@@ -485,6 +513,29 @@ impl Conn {
             Conn::Lite(c) => sqlite::newest_marker(c, table, version, upto).await,
         };
         settle_newest(r, table, version)
+    }
+
+    /// The version of the newest `succeeded` marker, of any action (`None` without one, or
+    /// without the table).
+    pub async fn newest_succeeded_version(&mut self, table: &Table) -> Result<Option<String>> {
+        let sql = newest_succeeded_sql(table);
+        let r = match self {
+            Conn::Pg(c) => postgres::newest_succeeded_version(c, sql).await,
+            Conn::My(c) => {
+                sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_optional(c)
+                    .await
+            }
+            Conn::Lite(c) => {
+                sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_optional(c)
+                    .await
+            }
+        };
+        match r {
+            Err(e) if is_undefined_table(&e) => Ok(None),
+            r => r.map_err(|e| db_err("cannot read the markers", e)),
+        }
     }
 
     /// Marker history, newest first. Empty when the table does not exist.
@@ -548,10 +599,18 @@ impl Conn {
     ) -> Result<(), ApplyError> {
         match self {
             Conn::Pg(c) => match migrations {
-                [m] if m.no_tx => postgres::apply_no_tx(c, m, opts).await,
-                ms => postgres::apply_in_tx(c, ms, opts).await,
-            }
-            .map_err(|e| ApplyError::from_sqlx(&e)),
+                [m] if m.no_tx => postgres::apply_no_tx(c, m, opts).await.map_err(|e| {
+                    let base = ApplyError::from_sqlx(&e.error);
+                    ApplyError {
+                        message: format!("{}{}", e.context, base.message),
+                        dirty: e.dirty,
+                        ..base
+                    }
+                }),
+                ms => postgres::apply_in_tx(c, ms, opts)
+                    .await
+                    .map_err(|e| ApplyError::from_sqlx(&e)),
+            },
             Conn::My(_) | Conn::Lite(_) => {
                 for m in migrations {
                     let r = self.migrate().apply(MIGRATIONS_TABLE, m).await;
@@ -563,7 +622,10 @@ impl Conn {
                             m.version
                         );
                     }
-                    r.map_err(ApplyError::from_migrate)?;
+                    r.map_err(|e| ApplyError {
+                        dirty: m.no_tx,
+                        ..ApplyError::from_migrate(e)
+                    })?;
                 }
                 Ok(())
             }
@@ -644,6 +706,13 @@ pub fn settle_applied(
             Error::Failed(format!("cannot list applied migrations: {}", describe(&e)))
         }),
     }
+}
+
+pub(crate) fn newest_succeeded_sql(t: &Table) -> String {
+    format!(
+        "SELECT version FROM {} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1",
+        t.qualified
+    )
 }
 
 /// The row `newest_marker` reads (MySQL and SQLite; PostgreSQL quotes its literal).

@@ -110,24 +110,42 @@ pub(crate) async fn exec(c: &mut PgConnection, sql: String) -> Result<(), sqlx::
         .map(|_| ())
 }
 
-/// Settings for the lock connection; returns the server's `version()`, which names a
-/// Postgres-compatible engine (CockroachDB, YugabyteDB) whose advisory locks are not real.
-pub async fn prepare_for_lock(c: &mut PgConnection) -> Result<String, sqlx::Error> {
+/// What the lock connection learns about the server it reached.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `version()`: names a Postgres-compatible engine (CockroachDB, YugabyteDB) whose
+    /// advisory locks are not real.
+    pub version: String,
+    /// `pg_backend_pid()`: the server session this statement ran in.
+    pub pid: i64,
+    /// The backend pid announced at startup (BackendKeyData). A pooler announces its own.
+    pub startup_pid: i64,
+}
+
+/// Settings for the lock connection, and what it learns about the server.
+pub async fn prepare_for_lock(c: &mut PgConnection) -> Result<ServerInfo, sqlx::Error> {
     // If this process dies mid-statement, the server notices the closed socket within a
     // second and rolls back, instead of finishing a long statement while holding the lock.
     // (PostgreSQL 14+; other engines may reject the setting, which only costs that speed-up.)
-    let sql = "SELECT version(), CASE WHEN current_setting('server_version_num')::int >= 140000 \
+    let sql = "SELECT version(), pg_backend_pid()::int8, \
+               CASE WHEN current_setting('server_version_num')::int >= 140000 \
                THEN set_config('client_connection_check_interval', '1s', false) END";
     let r = match row(&mut *c, sql.into()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("client_connection_check_interval not set: {e}");
-            row(c, "SELECT version()".into()).await?
+            row(&mut *c, "SELECT version(), pg_backend_pid()::int8".into()).await?
         }
     };
-    Ok(r.map(|r| r.try_get::<String, _>(0))
-        .transpose()?
-        .unwrap_or_default())
+    let (version, pid) = match r {
+        Some(r) => (r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?),
+        None => (String::new(), -1),
+    };
+    Ok(ServerInfo {
+        version,
+        pid,
+        startup_pid: i64::from(c.startup_backend_pid()),
+    })
 }
 
 /// The session setting that names the run holding `key` on this server session.
@@ -342,6 +360,13 @@ pub async fn newest_marker<'c>(
     .transpose()
 }
 
+pub async fn newest_succeeded_version<'c>(
+    c: impl PgExecutor<'c>,
+    sql: String,
+) -> Result<Option<String>, sqlx::Error> {
+    row(c, sql).await?.map(|r| r.try_get(0)).transpose()
+}
+
 pub async fn markers(
     c: &mut PgConnection,
     t: &Table,
@@ -490,31 +515,68 @@ pub async fn apply_in_tx(
     r
 }
 
-/// Apply a `-- no-transaction` migration. On failure it is recorded as dirty
-/// (`success = false`): its statements may have partly taken effect, so the next run must
-/// not silently run it again.
+/// Apply a `-- no-transaction` migration one statement at a time, as psql would (one
+/// multi-statement query would be one implicit transaction, where `CREATE INDEX
+/// CONCURRENTLY` refuses to run). On failure it is recorded dirty (`success = false`) only
+/// when something took effect: a statement before the failing one, or a failed `CREATE
+/// INDEX CONCURRENTLY`, which leaves an invalid index. Otherwise nothing happened and the
+/// next run simply tries again.
 pub async fn apply_no_tx(
     c: &mut PgConnection,
     m: &Migration,
     opts: &ApplyOptions,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), NoTxError> {
     // Without a transaction the fence cannot hold the lease for the migration's duration:
     // it only stops a run that has already lost its lease.
     if let Some(fence) = &opts.fence {
-        exec(c, fence.check.clone()).await?;
+        exec(c, fence.check.clone()).await.map_err(|e| NoTxError {
+            error: e,
+            context: String::new(),
+            dirty: false,
+        })?;
     }
-    match exec(c, m.sql.as_str().to_owned()).await {
-        Ok(()) => exec(c, bookkeeping_sql(m, true)).await,
-        Err(e) => {
-            if let Err(record) = exec(c, bookkeeping_sql(m, false)).await {
+    let statements = crate::sql::split(m.sql.as_str());
+    for (i, st) in statements.iter().enumerate() {
+        if let Err(e) = exec(c, st.text.to_owned()).await {
+            let dirty = i > 0 || crate::sql::leaves_debris_on_failure(st.text);
+            let context = format!(
+                "statement {} of {} (line {}){}: ",
+                i + 1,
+                statements.len(),
+                st.line,
+                match i {
+                    0 => String::new(),
+                    1 => ", after statement 1 took effect".into(),
+                    n => format!(", after statements 1-{n} took effect"),
+                }
+            );
+            if dirty && let Err(record) = exec(c, bookkeeping_sql(m, false)).await {
                 tracing::warn!(
                     "could not record migration {} as dirty: {record}",
                     m.version
                 );
             }
-            Err(e)
+            return Err(NoTxError {
+                error: e,
+                context,
+                dirty,
+            });
         }
     }
+    exec(c, bookkeeping_sql(m, true))
+        .await
+        .map_err(|e| NoTxError {
+            error: e,
+            context: "recording it: ".into(),
+            dirty: false,
+        })
+}
+
+/// A `-- no-transaction` migration that failed: where, and whether it is recorded dirty.
+pub struct NoTxError {
+    pub error: sqlx::Error,
+    pub context: String,
+    pub dirty: bool,
 }
 
 pub async fn revert(
@@ -615,6 +677,16 @@ impl Listener {
         upto: Option<i64>,
     ) -> Result<Option<Newest>, sqlx::Error> {
         newest_marker(&mut self.0, t, version, upto).await
+    }
+
+    pub async fn newest_succeeded_version(
+        &mut self,
+        t: &Table,
+    ) -> Result<Option<String>, sqlx::Error> {
+        match newest_succeeded_version(&mut self.0, super::newest_succeeded_sql(t)).await {
+            Err(e) if super::is_undefined_table(&e) => Ok(None),
+            r => r,
+        }
     }
 
     pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::cli::{LockArgs, LockMode};
 use crate::config::{Backend, Config};
-use crate::db::postgres::{Engine, set_engine};
+use crate::db::postgres::{Engine, ServerInfo, set_engine};
 use crate::db::{self, Conn, Holder};
 use crate::error::{Error, Result};
 
@@ -101,10 +101,10 @@ pub fn validate(cfg: &Config, args: &LockArgs) -> Result<()> {
 /// Decide which lock this connection uses (on PostgreSQL: the engine, then the probe).
 /// `--lock advisory` that cannot be honoured is a configuration error (exit 2).
 pub async fn choose(conn: &mut Conn, cfg: &Config, mode: LockMode) -> Result<Choice> {
-    let (version, decided) = preliminary(conn, cfg, mode).await?;
+    let (info, decided) = preliminary(conn, cfg, mode).await?;
     match decided {
         Some(choice) => Ok(choice),
-        None => prove_advisory(conn, cfg, mode, &version).await,
+        None => prove_advisory(conn, cfg, mode, &info).await,
     }
 }
 
@@ -115,8 +115,13 @@ async fn preliminary(
     conn: &mut Conn,
     cfg: &Config,
     mode: LockMode,
-) -> Result<(String, Option<Choice>)> {
-    let version = conn.prepare_for_lock().await?.unwrap_or_default();
+) -> Result<(ServerInfo, Option<Choice>)> {
+    let info = conn.prepare_for_lock().await?.unwrap_or(ServerInfo {
+        version: String::new(),
+        pid: 0,
+        startup_pid: 0,
+    });
+    let version = &info.version;
     let decided = match cfg.backend {
         Backend::Sqlite => Some(Choice::new(
             "file",
@@ -127,7 +132,7 @@ async fn preliminary(
             "MySQL/MariaDB: GET_LOCK, released when the connection ends",
         )),
         Backend::Postgres => {
-            let engine = Engine::from_version(&version);
+            let engine = Engine::from_version(version);
             set_engine(engine);
             if mode == LockMode::Lease {
                 Some(Choice {
@@ -135,13 +140,13 @@ async fn preliminary(
                     ..Choice::new("lease", "chosen with --lock lease")
                 })
             } else if engine != Engine::Postgres {
-                Some(prove_advisory(conn, cfg, mode, &version).await?)
+                Some(prove_advisory(conn, cfg, mode, &info).await?)
             } else {
                 None
             }
         }
     };
-    Ok((version, decided))
+    Ok((info, decided))
 }
 
 /// Run the probe (`probe.rs`): the advisory lock where proven, else the lease, or, with
@@ -150,12 +155,12 @@ async fn prove_advisory(
     conn: &mut Conn,
     cfg: &Config,
     mode: LockMode,
-    version: &str,
+    info: &ServerInfo,
 ) -> Result<Choice> {
     let t = Instant::now();
-    let verdict = probe::prove(conn, cfg, version).await?;
+    let verdict = probe::prove(conn, cfg, info).await?;
     tracing::debug!("the advisory-lock probe took {:.2?}", t.elapsed());
-    let engine = Engine::from_version(version);
+    let engine = Engine::from_version(&info.version);
     if verdict.advisory_ok {
         return Ok(Choice {
             engine,
@@ -164,7 +169,7 @@ async fn prove_advisory(
     }
     if mode == LockMode::Advisory {
         let what = if verdict.pooler {
-            "this connection goes through a transaction pooler"
+            "this connection goes through a connection pooler or proxy"
         } else {
             "the session advisory lock does not exclude other sessions here"
         };

@@ -7,31 +7,23 @@
 //! - **`version()`** names CockroachDB and YugabyteDB, whose advisory locks are a stub that
 //!   always succeeds, or off (or silently not locking) unless enabled. The server reports
 //!   its own version; no pooler rewrites it.
-//! - **A second connection is refused the key.** We take an advisory lock on a fresh random
-//!   key, then open one short-lived connection with the same URL and try the same key
-//!   there. On a real server session it must be refused: a stub grants it, and a
-//!   transaction pooler that put the second client on *our* server session grants it too
-//!   (a session advisory lock is re-entrant). The second connection also reports its
-//!   `pg_backend_pid()`: the same pid as ours means one server session serves two clients.
-//!   In a quiet pool every client lands on the one server session that is open, so this is
-//!   what catches PgBouncer with `default_pool_size = 1` and any pool that has not grown.
-//! - **Our statements stay on one server session.** Between the probes, our own
-//!   connection reports `pg_backend_pid()` again and checks in `pg_locks` that this
-//!   session holds the key. Behind a transaction pooler with several server connections,
-//!   a statement is handed to whichever is free (round robin or most recently used): the
-//!   pid changes, or the lock is not there. Three rounds are made, in an order that catches
-//!   both hand-out orders (see `rounds`).
-//! - The key is random and used by no one else, so the probe never contends with a real
-//!   run, and a lock left on a pooled session by a probe blocks nothing.
-//!
-//! A session pooler (PgBouncer `pool_mode = session`) gives each client a server session of
-//! its own for the client's lifetime: the advisory lock works there, and the probe says so.
-//!
-//! The probe cannot tell a busy transaction pool whose hand-out order happened to keep us on
-//! one session through every check. Two defences cover that residual case: the advisory
-//! lock is tagged with the run's token in a session setting, so a second client put on our
-//! server session is refused the lock (no double run); and a run whose lock is not where it
-//! left it (`Lock::check`, the release) says so and fails rather than carrying on.
+//! - **The backend pid announced at startup equals `pg_backend_pid()`.** A server announces
+//!   its own process id in BackendKeyData when the connection starts; a pooler or proxy
+//!   (PgBouncer, Supavisor, Neon's pooler, RDS Proxy) cannot hand a client one server's key,
+//!   since it multiplexes clients over server sessions, so it announces a key of its own.
+//!   Equal pids prove a direct server session; a mismatch proves something sits between.
+//!   This signal does not depend on traffic, pool size or the order in which a pool hands
+//!   out servers: a probe that watched our statements move between server sessions was
+//!   measured here to judge a busy PgBouncer pool of four a direct session, under load.
+//!   A session pooler, which would in fact keep the advisory lock working, cannot be told
+//!   apart from a transaction pooler from the client's side with certainty, so it gets
+//!   the lease too.
+//! - **A second connection is refused the key, and `pg_locks` shows it held.** On a direct
+//!   session we take an advisory lock on a fresh random key, open one short-lived second
+//!   connection, and try the same key there: it must be refused, and the server's own
+//!   lock table must show this session holding it. A stub that always grants (as
+//!   CockroachDB's does) fails both.
+//! - The key is random and used by no one else, so the probe never contends with a real run.
 //!
 //! The probe runs only on the path that takes the lock, never on the fast path, and costs
 //! one short extra connection (BENCHMARKS.md has the figure).
@@ -41,7 +33,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, Row};
 
 use crate::config::Config;
-use crate::db::postgres::{Engine, row};
+use crate::db::postgres::{Engine, ServerInfo, row};
 use crate::db::{self, Conn};
 use crate::error::Result;
 
@@ -66,10 +58,9 @@ impl Verdict {
     }
 }
 
-/// Decide on the lock connection `conn`, whose `version()` is `version`.
-pub async fn prove(conn: &mut Conn, cfg: &Config, version: &str) -> Result<Verdict> {
-    let engine = Engine::from_version(version);
-    match engine {
+/// Decide on the lock connection `conn`, about whose server `info` tells.
+pub async fn prove(conn: &mut Conn, cfg: &Config, info: &ServerInfo) -> Result<Verdict> {
+    match Engine::from_version(&info.version) {
         Engine::CockroachDb => {
             return Ok(Verdict::no(
                 false,
@@ -85,6 +76,18 @@ pub async fn prove(conn: &mut Conn, cfg: &Config, version: &str) -> Result<Verdi
             ));
         }
         Engine::Postgres => {}
+    }
+    if info.pid != info.startup_pid {
+        return Ok(Verdict::no(
+            true,
+            format!(
+                "a connection pooler or proxy sits between this connection and the server: \
+                 statements run in server session {}, but the connection was announced \
+                 backend {} at startup (PgBouncer, Supavisor, Neon's pooler and RDS Proxy \
+                 announce their own)",
+                info.pid, info.startup_pid
+            ),
+        ));
     }
     let Some(c) = conn.pg() else {
         unreachable!("the probe runs on PostgreSQL only")
@@ -106,7 +109,7 @@ pub async fn prove(conn: &mut Conn, cfg: &Config, version: &str) -> Result<Verdi
         }
     };
     let verdict = check(c, connect_other(cfg).await, key, ours).await;
-    // Leave nothing behind on our session (on another one, a random key blocks nobody).
+    // Leave nothing behind on our session.
     let _ = row(
         c,
         format!(
@@ -149,42 +152,33 @@ async fn rounds(
     key: i64,
     ours: i64,
 ) -> Result<Verdict> {
-    // The order matters: our statement right after our own (M M) catches a pool that hands
-    // out the least recently used server; the second connection right after us (M P)
-    // catches one that hands out the most recently used. Three rounds: M M P M, M P M …
-    for _ in 0..ROUNDS {
-        if let Some(moved) = moved(c, key, ours).await? {
-            return Ok(moved);
-        }
-        // A session pooler with no free server session would queue the second client.
-        let Ok(answer) = tokio::time::timeout(OTHER_WAIT, try_other(other, key)).await else {
-            return Ok(Verdict::no(
-                false,
-                format!(
-                    "a second connection got no server session within {OTHER_WAIT:?} (a pool \
-                     with no free slot?), so the advisory lock could not be proven"
-                ),
-            ));
-        };
-        let (their_pid, granted) = answer.map_err(probe_err)?;
-        if their_pid == ours {
-            return Ok(Verdict::no(
-                true,
-                format!(
-                    "a transaction pooler: a second connection ran on the same server session \
-                     (pid {ours}) as this one"
-                ),
-            ));
-        }
-        if granted {
-            return Ok(Verdict::no(
-                false,
-                format!(
-                    "the advisory lock does not exclude: a second session (pid {their_pid}) \
-                     took the key this session (pid {ours}) held"
-                ),
-            ));
-        }
+    let Ok(answer) = tokio::time::timeout(OTHER_WAIT, try_other(other, key)).await else {
+        return Ok(Verdict::no(
+            false,
+            format!(
+                "a second connection got no answer within {OTHER_WAIT:?}, so the advisory \
+                 lock could not be proven"
+            ),
+        ));
+    };
+    let (their_pid, granted) = answer.map_err(probe_err)?;
+    if their_pid == ours {
+        return Ok(Verdict::no(
+            true,
+            format!(
+                "a connection pooler: a second connection ran on the same server session \
+                 (pid {ours}) as this one"
+            ),
+        ));
+    }
+    if granted {
+        return Ok(Verdict::no(
+            false,
+            format!(
+                "the advisory lock does not exclude: a second session (pid {their_pid}) took \
+                 the key this session (pid {ours}) held"
+            ),
+        ));
     }
     if let Some(moved) = moved(c, key, ours).await? {
         return Ok(moved);
@@ -192,8 +186,8 @@ async fn rounds(
     Ok(Verdict {
         advisory_ok: true,
         reason: format!(
-            "a server session of its own (pid {ours}): a second connection was refused the \
-             advisory lock it held"
+            "a direct server session (pid {ours}, as announced at startup): a second \
+             connection was refused the advisory lock it held"
         ),
         pooler: false,
     })
@@ -201,8 +195,6 @@ async fn rounds(
 
 /// How long the second connection may wait for a server session.
 const OTHER_WAIT: Duration = Duration::from_secs(5);
-
-const ROUNDS: usize = 3;
 
 /// `Some(verdict)` when our statement no longer runs on server session `ours`, or the lock
 /// is not there.
@@ -223,7 +215,7 @@ async fn moved(c: &mut PgConnection, key: i64, ours: i64) -> Result<Option<Verdi
     Ok(Some(Verdict::no(
         true,
         format!(
-            "a transaction pooler: this connection's statements moved from server session \
+            "a connection pooler: this connection's statements moved from server session \
              {ours} to {now}{}",
             if held {
                 ""

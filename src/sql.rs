@@ -1,0 +1,261 @@
+//! Just enough of PostgreSQL's lexical rules to split a migration into statements the way
+//! psql does (single and double quotes, `E''` strings, dollar quotes, nested block comments,
+//! `BEGIN ATOMIC … END` bodies), and to find statements that end the transaction a
+//! migration runs in.
+
+/// One statement of a migration: its text (no trailing `;`) and the line it starts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement<'a> {
+    pub text: &'a str,
+    pub line: usize,
+}
+
+/// Split `sql` at top-level semicolons. Statements that hold only white space and comments
+/// are dropped.
+pub fn split(sql: &str) -> Vec<Statement<'_>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    // Inside `BEGIN ATOMIC`: BEGIN and CASE open, END closes; `;` does not split.
+    let mut atomic_depth = 0usize;
+    let mut prev_word = String::new();
+    while i < b.len() {
+        match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 1;
+                i += 2;
+                while i < b.len() && depth > 0 {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'\'' => {
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
+                i = skip_quoted(b, i, b'\'', escapes);
+            }
+            b'"' => i = skip_quoted(b, i, b'"', false),
+            b'$' if i == 0 || !is_ident(b[i - 1]) => match dollar_tag(&sql[i..]) {
+                Some(tag) => {
+                    let body = i + tag.len();
+                    i = sql[body..]
+                        .find(tag)
+                        .map_or(b.len(), |n| body + n + tag.len());
+                }
+                None => i += 1,
+            },
+            b';' if atomic_depth == 0 => {
+                push(sql, start, i, &mut out);
+                i += 1;
+                start = i;
+            }
+            c if is_ident(c) && (i == 0 || !is_ident(b[i - 1])) => {
+                let end = (i..b.len()).find(|&j| !is_ident(b[j])).unwrap_or(b.len());
+                let word = sql[i..end].to_ascii_uppercase();
+                match word.as_str() {
+                    "ATOMIC" if prev_word == "BEGIN" => atomic_depth += 1,
+                    "BEGIN" | "CASE" if atomic_depth > 0 => atomic_depth += 1,
+                    "END" if atomic_depth > 0 => atomic_depth -= 1,
+                    _ => {}
+                }
+                prev_word = word;
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    push(sql, start, b.len(), &mut out);
+    out
+}
+
+fn push<'a>(sql: &'a str, start: usize, end: usize, out: &mut Vec<Statement<'a>>) {
+    let text = sql[start..end].trim();
+    let body = strip_leading_comments(text);
+    if body.is_empty() {
+        return;
+    }
+    let offset = start + (sql[start..end].len() - sql[start..end].trim_start().len());
+    let leading = text.len() - body.len();
+    let line = sql[..offset + leading].matches('\n').count() + 1;
+    out.push(Statement { text, line });
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
+/// Past the closing quote (a doubled quote is an escaped one; with `escapes`, so is a
+/// backslash-escaped one).
+fn skip_quoted(b: &[u8], open: usize, quote: u8, escapes: bool) -> usize {
+    let mut i = open + 1;
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+/// `$tag$` or `$$` at the start of `s`.
+fn dollar_tag(s: &str) -> Option<&str> {
+    let rest = &s[1..];
+    let end = rest.find('$')?;
+    let tag = &rest[..end];
+    let valid =
+        tag.is_empty() || (tag.bytes().all(is_ident) && !tag.as_bytes()[0].is_ascii_digit());
+    valid.then(|| &s[..end + 2])
+}
+
+/// The statement with its leading white space and comments removed.
+fn strip_leading_comments(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.find('\n').map_or("", |n| &rest[n + 1..]);
+        } else if s.starts_with("/*") {
+            // Nested comments: reuse the splitter's rule by finding the matching close.
+            let b = s.as_bytes();
+            let (mut depth, mut i) = (1, 2);
+            while i < b.len() && depth > 0 {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    depth -= 1;
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+            s = &s[i.min(s.len())..];
+        } else {
+            return s;
+        }
+    }
+}
+
+/// The first `n` words of a statement, upper-cased.
+fn leading_words(text: &str, n: usize) -> Vec<String> {
+    strip_leading_comments(text)
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .take(n)
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+/// The first statement that starts or ends a transaction (`BEGIN`, `START TRANSACTION`,
+/// `COMMIT`, `END`, `ROLLBACK`, `ABORT`, `PREPARE TRANSACTION`): inside the transaction
+/// schemagate wraps a migration in, it would commit part of the migration early, or roll
+/// it back while the migration is recorded as applied. `ROLLBACK TO SAVEPOINT` is fine.
+pub fn transaction_control(sql: &str) -> Option<(String, usize)> {
+    split(sql).into_iter().find_map(|st| {
+        let words = leading_words(st.text, 2);
+        let first = words.first()?.as_str();
+        let second = words.get(1).map(String::as_str);
+        let hit = match first {
+            "BEGIN" | "COMMIT" | "END" | "ABORT" => true,
+            "START" => second == Some("TRANSACTION"),
+            "ROLLBACK" => second != Some("TO"),
+            "PREPARE" => second == Some("TRANSACTION"),
+            _ => false,
+        };
+        hit.then(|| (words.join(" "), st.line))
+    })
+}
+
+/// Whether a statement that failed may have left something behind on its own: a failed
+/// `CREATE INDEX CONCURRENTLY` (or `REINDEX … CONCURRENTLY`) leaves an invalid index.
+pub fn leaves_debris_on_failure(text: &str) -> bool {
+    let words = leading_words(text, 6);
+    let has = |w: &str| words.iter().any(|x| x == w);
+    (has("INDEX") || has("REINDEX")) && has("CONCURRENTLY")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(sql: &str) -> Vec<&str> {
+        split(sql).into_iter().map(|s| s.text).collect()
+    }
+
+    #[test]
+    fn splits_like_psql() {
+        assert_eq!(
+            texts("CREATE TABLE a (x text DEFAULT ';');\nSELECT 1; ; -- c;\n"),
+            vec!["CREATE TABLE a (x text DEFAULT ';')", "SELECT 1"]
+        );
+        assert_eq!(
+            texts("DO $x$ BEGIN PERFORM 1; END $x$;\nSELECT $$a;b$$;"),
+            vec!["DO $x$ BEGIN PERFORM 1; END $x$", "SELECT $$a;b$$"]
+        );
+        assert_eq!(
+            texts("SELECT E'it\\'s;'; SELECT 'it''s;'; SELECT \"a;\"\"b\" FROM t"),
+            vec![
+                "SELECT E'it\\'s;'",
+                "SELECT 'it''s;'",
+                "SELECT \"a;\"\"b\" FROM t"
+            ]
+        );
+        assert_eq!(
+            texts("/* a /* nested; */ ; */ SELECT 1; SELECT $1"),
+            vec!["/* a /* nested; */ ; */ SELECT 1", "SELECT $1"]
+        );
+        assert_eq!(
+            texts(
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC \
+                 SELECT CASE WHEN true THEN 1 END; SELECT 2; END; SELECT 3"
+            )
+            .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn statements_know_their_line() {
+        let s = split("-- no-transaction\n\nCREATE INDEX a ON t (x);\n-- two\nDROP TABLE u;");
+        assert_eq!((s[0].line, s[1].line), (3, 5));
+    }
+
+    #[test]
+    fn finds_transaction_control() {
+        assert_eq!(
+            transaction_control("CREATE TABLE c1 (id int);\nCOMMIT;\nCREATE TABLE c2 (id int);"),
+            Some(("COMMIT".into(), 2))
+        );
+        assert_eq!(
+            transaction_control("begin;\ncreate table r (id int);\nrollback;").map(|t| t.1),
+            Some(1)
+        );
+        assert!(transaction_control("START TRANSACTION;").is_some());
+        assert!(transaction_control("SAVEPOINT s; ROLLBACK TO SAVEPOINT s;").is_none());
+        assert!(transaction_control("DO $$ BEGIN COMMIT; END $$;").is_none());
+        assert!(transaction_control("SELECT 'COMMIT;'; -- COMMIT;").is_none());
+        assert!(
+            transaction_control(
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;"
+            )
+            .is_none()
+        );
+    }
+}
