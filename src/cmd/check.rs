@@ -1,0 +1,293 @@
+//! `schemagate check`: rehearse a release's new migrations on a scratch database, observe
+//! what they lock, scan and rewrite, diff the catalog against the release still running,
+//! and fail (exit 5) on any finding no allow comment accepts. The scratch database is
+//! dropped on every way out, a signal included.
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use sqlx::{Connection, PgConnection};
+
+use super::Outcome;
+use crate::check::pg::{self, Sampler, Scratch};
+use crate::check::{self, Observed, Report};
+use crate::cli::CheckArgs;
+use crate::config::{Backend, Config, redact};
+use crate::error::{Error, Result};
+use crate::signals::Signals;
+use crate::source::Source;
+
+/// What to rehearse.
+enum Plan {
+    Sql {
+        source: Source,
+        since: i64,
+    },
+    External {
+        baseline: Option<String>,
+        command: Vec<String>,
+    },
+}
+
+impl Plan {
+    fn from_args(args: &CheckArgs) -> Result<Plan> {
+        match (&args.source, args.command.is_empty()) {
+            (Some(dir), true) => Ok(Plan::Sql {
+                source: Source::load(dir)?,
+                since: args
+                    .since
+                    .ok_or_else(|| Error::Config("--source needs --since V".into()))?,
+            }),
+            (None, false) => {
+                crate::child::resolve(&args.command[0])?;
+                if args.since.is_some() {
+                    return Err(Error::Config(
+                        "--since goes with --source; with -- CMD, bring the scratch database \
+                         to the running release with --baseline 'CMD'"
+                            .into(),
+                    ));
+                }
+                Ok(Plan::External {
+                    baseline: args.baseline.clone(),
+                    command: args.command.clone(),
+                })
+            }
+            _ => Err(Error::Config(
+                "give --source DIR --since V, or [--baseline 'CMD'] -- CMD".into(),
+            )),
+        }
+    }
+}
+
+pub async fn run(cfg: &Config, args: &CheckArgs, mut signals: Signals) -> Result<Outcome> {
+    let started = Instant::now();
+    let plan = Plan::from_args(args)?;
+    let allowed = check::parse_allow_flags(&args.allow).map_err(Error::Config)?;
+    if cfg.backend != Backend::Postgres {
+        return Err(Error::Config(format!(
+            "check supports PostgreSQL only for now: {} has no transactional DDL to observe \
+             locks in, so a rehearsal there could not say what it locks (the URL is {})",
+            cfg.backend.name(),
+            cfg.display_url
+        )));
+    }
+    let mut scratch = tokio::select! {
+        s = Scratch::open(cfg, args.scratch_database.as_deref()) => s?,
+        sig = signals.recv() => return Err(Error::Interrupted(sig)),
+    };
+    let result = tokio::select! {
+        r = rehearse(&scratch, &plan, args, &allowed) => r,
+        sig = signals.recv() => Err(Error::Interrupted(sig)),
+    };
+    // Every way out passes here: the scratch database never outlives the check.
+    scratch.close().await;
+    let (baseline, migrations) = result?;
+    let findings: Vec<&check::Finding> = migrations.iter().flat_map(|m| &m.findings).collect();
+    let unaccepted = findings.iter().filter(|f| !f.accepted).count();
+    let report = Report {
+        scratch_database: scratch.name.clone(),
+        baseline,
+        findings: findings.len(),
+        unaccepted,
+        duration_ms: started.elapsed().as_millis(),
+        migrations,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report serialises")
+        );
+    } else {
+        check::print_table(&report);
+    }
+    if unaccepted > 0 {
+        let list: Vec<String> = report
+            .migrations
+            .iter()
+            .flat_map(|m| &m.findings)
+            .filter(|f| !f.accepted)
+            .map(|f| format!("{} {}", f.kind, f.object))
+            .collect();
+        return Err(Error::Findings(format!(
+            "check: {unaccepted} finding(s) not accepted: {}",
+            list.join(", ")
+        )));
+    }
+    Ok(Outcome {
+        version: None,
+        applied: Some(report.migrations.len()),
+        message: format!("check: {} finding(s), all accepted", report.findings),
+        exec: None,
+    })
+}
+
+/// The baseline, then each new migration observed; returns what the catalog was compared
+/// against and the per-migration reports.
+async fn rehearse(
+    scratch: &Scratch,
+    plan: &Plan,
+    args: &CheckArgs,
+    allowed: &[(String, String)],
+) -> Result<(String, Vec<check::MigrationReport>)> {
+    let mut c = scratch.connect().await?;
+    let r = match plan {
+        Plan::Sql { source, since } => {
+            rehearse_sql(&mut c, scratch, source, *since, args, allowed).await
+        }
+        Plan::External { baseline, command } => {
+            rehearse_external(&mut c, scratch, baseline.as_deref(), command, args, allowed).await
+        }
+    };
+    c.close().await.ok();
+    r
+}
+
+async fn rehearse_sql(
+    c: &mut PgConnection,
+    scratch: &Scratch,
+    source: &Source,
+    since: i64,
+    args: &CheckArgs,
+    allowed: &[(String, String)],
+) -> Result<(String, Vec<check::MigrationReport>)> {
+    let (old, new): (Vec<_>, Vec<_>) = source.ups.iter().partition(|m| m.version <= since);
+    tracing::info!(
+        "baseline: {} migration(s) up to {since}; checking {} newer one(s)",
+        old.len(),
+        new.len()
+    );
+    for m in &old {
+        pg::apply_plain(c, m.sql.as_str(), m.no_tx)
+            .await
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "baseline migration {} failed on the scratch database: {e}",
+                    m.version
+                ))
+            })?;
+    }
+    let mut reports = Vec::new();
+    for m in &new {
+        let name = format!("{} {}", m.version, m.description);
+        let before = pg::snapshot(c).await?;
+        pg::clear_log(c, scratch).await?;
+        let failed = |e: String| {
+            Error::Failed(format!(
+                "migration {name} failed on the scratch database: {e}"
+            ))
+        };
+        // A fresh session per migration: the statistics it reads (tables scanned) then
+        // count this migration's work only, not what earlier statements left pending.
+        let mut session = scratch.connect().await?;
+        let observed = if m.no_tx {
+            let sampler = Sampler::start(scratch, args.sample_interval).await?;
+            let applied = pg::apply_no_tx(&mut session, m.sql.as_str()).await;
+            let sampled = sampler.finish().await?;
+            applied.map(|duration| {
+                let mut o = Observed {
+                    duration,
+                    ..Observed::default()
+                };
+                pg::merge_sampled(&mut o, &sampled, scratch.event_trigger);
+                o
+            })
+        } else {
+            pg::apply_in_tx(&mut session, m.sql.as_str()).await
+        };
+        let lock_timeout = pg::default_lock_timeout(&mut session).await;
+        session.close().await.ok();
+        let mut observed = observed.map_err(failed)?;
+        if m.no_tx {
+            observed.lock_timeout = lock_timeout;
+        }
+        pg::read_log(c, scratch, &mut observed).await?;
+        let after = pg::snapshot(c).await?;
+        let mut allow = check::allows(m.sql.as_str());
+        allow.extend(allowed.iter().cloned());
+        reports.push(check::report(
+            name,
+            Some(m.version),
+            &before,
+            &after,
+            observed,
+            &allow,
+        ));
+    }
+    Ok((format!("the migrations up to {since}"), reports))
+}
+
+async fn rehearse_external(
+    c: &mut PgConnection,
+    scratch: &Scratch,
+    baseline: Option<&str>,
+    command: &[String],
+    args: &CheckArgs,
+    allowed: &[(String, String)],
+) -> Result<(String, Vec<check::MigrationReport>)> {
+    if let Some(baseline) = baseline {
+        let shell = vec!["sh".to_owned(), "-c".to_owned(), baseline.to_owned()];
+        let status = run_child(&shell, scratch).await?;
+        if !status.success() {
+            return Err(Error::Failed(format!(
+                "the baseline command {} {} on the scratch database",
+                redact(baseline),
+                crate::child::describe_status(&status)
+            )));
+        }
+    }
+    let name = redact(&command.join(" "));
+    let before = pg::snapshot(c).await?;
+    pg::clear_log(c, scratch).await?;
+    let sampler = Sampler::start(scratch, args.sample_interval).await?;
+    let started = Instant::now();
+    let status = run_child(command, scratch).await;
+    let duration = started.elapsed();
+    let sampled = sampler.finish().await?;
+    let status = status?;
+    if !status.success() {
+        return Err(Error::Failed(format!(
+            "{name} {} on the scratch database",
+            crate::child::describe_status(&status)
+        )));
+    }
+    let mut observed = Observed {
+        duration,
+        lock_timeout: pg::default_lock_timeout(c).await,
+        ..Observed::default()
+    };
+    pg::merge_sampled(&mut observed, &sampled, scratch.event_trigger);
+    pg::read_log(c, scratch, &mut observed).await?;
+    let after = pg::snapshot(c).await?;
+    let report = check::report(name, None, &before, &after, observed, allowed);
+    Ok((
+        baseline.map_or("an empty database".into(), |b| {
+            format!("the database `{}` leaves", redact(b))
+        }),
+        vec![report],
+    ))
+}
+
+/// Run a command against the scratch database: DATABASE_URL points there, its output
+/// goes to our stderr (stdout stays the report's). Killed if the check is interrupted;
+/// the scratch database is then dropped with its sessions.
+async fn run_child(command: &[String], scratch: &Scratch) -> Result<std::process::ExitStatus> {
+    let program = crate::child::resolve(&command[0])?;
+    tracing::info!(
+        "running {} on the scratch database",
+        redact(&command.join(" "))
+    );
+    let mut child = tokio::process::Command::new(program)
+        .args(&command[1..])
+        .env("DATABASE_URL", &scratch.url)
+        .env("SCHEMAGATE_DATABASE_URL", &scratch.url)
+        .stdin(Stdio::null())
+        .stdout(std::io::stderr())
+        .stderr(std::io::stderr())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Config(format!("cannot run {}: {e}", command[0])))?;
+    child
+        .wait()
+        .await
+        .map_err(|e| Error::Failed(format!("cannot wait for {}: {e}", command[0])))
+}
