@@ -472,6 +472,15 @@ pub struct CheckArgs {
     #[arg(long = "allow", env = "SCHEMAGATE_ALLOW", value_delimiter = ',')]
     pub allow: Vec<String>,
 
+    /// Accept the findings that `schemagate:allow` comments in this file name (repeatable):
+    /// with an external migrator, point it at the revision files the new release adds.
+    #[arg(
+        long = "allow-file",
+        env = "SCHEMAGATE_ALLOW_FILE",
+        value_delimiter = ','
+    )]
+    pub allow_files: Vec<PathBuf>,
+
     /// How often the side connection samples pg_locks while a `-- no-transaction`
     /// migration or an external migrator runs.
     #[arg(long, env = "SCHEMAGATE_SAMPLE_INTERVAL", default_value = "5ms", value_parser = parse_duration)]

@@ -54,6 +54,8 @@ pub struct Scratch {
     pub url: String,
     /// Whether the ddl_command_end event trigger is installed.
     pub event_trigger: bool,
+    /// A given database proven empty (or ours): only then may `close` reset it.
+    accepted: bool,
 }
 
 impl Scratch {
@@ -105,6 +107,7 @@ impl Scratch {
             name,
             url: url.to_string(),
             event_trigger: false,
+            accepted: false,
         };
         if let Err(e) = scratch.prepare().await {
             scratch.close().await;
@@ -151,6 +154,7 @@ impl Scratch {
                     self.name
                 )));
             }
+            self.accepted = true;
             if objects > 0 {
                 reset(&mut c).await?;
             }
@@ -199,7 +203,10 @@ impl Scratch {
             if let Some(admin) = self.admin.take() {
                 admin.close().await.ok();
             }
-        } else if let Ok(mut c) = self.connect().await {
+        } else if self.accepted
+            // A refused database is left exactly as it was.
+            && let Ok(mut c) = self.connect().await
+        {
             // End the migrator's leftover sessions, then empty the database for next time.
             let _ = exec(
                 &mut c,

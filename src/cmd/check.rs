@@ -62,7 +62,13 @@ impl Plan {
 pub async fn run(cfg: &Config, args: &CheckArgs, mut signals: Signals) -> Result<Outcome> {
     let started = Instant::now();
     let plan = Plan::from_args(args)?;
-    let allowed = check::parse_allow_flags(&args.allow).map_err(Error::Config)?;
+    let mut allowed = check::parse_allow_flags(&args.allow).map_err(Error::Config)?;
+    for file in &args.allow_files {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Error::Config(format!("cannot read --allow-file {}: {e}", file.display()))
+        })?;
+        allowed.extend(check::allows(&text));
+    }
     if cfg.backend != Backend::Postgres {
         return Err(Error::Config(format!(
             "check supports PostgreSQL only for now: {} has no transactional DDL to observe \

@@ -1,0 +1,390 @@
+//! `schemagate check` against real PostgreSQL: the corpus under tests/check_corpus gets the
+//! verdicts listed in expected.txt, as SQL files and wrapped as Alembic revisions; the
+//! gate's exit codes; the scratch database's lifecycle (created and dropped, also on
+//! SIGTERM; a given one refused unless empty; the app's database never touched).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_corpus")
+}
+
+/// expected.txt: version -> the verdict line.
+fn expected() -> BTreeMap<String, String> {
+    std::fs::read_to_string(corpus().join("expected.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (v, verdict) = l.split_once(' ').unwrap();
+            (v.to_owned(), verdict.trim().to_owned())
+        })
+        .collect()
+}
+
+/// A migration's findings from `check --json`, as expected.txt writes them.
+fn verdict(migration: &serde_json::Value) -> String {
+    let mut findings: Vec<String> = migration["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {}{}",
+                f["kind"].as_str().unwrap(),
+                f["object"].as_str().unwrap(),
+                if f["accepted"].as_bool().unwrap() {
+                    " (allowed)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    findings.sort();
+    if findings.is_empty() {
+        "ok".into()
+    } else {
+        findings.join("; ")
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check --json printed no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    })
+}
+
+fn database_exists(url: &str, name: &str) -> bool {
+    pg_i64(
+        url,
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+    ) > 0
+}
+
+fn user_relations(url: &str) -> i64 {
+    pg_i64(
+        url,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'",
+    )
+}
+
+fn print_table(rows: &[(String, String, String)]) {
+    eprintln!("{:<16} {:<62} got", "migration", "expected");
+    for (v, e, g) in rows {
+        eprintln!("{v:<16} {e:<62} {g}");
+    }
+}
+
+/// issue 15: the SQL corpus gets its verdicts; unaccepted findings exit 5; the scratch
+/// database is gone afterwards and the database the URL names is left untouched.
+#[test]
+fn sql_corpus_gets_the_expected_verdicts_and_the_gate_exits_5() {
+    let db = PgDb::new("check_corpus");
+    let out = run(schemagate(&db.url)
+        .args(["check", "--json", "--since", "20240101000000", "--source"])
+        .arg(corpus().join("sql")));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let report = json(&out);
+    let got: BTreeMap<String, String> = report["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["version"].as_i64().unwrap().to_string(), verdict(m)))
+        .collect();
+    let expected = expected();
+    let rows: Vec<_> = expected
+        .iter()
+        .map(|(v, e)| {
+            (
+                v.clone(),
+                e.clone(),
+                got.get(v).cloned().unwrap_or("(not run)".into()),
+            )
+        })
+        .collect();
+    print_table(&rows);
+    assert_eq!(got, expected, "verdicts differ (table above)");
+
+    // Transactional migrations are observed in their own transaction; the -- no-transaction
+    // one by sampling, and the output says at what resolution.
+    let cic = &report["migrations"].as_array().unwrap()[5];
+    assert!(
+        cic["observed"]
+            .as_str()
+            .unwrap()
+            .contains("samples, one every"),
+        "{cic}"
+    );
+    let fk = &report["migrations"].as_array().unwrap()[6];
+    assert!(
+        fk["locks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["table"] == "orders" && l["mode"] == "SHARE ROW EXCLUSIVE"),
+        "{fk}"
+    );
+    let scratch = report["scratch_database"].as_str().unwrap();
+    assert!(scratch.starts_with("schemagate_check_"), "{scratch}");
+    assert!(
+        !database_exists(&db.url, scratch),
+        "scratch database {scratch} was left behind"
+    );
+    assert_eq!(
+        user_relations(&db.url),
+        0,
+        "check touched the URL's database"
+    );
+
+    // The readable table names each unaccepted finding and its migration.
+    let out = run(schemagate(&db.url)
+        .args(["check", "--since", "20240201000008", "--source"])
+        .arg(corpus().join("sql")));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("drop-column") && table.contains("users.legacy_email"),
+        "{table}"
+    );
+    assert!(table.contains("20240201000009 drop column"), "{table}");
+    assert!(
+        table.contains("blocks every read and write until commit"),
+        "{table}"
+    );
+}
+
+/// A finding is accepted by a `schemagate:allow` comment in its migration or by --allow;
+/// with every finding accepted the gate passes (exit 0).
+#[test]
+fn accepted_findings_pass_the_gate() {
+    let db = PgDb::new("check_allow");
+    let src = Migrations::new(&[
+        (
+            "1_base.sql",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, legacy TEXT, nick TEXT);",
+        ),
+        (
+            "2_contract.sql",
+            "-- schemagate:allow drop-column users.legacy\n\
+             ALTER TABLE users DROP COLUMN legacy;\nALTER TABLE users DROP COLUMN nick;",
+        ),
+    ]);
+    let check = |extra: &[&str]| {
+        run(schemagate(&db.url)
+            .args(["check", "--json", "--since", "1", "--source", src.path()])
+            .args(extra))
+    };
+    let out = check(&[]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_eq!(
+        verdict(&json(&out)["migrations"][0]),
+        "drop-column users.legacy (allowed); drop-column users.nick"
+    );
+    assert!(
+        stderr(&out).contains("drop-column users.nick"),
+        "{}",
+        stderr(&out)
+    );
+    let out = check(&["--allow", "drop-column users.nick"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["unaccepted"], 0);
+
+    let out = check(&["--allow", "drop-column"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid --allow \"drop-column\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A given scratch database is refused when it holds tables check did not create; an
+/// empty one is used and left empty, and is accepted again next time.
+#[test]
+fn a_given_scratch_database_must_be_empty_and_is_left_empty() {
+    let app = PgDb::new("check_app");
+    let scratch = PgDb::new("check_given");
+    let name = scratch.url.rsplit('/').next().unwrap().to_owned();
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);"),
+        ("2_add.sql", "ALTER TABLE t ADD COLUMN note TEXT;"),
+    ]);
+    pg_exec(&app.url, "CREATE TABLE precious (id INT)");
+    let check = |db: &str| {
+        run(schemagate(&app.url).args([
+            "check",
+            "--scratch-database",
+            db,
+            "--since",
+            "1",
+            "--source",
+            src.path(),
+        ]))
+    };
+    // The app's own database, given by mistake, is refused and left as it was.
+    let app_name = app.url.rsplit('/').next().unwrap().to_owned();
+    let out = check(&app_name);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("refusing --scratch-database {app_name}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        pg_i64(
+            &app.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'precious'"
+        ),
+        1
+    );
+    for _ in 0..2 {
+        let out = check(&name);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("no findings"));
+        assert_eq!(
+            user_relations(&scratch.url),
+            0,
+            "the scratch database was not emptied"
+        );
+    }
+}
+
+/// SIGTERM while the migrator runs: exit 143, and the scratch database is dropped.
+#[test]
+fn sigterm_drops_the_scratch_database() {
+    let db = PgDb::new("check_sigterm");
+    let mut child = spawn(schemagate(&db.url).args([
+        "check",
+        "--",
+        "sh",
+        "-c",
+        "echo migrating >&2; exec sleep 60",
+    ]));
+    let seen = wait_for_stderr_line(&mut child, "migrating", Duration::from_secs(30));
+    let name = seen
+        .split("created scratch database ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no scratch database named in:\n{seen}"))
+        .to_owned();
+    assert!(database_exists(&db.url, &name));
+    sigterm(child.id());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert!(!database_exists(&db.url, &name), "{name} survived SIGTERM");
+}
+
+/// MySQL and SQLite have no transactional DDL to observe locks in: refused clearly.
+#[test]
+fn other_backends_are_refused_with_exit_2() {
+    let src = Migrations::new(&[("1_a.sql", "CREATE TABLE t (id INT);")]);
+    for url in ["mysql://root@127.0.0.1:3306/x", "sqlite:///tmp/none.db"] {
+        let out = run(schemagate(url).args(["check", "--since", "0", "--source", src.path()]));
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("check supports PostgreSQL only"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+fn alembic_venv() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target/alembic-venv");
+    if !venv.join("bin/alembic").exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status();
+        assert!(
+            ok.is_ok_and(|s| s.success()),
+            "python3 -m venv failed: install python3 and python3-venv"
+        );
+        let out = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "-r"])
+            .arg(root.join("examples/alembic/requirements.txt"))
+            .output()
+            .expect("run pip");
+        assert!(
+            out.status.success(),
+            "pip install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    venv
+}
+
+/// issue 15: the same corpus wrapped as Alembic revisions, each checked through
+/// `--baseline 'alembic upgrade PREV' -- alembic upgrade REV`, gets the same verdicts.
+#[test]
+fn alembic_corpus_gets_the_same_verdicts_through_baseline() {
+    let venv = alembic_venv();
+    let project = corpus().join("alembic");
+    let path = format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let db = PgDb::new("check_alembic");
+    let expected = expected();
+    let mut previous = "20240101000000".to_owned();
+    let mut rows = Vec::new();
+    let mut got = BTreeMap::new();
+    for version in expected.keys() {
+        let sql = std::fs::read_dir(corpus().join("sql"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{version}_"))
+            })
+            .unwrap();
+        let out = run(schemagate(&db.url)
+            .env("PATH", &path)
+            .current_dir(&project)
+            .args(["check", "--json", "--allow-file"])
+            .arg(&sql)
+            .args([
+                "--baseline",
+                &format!("alembic upgrade {previous}"),
+                "--",
+                "alembic",
+                "upgrade",
+                version,
+            ]));
+        assert!(
+            code(&out) == 0 || code(&out) == 5,
+            "{version}: {}",
+            stderr(&out)
+        );
+        let report = json(&out);
+        let v = verdict(&report["migrations"][0]);
+        assert_eq!(code(&out) == 5, report["unaccepted"].as_u64().unwrap() > 0);
+        rows.push((version.clone(), expected[version].clone(), v.clone()));
+        got.insert(version.clone(), v);
+        previous = version.clone();
+    }
+    print_table(&rows);
+    assert_eq!(got, expected, "verdicts differ (table above)");
+    assert_eq!(
+        user_relations(&db.url),
+        0,
+        "check touched the URL's database"
+    );
+}
