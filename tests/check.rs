@@ -388,3 +388,102 @@ fn alembic_corpus_gets_the_same_verdicts_through_baseline() {
         "check touched the URL's database"
     );
 }
+
+/// squawk under target/ (npm squawk-cli, the version .ci/run installs), on first use.
+fn squawk() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prefix = root.join("target/squawk");
+    let bin = prefix.join("node_modules/.bin/squawk");
+    if !bin.exists() {
+        let out = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(SQUAWK)
+            .output();
+        assert!(
+            out.as_ref().is_ok_and(|o| o.status.success()),
+            "npm install {SQUAWK} failed (install npm: apt-get install npm): {:?}",
+            out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        );
+    }
+    bin
+}
+
+const SQUAWK: &str = "squawk-cli@2.66.0";
+
+/// The squawk cross-check the README documents: squawk's verdict on each corpus file is
+/// the one in squawk.txt (so the README's comparison with check's stays true).
+#[test]
+fn squawk_cross_check_matches_the_documented_comparison() {
+    let squawk = squawk();
+    let documented: BTreeMap<String, String> = std::fs::read_to_string(corpus().join("squawk.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (v, verdict) = l.split_once(' ').unwrap();
+            (v.to_owned(), verdict.trim().to_owned())
+        })
+        .collect();
+    let out = Command::new(&squawk)
+        .args([
+            "--reporter",
+            "gcc",
+            "--pg-version=15",
+            "--exclude=require-lock-timeout,require-statement-timeout,prefer-robust-stmts",
+        ])
+        .args(documented.keys().map(|v| {
+            std::fs::read_dir(corpus().join("sql"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!("{v}_"))
+                })
+                .unwrap()
+        }))
+        .output()
+        .expect("run squawk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut said: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        // <path>:<line>:<col>: warning: <rule> <message>
+        let Some((path, rest)) = line
+            .split_once(": warning: ")
+            .or(line.split_once(": error: "))
+        else {
+            continue;
+        };
+        let version = Path::new(path.split(':').next().unwrap())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .split('_')
+            .next()
+            .unwrap()
+            .to_owned();
+        let rule = rest.split_whitespace().next().unwrap().to_owned();
+        said.entry(version).or_default().push(rule);
+    }
+    let got: BTreeMap<String, String> = documented
+        .keys()
+        .map(|v| {
+            let mut rules = said.remove(v).unwrap_or_default();
+            rules.sort();
+            rules.dedup();
+            let verdict = if rules.is_empty() {
+                "ok".to_owned()
+            } else {
+                rules.join("; ")
+            };
+            (v.clone(), verdict)
+        })
+        .collect();
+    assert!(
+        said.is_empty(),
+        "squawk spoke of unknown files: {said:?}\n{text}"
+    );
+    assert_eq!(got, documented, "squawk's verdicts changed:\n{text}");
+}
