@@ -487,3 +487,48 @@ fn squawk_cross_check_matches_the_documented_comparison() {
     );
     assert_eq!(got, documented, "squawk's verdicts changed:\n{text}");
 }
+
+/// issue 15: `smoke` on PostgreSQL prints check's summary for the migrations it is about
+/// to apply, rehearsed on a scratch database it drops.
+#[test]
+fn smoke_on_postgres_prints_the_check_summary() {
+    let db = PgDb::new("check_smoke");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/migrations/postgres");
+    let out = run(Command::new(bin())
+        .env_remove("DATABASE_URL")
+        .env_remove("SCHEMAGATE_DATABASE_URL")
+        .args([
+            "smoke",
+            "--replicas",
+            "2",
+            "--database-url",
+            &db.url,
+            "--source",
+        ])
+        .arg(&examples));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("schemagate check: 5 migration run(s) against an empty database"),
+        "{text}"
+    );
+    // The example's "add users name" adds a NOT NULL column without a default.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("add-not-null-column"))
+        .unwrap_or_else(|| panic!("no add-not-null-column finding:\n{text}"));
+    assert!(
+        line.contains("users.display_name") && line.contains("20240103000000"),
+        "{line}"
+    );
+    let scratch = text
+        .split("rehearsed on scratch database ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap();
+    assert!(
+        !database_exists(&db.url, scratch),
+        "{scratch} was left behind"
+    );
+    assert!(text.contains("smoke passed"), "{text}");
+}

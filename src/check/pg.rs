@@ -46,6 +46,9 @@ fn ident(name: &str) -> String {
 pub struct Scratch {
     /// A connection to the URL's own database, used only for CREATE/DROP DATABASE.
     admin: Option<PgConnection>,
+    /// How to reach it again, should this value be dropped before `close` (a signal that
+    /// ends the future, a panic): `Drop` then drops the database from another thread.
+    admin_options: PgConnectOptions,
     pub name: String,
     /// Created by us (dropped at the end) rather than given (reset at the end).
     created: bool,
@@ -100,7 +103,9 @@ impl Scratch {
         let mut url = url::Url::parse(&cfg.url)
             .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
         url.set_path(&format!("/{name}"));
+        let admin_options = base.clone();
         let mut scratch = Scratch {
+            admin_options,
             created: admin.is_some(),
             admin,
             options: base.database(&name),
@@ -203,6 +208,7 @@ impl Scratch {
             if let Some(admin) = self.admin.take() {
                 admin.close().await.ok();
             }
+            self.created = false;
         } else if self.accepted
             // A refused database is left exactly as it was.
             && let Ok(mut c) = self.connect().await
@@ -219,6 +225,37 @@ impl Scratch {
                 tracing::error!("cannot reset the scratch database {}: {e}", self.name);
             }
             c.close().await.ok();
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        // Not closed: the future that owned us was cancelled. Drop the database from a
+        // thread with its own runtime (this one may be shutting down), and wait for it.
+        let options = self.admin_options.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut c = options.connect().await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name));
+                exec(&mut c, sql).await.ok()
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Some(())) => tracing::info!("dropped scratch database {}", self.name),
+            _ => tracing::error!(
+                "cannot drop the scratch database {}; drop it by hand",
+                self.name
+            ),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! dropped on every way out, a signal included.
 
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
@@ -127,6 +127,39 @@ pub async fn run(cfg: &Config, args: &CheckArgs, mut signals: Signals) -> Result
     })
 }
 
+/// `smoke` on PostgreSQL: the same rehearsal for the migrations newer than `since` (the
+/// ones smoke is about to apply), on a scratch database of its own; no gate.
+pub async fn summary(cfg: &Config, source: &Source, since: i64) -> Result<Report> {
+    let started = Instant::now();
+    let mut scratch = Scratch::open(cfg, None).await?;
+    let result = async {
+        let mut c = scratch.connect().await?;
+        let r = rehearse_sql(
+            &mut c,
+            &scratch,
+            source,
+            since,
+            Duration::from_millis(5),
+            &[],
+        )
+        .await;
+        c.close().await.ok();
+        r
+    }
+    .await;
+    scratch.close().await;
+    let (baseline, migrations) = result?;
+    let findings: Vec<&check::Finding> = migrations.iter().flat_map(|m| &m.findings).collect();
+    Ok(Report {
+        scratch_database: scratch.name.clone(),
+        baseline,
+        findings: findings.len(),
+        unaccepted: findings.iter().filter(|f| !f.accepted).count(),
+        duration_ms: started.elapsed().as_millis(),
+        migrations,
+    })
+}
+
 /// The baseline, then each new migration observed; returns what the catalog was compared
 /// against and the per-migration reports.
 async fn rehearse(
@@ -138,7 +171,15 @@ async fn rehearse(
     let mut c = scratch.connect().await?;
     let r = match plan {
         Plan::Sql { source, since } => {
-            rehearse_sql(&mut c, scratch, source, *since, args, allowed).await
+            rehearse_sql(
+                &mut c,
+                scratch,
+                source,
+                *since,
+                args.sample_interval,
+                allowed,
+            )
+            .await
         }
         Plan::External { baseline, command } => {
             rehearse_external(&mut c, scratch, baseline.as_deref(), command, args, allowed).await
@@ -153,7 +194,7 @@ async fn rehearse_sql(
     scratch: &Scratch,
     source: &Source,
     since: i64,
-    args: &CheckArgs,
+    sample_interval: Duration,
     allowed: &[(String, String)],
 ) -> Result<(String, Vec<check::MigrationReport>)> {
     let (old, new): (Vec<_>, Vec<_>) = source.ups.iter().partition(|m| m.version <= since);
@@ -186,7 +227,7 @@ async fn rehearse_sql(
         // count this migration's work only, not what earlier statements left pending.
         let mut session = scratch.connect().await?;
         let observed = if m.no_tx {
-            let sampler = Sampler::start(scratch, args.sample_interval).await?;
+            let sampler = Sampler::start(scratch, sample_interval).await?;
             let applied = pg::apply_no_tx(&mut session, m.sql.as_str()).await;
             let sampled = sampler.finish().await?;
             applied.map(|duration| {
@@ -219,7 +260,12 @@ async fn rehearse_sql(
             &allow,
         ));
     }
-    Ok((format!("the migrations up to {since}"), reports))
+    let baseline = if old.is_empty() {
+        "an empty database".to_owned()
+    } else {
+        format!("the migrations up to {since}")
+    };
+    Ok((baseline, reports))
 }
 
 async fn rehearse_external(
