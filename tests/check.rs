@@ -179,6 +179,7 @@ fn accepted_findings_pass_the_gate() {
         (
             "2_contract.sql",
             "-- schemagate:allow drop-column users.legacy\n\
+             SET LOCAL lock_timeout = '2s';\n\
              ALTER TABLE users DROP COLUMN legacy;\nALTER TABLE users DROP COLUMN nick;",
         ),
     ]);
@@ -531,4 +532,31 @@ fn smoke_on_postgres_prints_the_check_summary() {
         "{scratch} was left behind"
     );
     assert!(text.contains("smoke passed"), "{text}");
+}
+
+/// A migration that fails on the scratch database fails the check (exit 1, naming it), and
+/// the scratch database is still dropped.
+#[test]
+fn a_failing_migration_fails_the_check_and_the_scratch_database_goes() {
+    let db = PgDb::new("check_fail");
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY, v TEXT);"),
+        (
+            "2_bad.sql",
+            "ALTER TABLE t ADD COLUMN w TEXT;\nALTER TABLE nope ADD COLUMN x INT;",
+        ),
+    ]);
+    let out = run(schemagate(&db.url).args(["check", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("migration 2 bad failed on the scratch database") && err.contains("nope"),
+        "{err}"
+    );
+    let name = err
+        .split("created scratch database ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap();
+    assert!(!database_exists(&db.url, name), "{name} was left behind");
 }
