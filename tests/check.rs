@@ -560,3 +560,45 @@ fn a_failing_migration_fails_the_check_and_the_scratch_database_goes() {
         .unwrap();
     assert!(!database_exists(&db.url, name), "{name} was left behind");
 }
+
+/// An external migrator (here psql) is observed from outside: the event trigger sees its
+/// ACCESS EXCLUSIVE lock and the lock_timeout it set, the before/after comparison its
+/// rewrite, and the output states the sampling resolution.
+#[test]
+fn an_external_migrator_is_observed_from_a_side_connection() {
+    let db = PgDb::new("check_external");
+    let out = run(schemagate(&db.url).args([
+        "check",
+        "--json",
+        "--baseline",
+        "psql \"$DATABASE_URL\" -qc 'CREATE TABLE a (id int PRIMARY KEY); INSERT INTO a SELECT generate_series(1, 100)'",
+        "--",
+        "sh",
+        "-c",
+        "psql \"$DATABASE_URL\" -qc \"SET lock_timeout = '3s'; ALTER TABLE a ALTER COLUMN id TYPE bigint\"",
+    ]));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let report = json(&out);
+    let m = &report["migrations"][0];
+    assert_eq!(verdict(m), "rewrite a", "{m}");
+    assert_eq!(m["lock_timeout"], "3s", "{m}");
+    assert!(
+        m["locks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["table"] == "a" && l["mode"] == "ACCESS EXCLUSIVE"),
+        "{m}"
+    );
+    let observed = m["observed"].as_str().unwrap();
+    assert!(
+        observed.contains("samples, one every") && observed.contains("ms on average"),
+        "{observed}"
+    );
+    assert!(
+        report["baseline"]
+            .as_str()
+            .unwrap()
+            .contains("CREATE TABLE a")
+    );
+}

@@ -284,6 +284,7 @@ const EVENT_TRIGGER: &str = "
 CREATE SCHEMA schemagate_check;
 CREATE TABLE schemagate_check.lock_log (relid int8 NOT NULL, mode text NOT NULL);
 CREATE TABLE schemagate_check.scan_log (relid int8 NOT NULL, seq_scan int8 NOT NULL);
+CREATE TABLE schemagate_check.ddl_log (tag text NOT NULL, lock_timeout text NOT NULL);
 CREATE FUNCTION schemagate_check.log_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
 BEGIN
@@ -293,6 +294,7 @@ BEGIN
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
   INSERT INTO schemagate_check.scan_log
   SELECT relid::int8, seq_scan FROM pg_stat_xact_user_tables WHERE seq_scan > 0;
+  INSERT INTO schemagate_check.ddl_log VALUES (tg_tag, current_setting('lock_timeout'));
 END $f$;
 CREATE EVENT TRIGGER schemagate_check_ddl ON ddl_command_end
   EXECUTE FUNCTION schemagate_check.log_ddl();
@@ -303,7 +305,8 @@ pub async fn clear_log(c: &mut PgConnection, scratch: &Scratch) -> Result<()> {
     if scratch.event_trigger {
         exec(
             c,
-            "TRUNCATE schemagate_check.lock_log, schemagate_check.scan_log".into(),
+            "TRUNCATE schemagate_check.lock_log, schemagate_check.scan_log, schemagate_check.ddl_log"
+                .into(),
         )
         .await
         .map_err(|e| fail("cannot clear the event trigger's log", e))?;
@@ -342,6 +345,25 @@ pub async fn read_log(
         let n: i64 = r.try_get(1).unwrap_or(0);
         let e = observed.scanned.entry(oid).or_default();
         *e = (*e).max(n);
+    }
+    // The lock_timeout each DDL statement really ran with (an external migrator may set
+    // its own): not in force if any statement ran without one.
+    let timeouts = rows(
+        c,
+        "SELECT DISTINCT lock_timeout FROM schemagate_check.ddl_log ORDER BY 1".into(),
+    )
+    .await
+    .map_err(|e| fail("cannot read the event trigger's log", e))?;
+    let timeouts: Vec<String> = timeouts
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect();
+    if !timeouts.is_empty() {
+        observed.lock_timeout = if timeouts.iter().any(|t| t == "0") {
+            None
+        } else {
+            Some(timeouts.join(", "))
+        };
     }
     Ok(())
 }
