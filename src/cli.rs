@@ -115,6 +115,7 @@ pub enum Command {
     /// external migrators from a side connection that samples pg_locks (the resolution is
     /// printed), plus a ddl_command_end event trigger when the role may create one. The
     /// scratch database is dropped afterwards, also on failure or SIGINT/SIGTERM.
+    /// On MySQL/MariaDB and SQLite (--source only): the catalog diff, without locks.
     ///
     /// Findings (exit 5 unless every one is accepted):
     ///   drop-table, drop-view, rename-table, drop-column, rename-column, change-type,

@@ -288,15 +288,14 @@ fn sigterm_drops_the_scratch_database() {
     assert!(!database_exists(&db.url, &name), "{name} survived SIGTERM");
 }
 
-/// MySQL and SQLite have no transactional DDL to observe locks in: refused clearly.
+/// On MySQL and SQLite an external migrator cannot be observed (no pg_locks): refused.
 #[test]
-fn other_backends_are_refused_with_exit_2() {
-    let src = Migrations::new(&[("1_a.sql", "CREATE TABLE t (id INT);")]);
+fn external_migrators_on_other_backends_are_refused_with_exit_2() {
     for url in ["mysql://root@127.0.0.1:3306/x", "sqlite:///tmp/none.db"] {
-        let out = run(schemagate(url).args(["check", "--since", "0", "--source", src.path()]));
+        let out = run(schemagate(url).args(["check", "--", "true"]));
         assert_eq!(code(&out), 2, "{}", stderr(&out));
         assert!(
-            stderr(&out).contains("check supports PostgreSQL only"),
+            stderr(&out).contains("check -- CMD needs PostgreSQL"),
             "{}",
             stderr(&out)
         );
@@ -601,4 +600,112 @@ fn an_external_migrator_is_observed_from_a_side_connection() {
             .unwrap()
             .contains("CREATE TABLE a")
     );
+}
+
+/// MySQL/MariaDB and SQLite: what their catalogs allow. A dropped column, a dropped enum
+/// label, a new NOT NULL column without default and a rebuilt table are found; a widened
+/// varchar is not a finding; locks are not claimed.
+#[test]
+fn mysql_and_sqlite_get_the_catalog_diff() {
+    let my = MyDb::new("check_catalog");
+    let mysql = Migrations::new(&[
+        (
+            "1_base.sql",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, legacy TEXT, nick VARCHAR(20), \
+             mood ENUM('happy', 'meh', 'sad') NOT NULL DEFAULT 'happy');",
+        ),
+        ("2_drop.sql", "ALTER TABLE users DROP COLUMN legacy;"),
+        (
+            "3_enum.sql",
+            "ALTER TABLE users MODIFY mood ENUM('happy', 'sad') NOT NULL DEFAULT 'happy';",
+        ),
+        ("4_widen.sql", "ALTER TABLE users MODIFY nick VARCHAR(40);"),
+        (
+            "5_required.sql",
+            "ALTER TABLE users ADD COLUMN tier VARCHAR(10) NOT NULL;",
+        ),
+    ]);
+    let out = run(schemagate(&my.url).args([
+        "check",
+        "--json",
+        "--since",
+        "1",
+        "--source",
+        mysql.path(),
+    ]));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let report = json(&out);
+    let verdicts: Vec<String> = report["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(verdict)
+        .collect();
+    assert_eq!(verdicts[0], "drop-column users.legacy", "{report}");
+    // Removing a label other than the last rebuilds the table.
+    assert_eq!(
+        verdicts[1], "drop-enum-value users.mood.meh; rewrite users",
+        "{report}"
+    );
+    assert_eq!(verdicts[2], "ok", "{report}");
+    assert!(
+        verdicts[3].contains("add-not-null-column users.tier"),
+        "{report}"
+    );
+    assert_eq!(report["migrations"][0]["locks_observed"], false);
+    let scratch = report["scratch_database"].as_str().unwrap().to_owned();
+    assert!(
+        !block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::MySqlConnection::connect(&my.url).await.unwrap();
+            sqlx::query_scalar::<_, String>("SHOW DATABASES")
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        })
+        .contains(&scratch),
+        "{scratch} was left behind"
+    );
+
+    let sqlite = Migrations::new(&[
+        (
+            "1_base.sql",
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, legacy TEXT, nick TEXT);",
+        ),
+        ("2_drop.sql", "ALTER TABLE users DROP COLUMN legacy;"),
+        (
+            "3_rebuild.sql",
+            "CREATE TABLE users_new (id INTEGER PRIMARY KEY, nick TEXT NOT NULL DEFAULT '');\n\
+             INSERT INTO users_new SELECT id, coalesce(nick, '') FROM users;\n\
+             DROP TABLE users;\nALTER TABLE users_new RENAME TO users;",
+        ),
+    ]);
+    let app = std::env::temp_dir().join(format!("schemagate-check-app-{}.db", std::process::id()));
+    let out = run(schemagate(&format!("sqlite://{}", app.display())).args([
+        "check",
+        "--json",
+        "--since",
+        "1",
+        "--source",
+        sqlite.path(),
+    ]));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let report = json(&out);
+    let verdicts: Vec<String> = report["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(verdict)
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            "drop-column users.legacy",
+            "rewrite users; set-not-null users.nick"
+        ],
+        "{report}"
+    );
+    assert!(!app.exists(), "check created the app's SQLite file");
+    let scratch = report["scratch_database"].as_str().unwrap();
+    assert!(!Path::new(scratch).exists(), "{scratch} was left behind");
 }

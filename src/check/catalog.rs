@@ -64,6 +64,9 @@ pub struct Snapshot {
     pub enums: BTreeMap<String, Vec<String>>,
     /// Functions as `name(identity arguments)` (schema-qualified outside public).
     pub functions: BTreeSet<String>,
+    /// Relation ids are derived from names and column numbers shift on a drop (MySQL,
+    /// SQLite): match columns by name, so a rename looks like a drop.
+    pub by_name: bool,
 }
 
 async fn rows(c: &mut PgConnection, sql: String) -> Result<Vec<PgRow>, sqlx::Error> {
@@ -236,7 +239,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Break> {
         let empty = BTreeMap::new();
         let old_cols = old.columns.get(&oid).unwrap_or(&empty);
         let new_cols = new.columns.get(&new_oid).unwrap_or(&empty);
-        let same_oid = new_oid == oid;
+        let same_oid = new_oid == oid && !old.by_name;
         for (attnum, col) in old_cols {
             let object = format!("{name}.{}", col.name);
             // Same table: attnum identifies a column across a rename. Re-created: by name.
@@ -263,7 +266,19 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Break> {
                     ),
                 );
             }
-            if now_col.type_name != col.type_name && !widens(&col.type_name, &now_col.type_name) {
+            let dropped_labels = enum_labels(&col.type_name).zip(enum_labels(&now_col.type_name));
+            if let Some((was, now)) = dropped_labels {
+                // MySQL's inline enums: name the labels, as for a PostgreSQL enum type.
+                for label in was.iter().filter(|l| !now.contains(l)) {
+                    push(
+                        "drop-enum-value",
+                        format!("{object}.{label}"),
+                        "the running release may still write or expect this value".into(),
+                    );
+                }
+            } else if now_col.type_name != col.type_name
+                && !widens(&col.type_name, &now_col.type_name)
+            {
                 push(
                     "change-type",
                     object.clone(),
@@ -358,24 +373,41 @@ pub fn widens(from: &str, to: &str) -> bool {
         }
         Some(Some(rest.strip_prefix('(')?.strip_suffix(')')?))
     }
-    let varchar = "character varying";
-    if let Some(Some(n)) = bounded(from, varchar) {
-        let n: u32 = n.parse().unwrap_or(u32::MAX);
-        return match bounded(to, varchar) {
-            Some(None) => true,
-            Some(Some(m)) => m.parse::<u32>().is_ok_and(|m| m >= n),
-            None => to == "text",
-        };
+    // PostgreSQL's spelling, then MySQL's.
+    for varchar in ["character varying", "varchar"] {
+        if let Some(Some(n)) = bounded(from, varchar) {
+            let n: u32 = n.parse().unwrap_or(u32::MAX);
+            return match bounded(to, varchar) {
+                Some(None) => true,
+                Some(Some(m)) => m.parse::<u32>().is_ok_and(|m| m >= n),
+                None => ["text", "mediumtext", "longtext"].contains(&to),
+            };
+        }
+        if from == varchar {
+            return to == "text";
+        }
     }
-    if from == varchar {
-        return to == "text";
-    }
-    let ints = ["smallint", "integer", "bigint"];
+    let texts = ["text", "mediumtext", "longtext"];
     if let (Some(a), Some(b)) = (
-        ints.iter().position(|t| *t == from),
-        ints.iter().position(|t| *t == to),
+        texts.iter().position(|t| *t == from),
+        texts.iter().position(|t| *t == to),
     ) {
         return b >= a;
+    }
+    for ints in [
+        &["smallint", "integer", "bigint"][..],
+        &["tinyint", "smallint", "mediumint", "int", "bigint"][..],
+    ] {
+        if let (Some(a), Some(b)) = (
+            ints.iter().position(|t| *t == from),
+            ints.iter().position(|t| *t == to),
+        ) {
+            return b >= a;
+        }
+    }
+    // MySQL enums: adding labels keeps every old value valid; dropping one does not.
+    if let (Some(a), Some(b)) = (enum_labels(from), enum_labels(to)) {
+        return a.iter().all(|l| b.contains(l));
     }
     if let Some(Some(ps)) = bounded(from, "numeric") {
         let (p, s) = ps.split_once(',').unwrap_or((ps, "0"));
@@ -389,6 +421,17 @@ pub fn widens(from: &str, to: &str) -> bool {
         };
     }
     false
+}
+
+/// The labels of a MySQL inline enum type, `enum('a','b')`, unquoted.
+fn enum_labels(t: &str) -> Option<Vec<String>> {
+    let inner = t.strip_prefix("enum(")?.strip_suffix(')')?;
+    Some(
+        inner
+            .split(',')
+            .map(|l| l.trim().trim_matches('\'').to_owned())
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -407,5 +450,9 @@ mod tests {
         assert!(!widens("text", "character varying(20)"));
         assert!(!widens("numeric(10,2)", "numeric(12,3)"));
         assert!(!widens("integer", "text"));
+        assert!(widens("varchar(20)", "varchar(40)"));
+        assert!(widens("int", "bigint"));
+        assert!(widens("enum('a','b')", "enum('a','b','c')"));
+        assert!(!widens("enum('a','b','c')", "enum('a','c')"));
     }
 }

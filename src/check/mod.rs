@@ -5,6 +5,7 @@
 //! `catalog.rs`; the command that drives it is `cmd/check.rs`.
 
 pub mod catalog;
+pub mod other;
 pub mod pg;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,8 @@ pub struct MigrationReport {
     pub duration_ms: f64,
     /// `lock_timeout` in force in its transaction (`None`: not set, waits forever).
     pub lock_timeout: Option<String>,
+    /// Whether locks were observed at all (false on MySQL and SQLite: catalog only).
+    pub locks_observed: bool,
     /// Locks on tables that existed before it (new tables are nobody else's yet).
     pub locks: Vec<LockReport>,
     pub findings: Vec<Finding>,
@@ -135,6 +138,11 @@ pub struct Observed {
     pub lock_timeout: Option<String>,
     pub duration: Duration,
     pub how: String,
+    /// The lock a rewrite always takes on this backend (PostgreSQL: ACCESS EXCLUSIVE),
+    /// assumed when a sampler missed it.
+    pub rewrite_lock: Option<&'static str>,
+    /// Only the catalog was compared (MySQL, SQLite): no locks or lock_timeout to report.
+    pub catalog_only: bool,
 }
 
 impl Observed {
@@ -216,25 +224,37 @@ pub fn report(
     }
     for oid in &rewritten {
         let rel = &before.relations[oid];
-        let mode = observed
+        let lock = observed
             .locks
             .get(oid)
-            .map_or("ACCESS EXCLUSIVE".into(), |m| mode_name(m));
+            .map(String::as_str)
+            .or(observed.rewrite_lock);
         findings.push((
             "rewrite".into(),
             rel.display(),
-            format!(
-                "table rewritten under {mode}: every read and write waits for a copy of the whole table"
-            ),
+            match lock {
+                Some(mode) => format!(
+                    "table rewritten under {}: {} while the whole table is copied",
+                    mode_name(mode),
+                    if rank(mode) == 7 {
+                        "every read and write waits"
+                    } else {
+                        "every write waits"
+                    }
+                ),
+                None => "table rebuilt: the whole table was copied".into(),
+            },
         ));
-        // A rewrite the sampler missed is still a rewrite.
-        by_table.entry(rel.display()).or_insert_with(|| LockReport {
-            table: rel.display(),
-            mode: "ACCESS EXCLUSIVE".into(),
-            effect: effect("AccessExclusiveLock").to_owned(),
-            scanned: true,
-            rewritten: true,
-        });
+        // A rewrite the sampler missed still took its lock.
+        if let Some(mode) = lock {
+            by_table.entry(rel.display()).or_insert_with(|| LockReport {
+                table: rel.display(),
+                mode: mode_name(mode),
+                effect: effect(mode).to_owned(),
+                scanned: true,
+                rewritten: true,
+            });
+        }
     }
     for (oid, mode) in &observed.locks {
         let Some(rel) = before.relations.get(oid) else {
@@ -281,6 +301,7 @@ pub fn report(
         observed: observed.how,
         duration_ms: (observed.duration.as_secs_f64() * 1e4).round() / 10.0,
         lock_timeout: observed.lock_timeout,
+        locks_observed: !observed.catalog_only,
         locks: by_table.into_values().collect(),
         findings,
     }
@@ -298,6 +319,9 @@ pub fn print_table(report: &Report) {
         println!();
         println!("{}  ({:.1} ms)", m.migration, m.duration_ms);
         println!("  observed: {}", m.observed);
+        if !m.locks_observed {
+            continue;
+        }
         println!(
             "  lock_timeout: {}",
             m.lock_timeout

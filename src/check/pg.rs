@@ -391,6 +391,7 @@ pub async fn apply_in_tx(c: &mut PgConnection, sql: &str) -> Result<Observed, St
     let fail = |e: sqlx::Error| redact(&e.to_string());
     let mut observed = Observed {
         how: "in its own transaction: pg_locks of its backend, read before commit".into(),
+        rewrite_lock: Some("AccessExclusiveLock"),
         ..Observed::default()
     };
     let r = async {

@@ -70,12 +70,7 @@ pub async fn run(cfg: &Config, args: &CheckArgs, mut signals: Signals) -> Result
         allowed.extend(check::allows(&text));
     }
     if cfg.backend != Backend::Postgres {
-        return Err(Error::Config(format!(
-            "check supports PostgreSQL only for now: {} has no transactional DDL to observe \
-             locks in, so a rehearsal there could not say what it locks (the URL is {})",
-            cfg.backend.name(),
-            cfg.display_url
-        )));
+        return other_backend(cfg, &plan, args, &allowed, started, signals).await;
     }
     let mut scratch = tokio::select! {
         s = Scratch::open(cfg, args.scratch_database.as_deref()) => s?,
@@ -88,10 +83,50 @@ pub async fn run(cfg: &Config, args: &CheckArgs, mut signals: Signals) -> Result
     // Every way out passes here: the scratch database never outlives the check.
     scratch.close().await;
     let (baseline, migrations) = result?;
+    finish(scratch.name.clone(), baseline, migrations, started, args)
+}
+
+/// MySQL/MariaDB and SQLite: the catalog diff for a SQL source (see check/other.rs).
+async fn other_backend(
+    cfg: &Config,
+    plan: &Plan,
+    args: &CheckArgs,
+    allowed: &[(String, String)],
+    started: Instant,
+    mut signals: Signals,
+) -> Result<Outcome> {
+    let Plan::Sql { source, since } = plan else {
+        return Err(Error::Config(format!(
+            "check -- CMD needs PostgreSQL (its locks are observed from pg_locks); on {} \
+             check a SQL source with --source DIR --since V",
+            cfg.backend.name()
+        )));
+    };
+    if args.scratch_database.is_some() {
+        return Err(Error::Config(format!(
+            "--scratch-database is supported on PostgreSQL only; on {} check creates its own",
+            cfg.backend.name()
+        )));
+    }
+    let (name, baseline, migrations) = tokio::select! {
+        r = check::other::rehearse(cfg, source, *since, allowed) => r?,
+        sig = signals.recv() => return Err(Error::Interrupted(sig)),
+    };
+    finish(name, baseline, migrations, started, args)
+}
+
+/// Print the report and apply the gate.
+fn finish(
+    scratch_database: String,
+    baseline: String,
+    migrations: Vec<check::MigrationReport>,
+    started: Instant,
+    args: &CheckArgs,
+) -> Result<Outcome> {
     let findings: Vec<&check::Finding> = migrations.iter().flat_map(|m| &m.findings).collect();
     let unaccepted = findings.iter().filter(|f| !f.accepted).count();
     let report = Report {
-        scratch_database: scratch.name.clone(),
+        scratch_database,
         baseline,
         findings: findings.len(),
         unaccepted,
@@ -233,6 +268,7 @@ async fn rehearse_sql(
             applied.map(|duration| {
                 let mut o = Observed {
                     duration,
+                    rewrite_lock: Some("AccessExclusiveLock"),
                     ..Observed::default()
                 };
                 pg::merge_sampled(&mut o, &sampled, scratch.event_trigger);
@@ -305,6 +341,7 @@ async fn rehearse_external(
     let mut observed = Observed {
         duration,
         lock_timeout: pg::default_lock_timeout(c).await,
+        rewrite_lock: Some("AccessExclusiveLock"),
         ..Observed::default()
     };
     pg::merge_sampled(&mut observed, &sampled, scratch.event_trigger);
