@@ -709,3 +709,62 @@ fn mysql_and_sqlite_get_the_catalog_diff() {
     let scratch = report["scratch_database"].as_str().unwrap();
     assert!(!Path::new(scratch).exists(), "{scratch} was left behind");
 }
+
+/// The compatibility findings the corpus does not cover: a renamed and a dropped table, a
+/// dropped default, a narrowed numeric, a unique index built concurrently (no blocking
+/// scan, but new writes must pass it) and a dropped function outside `public`.
+#[test]
+fn the_other_compatibility_findings() {
+    let db = PgDb::new("check_kinds");
+    let src = Migrations::new(&[
+        (
+            "1_base.sql",
+            "CREATE TABLE a (id INT PRIMARY KEY, created TIMESTAMPTZ NOT NULL DEFAULT now(), \
+               code VARCHAR(20), price NUMERIC(10,2));\n\
+             CREATE TABLE b (id INT);\nCREATE TABLE c (id INT);\nCREATE SCHEMA billing;\n\
+             CREATE FUNCTION billing.f(x INTEGER, y TEXT) RETURNS INT LANGUAGE sql AS $$ SELECT x $$;\n\
+             INSERT INTO a (id, code, price) SELECT g, 'c' || g, g FROM generate_series(1, 50) g;",
+        ),
+        ("2_rename_table.sql", "ALTER TABLE b RENAME TO b2;"),
+        ("3_drop_table.sql", "DROP TABLE c;"),
+        (
+            "4_drop_default.sql",
+            "ALTER TABLE a ALTER COLUMN created DROP DEFAULT;",
+        ),
+        (
+            "5_narrow.sql",
+            "ALTER TABLE a ALTER COLUMN price TYPE NUMERIC(8,2);",
+        ),
+        (
+            "6_unique_concurrently.sql",
+            "-- no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY a_code_key ON a (code);",
+        ),
+        (
+            "7_drop_function.sql",
+            "-- schemagate:allow drop-function billing.f(integer,text)\n\
+             DROP FUNCTION billing.f(integer, text);",
+        ),
+    ]);
+    let out =
+        run(schemagate(&db.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let report = json(&out);
+    let verdicts: Vec<String> = report["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(verdict)
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            "rename-table b",
+            "drop-table c",
+            "drop-default a.created",
+            "change-type a.price; rewrite a",
+            "add-unique a.a_code_key",
+            "drop-function billing.f(integer,text) (allowed)",
+        ],
+        "{report}"
+    );
+}
