@@ -274,7 +274,7 @@ fn sigterm_drops_the_scratch_database() {
         "-c",
         "echo migrating >&2; exec sleep 60",
     ]));
-    let seen = wait_for_stderr_line(&mut child, "migrating", Duration::from_secs(30));
+    let seen = wait_for_stderr_line(&mut child, "[sh] migrating", Duration::from_secs(30));
     let name = seen
         .split("created scratch database ")
         .nth(1)
@@ -574,8 +574,16 @@ fn an_external_migrator_is_observed_from_a_side_connection() {
         "--",
         "sh",
         "-c",
-        "psql \"$DATABASE_URL\" -qc \"SET lock_timeout = '3s'; ALTER TABLE a ALTER COLUMN id TYPE bigint\"",
+        "psql \"$DATABASE_URL\" -qc \"SET lock_timeout = '3s'; ALTER TABLE a ALTER COLUMN id TYPE bigint\"; \
+         echo \"migrated $DATABASE_URL\"",
     ]));
+    // The migrator printed the scratch URL, password included: masked in our log (run()
+    // fails the test if the password shows anywhere).
+    assert!(
+        stderr(&out).contains("[sh] migrated postgres://postgres:***@"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     let report = json(&out);
     let m = &report["migrations"][0];

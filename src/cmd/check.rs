@@ -356,11 +356,24 @@ async fn rehearse_external(
     ))
 }
 
-/// Run a command against the scratch database: DATABASE_URL points there, its output
-/// goes to our stderr (stdout stays the report's). Killed if the check is interrupted;
-/// the scratch database is then dropped with its sessions.
+/// Run a command against the scratch database: DATABASE_URL points there; each line it
+/// writes is logged as `[name] line` with any password masked (stdout stays the report's).
+/// Killed if the check is interrupted; the scratch database is then dropped with its
+/// sessions.
 async fn run_child(command: &[String], scratch: &Scratch) -> Result<std::process::ExitStatus> {
+    use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+    async fn relay(pipe: impl AsyncRead + Unpin, name: String) {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!("[{name}] {}", redact(&line));
+        }
+    }
+
     let program = crate::child::resolve(&command[0])?;
+    let name = program
+        .file_name()
+        .map_or_else(|| command[0].clone(), |n| n.to_string_lossy().into_owned());
     tracing::info!(
         "running {} on the scratch database",
         redact(&command.join(" "))
@@ -370,13 +383,26 @@ async fn run_child(command: &[String], scratch: &Scratch) -> Result<std::process
         .env("DATABASE_URL", &scratch.url)
         .env("SCHEMAGATE_DATABASE_URL", &scratch.url)
         .stdin(Stdio::null())
-        .stdout(std::io::stderr())
-        .stderr(std::io::stderr())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Config(format!("cannot run {}: {e}", command[0])))?;
-    child
+    let out = child
+        .stdout
+        .take()
+        .map(|p| tokio::spawn(relay(p, name.clone())));
+    let err = child
+        .stderr
+        .take()
+        .map(|p| tokio::spawn(relay(p, name.clone())));
+    let status = child
         .wait()
         .await
-        .map_err(|e| Error::Failed(format!("cannot wait for {}: {e}", command[0])))
+        .map_err(|e| Error::Failed(format!("cannot wait for {}: {e}", command[0])))?;
+    for relay in [out, err].into_iter().flatten() {
+        // A grandchild may hold the pipe open: do not wait for it for long.
+        let _ = tokio::time::timeout(Duration::from_secs(2), relay).await;
+    }
+    Ok(status)
 }
