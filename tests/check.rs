@@ -776,3 +776,43 @@ fn the_other_compatibility_findings() {
         "{report}"
     );
 }
+
+/// A role with CREATEDB but no superuser (a typical CI role) cannot create the event
+/// trigger: transactional migrations are still read from pg_locks before commit, and a
+/// `-- no-transaction` one is sampled, and the output says the trigger is missing.
+#[test]
+fn a_role_without_superuser_still_gets_a_check() {
+    let db = PgDb::new("check_role");
+    let role = format!("sg_ci_{}", std::process::id());
+    pg_exec(
+        &db.url,
+        &format!("CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{PASSWORD}'"),
+    );
+    let url = db.url.replacen("://postgres:", &format!("://{role}:"), 1);
+    let src = Migrations::new(&[
+        (
+            "1_base.sql",
+            "CREATE TABLE t (id INT PRIMARY KEY, v TEXT);\nINSERT INTO t VALUES (1, 'a');",
+        ),
+        (
+            "2_index.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY t_v_idx ON t (v);",
+        ),
+        (
+            "3_not_null.sql",
+            "ALTER TABLE t ALTER COLUMN v SET NOT NULL;",
+        ),
+    ]);
+    let out =
+        run(schemagate(&url).args(["check", "--json", "--since", "1", "--source", src.path()]));
+    pg_exec(&db.url, &format!("DROP ROLE {role}"));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let report = json(&out);
+    let observed = report["migrations"][0]["observed"].as_str().unwrap();
+    assert!(observed.contains("no event trigger"), "{observed}");
+    assert_eq!(verdict(&report["migrations"][0]), "ok");
+    assert_eq!(
+        verdict(&report["migrations"][1]),
+        "blocking-scan t; set-not-null t.v"
+    );
+}
