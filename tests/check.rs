@@ -214,6 +214,7 @@ fn accepted_findings_pass_the_gate() {
 
 /// A given scratch database is refused when it holds tables check did not create; an
 /// empty one is used and left empty, and is accepted again next time.
+/// reliability: `check --scratch-database` given the application's database | exit 2 naming it; nothing in it is read or changed (a regression: it was once reset on the way out) | nothing
 #[test]
 fn a_given_scratch_database_must_be_empty_and_is_left_empty() {
     let app = PgDb::new("check_app");
@@ -264,6 +265,7 @@ fn a_given_scratch_database_must_be_empty_and_is_left_empty() {
 }
 
 /// SIGTERM while the migrator runs: exit 143, and the scratch database is dropped.
+/// reliability: SIGTERM while `check` rehearses (its external migrator running) | the migrator is killed, the scratch database dropped with its sessions, exit 143 | nothing: the scratch database was check's own
 #[test]
 fn sigterm_drops_the_scratch_database() {
     let db = PgDb::new("check_sigterm");
@@ -535,6 +537,7 @@ fn smoke_on_postgres_prints_the_check_summary() {
 
 /// A migration that fails on the scratch database fails the check (exit 1, naming it), and
 /// the scratch database is still dropped.
+/// reliability: a migration fails while `check` rehearses it | exit 1 naming the migration and the error; the scratch database is dropped | nothing: it never ran anywhere else
 #[test]
 fn a_failing_migration_fails_the_check_and_the_scratch_database_goes() {
     let db = PgDb::new("check_fail");
