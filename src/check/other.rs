@@ -79,19 +79,8 @@ impl Drop for Scratch {
     }
 }
 
-fn scratch_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "schemagate_check_{}_{:06}",
-        std::process::id(),
-        nanos / 1000
-    )
-}
-
 async fn open(cfg: &Config) -> Result<(Scratch, Conn)> {
-    let name = scratch_name();
+    let name = super::pg::scratch_name();
     match cfg.backend {
         Backend::MySql => {
             let admin = MySqlConnectOptions::from_str(&cfg.url)
@@ -101,17 +90,24 @@ async fn open(cfg: &Config) -> Result<(Scratch, Conn)> {
                 .connect()
                 .await
                 .map_err(|e| fail(&format!("cannot connect to {}", cfg.display_url), e))?;
-            sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-                .execute(&mut c)
-                .await
-                .map_err(|e| fail(&format!("cannot create the scratch database {name}"), e))?;
-            c.close().await.ok();
-            tracing::info!("created scratch database {name}");
-            let scratch = Scratch {
+            // Armed before CREATE DATABASE is sent, as on PostgreSQL.
+            let mut scratch = Scratch {
                 name: name.clone(),
                 mysql_admin: Some(admin.clone()),
                 dir: None,
             };
+            let created = sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+                .execute(&mut c)
+                .await;
+            if let Err(e) = created {
+                scratch.mysql_admin = None;
+                return Err(fail(
+                    &format!("cannot create the scratch database {name}"),
+                    e,
+                ));
+            }
+            c.close().await.ok();
+            tracing::info!("created scratch database {name}");
             let c = admin
                 .database(&name)
                 .connect()

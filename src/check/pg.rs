@@ -70,50 +70,43 @@ impl Scratch {
             .application_name("schemagate check")
             .statement_cache_capacity(0)
             .disable_statement_logging();
-        let (name, admin) = match given {
-            Some(name) => (name.to_owned(), None),
-            None => {
-                let mut admin = crate::db::connect(cfg).await.and_then(|c| match c {
-                    crate::db::Conn::Pg(c) => Ok(c),
-                    _ => Err(Error::Config("check needs PostgreSQL".into())),
-                })?;
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
-                let name = format!(
-                    "schemagate_check_{}_{:06}",
-                    std::process::id(),
-                    nanos / 1000
-                );
-                exec(&mut admin, format!("CREATE DATABASE {}", ident(&name)))
-                    .await
-                    .map_err(|e| {
-                        fail(
-                            &format!(
-                                "cannot create the scratch database {name} (the role needs \
-                                 CREATEDB, or give an empty one with --scratch-database)"
-                            ),
-                            e,
-                        )
-                    })?;
-                tracing::info!("created scratch database {name}");
-                (name, Some(admin))
-            }
-        };
+        let name = given.map_or_else(scratch_name, str::to_owned);
         let mut url = url::Url::parse(&cfg.url)
             .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
         url.set_path(&format!("/{name}"));
-        let admin_options = base.clone();
         let mut scratch = Scratch {
-            admin_options,
-            created: admin.is_some(),
-            admin,
+            admin: None,
+            admin_options: base.clone(),
             options: base.database(&name),
+            // Armed before CREATE DATABASE is sent: if this future is dropped mid-statement
+            // (a signal), Drop removes whatever the server created.
+            created: given.is_none(),
             name,
             url: url.to_string(),
             event_trigger: false,
             accepted: false,
         };
+        if scratch.created {
+            let admin = crate::db::connect(cfg).await.and_then(|c| match c {
+                crate::db::Conn::Pg(c) => Ok(c),
+                _ => Err(Error::Config("check needs PostgreSQL".into())),
+            });
+            let mut admin = admin.inspect_err(|_| scratch.created = false)?;
+            let sql = format!("CREATE DATABASE {}", ident(&scratch.name));
+            if let Err(e) = exec(&mut admin, sql).await {
+                scratch.created = false;
+                return Err(fail(
+                    &format!(
+                        "cannot create the scratch database {} (the role needs CREATEDB, or \
+                         give an empty one with --scratch-database)",
+                        scratch.name
+                    ),
+                    e,
+                ));
+            }
+            tracing::info!("created scratch database {}", scratch.name);
+            scratch.admin = Some(admin);
+        }
         if let Err(e) = scratch.prepare().await {
             scratch.close().await;
             return Err(e);
@@ -258,6 +251,18 @@ impl Drop for Scratch {
             ),
         }
     }
+}
+
+/// A name no other check on this server uses at the same time.
+pub fn scratch_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "schemagate_check_{}_{:06}",
+        std::process::id(),
+        nanos / 1000
+    )
 }
 
 /// Empty a database check owns: every schema but the system's, then a fresh `public`.
