@@ -283,6 +283,8 @@ pub fn report(
     for b in catalog::diff(before, after) {
         findings.push((b.kind.into(), b.object, b.detail));
     }
+    // A stable order (the observers' maps are not): by kind, then object.
+    findings.sort();
     let findings = findings
         .into_iter()
         .map(|(kind, object, detail)| Finding {
