@@ -137,6 +137,44 @@ fn sql_corpus_gets_the_expected_verdicts_and_the_gate_exits_5() {
             .any(|l| l["table"] == "orders" && l["mode"] == "SHARE ROW EXCLUSIVE"),
         "{fk}"
     );
+    // The --json contract: these keys, at these levels.
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&report),
+        [
+            "baseline",
+            "duration_ms",
+            "findings",
+            "migrations",
+            "scratch_database",
+            "unaccepted"
+        ]
+    );
+    assert_eq!(
+        keys(fk),
+        [
+            "duration_ms",
+            "findings",
+            "lock_timeout",
+            "locks",
+            "locks_observed",
+            "migration",
+            "observed",
+            "version"
+        ]
+    );
+    assert_eq!(
+        keys(&fk["locks"][0]),
+        ["effect", "mode", "rewritten", "scanned", "table"]
+    );
+    assert_eq!(
+        keys(&fk["findings"][0]),
+        ["accepted", "detail", "kind", "migration", "object"]
+    );
     let scratch = report["scratch_database"].as_str().unwrap();
     assert!(scratch.starts_with("schemagate_check_"), "{scratch}");
     assert!(
