@@ -397,6 +397,8 @@ fn alembic_corpus_gets_the_same_verdicts_through_baseline() {
             .unwrap();
         let out = run(schemagate(&db.url)
             .env("PATH", &path)
+            // No __pycache__ left in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .current_dir(&project)
             .args(["check", "--json", "--allow-file"])
             .arg(&sql)
