@@ -1,6 +1,7 @@
-//! A PostgreSQL catalog snapshot (what code written for a schema relies on: relations,
-//! columns, defaults, NOT NULL, unique indexes, check constraints, enum labels, functions)
-//! and the diff that says what breaks the release still running.
+//! A catalog snapshot (what code written for a schema relies on: relations, columns,
+//! defaults, NOT NULL, unique indexes, check constraints, enum labels, functions) and the
+//! diff that says what breaks the release still running. Taken here from PostgreSQL's
+//! catalog; `other.rs` fills the same structure from MySQL's and SQLite's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
