@@ -15,6 +15,7 @@ Exit codes:
   3        wait: the expected version is recorded as failed
   4        drift: applied migrations differ from the source (checksum mismatch,
            unknown applied version, dirty state)
+  5        check: a finding that no `schemagate:allow` comment (or --allow) accepts
   124      timed out (connect, lock, wait)
   130/143  interrupted by SIGINT / SIGTERM (the run is rolled back or recorded as failed;
            a signal after the succeeded marker committed ends the run with 0)
@@ -104,6 +105,35 @@ pub enum Command {
     ///       --database-url postgres://postgres@127.0.0.1/scratch
     #[command(verbatim_doc_comment)]
     Smoke(SmokeArgs),
+    /// Rehearse the new migrations on a scratch database and report what they lock, what
+    /// they rewrite and what they break for the release still running (a CI gate).
+    ///
+    /// Creates a scratch database on the server --database-url names (the URL's own
+    /// database is only used to run CREATE/DROP DATABASE, never changed), applies the
+    /// migrations up to --since V (the release in production), snapshots the catalog, then
+    /// applies each newer migration and observes it: transactional ones are read from
+    /// pg_locks of their own backend before commit; `-- no-transaction` migrations and
+    /// external migrators from a side connection that samples pg_locks (the resolution is
+    /// printed), plus a ddl_command_end event trigger when the role may create one. The
+    /// scratch database is dropped afterwards, also on failure or SIGINT/SIGTERM.
+    /// On MySQL/MariaDB and SQLite (--source only): the catalog diff, without locks.
+    ///
+    /// Findings (exit 5 unless every one is accepted):
+    ///   drop-table, drop-view, rename-table, drop-column, rename-column, change-type,
+    ///   set-not-null, add-not-null-column, drop-default, drop-enum-value, drop-function,
+    ///   add-unique, add-check                      (breaks the release still running)
+    ///   rewrite, blocking-scan                     (blocks traffic for a table-sized time)
+    /// Accept one with a comment in the migration that causes it:
+    ///   -- schemagate:allow drop-column users.legacy_email
+    ///
+    /// Examples:
+    ///   schemagate check --source ./migrations --since 20240103000000 \
+    ///       --database-url postgres://postgres@127.0.0.1/postgres
+    ///   schemagate check --source ./migrations --since 20240103000000 --json
+    ///   schemagate check --baseline 'alembic upgrade 0002' --allow 'drop-column users.x' \
+    ///       -- alembic upgrade head
+    #[command(verbatim_doc_comment)]
+    Check(CheckArgs),
 }
 
 impl Command {
@@ -116,6 +146,7 @@ impl Command {
             Command::Rollback(_) => "rollback",
             Command::Stamp(_) => "stamp",
             Command::Smoke(_) => "smoke",
+            Command::Check(_) => "check",
         }
     }
 
@@ -127,6 +158,7 @@ impl Command {
             Command::Status(a) => Some(&a.connect),
             Command::Rollback(a) => Some(&a.connect),
             Command::Stamp(a) => Some(&a.connect),
+            Command::Check(a) => Some(&a.connect),
             Command::Smoke(_) => None,
         }
     }
@@ -409,6 +441,67 @@ pub struct SmokeArgs {
     /// Log format of this process (the rehearsed processes' logs are summarised).
     #[arg(long, env = "SCHEMAGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Directory of SQL migrations, as for `migrate`.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        required_unless_present = "command",
+        conflicts_with_all = ["command", "baseline"],
+        requires = "since"
+    )]
+    pub source: Option<PathBuf>,
+
+    /// With --source: the version the release still running was built for. Migrations up
+    /// to it are the baseline; the newer ones are checked. `0`: check them all.
+    #[arg(long, env = "SCHEMAGATE_SINCE")]
+    pub since: Option<i64>,
+
+    /// With -- CMD: a shell command that brings the scratch database to the previous
+    /// release (run with DATABASE_URL set to the scratch database), for example
+    /// `alembic upgrade 0002_add_display_name`. Omitted: start from an empty database.
+    #[arg(long, env = "SCHEMAGATE_BASELINE", requires = "command")]
+    pub baseline: Option<String>,
+
+    /// Use this existing, empty database on the same server instead of creating one (for
+    /// a role without CREATEDB). Refused when it holds tables check did not create.
+    #[arg(long, env = "SCHEMAGATE_SCRATCH_DATABASE")]
+    pub scratch_database: Option<String>,
+
+    /// Accept a finding (repeatable), as a `schemagate:allow` comment would:
+    /// `--allow 'drop-column users.legacy_email'`. Meant for external migrators.
+    #[arg(long = "allow", env = "SCHEMAGATE_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+
+    /// Accept the findings that `schemagate:allow` comments in this file name (repeatable):
+    /// with an external migrator, point it at the revision files the new release adds.
+    #[arg(
+        long = "allow-file",
+        env = "SCHEMAGATE_ALLOW_FILE",
+        value_delimiter = ','
+    )]
+    pub allow_files: Vec<PathBuf>,
+
+    /// How often the side connection samples pg_locks while a `-- no-transaction`
+    /// migration or an external migrator runs.
+    #[arg(long, env = "SCHEMAGATE_SAMPLE_INTERVAL", default_value = "5ms", value_parser = parse_duration)]
+    pub sample_interval: Duration,
+
+    /// Print one JSON document instead of the table.
+    #[arg(long, env = "SCHEMAGATE_JSON")]
+    pub json: bool,
+
+    /// An external migrator that applies the new release to the scratch database, for
+    /// example `-- alembic upgrade head`. It gets DATABASE_URL (and SCHEMAGATE_DATABASE_URL)
+    /// set to the scratch database.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Humane durations: `30s`, `10m`, `1h 30m`, `250ms`.

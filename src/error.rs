@@ -27,6 +27,9 @@ pub enum Error {
     /// The session holding the migration lock went away mid-run (exit 1, like `Failed`).
     #[error("{0}")]
     LockLost(String),
+    /// `check`: findings that no allow comment accepts (the CI gate).
+    #[error("{0}")]
+    Findings(String),
     /// SIGINT or SIGTERM arrived.
     #[error("interrupted by {0}")]
     Interrupted(Signal),
@@ -40,6 +43,7 @@ impl Error {
             Error::Config(_) => 2,
             Error::RecordedFailed(_) => 3,
             Error::Drift(_) => 4,
+            Error::Findings(_) => 5,
             Error::Timeout(_) => 124,
             Error::Interrupted(Signal::Int) => 130,
             Error::Interrupted(Signal::Term) => 143,
@@ -52,6 +56,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::RecordedFailed(_) => "recorded_failed",
             Error::Drift(_) => "drift",
+            Error::Findings(_) => "findings",
             Error::Timeout(_) => "timeout",
             Error::Interrupted(_) => "interrupted",
         }

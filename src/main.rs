@@ -2,6 +2,7 @@
 //! outcome into the exit code and the termination-log line. Every exit code is decided in
 //! `error.rs`; nothing below calls `process::exit`.
 
+mod check;
 mod child;
 mod cli;
 mod cmd;
@@ -99,6 +100,8 @@ async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
             )
             .await
         }
+        // `check` handles signals itself: it must drop its scratch database first.
+        Command::Check(args) => cmd::check::run(&config(&args.connect)?, &args, signals).await,
         Command::Smoke(args) => or_signal(cmd::smoke::run(&args), &mut signals).await,
     }
 }

@@ -1,6 +1,7 @@
 //! One file per subcommand. Each takes a validated `Config` and returns an `Outcome` that
 //! `main` turns into the exit code and the termination-log line.
 
+pub mod check;
 pub mod migrate;
 pub mod rollback;
 pub mod smoke;

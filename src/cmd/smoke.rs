@@ -111,6 +111,9 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
         source,
     };
     let mut conn = db::connect(&rehearsal.cfg).await?;
+    if rehearsal.cfg.backend == crate::config::Backend::Postgres {
+        check_summary(&rehearsal, &mut conn).await?;
+    }
     let mut checks = rehearsal.race(&mut conn, "rollout").await?;
 
     // Down one version and up again, when the newest migration can be undone.
@@ -169,6 +172,20 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
             failed.join("; ")
         )))
     }
+}
+
+/// What `check` says about the migrations this rehearsal is about to apply (PostgreSQL):
+/// the same summary, rehearsed on a scratch database of its own. Findings are shown, not
+/// gated: smoke checks the rollout mechanics, `check` is the gate.
+async fn check_summary(rehearsal: &Rehearsal, conn: &mut Conn) -> Result<()> {
+    let (applied, _) = conn.applied().await?;
+    let since = applied.iter().map(|a| a.version).max().unwrap_or(0);
+    println!();
+    match super::check::summary(&rehearsal.cfg, &rehearsal.source, since).await {
+        Ok(report) => crate::check::print_table(&report),
+        Err(e) => println!("check: cannot rehearse the migrations: {e}"),
+    }
+    Ok(())
 }
 
 impl Rehearsal {

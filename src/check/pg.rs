@@ -1,0 +1,548 @@
+//! The rehearsal on PostgreSQL: the scratch database (created and dropped, or a given empty
+//! one), and the observers: pg_locks of the migration's own backend before commit, a side
+//! connection sampling pg_locks, and a `ddl_command_end` event trigger that records the
+//! locks and scans of whatever session runs DDL (an external migrator included).
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection, Row};
+use tokio::sync::watch;
+
+use super::Observed;
+use super::catalog::{Snapshot, excluded};
+use crate::config::{Config, redact};
+use crate::error::{Error, Result};
+
+/// The comment that marks a database as check's own, so a given database check used
+/// before is accepted (and reset) instead of refused.
+const OURS: &str = "schemagate check scratch database";
+
+async fn exec(c: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(c)
+        .await
+        .map(|_| ())
+}
+
+async fn rows(c: &mut PgConnection, sql: String) -> Result<Vec<PgRow>, sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(c).await
+}
+
+fn fail(context: &str, e: sqlx::Error) -> Error {
+    let msg = format!("{context}: {}", redact(&e.to_string()));
+    match crate::db::classify(&e) {
+        crate::db::Class::Config => Error::Config(msg),
+        _ => Error::Failed(msg),
+    }
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The scratch database: where every migration is rehearsed. Never the app's.
+pub struct Scratch {
+    /// A connection to the URL's own database, used only for CREATE/DROP DATABASE.
+    admin: Option<PgConnection>,
+    /// How to reach it again, should this value be dropped before `close` (a signal that
+    /// ends the future, a panic): `Drop` then drops the database from another thread.
+    admin_options: PgConnectOptions,
+    pub name: String,
+    /// Created by us (dropped at the end) rather than given (reset at the end).
+    created: bool,
+    options: PgConnectOptions,
+    /// The scratch URL for an external migrator's environment.
+    pub url: String,
+    /// Whether the ddl_command_end event trigger is installed.
+    pub event_trigger: bool,
+    /// A given database proven empty (or ours): only then may `close` reset it.
+    accepted: bool,
+}
+
+impl Scratch {
+    /// Create a fresh database on the server `cfg.url` names, or take the given one once
+    /// it is proven empty.
+    pub async fn open(cfg: &Config, given: Option<&str>) -> Result<Scratch> {
+        let base = PgConnectOptions::from_str(&cfg.url)
+            .map_err(|e| fail("invalid database URL", e))?
+            .application_name("schemagate check")
+            .statement_cache_capacity(0)
+            .disable_statement_logging();
+        let name = given.map_or_else(scratch_name, str::to_owned);
+        let mut url = url::Url::parse(&cfg.url)
+            .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
+        url.set_path(&format!("/{name}"));
+        let mut scratch = Scratch {
+            admin: None,
+            admin_options: base.clone(),
+            options: base.database(&name),
+            // Armed before CREATE DATABASE is sent: if this future is dropped mid-statement
+            // (a signal), Drop removes whatever the server created.
+            created: given.is_none(),
+            name,
+            url: url.to_string(),
+            event_trigger: false,
+            accepted: false,
+        };
+        if scratch.created {
+            let admin = crate::db::connect(cfg).await.and_then(|c| match c {
+                crate::db::Conn::Pg(c) => Ok(c),
+                _ => Err(Error::Config("check needs PostgreSQL".into())),
+            });
+            let mut admin = admin.inspect_err(|_| scratch.created = false)?;
+            let sql = format!("CREATE DATABASE {}", ident(&scratch.name));
+            if let Err(e) = exec(&mut admin, sql).await {
+                scratch.created = false;
+                return Err(fail(
+                    &format!(
+                        "cannot create the scratch database {} (the role needs CREATEDB, or \
+                         give an empty one with --scratch-database)",
+                        scratch.name
+                    ),
+                    e,
+                ));
+            }
+            tracing::info!("created scratch database {}", scratch.name);
+            scratch.admin = Some(admin);
+        }
+        if let Err(e) = scratch.prepare().await {
+            scratch.close().await;
+            return Err(e);
+        }
+        Ok(scratch)
+    }
+
+    pub async fn connect(&self) -> Result<PgConnection> {
+        self.options.connect().await.map_err(|e| {
+            fail(
+                &format!("cannot connect to the scratch database {}", self.name),
+                e,
+            )
+        })
+    }
+
+    /// Refuse a given database that holds objects we did not create; install the event
+    /// trigger where the role may.
+    async fn prepare(&mut self) -> Result<()> {
+        let mut c = self.connect().await?;
+        if !self.created {
+            let nsp = excluded("n.nspname");
+            let r = rows(
+                &mut c,
+                format!(
+                    "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {nsp}) \
+                      + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+                         WHERE t.typtype IN ('e', 'd') AND {nsp}) \
+                      + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {nsp}), \
+                     coalesce(shobj_description((SELECT oid FROM pg_database WHERE datname = current_database()), 'pg_database'), '')"
+                ),
+            )
+            .await
+            .map_err(|e| fail("cannot inspect the scratch database", e))?;
+            let objects: i64 = r[0].try_get(0).unwrap_or(0);
+            let comment: String = r[0].try_get(1).unwrap_or_default();
+            if objects > 0 && comment != OURS {
+                c.close().await.ok();
+                return Err(Error::Config(format!(
+                    "refusing --scratch-database {}: it holds {objects} table(s), type(s) or \
+                     function(s) check did not create; give an empty database, or leave the \
+                     flag out to let check create (and drop) one",
+                    self.name
+                )));
+            }
+            self.accepted = true;
+            if objects > 0 {
+                reset(&mut c).await?;
+            }
+            if let Err(e) = exec(
+                &mut c,
+                format!("COMMENT ON DATABASE {} IS '{OURS}'", ident(&self.name)),
+            )
+            .await
+            {
+                tracing::debug!("cannot mark the scratch database as ours: {e}");
+            }
+        }
+        match exec(&mut c, EVENT_TRIGGER.into()).await {
+            Ok(()) => self.event_trigger = true,
+            Err(e) => {
+                tracing::info!(
+                    "no event trigger on the scratch database ({}): external migrators are \
+                     observed by sampling only",
+                    redact(&e.to_string())
+                );
+                let _ = exec(
+                    &mut c,
+                    "DROP SCHEMA IF EXISTS schemagate_check CASCADE".into(),
+                )
+                .await;
+            }
+        }
+        c.close().await.ok();
+        Ok(())
+    }
+
+    /// Drop the scratch database we created (its sessions are ended), or reset a given one.
+    pub async fn close(&mut self) {
+        if self.created {
+            if let Some(admin) = self.admin.as_mut() {
+                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&self.name));
+                match exec(admin, sql).await {
+                    Ok(()) => tracing::info!("dropped scratch database {}", self.name),
+                    Err(e) => tracing::error!(
+                        "cannot drop the scratch database {}: {}; drop it by hand",
+                        self.name,
+                        redact(&e.to_string())
+                    ),
+                }
+            }
+            if let Some(admin) = self.admin.take() {
+                admin.close().await.ok();
+            }
+            self.created = false;
+        } else if self.accepted
+            // A refused database is left exactly as it was.
+            && let Ok(mut c) = self.connect().await
+        {
+            // End the migrator's leftover sessions, then empty the database for next time.
+            let _ = exec(
+                &mut c,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    .into(),
+            )
+            .await;
+            if let Err(e) = reset(&mut c).await {
+                tracing::error!("cannot reset the scratch database {}: {e}", self.name);
+            }
+            c.close().await.ok();
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        // Not closed: the future that owned us was cancelled. Drop the database from a
+        // thread with its own runtime (this one may be shutting down), and wait for it.
+        let options = self.admin_options.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut c = options.connect().await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name));
+                exec(&mut c, sql).await.ok()
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Some(())) => tracing::info!("dropped scratch database {}", self.name),
+            _ => tracing::error!(
+                "cannot drop the scratch database {}; drop it by hand",
+                self.name
+            ),
+        }
+    }
+}
+
+/// A name no other check on this server uses at the same time.
+pub fn scratch_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "schemagate_check_{}_{:06}",
+        std::process::id(),
+        nanos / 1000
+    )
+}
+
+/// Empty a database check owns: every schema but the system's, then a fresh `public`.
+async fn reset(c: &mut PgConnection) -> Result<()> {
+    exec(
+        c,
+        "DO $$ DECLARE s text; BEGIN \
+           FOR s IN SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND nspname NOT LIKE 'pg\\_%' LOOP \
+             EXECUTE format('DROP SCHEMA %I CASCADE', s); \
+           END LOOP; \
+           CREATE SCHEMA public; \
+         END $$"
+            .into(),
+    )
+    .await
+    .map_err(|e| fail("cannot reset the scratch database", e))
+}
+
+/// A ddl_command_end trigger that logs, for whatever session runs DDL, the relation locks
+/// its transaction holds and the tables it has read in full so far. Exact where sampling
+/// can miss a short lock; needs a superuser (event triggers do).
+const EVENT_TRIGGER: &str = "
+CREATE SCHEMA schemagate_check;
+CREATE TABLE schemagate_check.lock_log (relid int8 NOT NULL, mode text NOT NULL);
+CREATE TABLE schemagate_check.scan_log (relid int8 NOT NULL, seq_scan int8 NOT NULL);
+CREATE TABLE schemagate_check.ddl_log (tag text NOT NULL, lock_timeout text NOT NULL);
+CREATE FUNCTION schemagate_check.log_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
+BEGIN
+  INSERT INTO schemagate_check.lock_log
+  SELECT l.relation::int8, l.mode FROM pg_locks l
+  WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
+  INSERT INTO schemagate_check.scan_log
+  SELECT relid::int8, seq_scan FROM pg_stat_xact_user_tables WHERE seq_scan > 0;
+  INSERT INTO schemagate_check.ddl_log VALUES (tg_tag, current_setting('lock_timeout'));
+END $f$;
+CREATE EVENT TRIGGER schemagate_check_ddl ON ddl_command_end
+  EXECUTE FUNCTION schemagate_check.log_ddl();
+";
+
+/// Empty the event trigger's log before a migration.
+pub async fn clear_log(c: &mut PgConnection, scratch: &Scratch) -> Result<()> {
+    if scratch.event_trigger {
+        exec(
+            c,
+            "TRUNCATE schemagate_check.lock_log, schemagate_check.scan_log, schemagate_check.ddl_log"
+                .into(),
+        )
+        .await
+        .map_err(|e| fail("cannot clear the event trigger's log", e))?;
+    }
+    Ok(())
+}
+
+/// Merge what the event trigger logged into `observed`.
+pub async fn read_log(
+    c: &mut PgConnection,
+    scratch: &Scratch,
+    observed: &mut Observed,
+) -> Result<()> {
+    if !scratch.event_trigger {
+        return Ok(());
+    }
+    let locks = rows(
+        c,
+        "SELECT relid, mode FROM schemagate_check.lock_log".into(),
+    )
+    .await
+    .map_err(|e| fail("cannot read the event trigger's log", e))?;
+    for r in locks {
+        let oid: i64 = r.try_get(0).unwrap_or(0);
+        let mode: String = r.try_get(1).unwrap_or_default();
+        observed.lock(oid, &mode);
+    }
+    let scans = rows(
+        c,
+        "SELECT relid, max(seq_scan) FROM schemagate_check.scan_log GROUP BY relid".into(),
+    )
+    .await
+    .map_err(|e| fail("cannot read the event trigger's log", e))?;
+    for r in scans {
+        let oid: i64 = r.try_get(0).unwrap_or(0);
+        let n: i64 = r.try_get(1).unwrap_or(0);
+        let e = observed.scanned.entry(oid).or_default();
+        *e = (*e).max(n);
+    }
+    // The lock_timeout each DDL statement really ran with (an external migrator may set
+    // its own): not in force if any statement ran without one.
+    let timeouts = rows(
+        c,
+        "SELECT DISTINCT lock_timeout FROM schemagate_check.ddl_log ORDER BY 1".into(),
+    )
+    .await
+    .map_err(|e| fail("cannot read the event trigger's log", e))?;
+    let timeouts: Vec<String> = timeouts
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect();
+    if !timeouts.is_empty() {
+        observed.lock_timeout = if timeouts.iter().any(|t| t == "0") {
+            None
+        } else {
+            Some(timeouts.join(", "))
+        };
+    }
+    Ok(())
+}
+
+/// Apply a migration without observing it (the baseline).
+pub async fn apply_plain(c: &mut PgConnection, sql: &str, no_tx: bool) -> Result<(), String> {
+    let sql = if no_tx {
+        sql.to_owned()
+    } else {
+        format!("BEGIN;\n{sql}\n;\nCOMMIT;")
+    };
+    match exec(c, sql).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = exec(c, "ROLLBACK".into()).await;
+            Err(redact(&e.to_string()))
+        }
+    }
+}
+
+/// Run a transactional migration and, before committing, read the locks its backend
+/// holds, the tables its transaction read in full and the lock_timeout in force.
+pub async fn apply_in_tx(c: &mut PgConnection, sql: &str) -> Result<Observed, String> {
+    let started = Instant::now();
+    let fail = |e: sqlx::Error| redact(&e.to_string());
+    let mut observed = Observed {
+        how: "in its own transaction: pg_locks of its backend, read before commit".into(),
+        rewrite_lock: Some("AccessExclusiveLock"),
+        ..Observed::default()
+    };
+    let r = async {
+        exec(c, format!("BEGIN;\n{sql}\n;")).await?;
+        let duration = started.elapsed();
+        for r in rows(
+            c,
+            "SELECT l.relation::int8, l.mode FROM pg_locks l \
+             WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                .into(),
+        )
+        .await?
+        {
+            observed.lock(r.try_get(0)?, &r.try_get::<String, _>(1)?);
+        }
+        for r in rows(
+            c,
+            "SELECT relid::int8, seq_scan FROM pg_stat_xact_user_tables WHERE seq_scan > 0".into(),
+        )
+        .await?
+        {
+            observed.scanned.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        let timeout = rows(c, "SELECT current_setting('lock_timeout')".into()).await?;
+        let timeout: String = timeout[0].try_get(0)?;
+        observed.lock_timeout = (timeout != "0").then_some(timeout);
+        exec(c, "COMMIT".into()).await?;
+        observed.duration = duration;
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    match r {
+        Ok(()) => Ok(observed),
+        Err(e) => {
+            let _ = exec(c, "ROLLBACK".into()).await;
+            Err(fail(e))
+        }
+    }
+}
+
+/// A side connection that samples pg_locks of every other session on the scratch
+/// database until told to stop.
+pub struct Sampler {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<Sampled>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Sampled {
+    pub locks: Vec<(i64, String)>,
+    pub samples: u64,
+    pub span: Duration,
+}
+
+impl Sampler {
+    pub async fn start(scratch: &Scratch, interval: Duration) -> Result<Sampler> {
+        let mut c = scratch.connect().await?;
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut out = Sampled::default();
+            let started = Instant::now();
+            // Catalog and bookkeeping relations are filtered out later: only tables that
+            // existed before the migration are reported.
+            let sql = "SELECT l.relation::int8, l.mode FROM pg_locks l \
+                 WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() \
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+            loop {
+                let rs = rows(&mut c, sql.to_owned())
+                    .await
+                    .map_err(|e| fail("the lock sampler failed", e))?;
+                out.samples += 1;
+                for r in rs {
+                    out.locks.push((
+                        r.try_get(0).unwrap_or(0),
+                        r.try_get::<String, _>(1).unwrap_or_default(),
+                    ));
+                }
+                if *stopped.borrow() {
+                    break;
+                }
+                // The sampling interval: this is the resolution the report states.
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            out.span = started.elapsed();
+            c.close().await.ok();
+            Ok(out)
+        });
+        Ok(Sampler { stop, task })
+    }
+
+    pub async fn finish(self) -> Result<Sampled> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| Error::Failed(format!("the lock sampler failed: {e}")))?
+    }
+}
+
+/// Fold a sampler's result into `observed`, with the resolution in words.
+pub fn merge_sampled(observed: &mut Observed, sampled: &Sampled, event_trigger: bool) {
+    for (oid, mode) in &sampled.locks {
+        observed.lock(*oid, mode);
+    }
+    let every = if sampled.samples > 1 {
+        sampled.span.as_secs_f64() * 1000.0 / (sampled.samples - 1) as f64
+    } else {
+        sampled.span.as_secs_f64() * 1000.0
+    };
+    observed.how = format!(
+        "side connection sampling pg_locks: {} samples, one every {every:.1} ms on average \
+         (a lock held for less may be missed){}",
+        sampled.samples,
+        if event_trigger {
+            "; plus a ddl_command_end event trigger recording each DDL statement's locks and scans"
+        } else {
+            "; no event trigger (needs a superuser): scans are not seen"
+        }
+    );
+}
+
+/// The catalog of the scratch database now.
+pub async fn snapshot(c: &mut PgConnection) -> Result<Snapshot> {
+    Snapshot::take(c)
+        .await
+        .map_err(|e| fail("cannot read the scratch database's catalog", e))
+}
+
+/// Run a `-- no-transaction` migration on `c` while the sampler watches.
+pub async fn apply_no_tx(c: &mut PgConnection, sql: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    exec(c, sql.to_owned())
+        .await
+        .map_err(|e| redact(&e.to_string()))?;
+    Ok(started.elapsed())
+}
+
+/// The lock_timeout a new session gets on the scratch database (what an external
+/// migrator starts with, unless it sets its own).
+pub async fn default_lock_timeout(c: &mut PgConnection) -> Option<String> {
+    let r = rows(c, "SELECT current_setting('lock_timeout')".into())
+        .await
+        .ok()?;
+    let v: String = r.first()?.try_get(0).ok()?;
+    (v != "0").then_some(v)
+}
