@@ -32,7 +32,7 @@ impl Source {
             ))
         };
         // Names first (the directory listing says which entries are files: no stat each),
-        // then the contents, read in parallel: this is on the path every replica pays.
+        // then the contents, one after the other: this is on the path every replica pays.
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(unreadable)? {
             let entry = entry.map_err(unreadable)?;
