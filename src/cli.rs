@@ -166,10 +166,16 @@ impl Command {
 
 /// How to reach the database and which marker and lock to use.
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Connection")]
 pub struct ConnectArgs {
     /// Database URL: postgres://, postgresql://, mysql://, mariadb:// or sqlite://.
     /// Falls back to DATABASE_URL.
-    #[arg(long, env = "SCHEMAGATE_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub database_url: Option<String>,
 
     /// Read the database URL from this file (a mounted secret); surrounding white space is
@@ -177,36 +183,48 @@ pub struct ConnectArgs {
     #[arg(
         long,
         env = "SCHEMAGATE_DATABASE_URL_FILE",
-        conflicts_with = "database_url"
+        conflicts_with = "database_url",
+        value_name = "PATH"
     )]
     pub database_url_file: Option<PathBuf>,
 
     /// The marker table; `schema.table` is allowed. Created by `migrate` when missing.
-    #[arg(long, env = "SCHEMAGATE_TABLE", default_value = "schemagate_marker")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TABLE",
+        default_value = "schemagate_marker",
+        value_name = "TABLE"
+    )]
     pub table: String,
 
     /// The name the migration lock is derived from. Runs that share it exclude each other.
     /// Defaults to the marker table's name.
-    #[arg(long, env = "SCHEMAGATE_LOCK_NAME")]
+    #[arg(long, env = "SCHEMAGATE_LOCK_NAME", value_name = "NAME")]
     pub lock_name: Option<String>,
 
     /// Give up connecting after this long (transient errors are retried with jittered
     /// backoff until then; authentication errors fail at once).
-    #[arg(long, env = "SCHEMAGATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
     pub connect_timeout: Duration,
 
     /// Log format on stderr.
-    #[arg(long, env = "SCHEMAGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "SCHEMAGATE_LOG_FORMAT", value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, help_heading = "Output")]
     pub log_format: LogFormat,
 
     /// Write a one-line JSON result here on exit (default: /dev/termination-log when it
     /// exists, so `kubectl describe` shows why a pod stopped).
-    #[arg(long, env = "SCHEMAGATE_TERMINATION_LOG")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TERMINATION_LOG",
+        value_name = "PATH",
+        help_heading = "Output"
+    )]
     pub termination_log: Option<PathBuf>,
 }
 
 /// How concurrent runs exclude each other.
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Lock")]
 pub struct LockArgs {
     /// `auto` (PostgreSQL): the session advisory lock when this connection is proven to be a
     /// server session of its own whose advisory lock excludes others, otherwise the lease
@@ -216,16 +234,16 @@ pub struct LockArgs {
     /// expiry, renewed while the run lasts and taken over only once expired; every
     /// migration checks in its own transaction that the lease is still ours (PostgreSQL
     /// only). MySQL and SQLite always use their own locks.
-    #[arg(long, env = "SCHEMAGATE_LOCK", value_enum, default_value_t = LockMode::Auto)]
+    #[arg(long, env = "SCHEMAGATE_LOCK", value_enum, value_name = "MODE", default_value_t = LockMode::Auto)]
     pub lock: LockMode,
 
     /// With --lock lease: how long a lease lives without a heartbeat (renewed every third
     /// of it). A crashed run's lease is taken over after this long.
-    #[arg(long, env = "SCHEMAGATE_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_LEASE_TTL", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub lease_ttl: Duration,
 
     /// Give up waiting for the lock after this long (exit 124).
-    #[arg(long, env = "SCHEMAGATE_LOCK_WAIT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_LOCK_WAIT", default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_wait: Duration,
 }
 
@@ -254,45 +272,58 @@ pub struct MigrateArgs {
         long,
         env = "SCHEMAGATE_SOURCE",
         required_unless_present = "command",
-        conflicts_with = "command"
+        conflicts_with = "command",
+        value_name = "DIR",
+        help_heading = "Migrate"
     )]
     pub source: Option<PathBuf>,
 
     /// With an external migrator: the schema version it brings the database to (for example
     /// the output of `alembic heads`, baked into the image). Recorded in the marker.
-    #[arg(long, env = "SCHEMAGATE_VERSION")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_VERSION",
+        value_name = "VERSION",
+        help_heading = "Migrate"
+    )]
     pub version: Option<String>,
 
     #[command(flatten)]
     pub lock: LockArgs,
 
     /// Print what would be applied and change nothing.
-    #[arg(long, env = "SCHEMAGATE_DRY_RUN")]
+    #[arg(long, env = "SCHEMAGATE_DRY_RUN", help_heading = "Migrate")]
     pub dry_run: bool,
 
     /// PostgreSQL: `lock_timeout` for each transactional migration. A migration that
     /// waits longer for a table lock is rolled back and retried with backoff (see
     /// --ddl-retries), instead of queueing every query on that table behind it.
-    #[arg(long, env = "SCHEMAGATE_DDL_LOCK_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_DDL_LOCK_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
     pub ddl_lock_timeout: Option<Duration>,
 
     /// PostgreSQL: `statement_timeout` for each transactional migration; a migration that
     /// exceeds it is rolled back and retried like a lock timeout.
-    #[arg(long, env = "SCHEMAGATE_STATEMENT_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_STATEMENT_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
     pub statement_timeout: Option<Duration>,
 
     /// How many times a migration that hit --ddl-lock-timeout or --statement-timeout is
     /// retried before the run fails.
-    #[arg(long, env = "SCHEMAGATE_DDL_RETRIES", default_value_t = 3)]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_DDL_RETRIES",
+        default_value_t = 3,
+        value_name = "N",
+        help_heading = "Timeouts"
+    )]
     pub ddl_retries: u32,
 
     /// PostgreSQL: apply all pending transactional migrations in one transaction (all or
     /// nothing). `-- no-transaction` migrations still run on their own.
-    #[arg(long, env = "SCHEMAGATE_SINGLE_TRANSACTION")]
+    #[arg(long, env = "SCHEMAGATE_SINGLE_TRANSACTION", help_heading = "Migrate")]
     pub single_transaction: bool,
 
     /// How long an external migrator gets to exit after SIGTERM before SIGKILL.
-    #[arg(long, env = "SCHEMAGATE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_GRACE", default_value = "10s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
     pub grace: Duration,
 
     /// POST a JSON event here when this run succeeds or fails (repeatable). A slow or
@@ -300,14 +331,21 @@ pub struct MigrateArgs {
     #[arg(
         long = "notify-url",
         env = "SCHEMAGATE_NOTIFY_URL",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_name = "URL",
+        help_heading = "Output"
     )]
     pub notify_urls: Vec<String>,
 
     /// An external migrator to run under the lock instead of --source, for example
     /// `-- alembic upgrade head`. Needs --version. stdin is closed; its output is logged;
     /// SCHEMAGATE_VERSION and SCHEMAGATE_LOCK_KEY are added to its environment.
-    #[arg(last = true, value_name = "CMD", requires = "version")]
+    #[arg(
+        last = true,
+        value_name = "CMD",
+        requires = "version",
+        help_heading = "Migrate"
+    )]
     pub command: Vec<String>,
 }
 
@@ -321,44 +359,67 @@ pub struct WaitArgs {
         long,
         env = "SCHEMAGATE_EXPECT",
         required_unless_present = "source",
-        conflicts_with = "source"
+        conflicts_with = "source",
+        value_name = "VERSION",
+        help_heading = "Wait"
     )]
     pub expect: Option<String>,
 
     /// Wait for the newest migration in this directory, with a matching digest (or for all
     /// of them to be recorded as applied).
-    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        value_name = "DIR",
+        help_heading = "Wait"
+    )]
     pub source: Option<PathBuf>,
 
     /// Give up after this long (exit 124).
-    #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "10m", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
     pub timeout: Duration,
 
     /// Time between checks (jittered by up to 20%).
-    #[arg(long, env = "SCHEMAGATE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_INTERVAL", default_value = "1s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
     pub interval: Duration,
 
     /// Hold one connection and LISTEN for the marker (PostgreSQL): wakes at commit.
     /// Polling continues as a fallback.
-    #[arg(long, env = "SCHEMAGATE_LISTEN")]
+    #[arg(long, env = "SCHEMAGATE_LISTEN", help_heading = "Wait")]
     pub listen: bool,
 
     /// Check once and exit: 0 ready, 1 not yet (for a Compose healthcheck).
-    #[arg(long, env = "SCHEMAGATE_ONCE", conflicts_with = "listen")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_ONCE",
+        conflicts_with = "listen",
+        help_heading = "Wait"
+    )]
     pub once: bool,
 
     /// Keep waiting when the newest marker for the version is `failed` (a retry may fix it).
-    #[arg(long, env = "SCHEMAGATE_IGNORE_FAILED")]
+    #[arg(long, env = "SCHEMAGATE_IGNORE_FAILED", help_heading = "Wait")]
     pub ignore_failed: bool,
 
     /// After the database is ready, also wait until this URL answers 2xx (repeatable),
     /// within the same --timeout.
-    #[arg(long = "http", env = "SCHEMAGATE_HTTP", value_delimiter = ',')]
+    #[arg(
+        long = "http",
+        env = "SCHEMAGATE_HTTP",
+        value_delimiter = ',',
+        value_name = "URL",
+        help_heading = "Wait"
+    )]
     pub http: Vec<String>,
 
     /// Once ready, replace this process with CMD (signals then go straight to the app):
     /// `schemagate wait --expect V -- ./server --port 8080`.
-    #[arg(last = true, value_name = "CMD", conflicts_with = "once")]
+    #[arg(
+        last = true,
+        value_name = "CMD",
+        conflicts_with = "once",
+        help_heading = "Wait"
+    )]
     pub command: Vec<String>,
 }
 
@@ -368,15 +429,26 @@ pub struct StatusArgs {
     pub connect: ConnectArgs,
 
     /// Compare the database with this migrations directory (applied, pending, drift).
-    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        value_name = "DIR",
+        help_heading = "Status"
+    )]
     pub source: Option<PathBuf>,
 
     /// Print one JSON document instead of text.
-    #[arg(long, env = "SCHEMAGATE_JSON")]
+    #[arg(long, env = "SCHEMAGATE_JSON", help_heading = "Output")]
     pub json: bool,
 
     /// How many markers to show, newest first.
-    #[arg(long, env = "SCHEMAGATE_LIMIT", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_LIMIT",
+        default_value_t = 20,
+        value_name = "N",
+        help_heading = "Output"
+    )]
     pub limit: u32,
 }
 
@@ -390,15 +462,25 @@ pub struct RollbackArgs {
 
     /// The version to roll back to: it stays applied, everything newer is undone. `0`
     /// undoes every migration.
-    #[arg(long, env = "SCHEMAGATE_TO")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TO",
+        value_name = "VERSION",
+        help_heading = "Rollback"
+    )]
     pub to: i64,
 
     /// Directory of migrations with `.down.sql` files.
-    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        value_name = "DIR",
+        help_heading = "Rollback"
+    )]
     pub source: PathBuf,
 
     /// Print what would be undone and change nothing.
-    #[arg(long, env = "SCHEMAGATE_DRY_RUN")]
+    #[arg(long, env = "SCHEMAGATE_DRY_RUN", help_heading = "Rollback")]
     pub dry_run: bool,
 }
 
@@ -411,11 +493,16 @@ pub struct StampArgs {
     pub lock: LockArgs,
 
     /// The version to mark done.
-    #[arg(value_name = "VERSION")]
+    #[arg(value_name = "VERSION", help_heading = "Stamp")]
     pub version: String,
 
     /// Directory of SQL migrations: record those up to VERSION as applied.
-    #[arg(long, env = "SCHEMAGATE_SOURCE")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        value_name = "DIR",
+        help_heading = "Stamp"
+    )]
     pub source: Option<PathBuf>,
 }
 
@@ -423,23 +510,35 @@ pub struct StampArgs {
 pub struct SmokeArgs {
     /// The database to rehearse against (default: a throwaway SQLite file in a temp dir).
     /// Use a scratch database: the migrations are really applied.
-    #[arg(long, env = "SCHEMAGATE_SMOKE_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SMOKE_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        help_heading = "Smoke"
+    )]
     pub database_url: Option<String>,
 
     /// Directory of SQL migrations, as for `migrate`.
-    #[arg(long, env = "SCHEMAGATE_SOURCE", default_value = "./migrations")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        default_value = "./migrations",
+        value_name = "DIR",
+        help_heading = "Smoke"
+    )]
     pub source: PathBuf,
 
     /// How many `migrate` and how many `wait` processes to start at once.
-    #[arg(long, env = "SCHEMAGATE_REPLICAS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=500))]
+    #[arg(long, env = "SCHEMAGATE_REPLICAS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=500), value_name = "N", help_heading = "Smoke")]
     pub replicas: u32,
 
     /// Give up on the whole rehearsal after this long.
-    #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "2m", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
     pub timeout: Duration,
 
     /// Log format of this process (the rehearsed processes' logs are summarised).
-    #[arg(long, env = "SCHEMAGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "SCHEMAGATE_LOG_FORMAT", value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, help_heading = "Output")]
     pub log_format: LogFormat,
 }
 
@@ -455,28 +554,50 @@ pub struct CheckArgs {
         required_unless_present = "command",
         conflicts_with_all = ["command", "baseline"],
         requires = "since"
-    )]
+    , value_name = "DIR", help_heading = "Check")]
     pub source: Option<PathBuf>,
 
     /// With --source: the version the release still running was built for. Migrations up
     /// to it are the baseline; the newer ones are checked. `0`: check them all.
-    #[arg(long, env = "SCHEMAGATE_SINCE")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SINCE",
+        value_name = "VERSION",
+        help_heading = "Check"
+    )]
     pub since: Option<i64>,
 
     /// With -- CMD: a shell command that brings the scratch database to the previous
     /// release (run with DATABASE_URL set to the scratch database), for example
     /// `alembic upgrade 0002_add_display_name`. Omitted: start from an empty database.
-    #[arg(long, env = "SCHEMAGATE_BASELINE", requires = "command")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_BASELINE",
+        requires = "command",
+        value_name = "CMD",
+        help_heading = "Check"
+    )]
     pub baseline: Option<String>,
 
     /// Use this existing, empty database on the same server instead of creating one (for
     /// a role without CREATEDB). Refused when it holds tables check did not create.
-    #[arg(long, env = "SCHEMAGATE_SCRATCH_DATABASE")]
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SCRATCH_DATABASE",
+        value_name = "NAME",
+        help_heading = "Check"
+    )]
     pub scratch_database: Option<String>,
 
     /// Accept a finding (repeatable), as a `schemagate:allow` comment would:
     /// `--allow 'drop-column users.legacy_email'`. Meant for external migrators.
-    #[arg(long = "allow", env = "SCHEMAGATE_ALLOW", value_delimiter = ',')]
+    #[arg(
+        long = "allow",
+        env = "SCHEMAGATE_ALLOW",
+        value_delimiter = ',',
+        value_name = "FINDING",
+        help_heading = "Check"
+    )]
     pub allow: Vec<String>,
 
     /// Accept the findings that `schemagate:allow` comments in this file name (repeatable):
@@ -484,23 +605,25 @@ pub struct CheckArgs {
     #[arg(
         long = "allow-file",
         env = "SCHEMAGATE_ALLOW_FILE",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_name = "PATH",
+        help_heading = "Check"
     )]
     pub allow_files: Vec<PathBuf>,
 
     /// How often the side connection samples pg_locks while a `-- no-transaction`
     /// migration or an external migrator runs.
-    #[arg(long, env = "SCHEMAGATE_SAMPLE_INTERVAL", default_value = "5ms", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_SAMPLE_INTERVAL", default_value = "5ms", value_parser = parse_duration, value_name = "DURATION", help_heading = "Check")]
     pub sample_interval: Duration,
 
     /// Print one JSON document instead of the table.
-    #[arg(long, env = "SCHEMAGATE_JSON")]
+    #[arg(long, env = "SCHEMAGATE_JSON", help_heading = "Output")]
     pub json: bool,
 
     /// An external migrator that applies the new release to the scratch database, for
     /// example `-- alembic upgrade head`. It gets DATABASE_URL (and SCHEMAGATE_DATABASE_URL)
     /// set to the scratch database.
-    #[arg(last = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD", help_heading = "Check")]
     pub command: Vec<String>,
 }
 
