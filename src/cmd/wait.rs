@@ -10,7 +10,7 @@ use crate::cli::WaitArgs;
 use crate::config::{Backend, Config, redact_url};
 use sqlx::migrate::AppliedMigration;
 
-use crate::db::{self, Conn, Listener, Newest, Wake};
+use crate::db::{self, Conn, Decisive, Listener, Wake};
 use crate::error::{Error, Result};
 use crate::http;
 use crate::source::Source;
@@ -235,7 +235,7 @@ impl Via<'_> {
         cfg: &Config,
         version: &str,
         upto: Option<i64>,
-    ) -> Result<Option<Newest>> {
+    ) -> Result<Decisive> {
         match self {
             Via::Conn(c) => c.newest_marker(&cfg.table, version, upto).await,
             Via::Listener(l) => db::settle_newest(
@@ -265,7 +265,10 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
 async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {
     let digest = target.source.as_ref().map(Source::digest);
     let history = target.source.as_ref().map(Source::history);
-    let newest = via
+    let Decisive {
+        marker: newest,
+        newest_succeeded,
+    } = via
         .newest_marker(cfg, &target.version, history.map(|(v, _)| v))
         .await?;
     let mut failed = None;
@@ -319,7 +322,7 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
     if failed.is_none()
         && target.source.is_none()
         && let Ok(v) = target.version.parse::<i64>()
-        && passed(via, cfg, v).await?
+        && passed(via, newest_succeeded.as_deref(), v).await?
     {
         return Ok(Readiness::Ready(format!(
             "the database has passed version {v}: it is applied, and the newest succeeded \
@@ -337,15 +340,8 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
 /// `_sqlx_migrations`, nothing is dirty, and the newest `succeeded` marker of any action
 /// names an integer version at or above V. A rollback below V, or an interrupted one
 /// (whose marker is `failed`), does not pass.
-async fn passed(via: &mut Via<'_>, cfg: &Config, v: i64) -> Result<bool> {
-    let newest = match via {
-        Via::Conn(c) => c.newest_succeeded_version(&cfg.table).await?,
-        Via::Listener(l) => l
-            .newest_succeeded_version(&cfg.table)
-            .await
-            .map_err(|e| Error::Failed(db::describe(&e)))?,
-    };
-    if newest
+async fn passed(via: &mut Via<'_>, newest_succeeded: Option<&str>, v: i64) -> Result<bool> {
+    if newest_succeeded
         .and_then(|n| n.parse::<i64>().ok())
         .is_none_or(|n| n < v)
     {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use serde::Serialize;
 use sqlx::migrate::{AppliedMigration, Migrate, Migration};
-use sqlx::{AssertSqlSafe, MySqlConnection, PgConnection, SqliteConnection};
+use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 
 use crate::config::{Backend, Config, Table, redact};
 use crate::error::{Error, Result};
@@ -86,6 +86,15 @@ pub struct Newest {
     /// up to that version `_sqlx_migrations` records as applied, and how many as dirty.
     pub applied_upto: i64,
     pub dirty: i64,
+}
+
+/// What one read of the marker table tells about a version: the marker that decides it
+/// (see `Conn::newest_marker`), and the version of the newest `succeeded` marker of any
+/// action (for `wait --expect V` when the database has passed V).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisive {
+    pub marker: Option<Newest>,
+    pub newest_succeeded: Option<String>,
 }
 
 /// Per-migration settings (PostgreSQL): `SET LOCAL` inside each migration's transaction.
@@ -506,36 +515,13 @@ impl Conn {
         table: &Table,
         version: &str,
         upto: Option<i64>,
-    ) -> Result<Option<Newest>> {
+    ) -> Result<Decisive> {
         let r = match self {
             Conn::Pg(c) => postgres::newest_marker(c, table, version, upto).await,
             Conn::My(c) => mysql::newest_marker(c, table, version, upto).await,
             Conn::Lite(c) => sqlite::newest_marker(c, table, version, upto).await,
         };
         settle_newest(r, table, version)
-    }
-
-    /// The version of the newest `succeeded` marker, of any action (`None` without one, or
-    /// without the table).
-    pub async fn newest_succeeded_version(&mut self, table: &Table) -> Result<Option<String>> {
-        let sql = newest_succeeded_sql(table);
-        let r = match self {
-            Conn::Pg(c) => postgres::newest_succeeded_version(c, sql).await,
-            Conn::My(c) => {
-                sqlx::query_scalar(AssertSqlSafe(sql))
-                    .fetch_optional(c)
-                    .await
-            }
-            Conn::Lite(c) => {
-                sqlx::query_scalar(AssertSqlSafe(sql))
-                    .fetch_optional(c)
-                    .await
-            }
-        };
-        match r {
-            Err(e) if is_undefined_table(&e) => Ok(None),
-            r => r.map_err(|e| db_err("cannot read the markers", e)),
-        }
     }
 
     /// Marker history, newest first. Empty when the table does not exist.
@@ -677,23 +663,39 @@ impl Conn {
     }
 }
 
-/// A marker read as `Conn::newest_marker` reports it: no table means none yet, and a later
-/// rollback to another version means this one is no longer current.
+/// The rows `newest_marker_sql` reads, as `Conn::newest_marker` reports them: no table
+/// means none yet, and a later rollback to another version means this one is no longer
+/// current.
 pub fn settle_newest(
-    r: Result<Option<Newest>, sqlx::Error>,
+    r: Result<Vec<NewestRow>, sqlx::Error>,
     table: &Table,
     version: &str,
-) -> Result<Option<Newest>> {
-    match r {
-        Err(e) if is_undefined_table(&e) => Ok(None),
-        Ok(Some(m)) if m.version != version => Ok(None),
+) -> Result<Decisive> {
+    let rows = match r {
+        Err(e) if is_undefined_table(&e) => return Ok(Decisive::default()),
         r => r.map_err(|e| {
             db_err(
                 &format!("cannot read the marker from {}", table.qualified),
                 e,
             )
-        }),
+        })?,
+    };
+    let mut out = Decisive::default();
+    for (v, status, digest, detail, applied_upto, dirty, which) in rows {
+        if which == 1 {
+            out.newest_succeeded = Some(v);
+        } else if v == version {
+            out.marker = Some(Newest {
+                version: v,
+                status,
+                digest,
+                detail,
+                applied_upto,
+                dirty,
+            });
+        }
     }
+    Ok(out)
 }
 
 /// Applied migrations as `Conn::applied` reports them: no table means none.
@@ -708,43 +710,43 @@ pub fn settle_applied(
     }
 }
 
-pub(crate) fn newest_succeeded_sql(t: &Table) -> String {
-    format!(
-        "SELECT version FROM {} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1",
-        t.qualified
-    )
-}
+/// A row `newest_marker_sql` reads: version, status, digest, detail, the two history
+/// counts, and 0 for the decisive row or 1 for the newest `succeeded` one.
+pub(crate) type NewestRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+);
 
-/// The row `newest_marker` reads (MySQL and SQLite; PostgreSQL quotes its literal).
-type NewestRow = (String, String, Option<String>, Option<String>, i64, i64);
-
-/// The marker that decides `version`: its own newest row, or a later rollback. `param` is
+/// Two rows at most, in one round trip: the marker that decides `version` (its own newest
+/// row, or a later rollback), and the newest `succeeded` marker of any action. `param` is
 /// the backend's placeholder for the version; `zero` its 64-bit integer zero. With `upto`,
-/// two more columns count the history in `_sqlx_migrations`.
+/// the decisive row also counts the history in `_sqlx_migrations`.
 fn newest_marker_sql(t: &Table, param: &str, zero: &str, upto: Option<i64>) -> String {
+    let one = zero.replace('0', "1");
     let history = match upto {
         Some(v) => format!(
-            "(SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE version <= {v} AND success), \
-             (SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE NOT success)"
+            "(SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE version <= {v} AND success) \
+               AS applied_upto, \
+             (SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE NOT success) AS dirty"
         ),
-        None => format!("{zero}, {zero}"),
+        None => format!("{zero} AS applied_upto, {zero} AS dirty"),
     };
+    // Every column named: MySQL refuses a derived table with two columns of one name.
     format!(
-        "SELECT version, status, digest, detail, {history} FROM {} \
-         WHERE version = {param} OR action = 'rollback' ORDER BY id DESC LIMIT 1",
-        t.qualified
+        "SELECT * FROM (SELECT version, status, digest, detail, {history}, {zero} AS which \
+           FROM {q} WHERE version = {param} OR action = 'rollback' ORDER BY id DESC LIMIT 1) \
+           AS decisive \
+         UNION ALL \
+         SELECT * FROM (SELECT version, status, digest, detail, {zero} AS applied_upto, \
+           {zero} AS dirty, {one} AS which \
+           FROM {q} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1) AS newest_ok",
+        q = t.qualified
     )
-}
-
-fn newest_from_row((version, status, digest, detail, applied_upto, dirty): NewestRow) -> Newest {
-    Newest {
-        version,
-        status,
-        digest,
-        detail,
-        applied_upto,
-        dirty,
-    }
 }
 
 type MarkerRow = (

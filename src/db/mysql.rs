@@ -6,7 +6,7 @@ use std::str::FromStr;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection};
 
-use super::{Holder, Marker, NewMarker, Newest};
+use super::{Holder, Marker, NewMarker};
 use crate::config::{Config, LockId, Table};
 
 pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
@@ -156,17 +156,16 @@ pub async fn newest_marker(
     t: &Table,
     version: &str,
     upto: Option<i64>,
-) -> Result<Option<Newest>, sqlx::Error> {
-    let row: Option<super::NewestRow> = sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
+) -> Result<Vec<super::NewestRow>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
         t,
         "?",
         "CAST(0 AS SIGNED)",
         upto,
     )))
     .bind(version)
-    .fetch_optional(c)
-    .await?;
-    Ok(row.map(super::newest_from_row))
+    .fetch_all(c)
+    .await
 }
 
 pub async fn markers(

@@ -13,7 +13,7 @@ use sqlx::migrate::{AppliedMigration, Migration};
 use sqlx::postgres::{PgConnectOptions, PgExecutor, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row};
 
-use super::{ApplyOptions, Fence, Holder, MIGRATIONS_TABLE, Marker, NewMarker, Newest};
+use super::{ApplyOptions, Fence, Holder, MIGRATIONS_TABLE, Marker, NewMarker};
 use crate::config::{Config, Table};
 use crate::source::hex;
 
@@ -341,30 +341,25 @@ pub async fn newest_marker<'c>(
     t: &Table,
     version: &str,
     upto: Option<i64>,
-) -> Result<Option<Newest>, sqlx::Error> {
-    row(
+) -> Result<Vec<super::NewestRow>, sqlx::Error> {
+    rows(
         c,
         super::newest_marker_sql(t, &lit(version), "0::int8", upto),
     )
     .await?
+    .iter()
     .map(|r| {
-        Ok(Newest {
-            version: r.try_get(0)?,
-            status: r.try_get(1)?,
-            digest: r.try_get(2)?,
-            detail: r.try_get(3)?,
-            applied_upto: r.try_get(4)?,
-            dirty: r.try_get(5)?,
-        })
+        Ok((
+            r.try_get(0)?,
+            r.try_get(1)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?,
+            r.try_get(5)?,
+            r.try_get(6)?,
+        ))
     })
-    .transpose()
-}
-
-pub async fn newest_succeeded_version<'c>(
-    c: impl PgExecutor<'c>,
-    sql: String,
-) -> Result<Option<String>, sqlx::Error> {
-    row(c, sql).await?.map(|r| r.try_get(0)).transpose()
+    .collect()
 }
 
 pub async fn markers(
@@ -675,18 +670,8 @@ impl Listener {
         t: &Table,
         version: &str,
         upto: Option<i64>,
-    ) -> Result<Option<Newest>, sqlx::Error> {
+    ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
         newest_marker(&mut self.0, t, version, upto).await
-    }
-
-    pub async fn newest_succeeded_version(
-        &mut self,
-        t: &Table,
-    ) -> Result<Option<String>, sqlx::Error> {
-        match newest_succeeded_version(&mut self.0, super::newest_succeeded_sql(t)).await {
-            Err(e) if super::is_undefined_table(&e) => Ok(None),
-            r => r,
-        }
     }
 
     pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {

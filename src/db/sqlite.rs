@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
 
-use super::{Marker, NewMarker, Newest};
+use super::{Marker, NewMarker};
 use crate::config::{Config, Table};
 
 pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
@@ -93,13 +93,11 @@ pub async fn newest_marker(
     t: &Table,
     version: &str,
     upto: Option<i64>,
-) -> Result<Option<Newest>, sqlx::Error> {
-    let row: Option<super::NewestRow> =
-        sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(t, "?1", "0", upto)))
-            .bind(version)
-            .fetch_optional(c)
-            .await?;
-    Ok(row.map(super::newest_from_row))
+) -> Result<Vec<super::NewestRow>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(t, "?1", "0", upto)))
+        .bind(version)
+        .fetch_all(c)
+        .await
 }
 
 pub async fn markers(

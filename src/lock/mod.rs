@@ -268,6 +268,7 @@ pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> 
     Ok(conn
         .newest_marker(&cfg.table, expected.version, upto)
         .await?
+        .marker
         .is_some_and(|m| {
             m.status == "succeeded"
                 && m.digest.as_deref() == expected.digest
