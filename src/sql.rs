@@ -25,21 +25,7 @@ pub fn split(sql: &str) -> Vec<Statement<'_>> {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 1;
-                i += 2;
-                while i < b.len() && depth > 0 {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            b'/' if b.get(i + 1) == Some(&b'*') => i = past_block_comment(b, i),
             b'\'' => {
                 let escapes =
                     i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
@@ -91,6 +77,23 @@ fn push<'a>(sql: &'a str, start: usize, end: usize, out: &mut Vec<Statement<'a>>
     out.push(Statement { text, line });
 }
 
+/// Past the end of the block comment that opens at `open` (PostgreSQL nests them).
+fn past_block_comment(b: &[u8], open: usize) -> usize {
+    let (mut depth, mut i) = (1, open + 2);
+    while i < b.len() && depth > 0 {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
@@ -132,21 +135,7 @@ fn strip_leading_comments(mut s: &str) -> &str {
         if let Some(rest) = s.strip_prefix("--") {
             s = rest.find('\n').map_or("", |n| &rest[n + 1..]);
         } else if s.starts_with("/*") {
-            // Nested comments: reuse the splitter's rule by finding the matching close.
-            let b = s.as_bytes();
-            let (mut depth, mut i) = (1, 2);
-            while i < b.len() && depth > 0 {
-                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    i += 2;
-                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                    depth -= 1;
-                    i += 2;
-                } else {
-                    i += 1;
-                }
-            }
-            s = &s[i.min(s.len())..];
+            s = &s[past_block_comment(s.as_bytes(), 0).min(s.len())..];
         } else {
             return s;
         }

@@ -253,9 +253,15 @@ fn bounced_db(server: &PgServer, bouncer: &PgBouncer, name: &str) -> (PgDb, Stri
 /// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 1`, where every statement of every client lands on one server session | `--lock auto` sees that the backend pid announced at startup (the pooler's) is not the server session's, logs why, and uses the lease; one run applies every migration once, the others see the marker | nothing: no failed marker, no double run
 #[test]
 fn default_lock_races_behind_a_transaction_pooler_with_one_server_connection() {
+    default_lock_races_behind(("transaction", 1));
+}
+
+/// 20 racers with default flags through PgBouncer (`pool_mode`, `default_pool_size`):
+/// a clean race on the lease.
+fn default_lock_races_behind((pool_mode, pool_size): (&str, u32)) {
     let server = start_cluster(&[]);
-    let bouncer = PgBouncer::start_with(&server, "transaction", 1);
-    let (db, url) = bounced_db(&server, &bouncer, "pool1");
+    let bouncer = PgBouncer::start_with(&server, pool_mode, pool_size);
+    let (db, url) = bounced_db(&server, &bouncer, pool_mode);
     let src = logged_source(10);
     let outs = race_through(&url, &src, &[]);
     assert_clean_race(&db, &outs);
@@ -265,13 +271,7 @@ fn default_lock_races_behind_a_transaction_pooler_with_one_server_connection() {
 /// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 4` | the startup pid gives the pooler away whatever the traffic (a probe that watched statements move between server sessions was fooled here under load) and the lease is used; one run applies every migration once | nothing: no failed marker, no double run
 #[test]
 fn default_lock_races_behind_a_transaction_pooler_with_four_server_connections() {
-    let server = start_cluster(&[]);
-    let bouncer = PgBouncer::start_with(&server, "transaction", 4);
-    let (db, url) = bounced_db(&server, &bouncer, "pool4");
-    let src = logged_source(10);
-    let outs = race_through(&url, &src, &[]);
-    assert_clean_race(&db, &outs);
-    assert_lock_chosen(&outs, "lease");
+    default_lock_races_behind(("transaction", 4));
 }
 
 /// reliability: `--lock advisory` given explicitly through PgBouncer in transaction pooling mode | refused with exit 2 before anything is applied; the message names the pooler that was detected and `--lock lease` | nothing: refused before any migration ran
@@ -306,13 +306,7 @@ fn explicit_advisory_lock_behind_a_transaction_pooler_is_refused() {
 /// reliability: 20 racing `migrate` with default flags through PgBouncer in session pooling mode | the pooler announces its own backend key at startup, so `--lock auto` cannot prove a server session of its own (a session pooler cannot be told from a transaction pooler with certainty) and uses the lease; one run applies every migration once | nothing
 #[test]
 fn default_lock_uses_the_lease_behind_a_session_pooler() {
-    let server = start_cluster(&[]);
-    let bouncer = PgBouncer::start_with(&server, "session", 60);
-    let (db, url) = bounced_db(&server, &bouncer, "session");
-    let src = logged_source(10);
-    let outs = race_through(&url, &src, &[]);
-    assert_clean_race(&db, &outs);
-    assert_lock_chosen(&outs, "lease (a connection pooler or proxy");
+    default_lock_races_behind(("session", 60));
 }
 
 /// reliability: 20 racing `migrate` with default flags, each connected directly to PostgreSQL | the backend pid announced at startup is the session's, a second connection is refused the probe key and `pg_locks` shows it held: the advisory lock is proven and used; one run applies every migration once | nothing
