@@ -159,7 +159,7 @@ pub struct ConnectArgs {
 
     /// Give up connecting after this long (transient errors are retried with jittered
     /// backoff until then; authentication errors fail at once).
-    #[arg(long, env = "SCHEMAGATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_connect_timeout)]
     pub connect_timeout: Duration,
 
     /// Log format on stderr.
@@ -184,7 +184,7 @@ pub struct LockArgs {
 
     /// With --lock lease: how long a lease lives without a heartbeat (renewed every third
     /// of it). A crashed run's lease is taken over after this long.
-    #[arg(long, env = "SCHEMAGATE_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_LEASE_TTL", default_value = "30s", value_parser = parse_lease_ttl)]
     pub lease_ttl: Duration,
 
     /// Give up waiting for the lock after this long (exit 124).
@@ -235,12 +235,12 @@ pub struct MigrateArgs {
     /// PostgreSQL: `lock_timeout` for each transactional migration. A migration that
     /// waits longer for a table lock is rolled back and retried with backoff (see
     /// --ddl-retries), instead of queueing every query on that table behind it.
-    #[arg(long, env = "SCHEMAGATE_DDL_LOCK_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_DDL_LOCK_TIMEOUT", value_parser = parse_pg_timeout)]
     pub ddl_lock_timeout: Option<Duration>,
 
     /// PostgreSQL: `statement_timeout` for each transactional migration; a migration that
     /// exceeds it is rolled back and retried like a lock timeout.
-    #[arg(long, env = "SCHEMAGATE_STATEMENT_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMAGATE_STATEMENT_TIMEOUT", value_parser = parse_pg_timeout)]
     pub statement_timeout: Option<Duration>,
 
     /// How many times a migration that hit --ddl-lock-timeout or --statement-timeout is
@@ -292,12 +292,13 @@ pub struct WaitArgs {
     #[arg(long, env = "SCHEMAGATE_SOURCE")]
     pub source: Option<PathBuf>,
 
-    /// Give up after this long (exit 124).
+    /// Give up after this long (exit 124). At least one check is made, even with 0; with
+    /// --once, it bounds that one check.
     #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Time between checks (jittered by up to 20%).
-    #[arg(long, env = "SCHEMAGATE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    /// Time between checks (jittered by up to 20%); at least 50ms.
+    #[arg(long, env = "SCHEMAGATE_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 
     /// Hold one connection and LISTEN for the marker (PostgreSQL): wakes at commit.
@@ -405,9 +406,55 @@ pub struct SmokeArgs {
     pub log_format: LogFormat,
 }
 
-/// Humane durations: `30s`, `10m`, `1h 30m`, `250ms`.
+/// The longest duration any flag takes: beyond it, deadline arithmetic overflows and
+/// servers refuse the interval.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Humane durations: `30s`, `10m`, `1h 30m`, `250ms`; at most a year.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (try 30s, 10m)"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?}: {e} (try 30s, 10m)"))?;
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is too long: at most 366d"));
+    }
+    Ok(d)
+}
+
+/// A duration with a floor: below it, the flag would spin (open connections in a loop).
+fn at_least(s: &str, min: Duration, min_text: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min {
+        return Err(format!("duration {s:?} is too short: at least {min_text}"));
+    }
+    Ok(d)
+}
+
+/// `wait --interval`: each check opens a connection; at least 50ms.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    at_least(s, Duration::from_millis(50), "50ms")
+}
+
+/// `--connect-timeout`: 0 would give up before the first attempt.
+pub fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+    at_least(s, Duration::from_millis(100), "100ms")
+}
+
+/// `--lease-ttl`: renewed every third of it; at least 3s.
+pub fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+    at_least(s, Duration::from_secs(3), "3s")
+}
+
+/// PostgreSQL's `lock_timeout` / `statement_timeout`: `0` means no limit, as in
+/// PostgreSQL; otherwise at most 2147483647ms, the largest the server accepts.
+pub fn parse_pg_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.as_millis() > i32::MAX as u128 {
+        return Err(format!(
+            "duration {s:?} is longer than PostgreSQL accepts (at most 2147483647ms, about 24d \
+             20h; 0 means no limit)"
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

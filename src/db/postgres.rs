@@ -55,6 +55,14 @@ fn millis(d: Duration) -> String {
     format!("'{}ms'", d.as_millis().max(1))
 }
 
+/// A `lock_timeout` / `statement_timeout` value: 0 keeps PostgreSQL's meaning, no limit.
+fn timeout_ms(d: Duration) -> String {
+    match d.as_millis() {
+        0 if d.is_zero() => "0".into(),
+        ms => format!("'{}ms'", ms.max(1)),
+    }
+}
+
 async fn rows<'c>(c: impl PgExecutor<'c>, sql: String) -> Result<Vec<PgRow>, sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(c).await
 }
@@ -471,10 +479,10 @@ fn settings_sql(opts: &ApplyOptions) -> String {
          WHERE current_setting('server_version_num')::int >= 140000;\n",
     );
     if let Some(d) = opts.lock_timeout {
-        s.push_str(&format!("SET LOCAL lock_timeout = {};\n", millis(d)));
+        s.push_str(&format!("SET LOCAL lock_timeout = {};\n", timeout_ms(d)));
     }
     if let Some(d) = opts.statement_timeout {
-        s.push_str(&format!("SET LOCAL statement_timeout = {};\n", millis(d)));
+        s.push_str(&format!("SET LOCAL statement_timeout = {};\n", timeout_ms(d)));
     }
     s
 }
@@ -493,10 +501,20 @@ pub async fn apply_in_tx(
     sql.push_str("COMMIT;");
     let r = exec(c, sql).await;
     if r.is_err() {
-        // The batch stopped at the error inside the transaction block; end it.
-        let _ = exec(c, "ROLLBACK".into()).await;
+        end_failed_transaction(c).await;
     }
     r
+}
+
+/// After a failed batch: roll back if the session is still in the aborted transaction
+/// block. A plain ROLLBACK when the server already ended it makes PostgreSQL warn "there
+/// is no transaction in progress", a second, misleading line for one failure.
+async fn end_failed_transaction(c: &mut PgConnection) {
+    if let Err(sqlx::Error::Database(db)) = exec(c, "SELECT 1".into()).await
+        && db.code().as_deref() == Some("25P02")
+    {
+        let _ = exec(c, "ROLLBACK".into()).await;
+    }
 }
 
 /// Apply a `-- no-transaction` migration. On failure it is recorded as dirty
@@ -532,7 +550,7 @@ pub async fn revert(c: &mut PgConnection, down: &Migration) -> Result<(), sqlx::
     )
     .await;
     if r.is_err() {
-        let _ = exec(c, "ROLLBACK".into()).await;
+        end_failed_transaction(c).await;
     }
     r
 }
