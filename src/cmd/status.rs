@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::Outcome;
 use crate::cli::{LockMode, StatusArgs};
-use crate::config::Config;
+use crate::config::{Config, redact};
 use crate::db::{self, Holder, Marker};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lock;
 use crate::source::{Source, hex};
 
@@ -26,6 +26,9 @@ struct Report {
 #[derive(Debug, Serialize)]
 struct LockReport {
     name: String,
+    /// A string: the key is a 64-bit integer, beyond what JSON readers (jq, JavaScript)
+    /// hold exactly.
+    #[serde(serialize_with = "as_string")]
     key: i64,
     holder: Option<Holder>,
     /// The holder of the `--lock lease` lease, if one is live (PostgreSQL).
@@ -60,8 +63,24 @@ struct Pending {
     reversible: bool,
 }
 
+fn as_string<S: serde::Serializer>(key: &i64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&key.to_string())
+}
+
 pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
     let source = args.source.as_deref().map(Source::load).transpose()?;
+    if cfg.backend == crate::config::Backend::Sqlite {
+        // Reading never creates the file: a missing one is a wrong path, not an empty
+        // database.
+        let file = db::sqlite_options(cfg)
+            .map_err(|e| Error::Config(format!("invalid database URL: {}", db::describe(&e))))?;
+        if !file.get_filename().exists() {
+            return Err(Error::Config(format!(
+                "the SQLite database file {} does not exist",
+                file.get_filename().display()
+            )));
+        }
+    }
     let mut conn = db::connect(cfg).await?;
     let markers = conn.markers(&cfg.table, args.limit).await?;
     let holder = lock::holder(&mut conn, cfg, LockMode::Advisory).await?;
@@ -118,21 +137,28 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
             pending,
         },
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&report).expect("report serializes");
+        json.push('\n');
+        json
     } else {
-        print_text(&report);
-    }
+        render_text(&report)
+    };
+    // Marker details were redacted when written, but by whichever version wrote them.
+    crate::print_stdout(&redact(&text));
     Ok(Outcome {
         message: "status printed".into(),
         ..Outcome::default()
     })
 }
 
-fn print_text(r: &Report) {
+fn render_text(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    macro_rules! println {
+        () => { out.push('\n') };
+        ($($t:tt)*) => {{ let _ = writeln!(out, $($t)*); }};
+    }
     println!("database  {} ({})", r.database, r.backend);
     println!("lock      {:?} key {}", r.lock.name, r.lock.key);
     match &r.lock.holder {
@@ -186,4 +212,5 @@ fn print_text(r: &Report) {
             println!("  {} {}", p.version, p.description);
         }
     }
+    out
 }
