@@ -648,6 +648,69 @@ impl Conn {
         })
     }
 
+    /// Create a database on this connection's server (smoke's scratch database). `name`
+    /// must be a plain identifier.
+    pub async fn create_database(&mut self, name: &str) -> Result<()> {
+        let sql = format!("CREATE DATABASE {name}");
+        let r = match self {
+            Conn::Pg(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(c).await.map(|_| ()),
+            Conn::My(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(c).await.map(|_| ()),
+            Conn::Lite(_) => Ok(()),
+        };
+        r.map_err(|e| db_err(&format!("cannot create the scratch database {name}"), e))
+    }
+
+    /// Drop a database created by `create_database`, ending its sessions.
+    pub async fn drop_database(&mut self, name: &str) -> Result<()> {
+        let r = match self {
+            Conn::Pg(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(c)
+            .await
+            .map(|_| ()),
+            Conn::My(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name}"
+            )))
+            .execute(c)
+            .await
+            .map(|_| ()),
+            Conn::Lite(_) => Ok(()),
+        };
+        r.map_err(|e| db_err(&format!("cannot drop the scratch database {name}"), e))
+    }
+
+    /// How many tables the connected database holds (smoke refuses to rehearse on data).
+    pub async fn table_count(&mut self) -> Result<i64> {
+        let r = match self {
+            Conn::Pg(c) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_tables \
+                     WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                )
+                .fetch_one(c)
+                .await
+            }
+            Conn::My(c) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM information_schema.tables \
+                     WHERE table_schema = DATABASE()",
+                )
+                .fetch_one(c)
+                .await
+            }
+            Conn::Lite(c) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%'",
+                )
+                .fetch_one(c)
+                .await
+            }
+        };
+        r.map_err(|e| db_err("cannot list the tables", e))
+    }
+
     /// Indexes a failed `CREATE INDEX CONCURRENTLY` left invalid (PostgreSQL only).
     pub async fn invalid_indexes(&mut self) -> Result<Vec<String>> {
         match self {
