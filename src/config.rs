@@ -195,6 +195,7 @@ fn is_identifier(s: &str) -> bool {
 /// Reserved in PostgreSQL, MySQL/MariaDB or SQLite: unusable as an unquoted table name on
 /// at least one backend.
 fn is_reserved(word: &str) -> bool {
+    #[rustfmt::skip]
     const RESERVED: &[&str] = &[
         "abort", "accessible", "add", "all", "alter", "analyse", "analyze", "and", "any",
         "array", "as", "asc", "asensitive", "asymmetric", "authorization", "before",
@@ -325,9 +326,8 @@ fn display_of(url: &url::Url) -> String {
 
 /// The backend a URL names, the URL as sqlx takes it, and its redacted form.
 fn parse_database_url(raw: &str) -> Result<(Backend, String, String)> {
-    let bad = |shown: &str, why: &str| {
-        Error::Config(format!("invalid database URL {shown}: {why}"))
-    };
+    let bad =
+        |shown: &str, why: &str| Error::Config(format!("invalid database URL {shown}: {why}"));
     let Some((scheme, rest)) = raw.split_once(':').filter(|(s, _)| is_scheme(s)) else {
         let why = if raw.contains('=') {
             "this is a key=value connection string (libpq or ADO.NET style); pass a URL such \
@@ -388,7 +388,11 @@ fn parse_database_url(raw: &str) -> Result<(Backend, String, String)> {
         }
     }
     let display = redact(&display_of(&url));
-    let url = if modified { url.to_string() } else { raw.to_owned() };
+    let url = if modified {
+        url.to_string()
+    } else {
+        raw.to_owned()
+    };
     Ok((backend, url, display))
 }
 
@@ -420,9 +424,11 @@ fn honour_mysql_credentials(url: &mut url::Url) -> Result<bool, String> {
     if let Some(password) = &password {
         let current = url.password().map(crate::redact::percent_decode);
         if current.as_ref().is_some_and(|c| c != password) {
-            return Err("it has two different passwords, before the host and in ?password=: \
+            return Err(
+                "it has two different passwords, before the host and in ?password=: \
                         keep one"
-                .into());
+                    .into(),
+            );
         }
         url.set_password(Some(&crate::redact::percent_encode(password)))
             .map_err(|()| "the URL cannot carry a password".to_owned())?;
@@ -456,7 +462,10 @@ mod tests {
         assert_eq!(redact_url("postgres://db/app"), "postgres://db/app");
         // A URL that does not parse is never echoed.
         assert_eq!(redact_url("postgres://u:pw@@h:xx/d"), "postgres://…@h:xx");
-        assert_eq!(redact_url("postgres://app:pa/ss1@db/app"), "postgres://…@db");
+        assert_eq!(
+            redact_url("postgres://app:pa/ss1@db/app"),
+            "postgres://…@db"
+        );
         assert_eq!(redact_url("host=db password=x"), "<unparseable URL>");
     }
 
@@ -477,7 +486,9 @@ mod tests {
             Table::parse("ops.marker").unwrap().schema.as_deref(),
             Some("ops")
         );
-        for bad in ["", "1abc", "a;drop", "a.b.c", "a b", "\"x\"", "order", "x.user"] {
+        for bad in [
+            "", "1abc", "a;drop", "a.b.c", "a b", "\"x\"", "order", "x.user",
+        ] {
             assert!(Table::parse(bad).is_err(), "{bad}");
         }
     }

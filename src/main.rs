@@ -116,10 +116,7 @@ async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let text = redact(&e.render().to_string());
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         print_stdout(&text);
         return ExitCode::SUCCESS;
     }

@@ -261,7 +261,10 @@ mod tests {
             (20240115093000, MigrationType::Simple, "create users")
         );
         assert_eq!(parse("2_x.up.sql").unwrap().1, MigrationType::ReversibleUp);
-        assert_eq!(parse("2_x.down.sql").unwrap().1, MigrationType::ReversibleDown);
+        assert_eq!(
+            parse("2_x.down.sql").unwrap().1,
+            MigrationType::ReversibleDown
+        );
         // What sqlx accepts: a leading +, an empty description.
         assert_eq!(parse("+1_init.sql").unwrap().0, 1);
         assert_eq!(parse("1_.sql").unwrap().2, "");

@@ -66,7 +66,11 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
     let version = source.version();
     let source_dir = std::fs::canonicalize(&args.source)
         .map_err(|e| Error::Config(format!("cannot resolve {}: {e}", args.source.display())))?;
-    let (url, _temp) = match args.database_url.as_deref().filter(|u| !u.trim().is_empty()) {
+    let (url, _temp) = match args
+        .database_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
         Some(url) => (url.trim().to_owned(), None),
         None => {
             let dir = std::env::temp_dir().join(format!("schemagate-smoke-{}", std::process::id()));

@@ -177,7 +177,8 @@ async fn wait_loop(
             Err(e @ Error::Config(_)) => return Err(e),
             // A single check reports why it could not look (unreachable: 124).
             Err(e) if args.once => return Err(e),
-            Err(e) => Readiness::NotYet(format!("database not reachable: {e}")),
+            // Unreachable, or an error retrying may cure (the message says which).
+            Err(e) => Readiness::NotYet(format!("cannot check: {e}")),
         };
         match state {
             Readiness::Ready(why) => return Ok(why),

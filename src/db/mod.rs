@@ -325,6 +325,15 @@ pub fn is_undefined_table(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A sqlx migration error: a database error inside is described and classified as one.
+fn migrate_err(context: &str, e: sqlx::migrate::MigrateError) -> Error {
+    use sqlx::migrate::MigrateError as M;
+    match e {
+        M::Execute(inner) | M::ExecuteMigration(inner, _) => db_err(context, inner),
+        other => Error::Failed(format!("{context}: {}", redact(&other.to_string()))),
+    }
+}
+
 pub fn db_err(context: &str, e: sqlx::Error) -> Error {
     let msg = format!("{context}: {}", describe(&e));
     match classify(&e) {
@@ -552,8 +561,6 @@ impl Conn {
 
     /// Applied migrations and the dirty version, or empty when sqlx's table is missing.
     pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
-        let fail =
-            |e: String| Error::Failed(format!("cannot list applied migrations: {}", redact(&e)));
         if let Conn::Pg(c) = self {
             return settle_applied(postgres::applied(c).await);
         }
@@ -563,15 +570,12 @@ impl Conn {
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_undefined_table(&e) => {
                 return Ok((Vec::new(), None));
             }
-            Err(sqlx::migrate::MigrateError::Execute(e)) => {
-                return Err(db_err("cannot list applied migrations", e));
-            }
-            Err(e) => return Err(fail(e.to_string())),
+            Err(e) => return Err(migrate_err("cannot list applied migrations", e)),
         };
         let dirty = migrate
             .dirty_version(MIGRATIONS_TABLE)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| migrate_err("cannot list applied migrations", e))?;
         Ok((applied, dirty))
     }
 
@@ -579,12 +583,7 @@ impl Conn {
         self.migrate()
             .ensure_migrations_table(MIGRATIONS_TABLE)
             .await
-            .map_err(|e| {
-                Error::Failed(format!(
-                    "cannot create {MIGRATIONS_TABLE}: {}",
-                    redact(&e.to_string())
-                ))
-            })
+            .map_err(|e| migrate_err(&format!("cannot create {MIGRATIONS_TABLE}"), e))
     }
 
     /// Apply transactional migrations together in one transaction (PostgreSQL), or one
@@ -653,8 +652,14 @@ impl Conn {
     pub async fn create_database(&mut self, name: &str) -> Result<()> {
         let sql = format!("CREATE DATABASE {name}");
         let r = match self {
-            Conn::Pg(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(c).await.map(|_| ()),
-            Conn::My(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(c).await.map(|_| ()),
+            Conn::Pg(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(c)
+                .await
+                .map(|_| ()),
+            Conn::My(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(c)
+                .await
+                .map(|_| ()),
             Conn::Lite(_) => Ok(()),
         };
         r.map_err(|e| db_err(&format!("cannot create the scratch database {name}"), e))

@@ -482,7 +482,10 @@ fn settings_sql(opts: &ApplyOptions) -> String {
         s.push_str(&format!("SET LOCAL lock_timeout = {};\n", timeout_ms(d)));
     }
     if let Some(d) = opts.statement_timeout {
-        s.push_str(&format!("SET LOCAL statement_timeout = {};\n", timeout_ms(d)));
+        s.push_str(&format!(
+            "SET LOCAL statement_timeout = {};\n",
+            timeout_ms(d)
+        ));
     }
     s
 }
