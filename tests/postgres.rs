@@ -327,10 +327,7 @@ fn malformed_url_is_2_and_redacted() {
             format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/db"),
             "postgres://…@127.0.0.1:notaport",
         ),
-        (
-            format!("ftp://postgres:{PASSWORD}@127.0.0.1/db"),
-            "ftp://…",
-        ),
+        (format!("ftp://postgres:{PASSWORD}@127.0.0.1/db"), "ftp://…"),
     ] {
         let out = run(schemagate(&url).args([
             "migrate",

@@ -64,7 +64,11 @@ pub fn forms_of(secret: &str) -> Vec<String> {
             form.push(b as char);
         } else {
             upper.push_str(&format!("%{b:02X}"));
-            form.push_str(&if b == b' ' { "+".into() } else { format!("%{b:02X}") });
+            form.push_str(&if b == b' ' {
+                "+".into()
+            } else {
+                format!("%{b:02X}")
+            });
         }
     }
     let json = serde_json::to_string(secret).unwrap();
@@ -132,8 +136,7 @@ pub fn finish(child: Child) -> Output {
 
 /// The threads that took a child's stderr to watch for a line, by pid: each returns the
 /// whole stream at EOF, so `finish` still checks all of it.
-fn stderr_readers() -> &'static std::sync::Mutex<HashMap<u32, std::thread::JoinHandle<String>>>
-{
+fn stderr_readers() -> &'static std::sync::Mutex<HashMap<u32, std::thread::JoinHandle<String>>> {
     static READERS: OnceLock<std::sync::Mutex<HashMap<u32, std::thread::JoinHandle<String>>>> =
         OnceLock::new();
     READERS.get_or_init(Default::default)
