@@ -92,7 +92,7 @@ fn pg_role(db: &PgDb, password: &str) -> (String, String) {
 
 // ----- secrets and credentials -----
 
-/// reliability: a database URL whose password holds an unencoded `/ ? # @`, a URL with one slash, a libpq key=value or ADO.NET string | exit 2 before connecting; the URL is never echoed, only its scheme and host, and the message says to percent-encode | nothing
+/// reliability: a database URL whose password holds an unencoded `/ ? # @`, a URL with one slash, a libpq key=value or ADO.NET string | exit 2 before connecting; the URL is never echoed, only its scheme and host, and the message says to percent-encode | nothing | any (refused before connecting)
 #[test]
 fn unparseable_url_is_never_echoed() {
     let dir = scratch();
@@ -203,7 +203,7 @@ fn every_form_of_the_password_is_masked() {
     assert_status_clean(lite.url(), "My-Pwd-4412");
 }
 
-/// reliability: a MySQL URL with `?user=…&password=…` (documented MySQL URL parameters) | they are honoured; a wrong password is refused for that user (exit 2) and the run never connects as the server's default user; two different users is a usage error | nothing
+/// reliability: a MySQL URL with `?user=…&password=…` (documented MySQL URL parameters) | they are honoured; a wrong password is refused for that user (exit 2) and the run never connects as the server's default user; two different users is a usage error | nothing | MariaDB
 #[test]
 fn mysql_user_and_password_parameters_are_honoured() {
     let db = TestDb::new(Kind::My, "myuser");
@@ -277,7 +277,7 @@ fn empty_schemagate_database_url_does_not_shadow_database_url() {
 
 // ----- input validated before anything runs -----
 
-/// reliability: a duration out of range (`--interval 18446744073709551615s`, `--interval 0`, a lock or statement timeout beyond PostgreSQL's limit, `--lease-ttl 1s`) | exit 2 naming the value before connecting (the huge interval used to panic with no termination log) | nothing
+/// reliability: a duration out of range (`--interval 18446744073709551615s`, `--interval 0`, a lock or statement timeout beyond PostgreSQL's limit, `--lease-ttl 1s`) | exit 2 naming the value before connecting (the huge interval used to panic with no termination log) | nothing | any (refused before connecting)
 #[test]
 fn durations_out_of_range_are_usage_errors() {
     let dir = scratch();
@@ -449,7 +449,7 @@ fn source_is_read_as_sqlx_cli_reads_it() {
     assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
 }
 
-/// reliability: a source with a dangling symlink, version 0, a `.down.sql` without its up migration, or a file starting with a UTF-8 BOM | exit 2 naming the file (and the BOM) before connecting | nothing
+/// reliability: a source with a dangling symlink, version 0, a `.down.sql` without its up migration, or a file starting with a UTF-8 BOM | exit 2 naming the file (and the BOM) before connecting | nothing | any (refused before connecting)
 #[test]
 fn bad_sources_are_refused_naming_the_file() {
     let url = format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/db");
@@ -526,7 +526,7 @@ fn unknown_database_is_a_configuration_error_on_every_server() {
     }
 }
 
-/// reliability: the database user lacks a privilege (cannot create the marker table, cannot read it) | exit 2 at once naming the privilege or object, for `migrate` and `wait` alike (wait used to retry as "not reachable" until its timeout) | nothing
+/// reliability: the database user lacks a privilege (cannot create the marker table, cannot read it) | exit 2 at once naming the privilege or object, for `migrate` and `wait` alike (wait used to retry as "not reachable" until its timeout) | nothing | PostgreSQL, MariaDB
 #[test]
 fn missing_privilege_is_a_configuration_error() {
     let dir = scratch();
@@ -852,7 +852,7 @@ fn wait_http_timeout_says_the_schema_is_ready() {
     );
 }
 
-/// reliability: an external migrator writes bytes that are not UTF-8, or a line of megabytes without a newline | its output keeps streaming (decoded lossily; lines cut at 64 KiB, marked), so it is never killed by SIGPIPE mid-migration; exit 0 and a `succeeded` marker | nothing
+/// reliability: an external migrator writes bytes that are not UTF-8, or a 200 KB line without a newline | its output keeps streaming (decoded lossily; lines cut at 64 KiB, marked), so it is never killed by SIGPIPE mid-migration; exit 0 and a `succeeded` marker | nothing
 #[test]
 fn migrator_output_that_is_not_utf8_keeps_streaming() {
     let db = PgDb::new("bytes");
@@ -951,7 +951,7 @@ fn smoke_source() -> Migrations {
     ])
 }
 
-/// reliability: `smoke --database-url` pointed at a database that holds data | the rehearsal (rollback included) runs in a scratch database smoke creates and drops; the given database is not touched; a SQLite file with tables is refused (exit 2) | nothing (it used to drop a 100-row table and report "passed")
+/// reliability: `smoke --database-url` pointed at a database that holds data | the rehearsal (rollback included) runs in a scratch database smoke creates and drops; the given database is not touched; a SQLite file with tables is refused (exit 2) | nothing (it used to drop a 100-row table and report "passed") | PostgreSQL, SQLite
 #[test]
 fn smoke_never_touches_existing_data() {
     let db = PgDb::new("smokedata");
