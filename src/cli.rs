@@ -11,7 +11,8 @@ Exit codes:
   0        done / ready
   1        the migration or the external migrator failed; other runtime errors
   2        usage or configuration error (bad flag, bad URL, unreadable source,
-           authentication refused): retrying will not help
+           authentication refused, a missing privilege, a TLS certificate
+           refused): retrying will not help
   3        wait: the expected version is recorded as failed
   4        drift: applied migrations differ from the source (checksum mismatch,
            unknown applied version, dirty state)
@@ -384,8 +385,9 @@ pub struct StampArgs {
 
 #[derive(Debug, Args)]
 pub struct SmokeArgs {
-    /// The database to rehearse against (default: a throwaway SQLite file in a temp dir).
-    /// Use a scratch database: the migrations are really applied.
+    /// The server to rehearse on (default: a throwaway SQLite file in a temp dir). smoke
+    /// creates a scratch database there, rehearses in it and drops it: the database in the
+    /// URL is never touched. A SQLite file must be new or hold no tables.
     #[arg(long, env = "SCHEMAGATE_SMOKE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
