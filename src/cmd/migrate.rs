@@ -378,7 +378,7 @@ async fn apply_pending(
                     } else {
                         ""
                     };
-                    tracing::error!("{detail}{hint}");
+                    // Logged once, by main, with the exit code it leads to.
                     let marker = ctx.marker(Status::Failed, progress.applied, Some(&detail));
                     if let Err(m) = conn.insert_marker(&ctx.cfg.table, &marker).await {
                         // The database may be why it failed: report the migration's error.

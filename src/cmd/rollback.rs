@@ -112,7 +112,6 @@ async fn undo(
         let t = Instant::now();
         if let Err(e) = conn.revert(down).await {
             let detail = format!("undoing migration {label} failed: {}", e.message);
-            tracing::error!("{detail}");
             if let Err(m) = conn
                 .insert_marker(&cfg.table, &marker(Status::Failed, undone, Some(&detail)))
                 .await
