@@ -526,6 +526,47 @@ fn unknown_database_is_a_configuration_error_on_every_server() {
     }
 }
 
+/// reliability: MySQL refuses a connection because the user is at `MAX_USER_CONNECTIONS` | retried with backoff until a slot frees (it was classified by comparing the SQLSTATE with MySQL's error numbers, so it failed at once with exit 1) | nothing | MariaDB
+#[test]
+fn mysql_connection_limits_are_retried() {
+    let db = TestDb::new(Kind::My, "userlimit");
+    let name = url::Url::parse(db.url()).unwrap().path()[1..].to_owned();
+    let user = format!("sg_lim_{}", std::process::id());
+    let pw = "Lim-Pw-5521";
+    db.exec(&format!(
+        "DROP USER IF EXISTS '{user}'@'%'; \
+         CREATE USER '{user}'@'%' IDENTIFIED BY '{pw}' WITH MAX_USER_CONNECTIONS 1; \
+         GRANT ALL ON {name}.* TO '{user}'@'%';"
+    ));
+    let url = db.url().replacen("root@", &format!("{user}:{pw}@"), 1);
+    // Hold the user's one connection until the test lets go.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let holder_url = url.clone();
+    let holder = std::thread::spawn(move || {
+        block_on(async {
+            use sqlx::Connection;
+            let c = sqlx::MySqlConnection::connect(&holder_url).await.unwrap();
+            held_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || released.recv()).await;
+            let _ = c.close().await;
+        })
+    });
+    held.recv_timeout(Duration::from_secs(30)).unwrap();
+    let mut child = spawn(schemagate(&url).args(["status", "--connect-timeout", "60s"]));
+    wait_for_stderr_line(&mut child, "retrying in", Duration::from_secs(30));
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let out = finish(child);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("max_user_connections"),
+        "{}",
+        stderr(&out)
+    );
+    assert_no_form_of(pw, &stderr(&out), "stderr");
+}
+
 /// reliability: the database user lacks a privilege (cannot create the marker table, cannot read it) | exit 2 at once naming the privilege or object, for `migrate` and `wait` alike (wait used to retry as "not reachable" until its timeout) | nothing | PostgreSQL, MariaDB
 #[test]
 fn missing_privilege_is_a_configuration_error() {
@@ -765,6 +806,11 @@ fn postgres_errors_name_no_server_source_line_and_log_once() {
         "a line of PostgreSQL's C source: {err}"
     );
     assert!(!err.contains("no transaction in progress"), "{err}");
+    let logged = err
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("no_such_table"))
+        .count();
+    assert_eq!(logged, 1, "the failure must be logged once: {err}");
     let detail = assert_status_clean(&db.url, PASSWORD)["markers"][0]["detail"]
         .as_str()
         .unwrap()
