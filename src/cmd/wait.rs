@@ -262,6 +262,17 @@ impl Via<'_> {
 
 /// One check on a connection of its own, closed afterwards.
 async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
+    if cfg.backend == Backend::Sqlite {
+        // Read-only: a missing file is not created, and `migrate` may yet create it.
+        let options = db::sqlite_options(cfg)
+            .map_err(|e| Error::Config(format!("invalid database URL: {}", db::describe(&e))))?;
+        if !options.get_filename().exists() {
+            return Ok(Readiness::NotYet(format!(
+                "the SQLite database file {} does not exist yet",
+                options.get_filename().display()
+            )));
+        }
+    }
     let mut conn = db::connect(cfg).await?;
     let state = check(&mut Via::Conn(&mut conn), cfg, target).await;
     conn.close().await;
