@@ -473,7 +473,7 @@ fn lease_heartbeat_outlives_the_ttl() {
         "3s",
     ];
     let mut first = spawn(schemagate(&db.url).args(args));
-    wait_for_stderr_line(&mut first, "applying 1 (slow)", Duration::from_secs(30));
+    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
     let second = spawn(schemagate(&db.url).args(args));
     assert_eq!(first.wait().unwrap().code(), Some(0));
     let out = finish(second);
