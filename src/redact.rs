@@ -73,6 +73,28 @@ pub fn register_environment() {
             register_secret(&v);
         }
     }
+    // libpq's password file, which sqlx reads when the URL has no password.
+    let pgpass = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")));
+    if let Some(text) = pgpass.and_then(|p| std::fs::read_to_string(p).ok()) {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            // host:port:database:user:password, with \: and \\ escapes.
+            let mut fields = Vec::new();
+            let mut field = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                    c => field.push(c),
+                }
+            }
+            if fields.len() == 4 {
+                register_secret(&field);
+            }
+        }
+    }
     for var in ["SCHEMAGATE_DATABASE_URL", "DATABASE_URL"] {
         if let Ok(v) = std::env::var(var) {
             register_secrets(&v);

@@ -203,6 +203,39 @@ fn every_form_of_the_password_is_masked() {
     assert_status_clean(lite.url(), "My-Pwd-4412");
 }
 
+#[test]
+fn pgpass_password_is_masked() {
+    let db = PgDb::new("pgpass");
+    let pw = "Pass:File\\Pw-81";
+    let (role, url) = pg_role(&db, pw);
+    let bare = url.replacen(&format!(":{}@", percent(pw)), "@", 1);
+    let dir = scratch();
+    let pgpass = dir.dir.join("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!(
+            "*:*:*:{role}:{}\n",
+            pw.replace('\\', "\\\\").replace(':', "\\:")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cmd = schemagate(&bare);
+    cmd.env("PGPASSFILE", &pgpass)
+        .args(["migrate", "--version", "v1", "--"])
+        .args(echoing_migrator(
+            "cut -d: -f5- \"$PGPASSFILE\" >&2; echo 'Pass:File\\Pw-81' >&2",
+        ));
+    let (out, _) = run_logged(&mut cmd, dir.dir.as_path(), pw);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let mut status = schemagate(&bare);
+    status.env("PGPASSFILE", &pgpass);
+    let out = run(status.args(["status", "--json"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_no_form_of(pw, &String::from_utf8_lossy(&out.stdout), "status --json");
+}
+
 /// reliability: a MySQL URL with `?user=…&password=…` (documented MySQL URL parameters) | they are honoured; a wrong password is refused for that user (exit 2) and the run never connects as the server's default user; two different users is a usage error | nothing | MariaDB
 #[test]
 fn mysql_user_and_password_parameters_are_honoured() {
