@@ -155,26 +155,27 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
 fn render_text(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    macro_rules! println {
+    // One line of the report (writing to a String cannot fail).
+    macro_rules! say {
         () => { out.push('\n') };
         ($($t:tt)*) => {{ let _ = writeln!(out, $($t)*); }};
     }
-    println!("database  {} ({})", r.database, r.backend);
-    println!("lock      {:?} key {}", r.lock.name, r.lock.key);
+    say!("database  {} ({})", r.database, r.backend);
+    say!("lock      {:?} key {}", r.lock.name, r.lock.key);
     match &r.lock.holder {
-        Some(h) => println!("holder    {h}"),
-        None => println!("holder    none"),
+        Some(h) => say!("holder    {h}"),
+        None => say!("holder    none"),
     }
     if let Some(h) = &r.lock.lease_holder {
-        println!("lease     {h}");
+        say!("lease     {h}");
     }
-    println!();
-    println!("markers in {} (newest first):", r.table);
+    say!();
+    say!("markers in {} (newest first):", r.table);
     if r.markers.is_empty() {
-        println!("  none");
+        say!("  none");
     }
     for m in &r.markers {
-        println!(
+        say!(
             "  #{:<4} {:<10} {:<9} {:<20} applied {:<3} {} .. {}  {}{}",
             m.id,
             m.action,
@@ -190,26 +191,26 @@ fn render_text(r: &Report) -> String {
                 .unwrap_or_default()
         );
     }
-    println!();
+    say!();
     let migrations = &r.migrations;
-    println!("applied migrations: {}", migrations.applied.len());
+    say!("applied migrations: {}", migrations.applied.len());
     for a in migrations
         .applied
         .iter()
         .filter(|a| a.source.is_some_and(|s| s != "ok"))
     {
-        println!("  {} {}", a.version, a.source.unwrap_or_default());
+        say!("  {} {}", a.version, a.source.unwrap_or_default());
     }
     if let Some(v) = migrations.dirty {
-        println!("dirty: migration {v} failed part-way; see `schemagate migrate` for the repair");
+        say!("dirty: migration {v} failed part-way; see `schemagate migrate` for the repair");
     }
     for index in &migrations.invalid_indexes {
-        println!("invalid index: {index} (a failed CREATE INDEX CONCURRENTLY? drop it and re-run)");
+        say!("invalid index: {index} (a failed CREATE INDEX CONCURRENTLY? drop it and re-run)");
     }
     if let Some(pending) = &migrations.pending {
-        println!("pending migrations: {}", pending.len());
+        say!("pending migrations: {}", pending.len());
         for p in pending {
-            println!("  {} {}", p.version, p.description);
+            say!("  {} {}", p.version, p.description);
         }
     }
     out
