@@ -600,7 +600,7 @@ fn mysql_connection_limits_are_retried() {
     assert_no_form_of(pw, &stderr(&out), "stderr");
 }
 
-/// reliability: the database user lacks a privilege (cannot create the marker table, cannot read it) | exit 2 at once naming the privilege or object, for `migrate` and `wait` alike (wait used to retry as "not reachable" until its timeout) | nothing | PostgreSQL, MariaDB
+/// reliability: the database user lacks a privilege (cannot create the marker table, cannot read it, a migration needs one) | exit 2 at once naming the privilege or object, for `migrate` and `wait` alike; a migration that fails so is recorded `failed` (wait used to retry as "not reachable" until its timeout) | nothing | PostgreSQL, MariaDB
 #[test]
 fn missing_privilege_is_a_configuration_error() {
     let dir = scratch();
@@ -646,6 +646,27 @@ fn missing_privilege_is_a_configuration_error() {
         stderr(&out)
     );
     assert!(started.elapsed() < Duration::from_secs(20));
+
+    // A migration that needs a privilege the user lacks: exit 2, recorded as failed.
+    let db2 = PgDb::new("noprivs2");
+    let (owner, owner_url) = pg_role(&db2, pw);
+    pg_exec(&db2.url, "CREATE SCHEMA locked_away;");
+    let needs = Migrations::new(&[("1_t.sql", "CREATE TABLE locked_away.t (id int);")]);
+    let (out, _) = run_logged(
+        schemagate(&owner_url).args(["migrate", "--source", needs.path(), "--table", "m2"]),
+        dir.dir.as_path(),
+        pw,
+    );
+    assert_eq!(code(&out), 2, "{owner}: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("permission denied for schema locked_away"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        pg_strings(&db2.url, "SELECT status FROM m2"),
+        vec!["failed".to_owned()]
+    );
 
     // MySQL: a user with SELECT only.
     let my = TestDb::new(Kind::My, "noprivs");

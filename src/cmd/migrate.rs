@@ -384,7 +384,12 @@ async fn apply_pending(
                         // The database may be why it failed: report the migration's error.
                         tracing::warn!("{m}");
                     }
-                    return Err(Error::Failed(format!("{detail}{hint}")));
+                    let message = format!("{detail}{hint}");
+                    return Err(if e.config {
+                        Error::Config(message)
+                    } else {
+                        Error::Failed(message)
+                    });
                 }
             }
         }

@@ -118,7 +118,11 @@ async fn undo(
             {
                 tracing::warn!("{m}");
             }
-            return Err(Error::Failed(detail));
+            return Err(if e.config {
+                Error::Config(detail)
+            } else {
+                Error::Failed(detail)
+            });
         }
         undone += 1;
         tracing::info!("undid {label} in {:.1?}", t.elapsed());

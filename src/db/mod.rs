@@ -97,6 +97,8 @@ pub struct ApplyOptions {
 pub struct ApplyError {
     pub message: String,
     pub retryable: bool,
+    /// Retrying cannot help: the user lacks a privilege the migration needs (exit 2).
+    pub config: bool,
 }
 
 impl ApplyError {
@@ -108,6 +110,7 @@ impl ApplyError {
         ApplyError {
             message: describe(e),
             retryable,
+            config: is_permission_error(e),
         }
     }
 
@@ -118,6 +121,7 @@ impl ApplyError {
             other => ApplyError {
                 message: redact(&other.to_string()),
                 retryable: false,
+                config: false,
             },
         }
     }
