@@ -142,11 +142,9 @@ pub struct ConnectArgs {
 
     /// Read the database URL from this file (a mounted secret); surrounding white space is
     /// ignored.
-    #[arg(
-        long,
-        env = "SCHEMAGATE_DATABASE_URL_FILE",
-        conflicts_with = "database_url"
-    )]
+    /// Not both with --database-url (checked in config.rs, where an empty
+    /// SCHEMAGATE_DATABASE_URL counts as unset, as clap's conflicts_with would not).
+    #[arg(long, env = "SCHEMAGATE_DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
 
     /// The marker table; `schema.table` is allowed. Created by `migrate` when missing.

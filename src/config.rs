@@ -70,8 +70,19 @@ impl Config {
         // An empty variable is unset: SCHEMAGATE_DATABASE_URL="" must not shadow
         // DATABASE_URL.
         let nonempty = |s: Option<String>| s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-        let raw = match (nonempty(args.database_url.clone()), &args.database_url_file) {
-            (Some(url), _) => url,
+        let file = args
+            .database_url_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty());
+        let raw = match (nonempty(args.database_url.clone()), file) {
+            (Some(_), Some(path)) => {
+                return Err(Error::Config(format!(
+                    "both --database-url (or SCHEMAGATE_DATABASE_URL) and --database-url-file \
+                     {} are set: pass one",
+                    path.display()
+                )));
+            }
+            (Some(url), None) => url,
             (None, Some(path)) => read_url_file(path)?,
             (None, None) => match nonempty(std::env::var("DATABASE_URL").ok()) {
                 Some(url) => url,

@@ -306,6 +306,25 @@ fn empty_schemagate_database_url_does_not_shadow_database_url() {
     let out = run(&mut cmd);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(db.table_exists("a"));
+
+    // Nor does it conflict with --database-url-file.
+    let dir = scratch();
+    let file = dir.dir.join("url");
+    std::fs::write(&file, db.url()).unwrap();
+    let mut cmd = schemagate("");
+    cmd.args(["status", "--database-url-file"]).arg(&file);
+    let out = run(&mut cmd);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Both set is refused, naming the file.
+    let out = run(schemagate(db.url())
+        .args(["status", "--database-url-file"])
+        .arg(&file));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--database-url-file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 // ----- input validated before anything runs -----
