@@ -155,13 +155,8 @@ async fn wait_loop(
         listener = Some(
             Listener::connect(&check_config(cfg, deadline))
                 .await
-                .map_err(|e| {
-                    Error::Failed(format!(
-                        "cannot LISTEN on {}: {}",
-                        cfg.display_url,
-                        db::describe(&e)
-                    ))
-                })?,
+                // Classified: a refused password or privilege is exit 2, as for polling.
+                .map_err(|e| db::db_err(&format!("cannot LISTEN on {}", cfg.display_url), e))?,
         );
     }
     let mut last_log: Option<Instant> = None;
