@@ -136,12 +136,12 @@ class Sets:
             d.mkdir(parents=True)
         all_sql = [prologue] if prologue else []
         if prologue:
-            (self.sqlx / "0_prologue.sql").write_text(prologue)
+            # sqlx versions are positive for schemagate: the prologue opens migration 1.
             (self.dbmate / "0_prologue.sql").write_text(f"-- migrate:up\n{prologue}\n-- migrate:down\n")
         for i in range(1, n + 1):
             sql = body(i)
             all_sql.append(sql)
-            (self.sqlx / f"{i}_m{i}.sql").write_text(sql)
+            (self.sqlx / f"{i}_m{i}.sql").write_text((prologue if i == 1 else "") + sql)
             (self.dbmate / f"{i}_m{i}.sql").write_text(f"-- migrate:up\n{sql}\n-- migrate:down\n")
         self.psql.write_text("".join(all_sql))
         self.head = str(n)

@@ -8,7 +8,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::config::redact;
@@ -109,6 +109,37 @@ pub fn spawn(command: &[String], env: &[(&str, String)], json_logs: bool) -> Res
     })
 }
 
+/// The longest line logged whole; a longer one is logged in pieces of this size, marked as
+/// cut, so a migrator printing without newlines cannot grow our memory without bound.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Read one line as bytes (at most `MAX_LINE` of them): `None` at EOF. Whether the line
+/// was cut comes back with it.
+async fn next_line(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok((!buf.is_empty()).then_some(false));
+        }
+        let room = MAX_LINE - buf.len();
+        let take = available.len().min(room);
+        if let Some(i) = available[..take].iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&available[..i]);
+            reader.consume(i + 1);
+            return Ok(Some(false));
+        }
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if buf.len() == MAX_LINE {
+            return Ok(Some(true));
+        }
+    }
+}
+
 async fn stream(
     pipe: impl AsyncRead + Unpin,
     name: String,
@@ -116,9 +147,26 @@ async fn stream(
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
     json_logs: bool,
 ) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line = redact(&line);
+    // Bytes, decoded lossily: one byte that is not UTF-8 must not end the reader (the
+    // migrator would then die of SIGPIPE at its next write, perhaps mid-migration).
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        let cut = match next_line(&mut reader, &mut buf).await {
+            Ok(Some(cut)) => cut,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("cannot read {name}'s {stream}: {e}");
+                break;
+            }
+        };
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        let mut line = redact(&String::from_utf8_lossy(&buf));
+        if cut {
+            line.push_str(" [line cut at 64 KiB]");
+        }
         if json_logs {
             tracing::info!(child = %name, stream, "[{name}] {line}");
         } else {

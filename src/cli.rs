@@ -11,7 +11,8 @@ Exit codes:
   0        done / ready
   1        the migration or the external migrator failed; other runtime errors
   2        usage or configuration error (bad flag, bad URL, unreadable source,
-           authentication refused): retrying will not help
+           authentication refused, a missing privilege, a TLS certificate
+           refused): retrying will not help
   3        wait: the expected version is recorded as failed
   4        drift: applied migrations differ from the source (checksum mismatch,
            unknown applied version, dirty state)
@@ -180,12 +181,9 @@ pub struct ConnectArgs {
 
     /// Read the database URL from this file (a mounted secret); surrounding white space is
     /// ignored.
-    #[arg(
-        long,
-        env = "SCHEMAGATE_DATABASE_URL_FILE",
-        conflicts_with = "database_url",
-        value_name = "PATH"
-    )]
+    /// Not both with --database-url (checked in config.rs, where an empty
+    /// SCHEMAGATE_DATABASE_URL counts as unset, as clap's conflicts_with would not).
+    #[arg(long, env = "SCHEMAGATE_DATABASE_URL_FILE", value_name = "PATH")]
     pub database_url_file: Option<PathBuf>,
 
     /// The marker table; `schema.table` is allowed. Created by `migrate` when missing.
@@ -204,7 +202,7 @@ pub struct ConnectArgs {
 
     /// Give up connecting after this long (transient errors are retried with jittered
     /// backoff until then; authentication errors fail at once).
-    #[arg(long, env = "SCHEMAGATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
+    #[arg(long, env = "SCHEMAGATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_connect_timeout, value_name = "DURATION", help_heading = "Timeouts")]
     pub connect_timeout: Duration,
 
     /// Log format on stderr.
@@ -239,7 +237,7 @@ pub struct LockArgs {
 
     /// With --lock lease: how long a lease lives without a heartbeat (renewed every third
     /// of it). A crashed run's lease is taken over after this long.
-    #[arg(long, env = "SCHEMAGATE_LEASE_TTL", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "SCHEMAGATE_LEASE_TTL", default_value = "30s", value_parser = parse_lease_ttl, value_name = "DURATION")]
     pub lease_ttl: Duration,
 
     /// Give up waiting for the lock after this long (exit 124).
@@ -298,12 +296,12 @@ pub struct MigrateArgs {
     /// PostgreSQL: `lock_timeout` for each transactional migration. A migration that
     /// waits longer for a table lock is rolled back and retried with backoff (see
     /// --ddl-retries), instead of queueing every query on that table behind it.
-    #[arg(long, env = "SCHEMAGATE_DDL_LOCK_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
+    #[arg(long, env = "SCHEMAGATE_DDL_LOCK_TIMEOUT", value_parser = parse_pg_timeout, value_name = "DURATION", help_heading = "Timeouts")]
     pub ddl_lock_timeout: Option<Duration>,
 
     /// PostgreSQL: `statement_timeout` for each transactional migration; a migration that
     /// exceeds it is rolled back and retried like a lock timeout.
-    #[arg(long, env = "SCHEMAGATE_STATEMENT_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
+    #[arg(long, env = "SCHEMAGATE_STATEMENT_TIMEOUT", value_parser = parse_pg_timeout, value_name = "DURATION", help_heading = "Timeouts")]
     pub statement_timeout: Option<Duration>,
 
     /// How many times a migration that hit --ddl-lock-timeout or --statement-timeout is
@@ -375,12 +373,13 @@ pub struct WaitArgs {
     )]
     pub source: Option<PathBuf>,
 
-    /// Give up after this long (exit 124).
+    /// Give up after this long (exit 124). At least one check is made, even with 0; with
+    /// --once, it bounds that one check.
     #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "10m", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
     pub timeout: Duration,
 
-    /// Time between checks (jittered by up to 20%).
-    #[arg(long, env = "SCHEMAGATE_INTERVAL", default_value = "1s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
+    /// Time between checks (jittered by up to 20%); at least 50ms.
+    #[arg(long, env = "SCHEMAGATE_INTERVAL", default_value = "1s", value_parser = parse_interval, value_name = "DURATION", help_heading = "Timeouts")]
     pub interval: Duration,
 
     /// Hold one connection and LISTEN for the marker (PostgreSQL): wakes at commit.
@@ -508,8 +507,9 @@ pub struct StampArgs {
 
 #[derive(Debug, Args)]
 pub struct SmokeArgs {
-    /// The database to rehearse against (default: a throwaway SQLite file in a temp dir).
-    /// Use a scratch database: the migrations are really applied.
+    /// The server to rehearse on (default: a throwaway SQLite file in a temp dir). smoke
+    /// creates a scratch database there, rehearses in it and drops it: the database in the
+    /// URL is never touched. A SQLite file must be new or hold no tables.
     #[arg(
         long,
         env = "SCHEMAGATE_SMOKE_DATABASE_URL",
@@ -627,9 +627,55 @@ pub struct CheckArgs {
     pub command: Vec<String>,
 }
 
-/// Humane durations: `30s`, `10m`, `1h 30m`, `250ms`.
+/// The longest duration any flag takes: beyond it, deadline arithmetic overflows and
+/// servers refuse the interval.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Humane durations: `30s`, `10m`, `1h 30m`, `250ms`; at most a year.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (try 30s, 10m)"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?}: {e} (try 30s, 10m)"))?;
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is too long: at most 366d"));
+    }
+    Ok(d)
+}
+
+/// A duration with a floor: below it, the flag would spin (open connections in a loop).
+fn at_least(s: &str, min: Duration, min_text: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min {
+        return Err(format!("duration {s:?} is too short: at least {min_text}"));
+    }
+    Ok(d)
+}
+
+/// `wait --interval`: each check opens a connection; at least 50ms.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    at_least(s, Duration::from_millis(50), "50ms")
+}
+
+/// `--connect-timeout`: 0 would give up before the first attempt.
+pub fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+    at_least(s, Duration::from_millis(100), "100ms")
+}
+
+/// `--lease-ttl`: renewed every third of it; at least 3s.
+pub fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+    at_least(s, Duration::from_secs(3), "3s")
+}
+
+/// PostgreSQL's `lock_timeout` / `statement_timeout`: `0` means no limit, as in
+/// PostgreSQL; otherwise at most 2147483647ms, the largest the server accepts.
+pub fn parse_pg_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.as_millis() > i32::MAX as u128 {
+        return Err(format!(
+            "duration {s:?} is longer than PostgreSQL accepts (at most 2147483647ms, about 24d \
+             20h; 0 means no limit)"
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

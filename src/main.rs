@@ -11,6 +11,7 @@ mod db;
 mod error;
 mod http;
 mod lock;
+mod redact;
 mod signals;
 mod source;
 mod sql;
@@ -29,7 +30,15 @@ use error::Error;
 use signals::Signals;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Before anything can print: the passwords in the environment and on the command line.
+    redact::register_environment();
+    for arg in std::env::args().skip(1) {
+        redact::register_secrets(&arg);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let mode = cli.command.mode();
     let (log_format, termination_log) = match (cli.command.connect(), &cli.command) {
         (Some(c), _) => (c.log_format, c.termination_log.clone()),
@@ -57,7 +66,7 @@ fn main() -> ExitCode {
         result = Err(Error::Config(format!("cannot exec {}: {err}", command[0])));
     }
     match &result {
-        Ok(outcome) => tracing::debug!("{}", outcome.message),
+        Ok(outcome) => tracing::debug!("{}", redact(&outcome.message)),
         Err(e) => tracing::error!("{}", redact(&e.to_string())),
     }
     write_termination_log(termination_log.as_deref(), mode, &result);
@@ -106,6 +115,48 @@ async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
     }
 }
 
+/// clap refused the command line: print its message redacted (it may echo a stray URL),
+/// record it in the termination log, and exit 2. `--help` and `--version` go to stdout.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let text = redact(&e.render().to_string());
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        print_stdout(&text);
+        return ExitCode::SUCCESS;
+    }
+    eprint!("{text}");
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args
+        .get(1)
+        .map(String::as_str)
+        .filter(|a| ["migrate", "wait", "status", "rollback", "stamp", "smoke"].contains(a))
+        .unwrap_or("schemagate");
+    let path = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--termination-log") {
+            Some(v) if v.starts_with('=') => Some(PathBuf::from(&v[1..])),
+            Some("") => args.get(i + 1).map(PathBuf::from),
+            _ => None,
+        })
+        .or_else(|| {
+            std::env::var_os("SCHEMAGATE_TERMINATION_LOG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+    let first_line = text.lines().next().unwrap_or("usage error").to_owned();
+    let err = Error::Config(first_line.trim_start_matches("error: ").to_owned());
+    write_termination_log(path.as_deref(), mode, &Err(err));
+    ExitCode::from(2)
+}
+
+/// Print to stdout; a closed pipe (`status | head -c1`) just ends the output.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Run `work` unless SIGINT or SIGTERM comes first.
 async fn or_signal(
     work: impl Future<Output = Result<Outcome, Error>>,
@@ -122,7 +173,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| redact::RedactingStderr)
         .with_target(false);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
@@ -141,7 +192,7 @@ fn write_termination_log(path: Option<&Path>, mode: &str, result: &Result<Outcom
     let line = match result {
         Ok(o) => serde_json::json!({
             "mode": mode, "exit_code": 0, "result": "ok",
-            "version": o.version, "applied": o.applied, "message": o.message,
+            "version": o.version, "applied": o.applied, "message": redact(&o.message),
         }),
         Err(e) => serde_json::json!({
             "mode": mode, "exit_code": e.exit_code(), "result": e.kind(),

@@ -37,20 +37,48 @@ impl Source {
         for entry in std::fs::read_dir(dir).map_err(unreadable)? {
             let entry = entry.map_err(unreadable)?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            if file_name.starts_with('.') || !file_name.ends_with(".sql") {
+            if file_name.starts_with('.') {
                 continue;
             }
             let file_type = entry.file_type().map_err(unreadable)?;
-            let is_file = file_type.is_file() || (file_type.is_symlink() && entry.path().is_file());
+            let is_file = if file_type.is_symlink() {
+                // As sqlx-cli does: a symlink whose target is missing is an error, not a
+                // migration silently left out.
+                std::fs::metadata(entry.path())
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "cannot read migration {}: {e} (a dangling symlink?)",
+                            entry.path().display()
+                        ))
+                    })?
+                    .is_file()
+            } else {
+                file_type.is_file()
+            };
             if !is_file {
                 continue;
             }
-            let (version, migration_type, description) =
-                parse_file_name(&file_name).ok_or_else(|| {
+            // sqlx-cli's rule: a file is a migration when its name has an `_` and ends in
+            // `.sql`; anything else (schema.sql, a README) is skipped.
+            let Some((version_text, rest)) = file_name.split_once('_') else {
+                if file_name.ends_with(".sql") {
+                    tracing::warn!(
+                        "skipping {} in {}: not named <VERSION>_<description>.sql",
+                        file_name,
+                        dir.display()
+                    );
+                }
+                continue;
+            };
+            if !rest.ends_with(".sql") {
+                continue;
+            }
+            let (version, migration_type, description) = parse_file_name(version_text, rest)
+                .ok_or_else(|| {
                     Error::Config(format!(
                         "malformed migration file name {:?} in {}: expected \
-                     <VERSION>_<description>.sql (or .up.sql / .down.sql), VERSION a \
-                     positive integer",
+                         <VERSION>_<description>.sql (or .up.sql / .down.sql), VERSION a \
+                         positive integer",
                         file_name,
                         dir.display()
                     ))
@@ -70,6 +98,14 @@ impl Source {
         for ((_, file_name, version, migration_type, description), sql) in
             files.into_iter().zip(contents)
         {
+            if sql.starts_with('\u{feff}') {
+                // Invisible in an editor; PostgreSQL would report a syntax error at it.
+                return Err(Error::Config(format!(
+                    "migration {file_name} in {} starts with a UTF-8 byte order mark (BOM): \
+                     save it without one",
+                    dir.display()
+                )));
+            }
             // sqlx's rule: the marker must be the file's very first bytes.
             let no_tx = sql.starts_with("-- no-transaction");
             let migration = Migration::new(
@@ -90,6 +126,15 @@ impl Source {
                     dir.display()
                 )));
             }
+        }
+        if let Some((version, down)) = downs.iter().find(|(v, _)| !ups.contains_key(v)) {
+            return Err(Error::Config(format!(
+                "{version}_{}.down.sql in {} has no up migration: add \
+                 {version}_{}.up.sql, or remove it",
+                down.description.replace(' ', "_"),
+                dir.display(),
+                down.description.replace(' ', "_"),
+            )));
         }
         if ups.is_empty() {
             return Err(Error::Config(format!(
@@ -278,19 +323,18 @@ fn read_files(paths: &[&Path]) -> Result<Vec<String>> {
         .collect()
 }
 
-fn parse_file_name(name: &str) -> Option<(i64, MigrationType, String)> {
-    let (version, rest) = name.split_once('_')?;
-    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+/// `<VERSION>` and the rest of a file name (after the first `_`): the version (a positive
+/// integer, as sqlx parses it: a leading `+` is allowed), the type and the description
+/// (may be empty, as in sqlx).
+fn parse_file_name(version: &str, rest: &str) -> Option<(i64, MigrationType, String)> {
+    let version: i64 = version.parse().ok()?;
+    if version <= 0 {
         return None;
     }
-    let version: i64 = version.parse().ok()?;
     let migration_type = MigrationType::from_filename(rest);
     let description = rest
         .strip_suffix(migration_type.suffix())?
         .replace('_', " ");
-    if description.trim().is_empty() {
-        return None;
-    }
     Some((version, migration_type, description))
 }
 
@@ -308,27 +352,31 @@ mod tests {
 
     #[test]
     fn parses_sqlx_file_names() {
-        let (v, t, d) = parse_file_name("20240115093000_create_users.sql").unwrap();
+        let parse = |name: &str| {
+            let (v, rest) = name.split_once('_')?;
+            parse_file_name(v, rest)
+        };
+        let (v, t, d) = parse("20240115093000_create_users.sql").unwrap();
         assert_eq!(
             (v, t, d.as_str()),
             (20240115093000, MigrationType::Simple, "create users")
         );
+        assert_eq!(parse("2_x.up.sql").unwrap().1, MigrationType::ReversibleUp);
         assert_eq!(
-            parse_file_name("2_x.up.sql").unwrap().1,
-            MigrationType::ReversibleUp
-        );
-        assert_eq!(
-            parse_file_name("2_x.down.sql").unwrap().1,
+            parse("2_x.down.sql").unwrap().1,
             MigrationType::ReversibleDown
         );
+        // What sqlx accepts: a leading +, an empty description.
+        assert_eq!(parse("+1_init.sql").unwrap().0, 1);
+        assert_eq!(parse("1_.sql").unwrap().2, "");
         for bad in [
-            "create.sql",
             "v1_x.sql",
             "_x.sql",
-            "1_.sql",
+            "0_x.sql",
+            "-1_x.sql",
             "99999999999999999999_x.sql",
         ] {
-            assert!(parse_file_name(bad).is_none(), "{bad}");
+            assert!(parse(bad).is_none(), "{bad}");
         }
     }
 }

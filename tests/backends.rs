@@ -33,11 +33,11 @@ fn race(kind: Kind) {
     let src = Migrations::new(&[]);
     for i in 1..=20 {
         src.write(
-            &format!("{i:04}_step_{i}.sql"),
+            &format!("{:04}_step_{i}.sql", i + 1),
             &format!("CREATE TABLE t{i} (id int); INSERT INTO apply_log VALUES ({i});"),
         );
     }
-    src.write("0000_log.sql", "CREATE TABLE apply_log (version int);");
+    src.write("0001_log.sql", "CREATE TABLE apply_log (version int);");
     let children: Vec<_> = (0..20).map(|_| spawn(&mut migrate(&db, &src))).collect();
     let outs: Vec<_> = children.into_iter().map(finish).collect();
     outs.iter().for_each(ok);

@@ -119,12 +119,12 @@ fn server_stop_during_migration() {
 
 fn logged_source(n: usize) -> Migrations {
     let src = Migrations::new(&[(
-        "0000_log.sql",
+        "0001_log.sql",
         "CREATE TABLE apply_log (version int, pid int);",
     )]);
     for i in 1..=n {
         src.write(
-            &format!("{i:04}_step.sql"),
+            &format!("{:04}_step.sql", i + 1),
             &format!(
                 "CREATE TABLE t{i} (id int); INSERT INTO apply_log VALUES ({i}, pg_backend_pid());"
             ),
@@ -738,9 +738,9 @@ fn failed_no_transaction_index_is_recorded_and_reported() {
 fn lease_heartbeat_outlives_the_ttl() {
     let db = PgDb::new("leasebeat");
     let src = Migrations::new(&[
-        ("0_log.sql", "CREATE TABLE apply_log (pid int);"),
+        ("1_log.sql", "CREATE TABLE apply_log (pid int);"),
         (
-            "1_slow.sql",
+            "2_slow.sql",
             "INSERT INTO apply_log VALUES (pg_backend_pid()); SELECT pg_sleep(5);",
         ),
     ]);
@@ -754,7 +754,7 @@ fn lease_heartbeat_outlives_the_ttl() {
         "3s",
     ];
     let mut first = spawn(schemagate(&db.url).args(args));
-    wait_for_stderr_line(&mut first, "applying 1 (slow)", Duration::from_secs(30));
+    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
     let second = spawn(schemagate(&db.url).args(args));
     assert_eq!(first.wait().unwrap().code(), Some(0));
     let out = finish(second);

@@ -152,7 +152,8 @@ fn sigkilled_migrator_partial_state_is_not_visible() {
 fn lock_key(db: &PgDb) -> i64 {
     let out = run(schemagate(&db.url).args(["status", "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["lock"]["key"].as_i64().unwrap()
+    // A string: the key is beyond what JSON readers hold exactly.
+    v["lock"]["key"].as_str().unwrap().parse().unwrap()
 }
 
 fn simple_source() -> Migrations {
@@ -300,10 +301,10 @@ fn missing_source_directory_is_2() {
     assert!(stderr(&out).contains("/no/such/dir"), "{}", stderr(&out));
 }
 
-/// reliability: a `.sql` file whose name does not parse | exit 2 naming the file (not silently skipped) | nothing
+/// reliability: a `.sql` file named `<something>_<description>.sql` whose version does not parse | exit 2 naming the file (not silently skipped; a name without `_`, such as `schema.sql`, is skipped with a warning, as sqlx-cli does) | nothing
 #[test]
 fn malformed_migration_file_name_is_2() {
-    let src = Migrations::new(&[("1_a.sql", "SELECT 1;"), ("add_users.sql", "SELECT 1;")]);
+    let src = Migrations::new(&[("1_a.sql", "SELECT 1;"), ("v2_add_users.sql", "SELECT 1;")]);
     let out = run(schemagate("postgres://postgres:x@127.0.0.1:1/db").args([
         "migrate",
         "--source",
@@ -311,19 +312,22 @@ fn malformed_migration_file_name_is_2() {
     ]));
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("malformed migration file name \"add_users.sql\""),
+        stderr(&out).contains("malformed migration file name \"v2_add_users.sql\""),
         "{}",
         stderr(&out)
     );
 }
 
-/// reliability: malformed URL or unknown scheme | exit 2, the URL shown with its password masked | nothing
+/// reliability: malformed URL or unknown scheme | exit 2; a URL that does not parse is never echoed, only its scheme and host | nothing
 #[test]
 fn malformed_url_is_2_and_redacted() {
     let src = simple_source();
-    for url in [
-        format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/db"),
-        format!("ftp://postgres:{PASSWORD}@127.0.0.1/db"),
+    for (url, shown) in [
+        (
+            format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/db"),
+            "postgres://…@127.0.0.1:notaport",
+        ),
+        (format!("ftp://postgres:{PASSWORD}@127.0.0.1/db"), "ftp://…"),
     ] {
         let out = run(schemagate(&url).args([
             "migrate",
@@ -333,11 +337,7 @@ fn malformed_url_is_2_and_redacted() {
             "5s",
         ]));
         assert_eq!(code(&out), 2, "{url}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("postgres:***@127.0.0.1"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains(shown), "{}", stderr(&out));
     }
 }
 

@@ -528,7 +528,7 @@ async fn apply_pending(
                     } else {
                         ""
                     };
-                    tracing::error!("{detail}{hint}");
+                    // Logged once, by main, with the exit code it leads to.
                     let marker = ctx.marker(Status::Failed, progress.applied, Some(&detail));
                     if let Err(m) = ctx.record(conn, &marker).await {
                         // The lock's connection may be gone (a failover, a terminated
@@ -538,7 +538,12 @@ async fn apply_pending(
                             record_from_side(ctx, progress.applied, &detail, None).await;
                         }
                     }
-                    return Err(Error::Failed(format!("{detail}{hint}")));
+                    let message = format!("{detail}{hint}");
+                    return Err(if e.config {
+                        Error::Config(message)
+                    } else {
+                        Error::Failed(message)
+                    });
                 }
             }
         }

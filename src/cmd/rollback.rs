@@ -144,7 +144,6 @@ async fn undo(
         let t = Instant::now();
         if let Err(e) = conn.revert(down, fence).await {
             let detail = format!("undoing migration {label} failed: {}", e.message);
-            tracing::error!("{detail}");
             if e.lease_lost {
                 return Err(Error::LockLost(detail));
             }
@@ -158,7 +157,11 @@ async fn undo(
             {
                 tracing::warn!("{m}");
             }
-            return Err(Error::Failed(detail));
+            return Err(if e.config {
+                Error::Config(detail)
+            } else {
+                Error::Failed(detail)
+            });
         }
         undone += 1;
         tracing::info!("undid {label} in {:.1?}", t.elapsed());

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::Outcome;
 use crate::cli::{ConnectArgs, SmokeArgs};
-use crate::config::Config;
+use crate::config::{Backend, Config, redact};
 use crate::db::{self, Conn};
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -66,8 +66,12 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
     let version = source.version();
     let source_dir = std::fs::canonicalize(&args.source)
         .map_err(|e| Error::Config(format!("cannot resolve {}: {e}", args.source.display())))?;
-    let (url, _temp) = match &args.database_url {
-        Some(url) => (url.clone(), None),
+    let (url, _temp) = match args
+        .database_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        Some(url) => (url.trim().to_owned(), None),
         None => {
             let dir = std::env::temp_dir().join(format!("schemagate-smoke-{}", std::process::id()));
             std::fs::create_dir_all(&dir)
@@ -78,9 +82,31 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
             )
         }
     };
-    let cfg = Config::from_args(
+    let given = config_for(&url, args)?;
+    // A rehearsal never touches data it did not create: on a server, it runs in a scratch
+    // database it creates here and drops at the end; a SQLite file must hold no tables.
+    let scratch = match given.backend {
+        Backend::Sqlite => {
+            refuse_sqlite_with_data(&given).await?;
+            None
+        }
+        _ => Some(Scratch::create(&given).await?),
+    };
+    let cfg = match &scratch {
+        Some(s) => config_for(&s.url, args)?,
+        None => given.clone(),
+    };
+    let result = rehearse(args, &cfg, source, source_dir, version, started).await;
+    if let Some(scratch) = scratch {
+        scratch.drop_it(&given).await;
+    }
+    result
+}
+
+fn config_for(url: &str, args: &SmokeArgs) -> Result<Config> {
+    Config::from_args(
         &ConnectArgs {
-            database_url: Some(url.clone()),
+            database_url: Some(url.to_owned()),
             database_url_file: None,
             table: "schemagate_marker".into(),
             lock_name: None,
@@ -89,7 +115,93 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
             termination_log: None,
         },
         "smoke",
-    )?;
+    )
+}
+
+/// A SQLite file given to smoke must be new or empty: its rollback rehearsal drops tables.
+async fn refuse_sqlite_with_data(cfg: &Config) -> Result<()> {
+    let file = db::sqlite_options(cfg)
+        .map_err(|e| Error::Config(format!("invalid database URL: {}", db::describe(&e))))?;
+    if !file.get_filename().exists() {
+        return Ok(());
+    }
+    let mut conn = db::connect(cfg).await?;
+    let tables = conn.table_count().await;
+    conn.close().await;
+    if tables? > 0 {
+        return Err(Error::Config(format!(
+            "smoke rehearses only on a new database, and {} holds tables: give a path that \
+             does not exist yet (or omit --database-url for a throwaway file)",
+            file.get_filename().display()
+        )));
+    }
+    Ok(())
+}
+
+/// smoke's own database on the server the URL names, dropped when the rehearsal ends.
+struct Scratch {
+    name: String,
+    url: String,
+}
+
+impl Scratch {
+    async fn create(given: &Config) -> Result<Scratch> {
+        let name = format!(
+            "schemagate_smoke_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        );
+        let mut url = url::Url::parse(&given.url)
+            .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
+        url.set_path(&format!("/{name}"));
+        let mut conn = db::connect(given).await?;
+        let created = conn.create_database(&name).await;
+        conn.close().await;
+        created.map_err(|e| {
+            Error::Config(format!(
+                "smoke rehearses in a scratch database it creates and drops, so that it never \
+                 touches data: {e}; give a user that may create databases (or omit \
+                 --database-url for a throwaway SQLite file)"
+            ))
+        })?;
+        println!(
+            "rehearsing in the scratch database {name} (dropped afterwards); {} is not touched",
+            given.display_url
+        );
+        Ok(Scratch {
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// Drop it from a connection to the database the URL named.
+    async fn drop_it(self, given: &Config) {
+        let dropped = match db::connect(given).await {
+            Ok(mut conn) => {
+                let r = conn.drop_database(&self.name).await;
+                conn.close().await;
+                r
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = dropped {
+            tracing::warn!("the scratch database {} was left behind: {e}", self.name);
+        }
+    }
+}
+
+async fn rehearse(
+    args: &SmokeArgs,
+    cfg: &Config,
+    source: Source,
+    source_dir: PathBuf,
+    version: String,
+    started: Instant,
+) -> Result<Outcome> {
+    let cfg = cfg.clone();
+    let url = cfg.url.clone();
     let n = args.replicas;
     println!(
         "schemagate smoke: {n} migrate + {n} wait processes against {}",
@@ -329,12 +441,13 @@ impl Rehearsal {
             detail: if out.status.success() {
                 format!("newest applied now {newest}")
             } else {
-                stderr
-                    .lines()
-                    .rev()
-                    .find(|l| l.contains("ERROR"))
-                    .unwrap_or("")
-                    .to_owned()
+                redact(
+                    stderr
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains("ERROR"))
+                        .unwrap_or(""),
+                )
             },
         })
     }
@@ -473,12 +586,13 @@ fn print_processes(phase: &str, finished: &[Finished]) {
             }
         } else {
             // The last error line says why.
-            f.stderr
-                .lines()
-                .rev()
-                .find(|l| l.contains("ERROR"))
-                .unwrap_or("")
-                .to_owned()
+            redact(
+                f.stderr
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("ERROR"))
+                    .unwrap_or(""),
+            )
         };
         println!(
             "{:<12} {:>5} {:>10}  {note}",

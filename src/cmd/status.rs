@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::Outcome;
 use crate::cli::{LockMode, StatusArgs};
-use crate::config::Config;
+use crate::config::{Config, redact};
 use crate::db::{self, Holder, Marker};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lock;
 use crate::source::{Source, hex};
 
@@ -26,6 +26,9 @@ struct Report {
 #[derive(Debug, Serialize)]
 struct LockReport {
     name: String,
+    /// A string: the key is a 64-bit integer, beyond what JSON readers (jq, JavaScript)
+    /// hold exactly.
+    #[serde(serialize_with = "as_string")]
     key: i64,
     /// The lock `--lock auto` uses from this connection: `advisory`, `lease`, `get_lock`
     /// or `file`, and why.
@@ -63,8 +66,24 @@ struct Pending {
     reversible: bool,
 }
 
+fn as_string<S: serde::Serializer>(key: &i64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&key.to_string())
+}
+
 pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
     let source = args.source.as_deref().map(Source::load).transpose()?;
+    if cfg.backend == crate::config::Backend::Sqlite {
+        // Reading never creates the file: a missing one is a wrong path, not an empty
+        // database.
+        let file = db::sqlite_options(cfg)
+            .map_err(|e| Error::Config(format!("invalid database URL: {}", db::describe(&e))))?;
+        if !file.get_filename().exists() {
+            return Err(Error::Config(format!(
+                "the SQLite database file {} does not exist",
+                file.get_filename().display()
+            )));
+        }
+    }
     let mut conn = db::connect(cfg).await?;
     let markers = conn.markers(&cfg.table, args.limit).await?;
     let holder = lock::holder(&mut conn, cfg).await?;
@@ -121,35 +140,43 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
             pending,
         },
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&report).expect("report serializes");
+        json.push('\n');
+        json
     } else {
-        print_text(&report);
-    }
+        render_text(&report)
+    };
+    // Marker details were redacted when written, but by whichever version wrote them.
+    crate::print_stdout(&redact(&text));
     Ok(Outcome {
         message: "status printed".into(),
         ..Outcome::default()
     })
 }
 
-fn print_text(r: &Report) {
-    println!("database  {} ({})", r.database, r.backend);
-    println!("lock      {:?} key {}", r.lock.name, r.lock.key);
-    println!("kind      {} ({})", r.lock.kind, r.lock.reason);
-    match &r.lock.holder {
-        Some(h) => println!("holder    {h}"),
-        None => println!("holder    none"),
+fn render_text(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // One line of the report (writing to a String cannot fail).
+    macro_rules! say {
+        () => { out.push('\n') };
+        ($($t:tt)*) => {{ let _ = writeln!(out, $($t)*); }};
     }
-    println!();
-    println!("markers in {} (newest first):", r.table);
+    say!("database  {} ({})", r.database, r.backend);
+    say!("lock      {:?} key {}", r.lock.name, r.lock.key);
+    say!("kind      {} ({})", r.lock.kind, r.lock.reason);
+    match &r.lock.holder {
+        Some(h) => say!("holder    {h}"),
+        None => say!("holder    none"),
+    }
+    say!();
+    say!("markers in {} (newest first):", r.table);
     if r.markers.is_empty() {
-        println!("  none");
+        say!("  none");
     }
     for m in &r.markers {
-        println!(
+        say!(
             "  #{:<4} {:<10} {:<9} {:<20} applied {:<3} {} .. {}  {}{}",
             m.id,
             m.action,
@@ -165,26 +192,27 @@ fn print_text(r: &Report) {
                 .unwrap_or_default()
         );
     }
-    println!();
+    say!();
     let migrations = &r.migrations;
-    println!("applied migrations: {}", migrations.applied.len());
+    say!("applied migrations: {}", migrations.applied.len());
     for a in migrations
         .applied
         .iter()
         .filter(|a| a.source.is_some_and(|s| s != "ok"))
     {
-        println!("  {} {}", a.version, a.source.unwrap_or_default());
+        say!("  {} {}", a.version, a.source.unwrap_or_default());
     }
     if let Some(v) = migrations.dirty {
-        println!("dirty: migration {v} failed part-way; see `schemagate migrate` for the repair");
+        say!("dirty: migration {v} failed part-way; see `schemagate migrate` for the repair");
     }
     for index in &migrations.invalid_indexes {
-        println!("invalid index: {index} (a failed CREATE INDEX CONCURRENTLY? drop it and re-run)");
+        say!("invalid index: {index} (a failed CREATE INDEX CONCURRENTLY? drop it and re-run)");
     }
     if let Some(pending) = &migrations.pending {
-        println!("pending migrations: {}", pending.len());
+        say!("pending migrations: {}", pending.len());
         for p in pending {
-            println!("  {} {}", p.version, p.description);
+            say!("  {} {}", p.version, p.description);
         }
     }
+    out
 }

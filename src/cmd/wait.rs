@@ -65,28 +65,26 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
     }
     let version = target.version.clone();
     let started = Instant::now();
+    let deadline = started + args.timeout;
     let mut last = Readiness::NotYet("not checked yet".into());
-    let waiting = async {
-        let why = wait_loop(cfg, args, &target, &mut last).await?;
-        probe_http(args).await?;
-        Ok(why)
-    };
-    let result = if args.once {
-        waiting.await
-    } else {
-        match tokio::time::timeout(args.timeout, waiting).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(format!(
+    // The loop keeps its own deadline (and always makes one check, even with --timeout 0);
+    // this backstop only bounds a query that hangs on a connection that is already open.
+    let backstop = args.timeout + cfg.connect_timeout.min(Duration::from_secs(10));
+    let gate = tokio::time::timeout(backstop, wait_loop(cfg, args, &target, deadline, &mut last));
+    let why = match gate.await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Error::Timeout(format!(
                 "schema version {version} not ready after {} (--timeout): {}",
                 humantime::format_duration(args.timeout),
                 match &last {
                     Readiness::NotYet(why) => why.as_str(),
                     _ => "unknown",
                 }
-            ))),
+            )));
         }
     };
-    let why = result?;
+    probe_http(args, deadline).await?;
     tracing::info!(
         "schema version {version} is ready ({why}) after {:.1?}",
         started.elapsed()
@@ -99,8 +97,9 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
     })
 }
 
-/// After the database gate: each `--http` URL must answer 2xx (once, with `--once`).
-async fn probe_http(args: &WaitArgs) -> Result<()> {
+/// After the database gate: each `--http` URL must answer 2xx (once, with `--once`),
+/// within what is left of --timeout.
+async fn probe_http(args: &WaitArgs, deadline: Instant) -> Result<()> {
     if args.http.is_empty() {
         return Ok(());
     }
@@ -114,31 +113,51 @@ async fn probe_http(args: &WaitArgs) -> Result<()> {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if !ok {
-                return Err(Error::Failed(format!("{} is not ready", redact_url(url))));
+                return Err(Error::Failed(format!(
+                    "the schema is ready, but {} is not",
+                    redact_url(url)
+                )));
             }
         } else {
-            http::wait_ready(&client, url, jitter(args.interval)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let probing = http::wait_ready(&client, url, jitter(args.interval));
+            if tokio::time::timeout(left, probing).await.is_err() {
+                return Err(Error::Timeout(format!(
+                    "the schema is ready, but {} did not answer 2xx within {} (--timeout)",
+                    redact_url(url),
+                    humantime::format_duration(args.timeout)
+                )));
+            }
         }
     }
     Ok(())
+}
+
+/// The connect budget of one check: what is left of --timeout (at least a second, so
+/// the first check is always made), never more than --connect-timeout.
+fn check_config(cfg: &Config, deadline: Instant) -> Config {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut cfg = cfg.clone();
+    cfg.connect_timeout = cfg.connect_timeout.min(left.max(Duration::from_secs(1)));
+    cfg
 }
 
 async fn wait_loop(
     cfg: &Config,
     args: &WaitArgs,
     target: &Target,
+    deadline: Instant,
     last: &mut Readiness,
 ) -> Result<String> {
     let mut listener = None;
     if args.listen && listen_works(cfg).await? {
         // LISTEN before the first check, so a marker committed in between still wakes us.
-        listener = Some(Listener::connect(cfg).await.map_err(|e| {
-            Error::Failed(format!(
-                "cannot LISTEN on {}: {}",
-                cfg.display_url,
-                db::describe(&e)
-            ))
-        })?);
+        listener = Some(
+            Listener::connect(&check_config(cfg, deadline))
+                .await
+                // Classified: a refused password or privilege is exit 2, as for polling.
+                .map_err(|e| db::db_err(&format!("cannot LISTEN on {}", cfg.display_url), e))?,
+        );
     }
     let mut last_log: Option<Instant> = None;
     loop {
@@ -146,14 +165,15 @@ async fn wait_loop(
         // holds nothing in between.
         let checked = match listener.as_mut() {
             Some(l) => check(&mut Via::Listener(l), cfg, target).await,
-            None => check_once(cfg, target).await,
+            None => check_once(&check_config(cfg, deadline), target).await,
         };
         let state = match checked {
             Ok(state) => state,
             Err(e @ Error::Config(_)) => return Err(e),
             // A single check reports why it could not look (unreachable: 124).
             Err(e) if args.once => return Err(e),
-            Err(e) => Readiness::NotYet(format!("database not reachable: {e}")),
+            // Unreachable, or an error retrying may cure (the message says which).
+            Err(e) => Readiness::NotYet(format!("cannot check: {e}")),
         };
         match state {
             Readiness::Ready(why) => return Ok(why),
@@ -170,23 +190,29 @@ async fn wait_loop(
             }
             other => *last = other,
         }
+        let why = match &*last {
+            Readiness::NotYet(why) => why.clone(),
+            _ => String::new(),
+        };
         if args.once {
-            let why = match last {
-                Readiness::NotYet(why) => why.clone(),
-                _ => String::new(),
-            };
             return Err(Error::Failed(format!(
                 "schema version {} not ready: {why}",
                 target.version
             )));
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout(format!(
+                "schema version {} not ready after {} (--timeout): {why}",
+                target.version,
+                humantime::format_duration(args.timeout),
+            )));
+        }
         if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            if let Readiness::NotYet(why) = &*last {
-                tracing::info!("waiting for schema version {}: {why}", target.version);
-            }
+            tracing::info!("waiting for schema version {}: {why}", target.version);
             last_log = Some(Instant::now());
         }
-        let pause = jitter(args.interval);
+        let pause = jitter(args.interval).min(left);
         match listener.as_mut() {
             Some(l) => match l.wait(pause).await {
                 Ok(Wake::Check) | Ok(Wake::Idle) => {}
@@ -256,6 +282,17 @@ impl Via<'_> {
 
 /// One check on a connection of its own, closed afterwards.
 async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
+    if cfg.backend == Backend::Sqlite {
+        // Read-only: a missing file is not created, and `migrate` may yet create it.
+        let options = db::sqlite_options(cfg)
+            .map_err(|e| Error::Config(format!("invalid database URL: {}", db::describe(&e))))?;
+        if !options.get_filename().exists() {
+            return Ok(Readiness::NotYet(format!(
+                "the SQLite database file {} does not exist yet",
+                options.get_filename().display()
+            )));
+        }
+    }
     let mut conn = db::connect(cfg).await?;
     let state = check(&mut Via::Conn(&mut conn), cfg, target).await;
     conn.close().await;

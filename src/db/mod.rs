@@ -137,6 +137,8 @@ pub struct ApplyError {
     /// A migration without a transaction failed after part of it took effect, and is
     /// recorded dirty.
     pub dirty: bool,
+    /// Retrying cannot help: the user lacks a privilege the migration needs (exit 2).
+    pub config: bool,
 }
 
 impl ApplyError {
@@ -150,6 +152,7 @@ impl ApplyError {
             retryable,
             lease_lost: is_lease_lost(e),
             dirty: false,
+            config: is_permission_error(e),
         }
     }
 
@@ -162,6 +165,7 @@ impl ApplyError {
                 retryable: false,
                 lease_lost: false,
                 dirty: false,
+                config: false,
             },
         }
     }
@@ -222,24 +226,28 @@ pub enum Class {
 
 pub fn classify(e: &sqlx::Error) -> Class {
     match e {
+        sqlx::Error::Io(io) if tls_failure(io).is_some() => Class::Config,
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut => {
             Class::Transient
         }
         sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Class::Config,
         sqlx::Error::Database(db) => {
+            // MySQL's SQLSTATEs are coarse (42000 covers an unknown database and a lost
+            // privilege alike): classify by its error number.
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                return classify_mysql(my.number());
+            }
             let code = db.code().unwrap_or_default();
             match code.as_ref() {
                 // PostgreSQL: cannot_connect_now (starting up), too_many_connections,
                 // admin/crash shutdown, connection exceptions.
                 "57P03" | "53300" | "57P01" | "57P02" | "08000" | "08003" | "08006" | "08001"
                 | "08004" => Class::Transient,
-                // MySQL: too many connections, user has too many connections, server shutdown.
-                "1040" | "1203" | "1226" | "1053" | "08S01" => Class::Transient,
                 // SQLite: busy / locked.
                 "5" | "6" | "261" | "517" => Class::Transient,
-                // PostgreSQL auth / unknown database; MySQL access denied / unknown database;
-                // SQLite cannot open.
-                "28P01" | "28000" | "3D000" | "1045" | "1044" | "1049" | "14" => Class::Config,
+                // PostgreSQL auth, unknown database, insufficient privilege; SQLite cannot
+                // open.
+                "28P01" | "28000" | "3D000" | "42501" | "14" => Class::Config,
                 _ if code.starts_with("28") => Class::Config,
                 _ => Class::Other,
             }
@@ -248,9 +256,76 @@ pub fn classify(e: &sqlx::Error) -> Class {
     }
 }
 
-/// A driver error as text, redacted.
+fn classify_mysql(number: u16) -> Class {
+    match number {
+        // Too many connections, too many for this user, max_user_connections reached,
+        // server shutting down, connection killed (MariaDB).
+        1040 | 1203 | 1226 | 1053 | 1927 => Class::Transient,
+        // Access denied (user, database, table, column, routine, a privilege such as
+        // SUPER), unknown database, host not allowed, password expired, account locked.
+        1044 | 1045 | 1049 | 1130 | 1142 | 1143 | 1227 | 1370 | 1698 | 1820 | 1862 | 3118
+        | 4151 => Class::Config,
+        _ => Class::Other,
+    }
+}
+
+/// Whether an error says the database user lacks a privilege.
+fn is_permission_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1044 | 1142 | 1143 | 1227 | 1370);
+    }
+    db.code().as_deref() == Some("42501")
+}
+
+/// The TLS error inside an I/O error (rustls reports a failed handshake through the
+/// stream), if it is one.
+fn tls_failure(io: &std::io::Error) -> Option<&rustls::Error> {
+    io.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// A driver error as text, redacted. PostgreSQL's "at line N" (a line of the server's C
+/// source, not of the migration) is left out.
 pub fn describe(e: &sqlx::Error) -> String {
-    redact(&e.to_string())
+    let text = match e {
+        sqlx::Error::Database(db) => format!("error returned from database: {}", db.message()),
+        sqlx::Error::Io(io) => match tls_failure(io) {
+            Some(tls) => format!("TLS handshake failed: {tls}; {}", tls_hint(tls)),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    };
+    let mut text = redact(&text);
+    if is_permission_error(e) {
+        text.push_str(
+            " (the database user lacks this privilege: grant it, or connect as a user that \
+             has it)",
+        );
+    }
+    text
+}
+
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    use rustls::{CertificateError, Error as E};
+    match e {
+        E::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the server's certificate is signed by a CA this build does not trust (only the \
+             public web roots are compiled in): mount your provider's CA bundle and pass it \
+             with sslrootcert=/path/ca.pem in the URL (MySQL: ssl-ca=/path/ca.pem)"
+        }
+        E::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => {
+            "the certificate does not name the host in the URL: connect by the name the \
+             certificate was issued for, or use sslmode=verify-ca"
+        }
+        E::InvalidCertificate(_) => {
+            "the server's certificate was refused: check it, or the CA given with sslrootcert="
+        }
+        _ => "check the URL's sslmode and the server's TLS settings",
+    }
 }
 
 /// Connect, retrying transient errors with jittered backoff until `cfg.connect_timeout`.
@@ -319,7 +394,16 @@ pub fn is_undefined_table(e: &sqlx::Error) -> bool {
     }
 }
 
-fn db_err(context: &str, e: sqlx::Error) -> Error {
+/// A sqlx migration error: a database error inside is described and classified as one.
+fn migrate_err(context: &str, e: sqlx::migrate::MigrateError) -> Error {
+    use sqlx::migrate::MigrateError as M;
+    match e {
+        M::Execute(inner) | M::ExecuteMigration(inner, _) => db_err(context, inner),
+        other => Error::Failed(format!("{context}: {}", redact(&other.to_string()))),
+    }
+}
+
+pub fn db_err(context: &str, e: sqlx::Error) -> Error {
     if is_lease_lost(&e) {
         return Error::LockLost(format!(
             "{context}: another run has taken the migration lease over"
@@ -544,8 +628,6 @@ impl Conn {
 
     /// Applied migrations and the dirty version, or empty when sqlx's table is missing.
     pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
-        let fail =
-            |e: String| Error::Failed(format!("cannot list applied migrations: {}", redact(&e)));
         if let Conn::Pg(c) = self {
             return settle_applied(postgres::applied(c).await);
         }
@@ -555,12 +637,12 @@ impl Conn {
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_undefined_table(&e) => {
                 return Ok((Vec::new(), None));
             }
-            Err(e) => return Err(fail(e.to_string())),
+            Err(e) => return Err(migrate_err("cannot list applied migrations", e)),
         };
         let dirty = migrate
             .dirty_version(MIGRATIONS_TABLE)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| migrate_err("cannot list applied migrations", e))?;
         Ok((applied, dirty))
     }
 
@@ -568,12 +650,7 @@ impl Conn {
         self.migrate()
             .ensure_migrations_table(MIGRATIONS_TABLE)
             .await
-            .map_err(|e| {
-                Error::Failed(format!(
-                    "cannot create {MIGRATIONS_TABLE}: {}",
-                    redact(&e.to_string())
-                ))
-            })
+            .map_err(|e| migrate_err(&format!("cannot create {MIGRATIONS_TABLE}"), e))
     }
 
     /// Apply transactional migrations together in one transaction (PostgreSQL), or one
@@ -652,6 +729,75 @@ impl Conn {
         })
     }
 
+    /// Create a database on this connection's server (smoke's scratch database). `name`
+    /// must be a plain identifier.
+    pub async fn create_database(&mut self, name: &str) -> Result<()> {
+        let sql = format!("CREATE DATABASE {name}");
+        let r = match self {
+            Conn::Pg(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(c)
+                .await
+                .map(|_| ()),
+            Conn::My(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(c)
+                .await
+                .map(|_| ()),
+            Conn::Lite(_) => Ok(()),
+        };
+        r.map_err(|e| db_err(&format!("cannot create the scratch database {name}"), e))
+    }
+
+    /// Drop a database created by `create_database`, ending its sessions.
+    pub async fn drop_database(&mut self, name: &str) -> Result<()> {
+        let r = match self {
+            Conn::Pg(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(c)
+            .await
+            .map(|_| ()),
+            Conn::My(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name}"
+            )))
+            .execute(c)
+            .await
+            .map(|_| ()),
+            Conn::Lite(_) => Ok(()),
+        };
+        r.map_err(|e| db_err(&format!("cannot drop the scratch database {name}"), e))
+    }
+
+    /// How many tables the connected database holds (smoke refuses to rehearse on data).
+    pub async fn table_count(&mut self) -> Result<i64> {
+        let r = match self {
+            Conn::Pg(c) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_tables \
+                     WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                )
+                .fetch_one(c)
+                .await
+            }
+            Conn::My(c) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM information_schema.tables \
+                     WHERE table_schema = DATABASE()",
+                )
+                .fetch_one(c)
+                .await
+            }
+            Conn::Lite(c) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%'",
+                )
+                .fetch_one(c)
+                .await
+            }
+        };
+        r.map_err(|e| db_err("cannot list the tables", e))
+    }
+
     /// Indexes a failed `CREATE INDEX CONCURRENTLY` left invalid (PostgreSQL only).
     pub async fn invalid_indexes(&mut self) -> Result<Vec<String>> {
         match self {
@@ -704,9 +850,7 @@ pub fn settle_applied(
 ) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
     match r {
         Err(e) if is_undefined_table(&e) => Ok((Vec::new(), None)),
-        r => r.map_err(|e| {
-            Error::Failed(format!("cannot list applied migrations: {}", describe(&e)))
-        }),
+        r => r.map_err(|e| db_err("cannot list applied migrations", e)),
     }
 }
 

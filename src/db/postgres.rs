@@ -89,6 +89,14 @@ pub(crate) fn millis(d: Duration) -> String {
     format!("'{}ms'", d.as_millis().max(1))
 }
 
+/// A `lock_timeout` / `statement_timeout` value: 0 keeps PostgreSQL's meaning, no limit.
+fn timeout_ms(d: Duration) -> String {
+    match d.as_millis() {
+        0 if d.is_zero() => "0".into(),
+        ms => format!("'{}ms'", ms.max(1)),
+    }
+}
+
 pub(crate) async fn rows<'c>(
     c: impl PgExecutor<'c>,
     sql: String,
@@ -470,10 +478,13 @@ fn settings_sql(opts: &ApplyOptions) -> String {
          WHERE current_setting('server_version_num')::int >= 140000;\n",
     );
     if let Some(d) = opts.lock_timeout {
-        s.push_str(&format!("SET LOCAL lock_timeout = {};\n", millis(d)));
+        s.push_str(&format!("SET LOCAL lock_timeout = {};\n", timeout_ms(d)));
     }
     if let Some(d) = opts.statement_timeout {
-        s.push_str(&format!("SET LOCAL statement_timeout = {};\n", millis(d)));
+        s.push_str(&format!(
+            "SET LOCAL statement_timeout = {};\n",
+            timeout_ms(d)
+        ));
     }
     s
 }
@@ -504,10 +515,20 @@ pub async fn apply_in_tx(
     sql.push_str("COMMIT;");
     let r = exec(c, sql).await;
     if r.is_err() {
-        // The batch stopped at the error inside the transaction block; end it.
-        let _ = exec(c, "ROLLBACK".into()).await;
+        end_failed_transaction(c).await;
     }
     r
+}
+
+/// After a failed batch: roll back if the session is still in the aborted transaction
+/// block. A plain ROLLBACK when the server already ended it makes PostgreSQL warn "there
+/// is no transaction in progress", a second, misleading line for one failure.
+async fn end_failed_transaction(c: &mut PgConnection) {
+    if let Err(sqlx::Error::Database(db)) = exec(c, "SELECT 1".into()).await
+        && db.code().as_deref() == Some("25P02")
+    {
+        let _ = exec(c, "ROLLBACK".into()).await;
+    }
 }
 
 /// Apply a `-- no-transaction` migration one statement at a time, as psql would (one
@@ -602,7 +623,7 @@ pub async fn revert(
     )
     .await;
     if r.is_err() {
-        let _ = exec(c, "ROLLBACK".into()).await;
+        end_failed_transaction(c).await;
     }
     r
 }
@@ -635,7 +656,7 @@ async fn fenced(
     };
     let r = exec(c, format!("BEGIN;\n{};\n{sql};\nCOMMIT;", fence.hold)).await;
     if r.is_err() {
-        let _ = exec(c, "ROLLBACK".into()).await;
+        end_failed_transaction(c).await;
     }
     r
 }

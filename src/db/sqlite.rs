@@ -12,11 +12,17 @@ use super::{Marker, NewMarker};
 use crate::config::{Config, Table};
 
 pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
-    Ok(SqliteConnectOptions::from_str(&cfg.url)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
+    let options = SqliteConnectOptions::from_str(&cfg.url)?
         .busy_timeout(Duration::from_secs(30))
-        .disable_statement_logging())
+        .disable_statement_logging();
+    if cfg.read_only {
+        // `wait` and `status` never create the file, nor switch its journal mode: a
+        // typo'd path is "not reachable", and a read-only file can still be read.
+        return Ok(options.read_only(true).create_if_missing(false));
+    }
+    Ok(options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal))
 }
 
 /// Set by a signal handler: the lock connection's running statement stops at its next
@@ -34,7 +40,18 @@ pub async fn prepare_for_lock(c: &mut SqliteConnection) -> Result<(), sqlx::Erro
 }
 
 pub async fn connect(cfg: &Config) -> Result<SqliteConnection, sqlx::Error> {
-    options(cfg)?.connect().await
+    let options = options(cfg)?;
+    if cfg.read_only && !options.get_filename().exists() {
+        // SQLite's own "unable to open database file" does not say which.
+        return Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "the SQLite database file {} does not exist",
+                options.get_filename().display()
+            ),
+        )));
+    }
+    options.connect().await
 }
 
 pub async fn ensure_marker_table(c: &mut SqliteConnection, t: &Table) -> Result<(), sqlx::Error> {

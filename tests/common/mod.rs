@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -49,10 +50,48 @@ pub fn assert_no_secret(out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        !text.contains(PASSWORD),
-        "the database password leaked into the output:\n{text}"
-    );
+    assert_no_form_of(PASSWORD, &text, "the output");
+}
+
+/// Every form a password can take in text: as is, percent-encoded (upper and lower case
+/// hex), form-encoded, JSON-escaped.
+pub fn forms_of(secret: &str) -> Vec<String> {
+    let mut upper = String::new();
+    let mut form = String::new();
+    for b in secret.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            upper.push(b as char);
+            form.push(b as char);
+        } else {
+            upper.push_str(&format!("%{b:02X}"));
+            form.push_str(&if b == b' ' {
+                "+".into()
+            } else {
+                format!("%{b:02X}")
+            });
+        }
+    }
+    let json = serde_json::to_string(secret).unwrap();
+    let mut forms = vec![
+        secret.to_owned(),
+        upper.clone(),
+        upper.to_ascii_lowercase(),
+        form,
+        json[1..json.len() - 1].to_owned(),
+    ];
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Fail when any form of `secret` is in `text` (`where_` says what `text` is).
+pub fn assert_no_form_of(secret: &str, text: &str, where_: &str) {
+    for form in forms_of(secret) {
+        assert!(
+            !text.contains(&form),
+            "the password leaked into {where_} (as {form:?}):\n{text}"
+        );
+    }
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -89,25 +128,46 @@ pub fn spawn(cmd: &mut Command) -> Child {
         .expect("cannot spawn schemagate")
 }
 
+/// Wait for a spawned child; its whole stderr (also what `wait_for_stderr_line` read) is
+/// in the output, checked for secrets.
 pub fn finish(child: Child) -> Output {
-    let out = child.wait_with_output().expect("wait for schemagate");
+    let pid = child.id();
+    let mut out = child.wait_with_output().expect("wait for schemagate");
+    let reader = stderr_readers().lock().unwrap().remove(&pid);
+    if let Some(reader) = reader {
+        let mut all = reader.join().expect("stderr reader").into_bytes();
+        all.extend_from_slice(&out.stderr);
+        out.stderr = all;
+    }
     assert_no_secret(&out);
     out
 }
 
+/// The threads that took a child's stderr to watch for a line, by pid: each returns the
+/// whole stream at EOF, so `finish` still checks all of it.
+fn stderr_readers() -> &'static std::sync::Mutex<HashMap<u32, std::thread::JoinHandle<String>>> {
+    static READERS: OnceLock<std::sync::Mutex<HashMap<u32, std::thread::JoinHandle<String>>>> =
+        OnceLock::new();
+    READERS.get_or_init(Default::default)
+}
+
 /// Read a child's stderr until a line contains `needle` (the event the test waits for);
-/// returns what was read. Panics after `limit`.
+/// returns what was read. Panics after `limit`. The reader keeps the rest of the stream
+/// for `finish`.
 pub fn wait_for_stderr_line(child: &mut Child, needle: &str, limit: Duration) -> String {
     let stderr = child.stderr.take().expect("stderr piped");
     let (tx, rx) = std::sync::mpsc::channel();
     let needle_owned = needle.to_owned();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut seen = String::new();
         let mut found = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            seen.push_str(&line);
-            seen.push('\n');
-            if !found && line.contains(&needle_owned) {
+        let mut stderr = BufReader::new(stderr);
+        let mut line = Vec::new();
+        while stderr.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            line.clear();
+            seen.push_str(&text);
+            if !found && text.contains(&needle_owned) {
                 found = true;
                 let _ = tx.send(seen.clone());
             }
@@ -115,7 +175,9 @@ pub fn wait_for_stderr_line(child: &mut Child, needle: &str, limit: Duration) ->
         if !found {
             let _ = tx.send(format!("EOF without the line; saw:\n{seen}"));
         }
+        seen
     });
+    stderr_readers().lock().unwrap().insert(child.id(), reader);
     let seen = rx
         .recv_timeout(limit)
         .unwrap_or_else(|_| panic!("no stderr line with {needle:?} within {limit:?}"));

@@ -186,6 +186,11 @@ pub async fn connect_tcp<Ws: WithSocket>(
     port: u16,
     with_socket: Ws,
 ) -> crate::Result<Ws::Output> {
+    // schemagate patch (upstream sqlx main strips the brackets too; 0.9.0 only does it for
+    // async-io): an IPv6 literal from a URL (`postgres://u@[::1]:5432/db`) keeps its
+    // brackets, which the resolver rejects, so the connection was never made.
+    let host = host.trim_matches(&['[', ']'][..]);
+
     #[cfg(feature = "_rt-tokio")]
     if crate::rt::rt_tokio::available() {
         let stream = tokio::net::TcpStream::connect((host, port)).await?;

@@ -1,0 +1,353 @@
+//! Redaction: every secret in play (the database URL's password, `password=` parameters,
+//! `PGPASSWORD` / `MYSQL_PWD`) is registered once, in every form it can take in text
+//! (raw, percent-encoded in either case, percent-decoded, form-encoded, JSON-escaped), and
+//! masked wherever it turns up: logs, errors, the marker's detail, `status`, the
+//! termination log. Independently of what is registered, a password in a URL's user-info
+//! or after `password=` / `pwd=` is masked whatever its length.
+
+use std::sync::{Mutex, OnceLock};
+
+const MASK: &str = "***";
+
+/// Masking a one- or two-letter secret everywhere would mangle every message; such a
+/// secret is still masked in URL user-info and `password=` contexts.
+const MIN_BARE: usize = 3;
+
+fn secrets() -> &'static Mutex<Vec<String>> {
+    static SECRETS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    SECRETS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Remember one secret, in every form it can take in text.
+pub fn register_secret(secret: &str) {
+    if secret.is_empty() {
+        return;
+    }
+    let mut forms = vec![secret.to_owned()];
+    forms.push(percent_encode(secret));
+    forms.push(percent_encode(secret).to_ascii_lowercase());
+    forms.push(userinfo_encode(secret));
+    forms.push(lower_escapes(&userinfo_encode(secret)));
+    forms.push(url::form_urlencoded::byte_serialize(secret.as_bytes()).collect());
+    let json = serde_json::to_string(secret).expect("a string serializes");
+    let json = &json[1..json.len() - 1];
+    forms.push(json.to_owned());
+    forms.push(json.replace('/', "\\/"));
+    // A JSON document that holds a URL: the encoded form, escaped again.
+    let encoded_json = serde_json::to_string(&userinfo_encode(secret)).expect("serializes");
+    forms.push(encoded_json[1..encoded_json.len() - 1].to_owned());
+    let mut secrets = secrets().lock().expect("secrets lock");
+    for f in forms {
+        if f.len() >= MIN_BARE && !secrets.contains(&f) {
+            secrets.push(f);
+        }
+    }
+    // Longest first, so a form that contains another is masked whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// Remember the password in a database URL (or connection string), raw and decoded, and
+/// any `password=` value in it.
+pub fn register_secrets(raw_url: &str) {
+    if let Some(pw) = loose_password(raw_url) {
+        register_secret(pw);
+        register_secret(&percent_decode(pw));
+    }
+    if let Ok(url) = url::Url::parse(raw_url)
+        && let Some(pw) = url.password()
+    {
+        register_secret(pw);
+        register_secret(&percent_decode(pw));
+    }
+    for value in keyed_values(raw_url) {
+        register_secret(&value);
+        register_secret(&percent_decode(&value));
+        register_secret(&value.replace('+', " "));
+    }
+}
+
+/// The passwords the drivers may use without a URL saying so.
+pub fn register_environment() {
+    for var in ["PGPASSWORD", "MYSQL_PWD"] {
+        if let Ok(v) = std::env::var(var) {
+            register_secret(&v);
+        }
+    }
+    // libpq's password file, which sqlx reads when the URL has no password.
+    let pgpass = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")));
+    if let Some(text) = pgpass.and_then(|p| std::fs::read_to_string(p).ok()) {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            // host:port:database:user:password, with \: and \\ escapes.
+            let mut fields = Vec::new();
+            let mut field = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                    c => field.push(c),
+                }
+            }
+            if fields.len() == 4 {
+                register_secret(&field);
+            }
+        }
+    }
+    for var in ["SCHEMAGATE_DATABASE_URL", "DATABASE_URL"] {
+        if let Ok(v) = std::env::var(var) {
+            register_secrets(&v);
+        }
+    }
+}
+
+/// Mask every registered secret, every URL user-info password and every `password=` value
+/// in `text`.
+pub fn redact(text: &str) -> String {
+    let mut out = mask_userinfo(text);
+    out = mask_keyed(&out);
+    let secrets = secrets().lock().expect("secrets lock");
+    for s in secrets.iter() {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), MASK);
+        }
+    }
+    out
+}
+
+/// Where logs go: stderr, every line redacted (a driver's own log line may quote a URL
+/// parameter). tracing-subscriber writes each event with one call.
+pub struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = redact(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The password of a URL-like string, found without a full parse (so a malformed URL is
+/// covered too): between the first `:` after `://` and the last `@` of the token.
+fn loose_password(raw: &str) -> Option<&str> {
+    let after = &raw[raw.find("://")? + 3..];
+    let end = after
+        .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+        .unwrap_or(after.len());
+    let token = &after[..end];
+    let at = token.rfind('@')?;
+    let info = &token[..at];
+    info.split_once(':').map(|(_, pw)| pw)
+}
+
+/// Keys whose value is a secret: `password`, `passwd`, `pwd`, and anything ending so
+/// (`PGPASSWORD`, `MYSQL_PWD`, `sslpassword`).
+const KEYS: [&str; 3] = ["password", "passwd", "pwd"];
+
+/// Where each `key=value` / `key: value` secret value is in `text`: (start, end) byte
+/// offsets of the value.
+fn keyed_spans(text: &str) -> Vec<(usize, usize)> {
+    let lower = text.to_ascii_lowercase();
+    let bytes = text.as_bytes();
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while from < lower.len() {
+        let Some((pos, key)) = KEYS
+            .iter()
+            .filter_map(|k| lower[from..].find(k).map(|p| (from + p, *k)))
+            .min_by_key(|(p, k)| (*p, std::cmp::Reverse(k.len())))
+        else {
+            break;
+        };
+        let mut i = pos + key.len();
+        from = i;
+        // The key may be quoted (JSON, possibly escaped): `"password": "x"`.
+        while i < bytes.len() && matches!(bytes[i], b'"' | b'\'' | b'\\' | b' ' | b'\t') {
+            i += 1;
+        }
+        if i >= bytes.len() || !matches!(bytes[i], b'=' | b':') {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
+            i += 1;
+        }
+        // An opening quote, possibly escaped; the value then runs to the same quote.
+        let mut quote = None;
+        while i < bytes.len() && matches!(bytes[i], b'"' | b'\'' | b'\\') {
+            if bytes[i] != b'\\' {
+                quote = Some(bytes[i]);
+            }
+            i += 1;
+        }
+        let start = i;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let stop = match quote {
+                Some(q) => b == q || b == b'\\' || b == b'\n',
+                None => {
+                    b.is_ascii_whitespace()
+                        || matches!(b, b'&' | b';' | b',' | b'"' | b'\'' | b')' | b'}' | b'\\')
+                }
+            };
+            if stop {
+                break;
+            }
+            i += 1;
+        }
+        if i > start && &text[start..i] != MASK {
+            spans.push((start, i));
+        }
+        from = i.max(from);
+    }
+    spans
+}
+
+fn keyed_values(text: &str) -> Vec<String> {
+    keyed_spans(text)
+        .into_iter()
+        .map(|(s, e)| text[s..e].to_owned())
+        .collect()
+}
+
+fn mask_keyed(text: &str) -> String {
+    let spans = keyed_spans(text);
+    if spans.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (s, e) in spans {
+        out.push_str(&text[last..s]);
+        out.push_str(MASK);
+        last = e;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// Mask the password of every `scheme://user:password@` in `text`, whatever it is.
+fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(p) = rest.find("://") {
+        let (head, tail) = rest.split_at(p + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .unwrap_or(tail.len());
+        let token = &tail[..end];
+        match token.rfind('@').and_then(|at| {
+            let colon = token[..at].find(':')?;
+            Some((colon, at))
+        }) {
+            Some((colon, at)) if &token[colon + 1..at] != MASK => {
+                out.push_str(&token[..=colon]);
+                out.push_str(MASK);
+                out.push_str(&token[at..]);
+            }
+            _ => out.push_str(token),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every byte outside RFC 3986's unreserved set as `%XX` (upper case).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The password as the `url` crate writes it into user-info.
+fn userinfo_encode(s: &str) -> String {
+    let mut u = url::Url::parse("x://u@h").expect("a fixed URL parses");
+    let _ = u.set_password(Some(s));
+    u.password().unwrap_or(s).to_owned()
+}
+
+/// `%2F` -> `%2f`, leaving everything else as is.
+fn lower_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut pending = 0;
+    for c in s.chars() {
+        if c == '%' {
+            pending = 2;
+            out.push(c);
+        } else if pending > 0 {
+            pending -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_userinfo_and_keyed_values_of_any_length() {
+        assert_eq!(
+            redact("echo postgres://app:x@db/app"),
+            "echo postgres://app:***@db/app"
+        );
+        assert_eq!(
+            redact("mysql://db/app?user=x&password=ab&ssl-mode=off"),
+            "mysql://db/app?user=x&password=***&ssl-mode=off"
+        );
+        assert_eq!(redact("PGPASSWORD=zz psql"), "PGPASSWORD=*** psql");
+        assert_eq!(redact(r#"{"password": "q"}"#), r#"{"password": "***"}"#);
+        assert_eq!(redact("Server=db;Pwd=k;"), "Server=db;Pwd=***;");
+        assert_eq!(
+            redact("password authentication failed for user \"app\""),
+            "password authentication failed for user \"app\""
+        );
+    }
+
+    #[test]
+    fn masks_every_form_of_a_registered_secret() {
+        register_secrets("postgres://u:R%2Fq%3Fz%40W@h/d");
+        for form in ["R/q?z@W", "R%2Fq%3Fz%40W", "R%2fq%3fz%40W", "R\\/q?z@W"] {
+            assert_eq!(redact(&format!("[{form}]")), "[***]", "{form}");
+        }
+    }
+}
