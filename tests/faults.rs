@@ -416,13 +416,13 @@ fn wait_listen_behind_a_transaction_pooler_polls() {
 fn paused_lease_holder_is_fenced_after_a_takeover() {
     let db = PgDb::new("fence");
     let src = Migrations::new(&[
-        ("0_log.sql", "CREATE TABLE apply_log (version int);"),
-        ("1_a.sql", "INSERT INTO apply_log VALUES (1);"),
+        ("1_log.sql", "CREATE TABLE apply_log (version int);"),
+        ("2_a.sql", "INSERT INTO apply_log VALUES (1);"),
         (
-            "2_slow.sql",
+            "3_slow.sql",
             "INSERT INTO apply_log VALUES (2); SELECT pg_sleep(0.5);",
         ),
-        ("3_c.sql", "INSERT INTO apply_log VALUES (3);"),
+        ("4_c.sql", "INSERT INTO apply_log VALUES (3);"),
     ]);
     let args = [
         "migrate",
@@ -434,7 +434,7 @@ fn paused_lease_holder_is_fenced_after_a_takeover() {
         "3s",
     ];
     let mut first = spawn(schemagate(&db.url).args(args));
-    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
+    wait_for_stderr_line(&mut first, "applying 3 (slow)", Duration::from_secs(30));
     signal(first.id(), "STOP");
     let second = run(schemagate(&db.url).args(args));
     assert_eq!(code(&second), 0, "{}", stderr(&second));
@@ -454,7 +454,7 @@ fn paused_lease_holder_is_fenced_after_a_takeover() {
         pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
         vec!["succeeded".to_owned()]
     );
-    let out = run(schemagate(&db.url).args(["wait", "--expect", "3", "--once"]));
+    let out = run(schemagate(&db.url).args(["wait", "--expect", "4", "--once"]));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
@@ -464,15 +464,15 @@ fn lease_taken_over_during_an_in_flight_migration_rolls_it_back() {
     let db = PgDb::new("fenceflight");
     let src = Migrations::new(&[
         (
-            "0_log.sql",
+            "1_log.sql",
             "CREATE TABLE apply_log (version int, pid int);",
         ),
         (
-            "1_slow.sql",
+            "2_slow.sql",
             "INSERT INTO apply_log VALUES (1, pg_backend_pid()); SELECT pg_sleep(6);",
         ),
         (
-            "2_c.sql",
+            "3_c.sql",
             "INSERT INTO apply_log VALUES (2, pg_backend_pid());",
         ),
     ]);
@@ -486,7 +486,7 @@ fn lease_taken_over_during_an_in_flight_migration_rolls_it_back() {
         "3s",
     ];
     let mut first = spawn(schemagate(&db.url).args(args));
-    wait_for_stderr_line(&mut first, "applying 1 (slow)", Duration::from_secs(30));
+    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
     until("the slow migration to run", Duration::from_secs(30), || {
         pg_i64(
             &db.url,
