@@ -2,9 +2,7 @@
 //! rehearses a rollback where they have down migrations), and fails, naming the check,
 //! when the rollout would fail.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 
 fn smoke(args: &[&str]) -> std::process::Output {
     let mut c = schemagate("");

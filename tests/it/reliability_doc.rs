@@ -2,7 +2,7 @@
 //! reproduces carries a `/// reliability: fault | what schemagate did | what was lost`
 //! line (optionally `| backends`, or `/// reliability (SQLite): …`, when they are not those
 //! of the file), and this test rebuilds the table from those lines. It fails when the file
-//! is out of date; `SCHEMAGATE_BLESS=1 cargo test --test reliability_doc` rewrites it.
+//! is out of date; `SCHEMAGATE_BLESS=1 cargo test --test it reliability_doc` rewrites it.
 
 use std::path::Path;
 
@@ -23,7 +23,7 @@ fn backends_of(file: &str) -> &'static str {
 }
 
 fn rows() -> Vec<Row> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -77,7 +77,7 @@ fn rows() -> Vec<Row> {
                 backends: only
                     .or_else(|| parts.get(3).map(|b| (*b).to_owned()))
                     .unwrap_or_else(|| backends_of(&file).to_owned()),
-                test: format!("tests/{file}: `{name}`"),
+                test: format!("tests/it/{file}: `{name}`"),
             });
         }
     }
@@ -90,7 +90,7 @@ fn render(rows: &[Row]) -> String {
          Every fault and bad input the test suite reproduces on real databases, what schemagate\n\
          did, and what was lost. Generated from the tests' `/// reliability:` lines by\n\
          `tests/reliability_doc.rs`, so each row is asserted by the test it names; do not edit by\n\
-         hand (`SCHEMAGATE_BLESS=1 cargo test --test reliability_doc` regenerates it).\n\n\
+         hand (`SCHEMAGATE_BLESS=1 cargo test --test it reliability_doc` regenerates it).\n\n\
          | fault or bad input | backends | what schemagate did | lost | test |\n\
          | --- | --- | --- | --- | --- |\n",
     );
@@ -120,6 +120,6 @@ fn reliability_md_is_generated_from_the_tests() {
     assert!(
         actual == expected,
         "RELIABILITY.md is out of date with the tests' `/// reliability:` lines; regenerate it \
-         with `SCHEMAGATE_BLESS=1 cargo test --test reliability_doc`"
+         with `SCHEMAGATE_BLESS=1 cargo test --test it reliability_doc`"
     );
 }

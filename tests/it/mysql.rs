@@ -1,9 +1,7 @@
 //! MySQL / MariaDB specifics: non-transactional DDL leaves a failed migration dirty, and
 //! the next run must refuse and say how to repair; no LISTEN; password errors.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 
 /// reliability: MySQL: a migration fails after its DDL committed implicitly | exit 1 and a `failed` marker; the next run exits 4 naming the dirty version and the repair; after the repair it completes | nothing reported as applied; the half-applied DDL is reported
 #[test]

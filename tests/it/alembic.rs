@@ -3,12 +3,10 @@
 //! Alembic itself takes no lock; under schemagate every run exits 0 and each revision runs
 //! once. Installs alembic and psycopg from PyPI into a venv under target/ on first use.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::harness::*;
 
 fn venv() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -3,12 +3,10 @@
 //! Each case is one function taking the backend; the macro at the bottom makes a test of
 //! it per backend, so a failure names both.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 fn migrate(db: &TestDb, src: &Migrations) -> Command {
     let mut c = schemagate(db.url());

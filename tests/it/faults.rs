@@ -5,11 +5,9 @@
 //! lost); RELIABILITY.md is generated from those lines (tests/reliability_doc.rs), so the
 //! table only ever states what a test asserts.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 fn slow_source() -> Migrations {
     Migrations::new(&[

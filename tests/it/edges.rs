@@ -4,14 +4,12 @@
 //! and a rehearsal that never touches data. Every test checks that no form of the password
 //! reaches stdout, stderr, the termination log, the marker or `status --json`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 /// A scratch directory (removed on drop) for termination logs, sources and files.
 fn scratch() -> Migrations {

@@ -1,12 +1,10 @@
 //! `migrate --version V -- CMD`: an external migrator under the lock; `wait -- CMD`;
 //! `wait --http`; `migrate --notify-url`. On PostgreSQL.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 fn external(db: &PgDb, version: &str, script: &str) -> Command {
     external_with(db, version, &[], script)

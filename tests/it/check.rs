@@ -3,14 +3,12 @@
 //! gate's exit codes; the scratch database's lifecycle (created and dropped, also on
 //! SIGTERM; a given one refused unless empty; the app's database never touched).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_corpus")

@@ -1,11 +1,9 @@
 //! The core suite on PostgreSQL: races between real processes, crashes and signals in the
 //! middle of a migration, `wait` in all its endings, drift, and bad input.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 fn migrate(db: &PgDb, src: &Migrations) -> std::process::Command {
     let mut c = schemagate(&db.url);

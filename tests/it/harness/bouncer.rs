@@ -1,0 +1,119 @@
+//! PgBouncer, started for one test in front of a throwaway cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+
+use super::*;
+
+// ----- PgBouncer -----
+
+/// A PgBouncer in transaction pooling mode in front of `server`, started for one test.
+pub struct PgBouncer {
+    pub port: u16,
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl PgBouncer {
+    /// Transaction pooling, 6 server connections per pool.
+    pub fn start(server: &PgServer) -> PgBouncer {
+        Self::start_with(server, "transaction", 6)
+    }
+
+    /// `pool_mode` (`transaction` or `session`) and `default_pool_size` as given.
+    pub fn start_with(server: &PgServer, pool_mode: &str, pool_size: u32) -> PgBouncer {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
+            });
+        let dir = server.dir.join("pgbouncer");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={sp} user=postgres password={PASSWORD}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {d}/users.txt\npool_mode = {pool_mode}\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 500\nserver_round_robin = 1\n\
+                 ignore_startup_parameters = extra_float_digits,options\n\
+                 logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+                sp = server.port,
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        if is_root() {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status();
+        }
+        // PgBouncer refuses to run as root.
+        let out = as_postgres(Path::new(bin))
+            .arg("-d")
+            .arg(dir.join("pgbouncer.ini"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pgbouncer: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pidfile = dir.join("pgbouncer.pid");
+        until(
+            "pgbouncer to write its pid",
+            Duration::from_secs(10),
+            || std::fs::read_to_string(&pidfile).is_ok_and(|p| p.trim().parse::<u32>().is_ok()),
+        );
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        PgBouncer { port, dir, pid }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Hold `n` idle connections to `url` until the returned sender is dropped.
+pub fn hold_connections(url: &str, n: usize) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        block_on(async {
+            let mut held = Vec::new();
+            for _ in 0..n {
+                held.push(
+                    PgConnection::connect(&url)
+                        .await
+                        .expect("hold a connection"),
+                );
+            }
+            ready_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+            drop(held);
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("connections held");
+    tx
+}

@@ -1,0 +1,17 @@
+//! The integration tests: one crate, as ripgrep lays them out, so the binary links once and
+//! the harness is shared. Each module runs the real `schemagate` binary against real
+//! PostgreSQL, MySQL/MariaDB, SQLite, PgBouncer and migrators; every test creates its own
+//! database, so they run in parallel.
+
+mod harness;
+
+mod alembic;
+mod backends;
+mod check;
+mod edges;
+mod external;
+mod faults;
+mod mysql;
+mod postgres;
+mod reliability_doc;
+mod smoke;
