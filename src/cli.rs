@@ -250,16 +250,21 @@ pub struct MigrateArgs {
     /// Directory of SQL migrations (sqlx layout: `<VERSION>_<description>.sql`, or
     /// `.up.sql`/`.down.sql`; `-- no-transaction` as the first line runs a file outside a
     /// transaction).
-    #[arg(
-        long,
-        env = "SCHEMAGATE_SOURCE",
-        required_unless_present = "command",
-        conflicts_with = "command"
-    )]
+    ///
+    /// With `-- CMD`, another migrator's directory (see --format): the version and digest
+    /// come from its files, e.g. `migrate --source . --format alembic -- alembic upgrade head`.
+    #[arg(long, env = "SCHEMAGATE_SOURCE", required_unless_present = "command")]
     pub source: Option<PathBuf>,
 
-    /// With an external migrator: the schema version it brings the database to (for example
-    /// the output of `alembic heads`, baked into the image). Recorded in the marker.
+    /// Which migrator --source belongs to: `sqlx` (applied by schemagate), or `alembic`,
+    /// `django`, `rails`, `dbmate`, `diesel` (run by CMD after `--`; schemagate reads their
+    /// files and history table). Detected from the directory when left out.
+    #[arg(long, env = "SCHEMAGATE_FORMAT", value_enum)]
+    pub format: Option<crate::formats::Format>,
+
+    /// With an external migrator and no --source: the schema version it brings the
+    /// database to (for example the output of `alembic heads`, baked into the image).
+    /// Recorded in the marker.
     #[arg(long, env = "SCHEMAGATE_VERSION")]
     pub version: Option<String>,
 
@@ -304,10 +309,11 @@ pub struct MigrateArgs {
     )]
     pub notify_urls: Vec<String>,
 
-    /// An external migrator to run under the lock instead of --source, for example
-    /// `-- alembic upgrade head`. Needs --version. stdin is closed; its output is logged;
-    /// SCHEMAGATE_VERSION and SCHEMAGATE_LOCK_KEY are added to its environment.
-    #[arg(last = true, value_name = "CMD", requires = "version")]
+    /// An external migrator to run under the lock, for example `-- alembic upgrade head`.
+    /// Needs --version, or --source with the migrator's directory. stdin is closed; its
+    /// output is logged; SCHEMAGATE_VERSION and SCHEMAGATE_LOCK_KEY are added to its
+    /// environment.
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -326,9 +332,16 @@ pub struct WaitArgs {
     pub expect: Option<String>,
 
     /// Wait for the newest migration in this directory, with a matching digest (or for all
-    /// of them to be recorded as applied).
+    /// of them to be recorded as applied). With another migrator's directory (see
+    /// --format), wait until that migrator's own history table shows every migration here
+    /// applied, whoever ran it: `wait --source /app --format alembic`.
     #[arg(long, env = "SCHEMAGATE_SOURCE")]
     pub source: Option<PathBuf>,
+
+    /// Which migrator --source belongs to: sqlx, alembic, django, rails, dbmate, diesel.
+    /// Detected from the directory when left out.
+    #[arg(long, env = "SCHEMAGATE_FORMAT", value_enum, requires = "source")]
+    pub format: Option<crate::formats::Format>,
 
     /// Give up after this long (exit 124).
     #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
@@ -370,6 +383,11 @@ pub struct StatusArgs {
     /// Compare the database with this migrations directory (applied, pending, drift).
     #[arg(long, env = "SCHEMAGATE_SOURCE")]
     pub source: Option<PathBuf>,
+
+    /// Which migrator --source belongs to (detected when left out); for another migrator,
+    /// its history table is shown against the files: `status --source . --format django`.
+    #[arg(long, env = "SCHEMAGATE_FORMAT", value_enum, requires = "source")]
+    pub format: Option<crate::formats::Format>,
 
     /// Print one JSON document instead of text.
     #[arg(long, env = "SCHEMAGATE_JSON")]

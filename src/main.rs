@@ -9,6 +9,7 @@ mod cmd;
 mod config;
 mod db;
 mod error;
+mod formats;
 mod http;
 mod lock;
 mod signals;
