@@ -601,3 +601,95 @@ fn diesel_races_and_drift() {
 fn diesel_wait_on_diesel_schema_migrations() {
     wait_on_the_tools_history(Tool::diesel());
 }
+
+/// reliability: the migrator failed under `migrate --format` (a `failed` marker), then nothing changed in its history | `wait --format` exits 3 at once; once the migrator has run again since (its history changed after the marker), `wait` waits again and passes when the last migration lands | nothing
+#[test]
+fn a_failed_marker_ends_the_wait_until_the_history_moves_on() {
+    let tool = Tool::dbmate();
+    let db = PgDb::new("failed");
+    let older = tool.older();
+    let oldest = Project::copy(&older.dir);
+    std::fs::remove_file(
+        oldest
+            .dir
+            .join("db/migrations/20240102000000_add_display_name.sql"),
+    )
+    .unwrap();
+    tool.run_alone(&oldest.dir, &db.url);
+
+    let out = run(schemagate(&db.url)
+        .args([
+            "migrate",
+            "--source",
+            tool.project.path(),
+            "--format",
+            "dbmate",
+        ])
+        .args(["--", "false"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let out = run(tool
+        .wait(&tool.project.dir, &db.url)
+        .args(["--timeout", "30s"]));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("recorded as failed"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Someone runs the migrator again (a retry, by hand): the failure is old news.
+    tool.run_alone(&older.dir, &db.url);
+    let mut waiter = tool.wait(&tool.project.dir, &db.url);
+    waiter.args(["--timeout", "2m", "--interval", "200ms"]);
+    let mut waiter = spawn(&mut waiter);
+    wait_for_stderr_line(
+        &mut waiter,
+        "waiting for schema version",
+        Duration::from_secs(60),
+    );
+    assert!(waiter.try_wait().unwrap().is_none(), "wait did not block");
+    tool.run_alone(&tool.project.dir, &db.url);
+    assert_eq!(code(&finish(waiter)), 0);
+}
+
+/// A directory that looks like two migrators is refused (exit 2) naming both; a migrator's
+/// directory without its command is refused naming the command to give.
+#[test]
+fn an_ambiguous_or_incomplete_source_is_a_usage_error() {
+    let url = "postgres://nobody@127.0.0.1:1/none";
+    let both = Project::copy(&root().join("examples/alembic"));
+    std::fs::write(both.dir.join("manage.py"), "").unwrap();
+    let out = run(schemagate(url).args(["wait", "--once", "--source", both.path()]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("looks like alembic and django; pass --format"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(schemagate(url).args([
+        "migrate",
+        "--source",
+        root().join("examples/rails").to_str().unwrap(),
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a rails directory: give the migrator's command after --"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(schemagate(url).args([
+        "migrate",
+        "--source",
+        root().join("examples/dbmate").to_str().unwrap(),
+        "--version",
+        "7",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--version comes from the files"),
+        "{}",
+        stderr(&out)
+    );
+}
