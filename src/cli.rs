@@ -185,6 +185,13 @@ pub struct ConnectArgs {
     #[arg(long, env = "SCHEMAGATE_TABLE", default_value = "schemagate_marker")]
     pub table: String,
 
+    /// The table recording applied SQL migrations (sqlx's `_sqlx_migrations` by default);
+    /// `schema.table` is allowed. Overrides `table-name` under `[migrate]` in a `sqlx.toml`
+    /// beside the source. Two apps sharing one database each need their own:
+    /// `--table appa.marker --migrations-table appa._sqlx_migrations`.
+    #[arg(long, env = "SCHEMAGATE_MIGRATIONS_TABLE")]
+    pub migrations_table: Option<String>,
+
     /// The name the migration lock is derived from. Runs that share it exclude each other.
     /// Defaults to the marker table's name.
     #[arg(long, env = "SCHEMAGATE_LOCK_NAME")]
@@ -274,6 +281,12 @@ pub struct MigrateArgs {
     /// Print what would be applied and change nothing.
     #[arg(long, env = "SCHEMAGATE_DRY_RUN")]
     pub dry_run: bool,
+
+    /// As sqlx-cli's: an applied migration this source does not have is not drift. For two
+    /// migration tracks sharing one history table (for example `postgresql/` and
+    /// `postgresql_deferred/`, each applied by its own `migrate --source`).
+    #[arg(long, env = "SCHEMAGATE_IGNORE_MISSING")]
+    pub ignore_missing: bool,
 
     /// PostgreSQL: `lock_timeout` for each transactional migration. A migration that
     /// waits longer for a table lock is rolled back and retried with backoff (see

@@ -15,6 +15,7 @@ mod lock;
 mod signals;
 mod source;
 mod sql;
+mod sqlx_toml;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

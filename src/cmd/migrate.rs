@@ -35,7 +35,11 @@ impl Job {
             None => Format::Sqlx,
         };
         match (&args.source, args.command.is_empty()) {
-            (Some(dir), true) if format == Format::Sqlx => Ok(Job::Sql(Source::load(dir)?)),
+            (Some(dir), true) if format == Format::Sqlx => {
+                let mut source = Source::load(dir)?;
+                source.ignore_missing = args.ignore_missing;
+                Ok(Job::Sql(source))
+            }
             (Some(dir), true) => Err(Error::Config(format!(
                 "{} is a {} directory: give the migrator's command after --, for example                  `migrate --source {} --format {} -- {}`",
                 dir.display(),

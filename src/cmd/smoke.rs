@@ -84,6 +84,7 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
             database_url_file: None,
             table: "schemagate_marker".into(),
             lock_name: None,
+            migrations_table: None,
             connect_timeout: Duration::from_secs(30),
             log_format: args.log_format,
             termination_log: None,

@@ -45,7 +45,7 @@ impl Format {
     /// The migrator's own history table.
     pub fn history_table(self) -> &'static str {
         match self {
-            Format::Sqlx => crate::db::MIGRATIONS_TABLE,
+            Format::Sqlx => crate::db::MIGRATIONS_TABLE.name(),
             Format::Alembic => "alembic_version",
             Format::Django => "django_migrations",
             Format::Rails | Format::Dbmate => "schema_migrations",
