@@ -182,10 +182,8 @@ impl Foreign {
     /// The migrations whose file differs from the one a `succeeded` marker recorded.
     pub fn modified_since(&self, manifest: &str) -> Vec<&Item> {
         let mut lines = manifest.lines();
-        if !lines
-            .next()
-            .is_some_and(|l| l == format!("{MANIFEST_HEADER} ({})", self.format.name()))
-        {
+        let header = format!("{MANIFEST_HEADER} ({})", self.format.name());
+        if lines.next() != Some(header.as_str()) {
             return Vec::new();
         }
         let recorded: std::collections::HashMap<&str, &str> = lines
