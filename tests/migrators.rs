@@ -530,6 +530,37 @@ fn wait_on_the_tools_history(tool: Tool) {
         0,
         "wait wrote a marker"
     );
+    // The format is detected when left out.
+    let out = run(schemagate(&db.url).args(["wait", "--once", "--source", tool.project.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("schema version {} is ready", tool.version)),
+        "{}",
+        stderr(&out)
+    );
+
+    // The migrations ran without schemagate: `migrate --format -- CMD` records the marker
+    // without running CMD, and the next run takes the fast path.
+    let runs = pg_strings(&db.url, tool.runs_sql);
+    let out = run(&mut tool.migrate(&tool.project.dir, &db.url));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("recorded without running"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("under the lock"), "{}", stderr(&out));
+    assert_eq!(pg_strings(&db.url, tool.runs_sql), runs);
+    let out = run(&mut tool.migrate(&tool.project.dir, &db.url));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
+    assert_eq!(
+        pg_strings(
+            &db.url,
+            "SELECT status || ' ' || version FROM schemagate_marker"
+        ),
+        vec![format!("succeeded {}", tool.version)]
+    );
 }
 
 /// reliability: 20 racing `alembic upgrade heads` under `migrate --source --format alembic --` | all exit 0, alembic runs once, each revision once; a revision file changed after it ran is refused (exit 4) naming it | nothing
@@ -544,7 +575,7 @@ fn alembic_merge_races_and_drift() {
     races_then_drift(Tool::alembic(true));
 }
 
-/// reliability: `alembic upgrade` run without schemagate, one revision pending | `wait --format alembic` blocks until alembic applies it; an older image passes | nothing
+/// reliability: `alembic upgrade` run without schemagate, one revision pending | `wait --format alembic` blocks until alembic applies it; an older image passes; `migrate --format -- CMD` then records the marker without running the migrator | nothing
 #[test]
 fn alembic_wait_on_alembic_version() {
     wait_on_the_tools_history(Tool::alembic(false));
@@ -562,7 +593,7 @@ fn django_races_and_drift() {
     races_then_drift(Tool::django());
 }
 
-/// reliability: `manage.py migrate` run without schemagate, one migration pending | `wait --format django` blocks until it is applied; an older image passes | nothing
+/// reliability: `manage.py migrate` run without schemagate, one migration pending | `wait --format django` blocks until it is applied; an older image passes; `migrate --format -- CMD` then records the marker without running the migrator | nothing
 #[test]
 fn django_wait_on_django_migrations() {
     wait_on_the_tools_history(Tool::django());
@@ -574,7 +605,7 @@ fn rails_races_and_drift() {
     races_then_drift(Tool::rails());
 }
 
-/// reliability: ActiveRecord's migrator run without schemagate, one migration pending | `wait --format rails` blocks until it is applied; an older image passes | nothing
+/// reliability: ActiveRecord's migrator run without schemagate, one migration pending | `wait --format rails` blocks until it is applied; an older image passes; `migrate --format -- CMD` then records the marker without running the migrator | nothing
 #[test]
 fn rails_wait_on_schema_migrations() {
     wait_on_the_tools_history(Tool::rails());
@@ -586,7 +617,7 @@ fn dbmate_races_and_drift() {
     races_then_drift(Tool::dbmate());
 }
 
-/// reliability: `dbmate up` run without schemagate, one migration pending | `wait --format dbmate` blocks until it is applied; an older image passes | nothing
+/// reliability: `dbmate up` run without schemagate, one migration pending | `wait --format dbmate` blocks until it is applied; an older image passes; `migrate --format -- CMD` then records the marker without running the migrator | nothing
 #[test]
 fn dbmate_wait_on_schema_migrations() {
     wait_on_the_tools_history(Tool::dbmate());
@@ -598,7 +629,7 @@ fn diesel_races_and_drift() {
     races_then_drift(Tool::diesel());
 }
 
-/// reliability: `diesel migration run` without schemagate, one migration pending | `wait --format diesel` blocks until it is applied; an older image passes | nothing
+/// reliability: `diesel migration run` without schemagate, one migration pending | `wait --format diesel` blocks until it is applied; an older image passes; `migrate --format -- CMD` then records the marker without running the migrator | nothing
 #[test]
 fn diesel_wait_on_diesel_schema_migrations() {
     wait_on_the_tools_history(Tool::diesel());

@@ -266,15 +266,17 @@ pub fn resolve(dir: &Path, given: Option<Format>) -> Result<Format> {
     }
 }
 
+/// A directory's entries and whether each is a directory, from the listing alone (no stat
+/// per entry: a sqlx source of hundreds of files pays this on every start).
 fn names(dir: &Path) -> Vec<(String, bool)> {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        e.path().is_dir(),
-                    )
+                    let is_dir = e
+                        .file_type()
+                        .is_ok_and(|t| t.is_dir() || (t.is_symlink() && e.path().is_dir()));
+                    (e.file_name().to_string_lossy().into_owned(), is_dir)
                 })
                 .collect()
         })
@@ -304,23 +306,39 @@ fn detect(dir: &Path) -> Result<Vec<Format>> {
     if has("manage.py") || django::looks_like(dir, &top) {
         found.push(Format::Django);
     }
-    let rails_dir = dir.join("db/migrate");
-    if rails_dir.is_dir() || top.iter().any(|(n, d)| !d && versioned(n, ".rb")) {
+    if (has("db") && dir.join("db/migrate").is_dir())
+        || top.iter().any(|(n, d)| !d && versioned(n, ".rb"))
+    {
         found.push(Format::Rails);
     }
+    let diesel_dirs = |d: &Path, entries: &[(String, bool)]| {
+        entries
+            .iter()
+            .any(|(n, is_dir)| *is_dir && d.join(n).join("up.sql").is_file())
+    };
     if has("diesel.toml")
-        || simple::diesel_dirs(dir)
-        || simple::diesel_dirs(&dir.join("migrations"))
+        || diesel_dirs(dir, &top)
+        || (has("migrations")
+            && diesel_dirs(&dir.join("migrations"), &names(&dir.join("migrations"))))
     {
         found.push(Format::Diesel);
     }
-    for d in [dir.to_owned(), dir.join("db/migrations")] {
-        let sql: Vec<String> = names(&d)
-            .into_iter()
-            .filter(|(n, is_dir)| !is_dir && versioned(n, ".sql"))
-            .map(|(n, _)| n)
-            .collect();
-        if let Some(first) = sql.first() {
+    for (d, entries) in [
+        (dir.to_owned(), top.clone()),
+        (
+            dir.join("db/migrations"),
+            if has("db") {
+                names(&dir.join("db/migrations"))
+            } else {
+                Vec::new()
+            },
+        ),
+    ] {
+        let first = entries
+            .iter()
+            .find(|(n, is_dir)| !is_dir && versioned(n, ".sql"))
+            .map(|(n, _)| n);
+        if let Some(first) = first {
             let text = std::fs::read_to_string(d.join(first)).unwrap_or_default();
             let f = if text.contains("-- migrate:up") {
                 Format::Dbmate

@@ -9,14 +9,6 @@ use std::path::{Path, PathBuf};
 use super::{Format, Item, Read, read_file, relative, sha256, unreadable, versioned};
 use crate::error::{Error, Result};
 
-/// Whether `dir` holds Diesel migration directories (`<version>_<name>/up.sql`).
-pub(super) fn diesel_dirs(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|rd| {
-        rd.filter_map(|e| e.ok())
-            .any(|e| e.path().join("up.sql").is_file())
-    })
-}
-
 fn migrations_dir(dir: &Path, format: Format) -> PathBuf {
     let conventional = match format {
         Format::Rails => dir.join("db/migrate"),
