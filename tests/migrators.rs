@@ -726,3 +726,31 @@ fn an_ambiguous_or_incomplete_source_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+/// reliability: after a `succeeded` marker, the last migration is rolled back with the migrator itself (`dbmate rollback`) | `wait --format` is not ready; `migrate --format -- CMD` does not take the fast path, runs the migrator again and records the marker | nothing
+#[test]
+fn a_downgrade_made_with_the_migrator_is_not_hidden_by_the_marker() {
+    let tool = Tool::dbmate();
+    let db = PgDb::new("downgrade");
+    let out = run(&mut tool.migrate(&tool.project.dir, &db.url));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = Command::new(&tool.command[0])
+        .args(["--no-dump-schema", "rollback"])
+        .current_dir(&tool.project.dir)
+        .env("DATABASE_URL", tool.tool_url(&db.url))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(tool.wait(&tool.project.dir, &db.url).arg("--once"));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("20240103000000"), "{}", stderr(&out));
+    let out = run(&mut tool.migrate(&tool.project.dir, &db.url));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("under the lock"), "{}", stderr(&out));
+    let out = run(tool.wait(&tool.project.dir, &db.url).arg("--once"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

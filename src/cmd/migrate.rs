@@ -164,6 +164,10 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         version: &version,
         digest: digest.as_deref(),
         history,
+        foreign: match &job {
+            Job::External { foreign, .. } => foreign.as_ref(),
+            Job::Sql(_) => None,
+        },
     };
     let done = |message: String, applied| Outcome {
         version: Some(version.clone()),
