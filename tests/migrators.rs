@@ -237,6 +237,22 @@ impl Tool {
                 "0003_backfill_display_name",
             )
         };
+        // The version schemagate derives is what `alembic heads` prints.
+        let heads = Command::new(venv.join("bin/alembic"))
+            .arg("heads")
+            .current_dir(&project.dir)
+            .output()
+            .unwrap();
+        assert!(
+            heads.status.success(),
+            "{}",
+            String::from_utf8_lossy(&heads.stderr)
+        );
+        let heads: Vec<String> = String::from_utf8_lossy(&heads.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        assert_eq!(heads, vec![version.to_owned()]);
         Tool {
             format: "alembic",
             project,
