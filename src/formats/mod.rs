@@ -389,3 +389,83 @@ type Read = (
     std::collections::HashMap<String, Vec<String>>,
     Vec<String>,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name)
+    }
+
+    #[test]
+    fn detects_each_example_and_a_sqlx_source() {
+        for (dir, format) in [
+            ("alembic", Format::Alembic),
+            ("django", Format::Django),
+            ("rails", Format::Rails),
+            ("dbmate", Format::Dbmate),
+            ("diesel", Format::Diesel),
+            ("migrations/postgres", Format::Sqlx),
+        ] {
+            assert_eq!(resolve(&example(dir), None).unwrap(), format, "{dir}");
+        }
+    }
+
+    /// The version and digest of a fixed source are a contract: the marker keeps them.
+    #[test]
+    fn version_and_digest_of_the_examples() {
+        let v = |name, f| Foreign::load(&example(name), f).unwrap().version();
+        assert_eq!(v("alembic", Format::Alembic), "0003_backfill_display_name");
+        assert_eq!(
+            v("django", Format::Django),
+            "shop:0003_backfill_display_name"
+        );
+        assert_eq!(v("rails", Format::Rails), "20240103000000");
+        assert_eq!(v("dbmate", Format::Dbmate), "20240103000000");
+        assert_eq!(v("diesel", Format::Diesel), "20240103000000");
+        let f = Foreign::load(&example("dbmate"), Format::Dbmate).unwrap();
+        // SHA-256 over `<id>:<sha256 of the file>\n`, in version order.
+        assert_eq!(
+            f.digest(),
+            "e20333ce083ae95a51130ffab26cf3b9f33f682cb0433ee191de71c8dd2ae94f"
+        );
+        assert_eq!(
+            f.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["20240101000000", "20240102000000", "20240103000000"]
+        );
+    }
+
+    #[test]
+    fn alembic_heads_cover_their_ancestors_and_an_unknown_head_is_ahead() {
+        let f = Foreign::load(&example("alembic"), Format::Alembic).unwrap();
+        let rows = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(f.standing(&rows(&["0003_backfill_display_name"])).ready());
+        let behind = f.standing(&rows(&["0002_add_display_name"]));
+        assert_eq!(behind.pending, ["0003_backfill_display_name"]);
+        assert!(f.standing(&rows(&[])).pending.len() == 3);
+        let ahead = f.standing(&rows(&["9999_newer_release"]));
+        assert!(ahead.ready());
+        assert_eq!(ahead.unknown, ["9999_newer_release"]);
+    }
+
+    #[test]
+    fn a_modified_file_is_named_from_the_manifest() {
+        let f = Foreign::load(&example("rails"), Format::Rails).unwrap();
+        let manifest = f.manifest().replacen(&f.items[1].checksum, "0000", 1);
+        let modified = f.modified_since(&manifest);
+        assert_eq!(modified.len(), 1);
+        assert_eq!(
+            modified[0].file,
+            "db/migrate/20240102000000_add_display_name.rb"
+        );
+        assert!(f.modified_since(&f.manifest()).is_empty());
+        // Another format's list is not compared.
+        assert!(
+            f.modified_since("schemagate files (dbmate)\n0000 20240102000000 x\n")
+                .is_empty()
+        );
+    }
+}
