@@ -46,13 +46,18 @@ pub enum Command {
     ///   schemagate migrate --source ./migrations
     ///   schemagate migrate --source ./migrations --dry-run
     ///   schemagate migrate --version "$(cat /app/ALEMBIC_HEAD)" -- alembic upgrade head
+    ///   schemagate migrate --source /app --format alembic -- alembic upgrade head
+    ///   schemagate migrate --source /app --format django -- python manage.py migrate --noinput
+    ///   schemagate migrate --source db/migrations --ignore-missing     # two sqlx tracks
     #[command(verbatim_doc_comment)]
     Migrate(MigrateArgs),
     /// Exit 0 once the expected schema version is present; optionally exec a command.
     ///
     /// Ready when the newest marker for the expected version is `succeeded` (with
     /// `--source`, its digest must match), or, with `--source`, when every migration there
-    /// is recorded as applied (the database is at or ahead of this build).
+    /// is recorded as applied (the database is at or ahead of this build). With another
+    /// migrator's directory (`--format`), when that migrator's own history table shows
+    /// every migration there applied, whoever ran it.
     ///
     /// Examples:
     ///   schemagate wait --expect 20240115093000
@@ -60,6 +65,8 @@ pub enum Command {
     ///   schemagate wait --expect 20240115093000 --once      # a healthcheck
     ///   schemagate wait --expect 20240115093000 --http http://localhost:8080/health
     ///   schemagate wait --source ./migrations -- ./server    # then exec the app
+    ///   schemagate wait --source /app --format alembic       # alembic_version decides
+    ///   schemagate wait --source /app/db/migrate              # detected: rails
     #[command(verbatim_doc_comment)]
     Wait(WaitArgs),
     /// Show marker history, applied and pending migrations, dirty state and the lock holder.
@@ -67,6 +74,7 @@ pub enum Command {
     /// Examples:
     ///   schemagate status
     ///   schemagate status --source ./migrations --json
+    ///   schemagate status --source /app --format django      # django_migrations vs files
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
     /// Run down migrations under the lock, newest first, until VERSION is the newest
