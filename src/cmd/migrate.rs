@@ -41,7 +41,8 @@ impl Job {
                 Ok(Job::Sql(source))
             }
             (Some(dir), true) => Err(Error::Config(format!(
-                "{} is a {} directory: give the migrator's command after --, for example                  `migrate --source {} --format {} -- {}`",
+                "{} is a {} directory: give the migrator's command after --, for example \
+                 `migrate --source {} --format {} -- {}`",
                 dir.display(),
                 format.name(),
                 dir.display(),
