@@ -47,13 +47,18 @@ pub enum Command {
     ///   schemagate migrate --source ./migrations
     ///   schemagate migrate --source ./migrations --dry-run
     ///   schemagate migrate --version "$(cat /app/ALEMBIC_HEAD)" -- alembic upgrade head
+    ///   schemagate migrate --source /app --format alembic -- alembic upgrade head
+    ///   schemagate migrate --source /app --format django -- python manage.py migrate --noinput
+    ///   schemagate migrate --source db/migrations --ignore-missing     # two sqlx tracks
     #[command(verbatim_doc_comment)]
     Migrate(MigrateArgs),
     /// Exit 0 once the expected schema version is present; optionally exec a command.
     ///
     /// Ready when the newest marker for the expected version is `succeeded` (with
     /// `--source`, its digest must match), or, with `--source`, when every migration there
-    /// is recorded as applied (the database is at or ahead of this build).
+    /// is recorded as applied (the database is at or ahead of this build). With another
+    /// migrator's directory (`--format`), when that migrator's own history table shows
+    /// every migration there applied, whoever ran it.
     ///
     /// Examples:
     ///   schemagate wait --expect 20240115093000
@@ -61,6 +66,8 @@ pub enum Command {
     ///   schemagate wait --expect 20240115093000 --once      # a healthcheck
     ///   schemagate wait --expect 20240115093000 --http http://localhost:8080/health
     ///   schemagate wait --source ./migrations -- ./server    # then exec the app
+    ///   schemagate wait --source /app --format alembic       # alembic_version decides
+    ///   schemagate wait --source /app/db/migrate              # detected: rails
     #[command(verbatim_doc_comment)]
     Wait(WaitArgs),
     /// Show marker history, applied and pending migrations, dirty state and the lock holder.
@@ -68,6 +75,7 @@ pub enum Command {
     /// Examples:
     ///   schemagate status
     ///   schemagate status --source ./migrations --json
+    ///   schemagate status --source /app --format django      # django_migrations vs files
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
     /// Run down migrations under the lock, newest first, until VERSION is the newest
@@ -195,6 +203,18 @@ pub struct ConnectArgs {
     )]
     pub table: String,
 
+    /// The table recording applied SQL migrations (sqlx's `_sqlx_migrations` by default);
+    /// `schema.table` is allowed. Overrides `table-name` under `[migrate]` in a `sqlx.toml`
+    /// beside the source. Two apps sharing one database each need their own:
+    /// `--table appa.marker --migrations-table appa._sqlx_migrations`.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_MIGRATIONS_TABLE",
+        value_name = "TABLE",
+        help_heading = "Connection"
+    )]
+    pub migrations_table: Option<String>,
+
     /// The name the migration lock is derived from. Runs that share it exclude each other.
     /// Defaults to the marker table's name.
     #[arg(long, env = "SCHEMAGATE_LOCK_NAME", value_name = "NAME")]
@@ -266,18 +286,33 @@ pub struct MigrateArgs {
     /// Directory of SQL migrations (sqlx layout: `<VERSION>_<description>.sql`, or
     /// `.up.sql`/`.down.sql`; `-- no-transaction` as the first line runs a file outside a
     /// transaction).
+    ///
+    /// With `-- CMD`, another migrator's directory (see --format): the version and digest
+    /// come from its files, e.g. `migrate --source . --format alembic -- alembic upgrade head`.
     #[arg(
         long,
         env = "SCHEMAGATE_SOURCE",
         required_unless_present = "command",
-        conflicts_with = "command",
         value_name = "DIR",
         help_heading = "Migrate"
     )]
     pub source: Option<PathBuf>,
 
-    /// With an external migrator: the schema version it brings the database to (for example
-    /// the output of `alembic heads`, baked into the image). Recorded in the marker.
+    /// Which migrator --source belongs to: `sqlx` (applied by schemagate), or `alembic`,
+    /// `django`, `rails`, `dbmate`, `diesel` (run by CMD after `--`; schemagate reads their
+    /// files and history table). Detected from the directory when left out.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_FORMAT",
+        value_enum,
+        value_name = "FORMAT",
+        help_heading = "Migrate"
+    )]
+    pub format: Option<crate::formats::Format>,
+
+    /// With an external migrator and no --source: the schema version it brings the
+    /// database to (for example the output of `alembic heads`, baked into the image).
+    /// Recorded in the marker.
     #[arg(
         long,
         env = "SCHEMAGATE_VERSION",
@@ -292,6 +327,12 @@ pub struct MigrateArgs {
     /// Print what would be applied and change nothing.
     #[arg(long, env = "SCHEMAGATE_DRY_RUN", help_heading = "Migrate")]
     pub dry_run: bool,
+
+    /// As sqlx-cli's: an applied migration this source does not have is not drift. For two
+    /// migration tracks sharing one history table (for example `postgresql/` and
+    /// `postgresql_deferred/`, each applied by its own `migrate --source`).
+    #[arg(long, env = "SCHEMAGATE_IGNORE_MISSING", help_heading = "Migrate")]
+    pub ignore_missing: bool,
 
     /// PostgreSQL: `lock_timeout` for each transactional migration. A migration that
     /// waits longer for a table lock is rolled back and retried with backoff (see
@@ -335,15 +376,11 @@ pub struct MigrateArgs {
     )]
     pub notify_urls: Vec<String>,
 
-    /// An external migrator to run under the lock instead of --source, for example
-    /// `-- alembic upgrade head`. Needs --version. stdin is closed; its output is logged;
-    /// SCHEMAGATE_VERSION and SCHEMAGATE_LOCK_KEY are added to its environment.
-    #[arg(
-        last = true,
-        value_name = "CMD",
-        requires = "version",
-        help_heading = "Migrate"
-    )]
+    /// An external migrator to run under the lock, for example `-- alembic upgrade head`.
+    /// Needs --version, or --source with the migrator's directory. stdin is closed; its
+    /// output is logged; SCHEMAGATE_VERSION and SCHEMAGATE_LOCK_KEY are added to its
+    /// environment.
+    #[arg(last = true, value_name = "CMD", help_heading = "Migrate")]
     pub command: Vec<String>,
 }
 
@@ -364,7 +401,9 @@ pub struct WaitArgs {
     pub expect: Option<String>,
 
     /// Wait for the newest migration in this directory, with a matching digest (or for all
-    /// of them to be recorded as applied).
+    /// of them to be recorded as applied). With another migrator's directory (see
+    /// --format), wait until that migrator's own history table shows every migration here
+    /// applied, whoever ran it: `wait --source /app --format alembic`.
     #[arg(
         long,
         env = "SCHEMAGATE_SOURCE",
@@ -372,6 +411,18 @@ pub struct WaitArgs {
         help_heading = "Wait"
     )]
     pub source: Option<PathBuf>,
+
+    /// Which migrator --source belongs to: sqlx, alembic, django, rails, dbmate, diesel.
+    /// Detected from the directory when left out.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_FORMAT",
+        value_enum,
+        requires = "source",
+        value_name = "FORMAT",
+        help_heading = "Wait"
+    )]
+    pub format: Option<crate::formats::Format>,
 
     /// Give up after this long (exit 124). At least one check is made, even with 0; with
     /// --once, it bounds that one check.
@@ -435,6 +486,18 @@ pub struct StatusArgs {
         help_heading = "Status"
     )]
     pub source: Option<PathBuf>,
+
+    /// Which migrator --source belongs to (detected when left out); for another migrator,
+    /// its history table is shown against the files: `status --source . --format django`.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_FORMAT",
+        value_enum,
+        requires = "source",
+        value_name = "FORMAT",
+        help_heading = "Status"
+    )]
+    pub format: Option<crate::formats::Format>,
 
     /// Print one JSON document instead of text.
     #[arg(long, env = "SCHEMAGATE_JSON", help_heading = "Output")]

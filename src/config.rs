@@ -104,6 +104,9 @@ impl Config {
             )));
         }
         let table = Table::parse(&args.table)?;
+        if let Some(name) = &args.migrations_table {
+            crate::db::set_migrations_table(name, "--migrations-table")?;
+        }
         let lock_name = args
             .lock_name
             .clone()

@@ -9,12 +9,14 @@ mod cmd;
 mod config;
 mod db;
 mod error;
+mod formats;
 mod http;
 mod lock;
 mod redact;
 mod signals;
 mod source;
 mod sql;
+mod sqlx_toml;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

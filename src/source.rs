@@ -21,6 +21,9 @@ pub struct Source {
     pub ups: Vec<Migration>,
     /// Down migrations by version.
     pub downs: BTreeMap<i64, Migration>,
+    /// sqlx-cli's `--ignore-missing`: an applied migration this source does not have is not
+    /// drift (two migration tracks sharing one history).
+    pub ignore_missing: bool,
 }
 
 impl Source {
@@ -142,11 +145,38 @@ impl Source {
                 dir.display()
             )));
         }
-        Ok(Source {
+        let mut source = Source {
             dir: dir.to_owned(),
             ups: ups.into_values().collect(),
             downs,
-        })
+            ignore_missing: false,
+        };
+        source.apply_sqlx_toml()?;
+        Ok(source)
+    }
+
+    /// A `sqlx.toml` beside the source: its `table-name` (unless --migrations-table was
+    /// given) and its `ignored-chars`, left out of every checksum as sqlx-cli does.
+    fn apply_sqlx_toml(&mut self) -> Result<()> {
+        let Some((path, settings)) = crate::sqlx_toml::load(&self.dir)? else {
+            return Ok(());
+        };
+        if let Some(name) = &settings.table_name {
+            crate::db::set_migrations_table(name, &path.display().to_string())?;
+        }
+        if !settings.ignored_chars.is_empty() {
+            let ignored = &settings.ignored_chars;
+            for m in self.ups.iter_mut().chain(self.downs.values_mut()) {
+                let kept: String = m
+                    .sql
+                    .as_str()
+                    .chars()
+                    .filter(|c| !ignored.contains(c))
+                    .collect();
+                m.checksum = Cow::Owned(sha2::Sha384::digest(kept.as_bytes()).to_vec());
+            }
+        }
+        Ok(())
     }
 
     /// The newest version, as the marker records it.
@@ -211,6 +241,8 @@ impl Source {
         let mut ahead = Vec::new();
         for a in applied {
             match by_version.get(&a.version) {
+                // Another track's migration (sqlx-cli's --ignore-missing), older or newer.
+                None if self.ignore_missing => {}
                 None if a.version > newest => ahead.push(a.version),
                 None => {
                     return Err(Error::Drift(format!(

@@ -11,6 +11,7 @@ use crate::cli::MigrateArgs;
 use crate::config::{Config, redact};
 use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
 use crate::error::{Error, Result};
+use crate::formats::{self, Foreign, Format, history};
 use crate::http;
 use crate::lock::{self, Expected, Lock};
 use crate::signals::Signals;
@@ -22,13 +23,47 @@ enum Job {
     External {
         version: String,
         command: Vec<String>,
+        /// `--source DIR --format F`: the migrator's files, its version and digest.
+        foreign: Option<Foreign>,
     },
 }
 
 impl Job {
     fn from_args(args: &MigrateArgs) -> Result<Job> {
+        let format = match &args.source {
+            Some(dir) => formats::resolve(dir, args.format)?,
+            None => Format::Sqlx,
+        };
         match (&args.source, args.command.is_empty()) {
-            (Some(dir), true) => Ok(Job::Sql(Source::load(dir)?)),
+            (Some(dir), true) if format == Format::Sqlx => {
+                let mut source = Source::load(dir)?;
+                source.ignore_missing = args.ignore_missing;
+                Ok(Job::Sql(source))
+            }
+            (Some(dir), true) => Err(Error::Config(format!(
+                "{} is a {} directory: give the migrator's command after --, for example \
+                 `migrate --source {} --format {} -- {}`",
+                dir.display(),
+                format.name(),
+                dir.display(),
+                format.name(),
+                example_command(format)
+            ))),
+            (Some(dir), false) if format != Format::Sqlx => {
+                if args.version.is_some() {
+                    return Err(Error::Config(format!(
+                        "--version comes from the files with --format {}: drop it",
+                        format.name()
+                    )));
+                }
+                let foreign = Foreign::load(dir, format)?;
+                child::resolve(&args.command[0])?;
+                Ok(Job::External {
+                    version: foreign.version(),
+                    command: args.command.clone(),
+                    foreign: Some(foreign),
+                })
+            }
             (None, false) => {
                 let version = args.version.clone().unwrap_or_default();
                 if version.trim().is_empty() {
@@ -50,10 +85,13 @@ impl Job {
                 Ok(Job::External {
                     version,
                     command: args.command.clone(),
+                    foreign: None,
                 })
             }
             (Some(_), false) => Err(Error::Config(
-                "give --source DIR or -- CMD, not both".into(),
+                "give --source DIR or -- CMD, not both (or --format with the migrator's \
+                 directory and its command)"
+                    .into(),
             )),
             (None, true) => Err(Error::Config(
                 "give --source DIR, or --version V -- CMD".into(),
@@ -68,8 +106,22 @@ impl Job {
                 Some(source.digest()),
                 Some(source.history()),
             ),
-            Job::External { version, .. } => (version.clone(), None, None),
+            Job::External {
+                version, foreign, ..
+            } => (version.clone(), foreign.as_ref().map(Foreign::digest), None),
         }
+    }
+}
+
+/// The usual migrate command of a migrator, for error messages.
+fn example_command(format: Format) -> &'static str {
+    match format {
+        Format::Alembic => "alembic upgrade head",
+        Format::Django => "python manage.py migrate",
+        Format::Rails => "bin/rails db:migrate",
+        Format::Dbmate => "dbmate --no-dump-schema up",
+        Format::Diesel => "diesel migration run",
+        Format::Sqlx => "sqlx migrate run",
     }
 }
 
@@ -113,6 +165,10 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         version: &version,
         digest: digest.as_deref(),
         history,
+        foreign: match &job {
+            Job::External { foreign, .. } => foreign.as_ref(),
+            Job::Sql(_) => None,
+        },
     };
     let done = |message: String, applied| Outcome {
         version: Some(version.clone()),
@@ -139,8 +195,18 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
     };
     let result = match &job {
         Job::Sql(source) => apply_sql(&mut conn, &ctx, source, args, &mut signals).await,
-        Job::External { command, .. } => {
-            run_external(&mut conn, &ctx, command, args.grace, &mut signals).await
+        Job::External {
+            command, foreign, ..
+        } => {
+            run_external(
+                &mut conn,
+                &ctx,
+                command,
+                foreign.as_ref(),
+                args.grace,
+                &mut signals,
+            )
+            .await
         }
     };
     let result = match result {
@@ -584,6 +650,7 @@ async fn run_external(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
     command: &[String],
+    foreign: Option<&Foreign>,
     grace: Duration,
     signals: &mut Signals,
 ) -> Result<Ran> {
@@ -593,6 +660,28 @@ async fn run_external(
             wrote_marker: false,
             ..Ran::default()
         });
+    }
+    let manifest = foreign.map(Foreign::manifest);
+    if let Some(f) = foreign {
+        history::check_unmodified(conn, &ctx.cfg.table, f).await?;
+        // The migrations may have been applied some other way (a pipeline step, a manual
+        // run): the migrator's own history says so, and CMD need not run.
+        let standing = f.standing(&history::read(conn, f.format).await?.rows);
+        if standing.ready() {
+            ctx.record(conn, &ctx.marker(Status::Succeeded, 0, manifest.as_deref()))
+                .await?;
+            tracing::info!(
+                "{}; schema version {} recorded without running {}",
+                standing.describe(f),
+                ctx.expected.version,
+                command[0]
+            );
+            return Ok(Ran {
+                applied: 0,
+                wrote_marker: true,
+                ..Ran::default()
+            });
+        }
     }
     let env = [
         ("SCHEMAGATE_VERSION", ctx.expected.version.to_owned()),
@@ -634,7 +723,18 @@ async fn run_external(
         }
     };
     if status.success() {
-        ctx.record(conn, &ctx.marker(Status::Succeeded, 0, None))
+        if let Some(f) = foreign {
+            // CMD exiting 0 is not enough: its history must now show this image applied
+            // (a wrong working directory or settings module migrates something else).
+            let standing = f.standing(&history::read(conn, f.format).await?.rows);
+            if !standing.ready() {
+                let detail = format!("{name} exited 0, but {}", standing.describe(f));
+                ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail)))
+                    .await?;
+                return Err(Error::Failed(detail));
+            }
+        }
+        ctx.record(conn, &ctx.marker(Status::Succeeded, 0, manifest.as_deref()))
             .await?;
         tracing::info!(
             "{name} finished; schema version {} recorded in {:.1?}",

@@ -110,6 +110,7 @@ fn config_for(url: &str, args: &SmokeArgs) -> Result<Config> {
             database_url_file: None,
             table: "schemagate_marker".into(),
             lock_name: None,
+            migrations_table: None,
             connect_timeout: Duration::from_secs(30),
             log_format: args.log_format,
             termination_log: None,
@@ -416,6 +417,7 @@ impl Rehearsal {
             version: &self.source.version(),
             digest: Some(&self.source.digest()),
             history: Some(self.source.history()),
+            foreign: None,
         };
         if crate::lock::is_done(conn, &self.cfg, &expected).await? {
             return Ok(true);

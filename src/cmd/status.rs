@@ -1,7 +1,7 @@
 //! `schemagate status`: marker history, applied / pending migrations, dirty state and the
 //! lock holder, as text or as one JSON document (shape documented in README.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -10,6 +10,7 @@ use crate::cli::{LockMode, StatusArgs};
 use crate::config::{Config, redact};
 use crate::db::{self, Holder, Marker};
 use crate::error::{Error, Result};
+use crate::formats::{self, Foreign, Format, history};
 use crate::lock;
 use crate::source::{Source, hex};
 
@@ -21,6 +22,31 @@ struct Report {
     lock: LockReport,
     markers: Vec<Marker>,
     migrations: Migrations,
+    /// Only with another migrator's --source: its history table against the files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<HistoryReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryReport {
+    format: &'static str,
+    table: String,
+    /// The version (heads) and digest derived from the files.
+    version: String,
+    digest: String,
+    ready: bool,
+    /// Each migration of the files: `applied`, `pending`, or `modified` (applied, and its
+    /// file differs from the one the last `succeeded` marker recorded).
+    files: Vec<FileReport>,
+    /// Entries of the history the files do not have (a newer release's).
+    unknown: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FileReport {
+    id: String,
+    file: String,
+    state: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,7 +97,15 @@ fn as_string<S: serde::Serializer>(key: &i64, s: S) -> std::result::Result<S::Ok
 }
 
 pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
-    let source = args.source.as_deref().map(Source::load).transpose()?;
+    let format = match &args.source {
+        Some(dir) => formats::resolve(dir, args.format)?,
+        None => Format::Sqlx,
+    };
+    let (source, foreign) = match (&args.source, format) {
+        (Some(dir), Format::Sqlx) => (Some(Source::load(dir)?), None),
+        (Some(dir), f) => (None, Some(Foreign::load(dir, f)?)),
+        (None, _) => (None, None),
+    };
     if cfg.backend == crate::config::Backend::Sqlite {
         // Reading never creates the file: a missing one is a wrong path, not an empty
         // database.
@@ -85,6 +119,10 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
         }
     }
     let mut conn = db::connect(cfg).await?;
+    let history = match &foreign {
+        Some(f) => Some(history_report(&mut conn, cfg, f).await?),
+        None => None,
+    };
     let markers = conn.markers(&cfg.table, args.limit).await?;
     let holder = lock::holder(&mut conn, cfg).await?;
     // What `--lock auto` picks from here, and why (the probe takes a random key, never the
@@ -139,6 +177,7 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
                 .collect(),
             pending,
         },
+        history,
     };
     let text = if args.json {
         let mut json = serde_json::to_string_pretty(&report).expect("report serializes");
@@ -152,6 +191,45 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
     Ok(Outcome {
         message: "status printed".into(),
         ..Outcome::default()
+    })
+}
+
+async fn history_report(conn: &mut db::Conn, cfg: &Config, f: &Foreign) -> Result<HistoryReport> {
+    let h = history::read(conn, f.format).await?;
+    let standing = f.standing(&h.rows);
+    let manifest = history::last_manifest(conn, &cfg.table, f.format).await?;
+    let modified: HashSet<&str> = manifest
+        .as_deref()
+        .map(|m| {
+            f.modified_since(m)
+                .into_iter()
+                .map(|i| i.id.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let pending: HashSet<&str> = standing.pending.iter().map(String::as_str).collect();
+    Ok(HistoryReport {
+        format: f.format.name(),
+        table: f.format.history_table().to_owned(),
+        version: f.version(),
+        digest: f.digest(),
+        ready: standing.ready(),
+        files: f
+            .items
+            .iter()
+            .map(|i| FileReport {
+                id: i.id.clone(),
+                file: i.file.clone(),
+                state: if pending.contains(i.id.as_str()) {
+                    "pending"
+                } else if modified.contains(i.id.as_str()) {
+                    "modified"
+                } else {
+                    "applied"
+                },
+            })
+            .collect(),
+        unknown: standing.unknown,
     })
 }
 
@@ -188,11 +266,48 @@ fn render_text(r: &Report) -> String {
             m.runner,
             m.detail
                 .as_deref()
-                .map(|d| format!("\n         {d}"))
+                .map(|d| match d.split_once('\n') {
+                    // A file list (another migrator's succeeded run): its first line only.
+                    Some((first, rest)) if first.starts_with("schemagate files") => {
+                        format!("\n         {first}: {} files", rest.lines().count())
+                    }
+                    _ => format!("\n         {d}"),
+                })
                 .unwrap_or_default()
         );
     }
     say!();
+    if let Some(h) = &r.history {
+        say!(
+            "{} history in {} against the files: version {} (digest {})",
+            h.format,
+            h.table,
+            h.version,
+            &h.digest[..12]
+        );
+        for f in &h.files {
+            say!("  {:<9} {} ({})", f.state, f.id, f.file);
+        }
+        for u in &h.unknown {
+            say!("  ahead     {u} (in {}, not in the files)", h.table);
+        }
+        for f in h.files.iter().filter(|f| f.state == "modified") {
+            say!(
+                "modified: {} changed since it was applied (the last succeeded marker \
+                 recorded another checksum)",
+                f.file
+            );
+        }
+        say!(
+            "{}",
+            if h.ready {
+                "ready: every migration of the files is applied"
+            } else {
+                "not ready: migrations are pending"
+            }
+        );
+        return out;
+    }
     let migrations = &r.migrations;
     say!("applied migrations: {}", migrations.applied.len());
     for a in migrations

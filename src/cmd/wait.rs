@@ -12,6 +12,7 @@ use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};
 use crate::error::{Error, Result};
+use crate::formats::{self, Foreign, Format, history};
 use crate::http;
 use crate::source::Source;
 
@@ -26,6 +27,8 @@ enum Readiness {
 struct Target {
     version: String,
     source: Option<Source>,
+    /// `--source DIR --format F` for another migrator: its history table decides.
+    foreign: Option<Foreign>,
 }
 
 pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
@@ -37,15 +40,35 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
             Target {
                 version: v.clone(),
                 source: None,
+                foreign: None,
             }
         }
-        (None, Some(dir)) => {
-            let source = Source::load(dir)?;
-            Target {
-                version: source.version(),
-                source: Some(source),
+        (None, Some(dir)) => match formats::resolve(dir, args.format)? {
+            Format::Sqlx => {
+                let source = Source::load(dir)?;
+                Target {
+                    version: source.version(),
+                    source: Some(source),
+                    foreign: None,
+                }
             }
-        }
+            format => {
+                if args.listen {
+                    return Err(Error::Config(format!(
+                        "--listen wakes on schemagate's marker, and {} writes none: drop \
+                         --listen to poll {}",
+                        format.name(),
+                        format.history_table()
+                    )));
+                }
+                let foreign = Foreign::load(dir, format)?;
+                Target {
+                    version: foreign.version(),
+                    source: None,
+                    foreign: Some(foreign),
+                }
+            }
+        },
         (None, None) => {
             return Err(Error::Config(
                 "pass --expect VERSION or --source DIR".into(),
@@ -294,7 +317,10 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
         }
     }
     let mut conn = db::connect(cfg).await?;
-    let state = check(&mut Via::Conn(&mut conn), cfg, target).await;
+    let state = match &target.foreign {
+        Some(f) => check_foreign(&mut conn, cfg, &target.version, f).await,
+        None => check(&mut Via::Conn(&mut conn), cfg, target).await,
+    };
     conn.close().await;
     state
 }
@@ -370,6 +396,26 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
         Some(detail) => Readiness::RecordedFailed(detail),
         None => Readiness::NotYet(why_not),
     })
+}
+
+/// Another migrator's history: ready when it shows every migration of this image applied
+/// (whoever applied them; a database ahead of the image is ready too). A `failed` marker for
+/// this version ends the wait only when written after the history last changed.
+async fn check_foreign(
+    conn: &mut Conn,
+    cfg: &Config,
+    version: &str,
+    f: &Foreign,
+) -> Result<Readiness> {
+    let h = history::read(conn, f.format).await?;
+    let standing = f.standing(&h.rows);
+    if standing.ready() {
+        return Ok(Readiness::Ready(standing.describe(f)));
+    }
+    if let Some(detail) = history::failed_since(conn, &cfg.table, version, &h).await? {
+        return Ok(Readiness::RecordedFailed(detail));
+    }
+    Ok(Readiness::NotYet(standing.describe(f)))
 }
 
 /// `--expect V` for a SQL history, where the database has moved past V (migrated further,

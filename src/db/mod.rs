@@ -211,8 +211,48 @@ fn clip(text: &str, max: usize) -> String {
     format!("{}{note}", &text[..end])
 }
 
-/// The sqlx table that records applied migrations (shared with sqlx-cli).
-pub const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+/// The sqlx table that records applied migrations (shared with sqlx-cli):
+/// `_sqlx_migrations`, or the name set once at startup (`set_migrations_table`). Formats as
+/// the name, and dereferences to it.
+pub static MIGRATIONS_TABLE: MigrationsTable = MigrationsTable;
+
+pub struct MigrationsTable;
+
+static MIGRATIONS_TABLE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+impl MigrationsTable {
+    pub fn name(&self) -> &'static str {
+        MIGRATIONS_TABLE_NAME
+            .get()
+            .map_or("_sqlx_migrations", String::as_str)
+    }
+}
+
+impl std::ops::Deref for MigrationsTable {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.name()
+    }
+}
+
+impl std::fmt::Display for MigrationsTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Use `name` (validated; `schema.table` allowed) as the migrations table. The first setting
+/// wins: `--migrations-table` is set before a source's `sqlx.toml` is read.
+pub fn set_migrations_table(name: &str, from: &str) -> Result<()> {
+    let table = Table::parse(name).map_err(|_| {
+        Error::Config(format!(
+            "invalid migrations table {name:?} ({from}): expected `name` or `schema.name`, \
+             each a letter or underscore followed by letters, digits or underscores"
+        ))
+    })?;
+    let _ = MIGRATIONS_TABLE_NAME.set(table.qualified);
+    Ok(())
+}
 
 /// How a failed operation should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -632,7 +672,7 @@ impl Conn {
             return settle_applied(postgres::applied(c).await);
         }
         let migrate = self.migrate();
-        let applied = match migrate.list_applied_migrations(MIGRATIONS_TABLE).await {
+        let applied = match migrate.list_applied_migrations(&MIGRATIONS_TABLE).await {
             Ok(a) => a,
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_undefined_table(&e) => {
                 return Ok((Vec::new(), None));
@@ -640,7 +680,7 @@ impl Conn {
             Err(e) => return Err(migrate_err("cannot list applied migrations", e)),
         };
         let dirty = migrate
-            .dirty_version(MIGRATIONS_TABLE)
+            .dirty_version(&MIGRATIONS_TABLE)
             .await
             .map_err(|e| migrate_err("cannot list applied migrations", e))?;
         Ok((applied, dirty))
@@ -648,7 +688,7 @@ impl Conn {
 
     pub async fn ensure_migrations_table(&mut self) -> Result<()> {
         self.migrate()
-            .ensure_migrations_table(MIGRATIONS_TABLE)
+            .ensure_migrations_table(&MIGRATIONS_TABLE)
             .await
             .map_err(|e| migrate_err(&format!("cannot create {MIGRATIONS_TABLE}"), e))
     }
@@ -676,7 +716,7 @@ impl Conn {
             },
             Conn::My(_) | Conn::Lite(_) => {
                 for m in migrations {
-                    let r = self.migrate().apply(MIGRATIONS_TABLE, m).await;
+                    let r = self.migrate().apply(&MIGRATIONS_TABLE, m).await;
                     if let (Err(_), true, Conn::Lite(c)) = (&r, m.no_tx, &mut *self)
                         && let Err(record) = sqlite::record_dirty(c, m).await
                     {
@@ -707,7 +747,7 @@ impl Conn {
                 .map_err(|e| ApplyError::from_sqlx(&e)),
             _ => self
                 .migrate()
-                .revert(MIGRATIONS_TABLE, down)
+                .revert(&MIGRATIONS_TABLE, down)
                 .await
                 .map(|_| ())
                 .map_err(ApplyError::from_migrate),

@@ -79,6 +79,10 @@ pub struct Expected<'a> {
     /// then also needs `_sqlx_migrations` to show exactly that many applied up to that
     /// version, none dirty (read in the same query).
     pub history: Option<(i64, usize)>,
+    /// For another migrator's directory (`--format`): the marker also needs that
+    /// migrator's history table to show every migration of the directory applied, so a
+    /// downgrade made with the migrator itself sends the run down the slow path.
+    pub foreign: Option<&'a crate::formats::Foreign>,
 }
 
 const HOLDER_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -265,7 +269,7 @@ fn pg(conn: &mut Conn) -> &mut sqlx::PgConnection {
 /// the history it can see agrees (see `Expected::history`).
 pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
     let upto = expected.history.map(|(v, _)| v);
-    Ok(conn
+    let marked = conn
         .newest_marker(&cfg.table, expected.version, upto)
         .await?
         .marker
@@ -275,7 +279,14 @@ pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> 
                 && expected
                     .history
                     .is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0)
-        }))
+        });
+    match expected.foreign {
+        Some(f) if marked => {
+            let rows = crate::formats::history::read(conn, f.format).await?.rows;
+            Ok(f.standing(&rows).ready())
+        }
+        _ => Ok(marked),
+    }
 }
 
 async fn try_acquire(
