@@ -92,6 +92,8 @@ fn diesel_bin() -> PathBuf {
                     "--features",
                     "postgres",
                     "--locked",
+                    // Unoptimised: it only runs three migrations, and builds much faster.
+                    "--debug",
                     "--root",
                 ])
                 .arg(&prefix)
