@@ -27,6 +27,8 @@ enum Role {
 struct Finished {
     role: Role,
     index: u32,
+    /// The process id, as the marker's `runner` names it.
+    pid: u32,
     code: Option<i32>,
     elapsed: Duration,
     stderr: String,
@@ -335,9 +337,10 @@ impl Rehearsal {
             let child = cmd
                 .spawn()
                 .map_err(|e| Error::Failed(format!("cannot start {}: {e}", self.exe.display())))?;
+            let pid = child.id().unwrap_or(0);
             running.spawn(async move {
                 let out = child.wait_with_output().await;
-                (role, index, t.elapsed(), out)
+                (role, index, pid, t.elapsed(), out)
             });
         }
         let total = running.len();
@@ -349,7 +352,7 @@ impl Rehearsal {
                 tokio::select! {
                     next = running.join_next() => {
                         let Some(joined) = next else { break };
-                        let (role, index, elapsed, out) = joined.map_err(|e| Error::Failed(format!("a rehearsal task failed: {e}")))?;
+                        let (role, index, pid, elapsed, out) = joined.map_err(|e| Error::Failed(format!("a rehearsal task failed: {e}")))?;
                         let out = out.map_err(|e| Error::Failed(format!("cannot wait for a child: {e}")))?;
                         // Seen exit first, schema second: a waiter that passed early fails this.
                         let complete_after_exit = match role {
@@ -359,6 +362,7 @@ impl Rehearsal {
                         finished.push(Finished {
                             role,
                             index,
+                            pid,
                             code: out.status.code(),
                             elapsed,
                             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -385,24 +389,33 @@ impl Rehearsal {
         let markers = conn.markers(&cfg.table, 1000).await?;
         let (applied_after, dirty) = conn.applied().await?;
         finished.sort_by_key(|f| (f.role == Role::Wait, f.index));
-        print_processes(phase, &finished);
+        print_processes(phase, &finished, &markers);
         Ok(self.check(
             phase,
             &finished,
             pending_before,
             markers_before,
             &markers,
-            applied_after.len(),
+            (applied_before.len(), applied_after.len()),
             dirty,
         ))
     }
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.exe);
-        // The URL goes through the environment, never argv (visible in `ps`).
+        // A clean, explicit environment: nothing of the caller's SCHEMAGATE_* (a table, a
+        // log format, a lock mode) may change what the rehearsed processes do. The URL goes
+        // through the environment, never argv (visible in `ps`).
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SCHEMAGATE_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.env("SCHEMAGATE_DATABASE_URL", &self.url)
+            .env("SCHEMAGATE_TABLE", &self.cfg.table.qualified)
+            .env("SCHEMAGATE_LOG_FORMAT", "text")
+            .env("SCHEMAGATE_LOG", "info,sqlx=warn")
             .env_remove("DATABASE_URL")
-            .env_remove("SCHEMAGATE_TERMINATION_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -462,7 +475,7 @@ impl Rehearsal {
         pending_before: usize,
         markers_before: i64,
         markers: &[db::Marker],
-        applied_after: usize,
+        (applied_before, applied_after): (usize, usize),
         dirty: Option<i64>,
     ) -> Vec<Check> {
         let version = self.source.version();
@@ -477,16 +490,13 @@ impl Rehearsal {
                 )
             })
             .collect();
-        let appliers = finished
-            .iter()
-            .filter(|f| f.stderr.contains("INFO applying "))
-            .count();
-        let applying_lines: usize = finished
-            .iter()
-            .map(|f| f.stderr.matches("INFO applying ").count())
-            .sum();
+        // Counted from the database, never from the processes' logs: the new rows in
+        // the history, and the markers (each names its runner's pid and what it applied).
         let new_markers: Vec<&db::Marker> =
             markers.iter().filter(|m| m.id > markers_before).collect();
+        let appliers = new_markers.iter().filter(|m| m.applied > 0).count();
+        let applying_lines: usize = new_markers.iter().map(|m| m.applied as usize).sum();
+        let recorded_now = applied_after.saturating_sub(applied_before);
         let succeeded = new_markers
             .iter()
             .filter(|m| m.status == "succeeded" && m.version == version)
@@ -510,12 +520,14 @@ impl Rehearsal {
             Check {
                 name: format!("{phase}: each migration applied exactly once"),
                 ok: applying_lines == pending_before
+                    && recorded_now == pending_before
                     && appliers <= 1
                     && applied_after >= self.source.ups.len()
                     && dirty.is_none(),
                 detail: format!(
-                    "{pending_before} pending before, {applying_lines} applied by {appliers} process(es), \
-                     {applied_after} recorded{}",
+                    "{pending_before} pending before, {recorded_now} recorded in the history, \
+                     {applying_lines} applied by {appliers} process(es) by their markers, \
+                     {applied_after} recorded in all{}",
                     dirty.map(|v| format!(", {v} dirty")).unwrap_or_default()
                 ),
             },
@@ -574,13 +586,24 @@ fn label(f: &Finished) -> String {
     )
 }
 
-fn print_processes(phase: &str, finished: &[Finished]) {
+/// The pid in a marker's `runner` ("host (pid N)").
+fn runner_pid(runner: &str) -> Option<u32> {
+    runner
+        .rsplit_once("(pid ")
+        .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
+}
+
+fn print_processes(phase: &str, finished: &[Finished], markers: &[db::Marker]) {
     println!();
     println!("{phase}:");
     println!("{:<12} {:>5} {:>10}  note", "process", "exit", "time");
     for f in finished {
-        let note = if f.stderr.contains("INFO applying ") {
-            format!("applied {}", f.stderr.matches("INFO applied ").count())
+        let applied = markers
+            .iter()
+            .find(|m| m.applied > 0 && runner_pid(&m.runner) == Some(f.pid))
+            .map(|m| m.applied);
+        let note = if let Some(n) = applied {
+            format!("applied {n}")
         } else if f.code == Some(0) {
             match f.role {
                 Role::Migrate => "nothing to do".into(),

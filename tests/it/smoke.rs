@@ -96,3 +96,26 @@ fn smoke_fails_and_names_the_check_when_a_migration_fails() {
         stderr(&out)
     );
 }
+
+/// reliability (SQLite): `smoke` run by a caller whose environment sets `SCHEMAGATE_LOG_FORMAT=json`, `SCHEMAGATE_LOG=warn` and `SCHEMAGATE_TABLE=x` | the rehearsed processes get a clean, explicit environment, and "applied exactly once" is counted from the database (the history and the markers, which name their runner's pid), not from their logs: the rehearsal passes | nothing
+#[test]
+fn smoke_passes_whatever_schemagate_settings_the_caller_has() {
+    let mut c = schemagate("");
+    c.env_remove("SCHEMAGATE_DATABASE_URL")
+        .env("SCHEMAGATE_LOG_FORMAT", "json")
+        .env("SCHEMAGATE_LOG", "warn")
+        .env("SCHEMAGATE_TABLE", "x")
+        .args([
+            "smoke",
+            "--source",
+            "examples/migrations/sqlite",
+            "--replicas",
+            "4",
+        ]);
+    let out = run(&mut c);
+    let stdout = assert_passed(&out);
+    assert!(
+        stdout.contains("applied 4"),
+        "the applier is named: {stdout}"
+    );
+}
