@@ -1,0 +1,179 @@
+//! Connecting, with retry inside a wall-clock deadline, and what a driver error means:
+//! its class (retry, configuration, other) and its description (redacted, with a hint
+//! where one helps: TLS, privileges).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use super::{Conn, mysql, postgres, sqlite};
+use crate::config::{Backend, Config, redact};
+use crate::error::{Error, Result};
+
+/// How a failed operation should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Worth retrying: refused, reset, server starting or shutting down, too many clients.
+    Transient,
+    /// Retrying will not help: authentication, unknown database, bad options.
+    Config,
+    Other,
+}
+
+pub fn classify(e: &sqlx::Error) -> Class {
+    match e {
+        sqlx::Error::Io(io) if tls_failure(io).is_some() => Class::Config,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut => {
+            Class::Transient
+        }
+        sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Class::Config,
+        sqlx::Error::Database(db) => {
+            // MySQL's SQLSTATEs are coarse (42000 covers an unknown database and a lost
+            // privilege alike): classify by its error number.
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                return classify_mysql(my.number());
+            }
+            let code = db.code().unwrap_or_default();
+            match code.as_ref() {
+                // PostgreSQL: cannot_connect_now (starting up), too_many_connections,
+                // admin/crash shutdown, connection exceptions.
+                "57P03" | "53300" | "57P01" | "57P02" | "08000" | "08003" | "08006" | "08001"
+                | "08004" => Class::Transient,
+                // SQLite: busy / locked.
+                "5" | "6" | "261" | "517" => Class::Transient,
+                // PostgreSQL auth, unknown database, insufficient privilege; SQLite cannot
+                // open.
+                "28P01" | "28000" | "3D000" | "42501" | "14" => Class::Config,
+                _ if code.starts_with("28") => Class::Config,
+                _ => Class::Other,
+            }
+        }
+        _ => Class::Other,
+    }
+}
+
+fn classify_mysql(number: u16) -> Class {
+    match number {
+        // Too many connections, too many for this user, max_user_connections reached,
+        // server shutting down, connection killed (MariaDB).
+        1040 | 1203 | 1226 | 1053 | 1927 => Class::Transient,
+        // Access denied (user, database, table, column, routine, a privilege such as
+        // SUPER), unknown database, host not allowed, password expired, account locked.
+        1044 | 1045 | 1049 | 1130 | 1142 | 1143 | 1227 | 1370 | 1698 | 1820 | 1862 | 3118
+        | 4151 => Class::Config,
+        _ => Class::Other,
+    }
+}
+
+/// Whether an error says the database user lacks a privilege.
+pub(super) fn is_permission_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1044 | 1142 | 1143 | 1227 | 1370);
+    }
+    db.code().as_deref() == Some("42501")
+}
+
+/// The TLS error inside an I/O error (rustls reports a failed handshake through the
+/// stream), if it is one.
+fn tls_failure(io: &std::io::Error) -> Option<&rustls::Error> {
+    io.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// A driver error as text, redacted. PostgreSQL's "at line N" (a line of the server's C
+/// source, not of the migration) is left out.
+pub fn describe(e: &sqlx::Error) -> String {
+    let text = match e {
+        sqlx::Error::Database(db) => format!("error returned from database: {}", db.message()),
+        sqlx::Error::Io(io) => match tls_failure(io) {
+            Some(tls) => format!("TLS handshake failed: {tls}; {}", tls_hint(tls)),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    };
+    let mut text = redact(&text);
+    if is_permission_error(e) {
+        text.push_str(
+            " (the database user lacks this privilege: grant it, or connect as a user that \
+             has it)",
+        );
+    }
+    text
+}
+
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    use rustls::{CertificateError, Error as E};
+    match e {
+        E::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the server's certificate is signed by a CA this build does not trust (only the \
+             public web roots are compiled in): mount your provider's CA bundle and pass it \
+             with sslrootcert=/path/ca.pem in the URL (MySQL: ssl-ca=/path/ca.pem)"
+        }
+        E::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => {
+            "the certificate does not name the host in the URL: connect by the name the \
+             certificate was issued for, or use sslmode=verify-ca"
+        }
+        E::InvalidCertificate(_) => {
+            "the server's certificate was refused: check it, or the CA given with sslrootcert="
+        }
+        _ => "check the URL's sslmode and the server's TLS settings",
+    }
+}
+
+/// Connect, retrying transient errors with jittered backoff until `cfg.connect_timeout`.
+pub async fn connect(cfg: &Config) -> Result<Conn> {
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let attempt = || async {
+        match cfg.backend {
+            Backend::Postgres => postgres::connect(cfg).await.map(Conn::Pg),
+            Backend::MySql => mysql::connect(cfg).await.map(Conn::My),
+            Backend::Sqlite => sqlite::connect(cfg).await.map(Conn::Lite),
+        }
+    };
+    let retrying = attempt
+        .retry(backoff(Duration::from_millis(50), Duration::from_secs(2)))
+        .sleep(tokio::time::sleep)
+        .when(|e| classify(e) == Class::Transient)
+        .notify(|e, delay| {
+            let msg = describe(e);
+            tracing::warn!(
+                "cannot connect to {} yet ({msg}); retrying in {delay:.1?}",
+                cfg.display_url
+            );
+            *last_error.lock().expect("last_error") = Some(msg);
+        });
+    match tokio::time::timeout(cfg.connect_timeout, retrying).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            let msg = format!("cannot connect to {}: {}", cfg.display_url, describe(&e));
+            Err(match classify(&e) {
+                Class::Config => Error::Config(msg),
+                _ => Error::Failed(msg),
+            })
+        }
+        Err(_) => {
+            let last = last_error.lock().expect("last_error").clone();
+            Err(Error::Timeout(format!(
+                "cannot connect to {} within {} (--connect-timeout){}",
+                cfg.display_url,
+                humantime::format_duration(cfg.connect_timeout),
+                last.map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )))
+        }
+    }
+}
+
+/// Exponential backoff with jitter and no limit on tries: callers bound it with a deadline.
+pub fn backoff(min: Duration, max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .without_max_times()
+}
