@@ -11,7 +11,7 @@ use crate::cli::MigrateArgs;
 use crate::config::{Config, redact};
 use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
 use crate::error::{Error, Result};
-use crate::formats::{self, Foreign, Format, history};
+use crate::formats::{self, Foreign, Format};
 use crate::http;
 use crate::lock::{self, Expected, Lock};
 use crate::signals::Signals;
@@ -127,13 +127,13 @@ fn example_command(format: Format) -> &'static str {
 
 /// How a run under the lock ended, for the marker and the webhook.
 #[derive(Default)]
-struct Ran {
-    applied: usize,
+pub(super) struct Ran {
+    pub(super) applied: usize,
     /// Whether this run wrote a marker (and so has something to notify).
-    wrote_marker: bool,
+    pub(super) wrote_marker: bool,
     /// The lock's session was ended from a side connection (after a signal): there is
     /// nothing left to release.
-    session_ended: bool,
+    pub(super) session_ended: bool,
 }
 
 pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Result<Outcome> {
@@ -198,7 +198,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         Job::External {
             command, foreign, ..
         } => {
-            run_external(
+            super::supervise::run_external(
                 &mut conn,
                 &ctx,
                 command,
@@ -295,17 +295,17 @@ async fn dry_run(
 }
 
 /// What every run under the lock needs.
-struct Ctx<'a> {
-    cfg: &'a Config,
-    expected: &'a Expected<'a>,
-    started: Instant,
-    lock: &'a Lock,
+pub(super) struct Ctx<'a> {
+    pub(super) cfg: &'a Config,
+    pub(super) expected: &'a Expected<'a>,
+    pub(super) started: Instant,
+    pub(super) lock: &'a Lock,
     /// With a lease: the fence every schema change and marker write runs first.
-    fence: Option<db::Fence>,
+    pub(super) fence: Option<db::Fence>,
 }
 
 impl Ctx<'_> {
-    fn marker<'m>(
+    pub(super) fn marker<'m>(
         &'m self,
         status: Status,
         applied: usize,
@@ -324,7 +324,7 @@ impl Ctx<'_> {
     }
 
     /// Write a marker on `conn`, fenced by the lease when we hold one.
-    async fn record(&self, conn: &mut Conn, marker: &NewMarker<'_>) -> Result<()> {
+    pub(super) async fn record(&self, conn: &mut Conn, marker: &NewMarker<'_>) -> Result<()> {
         conn.insert_marker(&self.cfg.table, marker, self.fence.as_ref())
             .await
     }
@@ -332,7 +332,11 @@ impl Ctx<'_> {
 
 /// Tables first, then the check again: another run may have finished between our fast
 /// path and taking the lock. `true` when there is nothing left to do.
-async fn prepare_under_lock(conn: &mut Conn, ctx: &Ctx<'_>, sqlx_table: bool) -> Result<bool> {
+pub(super) async fn prepare_under_lock(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    sqlx_table: bool,
+) -> Result<bool> {
     if sqlx_table {
         conn.ensure_migrations_table().await?;
     }
@@ -643,128 +647,6 @@ async fn apply_pending(
     })
 }
 
-/// How often the lock connection is checked while an external migrator runs.
-const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
-
-async fn run_external(
-    conn: &mut Conn,
-    ctx: &Ctx<'_>,
-    command: &[String],
-    foreign: Option<&Foreign>,
-    grace: Duration,
-    signals: &mut Signals,
-) -> Result<Ran> {
-    if prepare_under_lock(conn, ctx, false).await? {
-        return Ok(Ran {
-            applied: 0,
-            wrote_marker: false,
-            ..Ran::default()
-        });
-    }
-    let manifest = foreign.map(Foreign::manifest);
-    if let Some(f) = foreign {
-        history::check_unmodified(conn, &ctx.cfg.table, f).await?;
-        // The migrations may have been applied some other way (a pipeline step, a manual
-        // run): the migrator's own history says so, and CMD need not run.
-        let standing = f.standing(&history::read(conn, f.format).await?.rows);
-        if standing.ready() {
-            ctx.record(conn, &ctx.marker(Status::Succeeded, 0, manifest.as_deref()))
-                .await?;
-            tracing::info!(
-                "{}; schema version {} recorded without running {}",
-                standing.describe(f),
-                ctx.expected.version,
-                command[0]
-            );
-            return Ok(Ran {
-                applied: 0,
-                wrote_marker: true,
-                ..Ran::default()
-            });
-        }
-    }
-    let env = [
-        ("SCHEMAGATE_VERSION", ctx.expected.version.to_owned()),
-        ("SCHEMAGATE_LOCK_KEY", ctx.cfg.lock.key.to_string()),
-    ];
-    let mut running = child::spawn(command, &env, ctx.cfg.json_logs)?;
-    let name = running.name().to_owned();
-    let mut check = tokio::time::interval(LOCK_CHECK_EVERY);
-    check.tick().await;
-    let status = loop {
-        tokio::select! {
-            status = running.wait() => break status.map_err(|e| Error::Failed(format!("cannot wait for {name}: {e}")))?,
-            _ = check.tick() => {
-                if let Err(why) = ctx.lock.check(conn, ctx.cfg).await {
-                    let msg = format!("lost the migration lock while {name} ran ({why}); stopping it");
-                    tracing::error!("{msg}");
-                    let ended = running.stop(libc::SIGTERM, grace).await;
-                    let detail = format!(
-                        "{msg}; {name} {}",
-                        ended.map(|s| child::describe_status(&s)).unwrap_or_else(|e| e.to_string())
-                    );
-                    record_from_side(ctx, 0, &detail, None).await;
-                    return Err(Error::LockLost(detail));
-                }
-            }
-            sig = signals.recv() => {
-                tracing::warn!("{sig} received: passing it to {name}, which has {grace:?} to exit");
-                let ended = running.stop(sig.number(), grace).await;
-                let detail = format!(
-                    "interrupted by {sig}; {name} {}",
-                    ended.map(|s| child::describe_status(&s)).unwrap_or_else(|e| e.to_string())
-                );
-                // We still hold the lock: record it on our own connection, then let go.
-                if let Err(e) = ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail))).await {
-                    tracing::warn!("could not record the interruption: {e}");
-                }
-                return Err(Error::Interrupted(sig));
-            }
-        }
-    };
-    if status.success() {
-        if let Some(f) = foreign {
-            // CMD exiting 0 is not enough: its history must now show this image applied
-            // (a wrong working directory or settings module migrates something else).
-            let standing = f.standing(&history::read(conn, f.format).await?.rows);
-            if !standing.ready() {
-                let detail = format!("{name} exited 0, but {}", standing.describe(f));
-                ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail)))
-                    .await?;
-                return Err(Error::Failed(detail));
-            }
-        }
-        ctx.record(conn, &ctx.marker(Status::Succeeded, 0, manifest.as_deref()))
-            .await?;
-        tracing::info!(
-            "{name} finished; schema version {} recorded in {:.1?}",
-            ctx.expected.version,
-            ctx.started.elapsed()
-        );
-        return Ok(Ran {
-            applied: 0,
-            wrote_marker: true,
-            ..Ran::default()
-        });
-    }
-    let tail = running.stderr_tail().await;
-    let detail = format!(
-        "{name} {}{}",
-        child::describe_status(&status),
-        if tail.is_empty() {
-            String::new()
-        } else {
-            format!("; last stderr lines:\n{tail}")
-        }
-    );
-    ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail)))
-        .await?;
-    Err(Error::Failed(format!(
-        "{name} {}",
-        child::describe_status(&status)
-    )))
-}
-
 /// The pending migrations, after checking that what is applied matches the source.
 pub(super) async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Plan<'s>> {
     let (applied, dirty) = conn.applied().await?;
@@ -795,7 +677,7 @@ fn print_plan(source: &Source, pending: &[&Migration]) {
 /// transit, or by a run that took the lock since), then end the session that held the lock,
 /// if given. Best effort: the database may be the reason we are stopping. Returns false
 /// when the version turned out to be done.
-async fn record_from_side(
+pub(super) async fn record_from_side(
     ctx: &Ctx<'_>,
     applied: usize,
     detail: &str,

@@ -7,6 +7,7 @@ pub mod rollback;
 pub mod smoke;
 pub mod stamp;
 pub mod status;
+mod supervise;
 pub mod wait;
 
 use serde::Serialize;
