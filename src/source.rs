@@ -382,6 +382,25 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// The digest is a marker contract: a source's digest must never change between
+    /// releases, or every replica would take the slow path after an upgrade. The expected
+    /// value is computed independently: `sha256("1:" + sha384(a) + "\n2:" + sha384(b) + "\n")`.
+    #[test]
+    fn digest_of_a_fixed_source_is_stable() {
+        let dir = std::env::temp_dir().join(format!("schemagate-digest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("1_a.sql"), "CREATE TABLE a (id int);\n").unwrap();
+        std::fs::write(dir.join("2_b.sql"), "CREATE TABLE b (id int);\n").unwrap();
+        let source = Source::load(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            source.digest(),
+            "b28c984894f855b0749c13fd475de77fabeea9d03ac61f5e547c836e6ac779c5"
+        );
+        assert_eq!(source.version(), "2");
+    }
+
     #[test]
     fn parses_sqlx_file_names() {
         let parse = |name: &str| {

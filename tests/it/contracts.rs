@@ -1,0 +1,54 @@
+//! Contracts no behaviour test pins: the `--help` text of every subcommand, compared with
+//! `tests/it/snapshots/help.txt` (`SCHEMAGATE_BLESS=1 cargo test --test it contracts`
+//! rewrites it), so a changed flag, default or exit-code line is a reviewed diff.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::*;
+
+fn help(args: &[&str]) -> String {
+    let mut cmd = Command::new(bin());
+    // `[env: NAME=value]` shows the caller's values: none may leak into the snapshot.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SCHEMAGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .env("COLUMNS", "100")
+        .output()
+        .expect("run schemagate --help");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn help_text_is_the_documented_contract() {
+    let mut text = String::new();
+    for args in [
+        &["--help"][..],
+        &["migrate", "--help"],
+        &["wait", "--help"],
+        &["status", "--help"],
+        &["rollback", "--help"],
+        &["stamp", "--help"],
+        &["smoke", "--help"],
+        &["check", "--help"],
+    ] {
+        text.push_str(&format!("$ schemagate {}\n", args.join(" ")));
+        text.push_str(&help(args));
+        text.push('\n');
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots/help.txt");
+    if std::env::var_os("SCHEMAGATE_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        want == text,
+        "--help changed; review the diff and bless it with \
+         `SCHEMAGATE_BLESS=1 cargo test --test it contracts`"
+    );
+}
