@@ -12,6 +12,7 @@ mod error;
 mod formats;
 mod http;
 mod lock;
+mod marker;
 mod redact;
 mod signals;
 mod source;

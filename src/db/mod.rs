@@ -18,6 +18,8 @@ use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 use crate::config::{Config, Table, redact};
 use crate::error::{Error, Result};
 
+pub use crate::marker::{Decisive, Marker, NewMarker, Status};
+pub(crate) use crate::marker::{NewestRow, marker_from_row, newest_marker_sql, settle_newest};
 use connect::is_permission_error;
 pub use connect::{Class, backoff, classify, connect, describe};
 pub use postgres::{Listener, Wake};
@@ -28,74 +30,6 @@ pub enum Conn {
     Pg(PgConnection),
     My(MySqlConnection),
     Lite(SqliteConnection),
-}
-
-/// A marker row as read back, timestamps as RFC 3339 text in UTC.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Marker {
-    pub id: i64,
-    pub version: String,
-    pub digest: Option<String>,
-    pub status: String,
-    pub action: String,
-    pub started_at: String,
-    pub finished_at: String,
-    pub applied: i64,
-    pub runner: String,
-    pub tool_version: String,
-    pub detail: Option<String>,
-}
-
-/// A marker row to write.
-#[derive(Debug, Clone)]
-pub struct NewMarker<'a> {
-    pub version: &'a str,
-    pub digest: Option<&'a str>,
-    pub status: Status,
-    pub action: &'a str,
-    /// Seconds between the start of the run and now.
-    pub elapsed: Duration,
-    pub applied: i64,
-    pub runner: &'a str,
-    pub detail: Option<&'a str>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Succeeded,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-        }
-    }
-}
-
-/// The newest marker that decides readiness for a version: `status`, `digest`, and
-/// whether it is a later rollback to another version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Newest {
-    pub version: String,
-    pub status: String,
-    pub digest: Option<String>,
-    pub detail: Option<String>,
-    /// Read in the same query when asked (`newest_marker`'s `upto`): how many migrations
-    /// up to that version `_sqlx_migrations` records as applied, and how many as dirty.
-    pub applied_upto: i64,
-    pub dirty: i64,
-}
-
-/// What one read of the marker table tells about a version: the marker that decides it
-/// (see `Conn::newest_marker`), and the version of the newest `succeeded` marker of any
-/// action (for `wait --expect V` when the database has passed V).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Decisive {
-    pub marker: Option<Newest>,
-    pub newest_succeeded: Option<String>,
 }
 
 /// Per-migration settings (PostgreSQL): `SET LOCAL` inside each migration's transaction.
@@ -683,41 +617,6 @@ impl Conn {
     }
 }
 
-/// The rows `newest_marker_sql` reads, as `Conn::newest_marker` reports them: no table
-/// means none yet, and a later rollback to another version means this one is no longer
-/// current.
-pub fn settle_newest(
-    r: Result<Vec<NewestRow>, sqlx::Error>,
-    table: &Table,
-    version: &str,
-) -> Result<Decisive> {
-    let rows = match r {
-        Err(e) if is_undefined_table(&e) => return Ok(Decisive::default()),
-        r => r.map_err(|e| {
-            db_err(
-                &format!("cannot read the marker from {}", table.qualified),
-                e,
-            )
-        })?,
-    };
-    let mut out = Decisive::default();
-    for (v, status, digest, detail, applied_upto, dirty, which) in rows {
-        if which == 1 {
-            out.newest_succeeded = Some(v);
-        } else if v == version {
-            out.marker = Some(Newest {
-                version: v,
-                status,
-                digest,
-                detail,
-                applied_upto,
-                dirty,
-            });
-        }
-    }
-    Ok(out)
-}
-
 /// Applied migrations as `Conn::applied` reports them: no table means none.
 pub fn settle_applied(
     r: Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error>,
@@ -725,75 +624,6 @@ pub fn settle_applied(
     match r {
         Err(e) if is_undefined_table(&e) => Ok((Vec::new(), None)),
         r => r.map_err(|e| db_err("cannot list applied migrations", e)),
-    }
-}
-
-/// A row `newest_marker_sql` reads: version, status, digest, detail, the two history
-/// counts, and 0 for the decisive row or 1 for the newest `succeeded` one.
-pub(crate) type NewestRow = (
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-    i64,
-);
-
-/// Two rows at most, in one round trip: the marker that decides `version` (its own newest
-/// row, or a later rollback), and the newest `succeeded` marker of any action. `param` is
-/// the backend's placeholder for the version; `zero` its 64-bit integer zero. With `upto`,
-/// the decisive row also counts the history in `_sqlx_migrations`.
-fn newest_marker_sql(t: &Table, param: &str, zero: &str, upto: Option<i64>) -> String {
-    let one = zero.replace('0', "1");
-    let history = match upto {
-        Some(v) => format!(
-            "(SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE version <= {v} AND success) \
-               AS applied_upto, \
-             (SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE NOT success) AS dirty"
-        ),
-        None => format!("{zero} AS applied_upto, {zero} AS dirty"),
-    };
-    // Every column named: MySQL refuses a derived table with two columns of one name.
-    format!(
-        "SELECT * FROM (SELECT version, status, digest, detail, {history}, {zero} AS which \
-           FROM {q} WHERE version = {param} OR action = 'rollback' ORDER BY id DESC LIMIT 1) \
-           AS decisive \
-         UNION ALL \
-         SELECT * FROM (SELECT version, status, digest, detail, {zero} AS applied_upto, \
-           {zero} AS dirty, {one} AS which \
-           FROM {q} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1) AS newest_ok",
-        q = t.qualified
-    )
-}
-
-type MarkerRow = (
-    i64,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    Option<String>,
-);
-
-fn marker_from_row(r: MarkerRow) -> Marker {
-    Marker {
-        id: r.0,
-        version: r.1,
-        digest: r.2,
-        status: r.3,
-        action: r.4,
-        started_at: r.5,
-        finished_at: r.6,
-        applied: r.7,
-        runner: r.8,
-        tool_version: r.9,
-        detail: r.10,
     }
 }
 

@@ -20,6 +20,8 @@ mod file;
 mod lease;
 mod probe;
 
+pub use crate::marker::{Expected, is_done};
+
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -69,20 +71,6 @@ impl Choice {
             engine: Engine::Postgres,
         }
     }
-}
-
-/// The marker that makes waiting for the lock pointless.
-pub struct Expected<'a> {
-    pub version: &'a str,
-    pub digest: Option<&'a str>,
-    /// For a SQL source: its newest version and how many migrations it has. The marker
-    /// then also needs `_sqlx_migrations` to show exactly that many applied up to that
-    /// version, none dirty (read in the same query).
-    pub history: Option<(i64, usize)>,
-    /// For another migrator's directory (`--format`): the marker also needs that
-    /// migrator's history table to show every migration of the directory applied, so a
-    /// downgrade made with the migrator itself sends the run down the slow path.
-    pub foreign: Option<&'a crate::formats::Foreign>,
 }
 
 const HOLDER_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -263,30 +251,6 @@ pub async fn acquire(
 
 fn pg(conn: &mut Conn) -> &mut sqlx::PgConnection {
     conn.pg().expect("the lease and the probe are PostgreSQL's")
-}
-
-/// Whether the newest marker for the expected version says it succeeded (same digest), and
-/// the history it can see agrees (see `Expected::history`).
-pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
-    let upto = expected.history.map(|(v, _)| v);
-    let marked = conn
-        .newest_marker(&cfg.table, expected.version, upto)
-        .await?
-        .marker
-        .is_some_and(|m| {
-            m.status == "succeeded"
-                && m.digest.as_deref() == expected.digest
-                && expected
-                    .history
-                    .is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0)
-        });
-    match expected.foreign {
-        Some(f) if marked => {
-            let rows = crate::formats::history::read(conn, f.format).await?.rows;
-            Ok(f.standing(&rows).ready())
-        }
-        _ => Ok(marked),
-    }
 }
 
 async fn try_acquire(

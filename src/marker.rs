@@ -1,0 +1,223 @@
+//! The marker: the row a run writes when it ends, and the rule that reads readiness from
+//! the rows. For a version V, the newest row for V decides, unless a later `rollback` row
+//! names another version; a SQL source's fast path also needs `_sqlx_migrations`, read in
+//! the same query, to agree (see README, "The marker"). The per-backend SQL that writes and
+//! lists rows is in `db/`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Config, Table};
+use crate::db::{Conn, MIGRATIONS_TABLE, db_err, is_undefined_table};
+use crate::error::Result;
+
+/// A marker row as read back, timestamps as RFC 3339 text in UTC.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Marker {
+    pub id: i64,
+    pub version: String,
+    pub digest: Option<String>,
+    pub status: String,
+    pub action: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub applied: i64,
+    pub runner: String,
+    pub tool_version: String,
+    pub detail: Option<String>,
+}
+
+/// A marker row to write.
+#[derive(Debug, Clone)]
+pub struct NewMarker<'a> {
+    pub version: &'a str,
+    pub digest: Option<&'a str>,
+    pub status: Status,
+    pub action: &'a str,
+    /// Seconds between the start of the run and now.
+    pub elapsed: Duration,
+    pub applied: i64,
+    pub runner: &'a str,
+    pub detail: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// The newest marker that decides readiness for a version: `status`, `digest`, and
+/// whether it is a later rollback to another version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Newest {
+    pub version: String,
+    pub status: String,
+    pub digest: Option<String>,
+    pub detail: Option<String>,
+    /// Read in the same query when asked (`newest_marker`'s `upto`): how many migrations
+    /// up to that version `_sqlx_migrations` records as applied, and how many as dirty.
+    pub applied_upto: i64,
+    pub dirty: i64,
+}
+
+/// What one read of the marker table tells about a version: the marker that decides it
+/// (see `Conn::newest_marker`), and the version of the newest `succeeded` marker of any
+/// action (for `wait --expect V` when the database has passed V).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisive {
+    pub marker: Option<Newest>,
+    pub newest_succeeded: Option<String>,
+}
+
+/// The marker that makes waiting for the lock pointless.
+pub struct Expected<'a> {
+    pub version: &'a str,
+    pub digest: Option<&'a str>,
+    /// For a SQL source: its newest version and how many migrations it has. The marker
+    /// then also needs `_sqlx_migrations` to show exactly that many applied up to that
+    /// version, none dirty (read in the same query).
+    pub history: Option<(i64, usize)>,
+    /// For another migrator's directory (`--format`): the marker also needs that
+    /// migrator's history table to show every migration of the directory applied, so a
+    /// downgrade made with the migrator itself sends the run down the slow path.
+    pub foreign: Option<&'a crate::formats::Foreign>,
+}
+
+/// Whether the newest marker for the expected version says it succeeded (same digest), and
+/// the history it can see agrees (see `Expected::history`).
+pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
+    let upto = expected.history.map(|(v, _)| v);
+    let marked = conn
+        .newest_marker(&cfg.table, expected.version, upto)
+        .await?
+        .marker
+        .is_some_and(|m| {
+            m.status == "succeeded"
+                && m.digest.as_deref() == expected.digest
+                && expected
+                    .history
+                    .is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0)
+        });
+    match expected.foreign {
+        Some(f) if marked => {
+            let rows = crate::formats::history::read(conn, f.format).await?.rows;
+            Ok(f.standing(&rows).ready())
+        }
+        _ => Ok(marked),
+    }
+}
+
+/// The rows `newest_marker_sql` reads, as `Conn::newest_marker` reports them: no table
+/// means none yet, and a later rollback to another version means this one is no longer
+/// current.
+pub(crate) fn settle_newest(
+    r: Result<Vec<NewestRow>, sqlx::Error>,
+    table: &Table,
+    version: &str,
+) -> Result<Decisive> {
+    let rows = match r {
+        Err(e) if is_undefined_table(&e) => return Ok(Decisive::default()),
+        r => r.map_err(|e| {
+            db_err(
+                &format!("cannot read the marker from {}", table.qualified),
+                e,
+            )
+        })?,
+    };
+    let mut out = Decisive::default();
+    for (v, status, digest, detail, applied_upto, dirty, which) in rows {
+        if which == 1 {
+            out.newest_succeeded = Some(v);
+        } else if v == version {
+            out.marker = Some(Newest {
+                version: v,
+                status,
+                digest,
+                detail,
+                applied_upto,
+                dirty,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A row `newest_marker_sql` reads: version, status, digest, detail, the two history
+/// counts, and 0 for the decisive row or 1 for the newest `succeeded` one.
+pub(crate) type NewestRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+);
+
+/// Two rows at most, in one round trip: the marker that decides `version` (its own newest
+/// row, or a later rollback), and the newest `succeeded` marker of any action. `param` is
+/// the backend's placeholder for the version; `zero` its 64-bit integer zero. With `upto`,
+/// the decisive row also counts the history in `_sqlx_migrations`.
+pub(crate) fn newest_marker_sql(t: &Table, param: &str, zero: &str, upto: Option<i64>) -> String {
+    let one = zero.replace('0', "1");
+    let history = match upto {
+        Some(v) => format!(
+            "(SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE version <= {v} AND success) \
+               AS applied_upto, \
+             (SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE NOT success) AS dirty"
+        ),
+        None => format!("{zero} AS applied_upto, {zero} AS dirty"),
+    };
+    // Every column named: MySQL refuses a derived table with two columns of one name.
+    format!(
+        "SELECT * FROM (SELECT version, status, digest, detail, {history}, {zero} AS which \
+           FROM {q} WHERE version = {param} OR action = 'rollback' ORDER BY id DESC LIMIT 1) \
+           AS decisive \
+         UNION ALL \
+         SELECT * FROM (SELECT version, status, digest, detail, {zero} AS applied_upto, \
+           {zero} AS dirty, {one} AS which \
+           FROM {q} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1) AS newest_ok",
+        q = t.qualified
+    )
+}
+
+pub(crate) type MarkerRow = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+);
+
+pub(crate) fn marker_from_row(r: MarkerRow) -> Marker {
+    Marker {
+        id: r.0,
+        version: r.1,
+        digest: r.2,
+        status: r.3,
+        action: r.4,
+        started_at: r.5,
+        finished_at: r.6,
+        applied: r.7,
+        runner: r.8,
+        tool_version: r.9,
+        detail: r.10,
+    }
+}
