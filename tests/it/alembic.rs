@@ -3,41 +3,15 @@
 //! Alembic itself takes no lock; under schemagate every run exits 0 and each revision runs
 //! once. Installs alembic and psycopg from PyPI into a venv under target/ on first use.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::harness::*;
 
-fn venv() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target/alembic-venv");
-    if !venv.join("bin/alembic").exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status();
-        assert!(
-            ok.is_ok_and(|s| s.success()),
-            "python3 -m venv failed: install python3 and python3-venv"
-        );
-        let out = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "-r"])
-            .arg(root.join("examples/alembic/requirements.txt"))
-            .output()
-            .expect("run pip");
-        assert!(
-            out.status.success(),
-            "pip install failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    venv
-}
-
 /// reliability: 20 racing `alembic upgrade head` wrapped by `migrate --version head --` | all exit 0, alembic runs in one of them, each revision runs once, `alembic_version` holds head | nothing
 #[test]
 fn twenty_racing_alembic_upgrades_under_schemagate_all_succeed_and_run_each_revision_once() {
-    let venv = venv();
+    let venv = alembic_venv();
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/alembic");
     let path = format!(
         "{}:{}",

@@ -340,32 +340,6 @@ fn external_migrators_on_other_backends_are_refused_with_exit_2() {
     }
 }
 
-fn alembic_venv() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target/alembic-venv");
-    if !venv.join("bin/alembic").exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status();
-        assert!(
-            ok.is_ok_and(|s| s.success()),
-            "python3 -m venv failed: install python3 and python3-venv"
-        );
-        let out = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "-r"])
-            .arg(root.join("examples/alembic/requirements.txt"))
-            .output()
-            .expect("run pip");
-        assert!(
-            out.status.success(),
-            "pip install failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    venv
-}
-
 /// issue 15: the same corpus wrapped as Alembic revisions, each checked through
 /// `--baseline 'alembic upgrade PREV' -- alembic upgrade REV`, gets the same verdicts.
 #[test]

@@ -22,35 +22,6 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A venv under target/ with `requirements` installed (once).
-fn venv(name: &str, requirements: &str, probe: &str) -> PathBuf {
-    // Tests run in parallel: one pip at a time into a venv.
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = root().join("target").join(name);
-    if !venv.join("bin").join(probe).exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status();
-        assert!(
-            ok.is_ok_and(|s| s.success()),
-            "python3 -m venv failed: install python3 and python3-venv"
-        );
-        let out = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "-r"])
-            .arg(root().join(requirements))
-            .output()
-            .expect("run pip");
-        assert!(
-            out.status.success(),
-            "pip install failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    venv
-}
-
 /// dbmate from npm under target/ (once).
 fn dbmate_bin() -> PathBuf {
     static ONCE: OnceLock<PathBuf> = OnceLock::new();

@@ -244,3 +244,44 @@ pub fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ----- Python tools -----
+
+/// A venv under target/ with `requirements` (a path in the repository) installed, once:
+/// the tests run in parallel in one process, so one pip at a time.
+pub fn venv(name: &str, requirements: &str, probe: &str) -> PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target").join(name);
+    if !venv.join("bin").join(probe).exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status();
+        assert!(
+            ok.is_ok_and(|s| s.success()),
+            "python3 -m venv failed: install python3 and python3-venv"
+        );
+        let out = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "-r"])
+            .arg(root.join(requirements))
+            .output()
+            .expect("run pip");
+        assert!(
+            out.status.success(),
+            "pip install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    venv
+}
+
+/// The venv with the Alembic example's requirements (alembic, SQLAlchemy, psycopg).
+pub fn alembic_venv() -> PathBuf {
+    venv(
+        "alembic-venv",
+        "examples/alembic/requirements.txt",
+        "alembic",
+    )
+}
