@@ -73,3 +73,26 @@ pub async fn connect_and_lock(
         Acquired::Held(lock) => Ok(Before::Locked(conn, lock)),
     }
 }
+
+/// Connect, take the lock (nothing is expected, so there is no fast path), run `work` under
+/// it, then release the lock and close the connection whatever `work` returned: the
+/// sequence `rollback` and `stamp` share. (`migrate` keeps its own: a signal or a lost lock
+/// abandons the lock instead of releasing it.)
+pub async fn with_lock<T>(
+    cfg: &Config,
+    args: &LockArgs,
+    work: impl AsyncFnOnce(&mut Conn, &Lock) -> Result<T>,
+) -> Result<T> {
+    let (mut conn, lock) = match connect_and_lock(cfg, args, None).await? {
+        Before::Locked(conn, lock) => (conn, lock),
+        Before::Done(message) => {
+            unreachable!("nothing was expected, so nothing is done before the lock: {message}")
+        }
+    };
+    let result = work(&mut conn, &lock).await;
+    let release = lock.release(&mut conn, cfg).await;
+    conn.close().await;
+    let value = result?;
+    release?;
+    Ok(value)
+}

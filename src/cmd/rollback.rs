@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{Before, Outcome};
+use super::Outcome;
 use crate::cli::RollbackArgs;
 use crate::config::Config;
 use crate::db::{NewMarker, Status};
@@ -22,15 +22,10 @@ pub async fn run(cfg: &Config, args: &RollbackArgs) -> Result<Outcome> {
             source.dir.display()
         )));
     }
-    let (mut conn, lock) = match super::connect_and_lock(cfg, &args.lock, None).await? {
-        Before::Locked(conn, lock) => (conn, lock),
-        Before::Done(message) => return Ok(outcome(to, 0, message)),
-    };
-    let result = undo(&mut conn, cfg, &source, args, started, lock.fence(cfg)).await;
-    let release = lock.release(&mut conn, cfg).await;
-    conn.close().await;
-    let undone = result?;
-    release?;
+    let undone = super::with_lock(cfg, &args.lock, async |conn, lock| {
+        undo(conn, cfg, &source, args, started, lock.fence(cfg)).await
+    })
+    .await?;
     Ok(outcome(
         to,
         undone,

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{Before, Outcome};
+use super::Outcome;
 use crate::cli::StampArgs;
 use crate::config::Config;
 use crate::db::{NewMarker, Status};
@@ -47,18 +47,8 @@ pub async fn run(cfg: &Config, args: &StampArgs) -> Result<Outcome> {
         }
         None => None,
     };
-    let (mut conn, lock) = match super::connect_and_lock(cfg, &args.lock, None).await? {
-        Before::Locked(conn, lock) => (conn, lock),
-        Before::Done(message) => {
-            return Ok(Outcome {
-                version: Some(version),
-                message,
-                ..Outcome::default()
-            });
-        }
-    };
-    let fence = lock.fence(cfg);
-    let result = async {
+    let recorded = super::with_lock(cfg, &args.lock, async |conn, lock| {
+        let fence = lock.fence(cfg);
         conn.ensure_marker_table(&cfg.table).await?;
         let mut recorded = 0;
         if let (Some(source), Some(upto)) = (&source, upto) {
@@ -95,12 +85,8 @@ pub async fn run(cfg: &Config, args: &StampArgs) -> Result<Outcome> {
         .await?;
         tracing::info!("stamped schema version {version} ({recorded} migration(s) recorded)");
         Ok::<_, Error>(recorded)
-    }
-    .await;
-    let release = lock.release(&mut conn, cfg).await;
-    conn.close().await;
-    let recorded = result?;
-    release?;
+    })
+    .await?;
     Ok(Outcome {
         version: Some(version),
         applied: Some(recorded),
