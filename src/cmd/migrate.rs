@@ -558,82 +558,13 @@ async fn apply_pending(
             if no_tx { " without a transaction" } else { "" }
         );
         let t = Instant::now();
-        let mut attempt = 0;
-        loop {
-            match conn.apply(&group, opts).await {
-                Ok(()) => break,
-                Err(e) if e.retryable && attempt < args.ddl_retries => {
-                    attempt += 1;
-                    let pause = Duration::from_millis(250) * 2u32.pow(attempt.min(6));
-                    tracing::warn!(
-                        "migration {label} timed out ({}); rolled back, retry {attempt}/{} in {pause:?}",
-                        e.message,
-                        args.ddl_retries
-                    );
-                    tokio::time::sleep(pause).await;
-                }
-                Err(e) if e.lease_lost => {
-                    // Another run owns the lease now: nothing of this migration ran, and
-                    // any marker we wrote could contradict the new holder's.
-                    return Err(Error::LockLost(format!(
-                        "the migration lease was taken over by another run before {label}; \
-                         stopped without running it (applied {})",
-                        progress.applied
-                    )));
-                }
-                Err(e) => {
-                    let tries = if attempt > 0 {
-                        format!(" after {} tries", attempt + 1)
-                    } else {
-                        String::new()
-                    };
-                    let detail = format!("migration {label} failed{tries}: {}", e.message);
-                    let hint = if e.dirty {
-                        " It ran without a transaction and part of it took effect: it is \
-                         recorded as dirty, so the next run stops and says so instead of running \
-                         it again."
-                    } else if no_tx {
-                        " It ran without a transaction; nothing of it took effect, so the next \
-                         run tries it again."
-                    } else {
-                        ""
-                    };
-                    // Logged once, by main, with the exit code it leads to.
-                    let marker = ctx.marker(Status::Failed, progress.applied, Some(&detail));
-                    if let Err(m) = ctx.record(conn, &marker).await {
-                        // The lock's connection may be gone (a failover, a terminated
-                        // session): record from a fresh one, so waiters fail fast.
-                        tracing::warn!("{m}; recording the failure from another connection");
-                        if !matches!(m, Error::LockLost(_)) {
-                            record_from_side(ctx, progress.applied, &detail, None).await;
-                        }
-                    }
-                    let message = format!("{detail}{hint}");
-                    return Err(if e.config {
-                        Error::Config(message)
-                    } else {
-                        Error::Failed(message)
-                    });
-                }
-            }
-        }
+        apply_group(conn, ctx, &group, &label, args, opts, progress.applied).await?;
         progress.applied += group.len();
         progress.group.clear();
         tracing::info!("applied {label} in {:.1?}", t.elapsed());
     }
     progress.current = None;
-    let marker = ctx.marker(Status::Succeeded, progress.applied, None);
-    if let Err(e) = ctx.record(conn, &marker).await {
-        if matches!(e, Error::LockLost(_)) {
-            return Err(e);
-        }
-        // The connection may have died with the commit in flight: see what landed.
-        let detail = format!("every migration applied, but {e}");
-        if record_from_side(ctx, progress.applied, &detail, None).await {
-            return Err(e);
-        }
-        tracing::info!("the marker committed before the connection was lost");
-    }
+    record_success(conn, ctx, progress.applied).await?;
     tracing::info!(
         "schema version {} ready: {} applied in {:.1?}",
         ctx.expected.version,
@@ -645,6 +576,97 @@ async fn apply_pending(
         wrote_marker: true,
         ..Ran::default()
     })
+}
+
+/// Write the `succeeded` marker. When the connection dies with its commit in flight, a
+/// side connection reads whether it landed; only when it did not is this a failure.
+async fn record_success(conn: &mut Conn, ctx: &Ctx<'_>, applied: usize) -> Result<()> {
+    let marker = ctx.marker(Status::Succeeded, applied, None);
+    if let Err(e) = ctx.record(conn, &marker).await {
+        if matches!(e, Error::LockLost(_)) {
+            return Err(e);
+        }
+        // The connection may have died with the commit in flight: see what landed.
+        let detail = format!("every migration applied, but {e}");
+        if record_from_side(ctx, applied, &detail, None).await {
+            return Err(e);
+        }
+        tracing::info!("the marker committed before the connection was lost");
+    }
+    Ok(())
+}
+
+/// Apply one group (a migration, or with --single-transaction several), retrying a lock
+/// or statement timeout with backoff up to --ddl-retries. A failure is recorded in a
+/// `failed` marker (from a fresh connection if ours is gone), except when the lease was
+/// taken over: then another run's marker stands.
+async fn apply_group(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    group: &[&Migration],
+    label: &str,
+    args: &MigrateArgs,
+    opts: &ApplyOptions,
+    applied: usize,
+) -> Result<()> {
+    let no_tx = group[0].no_tx;
+    let mut attempt = 0;
+    loop {
+        let e = match conn.apply(group, opts).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if e.retryable && attempt < args.ddl_retries {
+            attempt += 1;
+            let pause = Duration::from_millis(250) * 2u32.pow(attempt.min(6));
+            tracing::warn!(
+                "migration {label} timed out ({}); rolled back, retry {attempt}/{} in {pause:?}",
+                e.message,
+                args.ddl_retries
+            );
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        if e.lease_lost {
+            // Another run owns the lease now: nothing of this migration ran, and any
+            // marker we wrote could contradict the new holder's.
+            return Err(Error::LockLost(format!(
+                "the migration lease was taken over by another run before {label}; stopped \
+                 without running it (applied {applied})"
+            )));
+        }
+        let tries = if attempt > 0 {
+            format!(" after {} tries", attempt + 1)
+        } else {
+            String::new()
+        };
+        let detail = format!("migration {label} failed{tries}: {}", e.message);
+        let hint = if e.dirty {
+            " It ran without a transaction and part of it took effect: it is recorded as \
+             dirty, so the next run stops and says so instead of running it again."
+        } else if no_tx {
+            " It ran without a transaction; nothing of it took effect, so the next run tries \
+             it again."
+        } else {
+            ""
+        };
+        // Logged once, by main, with the exit code it leads to.
+        let marker = ctx.marker(Status::Failed, applied, Some(&detail));
+        if let Err(m) = ctx.record(conn, &marker).await {
+            // The lock's connection may be gone (a failover, a terminated session):
+            // record from a fresh one, so waiters fail fast.
+            tracing::warn!("{m}; recording the failure from another connection");
+            if !matches!(m, Error::LockLost(_)) {
+                record_from_side(ctx, applied, &detail, None).await;
+            }
+        }
+        let message = format!("{detail}{hint}");
+        return Err(if e.config {
+            Error::Config(message)
+        } else {
+            Error::Failed(message)
+        });
+    }
 }
 
 /// The pending migrations, after checking that what is applied matches the source.
