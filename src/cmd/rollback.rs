@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::Outcome;
 use crate::cli::RollbackArgs;
 use crate::config::Config;
-use crate::db::{NewMarker, Status};
+use crate::db::{Conn, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::lock;
 use crate::source::Source;
@@ -43,7 +43,7 @@ fn outcome(to: i64, undone: usize, message: String) -> Outcome {
 }
 
 async fn undo(
-    conn: &mut crate::db::Conn,
+    conn: &mut Conn,
     cfg: &Config,
     source: &Source,
     args: &RollbackArgs,
@@ -55,38 +55,9 @@ async fn undo(
     conn.ensure_marker_table(&cfg.table).await?;
     // What is applied must match the source, or the down migrations may not fit.
     super::migrate::plan(conn, source).await?;
-    let (applied, _) = conn.applied().await?;
-    let mut to_undo: Vec<i64> = applied
-        .iter()
-        .map(|a| a.version)
-        .filter(|v| *v > args.to)
-        .collect();
-    to_undo.sort_unstable_by(|a, b| b.cmp(a));
-    let missing: Vec<String> = to_undo
-        .iter()
-        .filter(|v| !source.downs.contains_key(v))
-        .map(|v| v.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::Config(format!(
-            "cannot roll back to {}: no .down.sql for {} in {}",
-            args.to,
-            missing.join(", "),
-            source.dir.display()
-        )));
-    }
+    let to_undo = versions_to_undo(conn, source, args.to).await?;
     if args.dry_run {
-        if to_undo.is_empty() {
-            println!(
-                "nothing to undo: no migration newer than {} is applied",
-                args.to
-            );
-        } else {
-            println!("would undo {} migration(s), newest first:", to_undo.len());
-            for v in &to_undo {
-                println!("  {} {}", v, source.downs[v].description);
-            }
-        }
+        print_undo_plan(source, args.to, &to_undo);
         return Ok(0);
     }
     let version = args.to.to_string();
@@ -101,36 +72,7 @@ async fn undo(
         runner: &cfg.runner,
         detail,
     };
-    // Before the first down migration: a marker that takes the newest applied version
-    // off the ready list, so a rollback interrupted half-way (SIGTERM, SIGKILL, a lost
-    // connection) never leaves an undone version looking ready. It names the version
-    // being undone, so its waiters stop (exit 3) while waiters for --to keep waiting
-    // until the `succeeded` rollback marker lands.
-    if let Some(newest) = to_undo.first() {
-        let newest = newest.to_string();
-        let detail = format!(
-            "rollback to {} started: undoing {}; this marker stays the newest if the \
-             rollback is interrupted",
-            args.to,
-            to_undo
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let started_marker = NewMarker {
-            version: &newest,
-            digest: None,
-            status: Status::Failed,
-            action: "rollback",
-            elapsed: started.elapsed(),
-            applied: 0,
-            runner: &cfg.runner,
-            detail: Some(&detail),
-        };
-        conn.insert_marker(&cfg.table, &started_marker, fence)
-            .await?;
-    }
+    record_started(conn, cfg, args.to, &to_undo, started, fence).await?;
     let mut undone = 0;
     for v in &to_undo {
         let down = &source.downs[v];
@@ -169,4 +111,78 @@ async fn undo(
         started.elapsed()
     );
     Ok(undone)
+}
+
+/// The applied versions newer than `to`, newest first; each must have a `.down.sql`.
+async fn versions_to_undo(conn: &mut Conn, source: &Source, to: i64) -> Result<Vec<i64>> {
+    let (applied, _) = conn.applied().await?;
+    let mut to_undo: Vec<i64> = applied
+        .iter()
+        .map(|a| a.version)
+        .filter(|v| *v > to)
+        .collect();
+    to_undo.sort_unstable_by(|a, b| b.cmp(a));
+    let missing: Vec<String> = to_undo
+        .iter()
+        .filter(|v| !source.downs.contains_key(v))
+        .map(|v| v.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Config(format!(
+            "cannot roll back to {to}: no .down.sql for {} in {}",
+            missing.join(", "),
+            source.dir.display()
+        )));
+    }
+    Ok(to_undo)
+}
+
+fn print_undo_plan(source: &Source, to: i64, to_undo: &[i64]) {
+    if to_undo.is_empty() {
+        println!("nothing to undo: no migration newer than {to} is applied");
+        return;
+    }
+    println!("would undo {} migration(s), newest first:", to_undo.len());
+    for v in to_undo {
+        println!("  {} {}", v, source.downs[v].description);
+    }
+}
+
+/// Before the first down migration: a marker that takes the newest applied version off the
+/// ready list, so a rollback interrupted half-way (SIGTERM, SIGKILL, a lost connection)
+/// never leaves an undone version looking ready. It names the version being undone, so its
+/// waiters stop (exit 3) while waiters for --to keep waiting until the `succeeded` rollback
+/// marker lands.
+async fn record_started(
+    conn: &mut Conn,
+    cfg: &Config,
+    to: i64,
+    to_undo: &[i64],
+    started: Instant,
+    fence: Option<&crate::db::Fence>,
+) -> Result<()> {
+    let Some(newest) = to_undo.first() else {
+        return Ok(());
+    };
+    let newest = newest.to_string();
+    let detail = format!(
+        "rollback to {to} started: undoing {}; this marker stays the newest if the rollback \
+         is interrupted",
+        to_undo
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let marker = NewMarker {
+        version: &newest,
+        digest: None,
+        status: Status::Failed,
+        action: "rollback",
+        elapsed: started.elapsed(),
+        applied: 0,
+        runner: &cfg.runner,
+        detail: Some(&detail),
+    };
+    conn.insert_marker(&cfg.table, &marker, fence).await
 }
