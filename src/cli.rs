@@ -215,11 +215,6 @@ pub struct ConnectArgs {
     )]
     pub migrations_table: Option<String>,
 
-    /// The name the migration lock is derived from. Runs that share it exclude each other.
-    /// Defaults to the marker table's name.
-    #[arg(long, env = "SCHEMAGATE_LOCK_NAME", value_name = "NAME")]
-    pub lock_name: Option<String>,
-
     /// Give up connecting after this long (transient errors are retried with jittered
     /// backoff until then; authentication errors fail at once).
     #[arg(long, env = "SCHEMAGATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_connect_timeout, value_name = "DURATION", help_heading = "Timeouts")]
@@ -244,6 +239,16 @@ pub struct ConnectArgs {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Lock")]
 pub struct LockArgs {
+    /// The name the migration lock is derived from. Runs that share it exclude each other.
+    /// Defaults to the marker table's name.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_LOCK_NAME",
+        value_name = "NAME",
+        help_heading = "Lock"
+    )]
+    pub lock_name: Option<String>,
+
     /// `auto` (PostgreSQL): the session advisory lock when this connection is proven to be a
     /// server session of its own whose advisory lock excludes others, otherwise the lease
     /// (transaction poolers such as PgBouncer, Supavisor or Neon's pooler; CockroachDB,
@@ -477,6 +482,15 @@ pub struct WaitArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+
+    /// The lock whose holder to show, when `migrate` runs with --lock-name.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_LOCK_NAME",
+        value_name = "NAME",
+        help_heading = "Status"
+    )]
+    pub lock_name: Option<String>,
 
     /// Compare the database with this migrations directory (applied, pending, drift).
     #[arg(

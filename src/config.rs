@@ -66,7 +66,8 @@ pub struct LockId {
 }
 
 impl Config {
-    pub fn from_args(args: &ConnectArgs, mode: &str) -> Result<Config> {
+    /// `lock_name`: `--lock-name` of the commands that take (or show) the lock.
+    pub fn from_args(args: &ConnectArgs, mode: &str, lock_name: Option<&str>) -> Result<Config> {
         // An empty variable is unset: SCHEMAGATE_DATABASE_URL="" must not shadow
         // DATABASE_URL.
         let nonempty = |s: Option<String>| s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
@@ -107,9 +108,8 @@ impl Config {
         if let Some(name) = &args.migrations_table {
             crate::db::set_migrations_table(name, "--migrations-table")?;
         }
-        let lock_name = args
-            .lock_name
-            .clone()
+        let lock_name = lock_name
+            .map(str::to_owned)
             .unwrap_or_else(|| format!("schemagate:{}", table.qualified));
         let lock = LockId {
             key: lock_key(&lock_name),

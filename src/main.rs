@@ -82,38 +82,53 @@ fn main() -> ExitCode {
 async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
     let mut signals = Signals::install()
         .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
-    let config = |connect| Config::from_args(connect, mode);
+    let config = |connect, lock_name: Option<&String>| {
+        Config::from_args(connect, mode, lock_name.map(String::as_str))
+    };
     match command {
         // `migrate` handles signals itself: it must record the failure before it exits.
-        Command::Migrate(args) => cmd::migrate::run(&config(&args.connect)?, &args, signals).await,
+        Command::Migrate(args) => {
+            cmd::migrate::run(
+                &config(&args.connect, args.lock.lock_name.as_ref())?,
+                &args,
+                signals,
+            )
+            .await
+        }
         // The others just stop: nothing they do is half-done at a signal (a down migration
         // rolls back with its connection; smoke's children are killed on drop).
         Command::Wait(args) => {
-            or_signal(cmd::wait::run(&config(&args.connect)?, &args), &mut signals).await
+            or_signal(
+                cmd::wait::run(&config(&args.connect, None)?, &args),
+                &mut signals,
+            )
+            .await
         }
         Command::Status(args) => {
             or_signal(
-                cmd::status::run(&config(&args.connect)?, &args),
+                cmd::status::run(&config(&args.connect, args.lock_name.as_ref())?, &args),
                 &mut signals,
             )
             .await
         }
         Command::Rollback(args) => {
             or_signal(
-                cmd::rollback::run(&config(&args.connect)?, &args),
+                cmd::rollback::run(&config(&args.connect, args.lock.lock_name.as_ref())?, &args),
                 &mut signals,
             )
             .await
         }
         Command::Stamp(args) => {
             or_signal(
-                cmd::stamp::run(&config(&args.connect)?, &args),
+                cmd::stamp::run(&config(&args.connect, args.lock.lock_name.as_ref())?, &args),
                 &mut signals,
             )
             .await
         }
         // `check` handles signals itself: it must drop its scratch database first.
-        Command::Check(args) => cmd::check::run(&config(&args.connect)?, &args, signals).await,
+        Command::Check(args) => {
+            cmd::check::run(&config(&args.connect, None)?, &args, signals).await
+        }
         Command::Smoke(args) => or_signal(cmd::smoke::run(&args), &mut signals).await,
     }
 }

@@ -111,13 +111,13 @@ fn config_for(url: &str, args: &SmokeArgs) -> Result<Config> {
             database_url: Some(url.to_owned()),
             database_url_file: None,
             table: "schemagate_marker".into(),
-            lock_name: None,
             migrations_table: None,
             connect_timeout: Duration::from_secs(30),
             log_format: args.log_format,
             termination_log: None,
         },
         "smoke",
+        None,
     )
 }
 

@@ -52,3 +52,18 @@ fn help_text_is_the_documented_contract() {
          `SCHEMAGATE_BLESS=1 cargo test --test it contracts`"
     );
 }
+
+/// `wait` takes no lock: it offers no `--lock-name` (issue 13), and refuses one with exit 2.
+#[test]
+fn wait_offers_no_lock_name() {
+    assert!(!help(&["wait", "--help"]).contains("--lock-name"));
+    assert!(help(&["migrate", "--help"]).contains("--lock-name"));
+    let out = run(schemagate("postgres://u@127.0.0.1:1/db").args([
+        "wait",
+        "--expect",
+        "1",
+        "--lock-name",
+        "x",
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
