@@ -67,3 +67,52 @@ fn wait_offers_no_lock_name() {
     ]));
     assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
+
+/// The shape of `status --json` (keys and value types, not values) is a contract for the
+/// machines that read it: compared with `tests/it/snapshots/status-json-shape.txt`.
+#[test]
+fn status_json_shape_is_the_documented_contract() {
+    fn shape(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    shape(v, &format!("{path}.{k}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => match items.first() {
+                Some(first) => shape(first, &format!("{path}[]"), out),
+                None => out.push(format!("{path}: []")),
+            },
+            serde_json::Value::Null => out.push(format!("{path}: null")),
+            serde_json::Value::Bool(_) => out.push(format!("{path}: bool")),
+            serde_json::Value::Number(_) => out.push(format!("{path}: number")),
+            serde_json::Value::String(_) => out.push(format!("{path}: string")),
+        }
+    }
+    let db = PgDb::new("shape");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+        ("2_b.down.sql", "DROP TABLE b;"),
+    ]);
+    let out = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    src.write("3_c.sql", "CREATE TABLE c (id int);");
+    let out = run(schemagate(&db.url).args(["status", "--json", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut lines = Vec::new();
+    shape(&v, "", &mut lines);
+    let text = lines.join("\n") + "\n";
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots/status-json-shape.txt");
+    if std::env::var_os("SCHEMAGATE_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        want == text,
+        "the status --json shape changed:\n{text}\nreview it and bless it with \
+         `SCHEMAGATE_BLESS=1 cargo test --test it contracts`"
+    );
+}
