@@ -521,10 +521,15 @@ fn settings_sql(opts: &ApplyOptions) -> String {
     // If this process dies, the server aborts the transaction within a second instead of
     // finishing it: a lease taken over after its TTL never overlaps a dead run's
     // migration. LOCAL, so it works through a transaction pooler too (PostgreSQL 14+).
-    let mut s = String::from(
-        "SELECT set_config('client_connection_check_interval', '1s', true) \
-         WHERE current_setting('server_version_num')::int >= 140000;\n",
-    );
+    // Under the advisory lock the session is our own and `prepare_for_lock` set it for the
+    // whole session: one statement less per migration.
+    let mut s = String::new();
+    if opts.fence.is_some() {
+        s.push_str(
+            "SELECT set_config('client_connection_check_interval', '1s', true) \
+             WHERE current_setting('server_version_num')::int >= 140000;\n",
+        );
+    }
     if let Some(d) = opts.lock_timeout {
         s.push_str(&format!("SET LOCAL lock_timeout = {};\n", millis(d)));
     }
