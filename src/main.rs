@@ -8,6 +8,7 @@ mod cli;
 mod cmd;
 mod config;
 mod db;
+mod digest;
 mod error;
 mod http;
 mod lock;
@@ -103,6 +104,7 @@ async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
         // `check` handles signals itself: it must drop its scratch database first.
         Command::Check(args) => cmd::check::run(&config(&args.connect)?, &args, signals).await,
         Command::Smoke(args) => or_signal(cmd::smoke::run(&args), &mut signals).await,
+        Command::Digest(args) => digest::run(&args.source),
     }
 }
 

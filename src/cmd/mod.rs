@@ -45,7 +45,16 @@ pub async fn connect_and_lock(
     args: &LockArgs,
     expected: Option<&Expected<'_>>,
 ) -> Result<Before> {
-    let mut conn = db::connect(cfg).await?;
+    lock_on(db::connect(cfg).await?, cfg, args, expected).await
+}
+
+/// `connect_and_lock` on a connection already open.
+pub async fn lock_on(
+    mut conn: Conn,
+    cfg: &Config,
+    args: &LockArgs,
+    expected: Option<&Expected<'_>>,
+) -> Result<Before> {
     if let Some(expected) = expected
         && lock::is_done(&mut conn, cfg, expected).await?
     {
