@@ -126,24 +126,32 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
     // Read the source and check the command before taking the lock: bad input is a usage
     // error.
     let job = Job::from_args(args)?;
-    if let (Some(recorded), Job::Sql(source)) = (&recorded, &job)
-        && *recorded != source.digest()
-    {
-        tracing::warn!(
-            "{} records digest {recorded}, but the migrations hash to {}: it was edited, or a \
-             migration was changed without changing its size or time. Ignored; run \
-             `schemagate digest --source {}` again",
-            source.dir.join(digest::FILE).display(),
-            source.digest(),
-            source.dir.display()
-        );
-    }
     let (version, digest, history) = job.expected();
     let expected = Expected {
         version: &version,
         digest: digest.as_deref(),
         history,
     };
+    // The digest file's fast path already asked for exactly this marker when the file
+    // agrees with the migrations: no need to ask again before taking the lock.
+    let checked = recorded.as_ref().is_some_and(|s| {
+        Some(s.digest.as_str()) == expected.digest
+            && Some((s.version, s.count)) == expected.history
+            && s.version.to_string() == version
+    });
+    if let (Some(recorded), Job::Sql(source)) = (&recorded, &job)
+        && !checked
+    {
+        tracing::warn!(
+            "{} records digest {}, but the migrations hash to {}: it was edited, or a \
+             migration was changed without changing its size or time. Ignored; run \
+             `schemagate digest --source {}` again",
+            source.dir.join(digest::FILE).display(),
+            recorded.digest,
+            expected.digest.unwrap_or_default(),
+            source.dir.display()
+        );
+    }
     let done = |message: String, applied| Outcome {
         version: Some(version.clone()),
         applied: Some(applied),
@@ -153,7 +161,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
 
     // Until we hold the lock nothing is ours to record: a signal just ends the run.
     let (mut conn, lock) = tokio::select! {
-        r = connect_and_lock(cfg, args, &job, &expected, conn) => match r? {
+        r = connect_and_lock(cfg, args, &job, &expected, conn.map(|c| (c, checked))) => match r? {
             Before::Done(message) => return Ok(done(message, 0)),
             Before::Locked(conn, lock) => (conn, lock),
         },
@@ -218,7 +226,7 @@ async fn connect_and_lock(
     args: &MigrateArgs,
     job: &Job,
     expected: &Expected<'_>,
-    conn: Option<Conn>,
+    conn: Option<(Conn, bool)>,
 ) -> Result<Before> {
     if args.dry_run {
         let mut conn = db::connect(cfg).await?;
@@ -227,7 +235,9 @@ async fn connect_and_lock(
         return result.map(Before::Done);
     }
     match conn {
-        Some(conn) => super::lock_on(conn, cfg, &args.lock, Some(expected)).await,
+        Some((conn, checked)) => {
+            super::lock_on(conn, cfg, &args.lock, Some(expected), checked).await
+        }
         None => super::connect_and_lock(cfg, &args.lock, Some(expected)).await,
     }
 }
@@ -236,9 +246,9 @@ async fn connect_and_lock(
 enum Early {
     /// The marker for the digest file's version and digest is there: nothing to do.
     Done(String, String),
-    /// Not done (or the digest file is stale): the connection, for the full path, and the
-    /// digest the file records when it was trusted.
-    Open(Conn, Option<String>),
+    /// Not done (or the digest file is stale): the connection, for the full path, and
+    /// what the file says when it was trusted.
+    Open(Conn, Option<digest::Summary>),
     /// No source, a dry run, or no digest file.
     NotTried,
 }
@@ -265,7 +275,7 @@ async fn digest_fast_path(cfg: &Config, args: &MigrateArgs) -> Result<Early> {
         history: Some((summary.version, summary.count)),
     };
     if !lock::is_done(&mut conn, cfg, &expected).await? {
-        return Ok(Early::Open(conn, Some(summary.digest)));
+        return Ok(Early::Open(conn, Some(summary)));
     }
     tracing::info!("schema version {version} is already applied; nothing to do");
     conn.close().await;

@@ -208,9 +208,11 @@ pub async fn acquire(
     let mut lock_held = info.advisory_held;
     let polling = async {
         let mut delays = db::backoff(Duration::from_millis(10), Duration::from_secs(1)).build();
+        let mut listening_delays = db::backoff(LISTENING_POLL / 2, LISTENING_POLL).build();
         let mut last_log: Option<Instant> = None;
         let mut listening = false;
         let mut woke = false;
+        let mut polled = false;
         let mut first = true;
         loop {
             if woke
@@ -258,8 +260,15 @@ pub async fn acquire(
                     return Ok(Acquired::AlreadyDone);
                 }
             }
-            if last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY) {
-                let who = match holder(conn, cfg).await {
+            // A waiter that LISTENs names the holder once it has waited a poll: most such
+            // waits end at the marker before that, and the race is their common case.
+            if (!listening || polled) && last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY) {
+                // Still unproven means the advisory lock was seen held: ask only for it.
+                let who = match if choice.is_none() {
+                    conn.lock_holder(cfg).await
+                } else {
+                    holder(conn, cfg).await
+                } {
                     Ok(Some(h)) => h.to_string(),
                     Ok(None) => "a session that just let go".into(),
                     Err(e) => format!("unknown ({e})"),
@@ -280,18 +289,22 @@ pub async fn acquire(
             // leave as soon as its marker lands. Then gently, to spare the server during a
             // long one. A waiter that LISTENs is woken by the marker's commit, so it polls
             // only to take over from a holder that died: gently from the start.
-            let cap = if listening {
-                LISTENING_POLL
-            } else if started.elapsed() < BRISK_FOR {
-                Duration::from_millis(50)
+            let pause = if listening {
+                listening_delays.next().unwrap_or(LISTENING_POLL)
             } else {
-                Duration::from_secs(1)
+                let cap = if started.elapsed() < BRISK_FOR {
+                    Duration::from_millis(50)
+                } else {
+                    Duration::from_secs(1)
+                };
+                delays.next().unwrap_or(cap).min(cap)
             };
-            let pause = delays.next().unwrap_or(cap).min(cap);
             woke = if listening {
-                postgres::wait_for_marker(pg(conn), pause)
+                let woke = postgres::wait_for_marker(pg(conn), pause)
                     .await
-                    .map_err(|e| read_err("lost the connection while waiting for the lock", e))?
+                    .map_err(|e| read_err("lost the connection while waiting for the lock", e))?;
+                polled |= !woke;
+                woke
             } else {
                 tokio::time::sleep(pause).await;
                 false
