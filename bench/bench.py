@@ -468,9 +468,9 @@ def charts(sizes, applied, apply_tools, noop, noop_rows, races) -> list[str]:
         ax2 = ax.twinx()
         for i, tool in enumerate(tools):
             st = style.get(tool, dict(marker="."))
-            ax.plot(ks, [races[k][tool]["wall"] * 1000 for k in ks], label=f"{tool} wall", **st)
+            (line,) = ax.plot(ks, [races[k][tool]["wall"] * 1000 for k in ks], label=f"{tool} wall", **st)
             ax2.bar([k + (i - len(tools) / 2) * 0.8 for k in ks], [races[k][tool]["failed_max"] for k in ks],
-                    width=0.8, alpha=0.35, color=st.get("color", f"C{i}"))
+                    width=0.8, alpha=0.35, color=line.get_color())
         ax.set_yscale("log")
         ax.set_xlabel("K processes racing (20 migrations)")
         ax.set_ylabel("wall time, ms (log; lines)")
