@@ -145,6 +145,11 @@ class Sets:
             (self.dbmate / f"{i}_m{i}.sql").write_text(f"-- migrate:up\n{sql}\n-- migrate:down\n")
         self.psql.write_text("".join(all_sql))
         self.head = str(n)
+        # The same directory with the digest file an image build writes (`schemagate digest`).
+        self.digested = base / f"sqlx-{n}-digested"
+        shutil.copytree(self.sqlx, self.digested)
+        subprocess.run([str(SG), "digest", "--source", str(self.digested)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         (self.alembic / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s\n")
         (self.alembic / "env.py").write_text(
             "import os\nfrom alembic import context\nfrom sqlalchemy import create_engine, pool\n"
@@ -170,6 +175,8 @@ class Sets:
 def commands(tool: str, sets: Sets, url: str) -> tuple[list[str], dict, Path | None]:
     env = env_with(url)
     if tool == "schemagate":
+        return [str(SG), "migrate", "--source", str(sets.digested)], env, None
+    if tool == "schemagate, no digest file":
         return [str(SG), "migrate", "--source", str(sets.sqlx)], env, None
     if tool == "schemagate 1tx":
         return [str(SG), "migrate", "--single-transaction", "--source", str(sets.sqlx)], env, None
@@ -191,21 +198,37 @@ def commands(tool: str, sets: Sets, url: str) -> tuple[list[str], dict, Path | N
     raise ValueError(tool)
 
 
-NOTES = """## Where the targets are missed, and why
+NOTES = """## How the targets are met, and where they are not
 
-- **No-op at N = 500, and flat in N.** The fast path is one query, but `migrate --source` and
-  `wait --source` must read and hash every file to compare the source's digest with the
-  marker's: an open, a read and a close per file, about 7 µs each here (`perf stat -r 40`:
-  1.5 ms of CPU at N = 1, 5.0 ms at N = 500). Reading them without a stat and a seek per file
-  and into one reused buffer took a third off; threads were measured and did not help. `wait
-  --expect V`, what an initContainer runs when the version is baked into the image, reads no
-  file and stays under the floor at any N.
-- **K = 50 racing against sqlx's library.** schemagate's waiters poll the lock (a blocked
-  `pg_advisory_lock` holds a snapshot that `CREATE INDEX CONCURRENTLY` in the holder's
-  migration waits on: deadlock), so each leaves up to one poll (at most 50 ms in the first
-  10 s) after the marker lands, where sqlx's blocked waiters wake at the unlock. On 2 cores
-  the 50 process starts dominate both. schemagate has no failure and no deadlock; sqlx-cli
-  0.9 loses most of its processes to the race on creating `_sqlx_migrations`.
+- **K processes racing.** A run that finds the advisory lock held `LISTEN`s on the
+  connection it already holds and leaves at the winner's marker commit (one round trip
+  after it), instead of at its next poll; it does not run the advisory-lock proof (a second
+  connection) while another session holds the lock, so 49 losers open 49 connections, not
+  98. The try-lock poll stays, every half second, as the fallback and the way to take over
+  from a holder that died. Still never a blocking `pg_advisory_lock` (a blocked locker
+  holds a snapshot that `CREATE INDEX CONCURRENTLY` in the holder's migration waits on:
+  deadlock); behind a pooler (the lease) waiters poll as before. On 2 shared cores the K
+  process starts dominate every tool's wall time, so the ratio moves with the load.
+- **The no-op path, flat in N.** `migrate --source` must compare the source's digest with
+  the marker's. Without help that is an open, a read, a hash and a close per file (the
+  `no digest file` rows: 19.2M instructions at N = 500 against 2.0M at N = 1). With the
+  digest file an image build writes (`schemagate digest`), the run lists the directory and
+  checks each file's name, size and modification time against it on a second thread while
+  it connects, and reads no migration: before issue 16 the no-op run took 2,033,306
+  instructions at N = 1 and 19,155,669 at N = 500 (9.4x); with the digest file about 2.05M
+  and 3.7M. What is left per file is a directory entry, an `fstatat` and a binary search
+  (about 3,000 instructions). A stale or edited digest file is ignored with a warning and
+  every file is read, so a changed migration is still drift. `wait --source` does not use
+  the digest file yet; `wait --expect V` reads no file at all.
+- **Apply.** One transactional migration is one round trip (BEGIN, the file, the
+  `_sqlx_migrations` row, COMMIT) and one WAL flush, where psql's autocommit floor pays one
+  per statement. Under the advisory lock the per-migration `set_config(
+  'client_connection_check_interval')` is gone (the session already has it; the lease,
+  whose session may be a pooler's, keeps it). What schemagate adds per migration is the
+  bookkeeping row and two log lines; a run that takes the lock also pays a fixed ~10 ms
+  (the probe's second connection, the tables, the marker).
+- **Fair peers.** `bench/sqlx-lib` is built with schemagate's patched sqlx-core (TCP_NODELAY)
+  and sqlx-postgres; sqlx-cli is the release from crates.io.
 - **`synchronous_commit = off`** (the `psql autocommit, async` row) would save about one WAL
   flush per migration on this disk. schemagate does not adopt it: `--single-transaction`
   removes those flushes with nothing to prove after a crash, and per-migration commits stay
@@ -372,11 +395,111 @@ def fmt_ms(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 10 else f"{s:.1f} s"
 
 
+def callgrind(cmd: list[str], env: dict) -> int | None:
+    """Instructions executed by `cmd` (every thread), from valgrind's callgrind: stable where
+    wall time on a shared machine is not. None without valgrind."""
+    if not shutil.which("valgrind"):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "cg.out"
+        p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], env=env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(cmd)} failed under callgrind:\n{p.stderr}")
+        for line in p.stderr.splitlines():
+            if "Collected :" in line:
+                return int(line.split(":")[-1].strip())
+    return None
+
+
+def instructions(cl: Cluster, sets: dict, n_small: int, n_big: int) -> dict:
+    """callgrind counts of the no-op `migrate` at two sizes, with and without a digest file."""
+    out = {}
+    for n in (n_small, n_big):
+        url = cl.url(cl.fresh_db())
+        cmd, env, _ = commands("schemagate", sets[n], url)
+        if timed(cmd, env)[1] != 0:
+            raise SystemExit("bench: schemagate failed preparing the callgrind case")
+        for tool in ("schemagate", "schemagate, no digest file"):
+            cmd, env, _ = commands(tool, sets[n], url)
+            out[(tool, n)] = callgrind(cmd, env)
+    return out
+
+
+CHARTS = ROOT / "bench/charts"
+
+
+def charts(sizes, applied, apply_tools, noop, noop_rows, races) -> list[str]:
+    """PNG charts beside the report; the Markdown lines that embed them. Empty without
+    matplotlib (bench/run installs it for the full run)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    CHARTS.mkdir(parents=True, exist_ok=True)
+    # schemagate in black, thick; the rest in matplotlib's cycle (psql dashed).
+    style = {"schemagate": dict(color="black", linewidth=2.5, marker="o")}
+
+    def draw(name: str, title: str, build) -> str:
+        fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+        build(ax)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        fig.savefig(CHARTS / name)
+        plt.close(fig)
+        return f"![{title}](bench/charts/{name})"
+
+    def apply_chart(ax):
+        for tool in apply_tools:
+            ax.plot(sizes, [applied[n][tool] * 1000 for n in sizes], label=tool,
+                    **style.get(tool, dict(marker=".", linestyle="--" if tool.startswith("psql") else "-")))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("N migrations applied (each a table and an index)")
+        ax.set_ylabel("wall time, ms (log)")
+
+    def race_chart(ax):
+        ks = sorted(races)
+        tools = list(races[ks[0]])
+        ax2 = ax.twinx()
+        for i, tool in enumerate(tools):
+            st = style.get(tool, dict(marker="."))
+            (line,) = ax.plot(ks, [races[k][tool]["wall"] * 1000 for k in ks], label=f"{tool} wall", **st)
+            ax2.bar([k + (i - len(tools) / 2) * 0.8 for k in ks], [races[k][tool]["failed_max"] for k in ks],
+                    width=0.8, alpha=0.35, color=line.get_color())
+        ax.set_yscale("log")
+        ax.set_xlabel("K processes racing (20 migrations)")
+        ax.set_ylabel("wall time, ms (log; lines)")
+        ax2.set_ylabel("failed processes, worst run (bars)")
+        ax.set_xticks(ks)
+
+    def noop_chart(ax):
+        ns = sorted(noop)
+        for tool in noop_rows:
+            ax.plot(ns, [noop[n][0][tool] * 1000 for n in ns], label=tool,
+                    **style.get(tool, dict(marker=".", linestyle="--" if tool.startswith("psql") else "-")))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("N migrations in the directory (all applied)")
+        ax.set_ylabel("wall time of one no-op run, ms (log)")
+
+    return [
+        draw("apply.png", "Applying N migrations to an empty database", apply_chart),
+        draw("race.png", "K processes racing on an empty database", race_chart),
+        draw("noop.png", "The no-op run every replica pays at start", noop_chart),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="short form, no peers, writes nothing")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--load", default="", help="what else ran on the machine meanwhile (for the report)")
     args = ap.parse_args()
     smoke = args.smoke
     runs = args.runs or (3 if smoke else 9)
@@ -385,22 +508,26 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="schemagate-bench-src-"))
     lines: list[str] = []
     say = lines.append
+    load_before = os.getloadavg()
     try:
         sizes = [1, 20] if smoke else [1, 100, 500]
         sets = {n: Sets(base, n) for n in sizes}
         apply_tools = ["schemagate", "schemagate 1tx", *peers, "psql 1tx", "psql autocommit", "psql autocommit, async"]
         applied = {}
         for n in sizes:
-            applied[n] = apply_case(cl, sets[n], apply_tools, max(1, runs // 3) if n >= 500 else runs)
+            applied[n] = apply_case(cl, sets[n], apply_tools, max(3, runs // 2) if n >= 500 else runs)
             print(f"apply {n}: " + ", ".join(f"{t} {fmt_ms(v)}" for t, v in applied[n].items()), flush=True)
         noop = {}
-        for n in (sizes[0], sizes[-1]):
-            noop[n] = noop_case(cl, sets[n], ["schemagate", *peers], runs * 2 if not smoke else runs)
+        for n in (sizes if not smoke else (sizes[0], sizes[-1])):
+            noop[n] = noop_case(cl, sets[n], ["schemagate", "schemagate, no digest file", *peers],
+                                runs * 2 if not smoke else runs)
             print(f"no-op {n}: " + ", ".join(f"{t} {fmt_ms(v)}" for t, v in noop[n][0].items()), flush=True)
+        counts = {} if smoke else instructions(cl, sets, sizes[0], sizes[-1])
+        print(f"callgrind: {counts}", flush=True)
         race_sets = Sets(base / "race", 20, body=logged_sql, prologue="CREATE TABLE apply_log (version int);\n")
         races = {}
-        for k in ([5] if smoke else [10, 50]):
-            races[k] = race_case(cl, race_sets, ["schemagate", *peers], k, 2 if smoke else 3)
+        for k in ([5] if smoke else [10, 25, 50]):
+            races[k] = race_case(cl, race_sets, ["schemagate", *peers], k, 2 if smoke else 5)
             print(f"race {k}: {races[k]}", flush=True)
         lat_runs = 5 if smoke else 50
         lat_listen = wait_latency(cl, lat_runs, listen=True)
@@ -412,6 +539,7 @@ def main() -> None:
     finally:
         cl.stop()
         shutil.rmtree(base, ignore_errors=True)
+    load_after = os.getloadavg()
 
     size = SG.stat().st_size
     static = ROOT / "target/static/schemagate"
@@ -422,27 +550,38 @@ def main() -> None:
 
     big = sizes[-1]
     floor = noop[big][0]["psql -c 'select 1'"]
+    noop_rows = ["schemagate", "schemagate, no digest file", "schemagate wait --source", "schemagate wait --expect",
+                 *peers, "psql -c 'select 1'"]
+    pictures = charts(sizes, applied, apply_tools, noop, noop_rows, races)
     say("# Benchmarks\n")
     say(f"Measured by `bench/run` on {time.strftime('%Y-%m-%d')}: {machine()}. A throwaway cluster "
         "(default settings, `fsync` on, plain TCP on loopback) served nothing else. Tools took turns run by run; "
-        f"figures are medians of {runs} runs (N = 500 applies: {max(1, runs // 3)}), latencies p50/p99. "
-        "Peers: sqlx 0.9.0 as a library (its `Migrator`, locking on: `bench/sqlx-lib`), sqlx-cli 0.9.0 (crates.io), "
+        f"figures are medians of {runs} runs (N = 500 applies: {max(3, runs // 2)}; races: 5), latencies p50/p99. "
+        f"Load average (1 min) {load_before[0]:.1f} before the run and {load_after[0]:.1f} after"
+        + (f": {args.load}" if args.load else "")
+        + ". Peers: sqlx 0.9.0 as a library (its `Migrator`, locking on: `bench/sqlx-lib`, built with the same "
+        "patched sqlx-core (TCP_NODELAY) and sqlx-postgres that schemagate vendors under `vendor/`, so the ratios "
+        "compare tools, not socket options), sqlx-cli 0.9.0 (crates.io, unpatched), "
         "dbmate 2.36.0 (npm), alembic 1.18.4 with psycopg 3 (PyPI). "
         "The floor is PostgreSQL's own `psql` binary (not Debian's wrapper script).\n")
-    say("Reproduce: `bench/run` (installs the peers under `target/bench-tools`, ~5 min the first time; "
-        "the run itself takes a few minutes). CI runs `bench/run --smoke`.\n")
+    say("Reproduce: `bench/run` (installs the peers and matplotlib under `target/`, ~5 min the first time; "
+        "the run itself takes about ten minutes). CI runs `bench/run --smoke`. "
+        "`schemagate` rows use a source with the digest file an image build writes (`schemagate digest`); "
+        "`schemagate, no digest file` the same directory without it.\n")
+    say("\n\n".join(pictures) + "\n" if pictures else "")
     say("## Targets\n")
     sg_noop = noop[big][0]["schemagate"]
     sg_wait = noop[big][0]["schemagate wait --source"]
-    peers_apply = {p: applied[big][p] for p in peers}
     rows = [
         ("no-op `migrate`, N = 500, / `select 1` floor", sg_noop / floor, "≤ 1.0×"),
+        ("no-op `migrate`, N = 500 / N = 1 (flat in N)", sg_noop / noop[sizes[0]][0]["schemagate"], "≤ 1.1×"),
+        ("no-op `migrate`, no digest file, N = 500 / N = 1",
+         noop[big][0]["schemagate, no digest file"] / noop[sizes[0]][0]["schemagate, no digest file"], "—"),
         ("ready `wait --source`, N = 500, / `select 1` floor", sg_wait / floor, "≤ 1.0×"),
         ("ready `wait --expect`, / `select 1` floor", noop[big][0]["schemagate wait --expect"] / floor, "≤ 1.0×"),
-        ("no-op `migrate`, N = 500 / N = 1 (flat in N)", sg_noop / noop[sizes[0]][0]["schemagate"], "≈ 1.0×"),
-        ("apply 500, `schemagate` / `psql` autocommit floor", applied[big]["schemagate"] / applied[big]["psql autocommit"], "≤ 1.1×"),
+        ("apply 500, `schemagate` / `psql` autocommit floor", applied[big]["schemagate"] / applied[big]["psql autocommit"], "≤ 1.05×"),
         ("apply 500, `schemagate --single-transaction` / `psql -1` floor", applied[big]["schemagate 1tx"] / applied[big]["psql 1tx"], "≤ 1.1×"),
-        ("K = 50 racing, wall time, schemagate / sqlx's locked library run", races[50]["schemagate"]["wall"] / races[50]["sqlx library"]["wall"], "≤ 1.0×"),
+        ("K = 50 racing, wall time, schemagate / sqlx's locked library run", races[50]["schemagate"]["wall"] / races[50]["sqlx library"]["wall"], "≤ 0.9×"),
     ]
     say("| measure | ratio | target |\n| --- | --- | --- |")
     for name, ratio, target in rows:
@@ -453,6 +592,16 @@ def main() -> None:
     size_text = f"{static_size / 1048576:.2f} MiB static (musl)" if static_size else f"{size / 1048576:.2f} MiB (glibc)"
     say(f"| binary size | {size_text} | ≤ 6 MiB |")
     say("")
+    if any(v is not None for v in counts.values()):
+        say("## Instructions of the no-op run (callgrind)\n")
+        say("User-space instructions of one no-op `migrate --source` (every thread), from "
+            "`valgrind --tool=callgrind`: steady where wall time on a shared machine is not.\n")
+        say(f"| source | N = {sizes[0]} | N = {big} | N = {big} / N = {sizes[0]} |\n| --- | --- | --- | --- |")
+        for tool in ("schemagate", "schemagate, no digest file"):
+            a, b = counts[(tool, sizes[0])], counts[(tool, big)]
+            label = "with the digest file" if tool == "schemagate" else "without a digest file"
+            say(f"| {label} | {a:,} | {b:,} | {b / a:.2f}× |")
+        say("")
     say("## Applying N migrations to an empty database (each a table and an index)\n")
     say("| tool | " + " | ".join(f"N = {n}" for n in sizes) + f" | × psql autocommit (N = {big}) |")
     say("| --- | " + " | ".join("---" for _ in sizes) + " | --- |")
@@ -463,11 +612,12 @@ def main() -> None:
     say("`psql autocommit, async` is the same file with `synchronous_commit = off`: what skipping one WAL flush per "
         "migration could save on this disk. `schemagate --single-transaction` removes those flushes safely instead.\n")
     say("## The no-op run every replica pays at start (already up to date)\n")
-    say(f"| tool | N = {sizes[0]} | N = {big} | × schemagate (N = {big}) | peak RSS |")
-    say("| --- | --- | --- | --- | --- |")
-    for tool in ["schemagate", "schemagate wait --source", "schemagate wait --expect", *peers, "psql -c 'select 1'"]:
-        say(f"| {tool} | {fmt_ms(noop[sizes[0]][0][tool])} | {fmt_ms(noop[big][0][tool])} | "
-            f"{noop[big][0][tool] / sg_noop:.2f}× | {noop[big][1][tool] / 1024:.1f} MiB |")
+    ns = sorted(noop)
+    say("| tool | " + " | ".join(f"N = {n}" for n in ns) + f" | × schemagate (N = {big}) | peak RSS |")
+    say("| --- | " + " | ".join("---" for _ in ns) + " | --- | --- |")
+    for tool in noop_rows:
+        say(f"| {tool} | " + " | ".join(fmt_ms(noop[n][0][tool]) for n in ns)
+            + f" | {noop[big][0][tool] / sg_noop:.2f}× | {noop[big][1][tool] / 1024:.1f} MiB |")
     say("")
     say("## K processes racing on an empty database (20 migrations, each logging itself once)\n")
     say("| tool | K | failed processes (median / worst run) | each migration exactly once | wall time | × schemagate |")

@@ -143,6 +143,21 @@ pub enum Command {
     ///       -- alembic upgrade head
     #[command(verbatim_doc_comment)]
     Check(CheckArgs),
+    /// Write the source's digest beside the migrations (DIR/.schemagate-digest), so that the
+    /// no-op `migrate --source` reads no migration.
+    ///
+    /// Run it where the image is built, after the migrations are copied in. At start,
+    /// `migrate --source DIR` lists DIR and checks every `.sql` file's name and size against
+    /// the digest file, and that none was modified after it was written; it then compares
+    /// the recorded digest with the marker's, reading no file. If anything differs, the
+    /// digest file is ignored with a warning and every migration is read and hashed, as
+    /// without one: a changed migration is still noticed. Prints the digest and the path.
+    ///
+    /// Examples:
+    ///   schemagate digest --source ./migrations
+    ///   RUN ["/schemagate", "digest", "--source", "/migrations"]     # in a Dockerfile
+    #[command(verbatim_doc_comment)]
+    Digest(DigestArgs),
 }
 
 impl Command {
@@ -156,6 +171,7 @@ impl Command {
             Command::Stamp(_) => "stamp",
             Command::Smoke(_) => "smoke",
             Command::Check(_) => "check",
+            Command::Digest(_) => "digest",
         }
     }
 
@@ -168,7 +184,7 @@ impl Command {
             Command::Rollback(a) => Some(&a.connect),
             Command::Stamp(a) => Some(&a.connect),
             Command::Check(a) => Some(&a.connect),
-            Command::Smoke(_) => None,
+            Command::Smoke(_) | Command::Digest(_) => None,
         }
     }
 }
@@ -580,6 +596,14 @@ pub struct StampArgs {
         help_heading = "Stamp"
     )]
     pub source: Option<PathBuf>,
+}
+
+/// `schemagate digest`.
+#[derive(Debug, Args)]
+pub struct DigestArgs {
+    /// Directory of SQL migrations, as for `migrate`; the digest file is written there.
+    #[arg(long, env = "SCHEMAGATE_SOURCE", default_value = "./migrations")]
+    pub source: PathBuf,
 }
 
 #[derive(Debug, Args)]

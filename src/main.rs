@@ -8,6 +8,7 @@ mod cli;
 mod cmd;
 mod config;
 mod db;
+mod digest;
 mod error;
 mod formats;
 mod http;
@@ -130,6 +131,7 @@ async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
             cmd::check::run(&config(&args.connect, None)?, &args, signals).await
         }
         Command::Smoke(args) => or_signal(cmd::smoke::run(&args), &mut signals).await,
+        Command::Digest(args) => digest::run(&args.source),
     }
 }
 

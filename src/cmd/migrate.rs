@@ -10,6 +10,7 @@ use crate::child;
 use crate::cli::MigrateArgs;
 use crate::config::{Config, redact};
 use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::formats::{self, Foreign, Format};
 use crate::http;
@@ -138,10 +139,7 @@ pub(super) struct Ran {
 
 pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Result<Outcome> {
     let started = Instant::now();
-    // Read the source and check the command before touching the database: bad input is a
-    // usage error.
-    let job = Job::from_args(args)?;
-    if args.version.is_some() && matches!(job, Job::Sql(_)) {
+    if args.version.is_some() && args.source.is_some() && args.command.is_empty() {
         return Err(Error::Config(
             "--version goes with an external migrator (-- CMD); a SQL source's version is its newest migration".into(),
         ));
@@ -160,6 +158,26 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
             "{flag} is supported on PostgreSQL only"
         )));
     }
+    // The no-op path with a build-time digest: no migration is read.
+    let early = tokio::select! {
+        r = digest_fast_path(cfg, args) => r?,
+        sig = signals.recv() => return Err(Error::Interrupted(sig)),
+    };
+    let (conn, recorded) = match early {
+        Early::Done(version, message) => {
+            return Ok(Outcome {
+                version: Some(version),
+                applied: Some(0),
+                message,
+                exec: None,
+            });
+        }
+        Early::Open(conn, recorded) => (Some(conn), recorded),
+        Early::NotTried => (None, None),
+    };
+    // Read the source and check the command before taking the lock: bad input is a usage
+    // error.
+    let job = Job::from_args(args)?;
     let (version, digest, history) = job.expected();
     let expected = Expected {
         version: &version,
@@ -170,6 +188,26 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
             Job::Sql(_) => None,
         },
     };
+    // The digest file's fast path already asked for exactly this marker when the file
+    // agrees with the migrations: no need to ask again before taking the lock.
+    let checked = recorded.as_ref().is_some_and(|s| {
+        Some(s.digest.as_str()) == expected.digest
+            && Some((s.version, s.count)) == expected.history
+            && s.version.to_string() == version
+    });
+    if let (Some(recorded), Job::Sql(source)) = (&recorded, &job)
+        && !checked
+    {
+        tracing::warn!(
+            "{} records digest {}, but the migrations hash to {}: it was edited, or a \
+             migration was changed without changing its size or time. Ignored; run \
+             `schemagate digest --source {}` again",
+            source.dir.join(digest::FILE).display(),
+            recorded.digest,
+            expected.digest.unwrap_or_default(),
+            source.dir.display()
+        );
+    }
     let done = |message: String, applied| Outcome {
         version: Some(version.clone()),
         applied: Some(applied),
@@ -179,7 +217,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
 
     // Until we hold the lock nothing is ours to record: a signal just ends the run.
     let (mut conn, lock) = tokio::select! {
-        r = connect_and_lock(cfg, args, &job, &expected) => match r? {
+        r = connect_and_lock(cfg, args, &job, &expected, conn.map(|c| (c, checked))) => match r? {
             Before::Done(message) => return Ok(done(message, 0)),
             Before::Locked(conn, lock) => (conn, lock),
         },
@@ -254,6 +292,7 @@ async fn connect_and_lock(
     args: &MigrateArgs,
     job: &Job,
     expected: &Expected<'_>,
+    conn: Option<(Conn, bool)>,
 ) -> Result<Before> {
     if args.dry_run {
         let mut conn = db::connect(cfg).await?;
@@ -261,7 +300,62 @@ async fn connect_and_lock(
         conn.close().await;
         return result.map(Before::Done);
     }
-    super::connect_and_lock(cfg, &args.lock, Some(expected)).await
+    match conn {
+        Some((conn, checked)) => {
+            super::lock_on(conn, cfg, &args.lock, Some(expected), checked).await
+        }
+        None => super::connect_and_lock(cfg, &args.lock, Some(expected)).await,
+    }
+}
+
+/// What the digest file's fast path came to.
+enum Early {
+    /// The marker for the digest file's version and digest is there: nothing to do.
+    Done(String, String),
+    /// Not done (or the digest file is stale): the connection, for the full path, and
+    /// what the file says when it was trusted.
+    Open(Conn, Option<digest::Summary>),
+    /// No source, a dry run, or no digest file.
+    NotTried,
+}
+
+/// With `DIR/.schemagate-digest` (`digest.rs`): check the directory against it on a
+/// blocking thread while connecting, then ask the marker with its digest. The fast path
+/// every replica pays then costs a directory listing, not a read of every migration.
+async fn digest_fast_path(cfg: &Config, args: &MigrateArgs) -> Result<Early> {
+    let Some(dir) = args.source.clone() else {
+        return Ok(Early::NotTried);
+    };
+    if args.dry_run || !args.command.is_empty() || !dir.join(digest::FILE).exists() {
+        return Ok(Early::NotTried);
+    }
+    // The digest file knows sqlx's layout only: anything that changes how the source or
+    // its history is read (another format, sqlx.toml, --ignore-missing) takes the full read.
+    if args.format.is_some_and(|f| f != Format::Sqlx)
+        || args.ignore_missing
+        || crate::sqlx_toml::load(&dir)?.is_some()
+    {
+        return Ok(Early::NotTried);
+    }
+    let checked = tokio::task::spawn_blocking(move || digest::trusted(&dir));
+    let mut conn = db::connect(cfg).await?;
+    let Some(summary) = checked.await.ok().flatten() else {
+        return Ok(Early::Open(conn, None));
+    };
+    let version = summary.version.to_string();
+    let expected = Expected {
+        version: &version,
+        digest: Some(&summary.digest),
+        history: Some((summary.version, summary.count)),
+        foreign: None,
+    };
+    if !lock::is_done(&mut conn, cfg, &expected).await? {
+        return Ok(Early::Open(conn, Some(summary)));
+    }
+    tracing::info!("schema version {version} is already applied; nothing to do");
+    conn.close().await;
+    let message = format!("schema version {version} already applied");
+    Ok(Early::Done(version, message))
 }
 
 async fn dry_run(

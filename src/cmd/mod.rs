@@ -46,8 +46,20 @@ pub async fn connect_and_lock(
     args: &LockArgs,
     expected: Option<&Expected<'_>>,
 ) -> Result<Before> {
-    let mut conn = db::connect(cfg).await?;
+    lock_on(db::connect(cfg).await?, cfg, args, expected, false).await
+}
+
+/// `connect_and_lock` on a connection already open; `checked` when the fast path's query
+/// for `expected` already ran on it (and found it not done).
+pub async fn lock_on(
+    mut conn: Conn,
+    cfg: &Config,
+    args: &LockArgs,
+    expected: Option<&Expected<'_>>,
+    checked: bool,
+) -> Result<Before> {
     if let Some(expected) = expected
+        && !checked
         && lock::is_done(&mut conn, cfg, expected).await?
     {
         // The fast path every replica pays at every start: one query, no lock.

@@ -253,9 +253,9 @@ impl Conn {
 
     /// Settings for the connection that holds the lock and runs migrations. On PostgreSQL,
     /// returns what it learnt about the server.
-    pub async fn prepare_for_lock(&mut self) -> Result<Option<postgres::ServerInfo>> {
+    pub async fn prepare_for_lock(&mut self, cfg: &Config) -> Result<Option<postgres::ServerInfo>> {
         match self {
-            Conn::Pg(c) => postgres::prepare_for_lock(c).await.map(Some),
+            Conn::Pg(c) => postgres::prepare_for_lock(c, cfg.lock.key).await.map(Some),
             Conn::Lite(c) => sqlite::prepare_for_lock(c).await.map(|()| None),
             Conn::My(_) => Ok(None),
         }

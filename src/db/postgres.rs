@@ -128,32 +128,83 @@ pub struct ServerInfo {
     pub pid: i64,
     /// The backend pid announced at startup (BackendKeyData). A pooler announces its own.
     pub startup_pid: i64,
+    /// Whether a session held the advisory lock on the run's key when this was read: a
+    /// run that would only wait need not prove the advisory lock yet.
+    pub advisory_held: bool,
 }
 
 /// Settings for the lock connection, and what it learns about the server.
-pub async fn prepare_for_lock(c: &mut PgConnection) -> Result<ServerInfo, sqlx::Error> {
+pub async fn prepare_for_lock(c: &mut PgConnection, key: i64) -> Result<ServerInfo, sqlx::Error> {
     // If this process dies mid-statement, the server notices the closed socket within a
     // second and rolls back, instead of finishing a long statement while holding the lock.
     // (PostgreSQL 14+; other engines may reject the setting, which only costs that speed-up.)
-    let sql = "SELECT version(), pg_backend_pid()::int8, \
-               CASE WHEN current_setting('server_version_num')::int >= 140000 \
-               THEN set_config('client_connection_check_interval', '1s', false) END";
-    let r = match row(&mut *c, sql.into()).await {
+    // The same round trip reads whether the lock is taken already (see `lock::acquire`).
+    let sql = format!(
+        "SELECT version(), pg_backend_pid()::int8, EXISTS ({}), \
+           CASE WHEN current_setting('server_version_num')::int >= 140000 \
+           THEN set_config('client_connection_check_interval', '1s', false) END",
+        advisory_held_sql(key)
+    );
+    let r = match row(&mut *c, sql).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("client_connection_check_interval not set: {e}");
-            row(&mut *c, "SELECT version(), pg_backend_pid()::int8".into()).await?
+            row(
+                &mut *c,
+                "SELECT version(), pg_backend_pid()::int8, false".into(),
+            )
+            .await?
         }
     };
-    let (version, pid) = match r {
-        Some(r) => (r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?),
-        None => (String::new(), -1),
+    let (version, pid, advisory_held) = match r {
+        Some(r) => (
+            r.try_get::<String, _>(0)?,
+            r.try_get::<i64, _>(1)?,
+            r.try_get::<bool, _>(2)?,
+        ),
+        None => (String::new(), -1, false),
     };
     Ok(ServerInfo {
         version,
         pid,
         startup_pid: i64::from(c.startup_backend_pid()),
+        advisory_held,
     })
+}
+
+/// A query for "some session of this database holds the advisory lock `key`".
+fn advisory_held_sql(key: i64) -> String {
+    format!(
+        "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND classid = (({key}::int8 >> 32) & 4294967295)::oid \
+           AND objid = ({key}::int8 & 4294967295)::oid"
+    )
+}
+
+/// Whether some session of this database holds the advisory lock `key` now.
+pub async fn advisory_held(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    let r = row(c, format!("SELECT EXISTS ({})", advisory_held_sql(key))).await?;
+    Ok(r.map(|r| r.try_get::<bool, _>(0))
+        .transpose()?
+        .unwrap_or(false))
+}
+
+/// LISTEN for markers on the lock connection, so that a run waiting for the lock leaves at
+/// the marker's commit (`lock::acquire`). Notifications arriving during later queries on
+/// this connection are kept for `wait_for_marker`, not taken for protocol errors.
+pub async fn listen_for_markers(c: &mut PgConnection) -> Result<(), sqlx::Error> {
+    c.keep_notifications();
+    exec(c, format!("LISTEN {CHANNEL}")).await
+}
+
+/// Wait up to `limit` for a marker's NOTIFY on a connection that LISTENs: true when one
+/// arrived (or arrived during an earlier query), false at the limit.
+pub async fn wait_for_marker(c: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
+    match tokio::time::timeout(limit, c.recv_notification()).await {
+        Ok(r) => r.map(|()| true),
+        Err(_) => Ok(false),
+    }
 }
 
 /// The session setting that names the run holding `key` on this server session.
@@ -473,10 +524,15 @@ fn settings_sql(opts: &ApplyOptions) -> String {
     // If this process dies, the server aborts the transaction within a second instead of
     // finishing it: a lease taken over after its TTL never overlaps a dead run's
     // migration. LOCAL, so it works through a transaction pooler too (PostgreSQL 14+).
-    let mut s = String::from(
-        "SELECT set_config('client_connection_check_interval', '1s', true) \
-         WHERE current_setting('server_version_num')::int >= 140000;\n",
-    );
+    // Under the advisory lock the session is our own and `prepare_for_lock` set it for the
+    // whole session: one statement less per migration.
+    let mut s = String::new();
+    if opts.fence.is_some() {
+        s.push_str(
+            "SELECT set_config('client_connection_check_interval', '1s', true) \
+             WHERE current_setting('server_version_num')::int >= 140000;\n",
+        );
+    }
     if let Some(d) = opts.lock_timeout {
         s.push_str(&format!("SET LOCAL lock_timeout = {};\n", timeout_ms(d)));
     }

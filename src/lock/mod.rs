@@ -1,6 +1,8 @@
 //! The migration lock: choose the kind that really excludes here, acquire it by polling
 //! (never blocking), report who holds it while we wait, and stop waiting as soon as another
-//! run's marker says the work is done.
+//! run's marker says the work is done. On a direct PostgreSQL session a waiter LISTENs on
+//! its lock connection and leaves at the marker's commit; polling stays the fallback, and
+//! the way to take over from a holder that died.
 //!
 //! - PostgreSQL `advisory`: a session advisory lock; MySQL: `GET_LOCK`. Both die with the
 //!   connection, so a crashed migrator leaves no stale lock. `--lock auto` (the default)
@@ -29,7 +31,7 @@ use serde::Serialize;
 
 use crate::cli::{LockArgs, LockMode};
 use crate::config::{Backend, Config};
-use crate::db::postgres::{Engine, ServerInfo, set_engine};
+use crate::db::postgres::{self, Engine, ServerInfo, set_engine};
 use crate::db::{self, Conn, Holder};
 use crate::error::{Error, Result};
 
@@ -108,10 +110,11 @@ async fn preliminary(
     cfg: &Config,
     mode: LockMode,
 ) -> Result<(ServerInfo, Option<Choice>)> {
-    let info = conn.prepare_for_lock().await?.unwrap_or(ServerInfo {
+    let info = conn.prepare_for_lock(cfg).await?.unwrap_or(ServerInfo {
         version: String::new(),
         pid: 0,
         startup_pid: 0,
+        advisory_held: false,
     });
     let version = &info.version;
     let decided = match cfg.backend {
@@ -185,50 +188,119 @@ pub async fn acquire(
 ) -> Result<Acquired> {
     let started = Instant::now();
     let token = token();
-    // Decided before the first try on the real key: a run that took the advisory lock on a
-    // pooled server session could not be sure to release it there.
-    let choice = choose(conn, cfg, args.lock).await?;
-    tracing::info!("lock: {} ({})", choice.kind, choice.reason);
-    if choice.kind == "lease" {
-        lease::ensure_table(pg(conn), &cfg.table).await?;
+    let (info, decided) = preliminary(conn, cfg, args.lock).await?;
+    // A direct PostgreSQL session (the pid announced at startup is the session's own) that
+    // would prove the advisory lock: a NOTIFY reaches it, so while it waits it LISTENs and
+    // leaves at the marker's commit. Behind a pooler, and on the lease, it only polls.
+    let direct = decided.is_none() && info.pid == info.startup_pid;
+    let mut choice = decided;
+    if let Some(c) = &choice {
+        announce(conn, cfg, c).await?;
     }
+    let mut lock_held = info.advisory_held;
     let polling = async {
         let mut delays = db::backoff(Duration::from_millis(10), Duration::from_secs(1)).build();
+        let mut listening_delays = db::backoff(LISTENING_POLL / 2, LISTENING_POLL).build();
         let mut last_log: Option<Instant> = None;
+        let mut listening = false;
+        let mut woke = false;
+        let mut polled = false;
+        let mut first = true;
         loop {
-            if let Some(lock) = try_acquire(conn, cfg, &choice, args, &token).await? {
+            if woke
+                && let Some(expected) = expected
+                && is_done(conn, cfg, expected).await?
+            {
+                return Ok(Acquired::AlreadyDone);
+            }
+            if choice.is_none() {
+                // Decided before the first try on the real key: a run that took the
+                // advisory lock on a pooled server session could not be sure to release it
+                // there. But while another session holds the lock, a run that only waits
+                // for its marker has nothing to prove yet: the probe (a second connection)
+                // is left to the run that may take the lock.
+                let only_waits = expected.is_some() && direct;
+                if only_waits && !first {
+                    lock_held = postgres::advisory_held(pg(conn), cfg.lock.key)
+                        .await
+                        .map_err(|e| read_err("cannot read the lock", e))?;
+                }
+                if !(only_waits && lock_held) {
+                    let c = prove_advisory(conn, cfg, args.lock, &info).await?;
+                    announce(conn, cfg, &c).await?;
+                    choice = Some(c);
+                }
+            }
+            first = false;
+            if let Some(c) = &choice
+                && let Some(lock) = try_acquire(conn, cfg, c, args, &token).await?
+            {
                 if last_log.is_some() {
                     tracing::info!("took the migration lock after {:.1?}", started.elapsed());
                 }
                 return Ok(Acquired::Held(lock));
             }
-            if let Some(expected) = expected
-                && is_done(conn, cfg, expected).await?
-            {
-                return Ok(Acquired::AlreadyDone);
+            if let Some(expected) = expected {
+                // LISTEN before the check, so a marker committed in between still wakes us.
+                if direct && !listening && choice.as_ref().is_none_or(|c| c.kind == "advisory") {
+                    postgres::listen_for_markers(pg(conn))
+                        .await
+                        .map_err(|e| read_err("cannot LISTEN for the marker", e))?;
+                    listening = true;
+                }
+                if !woke && is_done(conn, cfg, expected).await? {
+                    return Ok(Acquired::AlreadyDone);
+                }
             }
-            if last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY) {
-                let who = match holder(conn, cfg).await {
+            // A waiter that LISTENs names the holder once it has waited a poll: most such
+            // waits end at the marker before that, and the race is their common case.
+            if (!listening || polled) && last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY) {
+                // Still unproven means the advisory lock was seen held: ask only for it.
+                let who = match if choice.is_none() {
+                    conn.lock_holder(cfg).await
+                } else {
+                    holder(conn, cfg).await
+                } {
                     Ok(Some(h)) => h.to_string(),
                     Ok(None) => "a session that just let go".into(),
                     Err(e) => format!("unknown ({e})"),
                 };
                 tracing::info!(
-                    "waiting for the migration lock {:?} (key {}), held by {who}",
+                    "waiting for the migration lock {:?} (key {}), held by {who}{}",
                     cfg.lock.name,
-                    cfg.lock.key
+                    cfg.lock.key,
+                    if listening {
+                        "; leaving when its marker is committed"
+                    } else {
+                        ""
+                    }
                 );
                 last_log = Some(Instant::now());
             }
             // Briskly at first: most waits are for a short migration, and a waiter should
             // leave as soon as its marker lands. Then gently, to spare the server during a
-            // long one.
-            let cap = if started.elapsed() < BRISK_FOR {
-                Duration::from_millis(50)
+            // long one. A waiter that LISTENs is woken by the marker's commit, so it polls
+            // only to take over from a holder that died: gently from the start.
+            let pause = if listening {
+                listening_delays.next().unwrap_or(LISTENING_POLL)
             } else {
-                Duration::from_secs(1)
+                let cap = if started.elapsed() < BRISK_FOR {
+                    Duration::from_millis(50)
+                } else {
+                    Duration::from_secs(1)
+                };
+                delays.next().unwrap_or(cap).min(cap)
             };
-            tokio::time::sleep(delays.next().unwrap_or(cap).min(cap)).await;
+            woke = if listening {
+                let woke = postgres::wait_for_marker(pg(conn), pause)
+                    .await
+                    .map_err(|e| read_err("lost the connection while waiting for the lock", e))?;
+                polled |= !woke;
+                woke
+            } else {
+                tokio::time::sleep(pause).await;
+                false
+            };
         }
     };
     match tokio::time::timeout(args.lock_wait, polling).await {
@@ -247,6 +319,23 @@ pub async fn acquire(
             )))
         }
     }
+}
+
+/// How often a waiter that LISTENs polls the lock anyway (a holder that died writes no
+/// marker: its lock is released with its session, and the next poll takes over).
+const LISTENING_POLL: Duration = Duration::from_millis(500);
+
+/// Log the lock chosen (once per run that gets this far), and create the lease's table.
+async fn announce(conn: &mut Conn, cfg: &Config, choice: &Choice) -> Result<()> {
+    tracing::info!("lock: {} ({})", choice.kind, choice.reason);
+    if choice.kind == "lease" {
+        lease::ensure_table(pg(conn), &cfg.table).await?;
+    }
+    Ok(())
+}
+
+fn read_err(context: &str, e: sqlx::Error) -> Error {
+    Error::Failed(format!("{context}: {}", db::describe(&e)))
 }
 
 fn pg(conn: &mut Conn) -> &mut sqlx::PgConnection {

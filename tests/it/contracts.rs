@@ -36,6 +36,7 @@ fn help_text_is_the_documented_contract() {
         &["stamp", "--help"],
         &["smoke", "--help"],
         &["check", "--help"],
+        &["digest", "--help"],
     ] {
         text.push_str(&format!("$ schemagate {}\n", args.join(" ")));
         text.push_str(&help(args));

@@ -628,3 +628,184 @@ fn sigterm_while_a_migration_commits_records_the_true_count() {
         assert!(!stderr(&out).contains("rolling back"), "{}", stderr(&out));
     }
 }
+
+// ----- waiting for the lock: LISTEN on the lock connection (issue 16) -----
+
+/// Migration 2 holds the lock until the test sets `ctl.go` (it re-reads the row every 20 ms).
+fn held_until_go() -> Migrations {
+    Migrations::new(&[
+        ("1_first.sql", "CREATE TABLE first (id int);"),
+        (
+            "2_gate.sql",
+            "CREATE TABLE second (id int);
+             DO $$ BEGIN
+               WHILE NOT (SELECT go FROM ctl) LOOP PERFORM pg_sleep(0.02); END LOOP;
+             END $$;",
+        ),
+    ])
+}
+
+/// reliability: a run waits for the lock while another applies the same migrations | it LISTENs on the connection it holds and leaves when the holder's marker commits, without proving the advisory lock (no second connection) or ever taking it; one marker | nothing
+#[test]
+fn a_waiter_for_the_lock_leaves_at_the_holders_marker_without_probing() {
+    let db = PgDb::new("waitlock_listen");
+    pg_exec(
+        &db.url,
+        "CREATE TABLE ctl (go bool); INSERT INTO ctl VALUES (false);",
+    );
+    let src = held_until_go();
+    let mut holder = spawn(migrate(&db, &src).args(["--lock-wait", "60s"]));
+    wait_for_stderr_line(&mut holder, "applying 2 (gate)", Duration::from_secs(30));
+    let mut waiter = spawn(migrate(&db, &src).args(["--lock-wait", "60s"]));
+    let seen = wait_for_stderr_line(
+        &mut waiter,
+        "leaving when its marker is committed",
+        Duration::from_secs(30),
+    );
+    assert!(seen.contains("held by pid"), "{seen}");
+    pg_exec(&db.url, "UPDATE ctl SET go = true");
+    let holder = finish(holder);
+    assert_eq!(code(&holder), 0, "{}", stderr(&holder));
+    let status = waiter.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // Its stderr was consumed by wait_for_stderr_line up to the line; what it logged first
+    // is in `seen`: it never chose (probed) a lock, since the lock was held throughout.
+    assert!(!seen.contains("lock: advisory"), "{seen}");
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
+/// reliability: the session holding the lock ends without a marker while a run LISTENs for it | the waiter's fallback poll sees the lock free, proves it, takes it over and applies everything; exit 0 | nothing
+#[test]
+fn a_listening_waiter_takes_over_when_the_holder_ends_without_a_marker() {
+    let db = PgDb::new("waitlock_takeover");
+    let src = simple_source();
+    let key = lock_key(&db);
+    block_on(async {
+        use sqlx::Connection;
+        let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut child = spawn(migrate(&db, &src).args(["--lock-wait", "60s"]));
+        wait_for_stderr_line(
+            &mut child,
+            "leaving when its marker is committed",
+            Duration::from_secs(30),
+        );
+        // The holder goes away (a crash): no marker, no NOTIFY.
+        holder.close().await.unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+    });
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM schemagate_marker WHERE status = 'succeeded'"
+        ),
+        1
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
+// ----- the build-time digest (issue 16) -----
+
+fn digest(src: &Migrations) -> std::process::Output {
+    let mut c = std::process::Command::new(bin());
+    c.args(["digest", "--source", src.path()]);
+    let out = run(&mut c);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    out
+}
+
+#[test]
+fn digest_file_takes_the_fast_path_and_prints_the_sources_digest() {
+    let db = PgDb::new("digest_fast");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    let out = digest(&src);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let recorded = pg_strings(&db.url, "SELECT digest FROM schemagate_marker");
+    assert!(
+        printed.starts_with(&recorded[0]),
+        "{printed} vs {recorded:?}"
+    );
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("ignoring"), "{}", stderr(&out));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
+}
+
+/// reliability: a migration is changed after `schemagate digest` wrote the digest file (another size, or the same size later) | the digest file is ignored with a warning, every file is read and hashed, and the change is drift: exit 4 | nothing
+#[test]
+fn a_migration_changed_after_the_digest_is_still_noticed() {
+    let db = PgDb::new("digest_changed");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    digest(&src);
+    // Another size.
+    src.write("1_a.sql", "CREATE TABLE a (id bigint);");
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ignoring"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has been modified"),
+        "{}",
+        stderr(&out)
+    );
+    // The same size, written after the digest file.
+    src.write("1_a.sql", "CREATE TABLE a (id int);");
+    digest(&src);
+    src.write("1_a.sql", "CREATE TABLE z (id int);");
+    let written = std::fs::metadata(src.dir.join(".schemagate-digest"))
+        .and_then(|m| m.modified())
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(src.dir.join("1_a.sql"))
+        .and_then(|f| f.set_modified(written + Duration::from_secs(1)))
+        .unwrap();
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("modified after"), "{}", stderr(&out));
+}
+
+/// reliability: the digest value in the digest file is edited by hand | the fast path misses (markers only record digests computed from the files), the run reads every migration, warns that the file disagrees with them, and finds the version applied: exit 0, no new marker | nothing
+#[test]
+fn a_tampered_digest_file_is_noticed() {
+    let db = PgDb::new("digest_tampered");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    digest(&src);
+    let file = src.dir.join(".schemagate-digest");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = text.lines().find(|l| l.starts_with("digest ")).unwrap();
+    let forged = format!("digest {}", "0".repeat(64));
+    std::fs::write(&file, text.replace(line, &forged)).unwrap();
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("but the migrations hash to"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
+}
+
+#[test]
+fn digest_of_a_missing_directory_is_2_naming_it() {
+    let out = run(std::process::Command::new(bin()).args([
+        "digest",
+        "--source",
+        "/nonexistent/schemagate-migrations",
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/schemagate-migrations"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -96,6 +96,41 @@ impl PgConnection {
         self.inner.process_id
     }
 
+    /// schemagate patch: after `LISTEN` on this connection, keep the asynchronous
+    /// notifications that arrive while a query runs (counted for `recv_notification`)
+    /// instead of failing that query on an unexpected message.
+    pub fn keep_notifications(&mut self) {
+        self.inner.stream.notifications_seen.get_or_insert(0);
+    }
+
+    /// schemagate patch: wait on this idle connection until the server sends a
+    /// notification for a channel it LISTENs on (returning at once when one arrived during
+    /// an earlier query). Cancel-safe, as `PgListener::try_recv` is.
+    pub async fn recv_notification(&mut self) -> Result<(), Error> {
+        if let Some(seen @ 1..) = &mut self.inner.stream.notifications_seen {
+            *seen -= 1;
+            return Ok(());
+        }
+        // Anything queued (a rollback) is sent and answered first.
+        self.wait_until_ready().await?;
+        if let Some(seen @ 1..) = &mut self.inner.stream.notifications_seen {
+            *seen -= 1;
+            return Ok(());
+        }
+        loop {
+            let message = self.inner.stream.recv_unchecked().await?;
+            match message.format {
+                BackendMessageFormat::NotificationResponse => return Ok(()),
+                BackendMessageFormat::ErrorResponse => {
+                    return Err(message.decode::<crate::PgDatabaseError>()?.into());
+                }
+                BackendMessageFormat::ReadyForQuery => self.handle_ready_for_query(message)?,
+                // ParameterStatus, NoticeResponse: nothing to wait for.
+                _ => {}
+            }
+        }
+    }
+
     // will return when the connection is ready for another query
     pub(crate) async fn wait_until_ready(&mut self) -> Result<(), Error> {
         if !self.inner.stream.write_buffer_mut().is_empty() {

@@ -35,6 +35,11 @@ pub struct PgStream {
     // re-used for query execution in-between receiving messages
     pub(crate) notifications: Option<UnboundedSender<Notification>>,
 
+    // schemagate patch: once `PgConnection::keep_notifications` was called, the number of
+    // notifications that arrived during queries (counted and skipped, instead of failing
+    // the query as an unexpected message), for `PgConnection::recv_notification`.
+    pub(crate) notifications_seen: Option<usize>,
+
     pub(crate) parameter_statuses: BTreeMap<String, String>,
 
     pub(crate) server_version_num: Option<u32>,
@@ -52,6 +57,7 @@ impl PgStream {
         Ok(Self {
             inner: BufferedSocket::new(socket),
             notifications: None,
+            notifications_seen: None,
             parameter_statuses: BTreeMap::default(),
             server_version_num: None,
         })
@@ -135,6 +141,11 @@ impl PgStream {
                         let notification: Notification = message.decode()?;
                         let _ = buffer.send(notification).await;
 
+                        continue;
+                    }
+
+                    if let Some(seen) = &mut self.notifications_seen {
+                        *seen += 1;
                         continue;
                     }
                 }
