@@ -166,6 +166,24 @@ pub async fn release(c: &mut PgConnection, cfg: &Config, token: &str) -> Result<
 
 /// The live lease's holder, if any (none when the table does not exist yet).
 pub async fn holder(c: &mut PgConnection, cfg: &Config) -> Result<Option<Holder>> {
+    // Ask the catalog first: a query on a missing table would put an error in the
+    // server's log at every look (most databases never have a lease table).
+    let exists = row(
+        &mut *c,
+        format!(
+            "SELECT to_regclass({}) IS NOT NULL",
+            lit(&table(&cfg.table))
+        ),
+    )
+    .await
+    .map_err(|e| err("cannot read the lease", e))?
+    .map(|r| r.try_get::<bool, _>(0))
+    .transpose()
+    .map_err(|e| err("cannot read the lease", e))?
+    .unwrap_or(false);
+    if !exists {
+        return Ok(None);
+    }
     let sql = format!(
         "SELECT owner, extract(epoch FROM clock_timestamp() - acquired_at)::float8, \
            extract(epoch FROM expires_at - clock_timestamp())::float8 \
