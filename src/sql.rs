@@ -17,8 +17,10 @@ pub fn split(sql: &str) -> Vec<Statement<'_>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
-    // Inside `BEGIN ATOMIC`: BEGIN and CASE open, END closes; `;` does not split.
+    // Inside `BEGIN ATOMIC`: BEGIN and CASE open, END closes; `;` does not split. Nor
+    // inside parentheses (`CREATE RULE … DO ALSO (INSERT …; INSERT …)`), as in psql.
     let mut atomic_depth = 0usize;
+    let mut paren_depth = 0usize;
     let mut prev_word = String::new();
     while i < b.len() {
         match b[i] {
@@ -41,7 +43,15 @@ pub fn split(sql: &str) -> Vec<Statement<'_>> {
                 }
                 None => i += 1,
             },
-            b';' if atomic_depth == 0 => {
+            b'(' => {
+                paren_depth += 1;
+                i += 1;
+            }
+            b')' => {
+                paren_depth = paren_depth.saturating_sub(1);
+                i += 1;
+            }
+            b';' if atomic_depth == 0 && paren_depth == 0 => {
                 push(sql, start, i, &mut out);
                 i += 1;
                 start = i;
@@ -158,17 +168,18 @@ fn leading_words(text: &str, n: usize) -> Vec<String> {
 /// it back while the migration is recorded as applied. `ROLLBACK TO SAVEPOINT` is fine.
 pub fn transaction_control(sql: &str) -> Option<(String, usize)> {
     split(sql).into_iter().find_map(|st| {
-        let words = leading_words(st.text, 2);
+        let words = leading_words(st.text, 3);
         let first = words.first()?.as_str();
         let second = words.get(1).map(String::as_str);
         let hit = match first {
             "BEGIN" | "COMMIT" | "END" | "ABORT" => true,
             "START" => second == Some("TRANSACTION"),
-            "ROLLBACK" => second != Some("TO"),
+            // `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] s` stays inside the transaction.
+            "ROLLBACK" => !words.iter().skip(1).any(|w| w == "TO"),
             "PREPARE" => second == Some("TRANSACTION"),
             _ => false,
         };
-        hit.then(|| (words.join(" "), st.line))
+        hit.then(|| (words[..words.len().min(2)].join(" "), st.line))
     })
 }
 
@@ -238,6 +249,19 @@ mod tests {
         );
         assert!(transaction_control("START TRANSACTION;").is_some());
         assert!(transaction_control("SAVEPOINT s; ROLLBACK TO SAVEPOINT s;").is_none());
+        assert!(
+            transaction_control("ROLLBACK WORK TO SAVEPOINT s; ROLLBACK TRANSACTION TO s")
+                .is_none()
+        );
+        assert_eq!(
+            texts(
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)); SELECT 1"
+            ),
+            vec![
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))",
+                "SELECT 1"
+            ]
+        );
         assert!(transaction_control("DO $$ BEGIN COMMIT; END $$;").is_none());
         assert!(transaction_control("SELECT 'COMMIT;'; -- COMMIT;").is_none());
         assert!(

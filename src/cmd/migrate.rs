@@ -261,7 +261,8 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         other => {
             let release = lock.release(&mut conn, cfg).await;
             conn.close().await;
-            other.and_then(|ran| release.map(|()| ran))
+            super::released(release);
+            other
         }
     };
     let (status, applied, error, wrote) = match &result {
@@ -417,6 +418,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// Write a `failed` marker from a side connection: fenced, and not after a
+    /// `succeeded` one for the version (see `Conn::insert_marker_unless_done`).
+    pub(super) async fn record_failure_from_side(
+        &self,
+        side: &mut Conn,
+        marker: &NewMarker<'_>,
+    ) -> Result<()> {
+        side.insert_marker_unless_done(&self.cfg.table, marker, self.fence.as_ref())
+            .await
+    }
+
     /// Write a marker on `conn`, fenced by the lease when we hold one.
     pub(super) async fn record(&self, conn: &mut Conn, marker: &NewMarker<'_>) -> Result<()> {
         conn.insert_marker(&self.cfg.table, marker, self.fence.as_ref())
@@ -529,7 +541,7 @@ async fn interrupted(
         };
         tracing::warn!("{detail}");
         let applied_count = progress.applied + committed;
-        ctx.record(
+        ctx.record_failure_from_side(
             &mut side,
             &ctx.marker(Status::Failed, applied_count, Some(&detail)),
         )
@@ -710,7 +722,9 @@ async fn apply_group(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if e.retryable && attempt < args.ddl_retries {
+        // Never again once part of it took effect (a `-- no-transaction` file recorded
+        // dirty): its first statements would run twice.
+        if e.retryable && !e.dirty && attempt < args.ddl_retries {
             attempt += 1;
             let pause = Duration::from_millis(250) * 2u32.pow(attempt.min(6));
             tracing::warn!(
@@ -805,7 +819,7 @@ pub(super) async fn record_from_side(
         let mut side = db::connect(&short_cfg).await?;
         let done = lock::is_done(&mut side, ctx.cfg, ctx.expected).await?;
         if !done {
-            ctx.record(
+            ctx.record_failure_from_side(
                 &mut side,
                 &ctx.marker(Status::Failed, applied, Some(detail)),
             )

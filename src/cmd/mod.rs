@@ -104,7 +104,18 @@ pub async fn with_lock<T>(
     let result = work(&mut conn, &lock).await;
     let release = lock.release(&mut conn, cfg).await;
     conn.close().await;
-    let value = result?;
-    release?;
-    Ok(value)
+    released(release);
+    result
+}
+
+/// The lock could not be released: the work is done (and recorded) all the same, and the
+/// lock ends with its connection, or the lease with its TTL. Say so; never fail the run
+/// for it.
+pub fn released(release: Result<()>) {
+    if let Err(e) = release {
+        tracing::warn!(
+            "could not release the migration lock ({e}); it ends with the connection, or the \
+             lease with its TTL"
+        );
+    }
 }

@@ -396,6 +396,41 @@ impl Conn {
         })
     }
 
+    /// As `insert_marker`, for a `failed` marker written from a side connection: on
+    /// PostgreSQL not when the version's deciding marker is `succeeded` by then (see
+    /// `postgres::insert_marker_unless_done`); elsewhere the caller's check stands.
+    pub async fn insert_marker_unless_done(
+        &mut self,
+        table: &Table,
+        m: &NewMarker<'_>,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        let detail = m.detail.map(|d| clip(&redact(d), MAX_DETAIL));
+        let runner = clip(m.runner, MAX_VERSION);
+        let m = NewMarker {
+            detail: detail.as_deref(),
+            runner: &runner,
+            ..m.clone()
+        };
+        match self {
+            Conn::Pg(c) => postgres::insert_marker_unless_done(c, table, &m, fence).await,
+            Conn::My(c) => mysql::insert_marker(c, table, &m).await,
+            Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
+        }
+        .map_err(|e| {
+            if is_lease_lost(&e) {
+                return Error::LockLost(format!(
+                    "not recording a {} marker: another run has taken the migration lease over",
+                    m.status.as_str()
+                ));
+            }
+            db_err(
+                &format!("cannot write the marker to {}", table.qualified),
+                e,
+            )
+        })
+    }
+
     /// The marker that decides `version`: the newest row for it, unless a rollback to
     /// another version came later. `None` when there is none (or no table yet).
     ///

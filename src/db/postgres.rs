@@ -360,6 +360,12 @@ pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), 
 /// The INSERT (and NOTIFY) for a marker row, as one statement: `wait --listen` wakes at
 /// the commit that makes the row visible.
 pub fn insert_marker_sql(t: &Table, m: &NewMarker<'_>) -> String {
+    insert_marker_sql_when(t, m, "")
+}
+
+/// The marker INSERT, written only when `condition` (a `WHERE …` clause, or empty) holds
+/// in the statement's own snapshot.
+fn insert_marker_sql_when(t: &Table, m: &NewMarker<'_>, condition: &str) -> String {
     let notify = if NO_NOTIFY.load(std::sync::atomic::Ordering::Relaxed) {
         "SELECT version FROM ins".to_owned()
     } else {
@@ -369,8 +375,8 @@ pub fn insert_marker_sql(t: &Table, m: &NewMarker<'_>) -> String {
         "WITH ins AS (
             INSERT INTO {q} (version, digest, status, action, started_at, finished_at,
                              applied, runner, tool_version, detail)
-            VALUES ({v}, {d}, '{s}', {a}, clock_timestamp() - make_interval(secs => {e}),
-                    clock_timestamp(), {n}, {r}, {tv}, {det})
+            SELECT {v}, {d}, '{s}', {a}, clock_timestamp() - make_interval(secs => {e}),
+                    clock_timestamp(), {n}, {r}, {tv}, {det} {condition}
             RETURNING version)
          {notify}",
         q = t.qualified,
@@ -393,6 +399,27 @@ pub async fn insert_marker(
     fence: Option<&Fence>,
 ) -> Result<(), sqlx::Error> {
     fenced(c, insert_marker_sql(t, m), fence).await
+}
+
+/// A `failed` marker written from a side connection, unless the marker that decides the
+/// version is already `succeeded`. Checked in the INSERT's own snapshot, which is taken
+/// after the lease's fence (run first in the same transaction) waited for any transaction
+/// of ours still in flight: a `succeeded` marker committing meanwhile is seen, and no
+/// `failed` one lands after it.
+pub async fn insert_marker_unless_done(
+    c: &mut PgConnection,
+    t: &Table,
+    m: &NewMarker<'_>,
+    fence: Option<&Fence>,
+) -> Result<(), sqlx::Error> {
+    let condition = format!(
+        "WHERE NOT EXISTS (SELECT 1 FROM (SELECT version, status FROM {q} \
+           WHERE version = {v} OR action = 'rollback' ORDER BY id DESC LIMIT 1) AS decisive \
+           WHERE decisive.version = {v} AND decisive.status = 'succeeded')",
+        q = t.qualified,
+        v = lit(m.version),
+    );
+    fenced(c, insert_marker_sql_when(t, m, &condition), fence).await
 }
 
 pub async fn newest_marker<'c>(
@@ -667,7 +694,11 @@ pub async fn revert(
         if !check.is_empty() {
             exec(c, check).await?;
         }
-        exec(c, down.sql.as_str().to_owned()).await?;
+        // One statement at a time, as for an up migration: one multi-statement query is an
+        // implicit transaction, where `DROP INDEX CONCURRENTLY` refuses to run.
+        for st in crate::sql::split(down.sql.as_str()) {
+            exec(c, st.text.to_owned()).await?;
+        }
         return exec(c, delete).await;
     }
     let r = exec(

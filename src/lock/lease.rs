@@ -165,11 +165,11 @@ pub async fn release(c: &mut PgConnection, cfg: &Config, token: &str) -> Result<
 }
 
 /// The live lease's holder, if any (none when the table does not exist yet).
-pub async fn holder(c: &mut PgConnection, cfg: &Config) -> Result<Option<Holder>> {
-    // Ask the catalog first: a query on a missing table would put an error in the
-    // server's log at every look (most databases never have a lease table).
-    let exists = row(
-        &mut *c,
+/// Whether the lease table exists (asked of the catalog: a query on a missing table would
+/// put an error in the server's log, and most databases never have a lease table).
+pub async fn exists(c: &mut PgConnection, cfg: &Config) -> Result<bool> {
+    Ok(row(
+        c,
         format!(
             "SELECT to_regclass({}) IS NOT NULL",
             lit(&table(&cfg.table))
@@ -180,8 +180,11 @@ pub async fn holder(c: &mut PgConnection, cfg: &Config) -> Result<Option<Holder>
     .map(|r| r.try_get::<bool, _>(0))
     .transpose()
     .map_err(|e| err("cannot read the lease", e))?
-    .unwrap_or(false);
-    if !exists {
+    .unwrap_or(false))
+}
+
+pub async fn holder(c: &mut PgConnection, cfg: &Config) -> Result<Option<Holder>> {
+    if !exists(&mut *c, cfg).await? {
         return Ok(None);
     }
     let sql = format!(

@@ -379,13 +379,27 @@ async fn try_acquire(
             }
 
             // A run that could not use the advisory lock (behind a pooler) may hold the
-            // lease.
-            if cfg.backend == Backend::Postgres
-                && let Some(h) = lease::holder(pg(conn), cfg).await?
-            {
-                tracing::debug!("stepping back: the lease is held by {h}");
-                conn.unlock(cfg).await?;
-                return Ok(None);
+            // lease. Take the lease row too, for a moment, exactly as a lease taker would:
+            // a live lease makes us step back; an expired one is taken over and its token
+            // replaced, so a holder that lapsed but still runs fails its fence instead of
+            // committing beside us. Then the row goes: the advisory lock is ours.
+            if cfg.backend == Backend::Postgres && lease::exists(pg(conn), cfg).await? {
+                match lease::try_take(pg(conn), cfg, token, args.lease_ttl).await? {
+                    None => {
+                        tracing::debug!("stepping back: a run holds the lease");
+                        conn.unlock(cfg).await?;
+                        return Ok(None);
+                    }
+                    Some(previous) => {
+                        if let Some(previous) = previous {
+                            tracing::warn!(
+                                "took over an expired lease from {previous} (and ended it: \
+                                 this run holds the advisory lock)"
+                            );
+                        }
+                        lease::release(pg(conn), cfg, token).await?;
+                    }
+                }
             }
             Ok(Some(Lock {
                 kind: Kind::Session,

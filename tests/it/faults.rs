@@ -821,3 +821,118 @@ fn lease_is_refused_off_postgres() {
         stderr(&out)
     );
 }
+
+/// reliability: a `--lock lease` holder paused (SIGSTOP) in a long migration past its TTL while a run connected directly takes the advisory lock | the advisory run takes over the expired lease row (replacing its token) before migrating, so the paused holder's fence fails at its COMMIT and its migration rolls back | nothing: each migration once, one `succeeded` marker
+#[test]
+fn advisory_run_fences_an_expired_lease_holder() {
+    let db = PgDb::new("mixedfence");
+    let src = Migrations::new(&[
+        (
+            "1_log.sql",
+            "CREATE TABLE apply_log (version int, pid int);",
+        ),
+        (
+            "2_slow.sql",
+            "INSERT INTO apply_log VALUES (2, pg_backend_pid()); SELECT pg_sleep(6);",
+        ),
+    ]);
+    let mut first = spawn(schemagate(&db.url).args([
+        "migrate",
+        "--source",
+        src.path(),
+        "--lock",
+        "lease",
+        "--lease-ttl",
+        "3s",
+    ]));
+    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
+    until("the slow migration to run", Duration::from_secs(30), || {
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(6)%' \
+             AND state = 'active' AND pid <> pg_backend_pid()",
+        ) == 1
+    });
+    signal(first.id(), "STOP");
+    until("the lease to expire", Duration::from_secs(30), || {
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM schemagate_marker_lease WHERE expires_at < clock_timestamp()",
+        ) == 1
+    });
+    let second = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("lock: advisory"),
+        "{}",
+        stderr(&second)
+    );
+    signal(first.id(), "CONT");
+    let out = finish(first);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM apply_log"), 1);
+    assert_eq!(
+        pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
+        vec!["succeeded".to_owned()]
+    );
+}
+
+/// reliability: a `-- no-transaction` migration whose second statement hits a statement timeout set on the database, after its first took effect | recorded dirty and never retried (its first statement would run twice); exit 1 | nothing run twice
+#[test]
+fn no_transaction_migration_is_not_retried_after_part_of_it_ran() {
+    let db = PgDb::new("notxretry");
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let src = Migrations::new(&[
+        ("1_log.sql", "CREATE TABLE apply_log (n int);"),
+        (
+            "2_two.sql",
+            "-- no-transaction\nINSERT INTO apply_log VALUES (1);\nSELECT pg_sleep(2);",
+        ),
+    ]);
+    let out = run(schemagate(&db.url)
+        .args(["migrate", "--source", src.path()])
+        .args(["--ddl-retries", "3"]));
+    assert_eq!(code(&out), 0, "the first migration alone: {}", stderr(&out));
+    pg_exec(
+        &db.url,
+        "DELETE FROM _sqlx_migrations WHERE version = 2; DELETE FROM apply_log",
+    );
+    pg_exec(
+        &db.url,
+        &format!("ALTER DATABASE {name} SET statement_timeout = '300ms'"),
+    );
+    let out =
+        run(schemagate(&db.url).args(["migrate", "--source", src.path(), "--ddl-retries", "3"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("retry 1/3"), "{}", stderr(&out));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM apply_log"), 1);
+}
+
+/// reliability: `rollback` whose `-- no-transaction` down migration has two `DROP INDEX CONCURRENTLY` | run statement by statement, as the up migrations are, so it undoes | nothing
+#[test]
+fn no_transaction_down_migration_with_several_statements_undoes() {
+    let db = PgDb::new("notxdown");
+    let src = Migrations::new(&[
+        ("1_t.up.sql", "CREATE TABLE t (x int, y int);"),
+        ("1_t.down.sql", "DROP TABLE t;"),
+        (
+            "2_idx.up.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY t_x ON t (x);\nCREATE INDEX CONCURRENTLY t_y ON t (y);",
+        ),
+        (
+            "2_idx.down.sql",
+            "-- no-transaction\nDROP INDEX CONCURRENTLY t_x;\nDROP INDEX CONCURRENTLY t_y;",
+        ),
+    ]);
+    let out = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(schemagate(&db.url).args(["rollback", "--to", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 't'"
+        ),
+        0
+    );
+}
