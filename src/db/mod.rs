@@ -362,38 +362,15 @@ impl Conn {
     }
 
     /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction), in one
-    /// transaction with the lease's fence when given: a run
-    /// whose lease another run has taken never writes a marker (`Error::LockLost`).
+    /// transaction with the lease's fence when given: a run whose lease another run has
+    /// taken never writes a marker (`Error::LockLost`).
     pub async fn insert_marker(
         &mut self,
         table: &Table,
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
     ) -> Result<()> {
-        let detail = m.detail.map(|d| clip(&redact(d), MAX_DETAIL));
-        let runner = clip(m.runner, MAX_VERSION);
-        let m = NewMarker {
-            detail: detail.as_deref(),
-            runner: &runner,
-            ..m.clone()
-        };
-        match self {
-            Conn::Pg(c) => postgres::insert_marker(c, table, &m, fence).await,
-            Conn::My(c) => mysql::insert_marker(c, table, &m).await,
-            Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
-        }
-        .map_err(|e| {
-            if is_lease_lost(&e) {
-                return Error::LockLost(format!(
-                    "not recording a {} marker: another run has taken the migration lease over",
-                    m.status.as_str()
-                ));
-            }
-            db_err(
-                &format!("cannot write the marker to {}", table.qualified),
-                e,
-            )
-        })
+        self.write_marker(table, m, fence, false).await
     }
 
     /// As `insert_marker`, for a `failed` marker written from a side connection: on
@@ -405,6 +382,16 @@ impl Conn {
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
     ) -> Result<()> {
+        self.write_marker(table, m, fence, true).await
+    }
+
+    async fn write_marker(
+        &mut self,
+        table: &Table,
+        m: &NewMarker<'_>,
+        fence: Option<&Fence>,
+        unless_done: bool,
+    ) -> Result<()> {
         let detail = m.detail.map(|d| clip(&redact(d), MAX_DETAIL));
         let runner = clip(m.runner, MAX_VERSION);
         let m = NewMarker {
@@ -413,7 +400,10 @@ impl Conn {
             ..m.clone()
         };
         match self {
-            Conn::Pg(c) => postgres::insert_marker_unless_done(c, table, &m, fence).await,
+            Conn::Pg(c) if unless_done => {
+                postgres::insert_marker_unless_done(c, table, &m, fence).await
+            }
+            Conn::Pg(c) => postgres::insert_marker(c, table, &m, fence).await,
             Conn::My(c) => mysql::insert_marker(c, table, &m).await,
             Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
         }

@@ -172,13 +172,31 @@ pub async fn prepare_for_lock(c: &mut PgConnection, key: i64) -> Result<ServerIn
     })
 }
 
+/// The `pg_locks` rows (aliased `l`) of the granted advisory lock `key`: a 64-bit key is
+/// stored as classid (high half) and objid (low half), with objsubid 1.
+fn advisory_lock_rows(key: i64) -> String {
+    format!(
+        "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.classid = (({key}::int8 >> 32) & 4294967295)::oid \
+           AND l.objid = ({key}::int8 & 4294967295)::oid"
+    )
+}
+
+/// A query for "this session holds the advisory lock `key`", from the server's own view
+/// (`pg_catalog.pg_locks`, which a stub engine leaves empty).
+pub(crate) fn held_here_sql(key: i64) -> String {
+    format!(
+        "SELECT 1 FROM pg_catalog.pg_locks l WHERE l.pid = pg_backend_pid() AND {}",
+        advisory_lock_rows(key)
+    )
+}
+
 /// A query for "some session of this database holds the advisory lock `key`".
 fn advisory_held_sql(key: i64) -> String {
     format!(
-        "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-           AND classid = (({key}::int8 >> 32) & 4294967295)::oid \
-           AND objid = ({key}::int8 & 4294967295)::oid"
+        "SELECT 1 FROM pg_catalog.pg_locks l WHERE {} \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        advisory_lock_rows(key)
     )
 }
 
@@ -254,16 +272,7 @@ pub async fn unlock(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error>
 }
 
 pub async fn holds_lock(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
-    let r = row(
-        c,
-        format!(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() \
-               AND locktype = 'advisory' AND granted AND objsubid = 1 \
-               AND classid = (({key}::int8 >> 32) & 4294967295)::oid \
-               AND objid = ({key}::int8 & 4294967295)::oid)"
-        ),
-    )
-    .await?;
+    let r = row(c, format!("SELECT EXISTS ({})", held_here_sql(key))).await?;
     Ok(r.map(|r| r.try_get::<bool, _>(0))
         .transpose()?
         .unwrap_or(false))
@@ -276,12 +285,11 @@ pub async fn lock_holder(c: &mut PgConnection, key: i64) -> Result<Option<Holder
             "SELECT a.pid::int8, coalesce(a.application_name, ''), \
                 coalesce(host(a.client_addr), 'local socket'), \
                 extract(epoch FROM clock_timestamp() - a.backend_start)::float8 \
-             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+             FROM pg_catalog.pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE {} \
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-               AND l.classid = (({key}::int8 >> 32) & 4294967295)::oid \
-               AND l.objid = ({key}::int8 & 4294967295)::oid \
-             LIMIT 1"
+             LIMIT 1",
+            advisory_lock_rows(key)
         ),
     )
     .await?;

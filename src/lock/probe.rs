@@ -33,7 +33,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, Row};
 
 use crate::config::Config;
-use crate::db::postgres::{Engine, ServerInfo, row};
+use crate::db::postgres::{Engine, ServerInfo, held_here_sql, row};
 use crate::db::{self, Conn};
 use crate::error::Result;
 
@@ -114,7 +114,7 @@ pub async fn prove(conn: &mut Conn, cfg: &Config, info: &ServerInfo) -> Result<V
         c,
         format!(
             "SELECT pg_advisory_unlock({key}) WHERE EXISTS ({})",
-            held_here(key)
+            held_here_sql(key)
         ),
     )
     .await;
@@ -256,7 +256,7 @@ async fn try_other(c: &mut PgConnection, key: i64) -> Result<(i64, bool), sqlx::
                pg_try_advisory_lock({key}) AS granted) \
              SELECT pid, granted, \
                CASE WHEN granted AND EXISTS ({held}) THEN pg_advisory_unlock({key}) END FROM p",
-            held = held_here(key)
+            held = held_here_sql(key)
         ),
     )
     .await?
@@ -268,22 +268,14 @@ async fn try_other(c: &mut PgConnection, key: i64) -> Result<(i64, bool), sqlx::
 async fn still_ours(c: &mut PgConnection, key: i64) -> Result<(i64, bool), sqlx::Error> {
     let r = row(
         c,
-        format!("SELECT pg_backend_pid()::int8, EXISTS ({})", held_here(key)),
+        format!(
+            "SELECT pg_backend_pid()::int8, EXISTS ({})",
+            held_here_sql(key)
+        ),
     )
     .await?
     .ok_or_else(|| sqlx::Error::Protocol("no row from the probe".into()))?;
     Ok((r.try_get(0)?, r.try_get(1)?))
-}
-
-/// A query for "this session holds the advisory lock `key`", from the server's own view
-/// (`pg_catalog.pg_locks`, which a stub engine leaves empty).
-fn held_here(key: i64) -> String {
-    format!(
-        "SELECT 1 FROM pg_catalog.pg_locks WHERE pid = pg_backend_pid() \
-           AND locktype = 'advisory' AND granted AND objsubid = 1 \
-           AND classid = (({key}::int8 >> 32) & 4294967295)::oid \
-           AND objid = ({key}::int8 & 4294967295)::oid"
-    )
 }
 
 /// A key no real lock uses (the real ones are SHA-256 of a name).
