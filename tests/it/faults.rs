@@ -456,6 +456,35 @@ fn paused_lease_holder_is_fenced_after_a_takeover() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
+/// `migrate --lock lease --lease-ttl 3s` on `src`.
+fn lease_args(src: &Migrations) -> [&str; 7] {
+    [
+        "migrate",
+        "--source",
+        src.path(),
+        "--lock",
+        "lease",
+        "--lease-ttl",
+        "3s",
+    ]
+}
+
+/// A lease holder stopped (SIGSTOP) while its `2_slow.sql` (a `pg_sleep(6)`) runs on the
+/// server: its heartbeat stops, its transaction goes on.
+fn lease_holder_paused_in_slow_migration(db: &PgDb, src: &Migrations) -> std::process::Child {
+    let mut first = spawn(schemagate(&db.url).args(lease_args(src)));
+    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
+    until("the slow migration to run", Duration::from_secs(30), || {
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(6)%' \
+             AND state = 'active' AND pid <> pg_backend_pid()",
+        ) == 1
+    });
+    signal(first.id(), "STOP");
+    first
+}
+
 /// reliability: `--lock lease --lease-ttl 3s`: the holder is paused with SIGSTOP while its migration transaction runs on the server, longer than the TTL; another run takes the lease over and runs the same migration | the new holder's migration waits on the paused run's uncommitted row; the paused run's transaction ends with the fence, which finds the lease taken and rolls it back; the new holder completes; the resumed run exits 1 without a marker | nothing: the migration's effects are the new holder's alone
 #[test]
 fn lease_taken_over_during_an_in_flight_migration_rolls_it_back() {
@@ -474,26 +503,8 @@ fn lease_taken_over_during_an_in_flight_migration_rolls_it_back() {
             "INSERT INTO apply_log VALUES (2, pg_backend_pid());",
         ),
     ]);
-    let args = [
-        "migrate",
-        "--source",
-        src.path(),
-        "--lock",
-        "lease",
-        "--lease-ttl",
-        "3s",
-    ];
-    let mut first = spawn(schemagate(&db.url).args(args));
-    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
-    until("the slow migration to run", Duration::from_secs(30), || {
-        pg_i64(
-            &db.url,
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(6)%' \
-             AND state = 'active' AND pid <> pg_backend_pid()",
-        ) == 1
-    });
-    signal(first.id(), "STOP");
-    let second = run(schemagate(&db.url).args(args));
+    let mut first = lease_holder_paused_in_slow_migration(&db, &src);
+    let second = run(schemagate(&db.url).args(lease_args(&src)));
     assert_eq!(code(&second), 0, "{}", stderr(&second));
     signal(first.id(), "CONT");
     assert_eq!(first.wait().unwrap().code(), Some(1));
@@ -836,24 +847,7 @@ fn advisory_run_fences_an_expired_lease_holder() {
             "INSERT INTO apply_log VALUES (2, pg_backend_pid()); SELECT pg_sleep(6);",
         ),
     ]);
-    let mut first = spawn(schemagate(&db.url).args([
-        "migrate",
-        "--source",
-        src.path(),
-        "--lock",
-        "lease",
-        "--lease-ttl",
-        "3s",
-    ]));
-    wait_for_stderr_line(&mut first, "applying 2 (slow)", Duration::from_secs(30));
-    until("the slow migration to run", Duration::from_secs(30), || {
-        pg_i64(
-            &db.url,
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(6)%' \
-             AND state = 'active' AND pid <> pg_backend_pid()",
-        ) == 1
-    });
-    signal(first.id(), "STOP");
+    let first = lease_holder_paused_in_slow_migration(&db, &src);
     until("the lease to expire", Duration::from_secs(30), || {
         pg_i64(
             &db.url,
