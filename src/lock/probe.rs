@@ -141,12 +141,14 @@ async fn check(c: &mut PgConnection, other: Result<Conn>, key: i64, ours: i64) -
             ));
         }
     };
-    let verdict = rounds(c, other.pg().expect("same URL"), key, ours).await;
+    let verdict = second_connection_refused(c, other.pg().expect("same URL"), key, ours).await;
     other.close().await;
     verdict
 }
 
-async fn rounds(
+/// The second connection tries the key: it must run in another server session and be
+/// refused, and `pg_locks` must show our session holding it.
+async fn second_connection_refused(
     c: &mut PgConnection,
     other: &mut PgConnection,
     key: i64,
