@@ -572,28 +572,6 @@ async fn interrupted(
     Err(Error::Interrupted(sig))
 }
 
-/// PostgreSQL: a transactional migration must not end the transaction it runs in. A
-/// `COMMIT` in it would commit its first part early (left behind, unrecorded, when a later
-/// statement fails), a `ROLLBACK` would undo it while it is recorded as applied. Refused
-/// before anything runs.
-fn refuse_transaction_control(cfg: &Config, pending: &[&Migration]) -> Result<()> {
-    if cfg.backend != crate::config::Backend::Postgres {
-        return Ok(());
-    }
-    for m in pending.iter().filter(|m| !m.no_tx) {
-        if let Some((statement, line)) = crate::sql::transaction_control(m.sql.as_str()) {
-            return Err(Error::Config(format!(
-                "migration {} ({}) has `{statement}` at line {line}: schemagate runs each \
-                 migration in a transaction of its own, which that statement would end. \
-                 Remove BEGIN/COMMIT/ROLLBACK from the file, or make `-- no-transaction` its \
-                 first line to run its statements one by one as written",
-                m.version, m.description
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Pending migrations in the groups applied together: each alone, or with
 /// --single-transaction every run of transactional ones in one group.
 fn batches<'m>(pending: &[&'m Migration], single_transaction: bool) -> Vec<Vec<&'m Migration>> {
@@ -646,7 +624,7 @@ async fn apply_pending(
             ..Ran::default()
         });
     }
-    refuse_transaction_control(ctx.cfg, &plan.pending)?;
+    super::refuse_transaction_control(ctx.cfg, plan.pending.iter().copied())?;
     for group in batches(&plan.pending, args.single_transaction) {
         if ctx.lock.lease_lost() {
             return Err(Error::LockLost(format!(

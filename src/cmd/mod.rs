@@ -119,3 +119,33 @@ pub fn released(release: Result<()>) {
         );
     }
 }
+
+/// PostgreSQL: a transactional migration (up or down) must not end the transaction it runs
+/// in. A `COMMIT` in it would commit its first part early (left behind, unrecorded, when a
+/// later statement fails), a `ROLLBACK` would undo it while it is recorded as done. Refused
+/// before anything runs.
+pub fn refuse_transaction_control<'m>(
+    cfg: &Config,
+    migrations: impl IntoIterator<Item = &'m sqlx::migrate::Migration>,
+) -> Result<()> {
+    if cfg.backend != crate::config::Backend::Postgres {
+        return Ok(());
+    }
+    for m in migrations.into_iter().filter(|m| !m.no_tx) {
+        if let Some((statement, line)) = crate::sql::transaction_control(m.sql.as_str()) {
+            let kind = if m.migration_type.is_down_migration() {
+                "down migration"
+            } else {
+                "migration"
+            };
+            return Err(crate::error::Error::Config(format!(
+                "{kind} {} ({}) has `{statement}` at line {line}: schemagate runs each \
+                 migration in a transaction of its own, which that statement would end. \
+                 Remove BEGIN/COMMIT/ROLLBACK from the file, or make `-- no-transaction` its \
+                 first line to run its statements one by one as written",
+                m.version, m.description
+            )));
+        }
+    }
+    Ok(())
+}

@@ -72,6 +72,7 @@ async fn undo(
         runner: &cfg.runner,
         detail,
     };
+    super::refuse_transaction_control(cfg, to_undo.iter().map(|v| &source.downs[v]))?;
     record_started(conn, cfg, args.to, &to_undo, started, fence).await?;
     let mut undone = 0;
     for v in &to_undo {

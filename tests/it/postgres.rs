@@ -456,6 +456,35 @@ fn migration_that_ends_its_own_transaction_is_refused() {
     }
 }
 
+/// reliability: a transactional down migration that ends its own transaction (`…; COMMIT; …`) | `rollback` refuses it with exit 2 before undoing anything, naming the down migration, the statement and its line | nothing: no part committed early
+#[test]
+fn down_migration_that_ends_its_own_transaction_is_refused() {
+    let db = PgDb::new("txdown");
+    let src = Migrations::new(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+        ("2_b.down.sql", "DROP TABLE b;\nCOMMIT;\nSELECT 1/0;"),
+    ]);
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(schemagate(&db.url).args(["rollback", "--to", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("down migration 2 (b) has `COMMIT` at line 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'b'"
+        ),
+        1,
+        "b was dropped: part of the down migration committed"
+    );
+}
+
 /// reliability: a `-- no-transaction` file with several statements (two `CREATE INDEX CONCURRENTLY`) | its statements run one at a time, as psql would, so it applies | nothing
 #[test]
 fn no_transaction_file_with_several_statements_applies() {
