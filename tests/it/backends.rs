@@ -678,12 +678,12 @@ fn lost_lock_connection_records_a_failed_marker(kind: Kind) {
     match kind {
         Kind::Pg => db.exec(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE query LIKE '%pg_sleep(CASE%' AND state = 'active' AND pid <> pg_backend_pid()",
+             WHERE datname = current_database() AND query LIKE '%pg_sleep(CASE%' AND state = 'active' AND pid <> pg_backend_pid()",
         ),
         Kind::My => {
             let id = db.i64(
                 "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
-                 WHERE INFO LIKE '%SLEEP(IF%' AND ID <> CONNECTION_ID()",
+                 WHERE DB = DATABASE() AND INFO LIKE '%SLEEP(IF%' AND ID <> CONNECTION_ID()",
             );
             db.exec(&format!("KILL CONNECTION {id}"));
         }

@@ -477,7 +477,7 @@ fn lease_holder_paused_in_slow_migration(db: &PgDb, src: &Migrations) -> std::pr
     until("the slow migration to run", Duration::from_secs(30), || {
         pg_i64(
             &db.url,
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(6)%' \
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%pg_sleep(6)%' \
              AND state = 'active' AND pid <> pg_backend_pid()",
         ) == 1
     });

@@ -593,7 +593,7 @@ fn sigterm_after_the_marker_committed_is_not_a_failure() {
         until("the marker insert to run", Duration::from_secs(30), || {
             pg_i64(
                 &db.url,
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO schemagate_marker%' \
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%INSERT INTO schemagate_marker%' \
                  AND state = 'active' AND pid <> pg_backend_pid()",
             ) == 1
         });
@@ -631,7 +631,7 @@ fn sigterm_while_a_migration_commits_records_the_true_count() {
         until("migration 2 to run", Duration::from_secs(30), || {
             pg_i64(
                 &db.url,
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' \
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%pg_sleep(1)%' \
                  AND state = 'active' AND pid <> pg_backend_pid()",
             ) == 1
         });
