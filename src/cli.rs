@@ -1,10 +1,13 @@
 //! The command line, and nothing else: clap definitions whose doc comments are the
-//! `--help` text. Values are validated into a `Config` in `config.rs`.
+//! `--help` text. Values are validated into one typed config per command in
+//! `config/commands.rs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+pub use crate::config::{LockMode, LogFormat};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -50,7 +53,12 @@ pub enum Command {
     ///   schemagate migrate --source /app --format alembic -- alembic upgrade head
     ///   schemagate migrate --source /app --format django -- python manage.py migrate --noinput
     ///   schemagate migrate --source db/migrations --ignore-missing     # two sqlx tracks
-    #[command(verbatim_doc_comment)]
+    #[command(
+        verbatim_doc_comment,
+        override_usage = "schemagate migrate [OPTIONS] --source <DIR>\n       \
+                          schemagate migrate [OPTIONS] --version <VERSION> -- <CMD>...\n       \
+                          schemagate migrate [OPTIONS] --source <DIR> [--format <FORMAT>] -- <CMD>..."
+    )]
     Migrate(MigrateArgs),
     /// Exit 0 once the expected schema version is present; optionally exec a command.
     ///
@@ -286,20 +294,8 @@ pub struct LockArgs {
     pub lock_wait: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LockMode {
-    Auto,
-    Advisory,
-    Lease,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("work").args(["source", "command"]).required(true).multiple(true)))]
 pub struct MigrateArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -313,7 +309,6 @@ pub struct MigrateArgs {
     #[arg(
         long,
         env = "SCHEMAGATE_SOURCE",
-        required_unless_present = "command",
         value_name = "DIR",
         help_heading = "Migrate"
     )]
@@ -406,6 +401,7 @@ pub struct MigrateArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").args(["expect", "source"]).required(true)))]
 pub struct WaitArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -414,8 +410,6 @@ pub struct WaitArgs {
     #[arg(
         long,
         env = "SCHEMAGATE_EXPECT",
-        required_unless_present = "source",
-        conflicts_with = "source",
         value_name = "VERSION",
         help_heading = "Wait"
     )]

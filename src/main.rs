@@ -29,7 +29,10 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, LogFormat};
 use cmd::Outcome;
-use config::{Config, redact};
+use config::{
+    CheckConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig,
+    redact,
+};
 use error::Error;
 use signals::Signals;
 
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
-    let mut result = runtime.block_on(run(cli.command, mode));
+    let mut result = runtime.block_on(run(cli.command));
     // Do not wait for blocking tasks (a SQLite worker mid-statement) on the way out.
     runtime.shutdown_background();
     if let Ok(Outcome {
@@ -80,57 +83,39 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, mode: &str) -> Result<Outcome, Error> {
+/// Validate the command line into the command's config (config/commands.rs), then run it.
+async fn run(command: Command) -> Result<Outcome, Error> {
     let mut signals = Signals::install()
         .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
-    let config = |connect, lock_name: Option<&String>| {
-        Config::from_args(connect, mode, lock_name.map(String::as_str))
-    };
     match command {
         // `migrate` handles signals itself: it must record the failure before it exits.
         Command::Migrate(args) => {
-            cmd::migrate::run(
-                &config(&args.connect, args.lock.lock_name.as_ref())?,
-                &args,
-                signals,
-            )
-            .await
+            cmd::migrate::run(&MigrateConfig::from_args(&args)?, signals).await
         }
         // The others just stop: nothing they do is half-done at a signal (a down migration
         // rolls back with its connection; smoke's children are killed on drop).
         Command::Wait(args) => {
-            or_signal(
-                cmd::wait::run(&config(&args.connect, None)?, &args),
-                &mut signals,
-            )
-            .await
+            let cfg = WaitConfig::from_args(&args)?;
+            or_signal(cmd::wait::run(&cfg), &mut signals).await
         }
         Command::Status(args) => {
-            or_signal(
-                cmd::status::run(&config(&args.connect, args.lock_name.as_ref())?, &args),
-                &mut signals,
-            )
-            .await
+            let cfg = StatusConfig::from_args(&args)?;
+            or_signal(cmd::status::run(&cfg), &mut signals).await
         }
         Command::Rollback(args) => {
-            or_signal(
-                cmd::rollback::run(&config(&args.connect, args.lock.lock_name.as_ref())?, &args),
-                &mut signals,
-            )
-            .await
+            let cfg = RollbackConfig::from_args(&args)?;
+            or_signal(cmd::rollback::run(&cfg), &mut signals).await
         }
         Command::Stamp(args) => {
-            or_signal(
-                cmd::stamp::run(&config(&args.connect, args.lock.lock_name.as_ref())?, &args),
-                &mut signals,
-            )
-            .await
+            let cfg = StampConfig::from_args(&args)?;
+            or_signal(cmd::stamp::run(&cfg), &mut signals).await
         }
         // `check` handles signals itself: it must drop its scratch database first.
-        Command::Check(args) => {
-            cmd::check::run(&config(&args.connect, None)?, &args, signals).await
+        Command::Check(args) => cmd::check::run(&CheckConfig::from_args(&args)?, signals).await,
+        Command::Smoke(args) => {
+            let cfg = SmokeConfig::from_args(&args);
+            or_signal(cmd::smoke::run(&cfg), &mut signals).await
         }
-        Command::Smoke(args) => or_signal(cmd::smoke::run(&args), &mut signals).await,
         Command::Digest(args) => digest::run(&args.source),
     }
 }

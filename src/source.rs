@@ -205,11 +205,35 @@ impl Source {
     /// Whether every up migration here is among `applied`, with the same checksum: the
     /// database is at (or ahead of) this source.
     pub fn applied_unchanged(&self, applied: &[AppliedMigration]) -> bool {
-        let applied: HashMap<i64, &[u8]> =
-            applied.iter().map(|a| (a.version, &*a.checksum)).collect();
-        self.ups
+        let c = self.compare(applied);
+        c.pending.is_empty() && c.modified.is_empty()
+    }
+
+    /// The one comparison of what is applied with this source, every difference listed
+    /// (`plan` turns the first into drift; `status` shows them all; `stamp` and `smoke`
+    /// read what is pending).
+    pub fn compare(&self, applied: &[AppliedMigration]) -> Comparison<'_> {
+        let newest = self.history().0;
+        let by_version: HashMap<i64, &Migration> =
+            self.ups.iter().map(|m| (m.version, m)).collect();
+        let mut c = Comparison::default();
+        for a in applied {
+            match by_version.get(&a.version) {
+                // Another track's migration (sqlx-cli's --ignore-missing), older or newer.
+                None if self.ignore_missing => {}
+                None if a.version > newest => c.ahead.push(a.version),
+                None => c.missing.push(a.version),
+                Some(m) if *m.checksum != *a.checksum => c.modified.push(a.version),
+                Some(_) => {}
+            }
+        }
+        let done: HashSet<i64> = applied.iter().map(|a| a.version).collect();
+        c.pending = self
+            .ups
             .iter()
-            .all(|m| applied.get(&m.version).is_some_and(|c| *c == &*m.checksum))
+            .filter(|m| !done.contains(&m.version))
+            .collect();
+        c
     }
 
     /// The newest version and the number of migrations, as the fast path cross-checks
@@ -235,41 +259,33 @@ impl Source {
                  `schemagate stamp {v} --source DIR` to mark it done"
             )));
         }
-        let newest = self.history().0;
-        let by_version: HashMap<i64, &Migration> =
-            self.ups.iter().map(|m| (m.version, m)).collect();
-        let mut ahead = Vec::new();
-        for a in applied {
-            match by_version.get(&a.version) {
-                // Another track's migration (sqlx-cli's --ignore-missing), older or newer.
-                None if self.ignore_missing => {}
-                None if a.version > newest => ahead.push(a.version),
-                None => {
-                    return Err(Error::Drift(format!(
-                        "migration {} was applied to the database but is missing from {}",
-                        a.version,
-                        self.dir.display()
-                    )));
-                }
-                Some(m) if *m.checksum != *a.checksum => {
-                    return Err(Error::Drift(format!(
-                        "migration {} ({}) was previously applied but has been modified: \
-                         checksum {} in the database, {} on disk",
-                        a.version,
-                        m.description,
-                        short(&a.checksum),
-                        short(&m.checksum)
-                    )));
-                }
-                Some(_) => {}
-            }
-        }
-        let done: HashSet<i64> = applied.iter().map(|a| a.version).collect();
-        let pending: Vec<&Migration> = self
-            .ups
+        let Comparison {
+            pending,
+            ahead,
+            missing,
+            modified,
+        } = self.compare(applied);
+        // The first difference in the order the migrations were applied.
+        if let Some(a) = applied
             .iter()
-            .filter(|m| !done.contains(&m.version))
-            .collect();
+            .find(|a| missing.contains(&a.version) || modified.contains(&a.version))
+        {
+            let Some(m) = self.ups.iter().find(|m| m.version == a.version) else {
+                return Err(Error::Drift(format!(
+                    "migration {} was applied to the database but is missing from {}",
+                    a.version,
+                    self.dir.display()
+                )));
+            };
+            return Err(Error::Drift(format!(
+                "migration {} ({}) was previously applied but has been modified: checksum {} in \
+                 the database, {} on disk",
+                a.version,
+                m.description,
+                short(&a.checksum),
+                short(&m.checksum)
+            )));
+        }
         if !ahead.is_empty()
             && let Some(m) = pending.first()
         {
@@ -291,6 +307,19 @@ impl Source {
     pub fn digest(&self) -> String {
         self.digest_upto(None)
     }
+}
+
+/// Every difference between what is applied and a source (`Source::compare`).
+#[derive(Debug, Default)]
+pub struct Comparison<'s> {
+    /// In the source, not applied: in order.
+    pub pending: Vec<&'s Migration>,
+    /// Applied, not in the source, newer than its newest: the database is ahead.
+    pub ahead: Vec<i64>,
+    /// Applied, not in the source, older than its newest: drift.
+    pub missing: Vec<i64>,
+    /// Applied with another checksum than the source's: drift.
+    pub modified: Vec<i64>,
 }
 
 /// What applying a source to a database would do (`Source::plan`).

@@ -11,8 +11,7 @@ use sqlx::{Connection, PgConnection};
 use super::Outcome;
 use crate::check::pg::{self, Sampler, Scratch};
 use crate::check::{self, Observed, Report};
-use crate::cli::CheckArgs;
-use crate::config::{Backend, Config, redact};
+use crate::config::{Backend, CheckConfig, CheckPlan, Config, redact};
 use crate::error::{Error, Result};
 use crate::signals::Signals;
 use crate::source::Source;
@@ -30,54 +29,34 @@ enum Plan {
 }
 
 impl Plan {
-    fn from_args(args: &CheckArgs) -> Result<Plan> {
-        match (&args.source, args.command.is_empty()) {
-            (Some(dir), true) => Ok(Plan::Sql {
+    fn load(plan: &CheckPlan) -> Result<Plan> {
+        Ok(match plan {
+            CheckPlan::Sql { dir, since } => Plan::Sql {
                 source: Source::load(dir)?,
-                since: args
-                    .since
-                    .ok_or_else(|| Error::Config("--source needs --since V".into()))?,
-            }),
-            (None, false) => {
-                crate::child::resolve(&args.command[0])?;
-                if args.since.is_some() {
-                    return Err(Error::Config(
-                        "--since goes with --source; with -- CMD, bring the scratch database \
-                         to the running release with --baseline 'CMD'"
-                            .into(),
-                    ));
-                }
-                Ok(Plan::External {
-                    baseline: args.baseline.clone(),
-                    command: args.command.clone(),
-                })
-            }
-            _ => Err(Error::Config(
-                "give --source DIR --since V, or [--baseline 'CMD'] -- CMD".into(),
-            )),
-        }
+                since: *since,
+            },
+            CheckPlan::External { baseline, command } => Plan::External {
+                baseline: baseline.clone(),
+                command: command.clone(),
+            },
+        })
     }
 }
 
-pub async fn run(cfg: &Config, args: &CheckArgs, mut signals: Signals) -> Result<Outcome> {
+pub async fn run(args: &CheckConfig, mut signals: Signals) -> Result<Outcome> {
+    let cfg = &args.db;
     let started = Instant::now();
-    let plan = Plan::from_args(args)?;
-    let mut allowed = check::parse_allow_flags(&args.allow).map_err(Error::Config)?;
-    for file in &args.allow_files {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            Error::Config(format!("cannot read --allow-file {}: {e}", file.display()))
-        })?;
-        allowed.extend(check::allows(&text));
-    }
+    let plan = Plan::load(&args.plan)?;
+    let allowed = &args.allowed;
     if cfg.backend != Backend::Postgres {
-        return other_backend(cfg, &plan, args, &allowed, started, signals).await;
+        return other_backend(cfg, &plan, args, allowed, started, signals).await;
     }
     let mut scratch = tokio::select! {
         s = Scratch::open(cfg, args.scratch_database.as_deref()) => s?,
         sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
     let result = tokio::select! {
-        r = rehearse(&scratch, &plan, args, &allowed) => r,
+        r = rehearse(&scratch, &plan, args, allowed) => r,
         sig = signals.recv() => Err(Error::Interrupted(sig)),
     };
     // Every way out passes here: the scratch database never outlives the check.
@@ -90,24 +69,14 @@ pub async fn run(cfg: &Config, args: &CheckArgs, mut signals: Signals) -> Result
 async fn other_backend(
     cfg: &Config,
     plan: &Plan,
-    args: &CheckArgs,
+    args: &CheckConfig,
     allowed: &[(String, String)],
     started: Instant,
     mut signals: Signals,
 ) -> Result<Outcome> {
     let Plan::Sql { source, since } = plan else {
-        return Err(Error::Config(format!(
-            "check -- CMD needs PostgreSQL (its locks are observed from pg_locks); on {} \
-             check a SQL source with --source DIR --since V",
-            cfg.backend.name()
-        )));
+        unreachable!("config.rs refuses -- CMD on {}", cfg.backend.name())
     };
-    if args.scratch_database.is_some() {
-        return Err(Error::Config(format!(
-            "--scratch-database is supported on PostgreSQL only; on {} check creates its own",
-            cfg.backend.name()
-        )));
-    }
     let (name, baseline, migrations) = tokio::select! {
         r = check::other::rehearse(cfg, source, *since, allowed) => r?,
         sig = signals.recv() => return Err(Error::Interrupted(sig)),
@@ -121,7 +90,7 @@ fn finish(
     baseline: String,
     migrations: Vec<check::MigrationReport>,
     started: Instant,
-    args: &CheckArgs,
+    args: &CheckConfig,
 ) -> Result<Outcome> {
     let findings: Vec<&check::Finding> = migrations.iter().flat_map(|m| &m.findings).collect();
     let unaccepted = findings.iter().filter(|f| !f.accepted).count();
@@ -200,7 +169,7 @@ pub async fn summary(cfg: &Config, source: &Source, since: i64) -> Result<Report
 async fn rehearse(
     scratch: &Scratch,
     plan: &Plan,
-    args: &CheckArgs,
+    args: &CheckConfig,
     allowed: &[(String, String)],
 ) -> Result<(String, Vec<check::MigrationReport>)> {
     let mut c = scratch.connect().await?;
@@ -309,7 +278,7 @@ async fn rehearse_external(
     scratch: &Scratch,
     baseline: Option<&str>,
     command: &[String],
-    args: &CheckArgs,
+    args: &CheckConfig,
     allowed: &[(String, String)],
 ) -> Result<(String, Vec<check::MigrationReport>)> {
     if let Some(baseline) = baseline {

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use sqlx::migrate::Migration;
 
 use super::{Before, Outcome};
-use crate::child;
-use crate::cli::MigrateArgs;
-use crate::config::{Config, redact};
+use crate::config::{Config, MigrateConfig, Work, redact};
 use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
 use crate::digest;
 use crate::error::{Error, Result};
@@ -30,74 +28,38 @@ enum Job {
 }
 
 impl Job {
-    fn from_args(args: &MigrateArgs) -> Result<Job> {
-        let format = match &args.source {
-            Some(dir) => formats::resolve(dir, args.format)?,
-            None => Format::Sqlx,
-        };
-        match (&args.source, args.command.is_empty()) {
-            (Some(dir), true) if format == Format::Sqlx => {
+    /// Read what `work` names: the SQL migrations, or the other migrator's files.
+    fn load(cfg: &MigrateConfig) -> Result<Job> {
+        Ok(match &cfg.work {
+            Work::Sql { dir, detect } => {
+                if *detect {
+                    match formats::resolve(dir, None)? {
+                        Format::Sqlx => {}
+                        format => return Err(formats::needs_command(dir, format)),
+                    }
+                }
                 let mut source = Source::load(dir)?;
-                source.ignore_missing = args.ignore_missing;
-                Ok(Job::Sql(source))
+                source.ignore_missing = cfg.ignore_missing;
+                Job::Sql(source)
             }
-            (Some(dir), true) => Err(Error::Config(format!(
-                "{} is a {} directory: give the migrator's command after --, for example \
-                 `migrate --source {} --format {} -- {}`",
-                dir.display(),
-                format.name(),
-                dir.display(),
-                format.name(),
-                example_command(format)
-            ))),
-            (Some(dir), false) if format != Format::Sqlx => {
-                if args.version.is_some() {
-                    return Err(Error::Config(format!(
-                        "--version comes from the files with --format {}: drop it",
-                        format.name()
-                    )));
-                }
-                let foreign = Foreign::load(dir, format)?;
-                child::resolve(&args.command[0])?;
-                Ok(Job::External {
+            Work::External { version, command } => Job::External {
+                version: version.clone(),
+                command: command.clone(),
+                foreign: None,
+            },
+            Work::Foreign {
+                dir,
+                format,
+                command,
+            } => {
+                let foreign = Foreign::load(dir, *format)?;
+                Job::External {
                     version: foreign.version(),
-                    command: args.command.clone(),
+                    command: command.clone(),
                     foreign: Some(foreign),
-                })
-            }
-            (None, false) => {
-                let version = args.version.clone().unwrap_or_default();
-                if version.trim().is_empty() {
-                    return Err(Error::Config(
-                        "--version must not be empty with -- CMD".into(),
-                    ));
                 }
-                if version.chars().count() > db::MAX_VERSION {
-                    return Err(Error::Config(format!(
-                        "--version is {} characters long; the marker stores at most {} \
-                         (a migration head or a hash fits): {:.40}…",
-                        version.chars().count(),
-                        db::MAX_VERSION,
-                        version
-                    )));
-                }
-                // Not found is a usage error, before we connect or take the lock.
-                child::resolve(&args.command[0])?;
-                Ok(Job::External {
-                    version,
-                    command: args.command.clone(),
-                    foreign: None,
-                })
             }
-            (Some(_), false) => Err(Error::Config(
-                "give --source DIR or -- CMD, not both (or --format with the migrator's \
-                 directory and its command)"
-                    .into(),
-            )),
-            (None, true) => Err(Error::Config(
-                "give --source DIR, or --version V -- CMD".into(),
-            )),
-        }
+        })
     }
 
     fn expected(&self) -> (String, Option<String>, Option<(i64, usize)>) {
@@ -114,18 +76,6 @@ impl Job {
     }
 }
 
-/// The usual migrate command of a migrator, for error messages.
-fn example_command(format: Format) -> &'static str {
-    match format {
-        Format::Alembic => "alembic upgrade head",
-        Format::Django => "python manage.py migrate",
-        Format::Rails => "bin/rails db:migrate",
-        Format::Dbmate => "dbmate --no-dump-schema up",
-        Format::Diesel => "diesel migration run",
-        Format::Sqlx => "sqlx migrate run",
-    }
-}
-
 /// How a run under the lock ended, for the marker and the webhook.
 #[derive(Default)]
 pub(super) struct Ran {
@@ -137,30 +87,12 @@ pub(super) struct Ran {
     pub(super) session_ended: bool,
 }
 
-pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Result<Outcome> {
+pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outcome> {
+    let cfg = &settings.db;
     let started = Instant::now();
-    if args.version.is_some() && args.source.is_some() && args.command.is_empty() {
-        return Err(Error::Config(
-            "--version goes with an external migrator (-- CMD); a SQL source's version is its newest migration".into(),
-        ));
-    }
-    http::validate(&args.notify_urls, "--notify-url")?;
-    lock::validate(cfg, &args.lock)?;
-    let postgres_only = [
-        (args.ddl_lock_timeout.is_some(), "--ddl-lock-timeout"),
-        (args.statement_timeout.is_some(), "--statement-timeout"),
-        (args.single_transaction, "--single-transaction"),
-    ];
-    if let Some((_, flag)) = postgres_only.iter().find(|(set, _)| *set)
-        && cfg.backend != crate::config::Backend::Postgres
-    {
-        return Err(Error::Config(format!(
-            "{flag} is supported on PostgreSQL only"
-        )));
-    }
     // The no-op path with a build-time digest: no migration is read.
     let early = tokio::select! {
-        r = digest_fast_path(cfg, args) => r?,
+        r = digest_fast_path(cfg, settings) => r?,
         sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
     let (conn, recorded) = match early {
@@ -177,7 +109,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
     };
     // Read the source and check the command before taking the lock: bad input is a usage
     // error.
-    let job = Job::from_args(args)?;
+    let job = Job::load(settings)?;
     let (version, digest, history) = job.expected();
     let expected = Expected {
         version: &version,
@@ -217,7 +149,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
 
     // Until we hold the lock nothing is ours to record: a signal just ends the run.
     let (mut conn, lock) = tokio::select! {
-        r = connect_and_lock(cfg, args, &job, &expected, conn.map(|c| (c, checked))) => match r? {
+        r = connect_and_lock(cfg, settings, &job, &expected, conn.map(|c| (c, checked))) => match r? {
             Before::Done(message) => return Ok(done(message, 0)),
             Before::Locked(conn, lock) => (conn, lock),
         },
@@ -232,7 +164,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
         fence: lock.fence(cfg),
     };
     let result = match &job {
-        Job::Sql(source) => apply_sql(&mut conn, &ctx, source, args, &mut signals).await,
+        Job::Sql(source) => apply_sql(&mut conn, &ctx, source, settings, &mut signals).await,
         Job::External {
             command, foreign, ..
         } => {
@@ -241,7 +173,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
                 &ctx,
                 command,
                 foreign.as_ref(),
-                args.grace,
+                settings.grace,
                 &mut signals,
             )
             .await
@@ -279,7 +211,7 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
             runner: &cfg.runner,
             error,
         };
-        http::notify(&args.notify_urls, &event).await;
+        http::notify(&settings.notify_urls, &event).await;
     }
     let ran = result?;
     Ok(done(
@@ -290,22 +222,20 @@ pub async fn run(cfg: &Config, args: &MigrateArgs, mut signals: Signals) -> Resu
 
 async fn connect_and_lock(
     cfg: &Config,
-    args: &MigrateArgs,
+    settings: &MigrateConfig,
     job: &Job,
     expected: &Expected<'_>,
     conn: Option<(Conn, bool)>,
 ) -> Result<Before> {
-    if args.dry_run {
+    if settings.dry_run {
         let mut conn = db::connect(cfg).await?;
         let result = dry_run(&mut conn, cfg, job, expected).await;
         conn.close().await;
         return result.map(Before::Done);
     }
     match conn {
-        Some((conn, checked)) => {
-            super::lock_on(conn, cfg, &args.lock, Some(expected), checked).await
-        }
-        None => super::connect_and_lock(cfg, &args.lock, Some(expected)).await,
+        Some((conn, checked)) => super::lock_on(conn, cfg, Some(expected), checked).await,
+        None => super::connect_and_lock(cfg, Some(expected)).await,
     }
 }
 
@@ -323,19 +253,17 @@ enum Early {
 /// With `DIR/.schemagate-digest` (`digest.rs`): check the directory against it on a
 /// blocking thread while connecting, then ask the marker with its digest. The fast path
 /// every replica pays then costs a directory listing, not a read of every migration.
-async fn digest_fast_path(cfg: &Config, args: &MigrateArgs) -> Result<Early> {
-    let Some(dir) = args.source.clone() else {
+async fn digest_fast_path(cfg: &Config, settings: &MigrateConfig) -> Result<Early> {
+    let Work::Sql { dir, .. } = &settings.work else {
         return Ok(Early::NotTried);
     };
-    if args.dry_run || !args.command.is_empty() || !dir.join(digest::FILE).exists() {
+    let dir = dir.clone();
+    if settings.dry_run || !dir.join(digest::FILE).exists() {
         return Ok(Early::NotTried);
     }
     // The digest file knows sqlx's layout only: anything that changes how the source or
-    // its history is read (another format, sqlx.toml, --ignore-missing) takes the full read.
-    if args.format.is_some_and(|f| f != Format::Sqlx)
-        || args.ignore_missing
-        || crate::sqlx_toml::load(&dir)?.is_some()
-    {
+    // its history is read (sqlx.toml, --ignore-missing) takes the full read.
+    if settings.ignore_missing || crate::sqlx_toml::load(&dir)?.is_some() {
         return Ok(Early::NotTried);
     }
     let checked = tokio::task::spawn_blocking(move || digest::trusted(&dir));
@@ -470,7 +398,7 @@ async fn apply_sql(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
     source: &Source,
-    args: &MigrateArgs,
+    settings: &MigrateConfig,
     signals: &mut Signals,
 ) -> Result<Ran> {
     // With a lease, the session may be a pooler's: there is nothing of ours to end.
@@ -480,13 +408,13 @@ async fn apply_sql(
         Some(conn.session_id().await?)
     };
     let opts = ApplyOptions {
-        lock_timeout: args.ddl_lock_timeout,
-        statement_timeout: args.statement_timeout,
+        lock_timeout: settings.timeouts.lock_timeout,
+        statement_timeout: settings.timeouts.statement_timeout,
         fence: ctx.fence.clone(),
     };
     let mut progress = Progress::default();
     tokio::select! {
-        r = apply_pending(conn, ctx, source, args, &opts, &mut progress) => r,
+        r = apply_pending(conn, ctx, source, settings, &opts, &mut progress) => r,
         sig = signals.recv() => {
             db::interrupt_local();
             interrupted(ctx, &progress, sig, session).await
@@ -602,7 +530,7 @@ async fn apply_pending(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
     source: &Source,
-    args: &MigrateArgs,
+    settings: &MigrateConfig,
     opts: &ApplyOptions,
     progress: &mut Progress,
 ) -> Result<Ran> {
@@ -625,7 +553,7 @@ async fn apply_pending(
         });
     }
     super::refuse_transaction_control(ctx.cfg, plan.pending.iter().copied())?;
-    for group in batches(&plan.pending, args.single_transaction) {
+    for group in batches(&plan.pending, settings.single_transaction) {
         if ctx.lock.lease_lost() {
             return Err(Error::LockLost(format!(
                 "the migration lease lapsed before {}; stopped (applied {})",
@@ -642,7 +570,7 @@ async fn apply_pending(
             if no_tx { " without a transaction" } else { "" }
         );
         let t = Instant::now();
-        apply_group(conn, ctx, &group, &label, args, opts, progress.applied).await?;
+        apply_group(conn, ctx, &group, &label, settings, opts, progress.applied).await?;
         progress.applied += group.len();
         progress.group.clear();
         tracing::info!("applied {label} in {:.1?}", t.elapsed());
@@ -689,7 +617,7 @@ async fn apply_group(
     ctx: &Ctx<'_>,
     group: &[&Migration],
     label: &str,
-    args: &MigrateArgs,
+    settings: &MigrateConfig,
     opts: &ApplyOptions,
     applied: usize,
 ) -> Result<()> {
@@ -702,13 +630,13 @@ async fn apply_group(
         };
         // Never again once part of it took effect (a `-- no-transaction` file recorded
         // dirty): its first statements would run twice.
-        if e.retryable && !e.dirty && attempt < args.ddl_retries {
+        if e.retryable && !e.dirty && attempt < settings.timeouts.retries {
             attempt += 1;
             let pause = Duration::from_millis(250) * 2u32.pow(attempt.min(6));
             tracing::warn!(
                 "migration {label} timed out ({}); rolled back, retry {attempt}/{} in {pause:?}",
                 e.message,
-                args.ddl_retries
+                settings.timeouts.retries
             );
             tokio::time::sleep(pause).await;
             continue;

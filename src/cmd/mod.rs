@@ -12,7 +12,6 @@ pub mod wait;
 
 use serde::Serialize;
 
-use crate::cli::LockArgs;
 use crate::config::Config;
 use crate::db::{self, Conn};
 use crate::error::Result;
@@ -41,12 +40,8 @@ pub enum Before {
 
 /// Connect, take the fast path when `expected` is already recorded, else take the lock
 /// (stopping early if another run records `expected` meanwhile).
-pub async fn connect_and_lock(
-    cfg: &Config,
-    args: &LockArgs,
-    expected: Option<&Expected<'_>>,
-) -> Result<Before> {
-    lock_on(db::connect(cfg).await?, cfg, args, expected, false).await
+pub async fn connect_and_lock(cfg: &Config, expected: Option<&Expected<'_>>) -> Result<Before> {
+    lock_on(db::connect(cfg).await?, cfg, expected, false).await
 }
 
 /// `connect_and_lock` on a connection already open; `checked` when the fast path's query
@@ -54,7 +49,6 @@ pub async fn connect_and_lock(
 pub async fn lock_on(
     mut conn: Conn,
     cfg: &Config,
-    args: &LockArgs,
     expected: Option<&Expected<'_>>,
     checked: bool,
 ) -> Result<Before> {
@@ -73,7 +67,7 @@ pub async fn lock_on(
             expected.version
         )));
     }
-    match lock::acquire(&mut conn, cfg, args, expected).await? {
+    match lock::acquire(&mut conn, cfg, expected).await? {
         Acquired::AlreadyDone => {
             let version = expected.map_or("", |e| e.version);
             tracing::info!("schema version {version} was applied by another run; nothing to do");
@@ -92,10 +86,9 @@ pub async fn lock_on(
 /// abandons the lock instead of releasing it.)
 pub async fn with_lock<T>(
     cfg: &Config,
-    args: &LockArgs,
     work: impl AsyncFnOnce(&mut Conn, &Lock) -> Result<T>,
 ) -> Result<T> {
-    let (mut conn, lock) = match connect_and_lock(cfg, args, None).await? {
+    let (mut conn, lock) = match connect_and_lock(cfg, None).await? {
         Before::Locked(conn, lock) => (conn, lock),
         Before::Done(message) => {
             unreachable!("nothing was expected, so nothing is done before the lock: {message}")

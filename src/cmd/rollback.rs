@@ -4,17 +4,15 @@
 use std::time::Instant;
 
 use super::Outcome;
-use crate::cli::RollbackArgs;
-use crate::config::Config;
+use crate::config::{Config, RollbackConfig};
 use crate::db::{Conn, NewMarker, Status};
 use crate::error::{Error, Result};
-use crate::lock;
 use crate::source::Source;
 
-pub async fn run(cfg: &Config, args: &RollbackArgs) -> Result<Outcome> {
+pub async fn run(args: &RollbackConfig) -> Result<Outcome> {
+    let cfg = &args.db;
     let started = Instant::now();
     let source = Source::load(&args.source)?;
-    lock::validate(cfg, &args.lock)?;
     let to = args.to;
     if to != 0 && !source.ups.iter().any(|m| m.version == to) {
         return Err(Error::Config(format!(
@@ -22,7 +20,7 @@ pub async fn run(cfg: &Config, args: &RollbackArgs) -> Result<Outcome> {
             source.dir.display()
         )));
     }
-    let undone = super::with_lock(cfg, &args.lock, async |conn, lock| {
+    let undone = super::with_lock(cfg, async |conn, lock| {
         undo(conn, cfg, &source, args, started, lock.fence(cfg)).await
     })
     .await?;
@@ -46,7 +44,7 @@ async fn undo(
     conn: &mut Conn,
     cfg: &Config,
     source: &Source,
-    args: &RollbackArgs,
+    args: &RollbackConfig,
     started: Instant,
     fence: Option<crate::db::Fence>,
 ) -> Result<usize> {

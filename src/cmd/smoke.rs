@@ -12,8 +12,7 @@ use tokio::process::Command;
 use tokio::task::JoinSet;
 
 use super::Outcome;
-use crate::cli::{ConnectArgs, SmokeArgs};
-use crate::config::{Backend, Config, redact};
+use crate::config::{Backend, Config, LockConfig, LockMode, SmokeConfig, Table, redact};
 use crate::db::{self, Conn};
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -62,18 +61,14 @@ struct Rehearsal {
     source: Source,
 }
 
-pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
+pub async fn run(args: &SmokeConfig) -> Result<Outcome> {
     let started = Instant::now();
     let source = Source::load(&args.source)?;
     let version = source.version();
     let source_dir = std::fs::canonicalize(&args.source)
         .map_err(|e| Error::Config(format!("cannot resolve {}: {e}", args.source.display())))?;
-    let (url, _temp) = match args
-        .database_url
-        .as_deref()
-        .filter(|u| !u.trim().is_empty())
-    {
-        Some(url) => (url.trim().to_owned(), None),
+    let (url, _temp) = match &args.database_url {
+        Some(url) => (url.clone(), None),
         None => {
             let dir = std::env::temp_dir().join(format!("schemagate-smoke-{}", std::process::id()));
             std::fs::create_dir_all(&dir)
@@ -105,19 +100,18 @@ pub async fn run(args: &SmokeArgs) -> Result<Outcome> {
     result
 }
 
-fn config_for(url: &str, args: &SmokeArgs) -> Result<Config> {
-    Config::from_args(
-        &ConnectArgs {
-            database_url: Some(url.to_owned()),
-            database_url_file: None,
-            table: "schemagate_marker".into(),
-            migrations_table: None,
-            connect_timeout: Duration::from_secs(30),
-            log_format: args.log_format,
-            termination_log: None,
-        },
+/// The rehearsal's own settings: the default marker table and lock, whatever the caller's
+/// environment says (its children get a clean one too).
+fn config_for(url: &str, args: &SmokeConfig) -> Result<Config> {
+    let table = Table::parse("schemagate_marker")?;
+    let lock = LockConfig::named(None, &table, LockMode::Auto);
+    Config::new(
+        url,
         "smoke",
-        None,
+        table,
+        lock,
+        Duration::from_secs(30),
+        args.json_logs,
     )
 }
 
@@ -196,7 +190,7 @@ impl Scratch {
 }
 
 async fn rehearse(
-    args: &SmokeArgs,
+    args: &SmokeConfig,
     cfg: &Config,
     source: Source,
     source_dir: PathBuf,
@@ -313,12 +307,7 @@ impl Rehearsal {
             .first()
             .map_or(0, |m| m.id);
         let (applied_before, _) = conn.applied().await?;
-        let pending_before = self
-            .source
-            .ups
-            .iter()
-            .filter(|m| !applied_before.iter().any(|a| a.version == m.version))
-            .count();
+        let pending_before = self.source.compare(&applied_before).pending.len();
         let deadline = humantime::format_duration(self.deadline).to_string();
         let started = Instant::now();
         let mut running = JoinSet::new();

@@ -1,16 +1,15 @@
 //! `schemagate status`: marker history, applied / pending migrations, dirty state and the
 //! lock holder, as text or as one JSON document (shape documented in README.md).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::Serialize;
 
 use super::Outcome;
-use crate::cli::{LockMode, StatusArgs};
-use crate::config::{Config, redact};
+use crate::config::{Config, StatusConfig, redact};
 use crate::db::{self, Holder, Marker};
 use crate::error::{Error, Result};
-use crate::formats::{self, Foreign, Format, history};
+use crate::formats::{Foreign, Format, history};
 use crate::lock;
 use crate::source::{Source, hex};
 
@@ -96,15 +95,12 @@ fn as_string<S: serde::Serializer>(key: &i64, s: S) -> std::result::Result<S::Ok
     s.serialize_str(&key.to_string())
 }
 
-pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
-    let format = match &args.source {
-        Some(dir) => formats::resolve(dir, args.format)?,
-        None => Format::Sqlx,
-    };
-    let (source, foreign) = match (&args.source, format) {
-        (Some(dir), Format::Sqlx) => (Some(Source::load(dir)?), None),
-        (Some(dir), f) => (None, Some(Foreign::load(dir, f)?)),
-        (None, _) => (None, None),
+pub async fn run(args: &StatusConfig) -> Result<Outcome> {
+    let cfg = &args.db;
+    let (source, foreign) = match &args.source {
+        Some((dir, Format::Sqlx)) => (Some(Source::load(dir)?), None),
+        Some((dir, f)) => (None, Some(Foreign::load(dir, *f)?)),
+        None => (None, None),
     };
     if cfg.backend == crate::config::Backend::Sqlite {
         // Reading never creates the file: a missing one is a wrong path, not an empty
@@ -127,19 +123,15 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
     let holder = lock::holder(&mut conn, cfg).await?;
     // What `--lock auto` picks from here, and why (the probe takes a random key, never the
     // real lock).
-    let choice = lock::choose(&mut conn, cfg, LockMode::Auto).await?;
+    let choice = lock::choose(&mut conn, cfg).await?;
     let invalid_indexes = conn.invalid_indexes().await?;
     let (applied, dirty) = conn.applied().await?;
     conn.close().await;
 
-    let in_source: Option<HashMap<i64, &[u8]>> = source
-        .as_ref()
-        .map(|s| s.ups.iter().map(|m| (m.version, &*m.checksum)).collect());
-    let pending = source.as_ref().map(|s| {
-        let done: std::collections::HashSet<i64> = applied.iter().map(|a| a.version).collect();
-        s.ups
+    let comparison = source.as_ref().map(|s| (s, s.compare(&applied)));
+    let pending = comparison.as_ref().map(|(s, c)| {
+        c.pending
             .iter()
-            .filter(|m| !done.contains(&m.version))
             .map(|m| Pending {
                 version: m.version,
                 description: m.description.to_string(),
@@ -168,10 +160,14 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<Outcome> {
                 .map(|a| Applied {
                     version: a.version,
                     checksum: hex(&a.checksum),
-                    source: in_source.as_ref().map(|s| match s.get(&a.version) {
-                        None => "missing",
-                        Some(c) if *c == &*a.checksum => "ok",
-                        Some(_) => "modified",
+                    source: comparison.as_ref().map(|(_, c)| {
+                        if c.modified.contains(&a.version) {
+                            "modified"
+                        } else if c.missing.contains(&a.version) || c.ahead.contains(&a.version) {
+                            "missing"
+                        } else {
+                            "ok"
+                        }
                     }),
                 })
                 .collect(),

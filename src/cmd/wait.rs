@@ -5,14 +5,12 @@
 use std::time::{Duration, Instant};
 
 use super::Outcome;
-use crate::child;
-use crate::cli::WaitArgs;
-use crate::config::{Backend, Config, redact_url};
+use crate::config::{Backend, Config, WaitConfig, WaitTarget, redact_url};
 use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};
 use crate::error::{Error, Result};
-use crate::formats::{self, Foreign, Format, history};
+use crate::formats::{Foreign, history};
 use crate::http;
 use crate::source::Source;
 
@@ -31,61 +29,31 @@ struct Target {
     foreign: Option<Foreign>,
 }
 
-pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
-    let target = match (&args.expect, &args.source) {
-        (Some(v), _) => {
-            if v.trim().is_empty() {
-                return Err(Error::Config("--expect must not be empty".into()));
-            }
+pub async fn run(args: &WaitConfig) -> Result<Outcome> {
+    let cfg = &args.db;
+    let target = match &args.target {
+        WaitTarget::Expect(v) => Target {
+            version: v.clone(),
+            source: None,
+            foreign: None,
+        },
+        WaitTarget::Sql(dir) => {
+            let source = Source::load(dir)?;
             Target {
-                version: v.clone(),
-                source: None,
+                version: source.version(),
+                source: Some(source),
                 foreign: None,
             }
         }
-        (None, Some(dir)) => match formats::resolve(dir, args.format)? {
-            Format::Sqlx => {
-                let source = Source::load(dir)?;
-                Target {
-                    version: source.version(),
-                    source: Some(source),
-                    foreign: None,
-                }
+        WaitTarget::Foreign(dir, format) => {
+            let foreign = Foreign::load(dir, *format)?;
+            Target {
+                version: foreign.version(),
+                source: None,
+                foreign: Some(foreign),
             }
-            format => {
-                if args.listen {
-                    return Err(Error::Config(format!(
-                        "--listen wakes on schemagate's marker, and {} writes none: drop \
-                         --listen to poll {}",
-                        format.name(),
-                        format.history_table()
-                    )));
-                }
-                let foreign = Foreign::load(dir, format)?;
-                Target {
-                    version: foreign.version(),
-                    source: None,
-                    foreign: Some(foreign),
-                }
-            }
-        },
-        (None, None) => {
-            return Err(Error::Config(
-                "pass --expect VERSION or --source DIR".into(),
-            ));
         }
     };
-    if args.listen && cfg.backend != Backend::Postgres {
-        return Err(Error::Config(format!(
-            "--listen needs PostgreSQL's LISTEN/NOTIFY; {} has none: drop --listen to poll",
-            cfg.backend.name()
-        )));
-    }
-    http::validate(&args.http, "--http")?;
-    if let Some(program) = args.command.first() {
-        // Not found is a usage error now, not after minutes of waiting.
-        child::resolve(program)?;
-    }
     let version = target.version.clone();
     let started = Instant::now();
     let deadline = started + args.timeout;
@@ -122,7 +90,7 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
 
 /// After the database gate: each `--http` URL must answer 2xx (once, with `--once`),
 /// within what is left of --timeout.
-async fn probe_http(args: &WaitArgs, deadline: Instant) -> Result<()> {
+async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
     if args.http.is_empty() {
         return Ok(());
     }
@@ -167,7 +135,7 @@ fn check_config(cfg: &Config, deadline: Instant) -> Config {
 
 async fn wait_loop(
     cfg: &Config,
-    args: &WaitArgs,
+    args: &WaitConfig,
     target: &Target,
     deadline: Instant,
     last: &mut Readiness,
@@ -258,7 +226,7 @@ async fn wait_loop(
 /// auto` decides; when it fails, `wait` polls and says so.
 async fn listen_works(cfg: &Config) -> Result<bool> {
     let mut conn = db::connect(cfg).await?;
-    let choice = crate::lock::choose(&mut conn, cfg, crate::cli::LockMode::Auto).await;
+    let choice = crate::lock::choose(&mut conn, cfg).await;
     conn.close().await;
     let choice = choice?;
     if choice.kind == "advisory" {

@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection};
 
 use super::{Holder, Marker, NewMarker};
-use crate::config::{Config, LockId, Table};
+use crate::config::{Config, LockConfig, Table};
 
 pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
     MySqlConnectOptions::from_str(&cfg.url)?
@@ -20,7 +20,7 @@ pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
 // database and hash it to a fixed length.
 const LOCK_NAME: &str = "CONCAT('schemagate:', LEFT(SHA2(CONCAT(DATABASE(), ':', ?), 256), 40))";
 
-pub async fn try_lock(c: &mut MySqlConnection, lock: &LockId) -> Result<bool, sqlx::Error> {
+pub async fn try_lock(c: &mut MySqlConnection, lock: &LockConfig) -> Result<bool, sqlx::Error> {
     let got: Option<i64> =
         sqlx::query_scalar(AssertSqlSafe(format!("SELECT GET_LOCK({LOCK_NAME}, 0)")))
             .bind(&lock.name)
@@ -29,7 +29,7 @@ pub async fn try_lock(c: &mut MySqlConnection, lock: &LockId) -> Result<bool, sq
     Ok(got == Some(1))
 }
 
-pub async fn unlock(c: &mut MySqlConnection, lock: &LockId) -> Result<(), sqlx::Error> {
+pub async fn unlock(c: &mut MySqlConnection, lock: &LockConfig) -> Result<(), sqlx::Error> {
     sqlx::query(AssertSqlSafe(format!("SELECT RELEASE_LOCK({LOCK_NAME})")))
         .bind(&lock.name)
         .execute(c)
@@ -37,7 +37,7 @@ pub async fn unlock(c: &mut MySqlConnection, lock: &LockId) -> Result<(), sqlx::
     Ok(())
 }
 
-pub async fn holds_lock(c: &mut MySqlConnection, lock: &LockId) -> Result<bool, sqlx::Error> {
+pub async fn holds_lock(c: &mut MySqlConnection, lock: &LockConfig) -> Result<bool, sqlx::Error> {
     let held: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT CAST(IS_USED_LOCK({LOCK_NAME}) = CONNECTION_ID() AS SIGNED)"
     )))
@@ -49,7 +49,7 @@ pub async fn holds_lock(c: &mut MySqlConnection, lock: &LockId) -> Result<bool, 
 
 pub async fn lock_holder(
     c: &mut MySqlConnection,
-    lock: &LockId,
+    lock: &LockConfig,
 ) -> Result<Option<Holder>, sqlx::Error> {
     let row: Option<(i64, String, String, f64)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT CAST(p.ID AS SIGNED), CONCAT('user ', COALESCE(p.USER, '')), COALESCE(p.HOST, ''), \

@@ -43,6 +43,18 @@ impl Format {
     }
 
     /// The migrator's own history table.
+    /// The migrator's usual migrate command, for error messages.
+    pub fn example_command(self) -> &'static str {
+        match self {
+            Format::Alembic => "alembic upgrade head",
+            Format::Django => "python manage.py migrate",
+            Format::Rails => "bin/rails db:migrate",
+            Format::Dbmate => "dbmate --no-dump-schema up",
+            Format::Diesel => "diesel migration run",
+            Format::Sqlx => "sqlx migrate run",
+        }
+    }
+
     pub fn history_table(self) -> &'static str {
         match self {
             Format::Sqlx => crate::db::MIGRATIONS_TABLE.name(),
@@ -243,6 +255,19 @@ impl Foreign {
         };
         Standing { pending, unknown }
     }
+}
+
+/// `migrate --source DIR` without `-- CMD`, where DIR is another migrator's.
+pub fn needs_command(dir: &Path, format: Format) -> Error {
+    Error::Config(format!(
+        "{} is a {} directory: give the migrator's command after --, for example `migrate \
+         --source {} --format {} -- {}`",
+        dir.display(),
+        format.name(),
+        dir.display(),
+        format.name(),
+        format.example_command()
+    ))
 }
 
 /// The format given, or the one the directory's contents show. Several plausible formats

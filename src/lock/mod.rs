@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use backon::BackoffBuilder;
 use serde::Serialize;
 
-use crate::cli::{LockArgs, LockMode};
+use crate::config::LockMode;
 use crate::config::{Backend, Config};
 use crate::db::postgres::{self, Engine, ServerInfo, set_engine};
 use crate::db::{self, Conn, Holder};
@@ -78,23 +78,10 @@ impl Choice {
 const HOLDER_LOG_EVERY: Duration = Duration::from_secs(5);
 const BRISK_FOR: Duration = Duration::from_secs(10);
 
-/// Refuse lock settings the backend cannot honour, before connecting.
-pub fn validate(cfg: &Config, args: &LockArgs) -> Result<()> {
-    if args.lock == LockMode::Lease && cfg.backend != Backend::Postgres {
-        return Err(Error::Config(format!(
-            "--lock lease is for PostgreSQL behind a transaction pooler; {} uses its own lock",
-            cfg.backend.name()
-        )));
-    }
-    if args.lease_ttl < Duration::from_secs(3) {
-        return Err(Error::Config("--lease-ttl must be at least 3s".into()));
-    }
-    Ok(())
-}
-
 /// Decide which lock this connection uses (on PostgreSQL: the engine, then the probe).
 /// `--lock advisory` that cannot be honoured is a configuration error (exit 2).
-pub async fn choose(conn: &mut Conn, cfg: &Config, mode: LockMode) -> Result<Choice> {
+pub async fn choose(conn: &mut Conn, cfg: &Config) -> Result<Choice> {
+    let mode = cfg.lock.mode;
     let (info, decided) = preliminary(conn, cfg, mode).await?;
     match decided {
         Some(choice) => Ok(choice),
@@ -183,12 +170,11 @@ async fn prove_advisory(
 pub async fn acquire(
     conn: &mut Conn,
     cfg: &Config,
-    args: &LockArgs,
     expected: Option<&Expected<'_>>,
 ) -> Result<Acquired> {
     let started = Instant::now();
     let token = token();
-    let (info, decided) = preliminary(conn, cfg, args.lock).await?;
+    let (info, decided) = preliminary(conn, cfg, cfg.lock.mode).await?;
     // A direct PostgreSQL session (the pid announced at startup is the session's own) that
     // would prove the advisory lock: a NOTIFY reaches it, so while it waits it LISTENs and
     // leaves at the marker's commit. Behind a pooler, and on the lease, it only polls.
@@ -226,14 +212,14 @@ pub async fn acquire(
                         .map_err(|e| read_err("cannot read the lock", e))?;
                 }
                 if !(only_waits && lock_held) {
-                    let c = prove_advisory(conn, cfg, args.lock, &info).await?;
+                    let c = prove_advisory(conn, cfg, cfg.lock.mode, &info).await?;
                     announce(conn, cfg, &c).await?;
                     choice = Some(c);
                 }
             }
             first = false;
             if let Some(c) = &choice
-                && let Some(lock) = try_acquire(conn, cfg, c, args, &token).await?
+                && let Some(lock) = try_acquire(conn, cfg, c, &token).await?
             {
                 if last_log.is_some() {
                     tracing::info!("took the migration lock after {:.1?}", started.elapsed());
@@ -303,7 +289,7 @@ pub async fn acquire(
             };
         }
     };
-    match tokio::time::timeout(args.lock_wait, polling).await {
+    match tokio::time::timeout(cfg.lock.wait, polling).await {
         Ok(r) => r,
         Err(_) => {
             let who = holder(conn, cfg)
@@ -315,7 +301,7 @@ pub async fn acquire(
             Err(Error::Timeout(format!(
                 "could not take the migration lock {:?} within {} (--lock-wait){who}",
                 cfg.lock.name,
-                humantime::format_duration(args.lock_wait)
+                humantime::format_duration(cfg.lock.wait)
             )))
         }
     }
@@ -346,7 +332,6 @@ async fn try_acquire(
     conn: &mut Conn,
     cfg: &Config,
     choice: &Choice,
-    args: &LockArgs,
     token: &str,
 ) -> Result<Option<Lock>> {
     match choice.kind {
@@ -354,7 +339,7 @@ async fn try_acquire(
             kind: Kind::File(f),
         })),
         "lease" => {
-            let Some(previous) = lease::try_take(pg(conn), cfg, token, args.lease_ttl).await?
+            let Some(previous) = lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await?
             else {
                 return Ok(None);
             };
@@ -370,7 +355,7 @@ async fn try_acquire(
                 tracing::warn!("took over an expired lease from {previous}");
             }
             Ok(Some(Lock {
-                kind: Kind::Lease(lease::Held::start(cfg, token, args.lease_ttl)),
+                kind: Kind::Lease(lease::Held::start(cfg, token, cfg.lock.lease_ttl)),
             }))
         }
         _ => {
@@ -384,7 +369,7 @@ async fn try_acquire(
             // replaced, so a holder that lapsed but still runs fails its fence instead of
             // committing beside us. Then the row goes: the advisory lock is ours.
             if cfg.backend == Backend::Postgres && lease::exists(pg(conn), cfg).await? {
-                match lease::try_take(pg(conn), cfg, token, args.lease_ttl).await? {
+                match lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await? {
                     None => {
                         tracing::debug!("stepping back: a run holds the lease");
                         conn.unlock(cfg).await?;

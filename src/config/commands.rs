@@ -1,0 +1,500 @@
+//! The command line, validated into one typed config per subcommand. Every check of a flag
+//! or of a combination of flags lives here, so a handler never sees a value it must still
+//! doubt; checks that need the migrations' contents (is `--to V` one of them?) stay where
+//! the source is read. This is the only module that reads `cli`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Backend, Config, LockConfig, LockMode, LogFormat, Table};
+use crate::cli::{
+    CheckArgs, ConnectArgs, LockArgs, MigrateArgs, RollbackArgs, SmokeArgs, StampArgs, StatusArgs,
+    WaitArgs,
+};
+use crate::error::{Error, Result};
+use crate::formats::{self, Format};
+
+/// `schemagate migrate`.
+#[derive(Debug)]
+pub struct MigrateConfig {
+    pub db: Config,
+    pub work: Work,
+    pub dry_run: bool,
+    /// `--ignore-missing`: an applied migration the source lacks is not drift.
+    pub ignore_missing: bool,
+    /// PostgreSQL: all pending transactional migrations in one transaction.
+    pub single_transaction: bool,
+    pub timeouts: DdlTimeouts,
+    /// How long an external migrator gets between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    pub notify_urls: Vec<String>,
+}
+
+/// What `migrate` applies.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// `--source DIR`: SQL migrations, applied by schemagate. `detect`: no `--format` was
+    /// given, so the directory is still to be checked for another migrator's layout; that
+    /// is done where the source is read, after the no-op path (which reads no directory
+    /// more than it must).
+    Sql { dir: PathBuf, detect: bool },
+    /// `--version V -- CMD`: any migrator; V is what it brings the database to.
+    External {
+        version: String,
+        command: Vec<String>,
+    },
+    /// `--source DIR [--format F] -- CMD`: another migrator's directory, whose files give
+    /// the version and digest.
+    Foreign {
+        dir: PathBuf,
+        format: Format,
+        command: Vec<String>,
+    },
+}
+
+/// PostgreSQL's per-migration limits, and how often a migration that hit one is retried.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DdlTimeouts {
+    pub lock_timeout: Option<Duration>,
+    pub statement_timeout: Option<Duration>,
+    pub retries: u32,
+}
+
+/// `schemagate wait`.
+#[derive(Debug)]
+pub struct WaitConfig {
+    pub db: Config,
+    pub target: WaitTarget,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub listen: bool,
+    pub once: bool,
+    pub ignore_failed: bool,
+    pub http: Vec<String>,
+    /// `-- CMD`: exec'd once ready.
+    pub command: Vec<String>,
+}
+
+/// What `wait` waits for.
+#[derive(Debug)]
+pub enum WaitTarget {
+    /// `--expect V`: a `succeeded` marker for V.
+    Expect(String),
+    /// `--source DIR` of SQL migrations.
+    Sql(PathBuf),
+    /// `--source DIR` of another migrator: its own history table decides.
+    Foreign(PathBuf, Format),
+}
+
+/// `schemagate status`.
+#[derive(Debug)]
+pub struct StatusConfig {
+    pub db: Config,
+    /// `--source DIR` and its format, resolved.
+    pub source: Option<(PathBuf, Format)>,
+    pub json: bool,
+    pub limit: u32,
+}
+
+/// `schemagate rollback`.
+#[derive(Debug)]
+pub struct RollbackConfig {
+    pub db: Config,
+    /// Stays applied; everything newer is undone. 0 undoes every migration.
+    pub to: i64,
+    pub source: PathBuf,
+    pub dry_run: bool,
+}
+
+/// `schemagate stamp`.
+#[derive(Debug)]
+pub struct StampConfig {
+    pub db: Config,
+    /// Trimmed, not empty, short enough for the marker.
+    pub version: String,
+    /// `--source DIR`, with `version` as one of its migrations (an integer).
+    pub source: Option<(PathBuf, i64)>,
+}
+
+/// `schemagate smoke`: it builds its own `Config`s, for the database it creates.
+#[derive(Debug)]
+pub struct SmokeConfig {
+    /// The server to rehearse on; `None`: a throwaway SQLite file.
+    pub database_url: Option<String>,
+    pub source: PathBuf,
+    pub replicas: u32,
+    pub timeout: Duration,
+    pub json_logs: bool,
+}
+
+/// `schemagate check`.
+#[derive(Debug)]
+pub struct CheckConfig {
+    pub db: Config,
+    pub plan: CheckPlan,
+    pub scratch_database: Option<String>,
+    /// Findings accepted by `--allow` and the comments of `--allow-file`s.
+    pub allowed: Vec<(String, String)>,
+    pub sample_interval: Duration,
+    pub json: bool,
+}
+
+/// What `check` rehearses.
+#[derive(Debug)]
+pub enum CheckPlan {
+    /// `--source DIR --since V`.
+    Sql { dir: PathBuf, since: i64 },
+    /// `[--baseline 'CMD'] -- CMD`.
+    External {
+        baseline: Option<String>,
+        command: Vec<String>,
+    },
+}
+
+impl MigrateConfig {
+    pub fn from_args(args: &MigrateArgs) -> Result<MigrateConfig> {
+        let db = connection(&args.connect, "migrate", Some(&args.lock))?;
+        let work = migrate_work(args)?;
+        let postgres_only = [
+            (args.ddl_lock_timeout.is_some(), "--ddl-lock-timeout"),
+            (args.statement_timeout.is_some(), "--statement-timeout"),
+            (args.single_transaction, "--single-transaction"),
+        ];
+        if let Some((_, flag)) = postgres_only.iter().find(|(set, _)| *set)
+            && db.backend != Backend::Postgres
+        {
+            return Err(Error::Config(format!(
+                "{flag} is supported on PostgreSQL only"
+            )));
+        }
+        crate::http::validate(&args.notify_urls, "--notify-url")?;
+        Ok(MigrateConfig {
+            db,
+            work,
+            dry_run: args.dry_run,
+            ignore_missing: args.ignore_missing,
+            single_transaction: args.single_transaction,
+            timeouts: DdlTimeouts {
+                lock_timeout: args.ddl_lock_timeout,
+                statement_timeout: args.statement_timeout,
+                retries: args.ddl_retries,
+            },
+            grace: args.grace,
+            notify_urls: args.notify_urls.clone(),
+        })
+    }
+}
+
+/// `--source`, `--format`, `--version` and `-- CMD` into what to run (clap requires at
+/// least one of `--source` and `-- CMD`).
+fn migrate_work(args: &MigrateArgs) -> Result<Work> {
+    let Some(dir) = &args.source else {
+        let Some(version) = args.version.as_deref().filter(|v| !v.trim().is_empty()) else {
+            return Err(Error::Config(
+                "-- CMD needs --version V (the schema version it brings the database to), or \
+                 --source DIR with the migrator's directory"
+                    .into(),
+            ));
+        };
+        let version = checked_version(version, "--version")?;
+        // Not found is a usage error, before we connect or take the lock.
+        crate::child::resolve(&args.command[0])?;
+        return Ok(Work::External {
+            version,
+            command: args.command.clone(),
+        });
+    };
+    if args.command.is_empty() && args.format.is_none_or(|f| f == Format::Sqlx) {
+        if args.version.is_some() {
+            return Err(Error::Config(
+                "--version goes with an external migrator (-- CMD); a SQL source's version is \
+                 its newest migration"
+                    .into(),
+            ));
+        }
+        return Ok(Work::Sql {
+            dir: dir.clone(),
+            detect: args.format.is_none(),
+        });
+    }
+    match (formats::resolve(dir, args.format)?, args.command.is_empty()) {
+        (Format::Sqlx, false) => Err(Error::Config(
+            "give --source DIR or -- CMD, not both (or --format with the migrator's \
+             directory and its command)"
+                .into(),
+        )),
+        (format, true) => Err(formats::needs_command(dir, format)),
+        (format, false) => {
+            if args.version.is_some() {
+                return Err(Error::Config(format!(
+                    "--version comes from the files with --format {}: drop it",
+                    format.name()
+                )));
+            }
+            crate::child::resolve(&args.command[0])?;
+            Ok(Work::Foreign {
+                dir: dir.clone(),
+                format,
+                command: args.command.clone(),
+            })
+        }
+    }
+}
+
+impl WaitConfig {
+    pub fn from_args(args: &WaitArgs) -> Result<WaitConfig> {
+        let db = connection(&args.connect, "wait", None)?;
+        // clap makes --expect and --source one required choice.
+        let target = match (&args.expect, &args.source) {
+            (Some(v), _) => {
+                if v.trim().is_empty() {
+                    return Err(Error::Config("--expect must not be empty".into()));
+                }
+                WaitTarget::Expect(v.clone())
+            }
+            (None, Some(dir)) => match formats::resolve(dir, args.format)? {
+                Format::Sqlx => WaitTarget::Sql(dir.clone()),
+                format => WaitTarget::Foreign(dir.clone(), format),
+            },
+            (None, None) => unreachable!("clap requires --expect or --source"),
+        };
+        if args.listen {
+            if db.backend != Backend::Postgres {
+                return Err(Error::Config(format!(
+                    "--listen needs PostgreSQL's LISTEN/NOTIFY; {} has none: drop --listen to \
+                     poll",
+                    db.backend.name()
+                )));
+            }
+            if let WaitTarget::Foreign(_, format) = &target {
+                return Err(Error::Config(format!(
+                    "--listen wakes on schemagate's marker, and {} writes none: drop --listen \
+                     to poll {}",
+                    format.name(),
+                    format.history_table()
+                )));
+            }
+        }
+        crate::http::validate(&args.http, "--http")?;
+        if let Some(program) = args.command.first() {
+            // Not found is a usage error now, not after minutes of waiting.
+            crate::child::resolve(program)?;
+        }
+        Ok(WaitConfig {
+            db,
+            target,
+            timeout: args.timeout,
+            interval: args.interval,
+            listen: args.listen,
+            once: args.once,
+            ignore_failed: args.ignore_failed,
+            http: args.http.clone(),
+            command: args.command.clone(),
+        })
+    }
+}
+
+impl StatusConfig {
+    pub fn from_args(args: &StatusArgs) -> Result<StatusConfig> {
+        let mut db = connection(&args.connect, "status", None)?;
+        if let Some(name) = &args.lock_name {
+            db.lock = LockConfig::named(Some(name), &db.table, db.lock.mode);
+        }
+        let source = match &args.source {
+            Some(dir) => Some((dir.clone(), formats::resolve(dir, args.format)?)),
+            None => None,
+        };
+        Ok(StatusConfig {
+            db,
+            source,
+            json: args.json,
+            limit: args.limit,
+        })
+    }
+}
+
+impl RollbackConfig {
+    pub fn from_args(args: &RollbackArgs) -> Result<RollbackConfig> {
+        if args.to < 0 {
+            return Err(Error::Config(format!(
+                "--to {} is not a migration version: versions are positive (0 undoes every \
+                 migration)",
+                args.to
+            )));
+        }
+        Ok(RollbackConfig {
+            db: connection(&args.connect, "rollback", Some(&args.lock))?,
+            to: args.to,
+            source: args.source.clone(),
+            dry_run: args.dry_run,
+        })
+    }
+}
+
+impl StampConfig {
+    pub fn from_args(args: &StampArgs) -> Result<StampConfig> {
+        let db = connection(&args.connect, "stamp", Some(&args.lock))?;
+        let version = checked_version(&args.version, "the version to stamp")?;
+        let source = match &args.source {
+            Some(dir) => {
+                let v: i64 = version.parse().map_err(|_| {
+                    Error::Config(format!(
+                        "{version:?} is not a migration version (an integer) of {}",
+                        dir.display()
+                    ))
+                })?;
+                Some((dir.clone(), v))
+            }
+            None => None,
+        };
+        Ok(StampConfig {
+            db,
+            version,
+            source,
+        })
+    }
+}
+
+impl SmokeConfig {
+    pub fn from_args(args: &SmokeArgs) -> SmokeConfig {
+        SmokeConfig {
+            database_url: args
+                .database_url
+                .as_deref()
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned),
+            source: args.source.clone(),
+            replicas: args.replicas,
+            timeout: args.timeout,
+            json_logs: args.log_format == LogFormat::Json,
+        }
+    }
+}
+
+impl CheckConfig {
+    pub fn from_args(args: &CheckArgs) -> Result<CheckConfig> {
+        let db = connection(&args.connect, "check", None)?;
+        // clap requires --source or -- CMD, never both, and --since with --source.
+        let plan = match (&args.source, args.since) {
+            (Some(dir), Some(since)) => CheckPlan::Sql {
+                dir: dir.clone(),
+                since,
+            },
+            (Some(_), None) => unreachable!("clap requires --since with --source"),
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "--since goes with --source; with -- CMD, bring the scratch database to \
+                     the running release with --baseline 'CMD'"
+                        .into(),
+                ));
+            }
+            (None, None) => {
+                crate::child::resolve(&args.command[0])?;
+                CheckPlan::External {
+                    baseline: args.baseline.clone(),
+                    command: args.command.clone(),
+                }
+            }
+        };
+        if db.backend != Backend::Postgres {
+            if matches!(plan, CheckPlan::External { .. }) {
+                return Err(Error::Config(format!(
+                    "check -- CMD needs PostgreSQL (its locks are observed from pg_locks); on \
+                     {} check a SQL source with --source DIR --since V",
+                    db.backend.name()
+                )));
+            }
+            if args.scratch_database.is_some() {
+                return Err(Error::Config(format!(
+                    "--scratch-database is supported on PostgreSQL only; on {} check creates \
+                     its own",
+                    db.backend.name()
+                )));
+            }
+        }
+        let mut allowed = crate::check::parse_allow_flags(&args.allow).map_err(Error::Config)?;
+        for file in &args.allow_files {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Error::Config(format!("cannot read --allow-file {}: {e}", file.display()))
+            })?;
+            allowed.extend(crate::check::allows(&text));
+        }
+        Ok(CheckConfig {
+            db,
+            plan,
+            scratch_database: args.scratch_database.clone(),
+            allowed,
+            sample_interval: args.sample_interval,
+            json: args.json,
+        })
+    }
+}
+
+/// A version given on the command line: trimmed, not empty, and short enough for the
+/// marker's column.
+fn checked_version(raw: &str, what: &str) -> Result<String> {
+    let version = raw.trim();
+    if version.is_empty() {
+        return Err(Error::Config(format!("{what} must not be empty")));
+    }
+    let chars = version.chars().count();
+    if chars > crate::db::MAX_VERSION {
+        return Err(Error::Config(format!(
+            "{what} is {chars} characters long; the marker stores at most {} (a migration \
+             head or a hash fits): {version:.40}…",
+            crate::db::MAX_VERSION,
+        )));
+    }
+    Ok(version.to_owned())
+}
+
+/// The connection options (and the lock flags of the commands that take the lock) into a
+/// `Config`. The URL comes from --database-url, --database-url-file or DATABASE_URL.
+fn connection(args: &ConnectArgs, mode: &str, lock: Option<&LockArgs>) -> Result<Config> {
+    // An empty variable is unset: SCHEMAGATE_DATABASE_URL="" must not shadow DATABASE_URL.
+    let nonempty = |s: Option<String>| s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let file = args
+        .database_url_file
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty());
+    let raw = match (nonempty(args.database_url.clone()), file) {
+        (Some(_), Some(path)) => {
+            return Err(Error::Config(format!(
+                "both --database-url (or SCHEMAGATE_DATABASE_URL) and --database-url-file {} \
+                 are set: pass one",
+                path.display()
+            )));
+        }
+        (Some(url), None) => url,
+        (None, Some(path)) => super::read_url_file(path)?,
+        (None, None) => nonempty(std::env::var("DATABASE_URL").ok()).ok_or_else(|| {
+            Error::Config(
+                "no database URL: pass --database-url, --database-url-file, or set \
+                 SCHEMAGATE_DATABASE_URL or DATABASE_URL"
+                    .into(),
+            )
+        })?,
+    };
+    let table = Table::parse(&args.table)?;
+    if let Some(name) = &args.migrations_table {
+        crate::db::set_migrations_table(name, "--migrations-table")?;
+    }
+    let mut lock_config = LockConfig::named(
+        lock.and_then(|l| l.lock_name.as_deref()),
+        &table,
+        lock.map_or(LockMode::Auto, |l| l.lock),
+    );
+    if let Some(l) = lock {
+        lock_config.lease_ttl = l.lease_ttl;
+        lock_config.wait = l.lock_wait;
+    }
+    Config::new(
+        &raw,
+        mode,
+        table,
+        lock_config,
+        args.connect_timeout,
+        args.log_format == LogFormat::Json,
+    )
+}

@@ -1,0 +1,324 @@
+//! Turns the parsed command line into a validated `Config`, once, at the edge: the database
+//! URL (and its redacted form for display), the marker table, the lock identity and the
+//! deadlines. Also owns redaction: every secret seen here is masked in anything we print.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+mod commands;
+mod url;
+
+pub use commands::{
+    CheckConfig, CheckPlan, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig,
+    WaitConfig, WaitTarget, Work,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::MySql => "mysql",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Everything needed to reach the database and find the marker and the lock.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backend: Backend,
+    /// The URL as sqlx takes it (`mariadb://` rewritten to `mysql://`). Never printed.
+    pub url: String,
+    /// The URL with its password masked, for logs and errors.
+    pub display_url: String,
+    pub table: Table,
+    pub lock: LockConfig,
+    pub connect_timeout: Duration,
+    /// Who runs this process: the pod or host name and pid (recorded in the marker).
+    pub runner: String,
+    /// `schemagate <mode> <host>`: the connection's application_name.
+    pub application_name: String,
+    /// Logs are JSON lines (so a child's output lines carry structured fields).
+    pub json_logs: bool,
+    /// `wait` and `status` only read: SQLite opens the file read-only and never creates
+    /// or converts it.
+    pub read_only: bool,
+}
+
+/// A validated marker table name, optionally schema-qualified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// As written in SQL: `name` or `schema.name` (validated, so safe to interpolate).
+    pub qualified: String,
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+/// How concurrent runs exclude each other: `--lock`, `--lease-ttl`, `--lock-wait`, and the
+/// lock's name with the stable 64-bit key derived from it.
+#[derive(Debug, Clone)]
+pub struct LockConfig {
+    pub mode: LockMode,
+    pub lease_ttl: Duration,
+    /// Give up waiting for the lock after this long.
+    pub wait: Duration,
+    pub name: String,
+    pub key: i64,
+}
+
+/// `--lock`: which lock a PostgreSQL run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LockMode {
+    Auto,
+    Advisory,
+    Lease,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LockConfig {
+    /// The lock named `name` (default: derived from the marker table), with the defaults
+    /// of `--lease-ttl` and `--lock-wait`.
+    pub fn named(name: Option<&str>, table: &Table, mode: LockMode) -> LockConfig {
+        let name = name
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("schemagate:{}", table.qualified));
+        LockConfig {
+            mode,
+            lease_ttl: Duration::from_secs(30),
+            wait: Duration::from_secs(600),
+            key: lock_key(&name),
+            name,
+        }
+    }
+}
+
+impl Config {
+    /// `raw_url` as given (its secrets are registered for redaction here); `mode` names
+    /// the subcommand in `application_name`.
+    pub fn new(
+        raw_url: &str,
+        mode: &str,
+        table: Table,
+        lock: LockConfig,
+        connect_timeout: Duration,
+        json_logs: bool,
+    ) -> Result<Config> {
+        register_secrets(raw_url);
+        let (backend, url, display_url) = parse_database_url(raw_url)?;
+        if backend == Backend::Sqlite && mode != "smoke" && sqlite_in_memory(&url) {
+            return Err(Error::Config(format!(
+                "{display_url} is an in-memory database, which vanishes when schemagate exits: \
+                 pass a file (sqlite:///path/app.db)"
+            )));
+        }
+        if lock.mode == LockMode::Lease && backend != Backend::Postgres {
+            return Err(Error::Config(format!(
+                "--lock lease is for PostgreSQL behind a transaction pooler; {} uses its own lock",
+                backend.name()
+            )));
+        }
+        let host = host_name();
+        Ok(Config {
+            backend,
+            url,
+            display_url,
+            table,
+            lock,
+            connect_timeout,
+            runner: format!("{host} (pid {})", std::process::id()),
+            application_name: format!("schemagate {mode} {host}"),
+            json_logs,
+            read_only: matches!(mode, "wait" | "status"),
+        })
+    }
+}
+
+pub(super) fn read_url_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read --database-url-file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let url = text.trim();
+    if url.is_empty() {
+        return Err(Error::Config(format!(
+            "--database-url-file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(url.to_owned())
+}
+
+/// `sqlite::memory:`, `sqlite://:memory:`, `?mode=memory`: gone when the process exits.
+fn sqlite_in_memory(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let path = lower
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    path.is_empty() || path == ":memory:" || lower.contains("mode=memory")
+}
+
+impl Table {
+    pub fn parse(s: &str) -> Result<Table> {
+        let bad = |why: &str| Error::Config(format!("invalid --table {s:?}: {why}"));
+        let parts: Vec<&str> = s.split('.').collect();
+        if parts.len() > 2 || !parts.iter().all(|p| is_identifier(p)) {
+            return Err(bad(
+                "expected `name` or `schema.name`, each a letter or underscore followed by \
+                 letters, digits or underscores",
+            ));
+        }
+        if let Some(word) = parts.iter().find(|p| is_reserved(p)) {
+            return Err(bad(&format!(
+                "{word:?} is a reserved word in SQL; choose another name"
+            )));
+        }
+        let (schema, name) = match parts.as_slice() {
+            [name] => (None, name.to_string()),
+            [schema, name] => (Some(schema.to_string()), name.to_string()),
+            _ => unreachable!("checked above"),
+        };
+        // The longest name derived from it, `<name>_version_idx`, must fit PostgreSQL's
+        // 63-byte identifiers (MySQL allows 64), or it is cut and collides.
+        if name.len() > MAX_TABLE_NAME || schema.as_ref().is_some_and(|s| s.len() > 63) {
+            return Err(bad(&format!(
+                "the table name may have at most {MAX_TABLE_NAME} characters (the schema 63), \
+                 so the names derived from it (<name>_version_idx, <name>_lease_pkey) fit the \
+                 database's 63-character limit"
+            )));
+        }
+        Ok(Table {
+            qualified: s.to_owned(),
+            schema,
+            name,
+        })
+    }
+}
+
+const MAX_TABLE_NAME: usize = 63 - "_version_idx".len();
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Reserved in PostgreSQL, MySQL/MariaDB or SQLite: unusable as an unquoted table name on
+/// at least one backend.
+fn is_reserved(word: &str) -> bool {
+    #[rustfmt::skip]
+    const RESERVED: &[&str] = &[
+        "abort", "accessible", "add", "all", "alter", "analyse", "analyze", "and", "any",
+        "array", "as", "asc", "asensitive", "asymmetric", "authorization", "before",
+        "between", "bigint", "binary", "blob", "both", "by", "call", "cascade", "case",
+        "cast", "change", "char", "character", "check", "collate", "column", "concurrently",
+        "condition", "constraint", "continue", "convert", "create", "cross", "current",
+        "current_catalog", "current_date", "current_role", "current_schema", "current_time",
+        "current_timestamp", "current_user", "cursor", "database", "databases", "day_hour",
+        "day_microsecond", "day_minute", "day_second", "dec", "decimal", "declare",
+        "default", "deferrable", "delayed", "delete", "desc", "describe", "deterministic",
+        "distinct", "distinctrow", "div", "do", "double", "drop", "dual", "each", "else",
+        "elseif", "enclosed", "end", "escape", "escaped", "except", "exists", "exit",
+        "explain", "false", "fetch", "float", "float4", "float8", "for", "force", "foreign",
+        "freeze", "from", "full", "fulltext", "function", "generated", "get", "glob",
+        "grant", "group", "groups", "having", "high_priority", "hour_microsecond",
+        "hour_minute", "hour_second", "if", "ignore", "ilike", "in", "index", "infile",
+        "initially", "inner", "inout", "insensitive", "insert", "int", "int1", "int2",
+        "int3", "int4", "int8", "integer", "intersect", "interval", "into", "is", "isnull",
+        "iterate", "join", "key", "keys", "kill", "lateral", "leading", "leave", "left",
+        "like", "limit", "linear", "lines", "load", "localtime", "localtimestamp", "lock",
+        "long", "longblob", "longtext", "loop", "low_priority", "match", "mediumblob",
+        "mediumint", "mediumtext", "middleint", "minute_microsecond", "minute_second",
+        "mod", "modifies", "natural", "not", "notnull", "no_write_to_binlog", "null",
+        "numeric", "of", "offset", "on", "only", "optimize", "option", "optionally", "or",
+        "order", "out", "outer", "outfile", "over", "overlaps", "partition", "placing",
+        "precision", "primary", "procedure", "purge", "range", "read", "reads", "real",
+        "recursive", "references", "regexp", "release", "rename", "repeat", "replace",
+        "require", "resignal", "restrict", "return", "returning", "revoke", "right",
+        "rlike", "row", "rows", "schema", "schemas", "second_microsecond", "select",
+        "sensitive", "separator", "session_user", "set", "show", "signal", "similar",
+        "smallint", "some", "spatial", "specific", "sql", "sqlexception", "sqlstate",
+        "sqlwarning", "sql_big_result", "sql_calc_found_rows", "sql_small_result", "ssl",
+        "starting", "stored", "straight_join", "symmetric", "system_user", "table",
+        "terminated", "then", "tinyblob", "tinyint", "tinytext", "to", "trailing",
+        "trigger", "true", "undo", "union", "unique", "unlock", "unsigned", "update",
+        "usage", "use", "user", "using", "utc_date", "utc_time", "utc_timestamp", "values",
+        "varbinary", "varchar", "varcharacter", "variadic", "varying", "verbose", "virtual",
+        "when", "where", "while", "window", "with", "write", "xor", "year_month",
+        "zerofill",
+    ];
+    RESERVED.contains(&word.to_ascii_lowercase().as_str())
+}
+
+/// A stable 64-bit key for a lock name: the first 8 bytes of its SHA-256.
+pub fn lock_key(name: &str) -> i64 {
+    let hash = Sha256::digest(name.as_bytes());
+    i64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// The pod or host name: `HOSTNAME` (set by Kubernetes and Docker), else the kernel's.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+pub use crate::redact::{redact, register_secrets};
+use url::parse_database_url;
+pub use url::redact_url;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_table_names() {
+        assert!(Table::parse("schemagate_marker").is_ok());
+        assert_eq!(
+            Table::parse("ops.marker").unwrap().schema.as_deref(),
+            Some("ops")
+        );
+        for bad in [
+            "", "1abc", "a;drop", "a.b.c", "a b", "\"x\"", "order", "x.user",
+        ] {
+            assert!(Table::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lock_key_is_stable() {
+        assert_eq!(
+            lock_key("schemagate:schemagate_marker"),
+            lock_key("schemagate:schemagate_marker")
+        );
+        assert_ne!(lock_key("a"), lock_key("b"));
+    }
+}

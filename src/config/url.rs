@@ -1,0 +1,229 @@
+//! The database URL: parsed once, checked for the mistakes drivers report badly (an
+//! unencoded `@` in a password, a missing certificate file, MySQL's `?user=`), and shown
+//! only with its password masked.
+
+use std::path::Path;
+
+use super::Backend;
+use crate::error::{Error, Result};
+use crate::redact::redact;
+
+// ----- the database URL -----
+
+const ENCODE_HINT: &str = "special characters in the user name or password must be \
+    percent-encoded (@ as %40, / as %2F, ? as %3F, # as %23, % as %25, : as %3A)";
+
+/// The URL with its password masked, for display; a URL that does not parse is never
+/// echoed, only its scheme and host when they can be told apart safely.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) if url.fragment().is_none() && !after_authority(&url).contains('@') => {
+            redact(&display_of(&url))
+        }
+        _ => safe_form(raw),
+    }
+}
+
+/// What of an unparseable URL can be shown: `scheme://…@host`, or `<unparseable URL>`.
+fn safe_form(raw: &str) -> String {
+    let Some(p) = raw.find("://") else {
+        return "<unparseable URL>".into();
+    };
+    let scheme = &raw[..p];
+    let after = &raw[p + 3..];
+    let (userinfo, hostpart) = match after.rfind('@') {
+        Some(at) => (true, &after[at + 1..]),
+        None => (false, after),
+    };
+    let host = &hostpart[..hostpart.find(['/', '?', '#']).unwrap_or(hostpart.len())];
+    let safe = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'))
+    };
+    if !is_scheme(scheme) || !safe(host) {
+        return "<unparseable URL>".into();
+    }
+    format!("{scheme}://{}{host}", if userinfo { "…@" } else { "" })
+}
+
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Path, query and fragment: where an `@` means a password's special characters were not
+/// encoded (the URL then names another host, and its "path" holds the rest).
+fn after_authority(url: &url::Url) -> String {
+    format!(
+        "{}{}{}",
+        url.path(),
+        url.query().unwrap_or(""),
+        url.fragment().unwrap_or("")
+    )
+}
+
+/// A parsed URL with the password and any password-like parameter masked.
+fn display_of(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string().replace("%2A%2A%2A", "***")
+}
+
+/// The backend a URL names, the URL as sqlx takes it, and its redacted form.
+pub(super) fn parse_database_url(raw: &str) -> Result<(Backend, String, String)> {
+    let bad =
+        |shown: &str, why: &str| Error::Config(format!("invalid database URL {shown}: {why}"));
+    let Some((scheme, rest)) = raw.split_once(':').filter(|(s, _)| is_scheme(s)) else {
+        let why = if raw.contains('=') {
+            "this is a key=value connection string (libpq or ADO.NET style); pass a URL such \
+             as postgres://app@db:5432/app (the password after the user, as app:PASSWORD@)"
+        } else {
+            "expected a URL such as postgres://app@db:5432/app"
+        };
+        return Err(bad("<unparseable URL>", why));
+    };
+    let backend = match scheme.to_ascii_lowercase().as_str() {
+        "postgres" | "postgresql" => Backend::Postgres,
+        "mysql" | "mariadb" => Backend::MySql,
+        "sqlite" => return Ok((Backend::Sqlite, raw.into(), redact(raw))),
+        _ => {
+            return Err(bad(
+                &format!("{scheme}://…"),
+                "the scheme must be postgres://, postgresql://, mysql://, mariadb:// or sqlite://",
+            ));
+        }
+    };
+    if !rest.starts_with("//") {
+        return Err(bad(
+            &format!("{scheme}:…"),
+            &format!("expected {scheme}://app@db:5432/app (two slashes after the scheme)"),
+        ));
+    }
+    let shown = safe_form(raw);
+    let mut url = url::Url::parse(raw).map_err(|e| bad(&shown, &format!("{e}; {ENCODE_HINT}")))?;
+    if url.fragment().is_some() || after_authority(&url).contains('@') {
+        return Err(bad(
+            &shown,
+            &format!("it has a '#' or an '@' after the host; {ENCODE_HINT}"),
+        ));
+    }
+    for (key, value) in url.query_pairs() {
+        let is_file_param = matches!(
+            key.to_ascii_lowercase().as_str(),
+            "sslrootcert" | "sslcert" | "sslkey" | "sslca" | "ssl-ca" | "ssl-cert" | "ssl-key"
+        );
+        // Checked here: the driver reports a missing file as an I/O error, which would be
+        // retried until --connect-timeout.
+        if is_file_param && !Path::new(&*value).is_file() {
+            return Err(Error::Config(format!(
+                "{key}={value} in the database URL {shown}: no such file (mount the \
+                 certificate and give its path)"
+            )));
+        }
+    }
+    let mut modified = false;
+    if backend == Backend::MySql {
+        modified = honour_mysql_credentials(&mut url).map_err(|why| bad(&shown, &why))?;
+        if !url.scheme().eq_ignore_ascii_case("mysql") {
+            // mariadb:// is MySQL's protocol; sqlx knows it as mysql://.
+            url = url::Url::parse(&format!("mysql:{rest}"))
+                .map_err(|e| bad(&shown, &e.to_string()))?;
+            honour_mysql_credentials(&mut url).map_err(|why| bad(&shown, &why))?;
+            modified = true;
+        }
+    }
+    let display = redact(&display_of(&url));
+    let url = if modified {
+        url.to_string()
+    } else {
+        raw.to_owned()
+    };
+    Ok((backend, url, display))
+}
+
+/// MySQL URLs may carry `?user=` and `?password=` (documented MySQL URI parameters) that
+/// sqlx ignores, connecting as its default user instead: move them into the user-info.
+/// Two different values for one of them is refused. True when the URL changed.
+fn honour_mysql_credentials(url: &mut url::Url) -> Result<bool, String> {
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    let (user, password) = (get("user"), get("password"));
+    if user.is_none() && password.is_none() {
+        return Ok(false);
+    }
+    if let Some(user) = &user {
+        let current = crate::redact::percent_decode(url.username());
+        if !current.is_empty() && current != *user {
+            return Err(format!(
+                "it names two users, {current:?} before the host and {user:?} in ?user=: keep one"
+            ));
+        }
+        url.set_username(&crate::redact::percent_encode(user))
+            .map_err(|()| "the URL cannot carry a user name".to_owned())?;
+    }
+    if let Some(password) = &password {
+        let current = url.password().map(crate::redact::percent_decode);
+        if current.as_ref().is_some_and(|c| c != password) {
+            return Err(
+                "it has two different passwords, before the host and in ?password=: \
+                        keep one"
+                    .into(),
+            );
+        }
+        url.set_password(Some(&crate::redact::percent_encode(password)))
+            .map_err(|()| "the URL cannot carry a password".to_owned())?;
+    }
+    let rest: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("user") && !k.eq_ignore_ascii_case("password"))
+        .collect();
+    if rest.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_password_in_userinfo_and_query() {
+        assert_eq!(
+            redact_url("postgres://app:s3cr%40t@db:5432/app?sslmode=require"),
+            "postgres://app:***@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("mysql://db/app?user=x&password=hunter2"),
+            "mysql://db/app?user=x&password=***"
+        );
+        assert_eq!(redact_url("postgres://db/app"), "postgres://db/app");
+        // A URL that does not parse is never echoed.
+        assert_eq!(redact_url("postgres://u:pw@@h:xx/d"), "postgres://…@h:xx");
+        assert_eq!(
+            redact_url("postgres://app:pa/ss1@db/app"),
+            "postgres://…@db"
+        );
+        assert_eq!(redact_url("host=db password=x"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn mysql_user_and_password_parameters_are_honoured() {
+        let (_, url, shown) =
+            parse_database_url("mysql://h:3306/db?user=app&password=p%26w&ssl-mode=disabled")
+                .unwrap();
+        assert_eq!(url, "mysql://app:p%26w@h:3306/db?ssl-mode=disabled");
+        assert_eq!(shown, "mysql://app:***@h:3306/db?ssl-mode=disabled");
+        assert!(parse_database_url("mysql://root@h/db?user=app").is_err());
+    }
+}
