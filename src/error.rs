@@ -1,38 +1,41 @@
 //! The error type every command returns, and the one place that maps an outcome to an
 //! exit code (the table in README.md and `--help`).
 
+use std::fmt;
+
 use crate::signals::Signal;
 
 /// What went wrong, sorted by what the operator should do about it.
 ///
-/// Messages are complete sentences fragments in lower case, already redacted, and name the
-/// bad value; the cause chain is folded into the message where it is built.
-#[derive(Debug, thiserror::Error)]
+/// Messages are sentence fragments in lower case, already redacted, that name the bad value.
+/// A database error keeps the driver's error as its `source()`: `{}` shows what was being
+/// done, `{:#}` adds the cause chain, as the one line `main` prints (and a marker records).
+#[derive(Debug)]
 pub enum Error {
     /// A bad flag, URL, source directory or credential: retrying will not help.
-    #[error("{0}")]
     Config(String),
     /// A migration or external migrator failed, or another runtime error.
-    #[error("{0}")]
     Failed(String),
     /// `wait`: the expected version is recorded as failed.
-    #[error("{0}")]
     RecordedFailed(String),
     /// Applied migrations differ from the source, or the database is dirty.
-    #[error("{0}")]
     Drift(String),
     /// A deadline passed: connect, lock or wait.
-    #[error("{0}")]
     Timeout(String),
     /// The session holding the migration lock went away mid-run (exit 1, like `Failed`).
-    #[error("{0}")]
     LockLost(String),
     /// `check`: findings that no allow comment accepts (the CI gate).
-    #[error("{0}")]
     Findings(String),
     /// SIGINT or SIGTERM arrived.
-    #[error("interrupted by {0}")]
     Interrupted(Signal),
+    /// A database operation failed: `context` says what was being done, and the driver's
+    /// error stays the cause, with its SQLSTATE, DETAIL and HINT (for the message) and its
+    /// class (for the exit code). `config`: retrying cannot help (exit 2, else 1).
+    Database {
+        context: String,
+        config: bool,
+        source: sqlx::Error,
+    },
 }
 
 impl Error {
@@ -47,6 +50,8 @@ impl Error {
             Error::Timeout(_) => 124,
             Error::Interrupted(Signal::Int) => 130,
             Error::Interrupted(Signal::Term) => 143,
+            Error::Database { config: true, .. } => 2,
+            Error::Database { config: false, .. } => 1,
         }
     }
 
@@ -59,6 +64,46 @@ impl Error {
             Error::Findings(_) => "findings",
             Error::Timeout(_) => "timeout",
             Error::Interrupted(_) => "interrupted",
+            Error::Database { config: true, .. } => "config",
+            Error::Database { config: false, .. } => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(m)
+            | Error::Failed(m)
+            | Error::RecordedFailed(m)
+            | Error::Drift(m)
+            | Error::Timeout(m)
+            | Error::LockLost(m)
+            | Error::Findings(m) => f.write_str(m)?,
+            Error::Interrupted(signal) => write!(f, "interrupted by {signal}")?,
+            Error::Database { context, .. } => f.write_str(context)?,
+        }
+        if f.alternate() {
+            let mut cause = std::error::Error::source(self);
+            while let Some(c) = cause {
+                // The driver's error, described once with everything the server said (and
+                // redacted); its own sources are what that description already holds.
+                if let Some(db) = c.downcast_ref::<sqlx::Error>() {
+                    return write!(f, ": {}", crate::db::describe(db));
+                }
+                write!(f, ": {c}")?;
+                cause = c.source();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Database { source, .. } => Some(source),
+            _ => None,
         }
     }
 }

@@ -70,7 +70,7 @@ pub async fn notify(urls: &[String], event: &Event<'_>) {
     let client = match client(Duration::from_secs(5)) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!("cannot send notifications: {e}");
+            tracing::warn!("cannot send notifications: {e:#}");
             return;
         }
     };

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     }
     match &result {
         Ok(outcome) => tracing::debug!("{}", redact(&outcome.message)),
-        Err(e) => tracing::error!("{}", redact(&e.to_string())),
+        Err(e) => tracing::error!("{}", redact(&format!("{e:#}"))),
     }
     write_termination_log(termination_log.as_deref(), mode, &result);
     match result {
@@ -201,7 +201,7 @@ fn write_termination_log(path: Option<&Path>, mode: &str, result: &Result<Outcom
         }),
         Err(e) => serde_json::json!({
             "mode": mode, "exit_code": e.exit_code(), "result": e.kind(),
-            "message": redact(&e.to_string()),
+            "message": redact(&format!("{e:#}")),
         }),
     };
     if let Err(e) = std::fs::write(&path, format!("{line}\n")) {

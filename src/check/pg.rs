@@ -31,11 +31,7 @@ async fn rows(c: &mut PgConnection, sql: String) -> Result<Vec<PgRow>, sqlx::Err
 }
 
 fn fail(context: &str, e: sqlx::Error) -> Error {
-    let msg = format!("{context}: {}", redact(&e.to_string()));
-    match crate::db::classify(&e) {
-        crate::db::Class::Config => Error::Config(msg),
-        _ => Error::Failed(msg),
-    }
+    crate::db::db_err(context, e)
 }
 
 fn ident(name: &str) -> String {
@@ -215,7 +211,7 @@ impl Scratch {
             )
             .await;
             if let Err(e) = reset(&mut c).await {
-                tracing::error!("cannot reset the scratch database {}: {e}", self.name);
+                tracing::error!("cannot reset the scratch database {}: {e:#}", self.name);
             }
             c.close().await.ok();
         }

@@ -199,7 +199,7 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
     };
     let (status, applied, error, wrote) = match &result {
         Ok(ran) => ("succeeded", ran.applied, None, ran.wrote_marker),
-        Err(e) => ("failed", 0, Some(redact(&e.to_string())), true),
+        Err(e) => ("failed", 0, Some(redact(&format!("{e:#}"))), true),
     };
     if wrote {
         let event = http::Event {
@@ -494,7 +494,7 @@ async fn interrupted(
             });
         }
         Ok(Ok(Some(()))) => {}
-        Ok(Err(e)) => tracing::warn!("could not record the interruption: {e}"),
+        Ok(Err(e)) => tracing::warn!("could not record the interruption: {e:#}"),
         Err(_) => tracing::warn!("could not record the interruption in time"),
     }
     Err(Error::Interrupted(sig))
@@ -599,7 +599,7 @@ async fn record_success(conn: &mut Conn, ctx: &Ctx<'_>, applied: usize) -> Resul
             return Err(e);
         }
         // The connection may have died with the commit in flight: see what landed.
-        let detail = format!("every migration applied, but {e}");
+        let detail = format!("every migration applied, but {e:#}");
         if record_from_side(ctx, applied, &detail, None).await {
             return Err(e);
         }
@@ -669,7 +669,7 @@ async fn apply_group(
         if let Err(m) = ctx.record(conn, &marker).await {
             // The lock's connection may be gone (a failover, a terminated session):
             // record from a fresh one, so waiters fail fast.
-            tracing::warn!("{m}; recording the failure from another connection");
+            tracing::warn!("{m:#}; recording the failure from another connection");
             if !matches!(m, Error::LockLost(_)) {
                 record_from_side(ctx, applied, &detail, None).await;
             }
@@ -740,7 +740,7 @@ pub(super) async fn record_from_side(
     match tokio::time::timeout(Duration::from_secs(8), attempt).await {
         Ok(Ok(recorded)) => recorded,
         Ok(Err(e)) => {
-            tracing::warn!("could not record the failure: {e}");
+            tracing::warn!("could not record the failure: {e:#}");
             true
         }
         Err(_) => {

@@ -107,7 +107,7 @@ pub async fn with_lock<T>(
 pub fn released(release: Result<()>) {
     if let Err(e) = release {
         tracing::warn!(
-            "could not release the migration lock ({e}); it ends with the connection, or the \
+            "could not release the migration lock ({e:#}); it ends with the connection, or the \
              lease with its TTL"
         );
     }

@@ -91,7 +91,7 @@ async fn undo(
                 )
                 .await
             {
-                tracing::warn!("{m}");
+                tracing::warn!("{m:#}");
             }
             return Err(if e.config {
                 Error::Config(detail)

@@ -107,7 +107,7 @@ async fn supervise(
                 );
                 // We still hold the lock: record it on our own connection, then let go.
                 if let Err(e) = ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail))).await {
-                    tracing::warn!("could not record the interruption: {e}");
+                    tracing::warn!("could not record the interruption: {e:#}");
                 }
                 return Err(Error::Interrupted(sig));
             }

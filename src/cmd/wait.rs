@@ -160,11 +160,11 @@ async fn wait_loop(
         };
         let state = match checked {
             Ok(state) => state,
-            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) if e.exit_code() == 2 => return Err(e),
             // A single check reports why it could not look (unreachable: 124).
             Err(e) if args.once => return Err(e),
             // Unreachable, or an error retrying may cure (the message says which).
-            Err(e) => Readiness::NotYet(format!("cannot check: {e}")),
+            Err(e) => Readiness::NotYet(format!("cannot check: {e:#}")),
         };
         match state {
             Readiness::Ready(why) => return Ok(why),

@@ -87,7 +87,20 @@ fn tls_failure(io: &std::io::Error) -> Option<&rustls::Error> {
 /// source, not of the migration) is left out.
 pub fn describe(e: &sqlx::Error) -> String {
     let text = match e {
-        sqlx::Error::Database(db) => format!("error returned from database: {}", db.message()),
+        sqlx::Error::Database(db) => {
+            let mut text = format!("error returned from database: {}", db.message());
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                // What PostgreSQL adds is often the part that says what to do.
+                text.push_str(&format!(" (SQLSTATE {})", pg.code()));
+                if let Some(detail) = pg.detail() {
+                    text.push_str(&format!("; DETAIL: {detail}"));
+                }
+                if let Some(hint) = pg.hint() {
+                    text.push_str(&format!("; HINT: {hint}"));
+                }
+            }
+            text
+        }
         sqlx::Error::Io(io) => match tls_failure(io) {
             Some(tls) => format!("TLS handshake failed: {tls}; {}", tls_hint(tls)),
             None => e.to_string(),
@@ -149,13 +162,10 @@ pub async fn connect(cfg: &Config) -> Result<Conn> {
         });
     match tokio::time::timeout(cfg.connect_timeout, retrying).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => {
-            let msg = format!("cannot connect to {}: {}", cfg.display_url, describe(&e));
-            Err(match classify(&e) {
-                Class::Config => Error::Config(msg),
-                _ => Error::Failed(msg),
-            })
-        }
+        Ok(Err(e)) => Err(super::db_err(
+            &format!("cannot connect to {}", cfg.display_url),
+            e,
+        )),
         Err(_) => {
             let last = last_error.lock().expect("last_error").clone();
             Err(Error::Timeout(format!(

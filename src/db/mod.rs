@@ -217,10 +217,10 @@ pub fn db_err(context: &str, e: sqlx::Error) -> Error {
             "{context}: another run has taken the migration lease over"
         ));
     }
-    let msg = format!("{context}: {}", describe(&e));
-    match classify(&e) {
-        Class::Config => Error::Config(msg),
-        _ => Error::Failed(msg),
+    Error::Database {
+        context: context.to_owned(),
+        config: classify(&e) == Class::Config,
+        source: e,
     }
 }
 

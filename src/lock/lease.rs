@@ -35,7 +35,11 @@ fn table(t: &Table) -> String {
 }
 
 fn err(context: &str, e: sqlx::Error) -> Error {
-    Error::Failed(format!("{context}: {}", db::describe(&e)))
+    Error::Database {
+        context: context.to_owned(),
+        config: false,
+        source: e,
+    }
 }
 
 pub async fn ensure_table(c: &mut PgConnection, t: &Table) -> Result<()> {
@@ -251,7 +255,7 @@ impl Held {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!("could not renew the lease: {e}");
+                        tracing::warn!("could not renew the lease: {e:#}");
                         conn = None;
                         if renewed.elapsed() >= ttl {
                             flag.store(true, Ordering::SeqCst);

@@ -249,7 +249,7 @@ pub async fn acquire(
                 } {
                     Ok(Some(h)) => h.to_string(),
                     Ok(None) => "a session that just let go".into(),
-                    Err(e) => format!("unknown ({e})"),
+                    Err(e) => format!("unknown ({e:#})"),
                 };
                 tracing::info!(
                     "waiting for the migration lock {:?} (key {}), held by {who}{}",
@@ -321,7 +321,11 @@ async fn announce(conn: &mut Conn, cfg: &Config, choice: &Choice) -> Result<()> 
 }
 
 fn read_err(context: &str, e: sqlx::Error) -> Error {
-    Error::Failed(format!("{context}: {}", db::describe(&e)))
+    Error::Database {
+        context: context.to_owned(),
+        config: false,
+        source: e,
+    }
 }
 
 fn pg(conn: &mut Conn) -> &mut sqlx::PgConnection {

@@ -136,7 +136,7 @@ async fn check(c: &mut PgConnection, other: Result<Conn>, key: i64, ours: i64) -
                 false,
                 format!(
                     "could not open a second connection to prove that the advisory lock \
-                     excludes other sessions ({e})"
+                     excludes other sessions ({e:#})"
                 ),
             ));
         }

@@ -838,3 +838,46 @@ fn digest_of_a_missing_directory_is_2_naming_it() {
         stderr(&out)
     );
 }
+
+/// A failing migration's message carries what PostgreSQL said beyond the first line: the
+/// SQLSTATE and the DETAIL (here, which key is duplicated) reach stderr and the marker
+/// once each, instead of being dropped when the error was turned into text.
+#[test]
+fn migration_failure_keeps_the_servers_sqlstate_and_detail() {
+    let db = PgDb::new("errdetail");
+    let src = Migrations::new(&[
+        (
+            "1_t.sql",
+            "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (1);",
+        ),
+        ("2_unique.sql", "CREATE UNIQUE INDEX t_id ON t (id);"),
+    ]);
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    for part in ["SQLSTATE 23505", "DETAIL: Key (id)=(1) is duplicated."] {
+        assert_eq!(err.matches(part).count(), 1, "{part:?} once in: {err}");
+    }
+    let detail = pg_strings(
+        &db.url,
+        "SELECT detail FROM schemagate_marker WHERE status = 'failed'",
+    );
+    assert!(
+        detail[0].contains("DETAIL: Key (id)=(1) is duplicated."),
+        "{detail:?}"
+    );
+}
+
+/// A database error that retrying cannot cure keeps its class through the cause it now
+/// carries: an unknown database is exit 2 at once, and the message names the database and
+/// the SQLSTATE once.
+#[test]
+fn unknown_database_is_a_configuration_error_with_its_cause() {
+    let db = PgDb::new("errclass");
+    let url = db.url.rsplit_once('/').unwrap().0.to_owned() + "/no_such_database_here";
+    let out = run(schemagate(&url).args(["status"]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("SQLSTATE 3D000").count(), 1, "{err}");
+    assert!(err.contains("no_such_database_here"), "{err}");
+}
