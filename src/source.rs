@@ -28,96 +28,16 @@ pub struct Source {
 
 impl Source {
     pub fn load(dir: &Path) -> Result<Source> {
-        let unreadable = |e: std::io::Error| {
-            Error::Config(format!(
-                "cannot read migration source {}: {e}",
-                dir.display()
-            ))
-        };
         // Names first (the directory listing says which entries are files: no stat each),
         // then the contents, one after the other: this is on the path every replica pays.
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(unreadable)? {
-            let entry = entry.map_err(unreadable)?;
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            if file_name.starts_with('.') {
-                continue;
-            }
-            let file_type = entry.file_type().map_err(unreadable)?;
-            let is_file = if file_type.is_symlink() {
-                // As sqlx-cli does: a symlink whose target is missing is an error, not a
-                // migration silently left out.
-                std::fs::metadata(entry.path())
-                    .map_err(|e| {
-                        Error::Config(format!(
-                            "cannot read migration {}: {e} (a dangling symlink?)",
-                            entry.path().display()
-                        ))
-                    })?
-                    .is_file()
-            } else {
-                file_type.is_file()
-            };
-            if !is_file {
-                continue;
-            }
-            // sqlx-cli's rule: a file is a migration when its name has an `_` and ends in
-            // `.sql`; anything else (schema.sql, a README) is skipped.
-            let Some((version_text, rest)) = file_name.split_once('_') else {
-                if file_name.ends_with(".sql") {
-                    tracing::warn!(
-                        "skipping {} in {}: not named <VERSION>_<description>.sql",
-                        file_name,
-                        dir.display()
-                    );
-                }
-                continue;
-            };
-            if !rest.ends_with(".sql") {
-                continue;
-            }
-            let (version, migration_type, description) = parse_file_name(version_text, rest)
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "malformed migration file name {:?} in {}: expected \
-                         <VERSION>_<description>.sql (or .up.sql / .down.sql), VERSION a \
-                         positive integer",
-                        file_name,
-                        dir.display()
-                    ))
-                })?;
-            files.push((
-                entry.path(),
-                file_name,
-                version,
-                migration_type,
-                description,
-            ));
-        }
-        let contents = read_all(files.iter().map(|f| f.0.as_path()).collect())?;
-
+        let files = list(dir)?;
+        let contents = read_all(files.iter().map(|f| f.path.as_path()).collect())?;
         let mut ups: BTreeMap<i64, Migration> = BTreeMap::new();
         let mut downs = BTreeMap::new();
-        for ((_, file_name, version, migration_type, description), sql) in
-            files.into_iter().zip(contents)
-        {
-            if sql.starts_with('\u{feff}') {
-                // Invisible in an editor; PostgreSQL would report a syntax error at it.
-                return Err(Error::Config(format!(
-                    "migration {file_name} in {} starts with a UTF-8 byte order mark (BOM): \
-                     save it without one",
-                    dir.display()
-                )));
-            }
-            // sqlx's rule: the marker must be the file's very first bytes.
-            let no_tx = sql.starts_with("-- no-transaction");
-            let migration = Migration::new(
-                version,
-                Cow::Owned(description),
-                migration_type,
-                AssertSqlSafe(sql).into_sql_str(),
-                no_tx,
-            );
+        for (file, sql) in files.into_iter().zip(contents) {
+            let (version, migration_type) = (file.version, file.migration_type);
+            let file_name = file.file_name.clone();
+            let migration = file.into_migration(dir, sql)?;
             let slot = if migration_type == MigrationType::ReversibleDown {
                 &mut downs
             } else {
@@ -346,6 +266,106 @@ impl Plan<'_> {
 
 fn short(checksum: &[u8]) -> String {
     hex(&checksum[..checksum.len().min(6)])
+}
+
+/// A migration file found in the source directory, before it is read.
+struct MigrationFile {
+    path: std::path::PathBuf,
+    file_name: String,
+    version: i64,
+    migration_type: MigrationType,
+    description: String,
+}
+
+impl MigrationFile {
+    fn into_migration(self, dir: &Path, sql: String) -> Result<Migration> {
+        if sql.starts_with('\u{feff}') {
+            // Invisible in an editor; PostgreSQL would report a syntax error at it.
+            return Err(Error::Config(format!(
+                "migration {} in {} starts with a UTF-8 byte order mark (BOM): save it \
+                 without one",
+                self.file_name,
+                dir.display()
+            )));
+        }
+        // sqlx's rule: the marker must be the file's very first bytes.
+        let no_tx = sql.starts_with("-- no-transaction");
+        Ok(Migration::new(
+            self.version,
+            Cow::Owned(self.description),
+            self.migration_type,
+            AssertSqlSafe(sql).into_sql_str(),
+            no_tx,
+        ))
+    }
+}
+
+/// The migration files of `dir`, by sqlx-cli's rules: a regular file (or a symlink to one)
+/// whose name has an `_` and ends in `.sql`; dot files and anything else are skipped.
+fn list(dir: &Path) -> Result<Vec<MigrationFile>> {
+    let unreadable = |e: std::io::Error| {
+        Error::Config(format!(
+            "cannot read migration source {}: {e}",
+            dir.display()
+        ))
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with('.') || !is_file(&entry).map_err(unreadable)? {
+            continue;
+        }
+        let Some((version_text, rest)) = file_name.split_once('_') else {
+            if file_name.ends_with(".sql") {
+                tracing::warn!(
+                    "skipping {} in {}: not named <VERSION>_<description>.sql",
+                    file_name,
+                    dir.display()
+                );
+            }
+            continue;
+        };
+        if !rest.ends_with(".sql") {
+            continue;
+        }
+        let (version, migration_type, description) = parse_file_name(version_text, rest)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "malformed migration file name {:?} in {}: expected \
+                     <VERSION>_<description>.sql (or .up.sql / .down.sql), VERSION a positive \
+                     integer",
+                    file_name,
+                    dir.display()
+                ))
+            })?;
+        files.push(MigrationFile {
+            path: entry.path(),
+            file_name,
+            version,
+            migration_type,
+            description,
+        });
+    }
+    Ok(files)
+}
+
+/// Whether a directory entry is a file, from the listing alone unless it is a symlink. As
+/// sqlx-cli does, a symlink whose target is missing is an error, not a migration silently
+/// left out.
+fn is_file(entry: &std::fs::DirEntry) -> std::io::Result<bool> {
+    let file_type = entry.file_type()?;
+    if !file_type.is_symlink() {
+        return Ok(file_type.is_file());
+    }
+    std::fs::metadata(entry.path())
+        .map(|m| m.is_file())
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{}: {e} (a dangling symlink?)", entry.path().display()),
+            )
+        })
 }
 
 /// Read every file as UTF-8, in order. (Threads were measured: no faster here, the cost

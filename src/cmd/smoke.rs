@@ -23,6 +23,15 @@ enum Role {
     Wait,
 }
 
+/// What a rehearsed process's task returns: its role and index, pid, run time and output.
+type Exited = (
+    Role,
+    u32,
+    u32,
+    Duration,
+    std::io::Result<std::process::Output>,
+);
+
 struct Finished {
     role: Role,
     index: u32,
@@ -159,7 +168,7 @@ impl Scratch {
         created.map_err(|e| {
             Error::Config(format!(
                 "smoke rehearses in a scratch database it creates and drops, so that it never \
-                 touches data: {e}; give a user that may create databases (or omit \
+                 touches data: {e:#}; give a user that may create databases (or omit \
                  --database-url for a throwaway SQLite file)"
             ))
         })?;
@@ -184,7 +193,7 @@ impl Scratch {
             Err(e) => Err(e),
         };
         if let Err(e) = dropped {
-            tracing::warn!("the scratch database {} was left behind: {e}", self.name);
+            tracing::warn!("the scratch database {} was left behind: {e:#}", self.name);
         }
     }
 }
@@ -219,36 +228,15 @@ async fn rehearse(
         cfg,
         source,
     };
-    let mut conn = db::connect(&rehearsal.cfg).await?;
-    if rehearsal.cfg.backend == crate::config::Backend::Postgres {
-        check_summary(&rehearsal, &mut conn).await?;
-    }
-    let mut checks = rehearsal.race(&mut conn, "rollout").await?;
+    let checks = rehearsal.phases().await?;
+    verdict(&checks, version, started)
+}
 
-    // Down one version and up again, when the newest migration can be undone.
-    let newest = rehearsal
-        .source
-        .ups
-        .last()
-        .expect("a source is never empty")
-        .version;
-    if rehearsal.source.downs.contains_key(&newest) && checks.iter().all(|c| c.ok) {
-        let previous = rehearsal
-            .source
-            .ups
-            .iter()
-            .rev()
-            .nth(1)
-            .map_or(0, |m| m.version);
-        println!("\nrehearsing a rollback: down to {previous}, then the same race up again");
-        checks.push(rehearsal.rollback(&mut conn, previous).await?);
-        checks.extend(rehearsal.race(&mut conn, "up again").await?);
-    }
-    conn.close().await;
-
+/// Print the checks' table and turn it into the outcome.
+fn verdict(checks: &[Check], version: String, started: Instant) -> Result<Outcome> {
     println!();
     println!("{:<66} result", "check");
-    for c in &checks {
+    for c in checks {
         println!(
             "{:<66} {}  {}",
             c.name,
@@ -292,12 +280,38 @@ async fn check_summary(rehearsal: &Rehearsal, conn: &mut Conn) -> Result<()> {
     println!();
     match super::check::summary(&rehearsal.cfg, &rehearsal.source, since).await {
         Ok(report) => crate::check::print_table(&report),
-        Err(e) => println!("check: cannot rehearse the migrations: {e}"),
+        Err(e) => println!("check: cannot rehearse the migrations: {e:#}"),
     }
     Ok(())
 }
 
 impl Rehearsal {
+    /// The rollout race, and when the newest migration can be undone, a rollback one
+    /// version down and the same race up again.
+    async fn phases(&self) -> Result<Vec<Check>> {
+        let mut conn = db::connect(&self.cfg).await?;
+        if self.cfg.backend == crate::config::Backend::Postgres {
+            check_summary(self, &mut conn).await?;
+        }
+        let mut checks = self.race(&mut conn, "rollout").await?;
+
+        // Down one version and up again, when the newest migration can be undone.
+        let newest = self
+            .source
+            .ups
+            .last()
+            .expect("a source is never empty")
+            .version;
+        if self.source.downs.contains_key(&newest) && checks.iter().all(|c| c.ok) {
+            let previous = self.source.ups.iter().rev().nth(1).map_or(0, |m| m.version);
+            println!("\nrehearsing a rollback: down to {previous}, then the same race up again");
+            checks.push(self.rollback(&mut conn, previous).await?);
+            checks.extend(self.race(&mut conn, "up again").await?);
+        }
+        conn.close().await;
+        Ok(checks)
+    }
+
     /// Start N `migrate` and N `wait` at once, wait for all, print their table, and check.
     async fn race(&self, conn: &mut Conn, phase: &str) -> Result<Vec<Check>> {
         let cfg = &self.cfg;
@@ -310,6 +324,25 @@ impl Rehearsal {
         let pending_before = self.source.compare(&applied_before).pending.len();
         let deadline = humantime::format_duration(self.deadline).to_string();
         let started = Instant::now();
+        let running = self.start_all(&deadline)?;
+        let mut finished = self.collect(conn, running, started, &deadline).await?;
+        let markers = conn.markers(&cfg.table, 1000).await?;
+        let (applied_after, dirty) = conn.applied().await?;
+        finished.sort_by_key(|f| (f.role == Role::Wait, f.index));
+        print_processes(phase, &finished, &markers);
+        Ok(self.check(
+            phase,
+            &finished,
+            pending_before,
+            markers_before,
+            &markers,
+            (applied_before.len(), applied_after.len()),
+            dirty,
+        ))
+    }
+
+    /// Start N `migrate` and N `wait` processes at once.
+    fn start_all(&self, deadline: &str) -> Result<JoinSet<Exited>> {
         let mut running = JoinSet::new();
         let n = self.replicas;
         for (role, index) in (1..=n)
@@ -318,8 +351,8 @@ impl Rehearsal {
         {
             let mut cmd = self.command();
             match role {
-                Role::Migrate => cmd.args(["migrate", "--lock-wait", &deadline]),
-                Role::Wait => cmd.args(["wait", "--interval", "50ms", "--timeout", &deadline]),
+                Role::Migrate => cmd.args(["migrate", "--lock-wait", deadline]),
+                Role::Wait => cmd.args(["wait", "--interval", "50ms", "--timeout", deadline]),
             };
             cmd.arg("--source").arg(&self.source_dir);
             let t = Instant::now();
@@ -332,6 +365,18 @@ impl Rehearsal {
                 (role, index, pid, t.elapsed(), out)
             });
         }
+        Ok(running)
+    }
+
+    /// Wait for every process (showing progress), noting for each waiter that passed
+    /// whether the schema was complete when it was seen to exit.
+    async fn collect(
+        &self,
+        conn: &mut Conn,
+        mut running: JoinSet<Exited>,
+        started: Instant,
+        deadline: &str,
+    ) -> Result<Vec<Finished>> {
         let total = running.len();
         let mut finished: Vec<Finished> = Vec::with_capacity(total);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -375,19 +420,7 @@ impl Rehearsal {
         if std::io::stderr().is_terminal() {
             eprintln!();
         }
-        let markers = conn.markers(&cfg.table, 1000).await?;
-        let (applied_after, dirty) = conn.applied().await?;
-        finished.sort_by_key(|f| (f.role == Role::Wait, f.index));
-        print_processes(phase, &finished, &markers);
-        Ok(self.check(
-            phase,
-            &finished,
-            pending_before,
-            markers_before,
-            &markers,
-            (applied_before.len(), applied_after.len()),
-            dirty,
-        ))
+        Ok(finished)
     }
 
     fn command(&self) -> Command {

@@ -2,6 +2,7 @@
 //! lock holder, as text or as one JSON document (shape documented in README.md).
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use serde::Serialize;
 
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::formats::{Foreign, Format, history};
 use crate::lock;
 use crate::source::{Source, hex};
+use sqlx::migrate::AppliedMigration;
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -128,18 +130,6 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
     let (applied, dirty) = conn.applied().await?;
     conn.close().await;
 
-    let comparison = source.as_ref().map(|s| (s, s.compare(&applied)));
-    let pending = comparison.as_ref().map(|(s, c)| {
-        c.pending
-            .iter()
-            .map(|m| Pending {
-                version: m.version,
-                description: m.description.to_string(),
-                no_transaction: m.no_tx,
-                reversible: s.downs.contains_key(&m.version),
-            })
-            .collect()
-    });
     let report = Report {
         database: cfg.display_url.clone(),
         backend: cfg.backend.name(),
@@ -152,27 +142,7 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
             holder,
         },
         markers,
-        migrations: Migrations {
-            dirty,
-            invalid_indexes,
-            applied: applied
-                .iter()
-                .map(|a| Applied {
-                    version: a.version,
-                    checksum: hex(&a.checksum),
-                    source: comparison.as_ref().map(|(_, c)| {
-                        if c.modified.contains(&a.version) {
-                            "modified"
-                        } else if c.missing.contains(&a.version) || c.ahead.contains(&a.version) {
-                            "missing"
-                        } else {
-                            "ok"
-                        }
-                    }),
-                })
-                .collect(),
-            pending,
-        },
+        migrations: migrations_report(source.as_ref(), &applied, dirty, invalid_indexes),
         history,
     };
     let text = if args.json {
@@ -188,6 +158,52 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
         message: "status printed".into(),
         ..Outcome::default()
     })
+}
+
+/// The applied migrations (each against the source, when one is given) and the pending
+/// ones.
+fn migrations_report(
+    source: Option<&Source>,
+    applied: &[AppliedMigration],
+    dirty: Option<i64>,
+    invalid_indexes: Vec<String>,
+) -> Migrations {
+    let comparison = source.map(|s| s.compare(applied));
+    let state = |version: i64| {
+        comparison.as_ref().map(|c| {
+            if c.modified.contains(&version) {
+                "modified"
+            } else if c.missing.contains(&version) || c.ahead.contains(&version) {
+                "missing"
+            } else {
+                "ok"
+            }
+        })
+    };
+    let pending = source.zip(comparison.as_ref()).map(|(s, c)| {
+        c.pending
+            .iter()
+            .map(|m| Pending {
+                version: m.version,
+                description: m.description.to_string(),
+                no_transaction: m.no_tx,
+                reversible: s.downs.contains_key(&m.version),
+            })
+            .collect()
+    });
+    Migrations {
+        dirty,
+        invalid_indexes,
+        applied: applied
+            .iter()
+            .map(|a| Applied {
+                version: a.version,
+                checksum: hex(&a.checksum),
+                source: state(a.version),
+            })
+            .collect(),
+        pending,
+    }
 }
 
 async fn history_report(conn: &mut db::Conn, cfg: &Config, f: &Foreign) -> Result<HistoryReport> {
@@ -229,28 +245,39 @@ async fn history_report(conn: &mut db::Conn, cfg: &Config, f: &Foreign) -> Resul
     })
 }
 
+/// One line of the text report (writing to a String cannot fail).
+macro_rules! say {
+    ($out:ident) => { $out.push('\n') };
+    ($out:ident, $($t:tt)*) => {{ let _ = writeln!($out, $($t)*); }};
+}
+
 fn render_text(r: &Report) -> String {
-    use std::fmt::Write as _;
     let mut out = String::new();
-    // One line of the report (writing to a String cannot fail).
-    macro_rules! say {
-        () => { out.push('\n') };
-        ($($t:tt)*) => {{ let _ = writeln!(out, $($t)*); }};
+    render_lock_and_markers(&mut out, r);
+    say!(out);
+    match &r.history {
+        Some(h) => render_history(&mut out, h),
+        None => render_migrations(&mut out, &r.migrations),
     }
-    say!("database  {} ({})", r.database, r.backend);
-    say!("lock      {:?} key {}", r.lock.name, r.lock.key);
-    say!("kind      {} ({})", r.lock.kind, r.lock.reason);
+    out
+}
+
+fn render_lock_and_markers(out: &mut String, r: &Report) {
+    say!(out, "database  {} ({})", r.database, r.backend);
+    say!(out, "lock      {:?} key {}", r.lock.name, r.lock.key);
+    say!(out, "kind      {} ({})", r.lock.kind, r.lock.reason);
     match &r.lock.holder {
-        Some(h) => say!("holder    {h}"),
-        None => say!("holder    none"),
+        Some(h) => say!(out, "holder    {h}"),
+        None => say!(out, "holder    none"),
     }
-    say!();
-    say!("markers in {} (newest first):", r.table);
+    say!(out);
+    say!(out, "markers in {} (newest first):", r.table);
     if r.markers.is_empty() {
-        say!("  none");
+        say!(out, "  none");
     }
     for m in &r.markers {
         say!(
+            out,
             "  #{:<4} {:<10} {:<9} {:<20} applied {:<3} {} .. {}  {}{}",
             m.id,
             m.action,
@@ -272,58 +299,67 @@ fn render_text(r: &Report) -> String {
                 .unwrap_or_default()
         );
     }
-    say!();
-    if let Some(h) = &r.history {
-        say!(
-            "{} history in {} against the files: version {} (digest {})",
-            h.format,
-            h.table,
-            h.version,
-            &h.digest[..12]
-        );
-        for f in &h.files {
-            say!("  {:<9} {} ({})", f.state, f.id, f.file);
-        }
-        for u in &h.unknown {
-            say!("  ahead     {u} (in {}, not in the files)", h.table);
-        }
-        for f in h.files.iter().filter(|f| f.state == "modified") {
-            say!(
-                "modified: {} changed since it was applied (the last succeeded marker \
-                 recorded another checksum)",
-                f.file
-            );
-        }
-        say!(
-            "{}",
-            if h.ready {
-                "ready: every migration of the files is applied"
-            } else {
-                "not ready: migrations are pending"
-            }
-        );
-        return out;
+}
+
+fn render_history(out: &mut String, h: &HistoryReport) {
+    say!(
+        out,
+        "{} history in {} against the files: version {} (digest {})",
+        h.format,
+        h.table,
+        h.version,
+        &h.digest[..12]
+    );
+    for f in &h.files {
+        say!(out, "  {:<9} {} ({})", f.state, f.id, f.file);
     }
-    let migrations = &r.migrations;
-    say!("applied migrations: {}", migrations.applied.len());
+    for u in &h.unknown {
+        say!(out, "  ahead     {u} (in {}, not in the files)", h.table);
+    }
+    for f in h.files.iter().filter(|f| f.state == "modified") {
+        say!(
+            out,
+            "modified: {} changed since it was applied (the last succeeded marker \
+             recorded another checksum)",
+            f.file
+        );
+    }
+    say!(
+        out,
+        "{}",
+        if h.ready {
+            "ready: every migration of the files is applied"
+        } else {
+            "not ready: migrations are pending"
+        }
+    );
+}
+
+fn render_migrations(out: &mut String, migrations: &Migrations) {
+    say!(out, "applied migrations: {}", migrations.applied.len());
     for a in migrations
         .applied
         .iter()
         .filter(|a| a.source.is_some_and(|s| s != "ok"))
     {
-        say!("  {} {}", a.version, a.source.unwrap_or_default());
+        say!(out, "  {} {}", a.version, a.source.unwrap_or_default());
     }
     if let Some(v) = migrations.dirty {
-        say!("dirty: migration {v} failed part-way; see `schemagate migrate` for the repair");
+        say!(
+            out,
+            "dirty: migration {v} failed part-way; see `schemagate migrate` for the repair"
+        );
     }
     for index in &migrations.invalid_indexes {
-        say!("invalid index: {index} (a failed CREATE INDEX CONCURRENTLY? drop it and re-run)");
+        say!(
+            out,
+            "invalid index: {index} (a failed CREATE INDEX CONCURRENTLY? drop it and re-run)"
+        );
     }
     if let Some(pending) = &migrations.pending {
-        say!("pending migrations: {}", pending.len());
+        say!(out, "pending migrations: {}", pending.len());
         for p in pending {
-            say!("  {} {}", p.version, p.description);
+            say!(out, "  {} {}", p.version, p.description);
         }
     }
-    out
 }
