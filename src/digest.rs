@@ -216,7 +216,7 @@ pub fn run(dir: &Path) -> Result<crate::cmd::Outcome> {
     let source = Source::load(dir)?;
     let path = write(&source)?;
     let digest = source.digest();
-    println!("{digest}  {}", path.display());
+    outln!("{digest}  {}", path.display());
     tracing::info!(
         "wrote {}: schema version {}, {} migration(s), digest {digest}",
         path.display(),

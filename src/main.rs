@@ -2,6 +2,13 @@
 //! outcome into the exit code and the termination-log line. Every exit code is decided in
 //! `error.rs`; nothing below calls `process::exit`.
 
+/// `println!` that never panics: a closed stdout (`schemagate status | head -1`) just ends
+/// the output, as `print_stdout` does.
+macro_rules! outln {
+    () => { $crate::print_stdout("\n") };
+    ($($t:tt)*) => { $crate::print_stdout(&format!("{}\n", format_args!($($t)*))) };
+}
+
 mod check;
 mod child;
 mod cli;

@@ -11,7 +11,8 @@ pub struct Statement<'a> {
 }
 
 /// Split `sql` at top-level semicolons. Statements that hold only white space and comments
-/// are dropped.
+/// are dropped. Long on purpose: one scanner loop whose states (quotes, dollar quotes,
+/// comments, BEGIN ATOMIC bodies) must be read together.
 pub fn split(sql: &str) -> Vec<Statement<'_>> {
     let b = sql.as_bytes();
     let mut out = Vec::new();

@@ -75,6 +75,8 @@ async fn rows(c: &mut PgConnection, sql: String) -> Result<Vec<PgRow>, sqlx::Err
 }
 
 impl Snapshot {
+    /// Read the catalog. Long on purpose: one query per kind of object, each filling its
+    /// own part of the snapshot, read top to bottom; split, they would only pass `s` around.
     pub async fn take(c: &mut PgConnection) -> Result<Snapshot, sqlx::Error> {
         let mut s = Snapshot::default();
         let nsp = excluded("n.nspname");
@@ -200,7 +202,8 @@ pub struct Break {
     pub detail: String,
 }
 
-/// What code written for `old` can no longer do against `new`.
+/// What code written for `old` can no longer do against `new`. Long on purpose: one short
+/// rule per finding kind, in the order `--help` lists them, sharing `push`.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Break> {
     let mut out = Vec::new();
     let mut push = |kind, object: String, detail: String| {

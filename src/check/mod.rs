@@ -184,6 +184,7 @@ pub fn parse_allow_flags(flags: &[String]) -> Result<Vec<(String, String)>, Stri
 
 /// Turn what a migration did into its report: locks in words, rewrites and blocking scans
 /// (operational findings), and the catalog's incompatibilities (compatibility findings).
+/// Long on purpose: the findings are gathered in one list, in the order they are shown.
 pub fn report(
     migration: String,
     version: Option<i64>,
@@ -309,29 +310,30 @@ pub fn report(
     }
 }
 
-/// The table for people: per migration its locks, then every finding.
+/// The table for people: per migration its locks, then every finding. Long on purpose: the
+/// output's layout, line by line.
 pub fn print_table(report: &Report) {
-    println!(
+    outln!(
         "schemagate check: {} migration run(s) against {}, rehearsed on scratch database {}",
         report.migrations.len(),
         report.baseline,
         report.scratch_database
     );
     for m in &report.migrations {
-        println!();
-        println!("{}  ({:.1} ms)", m.migration, m.duration_ms);
-        println!("  observed: {}", m.observed);
+        outln!();
+        outln!("{}  ({:.1} ms)", m.migration, m.duration_ms);
+        outln!("  observed: {}", m.observed);
         if !m.locks_observed {
             continue;
         }
-        println!(
+        outln!(
             "  lock_timeout: {}",
             m.lock_timeout
                 .as_deref()
                 .unwrap_or("not set (a lock it waits for queues every query behind it)")
         );
         if m.locks.is_empty() {
-            println!("  no locks on existing tables");
+            outln!("  no locks on existing tables");
         }
         for l in &m.locks {
             let mut notes = Vec::new();
@@ -340,7 +342,7 @@ pub fn print_table(report: &Report) {
             } else if l.scanned {
                 notes.push("scanned");
             }
-            println!(
+            outln!(
                 "  {:<22} {:<22} {}{}",
                 l.table,
                 l.mode,
@@ -354,16 +356,19 @@ pub fn print_table(report: &Report) {
         }
     }
     let findings: Vec<&Finding> = report.migrations.iter().flat_map(|m| &m.findings).collect();
-    println!();
+    outln!();
     if findings.is_empty() {
-        println!("no findings");
+        outln!("no findings");
     } else {
-        println!(
+        outln!(
             "{:<20} {:<32} {:<9} {:<40} detail",
-            "finding", "object", "accepted", "migration"
+            "finding",
+            "object",
+            "accepted",
+            "migration"
         );
         for f in &findings {
-            println!(
+            outln!(
                 "{:<20} {:<32} {:<9} {:<40} {}",
                 f.kind,
                 f.object,
@@ -373,15 +378,15 @@ pub fn print_table(report: &Report) {
             );
         }
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{} finding(s), {} not accepted, in {:.1} s",
         report.findings,
         report.unaccepted,
         report.duration_ms as f64 / 1000.0
     );
     if report.unaccepted > 0 {
-        println!(
+        outln!(
             "accept one with a comment in its migration: -- schemagate:allow <finding> <object>"
         );
     }

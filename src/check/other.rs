@@ -164,7 +164,8 @@ impl Conn {
 }
 
 /// Rehearse `source`'s migrations newer than `since`; returns the scratch database's name,
-/// the baseline in words and a report per migration.
+/// the baseline in words and a report per migration. Long on purpose: create, baseline,
+/// each migration between two snapshots, drop on every way out, in one visible sequence.
 pub async fn rehearse(
     cfg: &Config,
     source: &Source,
@@ -290,6 +291,8 @@ async fn sqlite_snapshot(c: &mut SqliteConnection) -> Result<Snapshot, sqlx::Err
     Ok(s)
 }
 
+/// MySQL's catalog as a `Snapshot`. Long on purpose: one information_schema query per kind
+/// of object, as `Snapshot::take` does for PostgreSQL.
 async fn mysql_snapshot(c: &mut MySqlConnection) -> Result<Snapshot, sqlx::Error> {
     let mut s = Snapshot {
         by_name: true,

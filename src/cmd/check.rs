@@ -103,7 +103,7 @@ fn finish(
         migrations,
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("a report serialises")
         );
@@ -193,6 +193,9 @@ async fn rehearse(
     r
 }
 
+/// The baseline (migrations up to `since`), then each newer migration in a fresh session,
+/// observed from its own backend before commit. Long on purpose: the order of these steps
+/// is what makes the observation true (snapshot, run, read pg_locks, commit, snapshot).
 async fn rehearse_sql(
     c: &mut PgConnection,
     scratch: &Scratch,

@@ -301,12 +301,12 @@ async fn dry_run(
         }
         Job::External { command, .. } => {
             if lock::is_done(conn, cfg, expected).await? {
-                println!(
+                outln!(
                     "nothing to run: schema version {} is already recorded",
                     expected.version
                 );
             } else {
-                println!(
+                outln!(
                     "would run under the lock: {}\nthen record schema version {}",
                     redact(&command.join(" ")),
                     expected.version
@@ -691,20 +691,20 @@ pub(super) async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Plan
 
 fn print_plan(source: &Source, pending: &[&Migration]) {
     if pending.is_empty() {
-        println!(
+        outln!(
             "nothing to apply: the database has every migration in {}",
             source.dir.display()
         );
         return;
     }
-    println!(
+    outln!(
         "would apply {} migration(s) from {}:",
         pending.len(),
         source.dir.display()
     );
     for m in pending {
         let tx = if m.no_tx { "  (no transaction)" } else { "" };
-        println!("  {} {}{tx}", m.version, m.description);
+        outln!("  {} {}{tx}", m.version, m.description);
     }
 }
 

@@ -80,23 +80,16 @@ async fn undo(
         let t = Instant::now();
         if let Err(e) = conn.revert(down, fence).await {
             let detail = format!("undoing migration {label} failed: {}", e.message);
-            if e.lease_lost {
-                return Err(Error::LockLost(detail));
+            if !e.lease_lost {
+                let failed = marker(Status::Failed, undone, Some(&detail));
+                if let Err(m) = conn.insert_marker(&cfg.table, &failed, fence).await {
+                    tracing::warn!("{m:#}");
+                }
             }
-            if let Err(m) = conn
-                .insert_marker(
-                    &cfg.table,
-                    &marker(Status::Failed, undone, Some(&detail)),
-                    fence,
-                )
-                .await
-            {
-                tracing::warn!("{m:#}");
-            }
-            return Err(if e.config {
-                Error::Config(detail)
-            } else {
-                Error::Failed(detail)
+            return Err(match (e.lease_lost, e.config) {
+                (true, _) => Error::LockLost(detail),
+                (false, true) => Error::Config(detail),
+                (false, false) => Error::Failed(detail),
             });
         }
         undone += 1;
@@ -138,12 +131,12 @@ async fn versions_to_undo(conn: &mut Conn, source: &Source, to: i64) -> Result<V
 
 fn print_undo_plan(source: &Source, to: i64, to_undo: &[i64]) {
     if to_undo.is_empty() {
-        println!("nothing to undo: no migration newer than {to} is applied");
+        outln!("nothing to undo: no migration newer than {to} is applied");
         return;
     }
-    println!("would undo {} migration(s), newest first:", to_undo.len());
+    outln!("would undo {} migration(s), newest first:", to_undo.len());
     for v in to_undo {
-        println!("  {} {}", v, source.downs[v].description);
+        outln!("  {} {}", v, source.downs[v].description);
     }
 }
 

@@ -172,7 +172,7 @@ impl Scratch {
                  --database-url for a throwaway SQLite file)"
             ))
         })?;
-        println!(
+        outln!(
             "rehearsing in the scratch database {name} (dropped afterwards); {} is not touched",
             given.display_url
         );
@@ -209,11 +209,11 @@ async fn rehearse(
     let cfg = cfg.clone();
     let url = cfg.url.clone();
     let n = args.replicas;
-    println!(
+    outln!(
         "schemagate smoke: {n} migrate + {n} wait processes against {}",
         cfg.display_url
     );
-    println!(
+    outln!(
         "source {} ({} migrations, newest {version})",
         args.source.display(),
         source.ups.len()
@@ -234,10 +234,10 @@ async fn rehearse(
 
 /// Print the checks' table and turn it into the outcome.
 fn verdict(checks: &[Check], version: String, started: Instant) -> Result<Outcome> {
-    println!();
-    println!("{:<66} result", "check");
+    outln!();
+    outln!("{:<66} result", "check");
     for c in checks {
-        println!(
+        outln!(
             "{:<66} {}  {}",
             c.name,
             if c.ok { "ok  " } else { "FAIL" },
@@ -249,9 +249,9 @@ fn verdict(checks: &[Check], version: String, started: Instant) -> Result<Outcom
         .filter(|c| !c.ok)
         .map(|c| c.name.as_str())
         .collect();
-    println!();
+    outln!();
     if failed.is_empty() {
-        println!("smoke passed in {:.1?}", started.elapsed());
+        outln!("smoke passed in {:.1?}", started.elapsed());
         Ok(Outcome {
             version: Some(version),
             applied: None,
@@ -259,7 +259,7 @@ fn verdict(checks: &[Check], version: String, started: Instant) -> Result<Outcom
             exec: None,
         })
     } else {
-        println!(
+        outln!(
             "smoke FAILED: {} check(s) in {:.1?}",
             failed.len(),
             started.elapsed()
@@ -277,10 +277,10 @@ fn verdict(checks: &[Check], version: String, started: Instant) -> Result<Outcom
 async fn check_summary(rehearsal: &Rehearsal, conn: &mut Conn) -> Result<()> {
     let (applied, _) = conn.applied().await?;
     let since = applied.iter().map(|a| a.version).max().unwrap_or(0);
-    println!();
+    outln!();
     match super::check::summary(&rehearsal.cfg, &rehearsal.source, since).await {
         Ok(report) => crate::check::print_table(&report),
-        Err(e) => println!("check: cannot rehearse the migrations: {e:#}"),
+        Err(e) => outln!("check: cannot rehearse the migrations: {e:#}"),
     }
     Ok(())
 }
@@ -304,7 +304,7 @@ impl Rehearsal {
             .version;
         if self.source.downs.contains_key(&newest) && checks.iter().all(|c| c.ok) {
             let previous = self.source.ups.iter().rev().nth(1).map_or(0, |m| m.version);
-            println!("\nrehearsing a rollback: down to {previous}, then the same race up again");
+            outln!("\nrehearsing a rollback: down to {previous}, then the same race up again");
             checks.push(self.rollback(&mut conn, previous).await?);
             checks.extend(self.race(&mut conn, "up again").await?);
         }
@@ -501,17 +501,6 @@ impl Rehearsal {
         dirty: Option<i64>,
     ) -> Vec<Check> {
         let version = self.source.version();
-        let nonzero: Vec<String> = finished
-            .iter()
-            .filter(|f| f.code != Some(0))
-            .map(|f| {
-                format!(
-                    "{} exited {}",
-                    label(f),
-                    f.code.map_or("by a signal".into(), |c| c.to_string())
-                )
-            })
-            .collect();
         // Counted from the database, never from the processes' logs: the new rows in
         // the history, and the markers (each names its runner's pid and what it applied).
         let new_markers: Vec<&db::Marker> =
@@ -524,21 +513,8 @@ impl Rehearsal {
             .filter(|m| m.status == "succeeded" && m.version == version)
             .count();
         let expected_markers = usize::from(pending_before > 0);
-        let early: Vec<String> = finished
-            .iter()
-            .filter(|f| f.complete_after_exit == Some(false))
-            .map(label)
-            .collect();
         vec![
-            Check {
-                name: format!("{phase}: every process exited 0"),
-                ok: nonzero.is_empty(),
-                detail: if nonzero.is_empty() {
-                    format!("{} of {}", finished.len(), finished.len())
-                } else {
-                    nonzero.join(", ")
-                },
-            },
+            exited_zero(phase, finished),
             Check {
                 name: format!("{phase}: each migration applied exactly once"),
                 ok: applying_lines == pending_before
@@ -561,16 +537,50 @@ impl Rehearsal {
                     new_markers.len()
                 ),
             },
-            Check {
-                name: format!("{phase}: every waiter passed only once the schema was complete"),
-                ok: early.is_empty(),
-                detail: if early.is_empty() {
-                    "yes".into()
-                } else {
-                    format!("early: {}", early.join(", "))
-                },
-            },
+            waiters_in_order(phase, finished),
         ]
+    }
+}
+
+/// Every rehearsed process exited 0.
+fn exited_zero(phase: &str, finished: &[Finished]) -> Check {
+    let nonzero: Vec<String> = finished
+        .iter()
+        .filter(|f| f.code != Some(0))
+        .map(|f| {
+            format!(
+                "{} exited {}",
+                label(f),
+                f.code.map_or("by a signal".into(), |c| c.to_string())
+            )
+        })
+        .collect();
+    Check {
+        name: format!("{phase}: every process exited 0"),
+        ok: nonzero.is_empty(),
+        detail: if nonzero.is_empty() {
+            format!("{} of {}", finished.len(), finished.len())
+        } else {
+            nonzero.join(", ")
+        },
+    }
+}
+
+/// No waiter passed before the schema was complete (checked when it was seen to exit).
+fn waiters_in_order(phase: &str, finished: &[Finished]) -> Check {
+    let early: Vec<String> = finished
+        .iter()
+        .filter(|f| f.complete_after_exit == Some(false))
+        .map(label)
+        .collect();
+    Check {
+        name: format!("{phase}: every waiter passed only once the schema was complete"),
+        ok: early.is_empty(),
+        detail: if early.is_empty() {
+            "yes".into()
+        } else {
+            format!("early: {}", early.join(", "))
+        },
     }
 }
 
@@ -616,9 +626,9 @@ fn runner_pid(runner: &str) -> Option<u32> {
 }
 
 fn print_processes(phase: &str, finished: &[Finished], markers: &[db::Marker]) {
-    println!();
-    println!("{phase}:");
-    println!("{:<12} {:>5} {:>10}  note", "process", "exit", "time");
+    outln!();
+    outln!("{phase}:");
+    outln!("{:<12} {:>5} {:>10}  note", "process", "exit", "time");
     for f in finished {
         let applied = markers
             .iter()
@@ -641,7 +651,7 @@ fn print_processes(phase: &str, finished: &[Finished], markers: &[db::Marker]) {
                     .unwrap_or(""),
             )
         };
-        println!(
+        outln!(
             "{:<12} {:>5} {:>10}  {note}",
             label(f),
             f.code.map_or("sig".into(), |c| c.to_string()),

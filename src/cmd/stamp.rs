@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::Outcome;
 use crate::config::StampConfig;
-use crate::db::{NewMarker, Status};
+use crate::db::{Conn, Fence, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::source::Source;
 
@@ -30,26 +30,12 @@ pub async fn run(args: &StampConfig) -> Result<Outcome> {
     let recorded = super::with_lock(cfg, async |conn, lock| {
         let fence = lock.fence(cfg);
         conn.ensure_marker_table(&cfg.table).await?;
-        let mut recorded = 0;
-        if let (Some(source), Some(upto)) = (&source, upto) {
-            conn.ensure_migrations_table().await?;
-            let (applied, dirty) = conn.applied().await?;
-            // The pending ones up to VERSION, and a dirty one (finished by hand).
-            let pending = source.compare(&applied).pending;
-            let to_record = source.ups.iter().filter(|m| {
-                m.version <= upto
-                    && (dirty == Some(m.version) || pending.iter().any(|p| p.version == m.version))
-            });
-            for m in to_record {
-                conn.stamp(m, fence.as_ref()).await?;
-                recorded += 1;
-                tracing::info!(
-                    "recorded {} ({}) as applied without running it",
-                    m.version,
-                    m.description
-                );
+        let recorded = match (&source, upto) {
+            (Some(source), Some(upto)) => {
+                record_applied(conn, source, upto, fence.as_ref()).await?
             }
-        }
+            _ => 0,
+        };
         let digest = source.as_ref().map(|s| s.digest_upto(upto));
         conn.insert_marker(
             &cfg.table,
@@ -76,4 +62,32 @@ pub async fn run(args: &StampConfig) -> Result<Outcome> {
         message: "stamped".into(),
         exec: None,
     })
+}
+
+/// Record the source's migrations up to `upto` that are pending, and a dirty one (finished
+/// by hand), as applied without running them; returns how many.
+async fn record_applied(
+    conn: &mut Conn,
+    source: &Source,
+    upto: i64,
+    fence: Option<&Fence>,
+) -> Result<usize> {
+    conn.ensure_migrations_table().await?;
+    let (applied, dirty) = conn.applied().await?;
+    let pending = source.compare(&applied).pending;
+    let to_record = source.ups.iter().filter(|m| {
+        m.version <= upto
+            && (dirty == Some(m.version) || pending.iter().any(|p| p.version == m.version))
+    });
+    let mut recorded = 0;
+    for m in to_record {
+        conn.stamp(m, fence).await?;
+        recorded += 1;
+        tracing::info!(
+            "recorded {} ({}) as applied without running it",
+            m.version,
+            m.description
+        );
+    }
+    Ok(recorded)
 }

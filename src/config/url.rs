@@ -72,7 +72,8 @@ fn display_of(url: &url::Url) -> String {
     shown.to_string().replace("%2A%2A%2A", "***")
 }
 
-/// The backend a URL names, the URL as sqlx takes it, and its redacted form.
+/// The backend a URL names, the URL as sqlx takes it, and its redacted form. Long on
+/// purpose: each check refuses one mistake drivers report badly, in the order a URL is read.
 pub(super) fn parse_database_url(raw: &str) -> Result<(Backend, String, String)> {
     let bad =
         |shown: &str, why: &str| Error::Config(format!("invalid database URL {shown}: {why}"));

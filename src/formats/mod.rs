@@ -315,6 +315,7 @@ fn versioned(name: &str, ext: &str) -> bool {
 }
 
 /// Every format the directory looks like (cheap: names, and one `.sql` file's first bytes).
+/// Long on purpose: one recognisable sign per migrator, side by side.
 fn detect(dir: &Path) -> Result<Vec<Format>> {
     if !dir.is_dir() {
         return Err(Error::Config(format!(

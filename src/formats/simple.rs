@@ -29,6 +29,9 @@ fn diesel_version(name: &str) -> Option<String> {
     (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then_some(v)
 }
 
+/// Read a Rails, dbmate or Diesel directory: each migration's version from its name and a
+/// checksum of its contents. Long on purpose: Diesel's directories and the others' files,
+/// side by side in one loop.
 pub(super) fn read(dir: &Path, format: Format) -> Result<Read> {
     let migrations = migrations_dir(dir, format);
     let mut items = Vec::new();

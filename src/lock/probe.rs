@@ -58,7 +58,8 @@ impl Verdict {
     }
 }
 
-/// Decide on the lock connection `conn`, about whose server `info` tells.
+/// Decide on the lock connection `conn`, about whose server `info` tells. Long on purpose:
+/// the proof's three conditions and what each refusal says, in the order they are checked.
 pub async fn prove(conn: &mut Conn, cfg: &Config, info: &ServerInfo) -> Result<Verdict> {
     match Engine::from_version(&info.version) {
         Engine::CockroachDb => {

@@ -319,6 +319,19 @@ fn dry_run_changes_nothing(kind: Kind) {
     assert!(!db.table_exists("schemagate_marker"));
 }
 
+/// A dry run whose reader has gone (`migrate --dry-run | head -1`) stops printing; it
+/// used to panic on the closed pipe (exit 101) and print a Rust backtrace.
+fn dry_run_into_a_closed_pipe_does_not_panic(kind: Kind) {
+    let db = TestDb::new(kind, "drypipe");
+    let src = simple_source();
+    let (reader, writer) = std::io::pipe().unwrap();
+    // Closed before the process starts: its first write fails with EPIPE, every time.
+    drop(reader);
+    let out = run(migrate(&db, &src).arg("--dry-run").stdout(writer));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
 /// reliability: the database is unreachable (refused port; SQLite file in a missing directory) | retried with jittered backoff until `--connect-timeout`, then exit 124 (SQLite: exit 2 at once), URL redacted | nothing
 fn unreachable_database(kind: Kind) {
     let url = TestDb::unreachable_url(kind);
@@ -737,6 +750,7 @@ on_every_backend!(
     modified_migration_is_drift,
     missing_migration_is_drift,
     dry_run_changes_nothing,
+    dry_run_into_a_closed_pipe_does_not_panic,
     unreachable_database,
     no_transaction_migration,
     rollback_and_up_again,
