@@ -120,26 +120,7 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
             Job::Sql(_) => None,
         },
     };
-    // The digest file's fast path already asked for exactly this marker when the file
-    // agrees with the migrations: no need to ask again before taking the lock.
-    let checked = recorded.as_ref().is_some_and(|s| {
-        Some(s.digest.as_str()) == expected.digest
-            && Some((s.version, s.count)) == expected.history
-            && s.version.to_string() == version
-    });
-    if let (Some(recorded), Job::Sql(source)) = (&recorded, &job)
-        && !checked
-    {
-        tracing::warn!(
-            "{} records digest {}, but the migrations hash to {}: it was edited, or a \
-             migration was changed without changing its size or time. Ignored; run \
-             `schemagate digest --source {}` again",
-            source.dir.join(digest::FILE).display(),
-            recorded.digest,
-            expected.digest.unwrap_or_default(),
-            source.dir.display()
-        );
-    }
+    let checked = digest_agrees(recorded.as_ref(), &job, &expected);
     let done = |message: String, applied| Outcome {
         version: Some(version.clone()),
         applied: Some(applied),
@@ -163,25 +144,72 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
         lock: &lock,
         fence: lock.fence(cfg),
     };
-    let result = match &job {
-        Job::Sql(source) => apply_sql(&mut conn, &ctx, source, settings, &mut signals).await,
+    let result = run_locked(&mut conn, &ctx, &job, settings, &mut signals).await;
+    let result = end_lock(conn, lock, cfg, result).await;
+    notify(settings, &version, started, &result).await;
+    let ran = result?;
+    Ok(done(
+        format!("schema version {version} ready ({} applied)", ran.applied),
+        ran.applied,
+    ))
+}
+
+/// The digest file's fast path already asked for exactly this marker when the file agrees
+/// with the migrations: no need to ask again before taking the lock. When it does not
+/// agree, say so: the file is stale.
+fn digest_agrees(recorded: Option<&digest::Summary>, job: &Job, expected: &Expected<'_>) -> bool {
+    let agrees = recorded.is_some_and(|s| {
+        Some(s.digest.as_str()) == expected.digest
+            && Some((s.version, s.count)) == expected.history
+            && s.version.to_string() == expected.version
+    });
+    if let (Some(recorded), Job::Sql(source)) = (recorded, job)
+        && !agrees
+    {
+        tracing::warn!(
+            "{} records digest {}, but the migrations hash to {}: it was edited, or a \
+             migration was changed without changing its size or time. Ignored; run \
+             `schemagate digest --source {}` again",
+            source.dir.join(digest::FILE).display(),
+            recorded.digest,
+            expected.digest.unwrap_or_default(),
+            source.dir.display()
+        );
+    }
+    agrees
+}
+
+/// The work itself, with the lock held: the SQL migrations, or the external migrator.
+async fn run_locked(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    job: &Job,
+    settings: &MigrateConfig,
+    signals: &mut Signals,
+) -> Result<Ran> {
+    match job {
+        Job::Sql(source) => apply_sql(conn, ctx, source, settings, signals).await,
         Job::External {
             command, foreign, ..
         } => {
             super::supervise::run_external(
-                &mut conn,
-                &ctx,
+                conn,
+                ctx,
                 command,
                 foreign.as_ref(),
                 settings.grace,
-                &mut signals,
+                signals,
             )
             .await
         }
-    };
-    let result = match result {
-        // The session that held the lock is gone (killed, or the server went away), or a
-        // transaction may still be rolling back: leave the lock to end with it.
+    }
+}
+
+/// Release the lock and close its connection, unless the session that held it is gone
+/// (killed, or the server went away) or a transaction may still be rolling back: then the
+/// lock is left to end with that session.
+async fn end_lock(mut conn: Conn, lock: Lock, cfg: &Config, result: Result<Ran>) -> Result<Ran> {
+    match result {
         Err(e @ (Error::Interrupted(_) | Error::LockLost(_))) => {
             lock.abandon();
             Err(e)
@@ -196,28 +224,29 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
             super::released(release);
             other
         }
-    };
-    let (status, applied, error, wrote) = match &result {
+    }
+}
+
+/// `--notify-url`: the run's outcome, when it wrote a marker (a run that found the work
+/// done by another has nothing to announce).
+async fn notify(settings: &MigrateConfig, version: &str, started: Instant, result: &Result<Ran>) {
+    let (status, applied, error, wrote) = match result {
         Ok(ran) => ("succeeded", ran.applied, None, ran.wrote_marker),
         Err(e) => ("failed", 0, Some(redact(&format!("{e:#}"))), true),
     };
-    if wrote {
-        let event = http::Event {
-            event: "schemagate.migrate",
-            version: &version,
-            status,
-            applied,
-            duration_ms: started.elapsed().as_millis(),
-            runner: &cfg.runner,
-            error,
-        };
-        http::notify(&settings.notify_urls, &event).await;
+    if !wrote {
+        return;
     }
-    let ran = result?;
-    Ok(done(
-        format!("schema version {version} ready ({} applied)", ran.applied),
-        ran.applied,
-    ))
+    let event = http::Event {
+        event: "schemagate.migrate",
+        version,
+        status,
+        applied,
+        duration_ms: started.elapsed().as_millis(),
+        runner: &settings.db.runner,
+        error,
+    };
+    http::notify(&settings.notify_urls, &event).await;
 }
 
 async fn connect_and_lock(
