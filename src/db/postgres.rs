@@ -642,6 +642,48 @@ pub async fn apply_no_tx(
             dirty: false,
         })?;
     }
+    // --ddl-lock-timeout / --statement-timeout: each statement is a transaction of its
+    // own, so the limits are set for the session while it runs, and reset after. Under the
+    // lease (possibly behind a transaction pooler) the statements may each land on another
+    // server session, where a session setting would not follow them (and would linger for
+    // other clients): said, not pretended.
+    let limits = session_limits_sql(opts);
+    if !limits.is_empty() && opts.fence.is_some() {
+        tracing::warn!(
+            "--ddl-lock-timeout and --statement-timeout do not apply to the -- no-transaction \
+             migration {} under the lease: its statements may run on different server \
+             sessions",
+            m.version
+        );
+    } else if !limits.is_empty() {
+        exec(c, limits).await.map_err(|e| NoTxError {
+            error: e,
+            context: "setting its timeouts: ".into(),
+            dirty: false,
+        })?;
+        let r = run_no_tx(c, m).await;
+        if let Err(e) = exec(c, "RESET lock_timeout; RESET statement_timeout".into()).await {
+            tracing::warn!("could not reset the session's timeouts: {e}");
+        }
+        return r;
+    }
+    run_no_tx(c, m).await
+}
+
+/// The session-level form of `settings_sql`'s limits, for `-- no-transaction` migrations.
+fn session_limits_sql(opts: &ApplyOptions) -> String {
+    [
+        ("lock_timeout", opts.lock_timeout),
+        ("statement_timeout", opts.statement_timeout),
+    ]
+    .iter()
+    .filter_map(|(name, d)| d.map(|d| format!("SET {name} = {};", timeout_ms(d))))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// `apply_no_tx`'s statements and bookkeeping.
+async fn run_no_tx(c: &mut PgConnection, m: &Migration) -> Result<(), NoTxError> {
     let statements = crate::sql::split(m.sql.as_str());
     for (i, st) in statements.iter().enumerate() {
         if let Err(e) = exec(c, st.text.to_owned()).await {

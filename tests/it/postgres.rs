@@ -881,3 +881,43 @@ fn unknown_database_is_a_configuration_error_with_its_cause() {
     assert_eq!(err.matches("SQLSTATE 3D000").count(), 1, "{err}");
     assert!(err.contains("no_such_database_here"), "{err}");
 }
+
+/// `--ddl-lock-timeout` and `--statement-timeout` bound `-- no-transaction` migrations too:
+/// they used to be set only inside the transaction of a transactional migration, so a
+/// no-transaction one ran with no limit while the flags claimed one. The migration sees the
+/// limits, a statement that exceeds one is cancelled (and retried, then fails, as a
+/// transactional one would), and the session is left as it was.
+#[test]
+fn timeouts_apply_to_no_transaction_migrations() {
+    let db = PgDb::new("notxlimits");
+    let src = Migrations::new(&[(
+        "1_seen.sql",
+        "-- no-transaction\nCREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lt, \
+         current_setting('statement_timeout') AS st;",
+    )]);
+    let out = run(migrate(&db, &src).args([
+        "--ddl-lock-timeout",
+        "1500ms",
+        "--statement-timeout",
+        "20s",
+    ]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_strings(&db.url, "SELECT lt || ' ' || st FROM seen"),
+        vec!["1500ms 20s".to_owned()]
+    );
+
+    src.write("2_slow.sql", "-- no-transaction\nSELECT pg_sleep(30);");
+    let out = run(migrate(&db, &src).args(["--statement-timeout", "300ms", "--ddl-retries", "1"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("statement timeout") && err.contains("after 2 tries"),
+        "{err}"
+    );
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"),
+        1,
+        "the timed-out migration is not recorded (nothing of it took effect)"
+    );
+}
