@@ -100,7 +100,7 @@ async fn run(command: Command) -> Result<Outcome, Error> {
             cmd::migrate::run(&MigrateConfig::from_args(&args)?, signals).await
         }
         // The others just stop: nothing they do is half-done at a signal (a down migration
-        // rolls back with its connection; smoke's children are killed on drop).
+        // rolls back with its connection).
         Command::Wait(args) => {
             let cfg = WaitConfig::from_args(&args)?;
             or_signal(cmd::wait::run(&cfg), &mut signals).await
@@ -119,10 +119,8 @@ async fn run(command: Command) -> Result<Outcome, Error> {
         }
         // `check` handles signals itself: it must drop its scratch database first.
         Command::Check(args) => cmd::check::run(&CheckConfig::from_args(&args)?, signals).await,
-        Command::Smoke(args) => {
-            let cfg = SmokeConfig::from_args(&args);
-            or_signal(cmd::smoke::run(&cfg), &mut signals).await
-        }
+        // `smoke` too: it must drop its scratch database.
+        Command::Smoke(args) => cmd::smoke::run(&SmokeConfig::from_args(&args), signals).await,
         Command::Digest(args) => digest::run(&args.source),
     }
 }

@@ -133,10 +133,17 @@ fn finish(
 
 /// `smoke` on PostgreSQL: the same rehearsal for the migrations newer than `since` (the
 /// ones smoke is about to apply), on a scratch database of its own; no gate.
-pub async fn summary(cfg: &Config, source: &Source, since: i64) -> Result<Report> {
+pub async fn summary(
+    cfg: &Config,
+    source: &Source,
+    since: i64,
+    signals: &mut Signals,
+) -> Result<Report> {
     let started = Instant::now();
+    // Not raced with a signal: one that arrives while the database is created is seen
+    // right after, and the database is dropped.
     let mut scratch = Scratch::open(cfg, None).await?;
-    let result = async {
+    let work = async {
         let mut c = scratch.connect().await?;
         let r = rehearse_sql(
             &mut c,
@@ -149,8 +156,12 @@ pub async fn summary(cfg: &Config, source: &Source, since: i64) -> Result<Report
         .await;
         c.close().await.ok();
         r
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        r = work => r,
+        sig = signals.recv() => Err(Error::Interrupted(sig)),
+    };
+    // Every way out passes here, a signal included.
     scratch.close().await;
     let (baseline, migrations) = result?;
     let findings: Vec<&check::Finding> = migrations.iter().flat_map(|m| &m.findings).collect();

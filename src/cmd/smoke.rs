@@ -15,6 +15,7 @@ use super::Outcome;
 use crate::config::{Backend, Config, LockConfig, LockMode, SmokeConfig, Table, redact};
 use crate::db::{self, Conn};
 use crate::error::{Error, Result};
+use crate::signals::Signals;
 use crate::source::Source;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +71,7 @@ struct Rehearsal {
     source: Source,
 }
 
-pub async fn run(args: &SmokeConfig) -> Result<Outcome> {
+pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
     let started = Instant::now();
     let source = Source::load(&args.source)?;
     let version = source.version();
@@ -102,7 +103,18 @@ pub async fn run(args: &SmokeConfig) -> Result<Outcome> {
         Some(s) => config_for(&s.url, args)?,
         None => given.clone(),
     };
-    let result = rehearse(args, &cfg, source, source_dir, version, started).await;
+    // A signal stops the rehearsal (its processes are killed as their handles drop, and
+    // check's own scratch database is dropped), and ours is dropped all the same.
+    let result = rehearse(
+        args,
+        &cfg,
+        source,
+        source_dir,
+        version,
+        started,
+        &mut signals,
+    )
+    .await;
     if let Some(scratch) = scratch {
         scratch.drop_it(&given).await;
     }
@@ -205,6 +217,7 @@ async fn rehearse(
     source_dir: PathBuf,
     version: String,
     started: Instant,
+    signals: &mut Signals,
 ) -> Result<Outcome> {
     let cfg = cfg.clone();
     let url = cfg.url.clone();
@@ -228,7 +241,7 @@ async fn rehearse(
         cfg,
         source,
     };
-    let checks = rehearsal.phases().await?;
+    let checks = rehearsal.phases(signals).await?;
     verdict(&checks, version, started)
 }
 
@@ -274,28 +287,44 @@ fn verdict(checks: &[Check], version: String, started: Instant) -> Result<Outcom
 /// What `check` says about the migrations this rehearsal is about to apply (PostgreSQL):
 /// the same summary, rehearsed on a scratch database of its own. Findings are shown, not
 /// gated: smoke checks the rollout mechanics, `check` is the gate.
-async fn check_summary(rehearsal: &Rehearsal, conn: &mut Conn) -> Result<()> {
+async fn check_summary(
+    rehearsal: &Rehearsal,
+    conn: &mut Conn,
+    signals: &mut Signals,
+) -> Result<()> {
     let (applied, _) = conn.applied().await?;
     let since = applied.iter().map(|a| a.version).max().unwrap_or(0);
     outln!();
-    match super::check::summary(&rehearsal.cfg, &rehearsal.source, since).await {
+    match super::check::summary(&rehearsal.cfg, &rehearsal.source, since, signals).await {
         Ok(report) => crate::check::print_table(&report),
+        Err(e @ Error::Interrupted(_)) => return Err(e),
         Err(e) => outln!("check: cannot rehearse the migrations: {e:#}"),
     }
     Ok(())
 }
 
 impl Rehearsal {
-    /// The rollout race, and when the newest migration can be undone, a rollback one
-    /// version down and the same race up again.
-    async fn phases(&self) -> Result<Vec<Check>> {
+    /// `check`'s summary (PostgreSQL), then the races; a signal ends them.
+    async fn phases(&self, signals: &mut Signals) -> Result<Vec<Check>> {
         let mut conn = db::connect(&self.cfg).await?;
-        if self.cfg.backend == crate::config::Backend::Postgres {
-            check_summary(self, &mut conn).await?;
+        let result = async {
+            if self.cfg.backend == crate::config::Backend::Postgres {
+                check_summary(self, &mut conn, signals).await?;
+            }
+            tokio::select! {
+                r = self.races(&mut conn) => r,
+                sig = signals.recv() => Err(Error::Interrupted(sig)),
+            }
         }
-        let mut checks = self.race(&mut conn, "rollout").await?;
+        .await;
+        conn.close().await;
+        result
+    }
 
-        // Down one version and up again, when the newest migration can be undone.
+    /// The rollout race, then (when the newest migration can be undone) down one version
+    /// and the same race up again.
+    async fn races(&self, conn: &mut Conn) -> Result<Vec<Check>> {
+        let mut checks = self.race(conn, "rollout").await?;
         let newest = self
             .source
             .ups
@@ -305,10 +334,9 @@ impl Rehearsal {
         if self.source.downs.contains_key(&newest) && checks.iter().all(|c| c.ok) {
             let previous = self.source.ups.iter().rev().nth(1).map_or(0, |m| m.version);
             outln!("\nrehearsing a rollback: down to {previous}, then the same race up again");
-            checks.push(self.rollback(&mut conn, previous).await?);
-            checks.extend(self.race(&mut conn, "up again").await?);
+            checks.push(self.rollback(conn, previous).await?);
+            checks.extend(self.race(conn, "up again").await?);
         }
-        conn.close().await;
         Ok(checks)
     }
 

@@ -2,6 +2,8 @@
 //! rehearses a rollback where they have down migrations), and fails, naming the check,
 //! when the rollout would fail.
 
+use std::time::Duration;
+
 use crate::harness::*;
 
 fn smoke(args: &[&str]) -> std::process::Output {
@@ -117,5 +119,55 @@ fn smoke_passes_whatever_schemagate_settings_the_caller_has() {
     assert!(
         stdout.contains("applied 4"),
         "the applier is named: {stdout}"
+    );
+}
+
+/// SIGTERM in the middle of a rehearsal on a server: smoke exits 143 and drops the scratch
+/// databases it created, its own and the one its `check` summary rehearses in (both used
+/// to be left behind, `schemagate_smoke_<pid>_…` and `schemagate_check_<pid>_…`).
+#[test]
+fn smoke_interrupted_drops_its_scratch_database() {
+    let db = PgDb::new("smoketerm");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_slow.sql", "SELECT pg_sleep(60);"),
+    ]);
+    let mut c = schemagate("");
+    c.env_remove("SCHEMAGATE_DATABASE_URL").args([
+        "smoke",
+        "--source",
+        src.path(),
+        "--replicas",
+        "2",
+        "--database-url",
+        &db.url,
+    ]);
+    let child = spawn(&mut c);
+    // schemagate_smoke_<pid>_… and schemagate_check_<pid>_…
+    let scratch = format!("schemagate\\_%\\_{}\\_%", child.id());
+    until(
+        "the slow migration to run in a scratch database",
+        Duration::from_secs(60),
+        || {
+            pg_i64(
+                &db.url,
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE '{scratch}' \
+                 AND query LIKE '%pg_sleep(60)%' AND state = 'active'"
+                ),
+            ) == 1
+        },
+    );
+    sigterm(child.id());
+    let out = finish(child);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            &format!("SELECT count(*) FROM pg_database WHERE datname LIKE '{scratch}'")
+        ),
+        0,
+        "{}",
+        stderr(&out)
     );
 }
