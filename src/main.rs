@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, LogFormat};
 use cmd::Outcome;
@@ -179,17 +178,28 @@ async fn or_signal(
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("SCHEMAGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    // `target=level` directives, comma-separated (`info,sqlx=warn`): what an operator
+    // sets; one that does not parse leaves the default.
+    let filter: Targets = std::env::var("SCHEMAGATE_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| DEFAULT_LOG.parse().expect("the default filter parses"));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(|| redact::RedactingStderr)
         .with_target(false);
     match format {
-        LogFormat::Text => builder.with_ansi(false).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(fmt.with_ansi(false).with_filter(filter))
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(fmt.json().flatten_event(true).with_filter(filter))
+            .init(),
     }
 }
+
+const DEFAULT_LOG: &str = "info,sqlx=warn";
 
 /// One JSON line for Kubernetes' `terminationMessagePath`, so `kubectl describe` says why.
 fn write_termination_log(path: Option<&Path>, mode: &str, result: &Result<Outcome, Error>) {
