@@ -824,6 +824,52 @@ fn a_tampered_digest_file_is_noticed() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
 }
 
+/// reliability: a migration is added after `schemagate digest` wrote the digest file, so the newest marker matches what the file claims | the marker's answer counts only once the directory check has passed, and it fails: the file is ignored with a warning, and the new migration is applied | nothing
+#[test]
+fn the_marker_answer_counts_only_after_the_digest_check() {
+    let db = PgDb::new("digest_added");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    digest(&src);
+    // The digest file still names versions 1 and 2, whose marker is there.
+    src.write("3_c.sql", "CREATE TABLE c (id int);");
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3_c.sql is not listed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 3);
+    assert_eq!(
+        pg_strings(
+            &db.url,
+            "SELECT version FROM schemagate_marker ORDER BY id DESC LIMIT 1"
+        ),
+        ["3"]
+    );
+    // Renamed: the same migration under another description.
+    digest(&src);
+    std::fs::rename(src.dir.join("3_c.sql"), src.dir.join("3_see.sql")).unwrap();
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3_see.sql is not listed"),
+        "{}",
+        stderr(&out)
+    );
+    // Removed: the database is then ahead of the source, which is no drift.
+    digest(&src);
+    std::fs::remove_file(src.dir.join("3_see.sql")).unwrap();
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("it lists 3 migration file(s), the directory holds 2"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn digest_of_a_missing_directory_is_2_naming_it() {
     let out = run(std::process::Command::new(bin()).args([
