@@ -11,6 +11,7 @@ use crate::config::{Backend, Config, redact_url};
 use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::formats::{self, Foreign, Format, history};
 use crate::http;
@@ -26,12 +27,69 @@ enum Readiness {
 
 struct Target {
     version: String,
-    source: Option<Source>,
+    /// `--source DIR` of SQL migrations.
+    source: Option<SqlSource>,
     /// `--source DIR --format F` for another migrator: its history table decides.
     foreign: Option<Foreign>,
 }
 
+/// A SQL source, read only once its migrations are needed: while a trusted digest file
+/// (`digest.rs`) stands for them, a check compares the marker with what the file says and
+/// reads no migration. The rule that needs every migration's checksum (the database at or
+/// ahead of this build) reads them, and from then on the files decide.
+struct SqlSource {
+    dir: std::path::PathBuf,
+    claimed: Option<digest::Summary>,
+    read: std::cell::OnceCell<Source>,
+}
+
+impl SqlSource {
+    fn loaded(source: Source) -> SqlSource {
+        SqlSource {
+            dir: source.dir.clone(),
+            claimed: None,
+            read: source.into(),
+        }
+    }
+
+    /// The digest and history (newest version, count) the marker must agree with.
+    fn expected(&self) -> (String, (i64, usize)) {
+        match (self.read.get(), &self.claimed) {
+            (Some(source), _) => (source.digest(), source.history()),
+            (None, Some(c)) => (c.digest.clone(), (c.version, c.count)),
+            (None, None) => unreachable!("a source not read yet has a digest file for it"),
+        }
+    }
+
+    /// The migrations, read the first time they are needed.
+    fn migrations(&self) -> Result<&Source> {
+        if let Some(source) = self.read.get() {
+            return Ok(source);
+        }
+        let source = Source::load(&self.dir)?;
+        if let Some(claimed) = &self.claimed
+            && (claimed.digest != source.digest()
+                || (claimed.version, claimed.count) != source.history())
+        {
+            tracing::warn!(
+                "{} records digest {}, but the migrations hash to {}: it was edited, or a \
+                 migration was changed without changing its size or time. From now on the \
+                 migrations decide; run `schemagate digest --source {}` again",
+                self.dir.join(digest::FILE).display(),
+                claimed.digest,
+                source.digest(),
+                self.dir.display()
+            );
+        }
+        Ok(self.read.get_or_init(|| source))
+    }
+}
+
 pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
+    let mut claimed = match (&args.expect, &args.source) {
+        (None, Some(dir)) => claimed(dir, args.format)?,
+        _ => None,
+    };
     let target = match (&args.expect, &args.source) {
         (Some(v), _) => {
             if v.trim().is_empty() {
@@ -43,12 +101,25 @@ pub async fn run(cfg: &Config, args: &WaitArgs) -> Result<Outcome> {
                 foreign: None,
             }
         }
+        // A digest file is only ever written for a sqlx source: no detection either.
+        (None, Some(dir)) if claimed.is_some() => {
+            let summary = claimed.take().expect("checked");
+            Target {
+                version: summary.version.to_string(),
+                source: Some(SqlSource {
+                    dir: dir.clone(),
+                    claimed: Some(summary),
+                    read: std::cell::OnceCell::new(),
+                }),
+                foreign: None,
+            }
+        }
         (None, Some(dir)) => match formats::resolve(dir, args.format)? {
             Format::Sqlx => {
                 let source = Source::load(dir)?;
                 Target {
                     version: source.version(),
-                    source: Some(source),
+                    source: Some(SqlSource::loaded(source)),
                     foreign: None,
                 }
             }
@@ -326,8 +397,7 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
 }
 
 async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {
-    let digest = target.source.as_ref().map(Source::digest);
-    let history = target.source.as_ref().map(Source::history);
+    let (digest, history) = target.source.as_ref().map(SqlSource::expected).unzip();
     let Decisive {
         marker: newest,
         newest_succeeded,
@@ -371,9 +441,10 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
             _ => failed = Some(m.detail.unwrap_or_else(|| "no detail recorded".into())),
         }
     }
-    if let Some(source) = &target.source {
+    if let Some(sql) = &target.source {
         // The database may be at or ahead of this build (an app rolled back to it must
         // still start): ready when every migration here is applied, unchanged.
+        let source = sql.migrations()?;
         let (applied, dirty) = via.applied().await?;
         let all = source.applied_unchanged(&applied);
         if all && dirty.is_none() {
@@ -439,4 +510,14 @@ fn jitter(d: Duration) -> Duration {
     use std::hash::{BuildHasher, RandomState};
     let r = RandomState::new().hash_one(Instant::now()) % 4000;
     d.mul_f64(0.8 + r as f64 / 10_000.0)
+}
+
+/// What a trusted digest file says about a SQL source `dir` (`digest.rs`), when one can
+/// stand for its migrations: not for another migrator's directory, nor with a `sqlx.toml`
+/// (which changes how the history is read).
+fn claimed(dir: &std::path::Path, format: Option<Format>) -> Result<Option<digest::Summary>> {
+    if format.is_some_and(|f| f != Format::Sqlx) || crate::sqlx_toml::load(dir)?.is_some() {
+        return Ok(None);
+    }
+    Ok(digest::trusted(dir))
 }
