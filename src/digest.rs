@@ -1,19 +1,29 @@
 //! The build-time digest: `schemagate digest --source DIR` reads and hashes every migration
 //! once, when the image is built, and writes what the no-op path needs into
-//! `DIR/.schemagate-digest`. `migrate --source` then answers "already applied" without
-//! opening a migration: it lists the directory and checks each file against the digest
-//! file instead (the listing runs on a blocking thread while the connection is made).
+//! `DIR/.schemagate-digest`. `migrate --source` and `wait --source` then answer "already
+//! applied" without opening a migration: they read the digest file's claim (its digest,
+//! and the version and count derived from the names it lists), ask the marker about it,
+//! and believe the answer only once the directory has been checked against the file. In
+//! `migrate` that check runs on a blocking thread while the connection is made and the
+//! marker read, so its per-file work is off the path the run waits on.
 //!
 //! What keeps it honest: the directory must hold exactly the `.sql` files the digest file
 //! names, each of the size it records, and none modified after the digest file was written.
-//! Anything else (a new, missing, resized or later-modified migration) is "stale": the run
-//! reads and hashes every file as it would without a digest, and says so. The digest value
-//! itself is never trusted for anything but the fast path's comparison with a marker: a
-//! marker only ever records a digest computed from the files' contents, and a run that goes
-//! past the fast path computes it again and warns when the digest file disagrees.
+//! Anything else (a new, missing, renamed, resized or later-modified migration) is "stale":
+//! the run reads and hashes every file as it would without a digest, and says so. The digest
+//! value itself is never trusted for anything but the fast path's comparison with a marker:
+//! a marker only ever records a digest computed from the files' contents, and a run that
+//! goes past the fast path computes it again and warns when the digest file disagrees.
+//!
+//! What the check cannot see, since it reads names, sizes and modification times (as make
+//! does) and no content: an edit that keeps a file's size and leaves its modification time
+//! at or before the digest file's (a time set back by hand, or copied in with an old time),
+//! or two migrations of one size exchanging names. Times are compared, not recorded, so the
+//! check survives image layers and builds that reset or clamp them.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -68,122 +78,243 @@ pub fn write(source: &Source) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The digest file's summary when it still describes `dir`; `None` when there is no
-/// digest file, or it is stale (logged, with the reason).
-pub fn trusted(dir: &Path) -> Option<Summary> {
+/// The digest file as read, before the directory is checked against it: what it claims.
+/// Only `check` makes the claim worth anything.
+#[derive(Debug)]
+pub struct Claim {
+    /// What the file says, with the version and count derived from the names it lists.
+    pub summary: Summary,
+    /// When the file was written (its modification time).
+    written: SystemTime,
+    text: String,
+    /// The files it lists: (name start, name end) in `text`, and the size.
+    files: Vec<(u32, u32, u64)>,
+    /// `files` by name: an open-addressing table of index + 1 (0: empty), its length a
+    /// power of two at least twice theirs.
+    index: Vec<u32>,
+}
+
+/// Read and parse `DIR/.schemagate-digest`: `None` when there is none, or it is unreadable
+/// or malformed (logged, with the reason). Nothing is checked against the directory yet.
+pub fn read(dir: &Path) -> Option<Claim> {
     let path = dir.join(FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    let read = std::fs::File::open(&path).and_then(|mut f| {
+        let written = f.metadata()?.modified()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut f, &mut text)?;
+        Ok((written, text))
+    });
+    let (written, text) = match read {
+        Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
             tracing::warn!("ignoring {}: {e}", path.display());
             return None;
         }
     };
-    match check(dir, &path, &text) {
-        Ok(summary) => Some(summary),
+    match parse(text, written) {
+        Ok(claim) => Some(claim),
         Err(why) => {
-            tracing::warn!(
-                "ignoring {}: {why}; reading every migration instead. Run `schemagate \
-                 digest --source {}` again",
-                path.display(),
-                dir.display()
-            );
+            ignore(dir, &why);
             None
         }
     }
 }
 
-/// Check the digest file `text` (at `path`) against the directory: `Err` says why it does
-/// not describe it. This is the work every replica's start pays per migration, so it is
-/// kept to one `fstatat` and a binary search per file: no path is built, nothing hashed.
-fn check(dir: &Path, path: &Path, text: &str) -> std::result::Result<Summary, String> {
-    let written = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map_err(|e| e.to_string())?;
-    let mut lines = text.lines();
-    if lines.next() != Some(MAGIC) {
-        return Err(format!("its first line is not {MAGIC:?}"));
-    }
-    let mut digest = None;
-    let mut recorded: Vec<(&str, u64)> = Vec::new();
-    for line in lines.filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        if let Some(d) = line.strip_prefix("digest ") {
-            if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!("malformed digest {d:?}"));
-            }
-            digest = Some(d);
-            continue;
+/// The digest file's summary when it still describes `dir`; `None` when there is no
+/// digest file, or it is stale (logged, with the reason).
+pub fn trusted(dir: &Path) -> Option<Summary> {
+    let claim = read(dir)?;
+    match claim.check(dir) {
+        Ok(()) => Some(claim.summary),
+        Err(why) => {
+            ignore(dir, &why);
+            None
         }
-        let (size, name) = line
-            .split_once(' ')
-            .and_then(|(s, n)| Some((s.parse::<u64>().ok()?, n)))
-            .ok_or_else(|| format!("malformed line {line:?}"))?;
-        recorded.push((name, size));
     }
-    let digest = digest.ok_or("it records no digest")?;
-    // Written sorted: then this costs one pass.
-    recorded.sort_unstable();
-    let mut seen = 0;
+}
+
+/// Say that the digest file is ignored, and why.
+pub fn ignore(dir: &Path, why: &str) {
+    tracing::warn!(
+        "ignoring {}: {why}; reading every migration instead. Run `schemagate digest \
+         --source {}` again",
+        dir.join(FILE).display(),
+        dir.display()
+    );
+}
+
+/// Parse the digest file's `text`. The version and the count of up migrations are derived
+/// from the names it lists (`check` then proves the directory holds exactly those), so the
+/// file's claim is complete before any directory entry is read. Byte by byte: this runs on
+/// every start, once per migration.
+fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String> {
+    let bytes = text.as_bytes();
+    if text.len() >= u32::MAX as usize {
+        return Err("it is too large".into());
+    }
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut digest = None;
+    let mut files = Vec::with_capacity(bytes.len() / 16);
     let mut newest: Option<i64> = None;
     let mut count = 0;
-    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || !name.ends_with(".sql") {
-            continue;
+    let mut at = 0;
+    let mut first = true;
+    while at < bytes.len() {
+        let start = at;
+        while at < bytes.len() && bytes[at] != b'\n' {
+            at += 1;
         }
-        let kind = entry.file_type().map_err(|e| format!("{name}: {e}"))?;
-        let meta = if kind.is_file() {
-            entry.metadata()
-        } else if kind.is_symlink() {
-            match std::fs::metadata(entry.path()) {
-                Ok(m) if m.is_file() => Ok(m),
-                _ => continue,
+        let mut end = at;
+        at += 1;
+        // Tolerate a checkout that turned the file's line ends into CRLF.
+        if end > start && bytes[end - 1] == b'\r' {
+            end -= 1;
+        }
+        let line = &bytes[start..end];
+        if std::mem::take(&mut first) {
+            if line != MAGIC.as_bytes() {
+                return Err(format!("its first line is not {MAGIC:?}"));
             }
-        } else {
             continue;
         }
-        .map_err(|e| format!("{name}: {e}"))?;
-        let size = recorded
-            .binary_search_by(|(n, _)| (*n).cmp(&name))
-            .map(|i| recorded[i].1)
-            .map_err(|_| format!("{name} is not listed in it"))?;
-        if meta.len() != size {
-            return Err(format!(
-                "{name} is {} bytes, it recorded {size}",
-                meta.len()
-            ));
+        if line.is_empty() || line[0] == b'#' {
+            continue;
         }
-        if meta.modified().map_err(|e| e.to_string())? > written {
-            return Err(format!("{name} was modified after it was written"));
+        if let Some(d) = line.strip_prefix(b"digest ") {
+            if d.len() != 64 || !d.iter().all(u8::is_ascii_hexdigit) {
+                return Err(format!("malformed digest {:?}", lossy(d)));
+            }
+            digest = Some(lossy(d));
+            continue;
         }
-        seen += 1;
-        // Version and count come from the checked names, not from the file's say-so. Every
-        // name listed parsed when the file was written (`Source::load`), so the version
+        // `<size> <name>`: the size's digits, one space, the name.
+        let Some((size, name_at)) = number(line).filter(|&(_, i)| line.get(i) == Some(&b' '))
+        else {
+            return Err(format!("malformed line {:?}", lossy(line)));
+        };
+        let name = &line[name_at + 1..];
+        // Every name listed parsed when the file was written (`Source::load`): the version
         // prefix and the `.down.sql` suffix are all that is left to read.
-        let version = name
-            .split_once('_')
-            .filter(|(v, _)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|(v, _)| v.parse::<i64>().ok())
-            .ok_or_else(|| format!("{name} is not a migration name"))?;
-        if !name.ends_with(".down.sql") {
+        let version = number(name)
+            .filter(|&(_, i)| name.get(i) == Some(&b'_'))
+            .and_then(|(v, _)| i64::try_from(v).ok())
+            .ok_or_else(|| format!("{} is not a migration name", lossy(name)))?;
+        if !name.ends_with(b".down.sql") {
             count += 1;
             newest = newest.max(Some(version));
         }
+        let name_start = start + name_at + 1;
+        files.push((name_start as u32, end as u32, size));
     }
-    if seen != recorded.len() {
-        return Err(format!(
-            "it lists {} migration file(s), the directory holds {seen}",
-            recorded.len()
-        ));
+    let digest = digest.ok_or("it records no digest")?;
+    let mut claim = Claim {
+        summary: Summary {
+            version: newest.ok_or("it lists no up migration")?,
+            count,
+            digest,
+        },
+        written,
+        index: vec![0; (files.len() * 2).next_power_of_two()],
+        text,
+        files,
+    };
+    for i in 0..claim.files.len() {
+        let name = claim.name(i);
+        match claim.slot(name) {
+            Ok(_) => return Err(format!("it lists {} twice", lossy(name))),
+            Err(slot) => claim.index[slot] = i as u32 + 1,
+        }
     }
-    Ok(Summary {
-        version: newest.ok_or("it lists no up migration")?,
-        count,
-        digest: digest.to_owned(),
-    })
+    Ok(claim)
+}
+
+/// The decimal number at the start of `b`, and where its digits end; `None` without digits
+/// or when it does not fit.
+fn number(b: &[u8]) -> Option<(u64, usize)> {
+    let mut n: u64 = 0;
+    let mut i = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        n = n.checked_mul(10)?.checked_add(u64::from(b[i] - b'0'))?;
+        i += 1;
+    }
+    (i > 0).then_some((n, i))
+}
+
+impl Claim {
+    fn name(&self, i: usize) -> &[u8] {
+        let (start, end, _) = self.files[i];
+        &self.text.as_bytes()[start as usize..end as usize]
+    }
+
+    /// Where `name` sits in `index`: `Ok(slot)` when listed, else `Err` with the empty slot
+    /// it would take. FNV-1a, then linear probing.
+    fn slot(&self, name: &[u8]) -> std::result::Result<usize, usize> {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in name {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let mask = self.index.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            match self.index[slot] {
+                0 => return Err(slot),
+                i if self.name(i as usize - 1) == name => return Ok(slot),
+                _ => slot = (slot + 1) & mask,
+            }
+        }
+    }
+
+    /// Check the directory against the claim: `Err` says why the file does not describe it.
+    /// This is the work every replica's start pays per migration: a directory entry, one
+    /// `statx` and a hash lookup per file; no path is built, nothing hashed but the name.
+    pub fn check(&self, dir: &Path) -> std::result::Result<(), String> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let name = entry.file_name();
+            let name = name.as_bytes();
+            if name.first() == Some(&b'.') || !name.ends_with(b".sql") {
+                continue;
+            }
+            let shown = || String::from_utf8_lossy(name).into_owned();
+            let kind = entry.file_type().map_err(|e| format!("{}: {e}", shown()))?;
+            let meta = if kind.is_file() {
+                entry.metadata()
+            } else if kind.is_symlink() {
+                match std::fs::metadata(entry.path()) {
+                    Ok(m) if m.is_file() => Ok(m),
+                    _ => continue,
+                }
+            } else {
+                continue;
+            }
+            .map_err(|e| format!("{}: {e}", shown()))?;
+            let size = match self.slot(name) {
+                Ok(slot) => self.files[self.index[slot] as usize - 1].2,
+                Err(_) => return Err(format!("{} is not listed in it", shown())),
+            };
+            if meta.len() != size {
+                return Err(format!(
+                    "{} is {} bytes, it recorded {size}",
+                    shown(),
+                    meta.len()
+                ));
+            }
+            if meta.modified().map_err(|e| e.to_string())? > self.written {
+                return Err(format!("{} was modified after it was written", shown()));
+            }
+            seen += 1;
+        }
+        if seen != self.files.len() {
+            return Err(format!(
+                "it lists {} migration file(s), the directory holds {seen}",
+                self.files.len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The names and paths of the files `Source::load` reads: `.sql`, not hidden, regular
@@ -318,6 +449,50 @@ mod tests {
             .set_modified(later)
             .unwrap();
         assert_eq!(trusted(&d.0), None);
+    }
+
+    #[test]
+    fn the_claim_is_complete_before_the_directory_is_read() {
+        let d = dir_with(&[
+            ("1_a.sql", "CREATE TABLE a (id int);"),
+            ("3_c.up.sql", "CREATE TABLE c (id int);"),
+            ("3_c.down.sql", "DROP TABLE c;"),
+        ]);
+        let source = Source::load(&d.0).unwrap();
+        write(&source).unwrap();
+        let claim = read(&d.0).expect("read");
+        assert_eq!(
+            claim.summary,
+            Summary {
+                version: 3,
+                count: 2,
+                digest: source.digest()
+            }
+        );
+        // Renamed after the file was written: the claim stands, the check does not.
+        std::fs::rename(d.0.join("1_a.sql"), d.0.join("2_a.sql")).unwrap();
+        assert_eq!(claim.check(&d.0), Err("2_a.sql is not listed in it".into()));
+        assert_eq!(trusted(&d.0), None);
+    }
+
+    #[test]
+    fn the_listing_order_and_line_ends_do_not_matter_but_a_name_twice_does() {
+        let d = dir_with(&[
+            ("1_a.sql", "CREATE TABLE a (id int);"),
+            ("2_b.sql", "CREATE TABLE b (id int);"),
+        ]);
+        write(&Source::load(&d.0).unwrap()).unwrap();
+        let text = std::fs::read_to_string(d.0.join(FILE)).unwrap();
+        let (head, files) = text.split_at(text.find("\n24 1_a.sql").unwrap() + 1);
+        let swapped: String = files.lines().rev().map(|l| format!("{l}\n")).collect();
+        std::fs::write(d.0.join(FILE), format!("{head}{swapped}")).unwrap();
+        assert!(trusted(&d.0).is_some());
+        std::fs::write(d.0.join(FILE), text.replace('\n', "\r\n")).unwrap();
+        assert!(trusted(&d.0).is_some());
+        std::fs::write(d.0.join(FILE), format!("{text}24 1_a.sql\n")).unwrap();
+        assert_eq!(trusted(&d.0), None);
+        let claim = parse(format!("{text}24 1_a.sql\n"), SystemTime::now());
+        assert_eq!(claim.unwrap_err(), "it lists 1_a.sql twice");
     }
 
     #[test]

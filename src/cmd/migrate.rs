@@ -279,15 +279,17 @@ enum Early {
     NotTried,
 }
 
-/// With `DIR/.schemagate-digest` (`digest.rs`): check the directory against it on a
-/// blocking thread while connecting, then ask the marker with its digest. The fast path
-/// every replica pays then costs a directory listing, not a read of every migration.
+/// With `DIR/.schemagate-digest` (`digest.rs`): ask the marker with what the file claims
+/// while a blocking thread checks the directory against it, and believe the answer only
+/// once that check has passed. The per-file work (a directory entry and a `statx` each)
+/// runs beside the connection's start-up and the query, off the path every replica waits
+/// on; no migration is read.
 async fn digest_fast_path(cfg: &Config, settings: &MigrateConfig) -> Result<Early> {
     let Work::Sql { dir, .. } = &settings.work else {
         return Ok(Early::NotTried);
     };
     let dir = dir.clone();
-    if settings.dry_run || !dir.join(digest::FILE).exists() {
+    if settings.dry_run {
         return Ok(Early::NotTried);
     }
     // The digest file knows sqlx's layout only: anything that changes how the source or
@@ -295,11 +297,18 @@ async fn digest_fast_path(cfg: &Config, settings: &MigrateConfig) -> Result<Earl
     if settings.ignore_missing || crate::sqlx_toml::load(&dir)?.is_some() {
         return Ok(Early::NotTried);
     }
-    let checked = tokio::task::spawn_blocking(move || digest::trusted(&dir));
-    let mut conn = db::connect(cfg).await?;
-    let Some(summary) = checked.await.ok().flatten() else {
-        return Ok(Early::Open(conn, None));
+    let Some(claim) = digest::read(&dir) else {
+        return Ok(Early::NotTried);
     };
+    let summary = claim.summary.clone();
+    let checked = tokio::task::spawn_blocking(move || match claim.check(&dir) {
+        Ok(()) => true,
+        Err(why) => {
+            digest::ignore(&dir, &why);
+            false
+        }
+    });
+    let mut conn = db::connect(cfg).await?;
     let version = summary.version.to_string();
     let expected = Expected {
         version: &version,
@@ -307,7 +316,12 @@ async fn digest_fast_path(cfg: &Config, settings: &MigrateConfig) -> Result<Earl
         history: Some((summary.version, summary.count)),
         foreign: None,
     };
-    if !lock::is_done(&mut conn, cfg, &expected).await? {
+    let done = lock::is_done(&mut conn, cfg, &expected).await?;
+    if !checked.await.unwrap_or(false) {
+        // Stale: what the marker said about the file's claim counts for nothing.
+        return Ok(Early::Open(conn, None));
+    }
+    if !done {
         return Ok(Early::Open(conn, Some(summary)));
     }
     tracing::info!("schema version {version} is already applied; nothing to do");

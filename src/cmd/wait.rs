@@ -9,6 +9,7 @@ use crate::config::{Backend, Config, WaitConfig, WaitTarget, redact_url};
 use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::formats::{Foreign, history};
 use crate::http;
@@ -24,9 +25,62 @@ enum Readiness {
 
 struct Target {
     version: String,
-    source: Option<Source>,
+    /// `--source DIR` of SQL migrations.
+    source: Option<SqlSource>,
     /// `--source DIR --format F` for another migrator: its history table decides.
     foreign: Option<Foreign>,
+}
+
+/// A SQL source, read only once its migrations are needed: while a trusted digest file
+/// (`digest.rs`) stands for them, a check compares the marker with what the file says and
+/// reads no migration. The rule that needs every migration's checksum (the database at or
+/// ahead of this build) reads them, and from then on the files decide.
+struct SqlSource {
+    dir: std::path::PathBuf,
+    claimed: Option<digest::Summary>,
+    read: std::cell::OnceCell<Source>,
+}
+
+impl SqlSource {
+    fn loaded(source: Source) -> SqlSource {
+        SqlSource {
+            dir: source.dir.clone(),
+            claimed: None,
+            read: source.into(),
+        }
+    }
+
+    /// The digest and history (newest version, count) the marker must agree with.
+    fn expected(&self) -> (String, (i64, usize)) {
+        match (self.read.get(), &self.claimed) {
+            (Some(source), _) => (source.digest(), source.history()),
+            (None, Some(c)) => (c.digest.clone(), (c.version, c.count)),
+            (None, None) => unreachable!("a source not read yet has a digest file for it"),
+        }
+    }
+
+    /// The migrations, read the first time they are needed.
+    fn migrations(&self) -> Result<&Source> {
+        if let Some(source) = self.read.get() {
+            return Ok(source);
+        }
+        let source = Source::load(&self.dir)?;
+        if let Some(claimed) = &self.claimed
+            && (claimed.digest != source.digest()
+                || (claimed.version, claimed.count) != source.history())
+        {
+            tracing::warn!(
+                "{} records digest {}, but the migrations hash to {}: it was edited, or a \
+                 migration was changed without changing its size or time. From now on the \
+                 migrations decide; run `schemagate digest --source {}` again",
+                self.dir.join(digest::FILE).display(),
+                claimed.digest,
+                source.digest(),
+                self.dir.display()
+            );
+        }
+        Ok(self.read.get_or_init(|| source))
+    }
 }
 
 pub async fn run(args: &WaitConfig) -> Result<Outcome> {
@@ -37,14 +91,25 @@ pub async fn run(args: &WaitConfig) -> Result<Outcome> {
             source: None,
             foreign: None,
         },
-        WaitTarget::Sql(dir) => {
-            let source = Source::load(dir)?;
-            Target {
-                version: source.version(),
-                source: Some(source),
+        WaitTarget::Sql(dir) => match claimed(dir)? {
+            Some(summary) => Target {
+                version: summary.version.to_string(),
+                source: Some(SqlSource {
+                    dir: dir.clone(),
+                    claimed: Some(summary),
+                    read: std::cell::OnceCell::new(),
+                }),
                 foreign: None,
+            },
+            None => {
+                let source = Source::load(dir)?;
+                Target {
+                    version: source.version(),
+                    source: Some(SqlSource::loaded(source)),
+                    foreign: None,
+                }
             }
-        }
+        },
         WaitTarget::Foreign(dir, format) => {
             let foreign = Foreign::load(dir, *format)?;
             Target {
@@ -294,8 +359,7 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
 }
 
 async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {
-    let digest = target.source.as_ref().map(Source::digest);
-    let history = target.source.as_ref().map(Source::history);
+    let (digest, history) = target.source.as_ref().map(SqlSource::expected).unzip();
     let Decisive {
         marker: newest,
         newest_succeeded,
@@ -339,9 +403,10 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
             _ => failed = Some(m.detail.unwrap_or_else(|| "no detail recorded".into())),
         }
     }
-    if let Some(source) = &target.source {
+    if let Some(sql) = &target.source {
         // The database may be at or ahead of this build (an app rolled back to it must
         // still start): ready when every migration here is applied, unchanged.
+        let source = sql.migrations()?;
         let (applied, dirty) = via.applied().await?;
         let all = source.applied_unchanged(&applied);
         if all && dirty.is_none() {
@@ -407,4 +472,14 @@ fn jitter(d: Duration) -> Duration {
     use std::hash::{BuildHasher, RandomState};
     let r = RandomState::new().hash_one(Instant::now()) % 4000;
     d.mul_f64(0.8 + r as f64 / 10_000.0)
+}
+
+/// What a trusted digest file says about a SQL source `dir` (`digest.rs`), when one can
+/// stand for its migrations: not for another migrator's directory, nor with a `sqlx.toml`
+/// (which changes how the history is read).
+fn claimed(dir: &std::path::Path) -> Result<Option<digest::Summary>> {
+    if crate::sqlx_toml::load(dir)?.is_some() {
+        return Ok(None);
+    }
+    Ok(digest::trusted(dir))
 }

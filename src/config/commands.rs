@@ -252,6 +252,13 @@ impl WaitConfig {
                 }
                 WaitTarget::Expect(v.clone())
             }
+            // A digest file is only ever written for a sqlx source: no detection (a
+            // directory listing on the path every replica pays).
+            (None, Some(dir))
+                if args.format.is_none() && dir.join(crate::digest::FILE).exists() =>
+            {
+                WaitTarget::Sql(dir.clone())
+            }
             (None, Some(dir)) => match formats::resolve(dir, args.format)? {
                 Format::Sqlx => WaitTarget::Sql(dir.clone()),
                 format => WaitTarget::Foreign(dir.clone(), format),

@@ -824,6 +824,121 @@ fn a_tampered_digest_file_is_noticed() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
 }
 
+/// reliability: a migration is added after `schemagate digest` wrote the digest file, so the newest marker matches what the file claims | the marker's answer counts only once the directory check has passed, and it fails: the file is ignored with a warning, and the new migration is applied | nothing
+#[test]
+fn the_marker_answer_counts_only_after_the_digest_check() {
+    let db = PgDb::new("digest_added");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    digest(&src);
+    // The digest file still names versions 1 and 2, whose marker is there.
+    src.write("3_c.sql", "CREATE TABLE c (id int);");
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3_c.sql is not listed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 3);
+    assert_eq!(
+        pg_strings(
+            &db.url,
+            "SELECT version FROM schemagate_marker ORDER BY id DESC LIMIT 1"
+        ),
+        ["3"]
+    );
+    // Renamed: the same migration under another description.
+    digest(&src);
+    std::fs::rename(src.dir.join("3_c.sql"), src.dir.join("3_see.sql")).unwrap();
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3_see.sql is not listed"),
+        "{}",
+        stderr(&out)
+    );
+    // Removed: the database is then ahead of the source, which is no drift.
+    digest(&src);
+    std::fs::remove_file(src.dir.join("3_see.sql")).unwrap();
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("it lists 3 migration file(s), the directory holds 2"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn wait_source(db: &PgDb, src: &Migrations) -> std::process::Output {
+    run(schemagate(&db.url).args(["wait", "--once", "--source", src.path()]))
+}
+
+/// `wait --source` takes the digest file's word for the migrations, as `migrate` does: a
+/// same-size edit that keeps an older modification time is what its check cannot see (the
+/// documented limit of a check by names, sizes and times), so with the file it is ready,
+/// and without it the edit is noticed.
+#[test]
+fn wait_source_with_a_digest_file_reads_no_migration() {
+    let db = PgDb::new("digest_wait");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    digest(&src);
+    let out = wait_source(&db, &src);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("marker succeeded"),
+        "{}",
+        stderr(&out)
+    );
+    let before = std::fs::metadata(src.dir.join("1_a.sql"))
+        .and_then(|m| m.modified())
+        .unwrap();
+    src.write("1_a.sql", "CREATE TABLE z (id int);");
+    std::fs::File::options()
+        .write(true)
+        .open(src.dir.join("1_a.sql"))
+        .and_then(|f| f.set_modified(before))
+        .unwrap();
+    let out = wait_source(&db, &src);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::fs::remove_file(src.dir.join(".schemagate-digest")).unwrap();
+    let out = wait_source(&db, &src);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+}
+
+/// reliability: `wait --source` where a migration changed after `schemagate digest` wrote the digest file | the digest file is ignored with a warning, every migration is read, and the changed one keeps the wait from passing | nothing
+#[test]
+fn wait_source_notices_a_migration_changed_after_the_digest() {
+    let db = PgDb::new("digest_wait_changed");
+    let src = simple_source();
+    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    digest(&src);
+    src.write("1_a.sql", "CREATE TABLE a (id bigint);");
+    let out = wait_source(&db, &src);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ignoring"), "{}", stderr(&out));
+    // A digest file whose value was edited: the marker disagrees, the migrations are read,
+    // and they are all applied unchanged.
+    src.write("1_a.sql", "CREATE TABLE a (id int);");
+    digest(&src);
+    let file = src.dir.join(".schemagate-digest");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = text.lines().find(|l| l.starts_with("digest ")).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(line, &format!("digest {}", "0".repeat(64))),
+    )
+    .unwrap();
+    let out = wait_source(&db, &src);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("but the migrations hash to"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn digest_of_a_missing_directory_is_2_naming_it() {
     let out = run(std::process::Command::new(bin()).args([
