@@ -205,16 +205,7 @@ async fn wait_loop(
     deadline: Instant,
     last: &mut Readiness,
 ) -> Result<String> {
-    let mut listener = None;
-    if args.listen && listen_works(cfg).await? {
-        // LISTEN before the first check, so a marker committed in between still wakes us.
-        listener = Some(
-            Listener::connect(&check_config(cfg, deadline))
-                .await
-                // Classified: a refused password or privilege is exit 2, as for polling.
-                .map_err(|e| db::db_err(&format!("cannot LISTEN on {}", cfg.display_url), e))?,
-        );
-    }
+    let mut listener = listener(cfg, args, deadline).await?;
     let mut last_log: Option<Instant> = None;
     loop {
         // --listen checks on its one LISTEN connection; polling opens one per check and
@@ -223,33 +214,11 @@ async fn wait_loop(
             Some(l) => check(&mut Via::Listener(l), cfg, target).await,
             None => check_once(&check_config(cfg, deadline), target).await,
         };
-        let state = match checked {
-            Ok(state) => state,
-            Err(e) if e.exit_code() == 2 => return Err(e),
-            // A single check reports why it could not look (unreachable: 124).
-            Err(e) if args.once => return Err(e),
-            // Unreachable, or an error retrying may cure (the message says which).
-            Err(e) => Readiness::NotYet(format!("cannot check: {e:#}")),
+        let why = match verdict(checked, args, target)? {
+            Ok(why) => return Ok(why),
+            Err(why) => why,
         };
-        match state {
-            Readiness::Ready(why) => return Ok(why),
-            Readiness::RecordedFailed(detail) if !args.ignore_failed => {
-                return Err(Error::RecordedFailed(format!(
-                    "schema version {} is recorded as failed: {detail}",
-                    target.version
-                )));
-            }
-            Readiness::RecordedFailed(detail) => {
-                *last = Readiness::NotYet(format!(
-                    "recorded as failed ({detail}); waiting for a retry"
-                ))
-            }
-            other => *last = other,
-        }
-        let why = match &*last {
-            Readiness::NotYet(why) => why.clone(),
-            _ => String::new(),
-        };
+        *last = Readiness::NotYet(why.clone());
         if args.once {
             return Err(Error::Failed(format!(
                 "schema version {} not ready: {why}",
@@ -268,20 +237,70 @@ async fn wait_loop(
             tracing::info!("waiting for schema version {}: {why}", target.version);
             last_log = Some(Instant::now());
         }
-        let pause = jitter(args.interval).min(left);
-        match listener.as_mut() {
-            Some(l) => match l.wait(pause).await {
-                Ok(Wake::Check) | Ok(Wake::Idle) => {}
-                Err(e) => {
-                    tracing::warn!(
-                        "LISTEN connection lost ({}); polling until it is back",
-                        db::describe(&e)
-                    );
-                    tokio::time::sleep(pause).await;
-                }
-            },
-            None => tokio::time::sleep(pause).await,
+        pause(listener.as_mut(), jitter(args.interval).min(left)).await;
+    }
+}
+
+/// With --listen, where LISTEN can be trusted: the LISTEN connection, opened before the
+/// first check, so a marker committed in between still wakes us.
+async fn listener(cfg: &Config, args: &WaitConfig, deadline: Instant) -> Result<Option<Listener>> {
+    if !args.listen || !listen_works(cfg).await? {
+        return Ok(None);
+    }
+    Listener::connect(&check_config(cfg, deadline))
+        .await
+        .map(Some)
+        // Classified: a refused password or privilege is exit 2, as for polling.
+        .map_err(|e| db::db_err(&format!("cannot LISTEN on {}", cfg.display_url), e))
+}
+
+/// What one check means for the wait: `Ok(Ok(why))` ready, `Ok(Err(why))` not yet (and
+/// why), `Err` the end of the wait (a configuration error, a recorded failure, or with
+/// --once anything that kept the check from looking).
+fn verdict(
+    checked: Result<Readiness>,
+    args: &WaitConfig,
+    target: &Target,
+) -> Result<std::result::Result<String, String>> {
+    let state = match checked {
+        Ok(state) => state,
+        Err(e) if e.exit_code() == 2 => return Err(e),
+        // A single check reports why it could not look (unreachable: 124).
+        Err(e) if args.once => return Err(e),
+        // Unreachable, or an error retrying may cure (the message says which).
+        Err(e) => Readiness::NotYet(format!("cannot check: {e:#}")),
+    };
+    Ok(match state {
+        Readiness::Ready(why) => Ok(why),
+        Readiness::RecordedFailed(detail) if !args.ignore_failed => {
+            return Err(Error::RecordedFailed(format!(
+                "schema version {} is recorded as failed: {detail}",
+                target.version
+            )));
         }
+        Readiness::RecordedFailed(detail) => Err(format!(
+            "recorded as failed ({detail}); waiting for a retry"
+        )),
+        Readiness::NotYet(why) => Err(why),
+    })
+}
+
+/// Until the next check: a NOTIFY on the LISTEN connection (or its interval), else a
+/// sleep. A lost LISTEN connection falls back to sleeping; the listener reconnects at its
+/// next wait.
+async fn pause(listener: Option<&mut Listener>, pause: Duration) {
+    match listener {
+        Some(l) => match l.wait(pause).await {
+            Ok(Wake::Check) | Ok(Wake::Idle) => {}
+            Err(e) => {
+                tracing::warn!(
+                    "LISTEN connection lost ({}); polling until it is back",
+                    db::describe(&e)
+                );
+                tokio::time::sleep(pause).await;
+            }
+        },
+        None => tokio::time::sleep(pause).await,
     }
 }
 
@@ -366,43 +385,16 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
     } = via
         .newest_marker(cfg, &target.version, history.map(|(v, _)| v))
         .await?;
-    let mut failed = None;
-    let mut why_not = format!("no marker for version {} yet", target.version);
-    if let Some(m) = newest {
-        // With a source, the marker must agree with the history it sits beside: a revert
-        // made by another tool is not hidden behind an old `succeeded`.
-        let history_agrees =
-            history.is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0);
-        match m.status.as_str() {
-            "succeeded" if (digest.is_none() || m.digest == digest) && history_agrees => {
-                return Ok(Readiness::Ready("marker succeeded".into()));
-            }
-            "succeeded" if !history_agrees => {
-                why_not = format!(
-                    "the marker for version {} says succeeded, but {} records {} of this \
-                     build's {} migrations as applied{}",
-                    target.version,
-                    db::MIGRATIONS_TABLE,
-                    m.applied_upto,
-                    history.map_or(0, |(_, n)| n),
-                    if m.dirty > 0 {
-                        ", and one is dirty"
-                    } else {
-                        ""
-                    }
-                )
-            }
-            "succeeded" => {
-                why_not = format!(
-                    "the marker for version {} has digest {}, this build's source has {}",
-                    target.version,
-                    m.digest.as_deref().unwrap_or("none"),
-                    digest.as_deref().unwrap_or("none")
-                )
-            }
-            _ => failed = Some(m.detail.unwrap_or_else(|| "no detail recorded".into())),
-        }
-    }
+    let (failed, why_not) = match newest {
+        Some(m) => match marker_says(m, target, digest.as_deref(), history) {
+            Ok(ready) => return Ok(ready),
+            Err(not_ready) => not_ready,
+        },
+        None => (
+            None,
+            format!("no marker for version {} yet", target.version),
+        ),
+    };
     if let Some(sql) = &target.source {
         // The database may be at or ahead of this build (an app rolled back to it must
         // still start): ready when every migration here is applied, unchanged.
@@ -429,6 +421,52 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
         Some(detail) => Readiness::RecordedFailed(detail),
         None => Readiness::NotYet(why_not),
     })
+}
+
+/// What the decisive marker says: ready (`Ok`), or not, as (the failure it records, why
+/// not). With a source, the marker must agree with the history it sits beside: a revert
+/// made by another tool is not hidden behind an old `succeeded`.
+fn marker_says(
+    m: crate::marker::Newest,
+    target: &Target,
+    digest: Option<&str>,
+    history: Option<(i64, usize)>,
+) -> std::result::Result<Readiness, (Option<String>, String)> {
+    let history_agrees = history.is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0);
+    match m.status.as_str() {
+        "succeeded" if (digest.is_none() || m.digest.as_deref() == digest) && history_agrees => {
+            Ok(Readiness::Ready("marker succeeded".into()))
+        }
+        "succeeded" if !history_agrees => Err((
+            None,
+            format!(
+                "the marker for version {} says succeeded, but {} records {} of this build's \
+                 {} migrations as applied{}",
+                target.version,
+                db::MIGRATIONS_TABLE,
+                m.applied_upto,
+                history.map_or(0, |(_, n)| n),
+                if m.dirty > 0 {
+                    ", and one is dirty"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        "succeeded" => Err((
+            None,
+            format!(
+                "the marker for version {} has digest {}, this build's source has {}",
+                target.version,
+                m.digest.as_deref().unwrap_or("none"),
+                digest.unwrap_or("none")
+            ),
+        )),
+        _ => Err((
+            Some(m.detail.unwrap_or_else(|| "no detail recorded".into())),
+            String::new(),
+        )),
+    }
 }
 
 /// Another migrator's history: ready when it shows every migration of this image applied
