@@ -252,10 +252,17 @@ impl Conn {
     }
 
     /// Settings for the connection that holds the lock and runs migrations. On PostgreSQL,
-    /// returns what it learnt about the server.
-    pub async fn prepare_for_lock(&mut self, cfg: &Config) -> Result<Option<postgres::ServerInfo>> {
+    /// returns what it learnt about the server (with `probe_key`, whether the lock and the
+    /// probe key are held by another session).
+    pub async fn prepare_for_lock(
+        &mut self,
+        cfg: &Config,
+        probe_key: Option<i64>,
+    ) -> Result<Option<postgres::ServerInfo>> {
         match self {
-            Conn::Pg(c) => postgres::prepare_for_lock(c, cfg.lock.key).await.map(Some),
+            Conn::Pg(c) => postgres::prepare_for_lock(c, probe_key.map(|p| (cfg.lock.key, p)))
+                .await
+                .map(Some),
             Conn::Lite(c) => sqlite::prepare_for_lock(c).await.map(|()| None),
             Conn::My(_) => Ok(None),
         }
@@ -264,9 +271,15 @@ impl Conn {
 
     /// Try once to take the migration lock for the run named by `token`; true when this
     /// connection now holds it.
-    pub async fn try_lock(&mut self, cfg: &Config, token: &str) -> Result<bool> {
+    /// `then_release` (PostgreSQL): the probe key, let go of in the same statement.
+    pub async fn try_lock(
+        &mut self,
+        cfg: &Config,
+        token: &str,
+        then_release: Option<i64>,
+    ) -> Result<bool> {
         match self {
-            Conn::Pg(c) => postgres::try_lock(c, cfg.lock.key, token).await,
+            Conn::Pg(c) => postgres::try_lock(c, cfg.lock.key, token, then_release).await,
             Conn::My(c) => mysql::try_lock(c, &cfg.lock).await,
             // SQLite's lock is a file lock taken in lock/file.rs.
             Conn::Lite(_) => Ok(true),
