@@ -360,6 +360,29 @@ impl Conn {
         .map_err(|e| db_err("cannot end the interrupted session", e))
     }
 
+    /// The marker table, and with `sqlx_table` the migrations table first: on PostgreSQL in
+    /// one statement, so one round trip and one commit (the path every first run of a
+    /// release waits on).
+    pub async fn ensure_tables(&mut self, table: &Table, sqlx_table: bool) -> Result<()> {
+        match self {
+            Conn::Pg(c) if sqlx_table => postgres::ensure_tables(c, table).await.map_err(|e| {
+                db_err(
+                    &format!(
+                        "cannot create {MIGRATIONS_TABLE} and the marker table {}",
+                        table.qualified
+                    ),
+                    e,
+                )
+            }),
+            _ => {
+                if sqlx_table {
+                    self.ensure_migrations_table().await?;
+                }
+                self.ensure_marker_table(table).await
+            }
+        }
+    }
+
     pub async fn ensure_marker_table(&mut self, table: &Table) -> Result<()> {
         match self {
             Conn::Pg(c) => postgres::ensure_marker_table(c, table).await,

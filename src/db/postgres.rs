@@ -388,8 +388,29 @@ pub(crate) fn create_schema_sql(t: &Table) -> String {
 // ----- the marker -----
 
 pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
+    exec(c, marker_table_sql(t)).await
+}
+
+/// `_sqlx_migrations` as sqlx's own `ensure_migrations_table` creates it, then the marker
+/// table, in one statement (one implicit transaction).
+pub async fn ensure_tables(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
+    let migrations = format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+            success BOOLEAN NOT NULL,
+            checksum BYTEA NOT NULL,
+            execution_time BIGINT NOT NULL
+        );",
+        &*MIGRATIONS_TABLE
+    );
+    exec(c, format!("{migrations}\n{}", marker_table_sql(t))).await
+}
+
+fn marker_table_sql(t: &Table) -> String {
     let schema = create_schema_sql(t);
-    let sql = format!(
+    format!(
         "{schema}
         CREATE TABLE IF NOT EXISTS {q} (
             id BIGSERIAL PRIMARY KEY,
@@ -407,8 +428,7 @@ pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), 
         CREATE INDEX IF NOT EXISTS {n}_version_idx ON {q} (version, id);",
         q = t.qualified,
         n = t.name,
-    );
-    exec(c, sql).await
+    )
 }
 
 /// The INSERT (and NOTIFY) for a marker row, as one statement: `wait --listen` wakes at

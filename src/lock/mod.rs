@@ -46,6 +46,8 @@ pub enum Acquired {
 /// Proof that we hold the lock.
 pub struct Lock {
     kind: Kind,
+    /// The server session that holds it, when known (PostgreSQL's advisory lock).
+    session: Option<i64>,
 }
 
 enum Kind {
@@ -264,11 +266,15 @@ pub async fn acquire(
             }
             first = false;
             if let Some(c) = &choice
-                && let Some(lock) =
+                && let Some(mut lock) =
                     try_acquire(conn, cfg, c, args, &token, holding_probe.take()).await?
             {
                 if last_log.is_some() {
                     tracing::info!("took the migration lock after {:.1?}", started.elapsed());
+                }
+                if matches!(lock.kind, Kind::Session) && cfg.backend == Backend::Postgres {
+                    // Proven a direct session: the pid read when preparing is the holder's.
+                    lock.session = Some(info.pid);
                 }
                 return Ok(Acquired::Held(lock));
             }
@@ -394,6 +400,7 @@ async fn try_acquire(
     match choice.kind {
         "file" => Ok(file::try_lock(cfg)?.map(|f| Lock {
             kind: Kind::File(f),
+            session: None,
         })),
         "lease" => {
             let Some(previous) = lease::try_take(pg(conn), cfg, token, args.lease_ttl).await?
@@ -413,6 +420,7 @@ async fn try_acquire(
             }
             Ok(Some(Lock {
                 kind: Kind::Lease(lease::Held::start(cfg, token, args.lease_ttl)),
+                session: None,
             }))
         }
         _ => {
@@ -445,6 +453,7 @@ async fn try_acquire(
             }
             Ok(Some(Lock {
                 kind: Kind::Session,
+                session: None,
             }))
         }
     }
@@ -459,6 +468,11 @@ impl Lock {
 
     pub fn is_lease(&self) -> bool {
         matches!(self.kind, Kind::Lease(_))
+    }
+
+    /// The server session (`pg_backend_pid()`) that holds the lock, when already known.
+    pub fn session(&self) -> Option<i64> {
+        self.session
     }
 
     /// The lease's fence, to run first in each transaction that changes the schema or
