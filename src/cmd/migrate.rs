@@ -414,10 +414,7 @@ pub(super) async fn prepare_under_lock(
     ctx: &Ctx<'_>,
     sqlx_table: bool,
 ) -> Result<bool> {
-    if sqlx_table {
-        conn.ensure_migrations_table().await?;
-    }
-    conn.ensure_marker_table(&ctx.cfg.table).await?;
+    conn.ensure_tables(&ctx.cfg.table, sqlx_table).await?;
     if lock::is_done(conn, ctx.cfg, ctx.expected).await? {
         tracing::info!(
             "schema version {} was applied by another run; nothing to do",
@@ -445,10 +442,10 @@ async fn apply_sql(
     signals: &mut Signals,
 ) -> Result<Ran> {
     // With a lease, the session may be a pooler's: there is nothing of ours to end.
-    let session = if ctx.lock.is_lease() {
-        None
-    } else {
-        Some(conn.session_id().await?)
+    let session = match ctx.lock.session() {
+        _ if ctx.lock.is_lease() => None,
+        Some(known) => Some(known),
+        None => Some(conn.session_id().await?),
     };
     let opts = ApplyOptions {
         lock_timeout: settings.timeouts.lock_timeout,

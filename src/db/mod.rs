@@ -252,10 +252,17 @@ impl Conn {
     }
 
     /// Settings for the connection that holds the lock and runs migrations. On PostgreSQL,
-    /// returns what it learnt about the server.
-    pub async fn prepare_for_lock(&mut self, cfg: &Config) -> Result<Option<postgres::ServerInfo>> {
+    /// returns what it learnt about the server (with `probe_key`, whether the lock and the
+    /// probe key are held by another session).
+    pub async fn prepare_for_lock(
+        &mut self,
+        cfg: &Config,
+        probe_key: Option<i64>,
+    ) -> Result<Option<postgres::ServerInfo>> {
         match self {
-            Conn::Pg(c) => postgres::prepare_for_lock(c, cfg.lock.key).await.map(Some),
+            Conn::Pg(c) => postgres::prepare_for_lock(c, probe_key.map(|p| (cfg.lock.key, p)))
+                .await
+                .map(Some),
             Conn::Lite(c) => sqlite::prepare_for_lock(c).await.map(|()| None),
             Conn::My(_) => Ok(None),
         }
@@ -264,9 +271,15 @@ impl Conn {
 
     /// Try once to take the migration lock for the run named by `token`; true when this
     /// connection now holds it.
-    pub async fn try_lock(&mut self, cfg: &Config, token: &str) -> Result<bool> {
+    /// `then_release` (PostgreSQL): the probe key, let go of in the same statement.
+    pub async fn try_lock(
+        &mut self,
+        cfg: &Config,
+        token: &str,
+        then_release: Option<i64>,
+    ) -> Result<bool> {
         match self {
-            Conn::Pg(c) => postgres::try_lock(c, cfg.lock.key, token).await,
+            Conn::Pg(c) => postgres::try_lock(c, cfg.lock.key, token, then_release).await,
             Conn::My(c) => mysql::try_lock(c, &cfg.lock).await,
             // SQLite's lock is a file lock taken in lock/file.rs.
             Conn::Lite(_) => Ok(true),
@@ -345,6 +358,29 @@ impl Conn {
             Conn::Lite(_) => Ok(()),
         }
         .map_err(|e| db_err("cannot end the interrupted session", e))
+    }
+
+    /// The marker table, and with `sqlx_table` the migrations table first: on PostgreSQL in
+    /// one statement, so one round trip and one commit (the path every first run of a
+    /// release waits on).
+    pub async fn ensure_tables(&mut self, table: &Table, sqlx_table: bool) -> Result<()> {
+        match self {
+            Conn::Pg(c) if sqlx_table => postgres::ensure_tables(c, table).await.map_err(|e| {
+                db_err(
+                    &format!(
+                        "cannot create {MIGRATIONS_TABLE} and the marker table {}",
+                        table.qualified
+                    ),
+                    e,
+                )
+            }),
+            _ => {
+                if sqlx_table {
+                    self.ensure_migrations_table().await?;
+                }
+                self.ensure_marker_table(table).await
+            }
+        }
     }
 
     pub async fn ensure_marker_table(&mut self, table: &Table) -> Result<()> {

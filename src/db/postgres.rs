@@ -131,19 +131,28 @@ pub struct ServerInfo {
     /// Whether a session held the advisory lock on the run's key when this was read: a
     /// run that would only wait need not prove the advisory lock yet.
     pub advisory_held: bool,
+    /// Whether another run was proving the advisory lock (held the probe key) then.
+    pub proving: bool,
 }
 
-/// Settings for the lock connection, and what it learns about the server.
-pub async fn prepare_for_lock(c: &mut PgConnection, key: i64) -> Result<ServerInfo, sqlx::Error> {
+/// Settings for the lock connection, and what it learns about the server. With `busy`
+/// (the run's key and its probe key), also whether another session holds each now.
+pub async fn prepare_for_lock(
+    c: &mut PgConnection,
+    busy: Option<(i64, i64)>,
+) -> Result<ServerInfo, sqlx::Error> {
     // If this process dies mid-statement, the server notices the closed socket within a
     // second and rolls back, instead of finishing a long statement while holding the lock.
     // (PostgreSQL 14+; other engines may reject the setting, which only costs that speed-up.)
     // The same round trip reads whether the lock is taken already (see `lock::acquire`).
     let sql = format!(
-        "SELECT version(), pg_backend_pid()::int8, EXISTS ({}), \
+        "SELECT version(), pg_backend_pid()::int8, {}, \
            CASE WHEN current_setting('server_version_num')::int >= 140000 \
            THEN set_config('client_connection_check_interval', '1s', false) END",
-        advisory_held_sql(key)
+        busy.map_or_else(
+            || "false, false".into(),
+            |(key, probe)| busy_sql(key, probe)
+        )
     );
     let r = match row(&mut *c, sql).await {
         Ok(r) => r,
@@ -151,25 +160,49 @@ pub async fn prepare_for_lock(c: &mut PgConnection, key: i64) -> Result<ServerIn
             tracing::debug!("client_connection_check_interval not set: {e}");
             row(
                 &mut *c,
-                "SELECT version(), pg_backend_pid()::int8, false".into(),
+                "SELECT version(), pg_backend_pid()::int8, false, false".into(),
             )
             .await?
         }
     };
-    let (version, pid, advisory_held) = match r {
+    let (version, pid, advisory_held, proving) = match r {
         Some(r) => (
             r.try_get::<String, _>(0)?,
             r.try_get::<i64, _>(1)?,
             r.try_get::<bool, _>(2)?,
+            r.try_get::<bool, _>(3)?,
         ),
-        None => (String::new(), -1, false),
+        None => (String::new(), -1, false, false),
     };
     Ok(ServerInfo {
         version,
         pid,
         startup_pid: i64::from(c.startup_backend_pid()),
         advisory_held,
+        proving,
     })
+}
+
+/// Two columns: whether another session holds `key`, and `probe`. Asked with a
+/// transaction-level try, which holds nothing past the statement (through a pooler too),
+/// rather than from `pg_locks`, which copies the server's whole lock table each time (0.7 ms
+/// of server time with max_locks_per_transaction = 1024, paid by every waiting run). A try
+/// that collides with a real run's take can make that take fail; the run then waits and
+/// polls, and the collider, which saw the key free, goes on to take it.
+fn busy_sql(key: i64, probe: i64) -> String {
+    format!("NOT pg_try_advisory_xact_lock({key}), NOT pg_try_advisory_xact_lock({probe})")
+}
+
+/// Whether another session holds `key`, and `probe`, now (see `busy_sql`).
+pub async fn lock_busy(
+    c: &mut PgConnection,
+    key: i64,
+    probe: i64,
+) -> Result<(bool, bool), sqlx::Error> {
+    let r = row(c, format!("SELECT {}", busy_sql(key, probe)))
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol("no row from the lock check".into()))?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
 }
 
 /// The `pg_locks` rows (aliased `l`) of the granted advisory lock `key`: a 64-bit key is
@@ -200,7 +233,8 @@ fn advisory_held_sql(key: i64) -> String {
     )
 }
 
-/// Whether some session of this database holds the advisory lock `key` now.
+/// Whether some session of this database holds the advisory lock `key` now, as the server's
+/// lock table shows it (`pg_locks`: for the rare question, see `busy_sql`).
 pub async fn advisory_held(c: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
     let r = row(c, format!("SELECT EXISTS ({})", advisory_held_sql(key))).await?;
     Ok(r.map(|r| r.try_get::<bool, _>(0))
@@ -238,16 +272,28 @@ fn owner_setting(key: i64) -> String {
 // two clients that a pooler puts on one server session would both "take" it; with the tag
 // the second is refused. This is defence in depth: `lock::probe` already keeps runs behind
 // a transaction pooler on the lease.
-pub async fn try_lock(c: &mut PgConnection, key: i64, token: &str) -> Result<bool, sqlx::Error> {
+//
+// `then_release`: a key this session holds (the probe key) to let go of right after the try,
+// in the same statement.
+pub async fn try_lock(
+    c: &mut PgConnection,
+    key: i64,
+    token: &str,
+    then_release: Option<i64>,
+) -> Result<bool, sqlx::Error> {
     let r = row(
         c,
         format!(
-            "SELECT CASE \
+            "WITH t AS MATERIALIZED (SELECT CASE \
                WHEN coalesce(current_setting({o}, true), '') NOT IN ('', {t}) THEN false \
                WHEN pg_try_advisory_lock({key}) THEN set_config({o}, {t}, false) IS NOT NULL \
-               ELSE false END",
+               ELSE false END AS taken) \
+             SELECT taken{release} FROM t",
             o = lit(&owner_setting(key)),
             t = lit(token),
+            release = then_release
+                .map(|k| format!(", pg_advisory_unlock({k})"))
+                .unwrap_or_default(),
         ),
     )
     .await?;
@@ -342,8 +388,29 @@ pub(crate) fn create_schema_sql(t: &Table) -> String {
 // ----- the marker -----
 
 pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
+    exec(c, marker_table_sql(t)).await
+}
+
+/// `_sqlx_migrations` as sqlx's own `ensure_migrations_table` creates it, then the marker
+/// table, in one statement (one implicit transaction).
+pub async fn ensure_tables(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
+    let migrations = format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+            success BOOLEAN NOT NULL,
+            checksum BYTEA NOT NULL,
+            execution_time BIGINT NOT NULL
+        );",
+        &*MIGRATIONS_TABLE
+    );
+    exec(c, format!("{migrations}\n{}", marker_table_sql(t))).await
+}
+
+fn marker_table_sql(t: &Table) -> String {
     let schema = create_schema_sql(t);
-    let sql = format!(
+    format!(
         "{schema}
         CREATE TABLE IF NOT EXISTS {q} (
             id BIGSERIAL PRIMARY KEY,
@@ -361,8 +428,7 @@ pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), 
         CREATE INDEX IF NOT EXISTS {n}_version_idx ON {q} (version, id);",
         q = t.qualified,
         n = t.name,
-    );
-    exec(c, sql).await
+    )
 }
 
 /// The INSERT (and NOTIFY) for a marker row, as one statement: `wait --listen` wakes at

@@ -46,6 +46,8 @@ pub enum Acquired {
 /// Proof that we hold the lock.
 pub struct Lock {
     kind: Kind,
+    /// The server session that holds it, when known (PostgreSQL's advisory lock).
+    session: Option<i64>,
 }
 
 enum Kind {
@@ -82,27 +84,35 @@ const BRISK_FOR: Duration = Duration::from_secs(10);
 /// `--lock advisory` that cannot be honoured is a configuration error (exit 2).
 pub async fn choose(conn: &mut Conn, cfg: &Config) -> Result<Choice> {
     let mode = cfg.lock.mode;
-    let (info, decided) = preliminary(conn, cfg, mode).await?;
+    let (info, decided) = preliminary(conn, cfg, mode, None).await?;
     match decided {
         Some(choice) => Ok(choice),
-        None => prove_advisory(conn, cfg, mode, &info).await,
+        None => Ok(prove_advisory(conn, cfg, mode, &info, None)
+            .await?
+            .expect("a random key is never busy")),
     }
 }
 
 /// What is decided without the probe: the backend's own lock, `--lock lease`, or an engine
 /// whose advisory locks are not real. `None`: the advisory lock, once proven. Also returns
-/// the server's `version()` (PostgreSQL).
+/// the server's `version()` (PostgreSQL), and with `probe_key` whether the lock and the
+/// probe key are held.
 async fn preliminary(
     conn: &mut Conn,
     cfg: &Config,
     mode: LockMode,
+    probe_key: Option<i64>,
 ) -> Result<(ServerInfo, Option<Choice>)> {
-    let info = conn.prepare_for_lock(cfg).await?.unwrap_or(ServerInfo {
-        version: String::new(),
-        pid: 0,
-        startup_pid: 0,
-        advisory_held: false,
-    });
+    let info = conn
+        .prepare_for_lock(cfg, probe_key)
+        .await?
+        .unwrap_or(ServerInfo {
+            version: String::new(),
+            pid: 0,
+            startup_pid: 0,
+            advisory_held: false,
+            proving: false,
+        });
     let version = &info.version;
     let decided = match cfg.backend {
         Backend::Sqlite => Some(Choice::new(
@@ -122,7 +132,8 @@ async fn preliminary(
                     ..Choice::new("lease", "chosen with --lock lease")
                 })
             } else if engine != Engine::Postgres {
-                Some(prove_advisory(conn, cfg, mode, &info).await?)
+                // Decided by the engine's name: no key is taken.
+                prove_advisory(conn, cfg, mode, &info, None).await?
             } else {
                 None
             }
@@ -132,22 +143,26 @@ async fn preliminary(
 }
 
 /// Run the probe (`probe.rs`): the advisory lock where proven, else the lease, or, with
-/// `--lock advisory`, a configuration error naming what was detected.
+/// `--lock advisory`, a configuration error naming what was detected. `Ok(None)`: another
+/// run holds `probe_key`, proving now.
 async fn prove_advisory(
     conn: &mut Conn,
     cfg: &Config,
     mode: LockMode,
     info: &ServerInfo,
-) -> Result<Choice> {
+    probe_key: Option<i64>,
+) -> Result<Option<Choice>> {
     let t = Instant::now();
-    let verdict = probe::prove(conn, cfg, info).await?;
+    let Some(verdict) = probe::prove(conn, cfg, info, probe_key).await? else {
+        return Ok(None);
+    };
     tracing::debug!("the advisory-lock probe took {:.2?}", t.elapsed());
     let engine = Engine::from_version(&info.version);
     if verdict.advisory_ok {
-        return Ok(Choice {
+        return Ok(Some(Choice {
             engine,
             ..Choice::new("advisory", verdict.reason)
-        });
+        }));
     }
     if mode == LockMode::Advisory {
         let what = if verdict.pooler {
@@ -161,10 +176,10 @@ async fn prove_advisory(
             verdict.reason
         )));
     }
-    Ok(Choice {
+    Ok(Some(Choice {
         engine,
         ..Choice::new("lease", verdict.reason)
-    })
+    }))
 }
 
 pub async fn acquire(
@@ -174,7 +189,10 @@ pub async fn acquire(
 ) -> Result<Acquired> {
     let started = Instant::now();
     let token = token();
-    let (info, decided) = preliminary(conn, cfg, cfg.lock.mode).await?;
+    // A run that would only wait for a marker proves on the run's probe key, and waits while
+    // another run proves on it (`probe.rs`).
+    let probe_key = expected.map(|_| probe::probe_key(cfg.lock.key));
+    let (info, decided) = preliminary(conn, cfg, cfg.lock.mode, probe_key).await?;
     // A direct PostgreSQL session (the pid announced at startup is the session's own) that
     // would prove the advisory lock: a NOTIFY reaches it, so while it waits it LISTENs and
     // leaves at the marker's commit. Behind a pooler, and on the lease, it only polls.
@@ -184,13 +202,15 @@ pub async fn acquire(
         announce(conn, cfg, c).await?;
     }
     let mut lock_held = info.advisory_held;
+    let mut proving = info.proving;
+    // The probe key, while this run holds it after proving on it (`probe::prove`).
+    let mut holding_probe = None;
     let polling = async {
         let mut delays = db::backoff(Duration::from_millis(10), Duration::from_secs(1)).build();
         let mut listening_delays = db::backoff(LISTENING_POLL / 2, LISTENING_POLL).build();
         let mut last_log: Option<Instant> = None;
         let mut listening = false;
         let mut woke = false;
-        let mut polled = false;
         let mut first = true;
         loop {
             if woke
@@ -202,27 +222,45 @@ pub async fn acquire(
             if choice.is_none() {
                 // Decided before the first try on the real key: a run that took the
                 // advisory lock on a pooled server session could not be sure to release it
-                // there. But while another session holds the lock, a run that only waits
-                // for its marker has nothing to prove yet: the probe (a second connection)
-                // is left to the run that may take the lock.
+                // there. But while another session holds the lock, or proves it, a run that
+                // only waits for its marker has nothing to prove yet: the probe (a second
+                // connection) is left to the run that may take the lock.
                 let only_waits = expected.is_some() && direct;
-                if only_waits && !first {
-                    lock_held = postgres::advisory_held(pg(conn), cfg.lock.key)
+                if only_waits
+                    && !first
+                    && let Some(probe_key) = probe_key
+                {
+                    // A server that cannot tell (no transaction-level advisory locks): prove,
+                    // which is always safe.
+                    (lock_held, proving) = postgres::lock_busy(pg(conn), cfg.lock.key, probe_key)
                         .await
-                        .map_err(|e| read_err("cannot read the lock", e))?;
+                        .unwrap_or((false, false));
                 }
-                if !(only_waits && lock_held) {
-                    let c = prove_advisory(conn, cfg, cfg.lock.mode, &info).await?;
-                    announce(conn, cfg, &c).await?;
-                    choice = Some(c);
+                if !(only_waits && (lock_held || proving)) {
+                    let key = probe_key.filter(|_| only_waits);
+                    match prove_advisory(conn, cfg, cfg.lock.mode, &info, key).await? {
+                        Some(c) => {
+                            if c.kind == "advisory" {
+                                holding_probe = key;
+                            }
+                            announce(conn, cfg, &c).await?;
+                            choice = Some(c);
+                        }
+                        None => proving = true,
+                    }
                 }
             }
             first = false;
             if let Some(c) = &choice
-                && let Some(lock) = try_acquire(conn, cfg, c, &token).await?
+                && let Some(mut lock) =
+                    try_acquire(conn, cfg, c, &token, holding_probe.take()).await?
             {
                 if last_log.is_some() {
                     tracing::info!("took the migration lock after {:.1?}", started.elapsed());
+                }
+                if matches!(lock.kind, Kind::Session) && cfg.backend == Backend::Postgres {
+                    // Proven a direct session: the pid read when preparing is the holder's.
+                    lock.session = Some(info.pid);
                 }
                 return Ok(Acquired::Held(lock));
             }
@@ -238,16 +276,24 @@ pub async fn acquire(
                     return Ok(Acquired::AlreadyDone);
                 }
             }
-            // A waiter that LISTENs names the holder once it has waited a poll: most such
-            // waits end at the marker before that, and the race is their common case.
-            if (!listening || polled) && last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY) {
-                // Still unproven means the advisory lock was seen held: ask only for it.
+            // A waiter that LISTENs names the holder once it has waited a while: most such
+            // waits end at the marker before that (the race is their common case), and
+            // naming the holder reads the server's whole lock table.
+            if (!listening || started.elapsed() >= LISTENING_QUIET)
+                && last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY)
+            {
+                // Still unproven means the advisory lock (or the probe key) was seen held:
+                // ask only for it.
                 let who = match if choice.is_none() {
                     conn.lock_holder(cfg).await
                 } else {
                     holder(conn, cfg).await
                 } {
                     Ok(Some(h)) => h.to_string(),
+                    Ok(None) if choice.is_none() && proving => {
+                        "no one yet: another run is proving that the advisory lock excludes here"
+                            .into()
+                    }
                     Ok(None) => "a session that just let go".into(),
                     Err(e) => format!("unknown ({e:#})"),
                 };
@@ -278,11 +324,9 @@ pub async fn acquire(
                 delays.next().unwrap_or(cap).min(cap)
             };
             woke = if listening {
-                let woke = postgres::wait_for_marker(pg(conn), pause)
+                postgres::wait_for_marker(pg(conn), pause)
                     .await
-                    .map_err(|e| read_err("lost the connection while waiting for the lock", e))?;
-                polled |= !woke;
-                woke
+                    .map_err(|e| read_err("lost the connection while waiting for the lock", e))?
             } else {
                 tokio::time::sleep(pause).await;
                 false
@@ -306,6 +350,9 @@ pub async fn acquire(
         }
     }
 }
+
+/// How long a waiter that LISTENs waits before naming the holder.
+const LISTENING_QUIET: Duration = Duration::from_secs(1);
 
 /// How often a waiter that LISTENs polls the lock anyway (a holder that died writes no
 /// marker: its lock is released with its session, and the next poll takes over).
@@ -337,10 +384,12 @@ async fn try_acquire(
     cfg: &Config,
     choice: &Choice,
     token: &str,
+    then_release: Option<i64>,
 ) -> Result<Option<Lock>> {
     match choice.kind {
         "file" => Ok(file::try_lock(cfg)?.map(|f| Lock {
             kind: Kind::File(f),
+            session: None,
         })),
         "lease" => {
             let Some(previous) = lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await?
@@ -360,10 +409,11 @@ async fn try_acquire(
             }
             Ok(Some(Lock {
                 kind: Kind::Lease(lease::Held::start(cfg, token, cfg.lock.lease_ttl)),
+                session: None,
             }))
         }
         _ => {
-            if !conn.try_lock(cfg, token).await? {
+            if !conn.try_lock(cfg, token, then_release).await? {
                 return Ok(None);
             }
 
@@ -392,6 +442,7 @@ async fn try_acquire(
             }
             Ok(Some(Lock {
                 kind: Kind::Session,
+                session: None,
             }))
         }
     }
@@ -406,6 +457,11 @@ impl Lock {
 
     pub fn is_lease(&self) -> bool {
         matches!(self.kind, Kind::Lease(_))
+    }
+
+    /// The server session (`pg_backend_pid()`) that holds the lock, when already known.
+    pub fn session(&self) -> Option<i64> {
+        self.session
     }
 
     /// The lease's fence, to run first in each transaction that changes the schema or

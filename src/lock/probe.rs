@@ -23,7 +23,12 @@
 //!   connection, and try the same key there: it must be refused, and the server's own
 //!   lock table must show this session holding it. A stub that always grants (as
 //!   CockroachDB's does) fails both.
-//! - The key is random and used by no one else, so the probe never contends with a real run.
+//! - The key is never a real run's, so the probe never contends with one. `migrate` proves
+//!   on the run's probe key (`probe_key`), derived from its lock key: while one run proves,
+//!   the others that would only wait for its marker see the probe key held and wait too,
+//!   instead of each opening a second connection to prove the same thing (50 racing
+//!   replicas open one, not one each). `choose` (`status`, `wait --listen`) proves on a
+//!   random key, since it never waits.
 //!
 //! The probe runs only on the path that takes the lock, never on the fast path, and costs
 //! one short extra connection (BENCHMARKS.md has the figure).
@@ -33,7 +38,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, Row};
 
 use crate::config::Config;
-use crate::db::postgres::{Engine, ServerInfo, held_here_sql, row};
+use crate::db::postgres::{Engine, ServerInfo, advisory_held, held_here_sql, row};
 use crate::db::{self, Conn};
 use crate::error::Result;
 
@@ -58,28 +63,42 @@ impl Verdict {
     }
 }
 
-/// Decide on the lock connection `conn`, about whose server `info` tells. Long on purpose:
-/// the proof's three conditions and what each refusal says, in the order they are checked.
-pub async fn prove(conn: &mut Conn, cfg: &Config, info: &ServerInfo) -> Result<Verdict> {
+/// The key `migrate` proves on: the run's lock key with fixed bits flipped (no run locks it).
+pub fn probe_key(lock_key: i64) -> i64 {
+    lock_key ^ 0x5052_4f42_455f_6b65
+}
+
+/// Decide on the lock connection `conn`, about whose server `info` tells, proving on
+/// `probe_key` (see the module), or on a random key when `None`. `Ok(None)`: another
+/// session holds `probe_key`, proving now. When the advisory lock is proven on `probe_key`,
+/// that key is still held on return: the caller lets it go with its try of the real key,
+/// so that no other run starts a proof in between. Long on purpose: the proof's three
+/// conditions and what each refusal says, in the order they are checked.
+pub async fn prove(
+    conn: &mut Conn,
+    cfg: &Config,
+    info: &ServerInfo,
+    probe_key: Option<i64>,
+) -> Result<Option<Verdict>> {
     match Engine::from_version(&info.version) {
         Engine::CockroachDb => {
-            return Ok(Verdict::no(
+            return Ok(Some(Verdict::no(
                 false,
                 "the server is CockroachDB, whose pg_try_advisory_lock is a stub that always \
                  succeeds"
                     .into(),
-            ));
+            )));
         }
         Engine::YugabyteDb => {
-            return Ok(Verdict::no(
+            return Ok(Some(Verdict::no(
                 false,
                 "the server is YugabyteDB, whose advisory locks are off unless enabled".into(),
-            ));
+            )));
         }
         Engine::Postgres => {}
     }
     if info.pid != info.startup_pid {
-        return Ok(Verdict::no(
+        return Ok(Some(Verdict::no(
             true,
             format!(
                 "a connection pooler or proxy sits between this connection and the server: \
@@ -88,38 +107,53 @@ pub async fn prove(conn: &mut Conn, cfg: &Config, info: &ServerInfo) -> Result<V
                  announce their own)",
                 info.pid, info.startup_pid
             ),
-        ));
+        )));
     }
     let Some(c) = conn.pg() else {
         unreachable!("the probe runs on PostgreSQL only")
     };
-    let key = random_key();
-    let ours = match take(c, key).await {
+    let key = probe_key.unwrap_or_else(random_key);
+    let mut taken = take(c, key).await;
+    if probe_key.is_some() && matches!(taken, Ok(None)) {
+        // Refused the run's probe key: another run is proving, if the server's lock table
+        // shows it held. If not (it may have just let go), once more: a server that
+        // refuses every key is told apart here. (A wrong "no" only costs the lease.)
+        if advisory_held(c, key).await.map_err(probe_err)? {
+            return Ok(None);
+        }
+        taken = take(c, key).await;
+    }
+    let ours = match taken {
         Ok(Some(pid)) => pid,
         Ok(None) => {
-            return Ok(Verdict::no(
+            return Ok(Some(Verdict::no(
                 false,
                 "an advisory lock on an unused key was refused".into(),
-            ));
+            )));
         }
         Err(e) => {
-            return Ok(Verdict::no(
+            return Ok(Some(Verdict::no(
                 false,
                 format!("the server rejects advisory locks ({})", db::describe(&e)),
-            ));
+            )));
         }
     };
-    let verdict = check(c, connect_other(cfg).await, key, ours).await;
-    // Leave nothing behind on our session.
-    let _ = row(
-        c,
-        format!(
-            "SELECT pg_advisory_unlock({key}) WHERE EXISTS ({})",
-            held_here_sql(key)
-        ),
-    )
-    .await;
-    verdict
+    let keep = probe_key.is_some();
+    let mut released = false;
+    let verdict = check(c, connect_other(cfg).await, key, ours, !keep, &mut released).await;
+    let kept = keep && verdict.as_ref().is_ok_and(|v| v.advisory_ok);
+    if !released && !kept {
+        // Leave nothing behind on our session.
+        let _ = row(
+            c,
+            format!(
+                "SELECT pg_advisory_unlock({key}) WHERE EXISTS ({})",
+                held_here_sql(key)
+            ),
+        )
+        .await;
+    }
+    verdict.map(Some)
 }
 
 /// Open the second connection, with a short deadline.
@@ -129,7 +163,14 @@ async fn connect_other(cfg: &Config) -> Result<Conn> {
     db::connect(&short).await
 }
 
-async fn check(c: &mut PgConnection, other: Result<Conn>, key: i64, ours: i64) -> Result<Verdict> {
+async fn check(
+    c: &mut PgConnection,
+    other: Result<Conn>,
+    key: i64,
+    ours: i64,
+    release: bool,
+    released: &mut bool,
+) -> Result<Verdict> {
     let mut other = match other {
         Ok(other) => other,
         Err(e) => {
@@ -142,18 +183,29 @@ async fn check(c: &mut PgConnection, other: Result<Conn>, key: i64, ours: i64) -
             ));
         }
     };
-    let verdict = second_connection_refused(c, other.pg().expect("same URL"), key, ours).await;
+    let verdict = second_connection_refused(
+        c,
+        other.pg().expect("same URL"),
+        key,
+        ours,
+        release,
+        released,
+    )
+    .await;
     other.close().await;
     verdict
 }
 
 /// The second connection tries the key: it must run in another server session and be
-/// refused, and `pg_locks` must show our session holding it.
+/// refused, and `pg_locks` must show our session holding it (then, with `release`, it is
+/// released in the same statement: `released`).
 async fn second_connection_refused(
     c: &mut PgConnection,
     other: &mut PgConnection,
     key: i64,
     ours: i64,
+    release: bool,
+    released: &mut bool,
 ) -> Result<Verdict> {
     let Ok(answer) = tokio::time::timeout(OTHER_WAIT, try_other(other, key)).await else {
         return Ok(Verdict::no(
@@ -183,7 +235,8 @@ async fn second_connection_refused(
             ),
         ));
     }
-    if let Some(moved) = moved(c, key, ours).await? {
+    *released = release;
+    if let Some(moved) = moved(c, key, ours, release).await? {
         return Ok(moved);
     }
     Ok(Verdict {
@@ -200,9 +253,14 @@ async fn second_connection_refused(
 const OTHER_WAIT: Duration = Duration::from_secs(5);
 
 /// `Some(verdict)` when our statement no longer runs on server session `ours`, or the lock
-/// is not there.
-async fn moved(c: &mut PgConnection, key: i64, ours: i64) -> Result<Option<Verdict>> {
-    let (now, held) = still_ours(c, key).await.map_err(probe_err)?;
+/// is not there. With `release`, the key is released where it is held.
+async fn moved(
+    c: &mut PgConnection,
+    key: i64,
+    ours: i64,
+    release: bool,
+) -> Result<Option<Verdict>> {
+    let (now, held) = still_ours(c, key, release).await.map_err(probe_err)?;
     if now == ours && held {
         return Ok(None);
     }
@@ -267,12 +325,19 @@ async fn try_other(c: &mut PgConnection, key: i64) -> Result<(i64, bool), sqlx::
     Ok((r.try_get(0)?, r.try_get(1)?))
 }
 
-/// Our pid now, and whether `pg_locks` shows this session holding the key.
-async fn still_ours(c: &mut PgConnection, key: i64) -> Result<(i64, bool), sqlx::Error> {
+/// Our pid now, and whether `pg_locks` shows this session holding the key; then, with
+/// `release`, the key is released if it was held (one round trip, one read of `pg_locks`).
+async fn still_ours(
+    c: &mut PgConnection,
+    key: i64,
+    release: bool,
+) -> Result<(i64, bool), sqlx::Error> {
     let r = row(
         c,
         format!(
-            "SELECT pg_backend_pid()::int8, EXISTS ({})",
+            "WITH s AS MATERIALIZED (SELECT pg_backend_pid()::int8 AS pid, EXISTS ({}) AS held) \
+             SELECT pid, held, CASE WHEN held AND {release} THEN pg_advisory_unlock({key}) END \
+             FROM s",
             held_here_sql(key)
         ),
     )

@@ -739,6 +739,48 @@ fn a_listening_waiter_takes_over_when_the_holder_ends_without_a_marker() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
 }
 
+/// reliability: a run proving the advisory lock is slow (simulated: another session holds the lock's probe key) | a run that would only wait for the marker waits for that proof instead of opening a second connection of its own, and says so; once the key is free, its poll proves the lock itself, takes it and applies | nothing
+#[test]
+fn a_run_waits_for_another_runs_proof_instead_of_proving_too() {
+    let db = PgDb::new("probe_gate");
+    let src = simple_source();
+    // The probe key `migrate` proves on (`lock/probe.rs`): the lock key with fixed bits
+    // flipped.
+    let probe_key = lock_key(&db) ^ 0x5052_4f42_455f_6b65;
+    block_on(async {
+        use sqlx::Connection;
+        let mut prover = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(probe_key)
+            .execute(&mut prover)
+            .await
+            .unwrap();
+        let mut child = spawn(migrate(&db, &src).args(["--lock-wait", "60s"]));
+        let seen = wait_for_stderr_line(
+            &mut child,
+            "waiting for the migration lock",
+            Duration::from_secs(30),
+        );
+        assert!(seen.contains("another run is proving"), "{seen}");
+        assert!(!seen.contains("lock: advisory"), "{seen}");
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_tables WHERE tablename = '_sqlx_migrations'",
+        )
+        .fetch_one(&mut prover)
+        .await
+        .unwrap();
+        assert_eq!(
+            tables, 0,
+            "nothing is taken while the proof is another run's"
+        );
+        prover.close().await.unwrap();
+        let out = finish(child);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(stderr(&out).contains("lock: advisory"), "{}", stderr(&out));
+    });
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
 // ----- the build-time digest (issue 16) -----
 
 fn digest(src: &Migrations) -> std::process::Output {
