@@ -182,6 +182,10 @@ async fn prove_advisory(
     }))
 }
 
+/// Take the lock, or find `expected` recorded by another run meanwhile. Long on purpose:
+/// one poll's steps (the marker, the decision, the try, LISTEN, the log line, the pause) in
+/// the order each poll takes them; the decision and the log line are `Race::decide` and
+/// `log_waiting`.
 pub async fn acquire(
     conn: &mut Conn,
     cfg: &Config,
@@ -197,14 +201,16 @@ pub async fn acquire(
     // would prove the advisory lock: a NOTIFY reaches it, so while it waits it LISTENs and
     // leaves at the marker's commit. Behind a pooler, and on the lease, it only polls.
     let direct = decided.is_none() && info.pid == info.startup_pid;
-    let mut choice = decided;
-    if let Some(c) = &choice {
+    if let Some(c) = &decided {
         announce(conn, cfg, c).await?;
     }
-    let mut lock_held = info.advisory_held;
-    let mut proving = info.proving;
-    // The probe key, while this run holds it after proving on it (`probe::prove`).
-    let mut holding_probe = None;
+    let mut race = Race {
+        choice: decided,
+        probe_key,
+        lock_held: info.advisory_held,
+        proving: info.proving,
+        holding_probe: None,
+    };
     let polling = async {
         let mut delays = db::backoff(Duration::from_millis(10), Duration::from_secs(1)).build();
         let mut listening_delays = db::backoff(LISTENING_POLL / 2, LISTENING_POLL).build();
@@ -219,41 +225,14 @@ pub async fn acquire(
             {
                 return Ok(Acquired::AlreadyDone);
             }
-            if choice.is_none() {
-                // Decided before the first try on the real key: a run that took the
-                // advisory lock on a pooled server session could not be sure to release it
-                // there. But while another session holds the lock, or proves it, a run that
-                // only waits for its marker has nothing to prove yet: the probe (a second
-                // connection) is left to the run that may take the lock.
-                let only_waits = expected.is_some() && direct;
-                if only_waits
-                    && !first
-                    && let Some(probe_key) = probe_key
-                {
-                    // A server that cannot tell (no transaction-level advisory locks): prove,
-                    // which is always safe.
-                    (lock_held, proving) = postgres::lock_busy(pg(conn), cfg.lock.key, probe_key)
-                        .await
-                        .unwrap_or((false, false));
-                }
-                if !(only_waits && (lock_held || proving)) {
-                    let key = probe_key.filter(|_| only_waits);
-                    match prove_advisory(conn, cfg, cfg.lock.mode, &info, key).await? {
-                        Some(c) => {
-                            if c.kind == "advisory" {
-                                holding_probe = key;
-                            }
-                            announce(conn, cfg, &c).await?;
-                            choice = Some(c);
-                        }
-                        None => proving = true,
-                    }
-                }
+            if race.choice.is_none() {
+                race.decide(conn, cfg, &info, expected.is_some() && direct, first)
+                    .await?;
             }
             first = false;
-            if let Some(c) = &choice
+            if let Some(c) = &race.choice
                 && let Some(mut lock) =
-                    try_acquire(conn, cfg, c, &token, holding_probe.take()).await?
+                    try_acquire(conn, cfg, c, &token, race.holding_probe.take()).await?
             {
                 if last_log.is_some() {
                     tracing::info!("took the migration lock after {:.1?}", started.elapsed());
@@ -266,7 +245,8 @@ pub async fn acquire(
             }
             if let Some(expected) = expected {
                 // LISTEN before the check, so a marker committed in between still wakes us.
-                if direct && !listening && choice.as_ref().is_none_or(|c| c.kind == "advisory") {
+                if direct && !listening && race.choice.as_ref().is_none_or(|c| c.kind == "advisory")
+                {
                     postgres::listen_for_markers(pg(conn))
                         .await
                         .map_err(|e| read_err("cannot LISTEN for the marker", e))?;
@@ -282,46 +262,13 @@ pub async fn acquire(
             if (!listening || started.elapsed() >= LISTENING_QUIET)
                 && last_log.is_none_or(|t| t.elapsed() >= HOLDER_LOG_EVERY)
             {
-                // Still unproven means the advisory lock (or the probe key) was seen held:
-                // ask only for it.
-                let who = match if choice.is_none() {
-                    conn.lock_holder(cfg).await
-                } else {
-                    holder(conn, cfg).await
-                } {
-                    Ok(Some(h)) => h.to_string(),
-                    Ok(None) if choice.is_none() && proving => {
-                        "no one yet: another run is proving that the advisory lock excludes here"
-                            .into()
-                    }
-                    Ok(None) => "a session that just let go".into(),
-                    Err(e) => format!("unknown ({e:#})"),
-                };
-                tracing::info!(
-                    "waiting for the migration lock {:?} (key {}), held by {who}{}",
-                    cfg.lock.name,
-                    cfg.lock.key,
-                    if listening {
-                        "; leaving when its marker is committed"
-                    } else {
-                        ""
-                    }
-                );
+                log_waiting(conn, cfg, &race, listening).await;
                 last_log = Some(Instant::now());
             }
-            // Briskly at first: most waits are for a short migration, and a waiter should
-            // leave as soon as its marker lands. Then gently, to spare the server during a
-            // long one. A waiter that LISTENs is woken by the marker's commit, so it polls
-            // only to take over from a holder that died: gently from the start.
             let pause = if listening {
                 listening_delays.next().unwrap_or(LISTENING_POLL)
             } else {
-                let cap = if started.elapsed() < BRISK_FOR {
-                    Duration::from_millis(50)
-                } else {
-                    Duration::from_secs(1)
-                };
-                delays.next().unwrap_or(cap).min(cap)
+                brisk_then_gentle(&mut delays, started)
             };
             woke = if listening {
                 postgres::wait_for_marker(pg(conn), pause)
@@ -335,20 +282,119 @@ pub async fn acquire(
     };
     match tokio::time::timeout(cfg.lock.wait, polling).await {
         Ok(r) => r,
-        Err(_) => {
-            let who = holder(conn, cfg)
-                .await
-                .ok()
-                .flatten()
-                .map(|h| format!(", held by {h}"))
-                .unwrap_or_default();
-            Err(Error::Timeout(format!(
-                "could not take the migration lock {:?} within {} (--lock-wait){who}",
-                cfg.lock.name,
-                humantime::format_duration(cfg.lock.wait)
-            )))
-        }
+        Err(_) => Err(lock_wait_passed(conn, cfg).await),
     }
+}
+
+/// `--lock-wait` passed: say so, naming the holder when it can be read.
+async fn lock_wait_passed(conn: &mut Conn, cfg: &Config) -> Error {
+    let who = holder(conn, cfg)
+        .await
+        .ok()
+        .flatten()
+        .map(|h| format!(", held by {h}"))
+        .unwrap_or_default();
+    Error::Timeout(format!(
+        "could not take the migration lock {:?} within {} (--lock-wait){who}",
+        cfg.lock.name,
+        humantime::format_duration(cfg.lock.wait)
+    ))
+}
+
+/// What a run waiting for the lock knows so far.
+struct Race {
+    /// The lock this connection uses, once decided (on PostgreSQL, once proven).
+    choice: Option<Choice>,
+    /// The run's probe key, for a run that would only wait for a marker.
+    probe_key: Option<i64>,
+    /// Whether another session held the lock, or the probe key, at the last look.
+    lock_held: bool,
+    proving: bool,
+    /// The probe key, while this run holds it after proving on it (`probe::prove`).
+    holding_probe: Option<i64>,
+}
+
+impl Race {
+    /// Decide the lock before the first try on the real key: a run that took the advisory
+    /// lock on a pooled server session could not be sure to release it there. But while
+    /// another session holds the lock, or proves it, a run that `only_waits` for its marker
+    /// has nothing to prove yet: the probe (a second connection) is left to the run that
+    /// may take the lock.
+    async fn decide(
+        &mut self,
+        conn: &mut Conn,
+        cfg: &Config,
+        info: &ServerInfo,
+        only_waits: bool,
+        first: bool,
+    ) -> Result<()> {
+        if only_waits
+            && !first
+            && let Some(probe_key) = self.probe_key
+        {
+            // A server that cannot tell (no transaction-level advisory locks): prove,
+            // which is always safe.
+            (self.lock_held, self.proving) = postgres::lock_busy(pg(conn), cfg.lock.key, probe_key)
+                .await
+                .unwrap_or((false, false));
+        }
+        if only_waits && (self.lock_held || self.proving) {
+            return Ok(());
+        }
+        let key = self.probe_key.filter(|_| only_waits);
+        match prove_advisory(conn, cfg, cfg.lock.mode, info, key).await? {
+            Some(c) => {
+                if c.kind == "advisory" {
+                    self.holding_probe = key;
+                }
+                announce(conn, cfg, &c).await?;
+                self.choice = Some(c);
+            }
+            None => self.proving = true,
+        }
+        Ok(())
+    }
+}
+
+/// Say who holds the lock we wait for. Still unproven means the advisory lock (or the
+/// probe key) was seen held: ask only for it.
+async fn log_waiting(conn: &mut Conn, cfg: &Config, race: &Race, listening: bool) {
+    let who = match if race.choice.is_none() {
+        conn.lock_holder(cfg).await
+    } else {
+        holder(conn, cfg).await
+    } {
+        Ok(Some(h)) => h.to_string(),
+        Ok(None) if race.choice.is_none() && race.proving => {
+            "no one yet: another run is proving that the advisory lock excludes here".into()
+        }
+        Ok(None) => "a session that just let go".into(),
+        Err(e) => format!("unknown ({e:#})"),
+    };
+    tracing::info!(
+        "waiting for the migration lock {:?} (key {}), held by {who}{}",
+        cfg.lock.name,
+        cfg.lock.key,
+        if listening {
+            "; leaving when its marker is committed"
+        } else {
+            ""
+        }
+    );
+}
+
+/// The pause between polls of a waiter that does not LISTEN. Briskly at first: most waits
+/// are for a short migration, and a waiter should leave as soon as its marker lands. Then
+/// gently, to spare the server during a long one. (A waiter that LISTENs is woken by the
+/// marker's commit, so it polls only to take over from a holder that died: gently from
+/// the start.)
+fn brisk_then_gentle(delays: &mut impl Iterator<Item = Duration>, started: Instant) -> Duration {
+    let cap = if started.elapsed() < BRISK_FOR {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_secs(1)
+    };
+    delays.next().unwrap_or(cap).min(cap)
 }
 
 /// How long a waiter that LISTENs waits before naming the holder.
