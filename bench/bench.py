@@ -224,33 +224,42 @@ skips the probe.
 
 NOTES = """## How the targets are met, and where they are not
 
-- **K processes racing.** A run that finds the advisory lock held `LISTEN`s on the
-  connection it already holds and leaves at the winner's marker commit (one round trip
-  after it), instead of at its next poll; it does not run the advisory-lock proof (a second
-  connection) while another session holds the lock, so 49 losers open 49 connections, not
-  98. The try-lock poll stays, every half second, as the fallback and the way to take over
-  from a holder that died. Still never a blocking `pg_advisory_lock` (a blocked locker
-  holds a snapshot that `CREATE INDEX CONCURRENTLY` in the holder's migration waits on:
-  deadlock); behind a pooler (the lease) waiters poll as before. On 2 shared cores the K
-  process starts dominate every tool's wall time, so the ratio moves with the load.
-- **The no-op path, flat in N.** `migrate --source` must compare the source's digest with
-  the marker's. Without help that is an open, a read, a hash and a close per file (the
-  `no digest file` rows: 19.2M instructions at N = 500 against 2.0M at N = 1). With the
-  digest file an image build writes (`schemagate digest`), the run lists the directory and
-  checks each file's name, size and modification time against it on a second thread while
-  it connects, and reads no migration: before issue 16 the no-op run took 2,033,306
-  instructions at N = 1 and 19,155,669 at N = 500 (9.4x); with the digest file about 2.05M
-  and 3.7M. What is left per file is a directory entry, an `fstatat` and a binary search
-  (about 3,000 instructions). A stale or edited digest file is ignored with a warning and
-  every file is read, so a changed migration is still drift. `wait --source` does not use
-  the digest file yet; `wait --expect V` reads no file at all.
+- **K processes racing.** On 2 cores, 50 process starts and 50 server back-ends (about 4 to
+  7 ms of server CPU each here, for either tool) are most of the wall time, so what a racer
+  adds to them is what counts. A racer that finds the lock held, or another run proving it,
+  `LISTEN`s on the connection it holds and leaves at the marker's commit; it does not run the
+  advisory-lock proof itself: `migrate` proves on the lock's probe key, and a run that sees
+  that key held waits for the proof (or the marker) instead of opening a second connection
+  of its own, so a race opens one extra connection, not one per racer that arrived early.
+  Whether the lock and the probe key are held is asked with a transaction-level try, not
+  from `pg_locks`, which copies the server's whole lock table each time (0.7 ms here with
+  `max_locks_per_transaction = 1024`). The lock holder creates both tables in one commit and
+  does not ask for its session id again. Process start-up: only the subcommand given has its
+  arguments built (half of a no-op run's instructions were clap building all eight). Still
+  never a blocking `pg_advisory_lock` (a blocked locker holds a snapshot that `CREATE INDEX
+  CONCURRENTLY` in the holder's migration waits on: deadlock); the try-lock poll stays, every
+  half second, as the fallback and the way to take over from a holder that died. sqlx's
+  library hands its lock from loser to loser one at a time after the winner, which costs it
+  most when the machine is loaded; on a quiet machine the two are close, since the CPU both
+  spend per racer is about the same.
+- **The no-op path, and N.** `migrate --source` must compare the source's digest with the
+  marker's. Without help that is an open, a read, a hash and a close per file (the `no
+  digest file` rows). With the digest file an image build writes (`schemagate digest`), the
+  run parses the file's claim, asks the marker about it, and meanwhile a second thread checks
+  the directory against the file: each `.sql` file's name, size and modification time. The
+  answer counts only once the check has passed. The check is what keeps the file honest (a
+  new, removed, renamed, resized or later-modified migration voids it), and it costs a
+  directory entry and a `statx` per file: about 1 µs of kernel time each on this machine,
+  plus user-space work (the callgrind table). With a core free it runs entirely beside the
+  connection's start-up and the query, and N does not show in the wall time; when the
+  machine is saturated, wall time follows CPU time, and the check's CPU does show. No
+  per-file check is skipped to make N disappear. `wait --source` uses the digest file the same
+  way (without the thread: it checks before it connects).
 - **Apply.** One transactional migration is one round trip (BEGIN, the file, the
   `_sqlx_migrations` row, COMMIT) and one WAL flush, where psql's autocommit floor pays one
-  per statement. Under the advisory lock the per-migration `set_config(
-  'client_connection_check_interval')` is gone (the session already has it; the lease,
-  whose session may be a pooler's, keeps it). What schemagate adds per migration is the
-  bookkeeping row and two log lines; a run that takes the lock also pays a fixed ~10 ms
-  (the probe's second connection, the tables, the marker).
+  per statement. What schemagate adds per migration is the bookkeeping row and two log
+  lines; a run that takes the lock also pays a fixed few ms (the probe's second connection,
+  the tables, the marker).
 - **Fair peers.** `bench/sqlx-lib` is built with schemagate's patched sqlx-core (TCP_NODELAY)
   and sqlx-postgres; sqlx-cli is the release from crates.io.
 - **`synchronous_commit = off`** (the `psql autocommit, async` row) would save about one WAL
@@ -258,6 +267,16 @@ NOTES = """## How the targets are met, and where they are not
   removes those flushes with nothing to prove after a crash, and per-migration commits stay
   durable.
 """
+
+# Issue 16's figures before this run, as BENCHMARKS.md recorded them: (before issue 16,
+# after its first part). The column "this run" is measured.
+ISSUE16 = {
+    "race": ("1.28× (sqlx peer without TCP_NODELAY)", "1.10× (the run before: 0.93×)"),
+    "apply": ("1.02× (1.13× in a re-measure)", "0.60× (the run before: 0.74×)"),
+    "noop_floor": ("1.12×", "0.79× (the run before: 0.71×)"),
+    "flat": ("1.51×", "1.46× (the run before: 1.36×)"),
+    "callgrind": ("19,155,669 / 2,033,306 = 9.42× (the binary before issue 16)", "3,683,534 / 2,047,863 = 1.80×"),
+}
 
 
 def median(xs: list[float]) -> float:
@@ -284,28 +303,37 @@ def apply_case(cl: Cluster, sets: Sets, tools: list[str], runs: int) -> dict:
     return {t: median(v) for t, v in times.items()}
 
 
-def noop_case(cl: Cluster, sets: Sets, tools: list[str], runs: int) -> tuple[dict, dict]:
-    urls = {}
-    for tool in tools:
-        url = cl.url(cl.fresh_db())
-        cmd, env, cwd = commands(tool, sets, url)
-        if timed(cmd, env, cwd)[1] != 0:
-            raise SystemExit(f"bench: {tool} failed preparing the no-op case")
-        urls[tool] = url
-    cases = {t: commands(t, sets, urls[t]) for t in tools}
-    sg_url = urls["schemagate"]
-    cases["schemagate wait --source"] = ([str(SG), "wait", "--source", str(sets.sqlx)], env_with(sg_url), None)
-    cases["schemagate wait --expect"] = ([str(SG), "wait", "--expect", sets.head], env_with(sg_url), None)
-    cases["psql -c 'select 1'"] = ([str(PSQL), "-X", "-q", "-c", "select 1", sg_url], env_with(sg_url), None)
-    times: dict[str, list[float]] = {t: [] for t in cases}
+def noop_case(cl: Cluster, sets: dict, tools: list[str], runs: int) -> dict:
+    """The no-op run at every size in `sets`, sizes and tools taking turns run by run (so a
+    ratio between sizes, flat in N or not, is measured under one load): {N: (medians, peak
+    RSS)}."""
+    cases: dict[int, dict] = {}
+    for n, s in sets.items():
+        urls = {}
+        for tool in tools:
+            url = cl.url(cl.fresh_db())
+            cmd, env, cwd = commands(tool, s, url)
+            if timed(cmd, env, cwd)[1] != 0:
+                raise SystemExit(f"bench: {tool} failed preparing the no-op case")
+            urls[tool] = url
+        cases[n] = {t: commands(t, s, urls[t]) for t in tools}
+        sg_url = urls["schemagate"]
+        cases[n]["schemagate wait --source"] = ([str(SG), "wait", "--source", str(s.digested)], env_with(sg_url), None)
+        cases[n]["schemagate wait --expect"] = ([str(SG), "wait", "--expect", s.head], env_with(sg_url), None)
+        cases[n]["psql -c 'select 1'"] = ([str(PSQL), "-X", "-q", "-c", "select 1", sg_url], env_with(sg_url), None)
+    times = {n: {t: [] for t in c} for n, c in cases.items()}
     for _ in range(runs):
-        for name, (cmd, env, cwd) in cases.items():
-            t, code, _ = timed(cmd, env, cwd)
-            if code != 0:
-                raise SystemExit(f"bench: {name} failed its no-op run (exit {code})")
-            times[name].append(t)
-    rss = {name: max(peak_rss_kb(cmd, env, cwd) for _ in range(3)) for name, (cmd, env, cwd) in cases.items()}
-    return {t: median(v) for t, v in times.items()}, rss
+        for n, c in cases.items():
+            for name, (cmd, env, cwd) in c.items():
+                t, code, _ = timed(cmd, env, cwd)
+                if code != 0:
+                    raise SystemExit(f"bench: {name} failed its no-op run (exit {code})")
+                times[n][name].append(t)
+    out = {}
+    for n, c in cases.items():
+        rss = {name: max(peak_rss_kb(cmd, env, cwd) for _ in range(3)) for name, (cmd, env, cwd) in c.items()}
+        out[n] = ({t: median(v) for t, v in times[n].items()}, rss)
+    return out
 
 
 def race_case(cl: Cluster, sets: Sets, tools: list[str], k: int, runs: int) -> dict:
@@ -436,8 +464,9 @@ def callgrind(cmd: list[str], env: dict) -> int | None:
     return None
 
 
-def instructions(cl: Cluster, sets: dict, n_small: int, n_big: int) -> dict:
-    """callgrind counts of the no-op `migrate` at two sizes, with and without a digest file."""
+def instructions(cl: Cluster, sets: dict, n_small: int, n_big: int, before: str | None) -> dict:
+    """callgrind counts of the no-op `migrate` at two sizes, with and without a digest file,
+    and with `before` (an earlier build, `--before`) on the digest file's source."""
     out = {}
     for n in (n_small, n_big):
         url = cl.url(cl.fresh_db())
@@ -447,6 +476,8 @@ def instructions(cl: Cluster, sets: dict, n_small: int, n_big: int) -> dict:
         for tool in ("schemagate", "schemagate, no digest file"):
             cmd, env, _ = commands(tool, sets[n], url)
             out[(tool, n)] = callgrind(cmd, env)
+        if before:
+            out[("before", n)] = callgrind([before, "migrate", "--source", str(sets[n].digested)], env_with(url))
     return out
 
 
@@ -524,6 +555,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--load", default="", help="what else ran on the machine meanwhile (for the report)")
+    ap.add_argument("--before", default=None,
+                    help="an earlier schemagate build whose no-op instructions to count beside this one's")
     args = ap.parse_args()
     smoke = args.smoke
     runs = args.runs or (3 if smoke else 9)
@@ -541,12 +574,11 @@ def main() -> None:
         for n in sizes:
             applied[n] = apply_case(cl, sets[n], apply_tools, max(3, runs // 2) if n >= 500 else runs)
             print(f"apply {n}: " + ", ".join(f"{t} {fmt_ms(v)}" for t, v in applied[n].items()), flush=True)
-        noop = {}
-        for n in (sizes if not smoke else (sizes[0], sizes[-1])):
-            noop[n] = noop_case(cl, sets[n], ["schemagate", "schemagate, no digest file", *peers],
-                                runs * 2 if not smoke else runs)
+        noop = noop_case(cl, {n: sets[n] for n in sizes}, ["schemagate", "schemagate, no digest file", *peers],
+                         runs * 2 if not smoke else runs)
+        for n in sizes:
             print(f"no-op {n}: " + ", ".join(f"{t} {fmt_ms(v)}" for t, v in noop[n][0].items()), flush=True)
-        counts = {} if smoke else instructions(cl, sets, sizes[0], sizes[-1])
+        counts = {} if smoke else instructions(cl, sets, sizes[0], sizes[-1], args.before)
         print(f"callgrind: {counts}", flush=True)
         race_sets = Sets(base / "race", 20, body=logged_sql, prologue="CREATE TABLE apply_log (version int);\n")
         races = {}
@@ -590,12 +622,41 @@ def main() -> None:
         "The floor is PostgreSQL's own `psql` binary (not Debian's wrapper script).\n")
     say("Reproduce: `bench/run` (installs the peers and matplotlib under `target/`, ~5 min the first time; "
         "the run itself takes about ten minutes). CI runs `bench/run --smoke`. "
-        "`schemagate` rows use a source with the digest file an image build writes (`schemagate digest`); "
-        "`schemagate, no digest file` the same directory without it.\n")
-    say("\n\n".join(pictures) + "\n" if pictures else "")
-    say("## Targets\n")
+        "`schemagate` rows (and `wait --source`) use a source with the digest file an image build writes "
+        "(`schemagate digest`); `schemagate, no digest file` the same directory without it."
+        + (f" The earlier build's callgrind counts: `bench/run --before {args.before}`." if args.before else "")
+        + "\n")
     sg_noop = noop[big][0]["schemagate"]
     sg_wait = noop[big][0]["schemagate wait --source"]
+    say("Wall-time ratios move with the load on this machine's 2 shared cores (the load average is above); "
+        "the callgrind counts below do not, and measure the no-op path's own work.\n")
+    say("### Issue 16: before and after\n")
+    say("| measure | before issue 16 (BENCHMARKS.md of 2026-11-25, quiet machine) | after its first part "
+        "(2026-11-26, loaded machine) | this run | target |\n| --- | --- | --- | --- | --- |")
+    this = {
+        "race": races[50]["schemagate"]["wall"] / races[50]["sqlx library"]["wall"],
+        "apply": applied[big]["schemagate"] / applied[big]["psql autocommit"],
+        "noop_floor": sg_noop / floor,
+        "flat": sg_noop / noop[sizes[0]][0]["schemagate"],
+    }
+    for key, name, target in [
+        ("race", "K = 50 racing, wall, schemagate / sqlx's locked library", "≤ 0.9×"),
+        ("apply", f"apply {big}, schemagate / psql autocommit floor", "≤ 1.05×"),
+        ("noop_floor", f"no-op `migrate --source`, N = {big}, / `psql -c 'select 1'`", "≤ 1.0×"),
+        ("flat", f"no-op N = {big} / N = {sizes[0]}, wall", "≤ 1.1×"),
+    ]:
+        say(f"| {name} | {ISSUE16[key][0]} | {ISSUE16[key][1]} | {this[key]:.2f}× | {target} |")
+    if counts.get(("schemagate", big)):
+        a, b = counts[("schemagate", sizes[0])], counts[("schemagate", big)]
+        cell = f"{b:,} / {a:,} = {b / a:.2f}×"
+        if counts.get(("before", big)):
+            a0, b0 = counts[("before", sizes[0])], counts[("before", big)]
+            cell += f" (the build this part started from, `--before`, in this run: {b0:,} / {a0:,} = {b0 / a0:.2f}×)"
+        say(f"| no-op N = {big} / N = {sizes[0]}, callgrind instructions | {ISSUE16['callgrind'][0]} | "
+            f"{ISSUE16['callgrind'][1]} | {cell} | — |")
+    say("")
+    say("\n\n".join(pictures) + "\n" if pictures else "")
+    say("## Targets\n")
     rows = [
         ("no-op `migrate`, N = 500, / `select 1` floor", sg_noop / floor, "≤ 1.0×"),
         ("no-op `migrate`, N = 500 / N = 1 (flat in N)", sg_noop / noop[sizes[0]][0]["schemagate"], "≤ 1.1×"),
@@ -621,9 +682,12 @@ def main() -> None:
         say("User-space instructions of one no-op `migrate --source` (every thread), from "
             "`valgrind --tool=callgrind`: steady where wall time on a shared machine is not.\n")
         say(f"| source | N = {sizes[0]} | N = {big} | N = {big} / N = {sizes[0]} |\n| --- | --- | --- | --- |")
-        for tool in ("schemagate", "schemagate, no digest file"):
+        for tool in ("schemagate", "schemagate, no digest file", "before"):
+            if counts.get((tool, big)) is None:
+                continue
             a, b = counts[(tool, sizes[0])], counts[(tool, big)]
-            label = "with the digest file" if tool == "schemagate" else "without a digest file"
+            label = {"schemagate": "with the digest file", "schemagate, no digest file": "without a digest file",
+                     "before": "with the digest file, the build this part started from (`--before`)"}[tool]
             say(f"| {label} | {a:,} | {b:,} | {b / a:.2f}× |")
         say("")
     say("## Applying N migrations to an empty database (each a table and an index)\n")

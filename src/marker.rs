@@ -98,17 +98,10 @@ pub struct Expected<'a> {
 /// the history it can see agrees (see `Expected::history`).
 pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
     let upto = expected.history.map(|(v, _)| v);
-    let marked = conn
+    let decisive = conn
         .newest_marker(&cfg.table, expected.version, upto)
-        .await?
-        .marker
-        .is_some_and(|m| {
-            m.status == "succeeded"
-                && m.digest.as_deref() == expected.digest
-                && expected
-                    .history
-                    .is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0)
-        });
+        .await?;
+    let marked = marked(&decisive, expected);
     match expected.foreign {
         Some(f) if marked => {
             let rows = crate::formats::history::read(conn, f.format).await?.rows;
@@ -116,6 +109,19 @@ pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> 
         }
         _ => Ok(marked),
     }
+}
+
+/// Whether the marker that decides the expected version (read with its history, as
+/// `newest_marker_sql` does) says it succeeded, with the expected digest and history. For
+/// another migrator's directory, `is_done` also reads that migrator's table.
+pub fn marked(decisive: &Decisive, expected: &Expected<'_>) -> bool {
+    decisive.marker.as_ref().is_some_and(|m| {
+        m.status == "succeeded"
+            && m.digest.as_deref() == expected.digest
+            && expected
+                .history
+                .is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0)
+    })
 }
 
 /// The rows `newest_marker_sql` reads, as `Conn::newest_marker` reports them: no table

@@ -425,6 +425,34 @@ pub(super) async fn prepare_under_lock(
     Ok(false)
 }
 
+/// `prepare_under_lock` for a SQL source, with what `_sqlx_migrations` holds read in the
+/// same round trip where the backend allows (PostgreSQL): `None` when there is nothing
+/// left to do.
+async fn prepare_sql_under_lock(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+) -> Result<Option<(Vec<sqlx::migrate::AppliedMigration>, Option<i64>)>> {
+    let upto = ctx.expected.history.map(|(v, _)| v);
+    let Some((decisive, applied)) = conn
+        .ensure_tables_and_read(&ctx.cfg.table, ctx.expected.version, upto)
+        .await?
+    else {
+        if prepare_under_lock(conn, ctx, true).await? {
+            return Ok(None);
+        }
+        return conn.applied().await.map(Some);
+    };
+    // A SQL source has no other migrator's table to consult (`Expected::foreign`).
+    if crate::marker::marked(&decisive, ctx.expected) {
+        tracing::info!(
+            "schema version {} was applied by another run; nothing to do",
+            ctx.expected.version
+        );
+        return Ok(None);
+    }
+    Ok(Some(applied))
+}
+
 /// What `apply_pending` has got to, readable after it is cancelled.
 #[derive(Default)]
 struct Progress {
@@ -574,14 +602,14 @@ async fn apply_pending(
     opts: &ApplyOptions,
     progress: &mut Progress,
 ) -> Result<Ran> {
-    if prepare_under_lock(conn, ctx, true).await? {
+    let Some((applied, dirty)) = prepare_sql_under_lock(conn, ctx).await? else {
         return Ok(Ran {
             applied: 0,
             wrote_marker: false,
             ..Ran::default()
         });
-    }
-    let plan = plan(conn, source).await?;
+    };
+    let plan = source.plan(&applied, dirty)?;
     if let Some(message) = plan.ahead_message(source) {
         // An older release against a newer schema (an image rolled back): not drift, and
         // nothing to record: the newer release's marker stands.

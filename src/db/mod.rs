@@ -383,6 +383,32 @@ impl Conn {
         }
     }
 
+    /// On PostgreSQL, `ensure_tables` (both) and, in the same round trip, the marker that
+    /// decides `version` and what is applied: the lock holder's first step, one round trip
+    /// instead of three. `None` on the other backends (ask separately).
+    pub async fn ensure_tables_and_read(
+        &mut self,
+        table: &Table,
+        version: &str,
+        upto: Option<i64>,
+    ) -> Result<Option<(Decisive, (Vec<AppliedMigration>, Option<i64>))>> {
+        let Conn::Pg(c) = self else {
+            return Ok(None);
+        };
+        let (newest, applied) = postgres::ensure_tables_and_read(c, table, version, upto)
+            .await
+            .map_err(|e| {
+                db_err(
+                    &format!(
+                        "cannot create or read {MIGRATIONS_TABLE} and the marker table {}",
+                        table.qualified
+                    ),
+                    e,
+                )
+            })?;
+        Ok(Some((settle_newest(Ok(newest), table, version)?, applied)))
+    }
+
     pub async fn ensure_marker_table(&mut self, table: &Table) -> Result<()> {
         match self {
             Conn::Pg(c) => postgres::ensure_marker_table(c, table).await,

@@ -394,6 +394,10 @@ pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), 
 /// `_sqlx_migrations` as sqlx's own `ensure_migrations_table` creates it, then the marker
 /// table, in one statement (one implicit transaction).
 pub async fn ensure_tables(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
+    exec(c, tables_sql(t)).await
+}
+
+fn tables_sql(t: &Table) -> String {
     let migrations = format!(
         "CREATE TABLE IF NOT EXISTS {} (
             version BIGINT PRIMARY KEY,
@@ -405,7 +409,7 @@ pub async fn ensure_tables(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::
         );",
         &*MIGRATIONS_TABLE
     );
-    exec(c, format!("{migrations}\n{}", marker_table_sql(t))).await
+    format!("{migrations}\n{}", marker_table_sql(t))
 }
 
 fn marker_table_sql(t: &Table) -> String {
@@ -502,25 +506,55 @@ pub async fn newest_marker<'c>(
     version: &str,
     upto: Option<i64>,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
-    rows(
-        c,
-        super::newest_marker_sql(t, &lit(version), "0::int8", upto),
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get(0)?,
-            r.try_get(1)?,
-            r.try_get(2)?,
-            r.try_get(3)?,
-            r.try_get(4)?,
-            r.try_get(5)?,
-            r.try_get(6)?,
-        ))
-    })
-    .collect()
+    rows(c, newest_marker_sql(t, version, upto))
+        .await?
+        .iter()
+        .map(newest_row)
+        .collect()
 }
+
+fn newest_marker_sql(t: &Table, version: &str, upto: Option<i64>) -> String {
+    super::newest_marker_sql(t, &lit(version), "0::int8", upto)
+}
+
+fn newest_row(r: &PgRow) -> Result<super::NewestRow, sqlx::Error> {
+    Ok((
+        r.try_get(0)?,
+        r.try_get(1)?,
+        r.try_get(2)?,
+        r.try_get(3)?,
+        r.try_get(4)?,
+        r.try_get(5)?,
+        r.try_get(6)?,
+    ))
+}
+
+/// `ensure_tables`, then the marker that decides `version` (`newest_marker`) and what
+/// `_sqlx_migrations` holds (`applied`), in one round trip and one transaction: what the
+/// lock holder reads before it applies anything.
+pub async fn ensure_tables_and_read(
+    c: &mut PgConnection,
+    t: &Table,
+    version: &str,
+    upto: Option<i64>,
+) -> Result<NewestAndApplied, sqlx::Error> {
+    let sql = format!(
+        "{}\n{};\n{}",
+        tables_sql(t),
+        newest_marker_sql(t, version, upto),
+        applied_sql()
+    );
+    // One statement's rows after the other's: told apart by their width.
+    let (newest, applied): (Vec<PgRow>, Vec<PgRow>) =
+        rows(c, sql).await?.into_iter().partition(|r| r.len() == 7);
+    Ok((
+        newest.iter().map(newest_row).collect::<Result<_, _>>()?,
+        applied_from(applied)?,
+    ))
+}
+
+/// The rows of the marker query, and the applied migrations with the first dirty one.
+pub type NewestAndApplied = (Vec<super::NewestRow>, (Vec<AppliedMigration>, Option<i64>));
 
 pub async fn markers(
     c: &mut PgConnection,
@@ -574,11 +608,16 @@ pub async fn invalid_indexes(c: &mut PgConnection) -> Result<Vec<String>, sqlx::
 pub async fn applied<'c>(
     c: impl PgExecutor<'c>,
 ) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {
-    let rs = rows(
-        c,
-        format!("SELECT version, encode(checksum, 'hex'), success FROM {MIGRATIONS_TABLE} ORDER BY version"),
+    applied_from(rows(c, applied_sql()).await?)
+}
+
+fn applied_sql() -> String {
+    format!(
+        "SELECT version, encode(checksum, 'hex'), success FROM {MIGRATIONS_TABLE} ORDER BY version"
     )
-    .await?;
+}
+
+fn applied_from(rs: Vec<PgRow>) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {
     let mut applied = Vec::with_capacity(rs.len());
     let mut dirty = None;
     for r in rs {
