@@ -147,7 +147,8 @@ pub fn ignore(dir: &Path, why: &str) {
 /// Parse the digest file's `text`. The version and the count of up migrations are derived
 /// from the names it lists (`check` then proves the directory holds exactly those), so the
 /// file's claim is complete before any directory entry is read. Byte by byte: this runs on
-/// every start, once per migration.
+/// every start, once per migration. Long on purpose: one pass over the bytes, each kind of
+/// line handled where it is met, then the name index built.
 fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String> {
     let bytes = text.as_bytes();
     if text.len() >= u32::MAX as usize {

@@ -518,23 +518,8 @@ async fn interrupted(
             side.close().await;
             return Ok(None);
         }
-        // How many of the group in flight committed before the cancel reached it.
-        let (applied, dirty) = side.applied().await?;
-        let committed = progress
-            .group
-            .iter()
-            .filter(|v| dirty != Some(**v) && applied.iter().any(|a| a.version == **v))
-            .count();
-        let detail = match (committed, settled) {
-            (0, true) => {
-                format!("interrupted by {sig} while applying {current}; it did not commit")
-            }
-            (0, false) => format!("interrupted by {sig} while applying {current}"),
-            (n, _) => format!(
-                "interrupted by {sig} after applying {current}: {n} migration(s) of it \
-                 committed before the signal took effect"
-            ),
-        };
+        let committed = committed_in_flight(&mut side, progress).await?;
+        let detail = interruption_detail(sig, current, committed, settled);
         tracing::warn!("{detail}");
         let applied_count = progress.applied + committed;
         ctx.record_failure_from_side(
@@ -566,6 +551,34 @@ async fn interrupted(
         Err(_) => tracing::warn!("could not record the interruption in time"),
     }
     Err(Error::Interrupted(sig))
+}
+
+/// How many of the group in flight committed before the cancel reached it (read from a
+/// side connection once the interrupted statement settled).
+async fn committed_in_flight(side: &mut Conn, progress: &Progress) -> Result<usize> {
+    let (applied, dirty) = side.applied().await?;
+    Ok(progress
+        .group
+        .iter()
+        .filter(|v| dirty != Some(**v) && applied.iter().any(|a| a.version == **v))
+        .count())
+}
+
+/// The `failed` marker's detail for a run interrupted while applying `current`.
+fn interruption_detail(
+    sig: crate::signals::Signal,
+    current: &str,
+    committed: usize,
+    settled: bool,
+) -> String {
+    match (committed, settled) {
+        (0, true) => format!("interrupted by {sig} while applying {current}; it did not commit"),
+        (0, false) => format!("interrupted by {sig} while applying {current}"),
+        (n, _) => format!(
+            "interrupted by {sig} after applying {current}: {n} migration(s) of it committed \
+             before the signal took effect"
+        ),
+    }
 }
 
 /// Pending migrations in the groups applied together: each alone, or with
@@ -717,37 +730,49 @@ async fn apply_group(
                  without running it (applied {applied})"
             )));
         }
-        let tries = if attempt > 0 {
-            format!(" after {} tries", attempt + 1)
-        } else {
-            String::new()
-        };
-        let detail = format!("migration {label} failed{tries}: {}", e.message);
-        let hint = if e.dirty {
-            " It ran without a transaction and part of it took effect: it is recorded as \
-             dirty, so the next run stops and says so instead of running it again."
-        } else if no_tx {
-            " It ran without a transaction; nothing of it took effect, so the next run tries \
-             it again."
-        } else {
-            ""
-        };
-        // Logged once, by main, with the exit code it leads to.
-        let marker = ctx.marker(Status::Failed, applied, Some(&detail));
-        if let Err(m) = ctx.record(conn, &marker).await {
-            // The lock's connection may be gone (a failover, a terminated session):
-            // record from a fresh one, so waiters fail fast.
-            tracing::warn!("{m:#}; recording the failure from another connection");
-            if !matches!(m, Error::LockLost(_)) {
-                record_from_side(ctx, applied, &detail, None).await;
-            }
+        return Err(record_failed(conn, ctx, &e, label, attempt, no_tx, applied).await);
+    }
+}
+
+/// A migration failed for good: record the `failed` marker (from a fresh connection when
+/// the lock's is gone, so waiters fail fast) and return the run's error. Logged once, by
+/// main, with the exit code it leads to.
+async fn record_failed(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    e: &db::ApplyError,
+    label: &str,
+    attempt: u32,
+    no_tx: bool,
+    applied: usize,
+) -> Error {
+    let tries = if attempt > 0 {
+        format!(" after {} tries", attempt + 1)
+    } else {
+        String::new()
+    };
+    let detail = format!("migration {label} failed{tries}: {}", e.message);
+    let hint = if e.dirty {
+        " It ran without a transaction and part of it took effect: it is recorded as dirty, \
+         so the next run stops and says so instead of running it again."
+    } else if no_tx {
+        " It ran without a transaction; nothing of it took effect, so the next run tries it \
+         again."
+    } else {
+        ""
+    };
+    let marker = ctx.marker(Status::Failed, applied, Some(&detail));
+    if let Err(m) = ctx.record(conn, &marker).await {
+        tracing::warn!("{m:#}; recording the failure from another connection");
+        if !matches!(m, Error::LockLost(_)) {
+            record_from_side(ctx, applied, &detail, None).await;
         }
-        let message = format!("{detail}{hint}");
-        return Err(if e.config {
-            Error::Config(message)
-        } else {
-            Error::Failed(message)
-        });
+    }
+    let message = format!("{detail}{hint}");
+    if e.config {
+        Error::Config(message)
+    } else {
+        Error::Failed(message)
     }
 }
 

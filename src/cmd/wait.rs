@@ -83,42 +83,50 @@ impl SqlSource {
     }
 }
 
-pub async fn run(args: &WaitConfig) -> Result<Outcome> {
-    let cfg = &args.db;
-    let target = match &args.target {
-        WaitTarget::Expect(v) => Target {
-            version: v.clone(),
-            source: None,
-            foreign: None,
-        },
-        WaitTarget::Sql(dir) => match claimed(dir)? {
-            Some(summary) => Target {
-                version: summary.version.to_string(),
-                source: Some(SqlSource {
-                    dir: dir.clone(),
-                    claimed: Some(summary),
-                    read: std::cell::OnceCell::new(),
-                }),
+impl Target {
+    /// Read what `wait` waits for: a SQL source is read only when no trusted digest file
+    /// stands for it (`SqlSource`).
+    fn load(target: &WaitTarget) -> Result<Target> {
+        Ok(match target {
+            WaitTarget::Expect(v) => Target {
+                version: v.clone(),
+                source: None,
                 foreign: None,
             },
-            None => {
-                let source = Source::load(dir)?;
-                Target {
-                    version: source.version(),
-                    source: Some(SqlSource::loaded(source)),
+            WaitTarget::Sql(dir) => match claimed(dir)? {
+                Some(summary) => Target {
+                    version: summary.version.to_string(),
+                    source: Some(SqlSource {
+                        dir: dir.clone(),
+                        claimed: Some(summary),
+                        read: std::cell::OnceCell::new(),
+                    }),
                     foreign: None,
+                },
+                None => {
+                    let source = Source::load(dir)?;
+                    Target {
+                        version: source.version(),
+                        source: Some(SqlSource::loaded(source)),
+                        foreign: None,
+                    }
+                }
+            },
+            WaitTarget::Foreign(dir, format) => {
+                let foreign = Foreign::load(dir, *format)?;
+                Target {
+                    version: foreign.version(),
+                    source: None,
+                    foreign: Some(foreign),
                 }
             }
-        },
-        WaitTarget::Foreign(dir, format) => {
-            let foreign = Foreign::load(dir, *format)?;
-            Target {
-                version: foreign.version(),
-                source: None,
-                foreign: Some(foreign),
-            }
-        }
-    };
+        })
+    }
+}
+
+pub async fn run(args: &WaitConfig) -> Result<Outcome> {
+    let cfg = &args.db;
+    let target = Target::load(&args.target)?;
     let version = target.version.clone();
     let started = Instant::now();
     let deadline = started + args.timeout;

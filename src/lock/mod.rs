@@ -432,66 +432,80 @@ async fn try_acquire(
     token: &str,
     then_release: Option<i64>,
 ) -> Result<Option<Lock>> {
-    match choice.kind {
-        "file" => Ok(file::try_lock(cfg)?.map(|f| Lock {
-            kind: Kind::File(f),
-            session: None,
-        })),
-        "lease" => {
-            let Some(previous) = lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await?
-            else {
-                return Ok(None);
-            };
-            // A run that proved the advisory lock (it connects directly) may hold it.
-            if choice.engine == Engine::Postgres
-                && let Some(h) = conn.lock_holder(cfg).await?
-            {
-                tracing::debug!("stepping back: the advisory lock is held by {h}");
-                lease::release(pg(conn), cfg, token).await?;
-                return Ok(None);
-            }
-            if let Some(previous) = previous {
-                tracing::warn!("took over an expired lease from {previous}");
-            }
-            Ok(Some(Lock {
-                kind: Kind::Lease(lease::Held::start(cfg, token, cfg.lock.lease_ttl)),
-                session: None,
-            }))
-        }
-        _ => {
-            if !conn.try_lock(cfg, token, then_release).await? {
-                return Ok(None);
-            }
+    let kind = match choice.kind {
+        "file" => file::try_lock(cfg)?.map(Kind::File),
+        "lease" => try_lease(conn, cfg, choice, token).await?,
+        _ => try_session(conn, cfg, token, then_release).await?,
+    };
+    Ok(kind.map(|kind| Lock {
+        kind,
+        session: None,
+    }))
+}
 
-            // A run that could not use the advisory lock (behind a pooler) may hold the
-            // lease. Take the lease row too, for a moment, exactly as a lease taker would:
-            // a live lease makes us step back; an expired one is taken over and its token
-            // replaced, so a holder that lapsed but still runs fails its fence instead of
-            // committing beside us. Then the row goes: the advisory lock is ours.
-            if cfg.backend == Backend::Postgres && lease::exists(pg(conn), cfg).await? {
-                match lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await? {
-                    None => {
-                        tracing::debug!("stepping back: a run holds the lease");
-                        conn.unlock(cfg).await?;
-                        return Ok(None);
-                    }
-                    Some(previous) => {
-                        if let Some(previous) = previous {
-                            tracing::warn!(
-                                "took over an expired lease from {previous} (and ended it: \
-                                 this run holds the advisory lock)"
-                            );
-                        }
-                        lease::release(pg(conn), cfg, token).await?;
-                    }
-                }
+/// Take the lease, unless a run that proved the advisory lock (it connects directly)
+/// holds that.
+async fn try_lease(
+    conn: &mut Conn,
+    cfg: &Config,
+    choice: &Choice,
+    token: &str,
+) -> Result<Option<Kind>> {
+    let Some(previous) = lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await? else {
+        return Ok(None);
+    };
+    if choice.engine == Engine::Postgres
+        && let Some(h) = conn.lock_holder(cfg).await?
+    {
+        tracing::debug!("stepping back: the advisory lock is held by {h}");
+        lease::release(pg(conn), cfg, token).await?;
+        return Ok(None);
+    }
+    if let Some(previous) = previous {
+        tracing::warn!("took over an expired lease from {previous}");
+    }
+    Ok(Some(Kind::Lease(lease::Held::start(
+        cfg,
+        token,
+        cfg.lock.lease_ttl,
+    ))))
+}
+
+/// Take the session lock (advisory, or MySQL's named lock), letting go of `then_release`
+/// (the probe key) in the same statement.
+async fn try_session(
+    conn: &mut Conn,
+    cfg: &Config,
+    token: &str,
+    then_release: Option<i64>,
+) -> Result<Option<Kind>> {
+    if !conn.try_lock(cfg, token, then_release).await? {
+        return Ok(None);
+    }
+    // A run that could not use the advisory lock (behind a pooler) may hold the lease. Take
+    // the lease row too, for a moment, exactly as a lease taker would: a live lease makes us
+    // step back; an expired one is taken over and its token replaced, so a holder that
+    // lapsed but still runs fails its fence instead of committing beside us. Then the row
+    // goes: the advisory lock is ours.
+    if cfg.backend == Backend::Postgres && lease::exists(pg(conn), cfg).await? {
+        match lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await? {
+            None => {
+                tracing::debug!("stepping back: a run holds the lease");
+                conn.unlock(cfg).await?;
+                return Ok(None);
             }
-            Ok(Some(Lock {
-                kind: Kind::Session,
-                session: None,
-            }))
+            Some(previous) => {
+                if let Some(previous) = previous {
+                    tracing::warn!(
+                        "took over an expired lease from {previous} (and ended it: this run \
+                         holds the advisory lock)"
+                    );
+                }
+                lease::release(pg(conn), cfg, token).await?;
+            }
         }
     }
+    Ok(Some(Kind::Session))
 }
 
 impl Lock {
