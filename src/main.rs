@@ -184,6 +184,15 @@ fn init_logging(format: LogFormat) {
     // sets; one that does not parse leaves the default.
     let filter: Targets = std::env::var("SCHEMAGATE_LOG")
         .ok()
+        .map(|s| {
+            // `info, sqlx=warn` as `info,sqlx=warn`: a target named " sqlx" matches nothing.
+            let parts: Vec<&str> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect();
+            parts.join(",")
+        })
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| DEFAULT_LOG.parse().expect("the default filter parses"));
     let fmt = tracing_subscriber::fmt::layer()

@@ -246,12 +246,9 @@ impl WaitConfig {
         let db = connection(&args.connect, "wait", None)?;
         // clap makes --expect and --source one required choice.
         let target = match (&args.expect, &args.source) {
-            (Some(v), _) => {
-                if v.trim().is_empty() {
-                    return Err(Error::Config("--expect must not be empty".into()));
-                }
-                WaitTarget::Expect(v.clone())
-            }
+            // Trimmed as `migrate --version` is, so a version file's line end (`v1\r`) on
+            // either side still matches.
+            (Some(v), _) => WaitTarget::Expect(checked_version(v, "--expect")?),
             // A digest file is only ever written for a sqlx source: no detection (a
             // directory listing on the path every replica pays).
             (None, Some(dir))

@@ -748,32 +748,34 @@ pub async fn apply_no_tx(
         })?;
     }
     // --ddl-lock-timeout / --statement-timeout: each statement is a transaction of its
-    // own, so the limits are set for the session while it runs, and reset after. Under the
-    // lease (possibly behind a transaction pooler) the statements may each land on another
-    // server session, where a session setting would not follow them (and would linger for
-    // other clients): said, not pretended.
+    // own, so the limits are set for the session around the statements they bound, and
+    // reset after. Not around a statement that leaves debris when it fails (`CREATE INDEX
+    // CONCURRENTLY`, which waits for older transactions by design): cut short, it would
+    // leave an invalid index and the migration dirty, a manual repair instead of a wait.
+    // Under the lease (possibly behind a transaction pooler) the statements may each land
+    // on another server session, where a session setting would not follow them (and would
+    // linger for other clients): said, not pretended.
     let limits = session_limits_sql(opts);
-    if !limits.is_empty() && opts.fence.is_some() {
+    if limits.is_empty() {
+        return run_no_tx(c, m, None).await;
+    }
+    if opts.fence.is_some() {
         tracing::warn!(
             "--ddl-lock-timeout and --statement-timeout do not apply to the -- no-transaction \
              migration {} under the lease: its statements may run on different server \
              sessions",
             m.version
         );
-    } else if !limits.is_empty() {
-        exec(c, limits).await.map_err(|e| NoTxError {
-            error: e,
-            context: "setting its timeouts: ".into(),
-            dirty: false,
-        })?;
-        let r = run_no_tx(c, m).await;
-        if let Err(e) = exec(c, "RESET lock_timeout; RESET statement_timeout".into()).await {
-            tracing::warn!("could not reset the session's timeouts: {e}");
-        }
-        return r;
+        return run_no_tx(c, m, None).await;
     }
-    run_no_tx(c, m).await
+    let r = run_no_tx(c, m, Some(&limits)).await;
+    if let Err(e) = exec(c, RESET_LIMITS.into()).await {
+        tracing::warn!("could not reset the session's timeouts: {e}");
+    }
+    r
 }
+
+const RESET_LIMITS: &str = "RESET lock_timeout; RESET statement_timeout";
 
 /// The session-level form of `settings_sql`'s limits, for `-- no-transaction` migrations.
 fn session_limits_sql(opts: &ApplyOptions) -> String {
@@ -788,11 +790,32 @@ fn session_limits_sql(opts: &ApplyOptions) -> String {
 }
 
 /// `apply_no_tx`'s statements and bookkeeping.
-async fn run_no_tx(c: &mut PgConnection, m: &Migration) -> Result<(), NoTxError> {
+/// With `limits`, the session's timeouts are set before each statement they may bound
+/// and reset before one they must not (see `apply_no_tx`).
+async fn run_no_tx(
+    c: &mut PgConnection,
+    m: &Migration,
+    limits: Option<&str>,
+) -> Result<(), NoTxError> {
     let statements = crate::sql::split(m.sql.as_str());
+    let mut limited = false;
     for (i, st) in statements.iter().enumerate() {
-        if let Err(e) = exec(c, st.text.to_owned()).await {
-            let dirty = i > 0 || crate::sql::leaves_debris_on_failure(st.text);
+        let debris = crate::sql::leaves_debris_on_failure(st.text);
+        let mut ran = false;
+        let mut result = Ok(());
+        if let Some(limits) = limits
+            && limited == debris
+        {
+            let sql = if debris { RESET_LIMITS } else { limits };
+            result = exec(c, sql.to_owned()).await;
+            limited = !debris;
+        }
+        if result.is_ok() {
+            ran = true;
+            result = exec(c, st.text.to_owned()).await;
+        }
+        if let Err(e) = result {
+            let dirty = i > 0 || (ran && debris);
             let context = format!(
                 "statement {} of {} (line {}){}: ",
                 i + 1,

@@ -1078,3 +1078,77 @@ fn timeouts_apply_to_no_transaction_migrations() {
         "the timed-out migration is not recorded (nothing of it took effect)"
     );
 }
+
+/// `--ddl-lock-timeout` is not applied to `CREATE INDEX CONCURRENTLY` in a
+/// `-- no-transaction` migration: it waits for older transactions by design, and cut short
+/// it would leave an invalid index and the migration dirty (a manual repair) instead of a
+/// wait. The statements around it keep the limit.
+#[test]
+fn concurrent_index_build_is_not_cut_short_by_the_lock_timeout() {
+    let db = PgDb::new("notxcic");
+    pg_exec(
+        &db.url,
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
+    );
+    let src = Migrations::new(&[(
+        "1_index.sql",
+        "-- no-transaction\nCREATE TABLE before_it AS SELECT current_setting('lock_timeout') AS lt;\n\
+         CREATE INDEX CONCURRENTLY t_id ON t (id);\n\
+         CREATE TABLE after_it AS SELECT current_setting('lock_timeout') AS lt;",
+    )]);
+    // An older transaction the index build must wait for.
+    let url = db.url.clone();
+    let holder = std::thread::spawn(move || {
+        pg_exec(
+            &url,
+            "BEGIN; SELECT count(*) FROM t; SELECT pg_sleep(3); COMMIT;",
+        )
+    });
+    until(
+        "the older transaction to run",
+        Duration::from_secs(30),
+        || {
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND query LIKE '%pg_sleep(3)%' AND state = 'active' AND pid <> pg_backend_pid()",
+            ) == 1
+        },
+    );
+    let out = run(migrate(&db, &src).args(["--ddl-lock-timeout", "200ms"]));
+    holder.join().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_strings(
+            &db.url,
+            "SELECT (SELECT lt FROM before_it) || ' ' || (SELECT lt FROM after_it)"
+        ),
+        vec!["200ms 200ms".to_owned()]
+    );
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_index WHERE indexrelid = 't_id'::regclass AND indisvalid"
+        ),
+        1
+    );
+}
+
+/// A version read from a file with its line end (`v1\r`, `v1\n` from a CRLF checkout or
+/// `$(cat HEAD)` in a script) names the same version for `migrate --version` and `wait
+/// --expect`: both trim it, so the waiter passes.
+#[test]
+fn version_with_a_line_end_matches_on_both_sides() {
+    let db = PgDb::new("vtrim");
+    let out =
+        run(schemagate(&db.url).args(["migrate", "--version", "0003_head\r\n", "--", "true"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_strings(&db.url, "SELECT version FROM schemagate_marker"),
+        vec!["0003_head".to_owned()]
+    );
+    for expect in ["0003_head\r", " 0003_head", "0003_head"] {
+        let out = run(schemagate(&db.url).args(["wait", "--expect", expect, "--once"]));
+        assert_eq!(code(&out), 0, "{expect:?}: {}", stderr(&out));
+    }
+}
