@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::Observed;
 use super::catalog::{Snapshot, excluded};
 use crate::config::{Config, redact};
+use crate::db::db_err;
 use crate::error::{Error, Result};
 
 /// The comment that marks a database as check's own, so a given database check used
@@ -28,10 +29,6 @@ async fn exec(c: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
 
 async fn rows(c: &mut PgConnection, sql: String) -> Result<Vec<PgRow>, sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(c).await
-}
-
-fn fail(context: &str, e: sqlx::Error) -> Error {
-    crate::db::db_err(context, e)
 }
 
 fn ident(name: &str) -> String {
@@ -62,7 +59,7 @@ impl Scratch {
     /// it is proven empty.
     pub async fn open(cfg: &Config, given: Option<&str>) -> Result<Scratch> {
         let base = PgConnectOptions::from_str(&cfg.url)
-            .map_err(|e| fail("invalid database URL", e))?
+            .map_err(|e| db_err("invalid database URL", e))?
             .application_name("schemagate check")
             .statement_cache_capacity(0)
             .disable_statement_logging();
@@ -91,7 +88,7 @@ impl Scratch {
             let sql = format!("CREATE DATABASE {}", ident(&scratch.name));
             if let Err(e) = exec(&mut admin, sql).await {
                 scratch.created = false;
-                return Err(fail(
+                return Err(db_err(
                     &format!(
                         "cannot create the scratch database {} (the role needs CREATEDB, or \
                          give an empty one with --scratch-database)",
@@ -112,7 +109,7 @@ impl Scratch {
 
     pub async fn connect(&self) -> Result<PgConnection> {
         self.options.connect().await.map_err(|e| {
-            fail(
+            db_err(
                 &format!("cannot connect to the scratch database {}", self.name),
                 e,
             )
@@ -136,7 +133,7 @@ impl Scratch {
                 ),
             )
             .await
-            .map_err(|e| fail("cannot inspect the scratch database", e))?;
+            .map_err(|e| db_err("cannot inspect the scratch database", e))?;
             let objects: i64 = r[0].try_get(0).unwrap_or(0);
             let comment: String = r[0].try_get(1).unwrap_or_default();
             if objects > 0 && comment != OURS {
@@ -275,7 +272,7 @@ async fn reset(c: &mut PgConnection) -> Result<()> {
             .into(),
     )
     .await
-    .map_err(|e| fail("cannot reset the scratch database", e))
+    .map_err(|e| db_err("cannot reset the scratch database", e))
 }
 
 /// A ddl_command_end trigger that logs, for whatever session runs DDL, the relation locks
@@ -310,7 +307,7 @@ pub async fn clear_log(c: &mut PgConnection, scratch: &Scratch) -> Result<()> {
                 .into(),
         )
         .await
-        .map_err(|e| fail("cannot clear the event trigger's log", e))?;
+        .map_err(|e| db_err("cannot clear the event trigger's log", e))?;
     }
     Ok(())
 }
@@ -329,7 +326,7 @@ pub async fn read_log(
         "SELECT relid, mode FROM schemagate_check.lock_log".into(),
     )
     .await
-    .map_err(|e| fail("cannot read the event trigger's log", e))?;
+    .map_err(|e| db_err("cannot read the event trigger's log", e))?;
     for r in locks {
         let oid: i64 = r.try_get(0).unwrap_or(0);
         let mode: String = r.try_get(1).unwrap_or_default();
@@ -340,7 +337,7 @@ pub async fn read_log(
         "SELECT relid, max(seq_scan) FROM schemagate_check.scan_log GROUP BY relid".into(),
     )
     .await
-    .map_err(|e| fail("cannot read the event trigger's log", e))?;
+    .map_err(|e| db_err("cannot read the event trigger's log", e))?;
     for r in scans {
         let oid: i64 = r.try_get(0).unwrap_or(0);
         let n: i64 = r.try_get(1).unwrap_or(0);
@@ -354,7 +351,7 @@ pub async fn read_log(
         "SELECT DISTINCT lock_timeout FROM schemagate_check.ddl_log ORDER BY 1".into(),
     )
     .await
-    .map_err(|e| fail("cannot read the event trigger's log", e))?;
+    .map_err(|e| db_err("cannot read the event trigger's log", e))?;
     let timeouts: Vec<String> = timeouts
         .iter()
         .filter_map(|r| r.try_get::<String, _>(0).ok())
@@ -463,7 +460,7 @@ impl Sampler {
             loop {
                 let rs = rows(&mut c, sql.to_owned())
                     .await
-                    .map_err(|e| fail("the lock sampler failed", e))?;
+                    .map_err(|e| db_err("the lock sampler failed", e))?;
                 out.samples += 1;
                 for r in rs {
                     out.locks.push((
@@ -521,7 +518,7 @@ pub fn merge_sampled(observed: &mut Observed, sampled: &Sampled, event_trigger: 
 pub async fn snapshot(c: &mut PgConnection) -> Result<Snapshot> {
     Snapshot::take(c)
         .await
-        .map_err(|e| fail("cannot read the scratch database's catalog", e))
+        .map_err(|e| db_err("cannot read the scratch database's catalog", e))
 }
 
 /// Run a `-- no-transaction` migration on `c` while the sampler watches.

@@ -34,14 +34,6 @@ fn table(t: &Table) -> String {
     }
 }
 
-fn err(context: &str, e: sqlx::Error) -> Error {
-    Error::Database {
-        context: context.to_owned(),
-        config: false,
-        source: e,
-    }
-}
-
 pub async fn ensure_table(c: &mut PgConnection, t: &Table) -> Result<()> {
     let sql = format!(
         "{schema}
@@ -63,7 +55,7 @@ pub async fn ensure_table(c: &mut PgConnection, t: &Table) -> Result<()> {
         {
             Ok(())
         }
-        r => r.map_err(|e| err("cannot create the lease table", e)),
+        r => r.map_err(|e| super::read_err("cannot create the lease table", e)),
     }
 }
 
@@ -96,17 +88,18 @@ pub async fn try_take(
     );
     match db::postgres::rows(&mut *c, sql).await {
         Ok(rows) => match rows.first() {
-            Some(r) => Ok(Some(
-                r.try_get::<Option<String>, _>(0)
-                    .map_err(|e| err("cannot take the lease", e))?,
-            )),
+            Some(r) => {
+                Ok(Some(r.try_get::<Option<String>, _>(0).map_err(|e| {
+                    super::read_err("cannot take the lease", e)
+                })?))
+            }
             None => Ok(None),
         },
         Err(e) => {
             let _ = exec(c, "ROLLBACK".into()).await;
             match &e {
                 sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03") => Ok(None),
-                _ => Err(err("cannot take the lease", e)),
+                _ => Err(super::read_err("cannot take the lease", e)),
             }
         }
     }
@@ -124,7 +117,7 @@ pub async fn renew(c: &mut PgConnection, cfg: &Config, token: &str, ttl: Duratio
     );
     Ok(row(c, sql)
         .await
-        .map_err(|e| err("cannot renew the lease", e))?
+        .map_err(|e| super::read_err("cannot renew the lease", e))?
         .is_some())
 }
 
@@ -165,7 +158,7 @@ pub async fn release(c: &mut PgConnection, cfg: &Config, token: &str) -> Result<
     );
     exec(c, sql)
         .await
-        .map_err(|e| err("cannot release the lease", e))
+        .map_err(|e| super::read_err("cannot release the lease", e))
 }
 
 /// The live lease's holder, if any (none when the table does not exist yet).
@@ -180,10 +173,10 @@ pub async fn exists(c: &mut PgConnection, cfg: &Config) -> Result<bool> {
         ),
     )
     .await
-    .map_err(|e| err("cannot read the lease", e))?
+    .map_err(|e| super::read_err("cannot read the lease", e))?
     .map(|r| r.try_get::<bool, _>(0))
     .transpose()
-    .map_err(|e| err("cannot read the lease", e))?
+    .map_err(|e| super::read_err("cannot read the lease", e))?
     .unwrap_or(false))
 }
 
@@ -200,7 +193,7 @@ pub async fn holder(c: &mut PgConnection, cfg: &Config) -> Result<Option<Holder>
     );
     let r = match row(c, sql).await {
         Err(e) if db::is_undefined_table(&e) => return Ok(None),
-        r => r.map_err(|e| err("cannot read the lease", e))?,
+        r => r.map_err(|e| super::read_err("cannot read the lease", e))?,
     };
     r.map(|r| {
         let owner: String = r.try_get(0)?;
@@ -216,7 +209,7 @@ pub async fn holder(c: &mut PgConnection, cfg: &Config) -> Result<Option<Holder>
         })
     })
     .transpose()
-    .map_err(|e: sqlx::Error| err("cannot read the lease", e))
+    .map_err(|e: sqlx::Error| super::read_err("cannot read the lease", e))
 }
 
 /// A lease we hold: its token, and the heartbeat that renews it.

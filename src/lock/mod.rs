@@ -413,6 +413,8 @@ async fn announce(conn: &mut Conn, cfg: &Config, choice: &Choice) -> Result<()> 
     Ok(())
 }
 
+/// A failed read or write of the lock's own state: a runtime error (exit 1), whatever its
+/// class, with the driver's error kept as the cause.
 fn read_err(context: &str, e: sqlx::Error) -> Error {
     Error::Database {
         context: context.to_owned(),
