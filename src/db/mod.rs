@@ -252,17 +252,19 @@ impl Conn {
     }
 
     /// Settings for the connection that holds the lock and runs migrations. On PostgreSQL,
-    /// returns what it learnt about the server (with `probe_key`, whether the lock and the
-    /// probe key are held by another session).
+    /// returns what it learnt about the server (with `probe_key`, unless the lease was asked
+    /// for: whether the lock is held by another session, and whether this one took the
+    /// probe key or was refused it).
     pub async fn prepare_for_lock(
         &mut self,
         cfg: &Config,
         probe_key: Option<i64>,
     ) -> Result<Option<postgres::ServerInfo>> {
+        let busy = probe_key
+            .filter(|_| cfg.lock.mode != crate::config::LockMode::Lease)
+            .map(|p| (cfg.lock.key, p));
         match self {
-            Conn::Pg(c) => postgres::prepare_for_lock(c, probe_key.map(|p| (cfg.lock.key, p)))
-                .await
-                .map(Some),
+            Conn::Pg(c) => postgres::prepare_for_lock(c, busy).await.map(Some),
             Conn::Lite(c) => sqlite::prepare_for_lock(c).await.map(|()| None),
             Conn::My(_) => Ok(None),
         }

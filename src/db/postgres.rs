@@ -133,10 +133,19 @@ pub struct ServerInfo {
     pub advisory_held: bool,
     /// Whether another run was proving the advisory lock (held the probe key) then.
     pub proving: bool,
+    /// Whether this session took the probe key in the same statement: done on a direct
+    /// PostgreSQL session (see `prepare_for_lock`) when the lock was free, so that the run
+    /// that proves needs no round trip of its own to claim the proof, and the others learn
+    /// that it is claimed without one.
+    pub probe_taken: bool,
 }
 
 /// Settings for the lock connection, and what it learns about the server. With `busy`
-/// (the run's key and its probe key), also whether another session holds each now.
+/// (the run's key and its probe key), also whether another session holds the key now and,
+/// when it is free, a try of the probe key: taken only on what the proof could accept (a
+/// direct session, announced at startup with the pid it runs in, of an engine whose
+/// advisory locks are real, as `Engine::from_version` tells), so that a pooled server
+/// session is never left holding it.
 pub async fn prepare_for_lock(
     c: &mut PgConnection,
     busy: Option<(i64, i64)>,
@@ -145,41 +154,59 @@ pub async fn prepare_for_lock(
     // second and rolls back, instead of finishing a long statement while holding the lock.
     // (PostgreSQL 14+; other engines may reject the setting, which only costs that speed-up.)
     // The same round trip reads whether the lock is taken already (see `lock::acquire`).
+    let startup = c.startup_backend_pid();
+    let (free, probe) = busy.map_or_else(
+        || ("true".to_owned(), "NULL::bool".to_owned()),
+        |(key, probe)| {
+            (
+                format!("pg_try_advisory_xact_lock({key})"),
+                format!(
+                    "CASE WHEN free AND pid = {startup} AND v NOT LIKE '%CockroachDB%' \
+                       AND v NOT LIKE '%-YB-%' AND v NOT LIKE '%YugabyteDB%' \
+                     THEN pg_try_advisory_lock({probe}) END"
+                ),
+            )
+        },
+    );
     let sql = format!(
-        "SELECT version(), pg_backend_pid()::int8, {}, \
+        "WITH s AS MATERIALIZED (SELECT version() AS v, pg_backend_pid()::int8 AS pid, \
+           {free} AS free) \
+         SELECT v, pid, NOT free, {probe}, \
            CASE WHEN current_setting('server_version_num')::int >= 140000 \
-           THEN set_config('client_connection_check_interval', '1s', false) END",
-        busy.map_or_else(
-            || "false, false".into(),
-            |(key, probe)| busy_sql(key, probe)
-        )
+           THEN set_config('client_connection_check_interval', '1s', false) END FROM s"
     );
     let r = match row(&mut *c, sql).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("client_connection_check_interval not set: {e}");
+            if busy.is_some() {
+                // A session-level lock taken in a statement that then failed stays held:
+                // let go of the probe key, if it was taken (nothing else is held yet).
+                let _ = exec(c, "SELECT pg_advisory_unlock_all()".into()).await;
+            }
             row(
                 &mut *c,
-                "SELECT version(), pg_backend_pid()::int8, false, false".into(),
+                "SELECT version(), pg_backend_pid()::int8, false, NULL::bool".into(),
             )
             .await?
         }
     };
-    let (version, pid, advisory_held, proving) = match r {
+    let (version, pid, advisory_held, probe) = match r {
         Some(r) => (
             r.try_get::<String, _>(0)?,
             r.try_get::<i64, _>(1)?,
             r.try_get::<bool, _>(2)?,
-            r.try_get::<bool, _>(3)?,
+            r.try_get::<Option<bool>, _>(3)?,
         ),
-        None => (String::new(), -1, false, false),
+        None => (String::new(), -1, false, None),
     };
     Ok(ServerInfo {
         version,
         pid,
-        startup_pid: i64::from(c.startup_backend_pid()),
+        startup_pid: i64::from(startup),
         advisory_held,
-        proving,
+        proving: probe == Some(false),
+        probe_taken: probe == Some(true),
     })
 }
 

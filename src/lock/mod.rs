@@ -87,7 +87,7 @@ pub async fn choose(conn: &mut Conn, cfg: &Config) -> Result<Choice> {
     let (info, decided) = preliminary(conn, cfg, mode, None).await?;
     match decided {
         Some(choice) => Ok(choice),
-        None => Ok(prove_advisory(conn, cfg, mode, &info, None)
+        None => Ok(prove_advisory(conn, cfg, mode, &info, None, false)
             .await?
             .expect("a random key is never busy")),
     }
@@ -112,6 +112,7 @@ async fn preliminary(
             startup_pid: 0,
             advisory_held: false,
             proving: false,
+            probe_taken: false,
         });
     let version = &info.version;
     let decided = match cfg.backend {
@@ -133,7 +134,7 @@ async fn preliminary(
                 })
             } else if engine != Engine::Postgres {
                 // Decided by the engine's name: no key is taken.
-                prove_advisory(conn, cfg, mode, &info, None).await?
+                prove_advisory(conn, cfg, mode, &info, None, false).await?
             } else {
                 None
             }
@@ -151,9 +152,10 @@ async fn prove_advisory(
     mode: LockMode,
     info: &ServerInfo,
     probe_key: Option<i64>,
+    taken: bool,
 ) -> Result<Option<Choice>> {
     let t = Instant::now();
-    let Some(verdict) = probe::prove(conn, cfg, info, probe_key).await? else {
+    let Some(verdict) = probe::prove(conn, cfg, info, probe_key, taken).await? else {
         return Ok(None);
     };
     tracing::debug!("the advisory-lock probe took {:.2?}", t.elapsed());
@@ -209,6 +211,7 @@ pub async fn acquire(
         probe_key,
         lock_held: info.advisory_held,
         proving: info.proving,
+        probe_taken: info.probe_taken,
         holding_probe: None,
     };
     let polling = async {
@@ -310,6 +313,9 @@ struct Race {
     /// Whether another session held the lock, or the probe key, at the last look.
     lock_held: bool,
     proving: bool,
+    /// Whether the probe key was taken when the connection was prepared, and not yet
+    /// proven on.
+    probe_taken: bool,
     /// The probe key, while this run holds it after proving on it (`probe::prove`).
     holding_probe: Option<i64>,
 }
@@ -338,11 +344,15 @@ impl Race {
                 .await
                 .unwrap_or((false, false));
         }
-        if only_waits && (self.lock_held || self.proving) {
+        // Refused the probe key when preparing: another run proves, so wait for it. At a
+        // later poll the probe itself asks the server's lock table (`probe::prove`), so
+        // that a server which refuses every key is not waited on forever.
+        if only_waits && (self.lock_held || (self.proving && first)) {
             return Ok(());
         }
         let key = self.probe_key.filter(|_| only_waits);
-        match prove_advisory(conn, cfg, cfg.lock.mode, info, key).await? {
+        let taken = std::mem::take(&mut self.probe_taken);
+        match prove_advisory(conn, cfg, cfg.lock.mode, info, key, taken).await? {
             Some(c) => {
                 if c.kind == "advisory" {
                     self.holding_probe = key;

@@ -79,6 +79,7 @@ pub async fn prove(
     cfg: &Config,
     info: &ServerInfo,
     probe_key: Option<i64>,
+    taken: bool,
 ) -> Result<Option<Verdict>> {
     match Engine::from_version(&info.version) {
         Engine::CockroachDb => {
@@ -113,7 +114,12 @@ pub async fn prove(
         unreachable!("the probe runs on PostgreSQL only")
     };
     let key = probe_key.unwrap_or_else(random_key);
-    let mut taken = take(c, key).await;
+    // Taken already when the connection was prepared (`postgres::prepare_for_lock`).
+    let mut taken = if taken && probe_key.is_some() {
+        Ok(Some(info.pid))
+    } else {
+        take(c, key).await
+    };
     if probe_key.is_some() && matches!(taken, Ok(None)) {
         // Refused the run's probe key: another run is proving, if the server's lock table
         // shows it held. If not (it may have just let go), once more: a server that

@@ -264,6 +264,16 @@ fn default_lock_races_behind((pool_mode, pool_size): (&str, u32)) {
     let outs = race_through(&url, &src, &[]);
     assert_clean_race(&db, &outs);
     assert_lock_chosen(&outs, "lease (a connection pooler or proxy");
+    // The pooler keeps its server sessions: none may be left holding an advisory key (the
+    // probe key is taken while preparing only on a session proven direct).
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        ),
+        0,
+        "a pooled server session kept an advisory lock"
+    );
 }
 
 /// reliability: 20 racing `migrate` with default flags through PgBouncer in transaction pooling mode with `default_pool_size = 4` | the startup pid gives the pooler away whatever the traffic (a probe that watched statements move between server sessions was fooled here under load) and the lease is used; one run applies every migration once | nothing: no failed marker, no double run
