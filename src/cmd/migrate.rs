@@ -95,7 +95,7 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
         r = digest_fast_path(cfg, settings) => r?,
         sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
-    let (conn, recorded) = match early {
+    let (mut conn, recorded) = match early {
         Early::Done(version, message) => {
             return Ok(Outcome {
                 version: Some(version),
@@ -107,9 +107,29 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
         Early::Open(conn, recorded) => (Some(conn), recorded),
         Early::NotTried => (None, None),
     };
-    // Read the source and check the command before taking the lock: bad input is a usage
-    // error.
-    let job = Job::load(settings)?;
+    // With a trusted digest file, its claim is all that a run waiting for another run's
+    // marker needs: such a run never reads a migration, whatever their number. The source
+    // is read once the lock is ours.
+    let mut held = None;
+    if let Some(summary) = &recorded
+        && let Some(c) = conn.take()
+    {
+        match lock_on_claim(c, cfg, summary, &mut signals).await? {
+            Claimed::Done(outcome) => return Ok(outcome),
+            Claimed::Held(c, lock) => held = Some((c, lock)),
+        }
+    }
+    // Read the source and check the command: bad input is a usage error, found before the
+    // lock is taken, or with nothing done under it (the lock is let go).
+    let job = match Job::load(settings) {
+        Ok(job) => job,
+        Err(e) => {
+            if let Some((c, lock)) = held {
+                let _ = end_lock(c, lock, cfg, Ok(Ran::default())).await;
+            }
+            return Err(e);
+        }
+    };
     let (version, digest, history) = job.expected();
     let expected = Expected {
         version: &version,
@@ -129,12 +149,15 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
     };
 
     // Until we hold the lock nothing is ours to record: a signal just ends the run.
-    let (mut conn, lock) = tokio::select! {
-        r = connect_and_lock(cfg, settings, &job, &expected, conn.map(|c| (c, checked))) => match r? {
-            Before::Done(message) => return Ok(done(message, 0)),
-            Before::Locked(conn, lock) => (conn, lock),
+    let (mut conn, lock) = match held {
+        Some(held) => held,
+        None => tokio::select! {
+            r = connect_and_lock(cfg, settings, &job, &expected, conn.map(|c| (c, checked))) => match r? {
+                Before::Done(message) => return Ok(done(message, 0)),
+                Before::Locked(conn, lock) => (conn, lock),
+            },
+            sig = signals.recv() => return Err(Error::Interrupted(sig)),
         },
-        sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
 
     let ctx = Ctx {
@@ -268,6 +291,49 @@ async fn connect_and_lock(
     }
 }
 
+/// Where waiting on a trusted digest file's claim ended.
+enum Claimed {
+    /// Another run's marker for the claim landed.
+    Done(Outcome),
+    Held(Conn, Lock),
+}
+
+/// Take the lock, or leave at another run's marker for what the digest file claims (the
+/// fast path already asked for it on `conn`).
+async fn lock_on_claim(
+    conn: Conn,
+    cfg: &Config,
+    summary: &digest::Summary,
+    signals: &mut Signals,
+) -> Result<Claimed> {
+    let version = summary.version.to_string();
+    let claim = claimed(summary, &version);
+    let before = tokio::select! {
+        r = super::lock_on(conn, cfg, Some(&claim), true) => r?,
+        sig = signals.recv() => return Err(Error::Interrupted(sig)),
+    };
+    Ok(match before {
+        Before::Done(message) => Claimed::Done(Outcome {
+            version: Some(version),
+            applied: Some(0),
+            message,
+            exec: None,
+        }),
+        Before::Locked(conn, lock) => Claimed::Held(conn, lock),
+    })
+}
+
+/// What a trusted digest file claims (`version` is its version, as text), as the marker
+/// for it would record it.
+fn claimed<'a>(summary: &'a digest::Summary, version: &'a str) -> Expected<'a> {
+    Expected {
+        version,
+        digest: Some(&summary.digest),
+        history: Some((summary.version, summary.count)),
+        foreign: None,
+    }
+}
+
 /// What the digest file's fast path came to.
 enum Early {
     /// The marker for the digest file's version and digest is there: nothing to do.
@@ -310,13 +376,7 @@ async fn digest_fast_path(cfg: &Config, settings: &MigrateConfig) -> Result<Earl
     });
     let mut conn = db::connect(cfg).await?;
     let version = summary.version.to_string();
-    let expected = Expected {
-        version: &version,
-        digest: Some(&summary.digest),
-        history: Some((summary.version, summary.count)),
-        foreign: None,
-    };
-    let done = lock::is_done(&mut conn, cfg, &expected).await?;
+    let done = lock::is_done(&mut conn, cfg, &claimed(&summary, &version)).await?;
     if !checked.await.unwrap_or(false) {
         // Stale: what the marker said about the file's claim counts for nothing.
         return Ok(Early::Open(conn, None));

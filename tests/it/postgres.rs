@@ -912,6 +912,55 @@ fn the_marker_answer_counts_only_after_the_digest_check() {
     );
 }
 
+/// Make `name` in `src` invalid UTF-8 of the same size, with the modification time it had:
+/// an edit the digest file's check (names, sizes, times) cannot see.
+fn corrupt_unseen(src: &Migrations, name: &str) {
+    let path = src.dir.join(name);
+    let before = std::fs::metadata(&path).unwrap();
+    std::fs::write(&path, vec![0xff; before.len() as usize]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(before.modified().unwrap()))
+        .unwrap();
+}
+
+/// reliability: a run trusts the digest file, takes the lease, and only then reads the migrations (a waiting run never reads them), where one turns out unreadable (an edit the file's check cannot see) | exit 2 naming the file; the lease is let go at once and nothing is recorded | nothing: the next run takes the lease without waiting for its TTL
+#[test]
+fn a_bad_source_found_under_the_lease_lets_the_lease_go() {
+    let db = PgDb::new("digest_bad_under_lock");
+    let src = simple_source();
+    digest(&src);
+    corrupt_unseen(&src, "2_b.sql");
+    let out = run(migrate(&db, &src).args(["--lock", "lease"]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2_b.sql is not valid UTF-8"),
+        "{}",
+        stderr(&out)
+    );
+    let exists = |table: &str| {
+        pg_i64(
+            &db.url,
+            &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{table}'"),
+        ) == 1
+    };
+    if exists("schemagate_marker_lease") {
+        assert_eq!(
+            pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker_lease"),
+            0,
+            "the lease is still held"
+        );
+    }
+    if exists("schemagate_marker") {
+        assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 0);
+    }
+    src.write("2_b.sql", "CREATE TABLE b (id int);");
+    let out = run(migrate(&db, &src).args(["--lock", "lease", "--lock-wait", "5s"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
 fn wait_source(db: &PgDb, src: &Migrations) -> std::process::Output {
     run(schemagate(&db.url).args(["wait", "--once", "--source", src.path()]))
 }
