@@ -99,7 +99,7 @@ pub struct Expected<'a> {
 pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
     let upto = expected.history.map(|(v, _)| v);
     let decisive = conn
-        .newest_marker(&cfg.table, expected.version, upto)
+        .newest_marker(&cfg.table, expected.version, upto, false)
         .await?;
     let marked = marked(&decisive, expected);
     match expected.foreign {
@@ -172,10 +172,18 @@ pub(crate) type NewestRow = (
 );
 
 /// Two rows at most, in one round trip: the marker that decides `version` (its own newest
-/// row, or a later rollback), and the newest `succeeded` marker of any action. `param` is
-/// the backend's placeholder for the version; `zero` its 64-bit integer zero. With `upto`,
-/// the decisive row also counts the history in `_sqlx_migrations`.
-pub(crate) fn newest_marker_sql(t: &Table, param: &str, zero: &str, upto: Option<i64>) -> String {
+/// row, or a later rollback), and with `newest` the newest `succeeded` marker of any action
+/// (what `wait` reports; `is_done` has no use for it, and on a fresh session it is a third
+/// of the query's server time). `param` is the backend's placeholder for the version;
+/// `zero` its 64-bit integer zero. With `upto`, the decisive row also counts the history in
+/// `_sqlx_migrations`.
+pub(crate) fn newest_marker_sql(
+    t: &Table,
+    param: &str,
+    zero: &str,
+    upto: Option<i64>,
+    newest: bool,
+) -> String {
     let one = zero.replace('0', "1");
     let history = match upto {
         Some(v) => format!(
@@ -186,15 +194,21 @@ pub(crate) fn newest_marker_sql(t: &Table, param: &str, zero: &str, upto: Option
         None => format!("{zero} AS applied_upto, {zero} AS dirty"),
     };
     // Every column named: MySQL refuses a derived table with two columns of one name.
-    format!(
+    let q = &t.qualified;
+    let decisive = format!(
         "SELECT * FROM (SELECT version, status, digest, detail, {history}, {zero} AS which \
            FROM {q} WHERE version = {param} OR action = 'rollback' ORDER BY id DESC LIMIT 1) \
-           AS decisive \
+           AS decisive"
+    );
+    if !newest {
+        return decisive;
+    }
+    format!(
+        "{decisive} \
          UNION ALL \
          SELECT * FROM (SELECT version, status, digest, detail, {zero} AS applied_upto, \
            {zero} AS dirty, {one} AS which \
-           FROM {q} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1) AS newest_ok",
-        q = t.qualified
+           FROM {q} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1) AS newest_ok"
     )
 }
 

@@ -491,16 +491,18 @@ impl Conn {
     /// With `upto`, the same query also counts what `_sqlx_migrations` shows (see
     /// `Newest::applied_upto`): the fast path cross-checks the marker against the history
     /// in one round trip, so a revert made by another tool sends it down the slow path.
+    /// With `newest`, also the newest `succeeded` marker (`Decisive::newest_succeeded`).
     pub async fn newest_marker(
         &mut self,
         table: &Table,
         version: &str,
         upto: Option<i64>,
+        newest: bool,
     ) -> Result<Decisive> {
         let r = match self {
-            Conn::Pg(c) => postgres::newest_marker(c, table, version, upto).await,
-            Conn::My(c) => mysql::newest_marker(c, table, version, upto).await,
-            Conn::Lite(c) => sqlite::newest_marker(c, table, version, upto).await,
+            Conn::Pg(c) => postgres::newest_marker(c, table, version, upto, newest).await,
+            Conn::My(c) => mysql::newest_marker(c, table, version, upto, newest).await,
+            Conn::Lite(c) => sqlite::newest_marker(c, table, version, upto, newest).await,
         };
         settle_newest(r, table, version)
     }

@@ -156,12 +156,14 @@ pub async fn newest_marker(
     t: &Table,
     version: &str,
     upto: Option<i64>,
+    newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
         t,
         "?",
         "CAST(0 AS SIGNED)",
         upto,
+        newest,
     )))
     .bind(version)
     .fetch_all(c)

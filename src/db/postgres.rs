@@ -532,16 +532,17 @@ pub async fn newest_marker<'c>(
     t: &Table,
     version: &str,
     upto: Option<i64>,
+    newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
-    rows(c, newest_marker_sql(t, version, upto))
+    rows(c, newest_marker_sql(t, version, upto, newest))
         .await?
         .iter()
         .map(newest_row)
         .collect()
 }
 
-fn newest_marker_sql(t: &Table, version: &str, upto: Option<i64>) -> String {
-    super::newest_marker_sql(t, &lit(version), "0::int8", upto)
+fn newest_marker_sql(t: &Table, version: &str, upto: Option<i64>, newest: bool) -> String {
+    super::newest_marker_sql(t, &lit(version), "0::int8", upto, newest)
 }
 
 fn newest_row(r: &PgRow) -> Result<super::NewestRow, sqlx::Error> {
@@ -568,7 +569,7 @@ pub async fn ensure_tables_and_read(
     let sql = format!(
         "{}\n{};\n{}",
         tables_sql(t),
-        newest_marker_sql(t, version, upto),
+        newest_marker_sql(t, version, upto, false),
         applied_sql()
     );
     // One statement's rows after the other's: told apart by their width.
@@ -984,7 +985,7 @@ impl Listener {
         version: &str,
         upto: Option<i64>,
     ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
-        newest_marker(&mut self.0, t, version, upto).await
+        newest_marker(&mut self.0, t, version, upto, true).await
     }
 
     pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {

@@ -110,11 +110,14 @@ pub async fn newest_marker(
     t: &Table,
     version: &str,
     upto: Option<i64>,
+    newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(t, "?1", "0", upto)))
-        .bind(version)
-        .fetch_all(c)
-        .await
+    sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
+        t, "?1", "0", upto, newest,
+    )))
+    .bind(version)
+    .fetch_all(c)
+    .await
 }
 
 pub async fn markers(
