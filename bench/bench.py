@@ -9,6 +9,7 @@ import argparse
 import os
 import platform
 import pwd
+import resource
 import shutil
 import socket
 import statistics
@@ -59,11 +60,33 @@ class Cluster:
         conf = (
             f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.dir}'\n"
             "max_connections = 300\nshared_buffers = 256MB\nmax_locks_per_transaction = 1024\n"
+            # The bench creates hundreds of throwaway databases: autovacuum workers visiting
+            # them would be noise in every measure, the race's server CPU most of all.
+            "autovacuum = off\n"
         )
         (data / "postgresql.auto.conf").write_text(conf)
         self.run([str(pg_bin() / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "start"])
         self.admin = self.url("postgres")
         self.n = 0
+        self.postmaster = int((data / "postmaster.pid").read_text().split()[0])
+
+    def cpu_ms(self) -> float:
+        """CPU time of the server so far: the postmaster's own (its forks) and that of its
+        children that have exited (every back-end, once its client has gone)."""
+        fields = Path(f"/proc/{self.postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+    def children(self) -> set[int]:
+        pm = self.postmaster
+        return {int(p) for p in Path(f"/proc/{pm}/task/{pm}/children").read_text().split()}
+
+    def settle(self, keep: set[int]) -> None:
+        """Until every child of the postmaster but `keep` (its own auxiliary processes and a
+        connection held open) has exited: a back-end leaves pg_stat_activity before it has
+        unmapped the shared memory, so its exit costs CPU after it is no longer listed, and
+        `cpu_ms` counts a child only once it has exited."""
+        while self.children() - keep:
+            time.sleep(0.005)
 
     def run(self, cmd: list[str]) -> None:
         subprocess.run(self.as_pg + cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -224,24 +247,28 @@ skips the probe.
 
 NOTES = """## How the targets are met, and where they are not
 
-- **K processes racing.** On 2 cores, 50 process starts and 50 server back-ends (about 4 to
-  7 ms of server CPU each here, for either tool) are most of the wall time, so what a racer
-  adds to them is what counts. A racer that finds the lock held, or another run proving it,
-  `LISTEN`s on the connection it holds and leaves at the marker's commit; it does not run the
-  advisory-lock proof itself: `migrate` proves on the lock's probe key, and a run that sees
-  that key held waits for the proof (or the marker) instead of opening a second connection
-  of its own, so a race opens one extra connection, not one per racer that arrived early.
-  Whether the lock and the probe key are held is asked with a transaction-level try, not
-  from `pg_locks`, which copies the server's whole lock table each time (0.7 ms here with
-  `max_locks_per_transaction = 1024`). The lock holder creates both tables in one commit and
-  does not ask for its session id again. Process start-up: only the subcommand given has its
-  arguments built (half of a no-op run's instructions were clap building all eight). Still
-  never a blocking `pg_advisory_lock` (a blocked locker holds a snapshot that `CREATE INDEX
-  CONCURRENTLY` in the holder's migration waits on: deadlock); the try-lock poll stays, every
-  half second, as the fallback and the way to take over from a holder that died. sqlx's
-  library hands its lock from loser to loser one at a time after the winner, which costs it
-  most when the machine is loaded; on a quiet machine the two are close, since the CPU both
-  spend per racer is about the same.
+- **K processes racing.** On 2 cores, 50 process starts and 50 server back-ends are most of
+  the wall time (the race table's CPU column: several ms of server CPU per racer, for either
+  tool), so what a racer adds to them is what counts. A racer that finds the lock held, or
+  another run proving it, `LISTEN`s on the connection it holds and leaves at the marker's
+  commit; it does not run the advisory-lock proof itself: `migrate` proves on the lock's
+  probe key, which the lock connection's first statement already tries to take (on a
+  session proven direct, with the lock free), so the run that proves claims the proof, and
+  the others learn it is claimed, without a round trip of their own; a race opens one extra
+  connection, not one per racer that arrived early. Whether the lock is held is asked with a
+  transaction-level try, not from `pg_locks`, which copies the server's whole lock table
+  each time (0.7 ms here with `max_locks_per_transaction = 1024`). The lock holder creates
+  both tables in one commit and does not ask for its session id again. Process start-up:
+  only the subcommand given has its arguments built (half of a no-op run's instructions were
+  clap building all eight). Still never a blocking `pg_advisory_lock` (a blocked locker
+  holds a snapshot that `CREATE INDEX CONCURRENTLY` in the holder's migration waits on:
+  deadlock); the try-lock poll stays, every half second, as the fallback and the way to
+  take over from a holder that died. sqlx's library hands its lock from loser to loser one
+  at a time after the winner: its racers block in the server early, which leaves the CPU to
+  the launcher while it starts the rest, and then pay their queries one after another. The
+  CPU both spend per racer is about the same (the CPU column), so the ratio moves from run
+  to run: runs of four races each, on a quiet machine while this was built, ranged from
+  about 0.9× to 1.1×; on a loaded machine the hand-over costs sqlx most.
 - **The no-op path, and N.** `migrate --source` must compare the source's digest with the
   marker's. Without help that is an open, a read, a hash and a close per file (the `no
   digest file` rows). With the digest file an image build writes (`schemagate digest`), the
@@ -269,13 +296,13 @@ NOTES = """## How the targets are met, and where they are not
 """
 
 # Issue 16's figures before this run, as BENCHMARKS.md recorded them: (before issue 16,
-# after its first part). The column "this run" is measured.
+# the previous run, with the one before it). The column "this run" is measured.
 ISSUE16 = {
-    "race": ("1.28× (sqlx peer without TCP_NODELAY)", "1.10× (the run before: 0.93×)"),
-    "apply": ("1.02× (1.13× in a re-measure)", "0.60× (the run before: 0.74×)"),
-    "noop_floor": ("1.12×", "0.79× (the run before: 0.71×)"),
-    "flat": ("1.51×", "1.46× (the run before: 1.36×)"),
-    "callgrind": ("19,155,669 / 2,033,306 = 9.42× (the binary before issue 16)", "3,683,534 / 2,047,863 = 1.80×"),
+    "race": ("1.28× (sqlx peer without TCP_NODELAY)", "0.94× (the one before: 1.10×)"),
+    "apply": ("1.02× (1.13× in a re-measure)", "1.15× (the one before: 0.60×)"),
+    "noop_floor": ("1.12×", "0.74× (the one before: 0.79×)"),
+    "flat": ("1.51×", "1.31× (the one before: 1.46×)"),
+    "callgrind": ("19,155,669 / 2,033,306 = 9.42× (the binary before issue 16)", "2,505,811 / 1,440,290 = 1.74×"),
 }
 
 
@@ -337,24 +364,39 @@ def noop_case(cl: Cluster, sets: dict, tools: list[str], runs: int) -> dict:
 
 
 def race_case(cl: Cluster, sets: Sets, tools: list[str], k: int, runs: int) -> dict:
-    out: dict[str, dict] = {t: {"failed": [], "wall": [], "exactly_once": True} for t in tools}
+    """K processes of each tool started at once on an empty database, tools taking turns run
+    by run: wall time, failures, whether each migration ran once, and the CPU time spent
+    per process by the tool (every racer's user + system time) and by the server (the
+    back-ends', counted once they have exited)."""
+    out: dict[str, dict] = {t: {"failed": [], "wall": [], "exactly_once": True, "client": [], "server": []}
+                            for t in tools}
+    watch = psycopg.connect(cl.admin, autocommit=True)  # its back-end stays: no exit to count
+    keep = cl.children()
     for _ in range(runs):
         for tool in tools:
             url = cl.url(cl.fresh_db())
             cmd, env, cwd = commands(tool, sets, url)
+            cl.settle(keep)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            server_before = cl.cpu_ms()
             t = time.perf_counter()
             procs = [subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(k)]
             codes = [p.wait() for p in procs]
             out[tool]["wall"].append(time.perf_counter() - t)
             out[tool]["failed"].append(sum(1 for c in codes if c != 0))
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            out[tool]["client"].append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000 / k)
+            cl.settle(keep)  # the racers' back-ends end just after their clients
+            out[tool]["server"].append((cl.cpu_ms() - server_before) / k)
             with psycopg.connect(url.split("?")[0].replace("postgres://", "postgresql://", 1)) as c:
                 rows, distinct = c.execute("SELECT count(*), count(DISTINCT version) FROM apply_log").fetchone()
             if not (rows == distinct == sets.n):
                 out[tool]["exactly_once"] = False
+    watch.close()
     return {
         t: {"failed_max": max(v["failed"]), "failed_median": median(v["failed"]), "wall": median(v["wall"]),
-            "exactly_once": v["exactly_once"]}
+            "exactly_once": v["exactly_once"], "client_ms": median(v["client"]), "server_ms": median(v["server"])}
         for t, v in out.items()
     }
 
@@ -611,7 +653,7 @@ def main() -> None:
     pictures = charts(sizes, applied, apply_tools, noop, noop_rows, races)
     say("# Benchmarks\n")
     say(f"Measured by `bench/run` on {time.strftime('%Y-%m-%d')}: {machine()}. A throwaway cluster "
-        "(default settings, `fsync` on, plain TCP on loopback) served nothing else. Tools took turns run by run; "
+        "(default settings but `autovacuum` off, `fsync` on, plain TCP on loopback) served nothing else. Tools took turns run by run; "
         f"figures are medians of {runs} runs (N = 500 applies: {max(3, runs // 2)}; races: 5), latencies p50/p99. "
         f"Load average (1 min) {load_before[0]:.1f} before the run and {load_after[0]:.1f} after"
         + (f": {args.load}" if args.load else "")
@@ -631,8 +673,8 @@ def main() -> None:
     say("Wall-time ratios move with the load on this machine's 2 shared cores (the load average is above); "
         "the callgrind counts below do not, and measure the no-op path's own work.\n")
     say("### Issue 16: before and after\n")
-    say("| measure | before issue 16 (BENCHMARKS.md of 2026-11-25, quiet machine) | after its first part "
-        "(2026-11-26, loaded machine) | this run | target |\n| --- | --- | --- | --- | --- |")
+    say("| measure | before issue 16 (BENCHMARKS.md of 2026-11-25, quiet machine) | the previous run "
+        "(2026-11-26, `1a20cc5`, load average 5 to 8) | this run | target |\n| --- | --- | --- | --- | --- |")
     this = {
         "race": races[50]["schemagate"]["wall"] / races[50]["sqlx library"]["wall"],
         "apply": applied[big]["schemagate"] / applied[big]["psql autocommit"],
@@ -708,12 +750,19 @@ def main() -> None:
             + f" | {noop[big][0][tool] / sg_noop:.2f}× | {noop[big][1][tool] / 1024:.1f} MiB |")
     say("")
     say("## K processes racing on an empty database (20 migrations, each logging itself once)\n")
-    say("| tool | K | failed processes (median / worst run) | each migration exactly once | wall time | × schemagate |")
-    say("| --- | --- | --- | --- | --- | --- |")
+    say("CPU per racer: the tool's own (user + system time of each process) and the server's (its back-end, "
+        "with the postmaster's fork of it), medians over the runs. On 2 cores the racers, their back-ends and "
+        "the launcher share the CPU, so the wall time follows the sum. The kernel accounts CPU time in "
+        "ticks of 10 ms, and most back-ends live less than one, so the server column is coarse (whole "
+        "ticks over K racers).\n")
+    say("| tool | K | failed processes (median / worst run) | each migration exactly once | wall time | × schemagate "
+        "| CPU per racer: tool / server |")
+    say("| --- | --- | --- | --- | --- | --- | --- |")
     for k, r in races.items():
         for tool, v in r.items():
             say(f"| {tool} | {k} | {v['failed_median']:.0f} / {v['failed_max']} | {'yes' if v['exactly_once'] else 'no'} | "
-                f"{fmt_ms(v['wall'])} | {v['wall'] / r['schemagate']['wall']:.2f}× |")
+                f"{fmt_ms(v['wall'])} | {v['wall'] / r['schemagate']['wall']:.2f}× | "
+                f"{v['client_ms']:.1f} ms / {v['server_ms']:.1f} ms |")
     say("")
     say("## `wait` latency, marker commit to process exit\n")
     say(f"| mode | runs | p50 | p99 |\n| --- | --- | --- | --- |")
