@@ -31,15 +31,30 @@ pub enum Engine {
     YugabyteDb,
 }
 
+/// What `version()` contains on each engine that is not PostgreSQL: read here, and in SQL
+/// by `prepare_for_lock` (`Engine::not_postgres_sql`).
+const ENGINE_MARKS: [(&str, Engine); 3] = [
+    ("CockroachDB", Engine::CockroachDb),
+    ("-YB-", Engine::YugabyteDb),
+    ("YugabyteDB", Engine::YugabyteDb),
+];
+
 impl Engine {
     pub fn from_version(version: &str) -> Engine {
-        if version.contains("CockroachDB") {
-            Engine::CockroachDb
-        } else if version.contains("-YB-") || version.contains("YugabyteDB") {
-            Engine::YugabyteDb
-        } else {
-            Engine::Postgres
-        }
+        ENGINE_MARKS
+            .iter()
+            .find(|(mark, _)| version.contains(mark))
+            .map_or(Engine::Postgres, |&(_, engine)| engine)
+    }
+
+    /// A condition true when the text column `v` (a `version()`) names PostgreSQL itself,
+    /// as `from_version` reads it.
+    fn not_postgres_sql(v: &str) -> String {
+        ENGINE_MARKS
+            .iter()
+            .map(|(mark, _)| format!("{v} NOT LIKE '%{mark}%'"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
     }
 }
 
@@ -161,9 +176,9 @@ pub async fn prepare_for_lock(
             (
                 format!("pg_try_advisory_xact_lock({key})"),
                 format!(
-                    "CASE WHEN free AND pid = {startup} AND v NOT LIKE '%CockroachDB%' \
-                       AND v NOT LIKE '%-YB-%' AND v NOT LIKE '%YugabyteDB%' \
-                     THEN pg_try_advisory_lock({probe}) END"
+                    "CASE WHEN free AND pid = {startup} AND {} \
+                     THEN pg_try_advisory_lock({probe}) END",
+                    Engine::not_postgres_sql("v")
                 ),
             )
         },
@@ -1004,6 +1019,30 @@ impl Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engines_are_told_apart_alike_in_rust_and_in_sql() {
+        for (version, engine) in [
+            (
+                "PostgreSQL 15.20 (Debian 15.20-0+deb12u1) on x86_64",
+                Engine::Postgres,
+            ),
+            (
+                "CockroachDB CCL v23.1.11 (x86_64-pc-linux-gnu)",
+                Engine::CockroachDb,
+            ),
+            (
+                "PostgreSQL 11.2-YB-2.20.1.0-b0 on x86_64",
+                Engine::YugabyteDb,
+            ),
+        ] {
+            assert_eq!(Engine::from_version(version), engine, "{version}");
+        }
+        assert_eq!(
+            Engine::not_postgres_sql("v"),
+            "v NOT LIKE '%CockroachDB%' AND v NOT LIKE '%-YB-%' AND v NOT LIKE '%YugabyteDB%'"
+        );
+    }
 
     #[test]
     fn literals_are_quoted_whatever_the_content() {
