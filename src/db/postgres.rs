@@ -716,14 +716,9 @@ fn settings_sql(opts: &ApplyOptions) -> String {
              WHERE current_setting('server_version_num')::int >= 140000;\n",
         );
     }
-    if let Some(d) = opts.lock_timeout {
-        s.push_str(&format!("SET LOCAL lock_timeout = {};\n", timeout_ms(d)));
-    }
-    if let Some(d) = opts.statement_timeout {
-        s.push_str(&format!(
-            "SET LOCAL statement_timeout = {};\n",
-            timeout_ms(d)
-        ));
+    for set in timeout_settings(opts, "SET LOCAL") {
+        s.push_str(&set);
+        s.push('\n');
     }
     s
 }
@@ -822,14 +817,19 @@ const RESET_LIMITS: &str = "RESET lock_timeout; RESET statement_timeout";
 
 /// The session-level form of `settings_sql`'s limits, for `-- no-transaction` migrations.
 fn session_limits_sql(opts: &ApplyOptions) -> String {
+    timeout_settings(opts, "SET").join(" ")
+}
+
+/// One `{set} <timeout> = <value>;` statement per timeout `opts` gives (`set`: `SET LOCAL`
+/// for a transaction, `SET` for the session).
+fn timeout_settings(opts: &ApplyOptions, set: &str) -> Vec<String> {
     [
         ("lock_timeout", opts.lock_timeout),
         ("statement_timeout", opts.statement_timeout),
     ]
     .iter()
-    .filter_map(|(name, d)| d.map(|d| format!("SET {name} = {};", timeout_ms(d))))
-    .collect::<Vec<_>>()
-    .join(" ")
+    .filter_map(|(name, d)| d.map(|d| format!("{set} {name} = {};", timeout_ms(d))))
+    .collect()
 }
 
 /// `apply_no_tx`'s statements and bookkeeping.
