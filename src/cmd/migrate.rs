@@ -96,14 +96,7 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
         sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
     let (mut conn, recorded) = match early {
-        Early::Done(version, message) => {
-            return Ok(Outcome {
-                version: Some(version),
-                applied: Some(0),
-                message,
-                exec: None,
-            });
-        }
+        Early::Done(version, message) => return Ok(ready(version, 0, message)),
         Early::Open(conn, recorded) => (Some(conn), recorded),
         Early::NotTried => (None, None),
     };
@@ -141,12 +134,7 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
         },
     };
     let checked = digest_agrees(recorded.as_ref(), &job, &expected);
-    let done = |message: String, applied| Outcome {
-        version: Some(version.clone()),
-        applied: Some(applied),
-        message,
-        exec: None,
-    };
+    let done = |message: String, applied| ready(version.clone(), applied, message);
 
     // Until we hold the lock nothing is ours to record: a signal just ends the run.
     let (mut conn, lock) = match held {
@@ -291,6 +279,16 @@ async fn connect_and_lock(
     }
 }
 
+/// A run that ends with `version` in place, `applied` of its migrations by this run.
+fn ready(version: String, applied: usize, message: String) -> Outcome {
+    Outcome {
+        version: Some(version),
+        applied: Some(applied),
+        message,
+        exec: None,
+    }
+}
+
 /// Where waiting on a trusted digest file's claim ended.
 enum Claimed {
     /// Another run's marker for the claim landed.
@@ -313,12 +311,7 @@ async fn lock_on_claim(
         sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
     Ok(match before {
-        Before::Done(message) => Claimed::Done(Outcome {
-            version: Some(version),
-            applied: Some(0),
-            message,
-            exec: None,
-        }),
+        Before::Done(message) => Claimed::Done(ready(version, 0, message)),
         Before::Locked(conn, lock) => Claimed::Held(conn, lock),
     })
 }
