@@ -45,6 +45,12 @@ pub struct Summary {
     pub digest: String,
 }
 
+/// Whether a digest file may stand for the migrations in `dir`: it knows sqlx's default
+/// layout only, and a `sqlx.toml` changes how the source or its history is read.
+pub fn may_stand_for(dir: &Path) -> Result<bool> {
+    Ok(crate::sqlx_toml::load(dir)?.is_none())
+}
+
 /// Write `DIR/.schemagate-digest` for a fully read source; returns its path.
 pub fn write(source: &Source) -> Result<PathBuf> {
     let mut files = listing(&source.dir)

@@ -351,9 +351,9 @@ async fn digest_fast_path(cfg: &Config, settings: &MigrateConfig) -> Result<Earl
     if settings.dry_run {
         return Ok(Early::NotTried);
     }
-    // The digest file knows sqlx's layout only: anything that changes how the source or
-    // its history is read (sqlx.toml, --ignore-missing) takes the full read.
-    if settings.ignore_missing || crate::sqlx_toml::load(&dir)?.is_some() {
+    // Anything that changes how the source or its history is read (--ignore-missing, or
+    // what `digest::may_stand_for` refuses) takes the full read.
+    if settings.ignore_missing || !digest::may_stand_for(&dir)? {
         return Ok(Early::NotTried);
     }
     let Some(claim) = digest::read(&dir) else {

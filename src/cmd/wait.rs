@@ -524,7 +524,7 @@ fn jitter(d: Duration) -> Duration {
 /// stand for its migrations: not for another migrator's directory, nor with a `sqlx.toml`
 /// (which changes how the history is read).
 fn claimed(dir: &std::path::Path) -> Result<Option<digest::Summary>> {
-    if crate::sqlx_toml::load(dir)?.is_some() {
+    if !digest::may_stand_for(dir)? {
         return Ok(None);
     }
     Ok(digest::trusted(dir))
