@@ -9,6 +9,9 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 
 pub use crate::config::{LockMode, LogFormat};
 
+/// The marker table unless `--table` says otherwise (and always in `smoke`).
+pub const DEFAULT_TABLE: &str = "schemagate_marker";
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0        done / ready
@@ -227,7 +230,7 @@ pub struct ConnectArgs {
     #[arg(
         long,
         env = "SCHEMAGATE_TABLE",
-        default_value = "schemagate_marker",
+        default_value = DEFAULT_TABLE,
         value_name = "TABLE"
     )]
     pub table: String,

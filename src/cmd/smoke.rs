@@ -124,7 +124,7 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
 /// The rehearsal's own settings: the default marker table and lock, whatever the caller's
 /// environment says (its children get a clean one too).
 fn config_for(url: &str, args: &SmokeConfig) -> Result<Config> {
-    let table = Table::parse("schemagate_marker")?;
+    let table = Table::parse(crate::cli::DEFAULT_TABLE)?;
     let lock = LockConfig::named(None, &table, LockMode::Auto);
     Config::new(
         url,
