@@ -834,11 +834,7 @@ fn a_migration_changed_after_the_digest_is_still_noticed() {
     let written = std::fs::metadata(src.dir.join(".schemagate-digest"))
         .and_then(|m| m.modified())
         .unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(src.dir.join("1_a.sql"))
-        .and_then(|f| f.set_modified(written + Duration::from_secs(1)))
-        .unwrap();
+    set_modified(&src.dir.join("1_a.sql"), written + Duration::from_secs(1));
     let out = run(&mut migrate(&db, &src));
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     assert!(stderr(&out).contains("modified after"), "{}", stderr(&out));
@@ -912,17 +908,21 @@ fn the_marker_answer_counts_only_after_the_digest_check() {
     );
 }
 
+fn set_modified(path: &std::path::Path, time: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(time))
+        .unwrap();
+}
+
 /// Make `name` in `src` invalid UTF-8 of the same size, with the modification time it had:
 /// an edit the digest file's check (names, sizes, times) cannot see.
 fn corrupt_unseen(src: &Migrations, name: &str) {
     let path = src.dir.join(name);
     let before = std::fs::metadata(&path).unwrap();
     std::fs::write(&path, vec![0xff; before.len() as usize]).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .and_then(|f| f.set_modified(before.modified().unwrap()))
-        .unwrap();
+    set_modified(&path, before.modified().unwrap());
 }
 
 /// reliability: a run trusts the digest file, takes the lease, and only then reads the migrations (a waiting run never reads them), where one turns out unreadable (an edit the file's check cannot see) | exit 2 naming the file; the lease is let go at once and nothing is recorded | nothing: the next run takes the lease without waiting for its TTL
@@ -986,11 +986,7 @@ fn wait_source_with_a_digest_file_reads_no_migration() {
         .and_then(|m| m.modified())
         .unwrap();
     src.write("1_a.sql", "CREATE TABLE z (id int);");
-    std::fs::File::options()
-        .write(true)
-        .open(src.dir.join("1_a.sql"))
-        .and_then(|f| f.set_modified(before))
-        .unwrap();
+    set_modified(&src.dir.join("1_a.sql"), before);
     let out = wait_source(&db, &src);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     std::fs::remove_file(src.dir.join(".schemagate-digest")).unwrap();
