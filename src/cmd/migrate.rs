@@ -449,14 +449,24 @@ impl Ctx<'_> {
         side: &mut Conn,
         marker: &NewMarker<'_>,
     ) -> Result<()> {
-        side.insert_marker_unless_done(&self.cfg.table, marker, self.fence.as_ref())
-            .await
+        side.insert_marker_unless_done(
+            &self.cfg.table,
+            marker,
+            self.fence.as_ref(),
+            self.lock.engine(),
+        )
+        .await
     }
 
     /// Write a marker on `conn`, fenced by the lease when we hold one.
     pub(super) async fn record(&self, conn: &mut Conn, marker: &NewMarker<'_>) -> Result<()> {
-        conn.insert_marker(&self.cfg.table, marker, self.fence.as_ref())
-            .await
+        conn.insert_marker(
+            &self.cfg.table,
+            marker,
+            self.fence.as_ref(),
+            self.lock.engine(),
+        )
+        .await
     }
 }
 

@@ -50,6 +50,7 @@ pub async fn run(args: &StampConfig) -> Result<Outcome> {
                 detail: Some("marked done by `schemagate stamp`"),
             },
             fence.as_ref(),
+            lock.engine(),
         )
         .await?;
         tracing::info!("stamped schema version {version} ({recorded} migration(s) recorded)");

@@ -22,7 +22,7 @@ pub use crate::marker::{Decisive, Marker, NewMarker, Status};
 pub(crate) use crate::marker::{NewestRow, marker_from_row, newest_marker_sql, settle_newest};
 use connect::is_permission_error;
 pub use connect::{Class, backoff, classify, connect, describe};
-pub use postgres::{Listener, Wake};
+pub use postgres::{Engine, Listener, Wake};
 pub use sqlite::options as sqlite_options;
 
 /// One open connection to whichever backend the URL names.
@@ -425,16 +425,18 @@ impl Conn {
         })
     }
 
-    /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction), in one
-    /// transaction with the lease's fence when given: a run whose lease another run has
-    /// taken never writes a marker (`Error::LockLost`).
+    /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction where the
+    /// `engine` the lock found has it), in one transaction with the lease's fence when
+    /// given: a run whose lease another run has taken never writes a marker
+    /// (`Error::LockLost`).
     pub async fn insert_marker(
         &mut self,
         table: &Table,
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
+        engine: Engine,
     ) -> Result<()> {
-        self.write_marker(table, m, fence, false).await
+        self.write_marker(table, m, fence, engine, false).await
     }
 
     /// As `insert_marker`, for a `failed` marker written from a side connection: on
@@ -445,8 +447,9 @@ impl Conn {
         table: &Table,
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
+        engine: Engine,
     ) -> Result<()> {
-        self.write_marker(table, m, fence, true).await
+        self.write_marker(table, m, fence, engine, true).await
     }
 
     async fn write_marker(
@@ -454,6 +457,7 @@ impl Conn {
         table: &Table,
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
+        engine: Engine,
         unless_done: bool,
     ) -> Result<()> {
         let detail = m.detail.map(|d| clip(&redact(d), MAX_DETAIL));
@@ -465,9 +469,9 @@ impl Conn {
         };
         match self {
             Conn::Pg(c) if unless_done => {
-                postgres::insert_marker_unless_done(c, table, &m, fence).await
+                postgres::insert_marker_unless_done(c, table, &m, fence, engine).await
             }
-            Conn::Pg(c) => postgres::insert_marker(c, table, &m, fence).await,
+            Conn::Pg(c) => postgres::insert_marker(c, table, &m, fence, engine).await,
             Conn::My(c) => mysql::insert_marker(c, table, &m).await,
             Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
         }

@@ -47,6 +47,12 @@ impl Engine {
             .map_or(Engine::Postgres, |&(_, engine)| engine)
     }
 
+    /// Whether the engine has LISTEN/NOTIFY: on one without, the marker is written without
+    /// NOTIFY (its waiters poll).
+    pub fn notifies(self) -> bool {
+        self == Engine::Postgres
+    }
+
     /// A condition true when the text column `v` (a `version()`) names PostgreSQL itself,
     /// as `from_version` reads it.
     fn not_postgres_sql(v: &str) -> String {
@@ -56,17 +62,6 @@ impl Engine {
             .collect::<Vec<_>>()
             .join(" AND ")
     }
-}
-
-/// Set once the lock connection's `version()` named an engine without NOTIFY: the
-/// marker is then written without it (waiters poll). One process talks to one database.
-static NO_NOTIFY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn set_engine(engine: Engine) {
-    NO_NOTIFY.store(
-        engine != Engine::Postgres,
-        std::sync::atomic::Ordering::Relaxed,
-    );
 }
 
 fn options(cfg: &Config) -> Result<PgConnectOptions, sqlx::Error> {
@@ -477,19 +472,19 @@ fn marker_table_sql(t: &Table) -> String {
     )
 }
 
-/// The INSERT (and NOTIFY) for a marker row, as one statement: `wait --listen` wakes at
-/// the commit that makes the row visible.
-pub fn insert_marker_sql(t: &Table, m: &NewMarker<'_>) -> String {
-    insert_marker_sql_when(t, m, "")
+/// The INSERT (and NOTIFY, where `engine` has it) for a marker row, as one statement:
+/// `wait --listen` wakes at the commit that makes the row visible.
+pub fn insert_marker_sql(t: &Table, m: &NewMarker<'_>, engine: Engine) -> String {
+    insert_marker_sql_when(t, m, "", engine)
 }
 
 /// The marker INSERT, written only when `condition` (a `WHERE …` clause, or empty) holds
 /// in the statement's own snapshot.
-fn insert_marker_sql_when(t: &Table, m: &NewMarker<'_>, condition: &str) -> String {
-    let notify = if NO_NOTIFY.load(std::sync::atomic::Ordering::Relaxed) {
-        "SELECT version FROM ins".to_owned()
-    } else {
+fn insert_marker_sql_when(t: &Table, m: &NewMarker<'_>, condition: &str, engine: Engine) -> String {
+    let notify = if engine.notifies() {
         format!("SELECT pg_notify('{CHANNEL}', version) FROM ins")
+    } else {
+        "SELECT version FROM ins".to_owned()
     };
     format!(
         "WITH ins AS (
@@ -517,8 +512,9 @@ pub async fn insert_marker(
     t: &Table,
     m: &NewMarker<'_>,
     fence: Option<&Fence>,
+    engine: Engine,
 ) -> Result<(), sqlx::Error> {
-    fenced(c, insert_marker_sql(t, m), fence).await
+    fenced(c, insert_marker_sql(t, m, engine), fence).await
 }
 
 /// A `failed` marker written from a side connection, unless the marker that decides the
@@ -531,6 +527,7 @@ pub async fn insert_marker_unless_done(
     t: &Table,
     m: &NewMarker<'_>,
     fence: Option<&Fence>,
+    engine: Engine,
 ) -> Result<(), sqlx::Error> {
     let condition = format!(
         "WHERE NOT EXISTS (SELECT 1 FROM (SELECT version, status FROM {q} \
@@ -539,7 +536,7 @@ pub async fn insert_marker_unless_done(
         q = t.qualified,
         v = lit(m.version),
     );
-    fenced(c, insert_marker_sql_when(t, m, &condition), fence).await
+    fenced(c, insert_marker_sql_when(t, m, &condition, engine), fence).await
 }
 
 pub async fn newest_marker<'c>(
