@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Outcome;
-use crate::config::{Config, RollbackConfig};
+use crate::config::{Config, MigrationsTable, RollbackConfig};
 use crate::db::{Conn, Engine, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -51,11 +51,12 @@ async fn undo(
     let fence = lock.fence(cfg);
     let fence = fence.as_ref();
     let engine = lock.engine();
-    conn.ensure_migrations_table().await?;
+    let migrations = &cfg.migrations_table;
+    conn.ensure_migrations_table(migrations).await?;
     conn.ensure_marker_table(&cfg.table).await?;
     // What is applied must match the source, or the down migrations may not fit.
-    super::migrate::plan(conn, source).await?;
-    let to_undo = versions_to_undo(conn, source, args.to).await?;
+    super::migrate::plan(conn, migrations, source).await?;
+    let to_undo = versions_to_undo(conn, migrations, source, args.to).await?;
     if args.dry_run {
         print_undo_plan(source, args.to, &to_undo);
         return Ok(0);
@@ -80,7 +81,7 @@ async fn undo(
         let label = format!("{v} ({})", down.description);
         tracing::info!("undoing {label}");
         let t = Instant::now();
-        if let Err(e) = conn.revert(down, fence).await {
+        if let Err(e) = conn.revert(migrations, down, fence).await {
             let detail = format!("undoing migration {label} failed: {}", e.message);
             if !e.lease_lost {
                 let failed = marker(Status::Failed, undone, Some(&detail));
@@ -113,8 +114,13 @@ async fn undo(
 }
 
 /// The applied versions newer than `to`, newest first; each must have a `.down.sql`.
-async fn versions_to_undo(conn: &mut Conn, source: &Source, to: i64) -> Result<Vec<i64>> {
-    let (applied, _) = conn.applied().await?;
+async fn versions_to_undo(
+    conn: &mut Conn,
+    migrations: &MigrationsTable,
+    source: &Source,
+    to: i64,
+) -> Result<Vec<i64>> {
+    let (applied, _) = conn.applied(migrations).await?;
     let mut to_undo: Vec<i64> = applied
         .iter()
         .map(|a| a.version)

@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection};
 
 use super::{Holder, Marker, NewMarker};
-use crate::config::{Config, LockConfig, Table};
+use crate::config::{Config, LockConfig, MigrationsTable, Table};
 
 pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
     MySqlConnectOptions::from_str(&cfg.url)?
@@ -154,12 +154,14 @@ pub async fn insert_marker(
 pub async fn newest_marker(
     c: &mut MySqlConnection,
     t: &Table,
+    migrations: &MigrationsTable,
     version: &str,
     upto: Option<i64>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
         t,
+        migrations,
         "?",
         "CAST(0 AS SIGNED)",
         upto,

@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
 
 use super::{Marker, NewMarker};
-use crate::config::{Config, Table};
+use crate::config::{Config, MigrationsTable, Table};
 
 pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(&cfg.url)?
@@ -108,12 +108,13 @@ pub async fn insert_marker(
 pub async fn newest_marker(
     c: &mut SqliteConnection,
     t: &Table,
+    migrations: &MigrationsTable,
     version: &str,
     upto: Option<i64>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
-        t, "?1", "0", upto, newest,
+        t, migrations, "?1", "0", upto, newest,
     )))
     .bind(version)
     .fetch_all(c)
