@@ -532,8 +532,8 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// What a trusted digest file says about a SQL source `dir` (`digest.rs`), when one can
-/// stand for its migrations: not for another migrator's directory, nor with a `sqlx.toml`
-/// (which changes how the history is read).
+/// stand for its migrations (`digest::may_stand_for`): never for another migrator's
+/// directory.
 fn claimed(dir: &std::path::Path) -> Result<Option<digest::Summary>> {
     if !digest::may_stand_for(dir)? {
         return Ok(None);
