@@ -554,7 +554,7 @@ impl Conn {
                 for m in migrations {
                     let r = self.migrate().apply(table.qualified(), m).await;
                     if let (Err(_), true, Conn::Lite(c)) = (&r, m.no_tx, &mut *self)
-                        && let Err(record) = sqlite::record_dirty(c, m).await
+                        && let Err(record) = sqlite::record_dirty(c, table, m).await
                     {
                         tracing::warn!(
                             "could not record migration {} as dirty: {record}",
@@ -601,8 +601,8 @@ impl Conn {
     ) -> Result<()> {
         let r = match self {
             Conn::Pg(c) => postgres::stamp(c, table, m, fence).await,
-            Conn::My(c) => mysql::stamp(c, m).await,
-            Conn::Lite(c) => sqlite::stamp(c, m).await,
+            Conn::My(c) => mysql::stamp(c, table, m).await,
+            Conn::Lite(c) => sqlite::stamp(c, table, m).await,
         };
         r.map_err(|e| {
             db_err(

@@ -192,16 +192,17 @@ pub async fn markers(
     Ok(rows.into_iter().map(super::marker_from_row).collect())
 }
 
-/// Record a migration as applied without running it, or mark a dirty one done.
+/// Record a migration as applied in `table` without running it, or mark a dirty one done.
 pub async fn stamp(
     c: &mut MySqlConnection,
+    table: &MigrationsTable,
     m: &sqlx::migrate::Migration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (version, description, success, checksum, execution_time) \
          VALUES (?, ?, TRUE, ?, -1) \
-         ON DUPLICATE KEY UPDATE success = TRUE, checksum = VALUES(checksum)",
-    )
+         ON DUPLICATE KEY UPDATE success = TRUE, checksum = VALUES(checksum)"
+    )))
     .bind(m.version)
     .bind(&*m.description)
     .bind(&*m.checksum)

@@ -66,6 +66,88 @@ fn set_modified(path: &std::path::Path, time: SystemTime) {
         .unwrap();
 }
 
+// ----- --migrations-table on every command (issue 20) -----
+
+/// reliability (PostgreSQL, MariaDB, SQLite): `--migrations-table other_history` on every command (`migrate`, `wait --source`, `status --source`, `rollback`, `stamp` with and without a source, a dirty `-- no-transaction` migration and its repair, `check`) while another app's history, with the same versions, lives in `_sqlx_migrations` | every command reads and writes `other_history` only; the dirty migration's repair names it | nothing: the other app's rows and checksums are unchanged (before: `stamp` and a dirty migration on MySQL and SQLite wrote into `_sqlx_migrations`)
+fn migrations_table_flag_is_used_by_every_command(kind: Kind) {
+    let db = TestDb::new(kind, "mtable_flag");
+    let others = other_app(&db);
+    let src = Migrations::new(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+        ("2_b.down.sql", "DROP TABLE b;"),
+    ]);
+    let sg = |args: &[&str]| {
+        let mut c = schemagate(db.url());
+        c.args(args).args(["--migrations-table", "other_history"]);
+        run(&mut c)
+    };
+    let dir = src.path();
+    ok(&sg(&["migrate", "--source", dir]));
+    let ours = history(&db, "other_history");
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    assert!(ours.iter().all(|r| !others.contains(r)), "{ours:?}");
+    ok(&sg(&["wait", "--once", "--source", dir]));
+
+    let out = sg(&["status", "--json", "--source", dir]);
+    ok(&out);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let applied: Vec<(i64, &str)> = status["migrations"]["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["version"].as_i64().unwrap(),
+                a["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(applied, [(1, "ok"), (2, "ok")], "{status}");
+    assert_eq!(status["migrations"]["pending"], serde_json::json!([]));
+
+    ok(&sg(&["rollback", "--to", "1", "--source", dir]));
+    assert_eq!(history(&db, "other_history"), ours[..1]);
+    assert!(!db.table_exists("b"));
+    // Recorded as applied without running it: the same row `migrate` wrote.
+    ok(&sg(&["stamp", "2", "--source", dir]));
+    assert_eq!(history(&db, "other_history"), ours);
+    assert!(!db.table_exists("b"), "stamp ran a migration");
+    ok(&sg(&["stamp", "2"]));
+    db.exec("CREATE TABLE b (id int)");
+    let out = sg(&["check", "--since", "1", "--source", dir]);
+    ok(&out);
+
+    // A `-- no-transaction` migration that fails part-way is recorded dirty in the table,
+    // and the repair names it.
+    src.write(
+        "3_half.up.sql",
+        "-- no-transaction\nCREATE TABLE half (id int);\nINSERT INTO no_such_table VALUES (1);",
+    );
+    assert_eq!(code(&sg(&["migrate", "--source", dir])), 1);
+    let out = sg(&["migrate", "--source", dir]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("migration 3 is dirty")
+            && stderr(&out).contains("DELETE FROM other_history WHERE version = 3"),
+        "{}",
+        stderr(&out)
+    );
+    if !db.table_exists("half") {
+        db.exec("CREATE TABLE half (id int)");
+    }
+    ok(&sg(&["stamp", "3", "--source", dir]));
+    let out = sg(&["migrate", "--source", dir]);
+    ok(&out);
+    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
+    ok(&sg(&["wait", "--once", "--source", dir]));
+    assert_eq!(history(&db, "other_history").len(), 3);
+
+    assert_eq!(history(&db, "_sqlx_migrations"), others);
+    assert_eq!(db.i64("SELECT count(*) FROM other_marker"), 1);
+}
+
 // ----- the digest file's fast path with a sqlx.toml (issue 22) -----
 
 /// reliability (PostgreSQL, MariaDB, SQLite): a source whose sqlx.toml names another migrations table, with a digest file, beside another app's history in `_sqlx_migrations` | the no-op `migrate` and `wait --source` take the digest file's fast path (no migration is read), and their cross-check reads the named table: after an out-of-band revert there, `wait` is not ready and `migrate` applies the migration again | nothing: the other app's rows are untouched
@@ -155,6 +237,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    migrations_table_flag_is_used_by_every_command,
     digest_fast_path_reads_the_table_a_sqlx_toml_names,
     digest_file_is_stale_once_the_sqlx_toml_changes,
 );
