@@ -222,6 +222,68 @@ fn digest_file_is_stale_once_the_sqlx_toml_changes(kind: Kind) {
     );
 }
 
+// ----- the sqlx.toml at the crate root (issue 21) -----
+
+/// reliability (PostgreSQL, MariaDB, SQLite): a crate keeps its sqlx.toml at the crate root, beside Cargo.toml and three levels above the migrations (durable's layout), with another sqlx.toml above the crate | `migrate`, `wait --source` and `status --source` use the table the crate's sqlx.toml names and log the file they used; the one above the crate root is never read, even when the crate has none | nothing: another app's history in `_sqlx_migrations` is untouched (before: the file was not found, and the runs read `_sqlx_migrations`)
+fn sqlx_toml_at_the_crate_root_names_the_table(kind: Kind) {
+    let db = TestDb::new(kind, "crate_root");
+    let others = other_app(&db);
+    let ws = Migrations::new(&[(
+        "sqlx.toml",
+        "[migrate]\ntable-name = \"workspace_history\"\n",
+    )]);
+    let root = ws.dir.join("crate");
+    let dir = root.join("a/b/migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    let toml = root.join("sqlx.toml");
+    std::fs::write(&toml, "[migrate]\ntable-name = \"crate_history\"\n").unwrap();
+    std::fs::write(dir.join("1_a.sql"), "CREATE TABLE a (id int);").unwrap();
+    std::fs::write(dir.join("2_b.sql"), "CREATE TABLE b (id int);").unwrap();
+    let dir = dir.to_str().unwrap();
+    let sg = |args: &[&str]| run(schemagate(db.url()).args(args));
+    let used = format!(
+        "INFO using {}: migrations table crate_history",
+        toml.display()
+    );
+    let applied = |out: &std::process::Output| -> Vec<i64> {
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["migrations"]["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["version"].as_i64().unwrap())
+            .collect()
+    };
+    for args in [
+        &["migrate", "--source", dir][..],
+        &["wait", "--once", "--source", dir],
+        &["status", "--json", "--source", dir],
+    ] {
+        let out = sg(args);
+        ok(&out);
+        assert!(stderr(&out).contains(&used), "{args:?}: {}", stderr(&out));
+        if args[0] == "status" {
+            assert_eq!(applied(&out), [1, 2]);
+        }
+    }
+    assert_eq!(history(&db, "crate_history").len(), 2);
+    assert!(!db.table_exists("workspace_history"));
+    // Without the crate's own, the search stops at the crate root all the same: sqlx's
+    // default table, whose rows are the other app's.
+    std::fs::remove_file(&toml).unwrap();
+    let out = sg(&["status", "--json", "--source", dir]);
+    ok(&out);
+    assert!(!stderr(&out).contains("sqlx.toml"), "{}", stderr(&out));
+    assert_eq!(applied(&out), [1, 2, 3]);
+    assert!(!db.table_exists("workspace_history"));
+    assert_eq!(history(&db, "_sqlx_migrations"), others);
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -237,6 +299,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    sqlx_toml_at_the_crate_root_names_the_table,
     migrations_table_flag_is_used_by_every_command,
     digest_fast_path_reads_the_table_a_sqlx_toml_names,
     digest_file_is_stale_once_the_sqlx_toml_changes,
