@@ -284,6 +284,60 @@ fn sqlx_toml_at_the_crate_root_names_the_table(kind: Kind) {
     assert_eq!(history(&db, "_sqlx_migrations"), others);
 }
 
+/// `--migrations-table` wins over the sqlx.toml's `table-name`, and says so; a bad
+/// `table-name` is a usage error naming the value and the file, before anything connects.
+#[test]
+fn the_flag_overrides_the_sqlx_toml_and_a_bad_name_is_refused() {
+    let db = PgDb::new("toml_flag");
+    let src = Migrations::new(&[
+        ("sqlx.toml", "[migrate]\ntable-name = \"toml_history\"\n"),
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+    ]);
+    let toml = src.dir.join("sqlx.toml");
+    let out = run(schemagate(&db.url).args([
+        "migrate",
+        "--source",
+        src.path(),
+        "--migrations-table",
+        "flag_history",
+    ]));
+    ok(&out);
+    assert!(
+        stderr(&out).contains(&format!(
+            "using {}: migrations table flag_history (--migrations-table, which overrides its \
+             table-name \"toml_history\")",
+            toml.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM flag_history"), 1);
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'toml_history'"
+        ),
+        0
+    );
+    src.write("sqlx.toml", "[migrate]\ntable-name = \"bad-name\"\n");
+    let out = run(schemagate(&TestDb::unreachable_url(Kind::Pg)).args([
+        "wait",
+        "--once",
+        "--source",
+        src.path(),
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "invalid migrations table \"bad-name\" ([migrate] table-name in {})",
+            toml.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_no_secret(&out);
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod postgres {
