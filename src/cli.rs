@@ -236,8 +236,9 @@ pub struct ConnectArgs {
     pub table: String,
 
     /// The table recording applied SQL migrations (sqlx's `_sqlx_migrations` by default);
-    /// `schema.table` is allowed. Overrides `table-name` under `[migrate]` in a `sqlx.toml`
-    /// beside the source. Two apps sharing one database each need their own:
+    /// `schema.table` is allowed. Overrides `table-name` under `[migrate]` in the source's
+    /// `sqlx.toml` (the nearest one from the source up to its crate root, the directory of
+    /// the nearest `Cargo.toml`). Two apps sharing one database each need their own:
     /// `--table appa.marker --migrations-table appa._sqlx_migrations`.
     #[arg(
         long,

@@ -45,10 +45,27 @@ pub struct Summary {
     pub digest: String,
 }
 
-/// Whether a digest file may stand for the migrations in `dir`: it knows sqlx's default
-/// layout only, and a `sqlx.toml` changes how the source or its history is read.
+/// Whether a digest file may stand for the migrations in `dir`. A `sqlx.toml`'s
+/// `table-name` does not keep it out: the table the marker's history cross-check reads is
+/// resolved before (`MigrationsTable::resolve`). Its `ignored-chars` go into every checksum,
+/// and so into the digest: a `sqlx.toml` modified after the digest file was written makes
+/// the file stale, as a modified migration does (logged, with the reason). As for the
+/// migrations, what only a content check could see is not seen: a `sqlx.toml` put in
+/// place with an older time, or removed.
 pub fn may_stand_for(dir: &Path) -> Result<bool> {
-    Ok(crate::sqlx_toml::load(dir)?.is_none())
+    let Some((toml, _)) = crate::sqlx_toml::load(dir)? else {
+        return Ok(true);
+    };
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified());
+    // Without a digest file there is nothing to refuse (`read` finds none).
+    if let (Ok(changed), Ok(written)) = (modified(&toml), modified(&dir.join(FILE)))
+        && changed > written
+    {
+        let why = format!("{} was modified after it was written", toml.display());
+        ignore(dir, &why);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Write `DIR/.schemagate-digest` for a fully read source; returns its path.

@@ -1,6 +1,6 @@
 //! The marker: the row a run writes when it ends, and the rule that reads readiness from
 //! the rows. For a version V, the newest row for V decides, unless a later `rollback` row
-//! names another version; a SQL source's fast path also needs `_sqlx_migrations`, read in
+//! names another version; a SQL source's fast path also needs the migrations table, read in
 //! the same query, to agree (see README, "The marker"). The per-backend SQL that writes and
 //! lists rows is in `db/`.
 
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, Table};
-use crate::db::{Conn, MIGRATIONS_TABLE, db_err, is_undefined_table};
+use crate::config::{Config, MigrationsTable, Table};
+use crate::db::{Conn, db_err, is_undefined_table};
 use crate::error::Result;
 
 /// A marker row as read back, timestamps as RFC 3339 text in UTC.
@@ -66,7 +66,7 @@ pub struct Newest {
     pub digest: Option<String>,
     pub detail: Option<String>,
     /// Read in the same query when asked (`newest_marker`'s `upto`): how many migrations
-    /// up to that version `_sqlx_migrations` records as applied, and how many as dirty.
+    /// up to that version the migrations table records as applied, and how many as dirty.
     pub applied_upto: i64,
     pub dirty: i64,
 }
@@ -85,7 +85,7 @@ pub struct Expected<'a> {
     pub version: &'a str,
     pub digest: Option<&'a str>,
     /// For a SQL source: its newest version and how many migrations it has. The marker
-    /// then also needs `_sqlx_migrations` to show exactly that many applied up to that
+    /// then also needs the migrations table to show exactly that many applied up to that
     /// version, none dirty (read in the same query).
     pub history: Option<(i64, usize)>,
     /// For another migrator's directory (`--format`): the marker also needs that
@@ -99,7 +99,13 @@ pub struct Expected<'a> {
 pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
     let upto = expected.history.map(|(v, _)| v);
     let decisive = conn
-        .newest_marker(&cfg.table, expected.version, upto, false)
+        .newest_marker(
+            &cfg.table,
+            &cfg.migrations_table,
+            expected.version,
+            upto,
+            false,
+        )
         .await?;
     let marked = marked(&decisive, expected);
     match expected.foreign {
@@ -176,9 +182,10 @@ pub(crate) type NewestRow = (
 /// (what `wait` reports; `is_done` has no use for it, and on a fresh session it is a third
 /// of the query's server time). `param` is the backend's placeholder for the version;
 /// `zero` its 64-bit integer zero. With `upto`, the decisive row also counts the history in
-/// `_sqlx_migrations`.
+/// `migrations`.
 pub(crate) fn newest_marker_sql(
     t: &Table,
+    migrations: &MigrationsTable,
     param: &str,
     zero: &str,
     upto: Option<i64>,
@@ -187,9 +194,9 @@ pub(crate) fn newest_marker_sql(
     let one = zero.replace('0', "1");
     let history = match upto {
         Some(v) => format!(
-            "(SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE version <= {v} AND success) \
+            "(SELECT COUNT(*) FROM {migrations} WHERE version <= {v} AND success) \
                AS applied_upto, \
-             (SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE NOT success) AS dirty"
+             (SELECT COUNT(*) FROM {migrations} WHERE NOT success) AS dirty"
         ),
         None => format!("{zero} AS applied_upto, {zero} AS dirty"),
     };

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::migrate::{AppliedMigration, Migration, MigrationType};
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 
-use crate::db::MIGRATIONS_TABLE;
+use crate::config::MigrationsTable;
 use crate::error::{Error, Result};
 
 #[derive(Debug)]
@@ -75,15 +75,12 @@ impl Source {
         Ok(source)
     }
 
-    /// A `sqlx.toml` beside the source: its `table-name` (unless --migrations-table was
-    /// given) and its `ignored-chars`, left out of every checksum as sqlx-cli does.
+    /// The `ignored-chars` of the source's `sqlx.toml`, left out of every checksum as
+    /// sqlx-cli does. (Its `table-name` is the config's: `MigrationsTable::resolve`.)
     fn apply_sqlx_toml(&mut self) -> Result<()> {
-        let Some((path, settings)) = crate::sqlx_toml::load(&self.dir)? else {
+        let Some((_, settings)) = crate::sqlx_toml::load(&self.dir)? else {
             return Ok(());
         };
-        if let Some(name) = &settings.table_name {
-            crate::db::set_migrations_table(name, &path.display().to_string())?;
-        }
         if !settings.ignored_chars.is_empty() {
             let ignored = &settings.ignored_chars;
             for m in self.ups.iter_mut().chain(self.downs.values_mut()) {
@@ -157,7 +154,7 @@ impl Source {
     }
 
     /// The newest version and the number of migrations, as the fast path cross-checks
-    /// them against `_sqlx_migrations`.
+    /// them against the migrations table.
     pub fn history(&self) -> (i64, usize) {
         (
             self.ups.last().expect("a source is never empty").version,
@@ -168,14 +165,20 @@ impl Source {
     /// Compare what is applied with this source: the pending migrations, in order, or
     /// drift (a dirty migration, a modified one, or an applied one this source does not
     /// have and that is not simply newer than its newest). Applied migrations newer than
-    /// every one here are the database being **ahead** of this build: not drift.
-    pub fn plan(&self, applied: &[AppliedMigration], dirty: Option<i64>) -> Result<Plan<'_>> {
+    /// every one here are the database being **ahead** of this build: not drift. `table`
+    /// is where they are recorded, named in the repair a dirty migration needs.
+    pub fn plan(
+        &self,
+        applied: &[AppliedMigration],
+        dirty: Option<i64>,
+        table: &MigrationsTable,
+    ) -> Result<Plan<'_>> {
         if let Some(v) = dirty {
             return Err(Error::Drift(format!(
                 "migration {v} is dirty: it failed part-way on a previous run (it ran without a \
                  transaction, or its DDL committed implicitly) and some of its statements may \
                  have taken effect. Repair by hand: either undo what it did and `DELETE FROM \
-                 {MIGRATIONS_TABLE} WHERE version = {v}` to run it again, or finish it and run \
+                 {table} WHERE version = {v}` to run it again, or finish it and run \
                  `schemagate stamp {v} --source DIR` to mark it done"
             )));
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sqlx::migrate::Migration;
 
 use super::{Before, Outcome};
-use crate::config::{Config, MigrateConfig, Work, redact};
+use crate::config::{Config, MigrateConfig, MigrationsTable, Work, redact};
 use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
 use crate::digest;
 use crate::error::{Error, Result};
@@ -391,7 +391,7 @@ async fn dry_run(
 ) -> Result<String> {
     match job {
         Job::Sql(source) => {
-            let plan = plan(conn, source).await?;
+            let plan = plan(conn, &cfg.migrations_table, source).await?;
             print_plan(source, &plan.pending);
             Ok(format!("dry run: {} pending", plan.pending.len()))
         }
@@ -449,14 +449,24 @@ impl Ctx<'_> {
         side: &mut Conn,
         marker: &NewMarker<'_>,
     ) -> Result<()> {
-        side.insert_marker_unless_done(&self.cfg.table, marker, self.fence.as_ref())
-            .await
+        side.insert_marker_unless_done(
+            &self.cfg.table,
+            marker,
+            self.fence.as_ref(),
+            self.lock.engine(),
+        )
+        .await
     }
 
     /// Write a marker on `conn`, fenced by the lease when we hold one.
     pub(super) async fn record(&self, conn: &mut Conn, marker: &NewMarker<'_>) -> Result<()> {
-        conn.insert_marker(&self.cfg.table, marker, self.fence.as_ref())
-            .await
+        conn.insert_marker(
+            &self.cfg.table,
+            marker,
+            self.fence.as_ref(),
+            self.lock.engine(),
+        )
+        .await
     }
 }
 
@@ -467,7 +477,8 @@ pub(super) async fn prepare_under_lock(
     ctx: &Ctx<'_>,
     sqlx_table: bool,
 ) -> Result<bool> {
-    conn.ensure_tables(&ctx.cfg.table, sqlx_table).await?;
+    let migrations = sqlx_table.then_some(&ctx.cfg.migrations_table);
+    conn.ensure_tables(&ctx.cfg.table, migrations).await?;
     if lock::is_done(conn, ctx.cfg, ctx.expected).await? {
         tracing::info!(
             "schema version {} was applied by another run; nothing to do",
@@ -478,7 +489,7 @@ pub(super) async fn prepare_under_lock(
     Ok(false)
 }
 
-/// `prepare_under_lock` for a SQL source, with what `_sqlx_migrations` holds read in the
+/// `prepare_under_lock` for a SQL source, with what the migrations table holds read in the
 /// same round trip where the backend allows (PostgreSQL): `None` when there is nothing
 /// left to do.
 async fn prepare_sql_under_lock(
@@ -486,14 +497,15 @@ async fn prepare_sql_under_lock(
     ctx: &Ctx<'_>,
 ) -> Result<Option<(Vec<sqlx::migrate::AppliedMigration>, Option<i64>)>> {
     let upto = ctx.expected.history.map(|(v, _)| v);
+    let migrations = &ctx.cfg.migrations_table;
     let Some((decisive, applied)) = conn
-        .ensure_tables_and_read(&ctx.cfg.table, ctx.expected.version, upto)
+        .ensure_tables_and_read(&ctx.cfg.table, migrations, ctx.expected.version, upto)
         .await?
     else {
         if prepare_under_lock(conn, ctx, true).await? {
             return Ok(None);
         }
-        return conn.applied().await.map(Some);
+        return conn.applied(migrations).await.map(Some);
     };
     // A SQL source has no other migrator's table to consult (`Expected::foreign`).
     if crate::marker::marked(&decisive, ctx.expected) {
@@ -571,7 +583,7 @@ async fn interrupted(
             side.close().await;
             return Ok(None);
         }
-        let committed = committed_in_flight(&mut side, progress).await?;
+        let committed = committed_in_flight(&mut side, ctx, progress).await?;
         let detail = interruption_detail(sig, current, committed, settled);
         tracing::warn!("{detail}");
         let applied_count = progress.applied + committed;
@@ -608,8 +620,8 @@ async fn interrupted(
 
 /// How many of the group in flight committed before the cancel reached it (read from a
 /// side connection once the interrupted statement settled).
-async fn committed_in_flight(side: &mut Conn, progress: &Progress) -> Result<usize> {
-    let (applied, dirty) = side.applied().await?;
+async fn committed_in_flight(side: &mut Conn, ctx: &Ctx<'_>, progress: &Progress) -> Result<usize> {
+    let (applied, dirty) = side.applied(&ctx.cfg.migrations_table).await?;
     Ok(progress
         .group
         .iter()
@@ -675,7 +687,7 @@ async fn apply_pending(
             ..Ran::default()
         });
     };
-    let plan = source.plan(&applied, dirty)?;
+    let plan = source.plan(&applied, dirty, &ctx.cfg.migrations_table)?;
     if let Some(message) = plan.ahead_message(source) {
         // An older release against a newer schema (an image rolled back): not drift, and
         // nothing to record: the newer release's marker stands.
@@ -758,7 +770,7 @@ async fn apply_group(
     let no_tx = group[0].no_tx;
     let mut attempt = 0;
     loop {
-        let e = match conn.apply(group, opts).await {
+        let e = match conn.apply(&ctx.cfg.migrations_table, group, opts).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -830,9 +842,13 @@ async fn record_failed(
 }
 
 /// The pending migrations, after checking that what is applied matches the source.
-pub(super) async fn plan<'s>(conn: &mut Conn, source: &'s Source) -> Result<Plan<'s>> {
-    let (applied, dirty) = conn.applied().await?;
-    source.plan(&applied, dirty)
+pub(super) async fn plan<'s>(
+    conn: &mut Conn,
+    table: &MigrationsTable,
+    source: &'s Source,
+) -> Result<Plan<'s>> {
+    let (applied, dirty) = conn.applied(table).await?;
+    source.plan(&applied, dirty, table)
 }
 
 fn print_plan(source: &Source, pending: &[&Migration]) {

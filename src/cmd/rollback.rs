@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use super::Outcome;
-use crate::config::{Config, RollbackConfig};
-use crate::db::{Conn, NewMarker, Status};
+use crate::config::{Config, MigrationsTable, RollbackConfig};
+use crate::db::{Conn, Engine, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::source::Source;
 
@@ -21,7 +21,7 @@ pub async fn run(args: &RollbackConfig) -> Result<Outcome> {
         )));
     }
     let undone = super::with_lock(cfg, async |conn, lock| {
-        undo(conn, cfg, &source, args, started, lock.fence(cfg)).await
+        undo(conn, cfg, &source, args, started, lock).await
     })
     .await?;
     Ok(outcome(
@@ -46,14 +46,17 @@ async fn undo(
     source: &Source,
     args: &RollbackConfig,
     started: Instant,
-    fence: Option<crate::db::Fence>,
+    lock: &crate::lock::Lock,
 ) -> Result<usize> {
+    let fence = lock.fence(cfg);
     let fence = fence.as_ref();
-    conn.ensure_migrations_table().await?;
+    let engine = lock.engine();
+    let migrations = &cfg.migrations_table;
+    conn.ensure_migrations_table(migrations).await?;
     conn.ensure_marker_table(&cfg.table).await?;
     // What is applied must match the source, or the down migrations may not fit.
-    super::migrate::plan(conn, source).await?;
-    let to_undo = versions_to_undo(conn, source, args.to).await?;
+    super::migrate::plan(conn, migrations, source).await?;
+    let to_undo = versions_to_undo(conn, migrations, source, args.to).await?;
     if args.dry_run {
         print_undo_plan(source, args.to, &to_undo);
         return Ok(0);
@@ -71,18 +74,18 @@ async fn undo(
         detail,
     };
     super::refuse_transaction_control(cfg, to_undo.iter().map(|v| &source.downs[v]))?;
-    record_started(conn, cfg, args.to, &to_undo, started, fence).await?;
+    record_started(conn, cfg, args.to, &to_undo, started, fence, engine).await?;
     let mut undone = 0;
     for v in &to_undo {
         let down = &source.downs[v];
         let label = format!("{v} ({})", down.description);
         tracing::info!("undoing {label}");
         let t = Instant::now();
-        if let Err(e) = conn.revert(down, fence).await {
+        if let Err(e) = conn.revert(migrations, down, fence).await {
             let detail = format!("undoing migration {label} failed: {}", e.message);
             if !e.lease_lost {
                 let failed = marker(Status::Failed, undone, Some(&detail));
-                if let Err(m) = conn.insert_marker(&cfg.table, &failed, fence).await {
+                if let Err(m) = conn.insert_marker(&cfg.table, &failed, fence, engine).await {
                     tracing::warn!("{m:#}");
                 }
             }
@@ -95,8 +98,13 @@ async fn undo(
         undone += 1;
         tracing::info!("undid {label} in {:.1?}", t.elapsed());
     }
-    conn.insert_marker(&cfg.table, &marker(Status::Succeeded, undone, None), fence)
-        .await?;
+    conn.insert_marker(
+        &cfg.table,
+        &marker(Status::Succeeded, undone, None),
+        fence,
+        engine,
+    )
+    .await?;
     tracing::info!(
         "rolled back to {}: {undone} undone in {:.1?}",
         args.to,
@@ -106,8 +114,13 @@ async fn undo(
 }
 
 /// The applied versions newer than `to`, newest first; each must have a `.down.sql`.
-async fn versions_to_undo(conn: &mut Conn, source: &Source, to: i64) -> Result<Vec<i64>> {
-    let (applied, _) = conn.applied().await?;
+async fn versions_to_undo(
+    conn: &mut Conn,
+    migrations: &MigrationsTable,
+    source: &Source,
+    to: i64,
+) -> Result<Vec<i64>> {
+    let (applied, _) = conn.applied(migrations).await?;
     let mut to_undo: Vec<i64> = applied
         .iter()
         .map(|a| a.version)
@@ -152,6 +165,7 @@ async fn record_started(
     to_undo: &[i64],
     started: Instant,
     fence: Option<&crate::db::Fence>,
+    engine: Engine,
 ) -> Result<()> {
     let Some(newest) = to_undo.first() else {
         return Ok(());
@@ -176,5 +190,5 @@ async fn record_started(
         runner: &cfg.runner,
         detail: Some(&detail),
     };
-    conn.insert_marker(&cfg.table, &marker, fence).await
+    conn.insert_marker(&cfg.table, &marker, fence, engine).await
 }

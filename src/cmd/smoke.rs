@@ -12,7 +12,9 @@ use tokio::process::Command;
 use tokio::task::JoinSet;
 
 use super::Outcome;
-use crate::config::{Backend, Config, LockConfig, LockMode, SmokeConfig, Table, redact};
+use crate::config::{
+    Backend, Config, LockConfig, LockMode, MigrationsTable, SmokeConfig, Table, redact,
+};
 use crate::db::{self, Conn};
 use crate::error::{Error, Result};
 use crate::signals::Signals;
@@ -89,7 +91,9 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
             )
         }
     };
-    let given = config_for(&url, args)?;
+    // As `migrate --source` resolves it (smoke has no --migrations-table).
+    let migrations_table = MigrationsTable::resolve(None, Some(&args.source))?;
+    let given = config_for(&url, args, &migrations_table)?;
     // A rehearsal never touches data it did not create: on a server, it runs in a scratch
     // database it creates here and drops at the end; a SQLite file must hold no tables.
     let scratch = match given.backend {
@@ -100,7 +104,7 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
         _ => Some(Scratch::create(&given).await?),
     };
     let cfg = match &scratch {
-        Some(s) => config_for(&s.url, args)?,
+        Some(s) => config_for(&s.url, args, &migrations_table)?,
         None => given.clone(),
     };
     // A signal stops the rehearsal (its processes are killed as their handles drop, and
@@ -122,14 +126,15 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
 }
 
 /// The rehearsal's own settings: the default marker table and lock, whatever the caller's
-/// environment says (its children get a clean one too).
-fn config_for(url: &str, args: &SmokeConfig) -> Result<Config> {
+/// environment says (its children get a clean one too), and the source's migrations table.
+fn config_for(url: &str, args: &SmokeConfig, migrations_table: &MigrationsTable) -> Result<Config> {
     let table = Table::parse(crate::cli::DEFAULT_TABLE)?;
     let lock = LockConfig::named(None, &table, LockMode::Auto);
     Config::new(
         url,
         "smoke",
         table,
+        migrations_table.clone(),
         lock,
         Duration::from_secs(30),
         args.json_logs,
@@ -292,7 +297,7 @@ async fn check_summary(
     conn: &mut Conn,
     signals: &mut Signals,
 ) -> Result<()> {
-    let (applied, _) = conn.applied().await?;
+    let (applied, _) = conn.applied(&rehearsal.cfg.migrations_table).await?;
     let since = applied.iter().map(|a| a.version).max().unwrap_or(0);
     outln!();
     match super::check::summary(&rehearsal.cfg, &rehearsal.source, since, signals).await {
@@ -348,14 +353,14 @@ impl Rehearsal {
             .await?
             .first()
             .map_or(0, |m| m.id);
-        let (applied_before, _) = conn.applied().await?;
+        let (applied_before, _) = conn.applied(&cfg.migrations_table).await?;
         let pending_before = self.source.compare(&applied_before).pending.len();
         let deadline = humantime::format_duration(self.deadline).to_string();
         let started = Instant::now();
         let running = self.start_all(&deadline)?;
         let mut finished = self.collect(conn, running, started, &deadline).await?;
         let markers = conn.markers(&cfg.table, 1000).await?;
-        let (applied_after, dirty) = conn.applied().await?;
+        let (applied_after, dirty) = conn.applied(&cfg.migrations_table).await?;
         finished.sort_by_key(|f| (f.role == Role::Wait, f.index));
         print_processes(phase, &finished, &markers);
         Ok(self.check(
@@ -463,6 +468,10 @@ impl Rehearsal {
         }
         cmd.env("SCHEMAGATE_DATABASE_URL", &self.url)
             .env("SCHEMAGATE_TABLE", &self.cfg.table.qualified)
+            .env(
+                "SCHEMAGATE_MIGRATIONS_TABLE",
+                self.cfg.migrations_table.qualified(),
+            )
             .env("SCHEMAGATE_LOG_FORMAT", "text")
             .env("SCHEMAGATE_LOG", "info,sqlx=warn")
             .env_remove("DATABASE_URL")
@@ -485,7 +494,7 @@ impl Rehearsal {
         if crate::lock::is_done(conn, &self.cfg, &expected).await? {
             return Ok(true);
         }
-        let (applied, _) = conn.applied().await?;
+        let (applied, _) = conn.applied(&self.cfg.migrations_table).await?;
         Ok(self.source.applied_unchanged(&applied))
     }
 
@@ -497,7 +506,7 @@ impl Rehearsal {
             .output()
             .await
             .map_err(|e| Error::Failed(format!("cannot run rollback: {e}")))?;
-        let (applied, _) = conn.applied().await?;
+        let (applied, _) = conn.applied(&self.cfg.migrations_table).await?;
         let newest = applied.iter().map(|a| a.version).max().unwrap_or(0);
         let stderr = String::from_utf8_lossy(&out.stderr);
         Ok(Check {

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::Outcome;
-use crate::config::StampConfig;
+use crate::config::{MigrationsTable, StampConfig};
 use crate::db::{Conn, Fence, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -32,7 +32,7 @@ pub async fn run(args: &StampConfig) -> Result<Outcome> {
         conn.ensure_marker_table(&cfg.table).await?;
         let recorded = match (&source, upto) {
             (Some(source), Some(upto)) => {
-                record_applied(conn, source, upto, fence.as_ref()).await?
+                record_applied(conn, &cfg.migrations_table, source, upto, fence.as_ref()).await?
             }
             _ => 0,
         };
@@ -50,6 +50,7 @@ pub async fn run(args: &StampConfig) -> Result<Outcome> {
                 detail: Some("marked done by `schemagate stamp`"),
             },
             fence.as_ref(),
+            lock.engine(),
         )
         .await?;
         tracing::info!("stamped schema version {version} ({recorded} migration(s) recorded)");
@@ -68,12 +69,13 @@ pub async fn run(args: &StampConfig) -> Result<Outcome> {
 /// by hand), as applied without running them; returns how many.
 async fn record_applied(
     conn: &mut Conn,
+    table: &MigrationsTable,
     source: &Source,
     upto: i64,
     fence: Option<&Fence>,
 ) -> Result<usize> {
-    conn.ensure_migrations_table().await?;
-    let (applied, dirty) = conn.applied().await?;
+    conn.ensure_migrations_table(table).await?;
+    let (applied, dirty) = conn.applied(table).await?;
     let pending = source.compare(&applied).pending;
     let to_record = source.ups.iter().filter(|m| {
         m.version <= upto
@@ -81,7 +83,7 @@ async fn record_applied(
     });
     let mut recorded = 0;
     for m in to_record {
-        conn.stamp(m, fence).await?;
+        conn.stamp(table, m, fence).await?;
         recorded += 1;
         tracing::info!(
             "recorded {} ({}) as applied without running it",

@@ -127,7 +127,7 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
     // real lock).
     let choice = lock::choose(&mut conn, cfg).await?;
     let invalid_indexes = conn.invalid_indexes().await?;
-    let (applied, dirty) = conn.applied().await?;
+    let (applied, dirty) = conn.applied(&cfg.migrations_table).await?;
     conn.close().await;
 
     let report = Report {

@@ -346,19 +346,24 @@ impl Via<'_> {
         upto: Option<i64>,
     ) -> Result<Decisive> {
         match self {
-            Via::Conn(c) => c.newest_marker(&cfg.table, version, upto, true).await,
+            Via::Conn(c) => {
+                c.newest_marker(&cfg.table, &cfg.migrations_table, version, upto, true)
+                    .await
+            }
             Via::Listener(l) => db::settle_newest(
-                l.newest_marker(&cfg.table, version, upto).await,
+                l.newest_marker(&cfg.table, &cfg.migrations_table, version, upto)
+                    .await,
                 &cfg.table,
                 version,
             ),
         }
     }
 
-    async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
+    async fn applied(&mut self, cfg: &Config) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
+        let table = &cfg.migrations_table;
         match self {
-            Via::Conn(c) => c.applied().await,
-            Via::Listener(l) => db::settle_applied(l.applied().await),
+            Via::Conn(c) => c.applied(table).await,
+            Via::Listener(l) => db::settle_applied(l.applied(table).await),
         }
     }
 }
@@ -394,7 +399,7 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
         .newest_marker(cfg, &target.version, history.map(|(v, _)| v))
         .await?;
     let (failed, why_not) = match newest {
-        Some(m) => match marker_says(m, target, digest.as_deref(), history) {
+        Some(m) => match marker_says(m, target, digest.as_deref(), history, cfg) {
             Ok(ready) => return Ok(ready),
             Err(not_ready) => not_ready,
         },
@@ -407,7 +412,7 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
         // The database may be at or ahead of this build (an app rolled back to it must
         // still start): ready when every migration here is applied, unchanged.
         let source = sql.migrations()?;
-        let (applied, dirty) = via.applied().await?;
+        let (applied, dirty) = via.applied(cfg).await?;
         let all = source.applied_unchanged(&applied);
         if all && dirty.is_none() {
             return Ok(Readiness::Ready(
@@ -418,7 +423,7 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
     if failed.is_none()
         && target.source.is_none()
         && let Ok(v) = target.version.parse::<i64>()
-        && passed(via, newest_succeeded.as_deref(), v).await?
+        && passed(via, cfg, newest_succeeded.as_deref(), v).await?
     {
         return Ok(Readiness::Ready(format!(
             "the database has passed version {v}: it is applied, and the newest succeeded \
@@ -439,6 +444,7 @@ fn marker_says(
     target: &Target,
     digest: Option<&str>,
     history: Option<(i64, usize)>,
+    cfg: &Config,
 ) -> std::result::Result<Readiness, (Option<String>, String)> {
     let history_agrees = history.is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0);
     match m.status.as_str() {
@@ -451,7 +457,7 @@ fn marker_says(
                 "the marker for version {} says succeeded, but {} records {} of this build's \
                  {} migrations as applied{}",
                 target.version,
-                db::MIGRATIONS_TABLE,
+                cfg.migrations_table,
                 m.applied_upto,
                 history.map_or(0, |(_, n)| n),
                 if m.dirty > 0 {
@@ -498,18 +504,23 @@ async fn check_foreign(
 }
 
 /// `--expect V` for a SQL history, where the database has moved past V (migrated further,
-/// or rolled back to a version at or above V): V is recorded as applied in
-/// `_sqlx_migrations`, nothing is dirty, and the newest `succeeded` marker of any action
+/// or rolled back to a version at or above V): V is recorded as applied in the migrations
+/// table, nothing is dirty, and the newest `succeeded` marker of any action
 /// names an integer version at or above V. A rollback below V, or an interrupted one
 /// (whose marker is `failed`), does not pass.
-async fn passed(via: &mut Via<'_>, newest_succeeded: Option<&str>, v: i64) -> Result<bool> {
+async fn passed(
+    via: &mut Via<'_>,
+    cfg: &Config,
+    newest_succeeded: Option<&str>,
+    v: i64,
+) -> Result<bool> {
     if newest_succeeded
         .and_then(|n| n.parse::<i64>().ok())
         .is_none_or(|n| n < v)
     {
         return Ok(false);
     }
-    let (applied, dirty) = via.applied().await?;
+    let (applied, dirty) = via.applied(cfg).await?;
     Ok(dirty.is_none() && applied.iter().any(|a| a.version == v))
 }
 
@@ -521,8 +532,8 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// What a trusted digest file says about a SQL source `dir` (`digest.rs`), when one can
-/// stand for its migrations: not for another migrator's directory, nor with a `sqlx.toml`
-/// (which changes how the history is read).
+/// stand for its migrations (`digest::may_stand_for`): never for another migrator's
+/// directory.
 fn claimed(dir: &std::path::Path) -> Result<Option<digest::Summary>> {
     if !digest::may_stand_for(dir)? {
         return Ok(None);

@@ -3,10 +3,10 @@
 //! doubt; checks that need the migrations' contents (is `--to V` one of them?) stay where
 //! the source is read. This is the only module that reads `cli`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Backend, Config, LockConfig, LockMode, LogFormat, Table};
+use super::{Backend, Config, LockConfig, LockMode, LogFormat, MigrationsTable, Table};
 use crate::cli::{
     CheckArgs, ConnectArgs, LockArgs, MigrateArgs, RollbackArgs, SmokeArgs, StampArgs, StatusArgs,
     WaitArgs,
@@ -153,8 +153,12 @@ pub enum CheckPlan {
 
 impl MigrateConfig {
     pub fn from_args(args: &MigrateArgs) -> Result<MigrateConfig> {
-        let db = connection(&args.connect, "migrate", Some(&args.lock))?;
         let work = migrate_work(args)?;
+        let sql = match &work {
+            Work::Sql { dir, .. } => Some(dir.as_path()),
+            _ => None,
+        };
+        let db = connection(&args.connect, "migrate", Some(&args.lock), sql)?;
         let postgres_only = [
             (args.ddl_lock_timeout.is_some(), "--ddl-lock-timeout"),
             (args.statement_timeout.is_some(), "--statement-timeout"),
@@ -243,7 +247,6 @@ fn migrate_work(args: &MigrateArgs) -> Result<Work> {
 
 impl WaitConfig {
     pub fn from_args(args: &WaitArgs) -> Result<WaitConfig> {
-        let db = connection(&args.connect, "wait", None)?;
         // clap makes --expect and --source one required choice.
         let target = match (&args.expect, &args.source) {
             // Trimmed as `migrate --version` is, so a version file's line end (`v1\r`) on
@@ -262,6 +265,11 @@ impl WaitConfig {
             },
             (None, None) => unreachable!("clap requires --expect or --source"),
         };
+        let sql = match &target {
+            WaitTarget::Sql(dir) => Some(dir.as_path()),
+            _ => None,
+        };
+        let db = connection(&args.connect, "wait", None, sql)?;
         if args.listen {
             if db.backend != Backend::Postgres {
                 return Err(Error::Config(format!(
@@ -300,14 +308,18 @@ impl WaitConfig {
 
 impl StatusConfig {
     pub fn from_args(args: &StatusArgs) -> Result<StatusConfig> {
-        let mut db = connection(&args.connect, "status", None)?;
-        if let Some(name) = &args.lock_name {
-            db.lock = LockConfig::named(Some(name), &db.table, db.lock.mode);
-        }
         let source = match &args.source {
             Some(dir) => Some((dir.clone(), formats::resolve(dir, args.format)?)),
             None => None,
         };
+        let sql = match &source {
+            Some((dir, Format::Sqlx)) => Some(dir.as_path()),
+            _ => None,
+        };
+        let mut db = connection(&args.connect, "status", None, sql)?;
+        if let Some(name) = &args.lock_name {
+            db.lock = LockConfig::named(Some(name), &db.table, db.lock.mode);
+        }
         Ok(StatusConfig {
             db,
             source,
@@ -327,7 +339,12 @@ impl RollbackConfig {
             )));
         }
         Ok(RollbackConfig {
-            db: connection(&args.connect, "rollback", Some(&args.lock))?,
+            db: connection(
+                &args.connect,
+                "rollback",
+                Some(&args.lock),
+                Some(&args.source),
+            )?,
             to: args.to,
             source: args.source.clone(),
             dry_run: args.dry_run,
@@ -337,7 +354,12 @@ impl RollbackConfig {
 
 impl StampConfig {
     pub fn from_args(args: &StampArgs) -> Result<StampConfig> {
-        let db = connection(&args.connect, "stamp", Some(&args.lock))?;
+        let db = connection(
+            &args.connect,
+            "stamp",
+            Some(&args.lock),
+            args.source.as_deref(),
+        )?;
         let version = checked_version(&args.version, "the version to stamp")?;
         let source = match &args.source {
             Some(dir) => {
@@ -378,7 +400,8 @@ impl SmokeConfig {
 
 impl CheckConfig {
     pub fn from_args(args: &CheckArgs) -> Result<CheckConfig> {
-        let db = connection(&args.connect, "check", None)?;
+        // The rehearsal runs on a scratch database, and records no history anywhere.
+        let db = connection(&args.connect, "check", None, None)?;
         // clap requires --source or -- CMD, never both, and --since with --source.
         let plan = match (&args.source, args.since) {
             (Some(dir), Some(since)) => CheckPlan::Sql {
@@ -454,8 +477,14 @@ fn checked_version(raw: &str, what: &str) -> Result<String> {
 }
 
 /// The connection options (and the lock flags of the commands that take the lock) into a
-/// `Config`. The URL comes from --database-url, --database-url-file or DATABASE_URL.
-fn connection(args: &ConnectArgs, mode: &str, lock: Option<&LockArgs>) -> Result<Config> {
+/// `Config`. The URL comes from --database-url, --database-url-file or DATABASE_URL; the
+/// migrations table from --migrations-table, else the `sqlx.toml` of the SQL source `sql`.
+fn connection(
+    args: &ConnectArgs,
+    mode: &str,
+    lock: Option<&LockArgs>,
+    sql: Option<&Path>,
+) -> Result<Config> {
     // An empty variable is unset: SCHEMAGATE_DATABASE_URL="" must not shadow DATABASE_URL.
     let nonempty = |s: Option<String>| s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let file = args
@@ -481,9 +510,7 @@ fn connection(args: &ConnectArgs, mode: &str, lock: Option<&LockArgs>) -> Result
         })?,
     };
     let table = Table::parse(&args.table)?;
-    if let Some(name) = &args.migrations_table {
-        crate::db::set_migrations_table(name, "--migrations-table")?;
-    }
+    let migrations_table = MigrationsTable::resolve(args.migrations_table.as_deref(), sql)?;
     let mut lock_config = LockConfig::named(
         lock.and_then(|l| l.lock_name.as_deref()),
         &table,
@@ -497,6 +524,7 @@ fn connection(args: &ConnectArgs, mode: &str, lock: Option<&LockArgs>) -> Result
         &raw,
         mode,
         table,
+        migrations_table,
         lock_config,
         args.connect_timeout,
         args.log_format == LogFormat::Json,

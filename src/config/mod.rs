@@ -1,6 +1,7 @@
 //! Turns the parsed command line into a validated `Config`, once, at the edge: the database
-//! URL (and its redacted form for display), the marker table, the lock identity and the
-//! deadlines. Also owns redaction: every secret seen here is masked in anything we print.
+//! URL (and its redacted form for display), the marker and migrations tables, the lock
+//! identity and the deadlines. Also owns redaction: every secret seen here is masked in
+//! anything we print.
 
 use std::path::Path;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct Config {
     /// The URL with its password masked, for logs and errors.
     pub display_url: String,
     pub table: Table,
+    /// Where applied SQL migrations are recorded (`MigrationsTable::resolve`).
+    pub migrations_table: MigrationsTable,
     pub lock: LockConfig,
     pub connect_timeout: Duration,
     /// Who runs this process: the pod or host name and pid (recorded in the marker).
@@ -63,6 +66,74 @@ pub struct Table {
     pub qualified: String,
     pub schema: Option<String>,
     pub name: String,
+}
+
+/// The table recording applied SQL migrations, in sqlx's layout (shared with sqlx-cli):
+/// `--migrations-table`, else `[migrate] table-name` in the source's `sqlx.toml`, else
+/// `_sqlx_migrations`. Resolved once, at the edge (`resolve`), and carried in `Config` to
+/// every statement that reads or writes it; formats as its name in SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationsTable(Table);
+
+impl MigrationsTable {
+    /// sqlx's own name for it.
+    pub const DEFAULT: &str = "_sqlx_migrations";
+
+    /// `flag` (`--migrations-table`) when given, else the `table-name` of the `sqlx.toml`
+    /// that applies to the SQL source `source`, else `_sqlx_migrations`. The file used is
+    /// logged, and so is a flag that overrides its table.
+    pub fn resolve(flag: Option<&str>, source: Option<&Path>) -> Result<MigrationsTable> {
+        let found = match source {
+            Some(dir) => crate::sqlx_toml::load(dir)?,
+            None => None,
+        };
+        let Some((path, settings)) = found else {
+            return match flag {
+                Some(name) => MigrationsTable::parse(name, "--migrations-table"),
+                None => MigrationsTable::parse(Self::DEFAULT, "the default"),
+            };
+        };
+        let path = path.display();
+        let (table, why) = match (flag, settings.table_name.as_deref()) {
+            (Some(name), Some(own)) if name != own => (
+                MigrationsTable::parse(name, "--migrations-table")?,
+                format!("--migrations-table, which overrides its table-name {own:?}"),
+            ),
+            (Some(name), _) => (
+                MigrationsTable::parse(name, "--migrations-table")?,
+                "--migrations-table".into(),
+            ),
+            (None, Some(own)) => (
+                MigrationsTable::parse(own, &format!("[migrate] table-name in {path}"))?,
+                "its [migrate] table-name".into(),
+            ),
+            (None, None) => (
+                MigrationsTable::parse(Self::DEFAULT, "the default")?,
+                "it names none: sqlx's default".into(),
+            ),
+        };
+        tracing::info!("using {path}: migrations table {table} ({why})");
+        Ok(table)
+    }
+
+    /// `name` validated (`schema.table` allowed); `from` says where it was given.
+    fn parse(name: &str, from: &str) -> Result<MigrationsTable> {
+        Table::parse_or(name, |why| {
+            Error::Config(format!("invalid migrations table {name:?} ({from}): {why}"))
+        })
+        .map(MigrationsTable)
+    }
+
+    /// As written in SQL: `name` or `schema.name`.
+    pub fn qualified(&self) -> &str {
+        &self.0.qualified
+    }
+}
+
+impl std::fmt::Display for MigrationsTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.qualified())
+    }
 }
 
 /// How concurrent runs exclude each other: `--lock`, `--lease-ttl`, `--lock-wait`, and the
@@ -116,6 +187,7 @@ impl Config {
         raw_url: &str,
         mode: &str,
         table: Table,
+        migrations_table: MigrationsTable,
         lock: LockConfig,
         connect_timeout: Duration,
         json_logs: bool,
@@ -140,6 +212,7 @@ impl Config {
             url,
             display_url,
             table,
+            migrations_table,
             lock,
             connect_timeout,
             runner: format!("{host} (pid {})", std::process::id()),
@@ -182,7 +255,13 @@ fn sqlite_in_memory(url: &str) -> bool {
 
 impl Table {
     pub fn parse(s: &str) -> Result<Table> {
-        let bad = |why: &str| Error::Config(format!("invalid --table {s:?}: {why}"));
+        Table::parse_or(s, |why| {
+            Error::Config(format!("invalid --table {s:?}: {why}"))
+        })
+    }
+
+    /// As `parse`, with `bad` making the error from what is wrong.
+    fn parse_or(s: &str, bad: impl Fn(&str) -> Error) -> Result<Table> {
         let parts: Vec<&str> = s.split('.').collect();
         if parts.len() > 2 || !parts.iter().all(|p| is_identifier(p)) {
             return Err(bad(

@@ -1,8 +1,9 @@
 //! The few operations whose SQL differs by backend (connecting and classifying errors:
 //! `connect.rs`). Each backend file holds its SQL; this file dispatches with a `match`
-//! and holds what they share. Migrations use sqlx's types, checksums and
-//! `_sqlx_migrations` table everywhere; MySQL and SQLite apply them through sqlx's
-//! `Migrate` trait, PostgreSQL through the simple query protocol (see postgres.rs).
+//! and holds what they share. Migrations use sqlx's types, checksums and table layout
+//! everywhere (`_sqlx_migrations`, or the `MigrationsTable` the config names, passed to
+//! each call); MySQL and SQLite apply them through sqlx's `Migrate` trait, PostgreSQL
+//! through the simple query protocol (see postgres.rs).
 
 mod connect;
 mod mysql;
@@ -15,14 +16,14 @@ use serde::Serialize;
 use sqlx::migrate::{AppliedMigration, Migrate, Migration};
 use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 
-use crate::config::{Config, Table, redact};
+use crate::config::{Config, MigrationsTable, Table, redact};
 use crate::error::{Error, Result};
 
 pub use crate::marker::{Decisive, Marker, NewMarker, Status};
 pub(crate) use crate::marker::{NewestRow, marker_from_row, newest_marker_sql, settle_newest};
 use connect::is_permission_error;
 pub use connect::{Class, backoff, classify, connect, describe};
-pub use postgres::{Listener, Wake};
+pub use postgres::{Engine, Listener, Wake};
 pub use sqlite::options as sqlite_options;
 
 /// One open connection to whichever backend the URL names.
@@ -144,49 +145,6 @@ fn clip(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}{note}", &text[..end])
-}
-
-/// The sqlx table that records applied migrations (shared with sqlx-cli):
-/// `_sqlx_migrations`, or the name set once at startup (`set_migrations_table`). Formats as
-/// the name, and dereferences to it.
-pub static MIGRATIONS_TABLE: MigrationsTable = MigrationsTable;
-
-pub struct MigrationsTable;
-
-static MIGRATIONS_TABLE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-impl MigrationsTable {
-    pub fn name(&self) -> &'static str {
-        MIGRATIONS_TABLE_NAME
-            .get()
-            .map_or("_sqlx_migrations", String::as_str)
-    }
-}
-
-impl std::ops::Deref for MigrationsTable {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.name()
-    }
-}
-
-impl std::fmt::Display for MigrationsTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Use `name` (validated; `schema.table` allowed) as the migrations table. The first setting
-/// wins: `--migrations-table` is set before a source's `sqlx.toml` is read.
-pub fn set_migrations_table(name: &str, from: &str) -> Result<()> {
-    let table = Table::parse(name).map_err(|_| {
-        Error::Config(format!(
-            "invalid migrations table {name:?} ({from}): expected `name` or `schema.name`, \
-             each a letter or underscore followed by letters, digits or underscores"
-        ))
-    })?;
-    let _ = MIGRATIONS_TABLE_NAME.set(table.qualified);
-    Ok(())
 }
 
 /// Whether an error means "this table does not exist" (so: not migrated yet).
@@ -362,25 +320,31 @@ impl Conn {
         .map_err(|e| db_err("cannot end the interrupted session", e))
     }
 
-    /// The marker table, and with `sqlx_table` the migrations table first: on PostgreSQL in
-    /// one statement, so one round trip and one commit (the path every first run of a
-    /// release waits on).
-    pub async fn ensure_tables(&mut self, table: &Table, sqlx_table: bool) -> Result<()> {
-        match self {
-            Conn::Pg(c) if sqlx_table => postgres::ensure_tables(c, table).await.map_err(|e| {
-                db_err(
-                    &format!(
-                        "cannot create {MIGRATIONS_TABLE} and the marker table {}",
-                        table.qualified
-                    ),
-                    e,
-                )
-            }),
-            _ => {
-                if sqlx_table {
-                    self.ensure_migrations_table().await?;
+    /// The marker table, and with `migrations` that table first: on PostgreSQL in one
+    /// statement, so one round trip and one commit (the path every first run of a release
+    /// waits on).
+    pub async fn ensure_tables(
+        &mut self,
+        table: &Table,
+        migrations: Option<&MigrationsTable>,
+    ) -> Result<()> {
+        match (self, migrations) {
+            (Conn::Pg(c), Some(migrations)) => postgres::ensure_tables(c, table, migrations)
+                .await
+                .map_err(|e| {
+                    db_err(
+                        &format!(
+                            "cannot create {migrations} and the marker table {}",
+                            table.qualified
+                        ),
+                        e,
+                    )
+                }),
+            (conn, migrations) => {
+                if let Some(migrations) = migrations {
+                    conn.ensure_migrations_table(migrations).await?;
                 }
-                self.ensure_marker_table(table).await
+                conn.ensure_marker_table(table).await
             }
         }
     }
@@ -391,23 +355,25 @@ impl Conn {
     pub async fn ensure_tables_and_read(
         &mut self,
         table: &Table,
+        migrations: &MigrationsTable,
         version: &str,
         upto: Option<i64>,
     ) -> Result<Option<(Decisive, (Vec<AppliedMigration>, Option<i64>))>> {
         let Conn::Pg(c) = self else {
             return Ok(None);
         };
-        let (newest, applied) = postgres::ensure_tables_and_read(c, table, version, upto)
-            .await
-            .map_err(|e| {
-                db_err(
-                    &format!(
-                        "cannot create or read {MIGRATIONS_TABLE} and the marker table {}",
-                        table.qualified
-                    ),
-                    e,
-                )
-            })?;
+        let (newest, applied) =
+            postgres::ensure_tables_and_read(c, table, migrations, version, upto)
+                .await
+                .map_err(|e| {
+                    db_err(
+                        &format!(
+                            "cannot create or read {migrations} and the marker table {}",
+                            table.qualified
+                        ),
+                        e,
+                    )
+                })?;
         Ok(Some((settle_newest(Ok(newest), table, version)?, applied)))
     }
 
@@ -425,16 +391,18 @@ impl Conn {
         })
     }
 
-    /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction), in one
-    /// transaction with the lease's fence when given: a run whose lease another run has
-    /// taken never writes a marker (`Error::LockLost`).
+    /// Append a marker row (and, on PostgreSQL, NOTIFY in the same transaction where the
+    /// `engine` the lock found has it), in one transaction with the lease's fence when
+    /// given: a run whose lease another run has taken never writes a marker
+    /// (`Error::LockLost`).
     pub async fn insert_marker(
         &mut self,
         table: &Table,
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
+        engine: Engine,
     ) -> Result<()> {
-        self.write_marker(table, m, fence, false).await
+        self.write_marker(table, m, fence, engine, false).await
     }
 
     /// As `insert_marker`, for a `failed` marker written from a side connection: on
@@ -445,8 +413,9 @@ impl Conn {
         table: &Table,
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
+        engine: Engine,
     ) -> Result<()> {
-        self.write_marker(table, m, fence, true).await
+        self.write_marker(table, m, fence, engine, true).await
     }
 
     async fn write_marker(
@@ -454,6 +423,7 @@ impl Conn {
         table: &Table,
         m: &NewMarker<'_>,
         fence: Option<&Fence>,
+        engine: Engine,
         unless_done: bool,
     ) -> Result<()> {
         let detail = m.detail.map(|d| clip(&redact(d), MAX_DETAIL));
@@ -465,9 +435,9 @@ impl Conn {
         };
         match self {
             Conn::Pg(c) if unless_done => {
-                postgres::insert_marker_unless_done(c, table, &m, fence).await
+                postgres::insert_marker_unless_done(c, table, &m, fence, engine).await
             }
-            Conn::Pg(c) => postgres::insert_marker(c, table, &m, fence).await,
+            Conn::Pg(c) => postgres::insert_marker(c, table, &m, fence, engine).await,
             Conn::My(c) => mysql::insert_marker(c, table, &m).await,
             Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
         }
@@ -488,21 +458,23 @@ impl Conn {
     /// The marker that decides `version`: the newest row for it, unless a rollback to
     /// another version came later. `None` when there is none (or no table yet).
     ///
-    /// With `upto`, the same query also counts what `_sqlx_migrations` shows (see
+    /// With `upto`, the same query also counts what `migrations` shows (see
     /// `Newest::applied_upto`): the fast path cross-checks the marker against the history
     /// in one round trip, so a revert made by another tool sends it down the slow path.
     /// With `newest`, also the newest `succeeded` marker (`Decisive::newest_succeeded`).
     pub async fn newest_marker(
         &mut self,
         table: &Table,
+        migrations: &MigrationsTable,
         version: &str,
         upto: Option<i64>,
         newest: bool,
     ) -> Result<Decisive> {
+        let (t, m) = (table, migrations);
         let r = match self {
-            Conn::Pg(c) => postgres::newest_marker(c, table, version, upto, newest).await,
-            Conn::My(c) => mysql::newest_marker(c, table, version, upto, newest).await,
-            Conn::Lite(c) => sqlite::newest_marker(c, table, version, upto, newest).await,
+            Conn::Pg(c) => postgres::newest_marker(c, t, m, version, upto, newest).await,
+            Conn::My(c) => mysql::newest_marker(c, t, m, version, upto, newest).await,
+            Conn::Lite(c) => sqlite::newest_marker(c, t, m, version, upto, newest).await,
         };
         settle_newest(r, table, version)
     }
@@ -525,13 +497,16 @@ impl Conn {
         }
     }
 
-    /// Applied migrations and the dirty version, or empty when sqlx's table is missing.
-    pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
+    /// Applied migrations and the dirty version, or empty when the table is missing.
+    pub async fn applied(
+        &mut self,
+        table: &MigrationsTable,
+    ) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
         if let Conn::Pg(c) = self {
-            return settle_applied(postgres::applied(c).await);
+            return settle_applied(postgres::applied(c, table).await);
         }
         let migrate = self.migrate();
-        let applied = match migrate.list_applied_migrations(&MIGRATIONS_TABLE).await {
+        let applied = match migrate.list_applied_migrations(table.qualified()).await {
             Ok(a) => a,
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_undefined_table(&e) => {
                 return Ok((Vec::new(), None));
@@ -539,29 +514,31 @@ impl Conn {
             Err(e) => return Err(migrate_err("cannot list applied migrations", e)),
         };
         let dirty = migrate
-            .dirty_version(&MIGRATIONS_TABLE)
+            .dirty_version(table.qualified())
             .await
             .map_err(|e| migrate_err("cannot list applied migrations", e))?;
         Ok((applied, dirty))
     }
 
-    pub async fn ensure_migrations_table(&mut self) -> Result<()> {
+    pub async fn ensure_migrations_table(&mut self, table: &MigrationsTable) -> Result<()> {
         self.migrate()
-            .ensure_migrations_table(&MIGRATIONS_TABLE)
+            .ensure_migrations_table(table.qualified())
             .await
-            .map_err(|e| migrate_err(&format!("cannot create {MIGRATIONS_TABLE}"), e))
+            .map_err(|e| migrate_err(&format!("cannot create {table}"), e))
     }
 
     /// Apply transactional migrations together in one transaction (PostgreSQL), or one
-    /// migration on any backend. A failed `-- no-transaction` migration is recorded dirty.
+    /// migration on any backend, recording them in `table`. A failed `-- no-transaction`
+    /// migration is recorded dirty.
     pub async fn apply(
         &mut self,
+        table: &MigrationsTable,
         migrations: &[&Migration],
         opts: &ApplyOptions,
     ) -> Result<(), ApplyError> {
         match self {
             Conn::Pg(c) => match migrations {
-                [m] if m.no_tx => postgres::apply_no_tx(c, m, opts).await.map_err(|e| {
+                [m] if m.no_tx => postgres::apply_no_tx(c, table, m, opts).await.map_err(|e| {
                     let base = ApplyError::from_sqlx(&e.error);
                     ApplyError {
                         message: format!("{}{}", e.context, base.message),
@@ -569,15 +546,15 @@ impl Conn {
                         ..base
                     }
                 }),
-                ms => postgres::apply_in_tx(c, ms, opts)
+                ms => postgres::apply_in_tx(c, table, ms, opts)
                     .await
                     .map_err(|e| ApplyError::from_sqlx(&e)),
             },
             Conn::My(_) | Conn::Lite(_) => {
                 for m in migrations {
-                    let r = self.migrate().apply(&MIGRATIONS_TABLE, m).await;
+                    let r = self.migrate().apply(table.qualified(), m).await;
                     if let (Err(_), true, Conn::Lite(c)) = (&r, m.no_tx, &mut *self)
-                        && let Err(record) = sqlite::record_dirty(c, m).await
+                        && let Err(record) = sqlite::record_dirty(c, table, m).await
                     {
                         tracing::warn!(
                             "could not record migration {} as dirty: {record}",
@@ -594,31 +571,38 @@ impl Conn {
         }
     }
 
-    /// Run a down migration and delete its row.
+    /// Run a down migration and delete its row from `table`.
     pub async fn revert(
         &mut self,
+        table: &MigrationsTable,
         down: &Migration,
         fence: Option<&Fence>,
     ) -> Result<(), ApplyError> {
         match self {
-            Conn::Pg(c) => postgres::revert(c, down, fence)
+            Conn::Pg(c) => postgres::revert(c, table, down, fence)
                 .await
                 .map_err(|e| ApplyError::from_sqlx(&e)),
             _ => self
                 .migrate()
-                .revert(&MIGRATIONS_TABLE, down)
+                .revert(table.qualified(), down)
                 .await
                 .map(|_| ())
                 .map_err(ApplyError::from_migrate),
         }
     }
 
-    /// Record a migration as applied without running it (or mark a dirty one done).
-    pub async fn stamp(&mut self, m: &Migration, fence: Option<&Fence>) -> Result<()> {
+    /// Record a migration as applied in `table` without running it (or mark a dirty one
+    /// done).
+    pub async fn stamp(
+        &mut self,
+        table: &MigrationsTable,
+        m: &Migration,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
         let r = match self {
-            Conn::Pg(c) => postgres::stamp(c, m, fence).await,
-            Conn::My(c) => mysql::stamp(c, m).await,
-            Conn::Lite(c) => sqlite::stamp(c, m).await,
+            Conn::Pg(c) => postgres::stamp(c, table, m, fence).await,
+            Conn::My(c) => mysql::stamp(c, table, m).await,
+            Conn::Lite(c) => sqlite::stamp(c, table, m).await,
         };
         r.map_err(|e| {
             db_err(

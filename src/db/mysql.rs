@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection};
 
 use super::{Holder, Marker, NewMarker};
-use crate::config::{Config, LockConfig, Table};
+use crate::config::{Config, LockConfig, MigrationsTable, Table};
 
 pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
     MySqlConnectOptions::from_str(&cfg.url)?
@@ -154,12 +154,14 @@ pub async fn insert_marker(
 pub async fn newest_marker(
     c: &mut MySqlConnection,
     t: &Table,
+    migrations: &MigrationsTable,
     version: &str,
     upto: Option<i64>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
         t,
+        migrations,
         "?",
         "CAST(0 AS SIGNED)",
         upto,
@@ -190,16 +192,17 @@ pub async fn markers(
     Ok(rows.into_iter().map(super::marker_from_row).collect())
 }
 
-/// Record a migration as applied without running it, or mark a dirty one done.
+/// Record a migration as applied in `table` without running it, or mark a dirty one done.
 pub async fn stamp(
     c: &mut MySqlConnection,
+    table: &MigrationsTable,
     m: &sqlx::migrate::Migration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (version, description, success, checksum, execution_time) \
          VALUES (?, ?, TRUE, ?, -1) \
-         ON DUPLICATE KEY UPDATE success = TRUE, checksum = VALUES(checksum)",
-    )
+         ON DUPLICATE KEY UPDATE success = TRUE, checksum = VALUES(checksum)"
+    )))
     .bind(m.version)
     .bind(&*m.description)
     .bind(&*m.checksum)

@@ -1,5 +1,6 @@
 //! PostgreSQL: session advisory lock by key, the lease lock, the marker with NOTIFY,
-//! LISTEN for `wait`, and the migration bookkeeping in sqlx's `_sqlx_migrations` layout.
+//! LISTEN for `wait`, and the migration bookkeeping in sqlx's `_sqlx_migrations` layout
+//! (in the table the config names).
 //!
 //! Every statement here uses the simple query protocol (values are quoted literals, never
 //! bound parameters). Two reasons: it works through PgBouncer in transaction pooling mode,
@@ -13,8 +14,8 @@ use sqlx::migrate::{AppliedMigration, Migration};
 use sqlx::postgres::{PgConnectOptions, PgExecutor, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row};
 
-use super::{ApplyOptions, Fence, Holder, MIGRATIONS_TABLE, Marker, NewMarker};
-use crate::config::{Config, Table};
+use super::{ApplyOptions, Fence, Holder, Marker, NewMarker};
+use crate::config::{Config, MigrationsTable, Table};
 use crate::source::hex;
 
 /// The channel `migrate` notifies in the marker's transaction, and `wait --listen` hears.
@@ -47,6 +48,12 @@ impl Engine {
             .map_or(Engine::Postgres, |&(_, engine)| engine)
     }
 
+    /// Whether the engine has LISTEN/NOTIFY: on one without, the marker is written without
+    /// NOTIFY (its waiters poll).
+    pub fn notifies(self) -> bool {
+        self == Engine::Postgres
+    }
+
     /// A condition true when the text column `v` (a `version()`) names PostgreSQL itself,
     /// as `from_version` reads it.
     fn not_postgres_sql(v: &str) -> String {
@@ -56,17 +63,6 @@ impl Engine {
             .collect::<Vec<_>>()
             .join(" AND ")
     }
-}
-
-/// Set once the lock connection's `version()` named an engine without NOTIFY: the
-/// marker is then written without it (waiters poll). One process talks to one database.
-static NO_NOTIFY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn set_engine(engine: Engine) {
-    NO_NOTIFY.store(
-        engine != Engine::Postgres,
-        std::sync::atomic::Ordering::Relaxed,
-    );
 }
 
 fn options(cfg: &Config) -> Result<PgConnectOptions, sqlx::Error> {
@@ -433,13 +429,17 @@ pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), 
     exec(c, marker_table_sql(t)).await
 }
 
-/// `_sqlx_migrations` as sqlx's own `ensure_migrations_table` creates it, then the marker
-/// table, in one statement (one implicit transaction).
-pub async fn ensure_tables(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
-    exec(c, tables_sql(t)).await
+/// The migrations table as sqlx's own `ensure_migrations_table` creates it, then the
+/// marker table, in one statement (one implicit transaction).
+pub async fn ensure_tables(
+    c: &mut PgConnection,
+    t: &Table,
+    migrations: &MigrationsTable,
+) -> Result<(), sqlx::Error> {
+    exec(c, tables_sql(t, migrations)).await
 }
 
-fn tables_sql(t: &Table) -> String {
+fn tables_sql(t: &Table, migrations: &MigrationsTable) -> String {
     let migrations = format!(
         "CREATE TABLE IF NOT EXISTS {} (
             version BIGINT PRIMARY KEY,
@@ -449,7 +449,7 @@ fn tables_sql(t: &Table) -> String {
             checksum BYTEA NOT NULL,
             execution_time BIGINT NOT NULL
         );",
-        &*MIGRATIONS_TABLE
+        migrations
     );
     format!("{migrations}\n{}", marker_table_sql(t))
 }
@@ -477,19 +477,19 @@ fn marker_table_sql(t: &Table) -> String {
     )
 }
 
-/// The INSERT (and NOTIFY) for a marker row, as one statement: `wait --listen` wakes at
-/// the commit that makes the row visible.
-pub fn insert_marker_sql(t: &Table, m: &NewMarker<'_>) -> String {
-    insert_marker_sql_when(t, m, "")
+/// The INSERT (and NOTIFY, where `engine` has it) for a marker row, as one statement:
+/// `wait --listen` wakes at the commit that makes the row visible.
+pub fn insert_marker_sql(t: &Table, m: &NewMarker<'_>, engine: Engine) -> String {
+    insert_marker_sql_when(t, m, "", engine)
 }
 
 /// The marker INSERT, written only when `condition` (a `WHERE …` clause, or empty) holds
 /// in the statement's own snapshot.
-fn insert_marker_sql_when(t: &Table, m: &NewMarker<'_>, condition: &str) -> String {
-    let notify = if NO_NOTIFY.load(std::sync::atomic::Ordering::Relaxed) {
-        "SELECT version FROM ins".to_owned()
-    } else {
+fn insert_marker_sql_when(t: &Table, m: &NewMarker<'_>, condition: &str, engine: Engine) -> String {
+    let notify = if engine.notifies() {
         format!("SELECT pg_notify('{CHANNEL}', version) FROM ins")
+    } else {
+        "SELECT version FROM ins".to_owned()
     };
     format!(
         "WITH ins AS (
@@ -517,8 +517,9 @@ pub async fn insert_marker(
     t: &Table,
     m: &NewMarker<'_>,
     fence: Option<&Fence>,
+    engine: Engine,
 ) -> Result<(), sqlx::Error> {
-    fenced(c, insert_marker_sql(t, m), fence).await
+    fenced(c, insert_marker_sql(t, m, engine), fence).await
 }
 
 /// A `failed` marker written from a side connection, unless the marker that decides the
@@ -531,6 +532,7 @@ pub async fn insert_marker_unless_done(
     t: &Table,
     m: &NewMarker<'_>,
     fence: Option<&Fence>,
+    engine: Engine,
 ) -> Result<(), sqlx::Error> {
     let condition = format!(
         "WHERE NOT EXISTS (SELECT 1 FROM (SELECT version, status FROM {q} \
@@ -539,25 +541,32 @@ pub async fn insert_marker_unless_done(
         q = t.qualified,
         v = lit(m.version),
     );
-    fenced(c, insert_marker_sql_when(t, m, &condition), fence).await
+    fenced(c, insert_marker_sql_when(t, m, &condition, engine), fence).await
 }
 
 pub async fn newest_marker<'c>(
     c: impl PgExecutor<'c>,
     t: &Table,
+    migrations: &MigrationsTable,
     version: &str,
     upto: Option<i64>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
-    rows(c, newest_marker_sql(t, version, upto, newest))
+    rows(c, newest_marker_sql(t, migrations, version, upto, newest))
         .await?
         .iter()
         .map(newest_row)
         .collect()
 }
 
-fn newest_marker_sql(t: &Table, version: &str, upto: Option<i64>, newest: bool) -> String {
-    super::newest_marker_sql(t, &lit(version), "0::int8", upto, newest)
+fn newest_marker_sql(
+    t: &Table,
+    migrations: &MigrationsTable,
+    version: &str,
+    upto: Option<i64>,
+    newest: bool,
+) -> String {
+    super::newest_marker_sql(t, migrations, &lit(version), "0::int8", upto, newest)
 }
 
 fn newest_row(r: &PgRow) -> Result<super::NewestRow, sqlx::Error> {
@@ -573,19 +582,20 @@ fn newest_row(r: &PgRow) -> Result<super::NewestRow, sqlx::Error> {
 }
 
 /// `ensure_tables`, then the marker that decides `version` (`newest_marker`) and what
-/// `_sqlx_migrations` holds (`applied`), in one round trip and one transaction: what the
+/// the migrations table holds (`applied`), in one round trip and one transaction: what the
 /// lock holder reads before it applies anything.
 pub async fn ensure_tables_and_read(
     c: &mut PgConnection,
     t: &Table,
+    migrations: &MigrationsTable,
     version: &str,
     upto: Option<i64>,
 ) -> Result<NewestAndApplied, sqlx::Error> {
     let sql = format!(
         "{}\n{};\n{}",
-        tables_sql(t),
-        newest_marker_sql(t, version, upto, false),
-        applied_sql()
+        tables_sql(t, migrations),
+        newest_marker_sql(t, migrations, version, upto, false),
+        applied_sql(migrations)
     );
     // One statement's rows after the other's: told apart by their width.
     let (newest, applied): (Vec<PgRow>, Vec<PgRow>) =
@@ -650,14 +660,13 @@ pub async fn invalid_indexes(c: &mut PgConnection) -> Result<Vec<String>, sqlx::
 /// Applied migrations, in version order, and the first dirty one (`success = false`).
 pub async fn applied<'c>(
     c: impl PgExecutor<'c>,
+    table: &MigrationsTable,
 ) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {
-    applied_from(rows(c, applied_sql()).await?)
+    applied_from(rows(c, applied_sql(table)).await?)
 }
 
-fn applied_sql() -> String {
-    format!(
-        "SELECT version, encode(checksum, 'hex'), success FROM {MIGRATIONS_TABLE} ORDER BY version"
-    )
+fn applied_sql(table: &MigrationsTable) -> String {
+    format!("SELECT version, encode(checksum, 'hex'), success FROM {table} ORDER BY version")
 }
 
 fn applied_from(rs: Vec<PgRow>) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {
@@ -683,11 +692,11 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn bookkeeping_sql(m: &Migration, success: bool) -> String {
+fn bookkeeping_sql(table: &MigrationsTable, m: &Migration, success: bool) -> String {
     // execution_time: nanoseconds since the transaction began (sqlx writes -1, then
     // updates it in another round trip).
     format!(
-        "INSERT INTO {MIGRATIONS_TABLE} (version, description, success, checksum, execution_time) \
+        "INSERT INTO {table} (version, description, success, checksum, execution_time) \
          VALUES ({v}, {d}, {success}, decode('{c}', 'hex'), \
            (extract(epoch FROM clock_timestamp() - now()) * 1e9)::int8)",
         v = m.version,
@@ -696,11 +705,15 @@ fn bookkeeping_sql(m: &Migration, success: bool) -> String {
     )
 }
 
-/// The SQL that applies one transactional migration with its bookkeeping row, without
-/// BEGIN/COMMIT (so several can share one transaction).
-pub fn migration_in_tx_sql(m: &Migration) -> String {
+/// The SQL that applies one transactional migration with its bookkeeping row in `table`,
+/// without BEGIN/COMMIT (so several can share one transaction).
+pub fn migration_in_tx_sql(table: &MigrationsTable, m: &Migration) -> String {
     // Newlines around the migration's SQL: it may end in a `--` comment.
-    format!("{}\n;\n{};\n", m.sql.as_str(), bookkeeping_sql(m, true))
+    format!(
+        "{}\n;\n{};\n",
+        m.sql.as_str(),
+        bookkeeping_sql(table, m, true)
+    )
 }
 
 fn settings_sql(opts: &ApplyOptions) -> String {
@@ -727,6 +740,7 @@ fn settings_sql(opts: &ApplyOptions) -> String {
 /// transaction is rolled back.
 pub async fn apply_in_tx(
     c: &mut PgConnection,
+    table: &MigrationsTable,
     migrations: &[&Migration],
     opts: &ApplyOptions,
 ) -> Result<(), sqlx::Error> {
@@ -740,7 +754,7 @@ pub async fn apply_in_tx(
         sql.push_str(";\n");
     }
     for m in migrations {
-        sql.push_str(&migration_in_tx_sql(m));
+        sql.push_str(&migration_in_tx_sql(table, m));
     }
     if let Some(fence) = &opts.fence {
         sql.push_str(&fence.hold);
@@ -773,6 +787,7 @@ async fn end_failed_transaction(c: &mut PgConnection) {
 /// next run simply tries again.
 pub async fn apply_no_tx(
     c: &mut PgConnection,
+    table: &MigrationsTable,
     m: &Migration,
     opts: &ApplyOptions,
 ) -> Result<(), NoTxError> {
@@ -795,7 +810,7 @@ pub async fn apply_no_tx(
     // linger for other clients): said, not pretended.
     let limits = session_limits_sql(opts);
     if limits.is_empty() {
-        return run_no_tx(c, m, None).await;
+        return run_no_tx(c, table, m, None).await;
     }
     if opts.fence.is_some() {
         tracing::warn!(
@@ -804,9 +819,9 @@ pub async fn apply_no_tx(
              sessions",
             m.version
         );
-        return run_no_tx(c, m, None).await;
+        return run_no_tx(c, table, m, None).await;
     }
-    let r = run_no_tx(c, m, Some(&limits)).await;
+    let r = run_no_tx(c, table, m, Some(&limits)).await;
     if let Err(e) = exec(c, RESET_LIMITS.into()).await {
         tracing::warn!("could not reset the session's timeouts: {e}");
     }
@@ -837,6 +852,7 @@ fn timeout_settings(opts: &ApplyOptions, set: &str) -> Vec<String> {
 /// and reset before one they must not (see `apply_no_tx`).
 async fn run_no_tx(
     c: &mut PgConnection,
+    table: &MigrationsTable,
     m: &Migration,
     limits: Option<&str>,
 ) -> Result<(), NoTxError> {
@@ -870,7 +886,7 @@ async fn run_no_tx(
                     n => format!(", after statements 1-{n} took effect"),
                 }
             );
-            if dirty && let Err(record) = exec(c, bookkeeping_sql(m, false)).await {
+            if dirty && let Err(record) = exec(c, bookkeeping_sql(table, m, false)).await {
                 tracing::warn!(
                     "could not record migration {} as dirty: {record}",
                     m.version
@@ -883,7 +899,7 @@ async fn run_no_tx(
             });
         }
     }
-    exec(c, bookkeeping_sql(m, true))
+    exec(c, bookkeeping_sql(table, m, true))
         .await
         .map_err(|e| NoTxError {
             error: e,
@@ -901,16 +917,14 @@ pub struct NoTxError {
 
 pub async fn revert(
     c: &mut PgConnection,
+    table: &MigrationsTable,
     down: &Migration,
     fence: Option<&Fence>,
 ) -> Result<(), sqlx::Error> {
     let (check, hold) = fence
         .map(|f| (format!("{};\n", f.check), format!("{};\n", f.hold)))
         .unwrap_or_default();
-    let delete = format!(
-        "DELETE FROM {MIGRATIONS_TABLE} WHERE version = {}",
-        down.version
-    );
+    let delete = format!("DELETE FROM {table} WHERE version = {}", down.version);
     if down.no_tx {
         if !check.is_empty() {
             exec(c, check).await?;
@@ -939,6 +953,7 @@ pub async fn revert(
 /// Record a migration as applied without running it, or mark a dirty one done.
 pub async fn stamp(
     c: &mut PgConnection,
+    table: &MigrationsTable,
     m: &Migration,
     fence: Option<&Fence>,
 ) -> Result<(), sqlx::Error> {
@@ -946,7 +961,7 @@ pub async fn stamp(
         c,
         format!(
             "{} ON CONFLICT (version) DO UPDATE SET success = TRUE, checksum = EXCLUDED.checksum",
-            bookkeeping_sql(m, true)
+            bookkeeping_sql(table, m, true)
         ),
         fence,
     )
@@ -997,14 +1012,18 @@ impl Listener {
     pub async fn newest_marker(
         &mut self,
         t: &Table,
+        migrations: &MigrationsTable,
         version: &str,
         upto: Option<i64>,
     ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
-        newest_marker(&mut self.0, t, version, upto, true).await
+        newest_marker(&mut self.0, t, migrations, version, upto, true).await
     }
 
-    pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {
-        applied(&mut self.0).await
+    pub async fn applied(
+        &mut self,
+        table: &MigrationsTable,
+    ) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {
+        applied(&mut self.0, table).await
     }
 
     pub async fn wait(&mut self, interval: Duration) -> Result<Wake, sqlx::Error> {

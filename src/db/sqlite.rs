@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
 
 use super::{Marker, NewMarker};
-use crate::config::{Config, Table};
+use crate::config::{Config, MigrationsTable, Table};
 
 pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(&cfg.url)?
@@ -108,12 +108,13 @@ pub async fn insert_marker(
 pub async fn newest_marker(
     c: &mut SqliteConnection,
     t: &Table,
+    migrations: &MigrationsTable,
     version: &str,
     upto: Option<i64>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(
-        t, "?1", "0", upto, newest,
+        t, migrations, "?1", "0", upto, newest,
     )))
     .bind(version)
     .fetch_all(c)
@@ -137,32 +138,35 @@ pub async fn markers(
     Ok(rows.into_iter().map(super::marker_from_row).collect())
 }
 
-/// Record a migration as applied without running it, or mark a dirty one done.
+/// Record a migration as applied in `table` without running it, or mark a dirty one done.
 pub async fn stamp(
     c: &mut SqliteConnection,
+    table: &MigrationsTable,
     m: &sqlx::migrate::Migration,
 ) -> Result<(), sqlx::Error> {
-    record(c, m, true).await
+    record(c, table, m, true).await
 }
 
-/// A `-- no-transaction` migration failed part-way: record it dirty.
+/// A `-- no-transaction` migration failed part-way: record it dirty in `table`.
 pub async fn record_dirty(
     c: &mut SqliteConnection,
+    table: &MigrationsTable,
     m: &sqlx::migrate::Migration,
 ) -> Result<(), sqlx::Error> {
-    record(c, m, false).await
+    record(c, table, m, false).await
 }
 
 async fn record(
     c: &mut SqliteConnection,
+    table: &MigrationsTable,
     m: &sqlx::migrate::Migration,
     success: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (version, description, success, checksum, execution_time) \
          VALUES (?1, ?2, ?3, ?4, -1) \
-         ON CONFLICT (version) DO UPDATE SET success = excluded.success, checksum = excluded.checksum",
-    )
+         ON CONFLICT (version) DO UPDATE SET success = excluded.success, checksum = excluded.checksum"
+    )))
     .bind(m.version)
     .bind(&*m.description)
     .bind(success)

@@ -57,7 +57,9 @@ impl Format {
 
     pub fn history_table(self) -> &'static str {
         match self {
-            Format::Sqlx => crate::db::MIGRATIONS_TABLE.name(),
+            // sqlx's default: a sqlx source is `source::Source`, whose table is the
+            // config's `migrations_table`; this name is never read from.
+            Format::Sqlx => crate::config::MigrationsTable::DEFAULT,
             Format::Alembic => "alembic_version",
             Format::Django => "django_migrations",
             Format::Rails | Format::Dbmate => "schema_migrations",

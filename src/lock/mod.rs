@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::config::LockMode;
 use crate::config::{Backend, Config};
-use crate::db::postgres::{self, Engine, ServerInfo, set_engine};
+use crate::db::postgres::{self, Engine, ServerInfo};
 use crate::db::{self, Conn, Holder};
 use crate::error::{Error, Result};
 
@@ -48,6 +48,8 @@ pub struct Lock {
     kind: Kind,
     /// The server session that holds it, when known (PostgreSQL's advisory lock).
     session: Option<i64>,
+    /// The engine the lock connection's `version()` named: whether a marker NOTIFYs.
+    engine: Engine,
 }
 
 enum Kind {
@@ -126,7 +128,6 @@ async fn preliminary(
         )),
         Backend::Postgres => {
             let engine = Engine::from_version(version);
-            set_engine(engine);
             if mode == LockMode::Lease {
                 Some(Choice {
                     engine,
@@ -452,6 +453,7 @@ async fn try_acquire(
     Ok(kind.map(|kind| Lock {
         kind,
         session: None,
+        engine: choice.engine,
     }))
 }
 
@@ -534,6 +536,12 @@ impl Lock {
     /// The server session (`pg_backend_pid()`) that holds the lock, when already known.
     pub fn session(&self) -> Option<i64> {
         self.session
+    }
+
+    /// The engine the lock was taken on (PostgreSQL and its look-alikes), for the marker:
+    /// an engine without LISTEN/NOTIFY gets its marker written without NOTIFY.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// The lease's fence, to run first in each transaction that changes the schema or

@@ -355,6 +355,75 @@ fn default_lock_races_where_advisory_locks_are_a_stub() {
     assert_lock_chosen(&outs, "lease");
 }
 
+/// reliability: an engine without LISTEN/NOTIFY (simulated: `version()` names CockroachDB and `pg_notify` raises, `search_path = public, pg_catalog`) | every marker is written without NOTIFY: the `succeeded` one, a `failed` one from the lock connection, and the `failed` one a SIGTERM has written from a side connection | nothing
+#[test]
+fn markers_are_written_without_notify_where_the_engine_has_none() {
+    let db = PgDb::new("nonotify");
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    pg_exec(
+        &db.url,
+        &format!(
+            "CREATE FUNCTION public.version() RETURNS text LANGUAGE sql \
+               AS $$SELECT 'CockroachDB CCL v23.1.11 (x86_64-pc-linux-gnu)'$$; \
+             CREATE FUNCTION public.pg_notify(text, text) RETURNS void LANGUAGE plpgsql \
+               AS $$BEGIN RAISE EXCEPTION 'this engine has no NOTIFY'; END$$; \
+             ALTER DATABASE {name} SET search_path = public, pg_catalog; \
+             CREATE TABLE ctl (slow int); INSERT INTO ctl VALUES (1);"
+        ),
+    );
+    let src = Migrations::new(&[("1_first.sql", "CREATE TABLE first (id int);")]);
+    let migrate = || {
+        let mut c = schemagate(&db.url);
+        c.args(["migrate", "--source", src.path()]);
+        c
+    };
+    let newest = || {
+        pg_strings(
+            &db.url,
+            "SELECT version || ' ' || status FROM schemagate_marker ORDER BY id DESC LIMIT 1",
+        )
+    };
+    let out = run(&mut migrate());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("INFO lock: lease"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(newest(), ["1 succeeded"]);
+    // A failed migration: the `failed` marker, from the lock connection.
+    src.write("2_bad.sql", "SELECT 1/0;");
+    let out = run(&mut migrate());
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(newest(), ["2 failed"]);
+    std::fs::remove_file(src.dir.join("2_bad.sql")).unwrap();
+    // SIGTERM mid-migration: the `failed` marker, from a side connection.
+    src.write(
+        "2_slow.sql",
+        "SELECT pg_sleep(CASE WHEN (SELECT slow FROM ctl) = 1 THEN 60 ELSE 0 END);",
+    );
+    let mut child = spawn(&mut migrate());
+    wait_for_stderr_line(&mut child, "applying 2 (slow)", Duration::from_secs(30));
+    wait_until_slow(&db.url);
+    sigterm(child.id());
+    let out = finish(child);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("could not record the interruption"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(newest(), ["2 failed"]);
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM schemagate_marker \
+             WHERE detail LIKE 'interrupted by SIGTERM while applying 2 (slow)%'"
+        ),
+        1
+    );
+}
+
 #[test]
 fn status_shows_the_lock_auto_picks_and_why() {
     let server = start_cluster(&[]);

@@ -12,6 +12,7 @@ mod contracts;
 mod edges;
 mod external;
 mod faults;
+mod migrations_table;
 mod migrators;
 mod mysql;
 mod postgres;
