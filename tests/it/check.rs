@@ -425,8 +425,8 @@ fn squawk() -> PathBuf {
 
 const SQUAWK: &str = "squawk-cli@2.66.0";
 
-/// The squawk cross-check the README documents: squawk's verdict on each corpus file is
-/// the one in squawk.txt (so the README's comparison with check's stays true).
+/// The squawk cross-check docs/src/check.md documents: squawk's verdict on each corpus file
+/// is the one in squawk.txt (so the docs' comparison with check's stays true).
 #[test]
 fn squawk_cross_check_matches_the_documented_comparison() {
     let squawk = squawk();
