@@ -12,6 +12,7 @@ mod contracts;
 mod edges;
 mod external;
 mod faults;
+mod layouts;
 mod migrators;
 mod mysql;
 mod postgres;
