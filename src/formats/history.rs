@@ -33,19 +33,19 @@ fn id_expr(format: Format, conn: &Conn) -> String {
     }
 }
 
-/// The table in SQL: the migrator's own name, or dbmate's `--migrations-table` with each
-/// part quoted, as dbmate quotes it (so `MyHistory` keeps its case).
+/// The table in SQL: the migrator's own name, or dbmate's `--migrations-table` quoted as
+/// dbmate quotes it (so `MyHistory` keeps its case): on PostgreSQL `schema.table` is two
+/// identifiers, on MySQL and SQLite the whole name is one.
 fn table_sql(f: &Foreign, conn: &Conn) -> String {
-    match f.custom_table() {
-        None => f.format.history_table().to_owned(),
-        Some(t) => t
+    match (f.custom_table(), conn) {
+        (None, _) => f.format.history_table().to_owned(),
+        (Some(t), Conn::Pg(_)) => t
             .split('.')
-            .map(|part| match conn {
-                Conn::My(_) => format!("`{part}`"),
-                _ => format!("\"{part}\""),
-            })
+            .map(|part| format!("\"{part}\""))
             .collect::<Vec<_>>()
             .join("."),
+        (Some(t), Conn::My(_)) => format!("`{t}`"),
+        (Some(t), Conn::Lite(_)) => format!("\"{t}\""),
     }
 }
 

@@ -642,6 +642,73 @@ fn dbmate_migrations_table_is_honoured_and_unread_flags_are_refused() {
     }
 }
 
+/// reliability (SQLite): dbmate run on two `--migrations-dir`s (migrations and seeds) with `--migrations-table ops.History`, which dbmate quotes as one name on SQLite | `wait --source A --source B --format dbmate --migrations-table ops.History` reads that table; a seed dbmate has not run is pending until it runs | nothing
+#[test]
+fn dbmate_several_directories_and_its_table_on_sqlite() {
+    let dbmate = dbmate_bin();
+    let project = Migrations::new(&[]);
+    let sql = |table: &str| {
+        format!(
+            "-- migrate:up\nCREATE TABLE {table} (id integer);\n-- migrate:down\nDROP TABLE {table};\n"
+        )
+    };
+    put(
+        &project.dir,
+        "db/migrations/20240101000000_a.sql",
+        &sql("a"),
+    );
+    put(
+        &project.dir,
+        "db/migrations/20240103000000_c.sql",
+        &sql("c"),
+    );
+    put(&project.dir, "db/seeds/20240102000000_b.sql", &sql("b"));
+    let file = project.dir.join("app.db");
+    let dbmate_url = format!("sqlite:{}", file.display());
+    let url = format!("sqlite://{}", file.display());
+    let up = |dirs: &[&str]| {
+        let mut args = vec!["--migrations-table", "ops.History", "--no-dump-schema"];
+        for d in dirs {
+            args.extend(["-d", d]);
+        }
+        args.push("up");
+        tool(&dbmate, &args, &project.dir, &dbmate_url, &[]);
+    };
+    let wait = || {
+        run(schemagate(&url)
+            .current_dir(&project.dir)
+            .args(["wait", "--once", "--format", "dbmate"])
+            .args(["--source", "db/migrations", "--source", "db/seeds"])
+            .args(["--migrations-table", "ops.History"]))
+    };
+    up(&["db/migrations"]);
+    let out = wait();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "ops.History does not show 1 of this build's migrations applied: 20240102000000"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    up(&["db/migrations", "db/seeds"]);
+    let out = wait();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report = status(
+        &url,
+        &[
+            "--source",
+            project.dir.join("db/migrations").to_str().unwrap(),
+            "--source",
+            project.dir.join("db/seeds").to_str().unwrap(),
+            "--migrations-table",
+            "ops.History",
+        ],
+    );
+    assert_eq!(report["history"]["version"], "20240103000000");
+    assert_eq!(report["history"]["paths"].as_array().unwrap().len(), 2);
+}
+
 // ----- Django -----
 
 fn django_venv() -> PathBuf {
