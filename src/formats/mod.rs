@@ -91,7 +91,7 @@ pub struct Spec {
     pub dirs: Vec<PathBuf>,
     pub format: Format,
     /// dbmate's `--migrations-table`: its history table when not `schema_migrations`;
-    /// `schema.table` allowed, each part quoted as dbmate quotes it.
+    /// `schema.table` allowed, quoted as dbmate quotes it (`history.rs`).
     pub table: Option<String>,
 }
 
