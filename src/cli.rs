@@ -315,13 +315,15 @@ pub struct MigrateArgs {
     ///
     /// With `-- CMD`, another migrator's directory (see --format): the version and digest
     /// come from its files, e.g. `migrate --source . --format alembic -- alembic upgrade head`.
+    /// Repeatable for rails, dbmate and django, whose migrators read several directories
+    /// (a Rails app's `db/post_migrate`, when present, is read along with `db/migrate`).
     #[arg(
         long,
         env = "SCHEMAGATE_SOURCE",
         value_name = "DIR",
         help_heading = "Migrate"
     )]
-    pub source: Option<PathBuf>,
+    pub source: Vec<PathBuf>,
 
     /// Which migrator --source belongs to: `sqlx` (applied by schemagate), or `alembic`,
     /// `django`, `rails`, `dbmate`, `diesel` (run by CMD after `--`; schemagate reads their
@@ -427,14 +429,15 @@ pub struct WaitArgs {
     /// Wait for the newest migration in this directory, with a matching digest (or for all
     /// of them to be recorded as applied). With another migrator's directory (see
     /// --format), wait until that migrator's own history table shows every migration here
-    /// applied, whoever ran it: `wait --source /app --format alembic`.
+    /// applied, whoever ran it: `wait --source /app --format alembic`. Repeatable for rails,
+    /// dbmate and django.
     #[arg(
         long,
         env = "SCHEMAGATE_SOURCE",
         value_name = "DIR",
         help_heading = "Wait"
     )]
-    pub source: Option<PathBuf>,
+    pub source: Vec<PathBuf>,
 
     /// Which migrator --source belongs to: sqlx, alembic, django, rails, dbmate, diesel.
     /// Detected from the directory when left out.
@@ -512,13 +515,14 @@ pub struct StatusArgs {
     pub lock_name: Option<String>,
 
     /// Compare the database with this migrations directory (applied, pending, drift).
+    /// Repeatable for rails, dbmate and django.
     #[arg(
         long,
         env = "SCHEMAGATE_SOURCE",
         value_name = "DIR",
         help_heading = "Status"
     )]
-    pub source: Option<PathBuf>,
+    pub source: Vec<PathBuf>,
 
     /// Which migrator --source belongs to (detected when left out); for another migrator,
     /// its history table is shown against the files: `status --source . --format django`.

@@ -110,7 +110,7 @@ pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> 
     let marked = marked(&decisive, expected);
     match expected.foreign {
         Some(f) if marked => {
-            let rows = crate::formats::history::read(conn, f.format).await?.rows;
+            let rows = crate::formats::history::read(conn, f).await?.rows;
             Ok(f.standing(&rows).ready())
         }
         _ => Ok(marked),

@@ -47,12 +47,8 @@ impl Job {
                 command: command.clone(),
                 foreign: None,
             },
-            Work::Foreign {
-                dir,
-                format,
-                command,
-            } => {
-                let foreign = Foreign::load(dir, *format)?;
+            Work::Foreign { spec, command } => {
+                let foreign = Foreign::load(spec)?;
                 Job::External {
                     version: foreign.version(),
                     command: command.clone(),

@@ -32,6 +32,9 @@ struct Report {
 struct HistoryReport {
     format: &'static str,
     table: String,
+    /// The migrations directories read (Rails' `db/migrate` and `db/post_migrate`, each
+    /// `--source`'s).
+    paths: Vec<String>,
     /// The version (heads) and digest derived from the files.
     version: String,
     digest: String,
@@ -47,6 +50,8 @@ struct HistoryReport {
 struct FileReport {
     id: String,
     file: String,
+    /// The migrations directory it came from (one of `paths`).
+    path: String,
     state: &'static str,
 }
 
@@ -100,8 +105,8 @@ fn as_string<S: serde::Serializer>(key: &i64, s: S) -> std::result::Result<S::Ok
 pub async fn run(args: &StatusConfig) -> Result<Outcome> {
     let cfg = &args.db;
     let (source, foreign) = match &args.source {
-        Some((dir, Format::Sqlx)) => (Some(Source::load(dir)?), None),
-        Some((dir, f)) => (None, Some(Foreign::load(dir, *f)?)),
+        Some(spec) if spec.format == Format::Sqlx => (Some(Source::load(&spec.dirs[0])?), None),
+        Some(spec) => (None, Some(Foreign::load(spec)?)),
         None => (None, None),
     };
     if cfg.backend == crate::config::Backend::Sqlite {
@@ -207,7 +212,7 @@ fn migrations_report(
 }
 
 async fn history_report(conn: &mut db::Conn, cfg: &Config, f: &Foreign) -> Result<HistoryReport> {
-    let h = history::read(conn, f.format).await?;
+    let h = history::read(conn, f).await?;
     let standing = f.standing(&h.rows);
     let manifest = history::last_manifest(conn, &cfg.table, f.format).await?;
     let modified: HashSet<&str> = manifest
@@ -222,7 +227,8 @@ async fn history_report(conn: &mut db::Conn, cfg: &Config, f: &Foreign) -> Resul
     let pending: HashSet<&str> = standing.pending.iter().map(String::as_str).collect();
     Ok(HistoryReport {
         format: f.format.name(),
-        table: f.format.history_table().to_owned(),
+        table: f.history_table().to_owned(),
+        paths: f.paths.iter().map(|p| p.display().to_string()).collect(),
         version: f.version(),
         digest: f.digest(),
         ready: standing.ready(),
@@ -232,6 +238,7 @@ async fn history_report(conn: &mut db::Conn, cfg: &Config, f: &Foreign) -> Resul
             .map(|i| FileReport {
                 id: i.id.clone(),
                 file: i.file.clone(),
+                path: i.origin.display().to_string(),
                 state: if pending.contains(i.id.as_str()) {
                     "pending"
                 } else if modified.contains(i.id.as_str()) {
@@ -304,14 +311,26 @@ fn render_lock_and_markers(out: &mut String, r: &Report) {
 fn render_history(out: &mut String, h: &HistoryReport) {
     say!(
         out,
-        "{} history in {} against the files: version {} (digest {})",
+        "{} history in {} against the files in {}: version {} (digest {})",
         h.format,
         h.table,
+        h.paths.join(", "),
         h.version,
         &h.digest[..12]
     );
     for f in &h.files {
-        say!(out, "  {:<9} {} ({})", f.state, f.id, f.file);
+        if h.paths.len() > 1 {
+            say!(
+                out,
+                "  {:<9} {} ({}, from {})",
+                f.state,
+                f.id,
+                f.file,
+                f.path
+            );
+        } else {
+            say!(out, "  {:<9} {} ({})", f.state, f.id, f.file);
+        }
     }
     for u in &h.unknown {
         say!(out, "  ahead     {u} (in {}, not in the files)", h.table);

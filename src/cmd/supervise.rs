@@ -36,7 +36,7 @@ pub(super) async fn run_external(
         history::check_unmodified(conn, &ctx.cfg.table, f).await?;
         // The migrations may have been applied some other way (a pipeline step, a manual
         // run): the migrator's own history says so, and CMD need not run.
-        let standing = f.standing(&history::read(conn, f.format).await?.rows);
+        let standing = f.standing(&history::read(conn, f).await?.rows);
         if standing.ready() {
             ctx.record(conn, &ctx.marker(Status::Succeeded, 0, manifest.as_deref()))
                 .await?;
@@ -131,7 +131,7 @@ async fn finish(
         if let Some(f) = foreign {
             // CMD exiting 0 is not enough: its history must now show this image applied
             // (a wrong working directory or settings module migrates something else).
-            let standing = f.standing(&history::read(conn, f.format).await?.rows);
+            let standing = f.standing(&history::read(conn, f).await?.rows);
             if !standing.ready() {
                 let detail = format!("{name} exited 0, but {}", standing.describe(f));
                 ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail)))

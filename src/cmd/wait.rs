@@ -112,8 +112,8 @@ impl Target {
                     }
                 }
             },
-            WaitTarget::Foreign(dir, format) => {
-                let foreign = Foreign::load(dir, *format)?;
+            WaitTarget::Foreign(spec) => {
+                let foreign = Foreign::load(spec)?;
                 Target {
                     version: foreign.version(),
                     source: None,
@@ -492,7 +492,7 @@ async fn check_foreign(
     version: &str,
     f: &Foreign,
 ) -> Result<Readiness> {
-    let h = history::read(conn, f.format).await?;
+    let h = history::read(conn, f).await?;
     let standing = f.standing(&h.rows);
     if standing.ready() {
         return Ok(Readiness::Ready(standing.describe(f)));

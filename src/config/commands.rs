@@ -43,11 +43,10 @@ pub enum Work {
         version: String,
         command: Vec<String>,
     },
-    /// `--source DIR [--format F] -- CMD`: another migrator's directory, whose files give
-    /// the version and digest.
+    /// `--source DIR [--format F] -- CMD`: another migrator's directories, whose files
+    /// give the version and digest.
     Foreign {
-        dir: PathBuf,
-        format: Format,
+        spec: formats::Spec,
         command: Vec<String>,
     },
 }
@@ -83,15 +82,15 @@ pub enum WaitTarget {
     /// `--source DIR` of SQL migrations.
     Sql(PathBuf),
     /// `--source DIR` of another migrator: its own history table decides.
-    Foreign(PathBuf, Format),
+    Foreign(formats::Spec),
 }
 
 /// `schemagate status`.
 #[derive(Debug)]
 pub struct StatusConfig {
     pub db: Config,
-    /// `--source DIR` and its format, resolved.
-    pub source: Option<(PathBuf, Format)>,
+    /// `--source DIR` (once or more) and its format, resolved.
+    pub source: Option<formats::Spec>,
     pub json: bool,
     pub limit: u32,
 }
@@ -158,7 +157,13 @@ impl MigrateConfig {
             Work::Sql { dir, .. } => Some(dir.as_path()),
             _ => None,
         };
-        let db = connection(&args.connect, "migrate", Some(&args.lock), sql)?;
+        let foreign = matches!(work, Work::Foreign { .. });
+        let db = connection(
+            &sqlx_only(&args.connect, foreign),
+            "migrate",
+            Some(&args.lock),
+            sql,
+        )?;
         let postgres_only = [
             (args.ddl_lock_timeout.is_some(), "--ddl-lock-timeout"),
             (args.statement_timeout.is_some(), "--statement-timeout"),
@@ -192,7 +197,7 @@ impl MigrateConfig {
 /// `--source`, `--format`, `--version` and `-- CMD` into what to run (clap requires at
 /// least one of `--source` and `-- CMD`).
 fn migrate_work(args: &MigrateArgs) -> Result<Work> {
-    let Some(dir) = &args.source else {
+    let Some(dir) = args.source.first() else {
         let Some(version) = args.version.as_deref().filter(|v| !v.trim().is_empty()) else {
             return Err(Error::Config(
                 "-- CMD needs --version V (the schema version it brings the database to), or \
@@ -216,12 +221,22 @@ fn migrate_work(args: &MigrateArgs) -> Result<Work> {
                     .into(),
             ));
         }
+        if args.source.len() > 1 {
+            // Several: name the migrator they belong to before refusing them.
+            match formats::resolve_all(&args.source, args.format)? {
+                Format::Sqlx => one_source(Format::Sqlx, &args.source)?,
+                format => return Err(formats::needs_command(dir, format)),
+            }
+        }
         return Ok(Work::Sql {
             dir: dir.clone(),
             detect: args.format.is_none(),
         });
     }
-    match (formats::resolve(dir, args.format)?, args.command.is_empty()) {
+    match (
+        formats::resolve_all(&args.source, args.format)?,
+        args.command.is_empty(),
+    ) {
         (Format::Sqlx, false) => Err(Error::Config(
             "give --source DIR or -- CMD, not both (or --format with the migrator's \
              directory and its command)"
@@ -235,10 +250,20 @@ fn migrate_work(args: &MigrateArgs) -> Result<Work> {
                     format.name()
                 )));
             }
+            let spec = foreign_spec(
+                &args.source,
+                format,
+                &args.connect,
+                &[
+                    (args.ignore_missing, "--ignore-missing"),
+                    (args.single_transaction, "--single-transaction"),
+                    (args.ddl_lock_timeout.is_some(), "--ddl-lock-timeout"),
+                    (args.statement_timeout.is_some(), "--statement-timeout"),
+                ],
+            )?;
             crate::child::resolve(&args.command[0])?;
             Ok(Work::Foreign {
-                dir: dir.clone(),
-                format,
+                spec,
                 command: args.command.clone(),
             })
         }
@@ -248,28 +273,30 @@ fn migrate_work(args: &MigrateArgs) -> Result<Work> {
 impl WaitConfig {
     pub fn from_args(args: &WaitArgs) -> Result<WaitConfig> {
         // clap makes --expect and --source one required choice.
-        let target = match (&args.expect, &args.source) {
+        let target = match (&args.expect, args.source.as_slice()) {
             // Trimmed as `migrate --version` is, so a version file's line end (`v1\r`) on
             // either side still matches.
             (Some(v), _) => WaitTarget::Expect(checked_version(v, "--expect")?),
             // A digest file is only ever written for a sqlx source: no detection (a
             // directory listing on the path every replica pays).
-            (None, Some(dir))
-                if args.format.is_none() && dir.join(crate::digest::FILE).exists() =>
-            {
+            (None, [dir]) if args.format.is_none() && dir.join(crate::digest::FILE).exists() => {
                 WaitTarget::Sql(dir.clone())
             }
-            (None, Some(dir)) => match formats::resolve(dir, args.format)? {
-                Format::Sqlx => WaitTarget::Sql(dir.clone()),
-                format => WaitTarget::Foreign(dir.clone(), format),
+            (None, []) => unreachable!("clap requires --expect or --source"),
+            (None, dirs) => match formats::resolve_all(dirs, args.format)? {
+                Format::Sqlx => {
+                    one_source(Format::Sqlx, dirs)?;
+                    WaitTarget::Sql(dirs[0].clone())
+                }
+                format => WaitTarget::Foreign(foreign_spec(dirs, format, &args.connect, &[])?),
             },
-            (None, None) => unreachable!("clap requires --expect or --source"),
         };
         let sql = match &target {
             WaitTarget::Sql(dir) => Some(dir.as_path()),
             _ => None,
         };
-        let db = connection(&args.connect, "wait", None, sql)?;
+        let foreign = matches!(target, WaitTarget::Foreign(_));
+        let db = connection(&sqlx_only(&args.connect, foreign), "wait", None, sql)?;
         if args.listen {
             if db.backend != Backend::Postgres {
                 return Err(Error::Config(format!(
@@ -278,12 +305,14 @@ impl WaitConfig {
                     db.backend.name()
                 )));
             }
-            if let WaitTarget::Foreign(_, format) = &target {
+            if let WaitTarget::Foreign(spec) = &target {
                 return Err(Error::Config(format!(
                     "--listen wakes on schemagate's marker, and {} writes none: drop --listen \
                      to poll {}",
-                    format.name(),
-                    format.history_table()
+                    spec.format.name(),
+                    spec.table
+                        .as_deref()
+                        .unwrap_or_else(|| spec.format.history_table())
                 )));
             }
         }
@@ -308,15 +337,22 @@ impl WaitConfig {
 
 impl StatusConfig {
     pub fn from_args(args: &StatusArgs) -> Result<StatusConfig> {
-        let source = match &args.source {
-            Some(dir) => Some((dir.clone(), formats::resolve(dir, args.format)?)),
-            None => None,
+        let source = match args.source.as_slice() {
+            [] => None,
+            dirs => Some(match formats::resolve_all(dirs, args.format)? {
+                Format::Sqlx => {
+                    one_source(Format::Sqlx, dirs)?;
+                    formats::Spec::new(dirs.to_vec(), Format::Sqlx, None)?
+                }
+                format => foreign_spec(dirs, format, &args.connect, &[])?,
+            }),
         };
         let sql = match &source {
-            Some((dir, Format::Sqlx)) => Some(dir.as_path()),
+            Some(spec) if spec.format == Format::Sqlx => Some(spec.dirs[0].as_path()),
             _ => None,
         };
-        let mut db = connection(&args.connect, "status", None, sql)?;
+        let foreign = source.as_ref().is_some_and(|s| s.format != Format::Sqlx);
+        let mut db = connection(&sqlx_only(&args.connect, foreign), "status", None, sql)?;
         if let Some(name) = &args.lock_name {
             db.lock = LockConfig::named(Some(name), &db.table, db.lock.mode);
         }
@@ -456,6 +492,73 @@ impl CheckConfig {
             json: args.json,
         })
     }
+}
+
+/// Several `--source`s only for a migrator that reads several directories.
+fn one_source(format: Format, dirs: &[PathBuf]) -> Result<()> {
+    if dirs.len() <= 1 || format.reads_several_sources() {
+        return Ok(());
+    }
+    let hint = match format {
+        Format::Sqlx => {
+            "; for two migration tracks sharing one history, run `migrate --source DIR \
+             --ignore-missing` once per track"
+        }
+        Format::Alembic => "; alembic reads `version_locations` from alembic.ini: give the project",
+        _ => "",
+    };
+    Err(Error::Config(format!(
+        "--source is given {} times ({}), but {} reads one directory{hint}",
+        dirs.len(),
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        format.name()
+    )))
+}
+
+/// Another migrator's source, once every flag it does not read is refused (naming the flag
+/// and the format: a flag silently ignored reads as honoured). `--migrations-table` names
+/// dbmate's own table (its `--migrations-table`).
+fn foreign_spec(
+    dirs: &[PathBuf],
+    format: Format,
+    connect: &ConnectArgs,
+    flags: &[(bool, &str)],
+) -> Result<formats::Spec> {
+    one_source(format, dirs)?;
+    let table = connect
+        .migrations_table
+        .as_deref()
+        .filter(|t| !t.trim().is_empty());
+    if table.is_some() && !format.reads_migrations_table() {
+        return Err(Error::Config(format!(
+            "--migrations-table is not read with --format {}: {} keeps its history in {} \
+             (SCHEMAGATE_MIGRATIONS_TABLE counts too)",
+            format.name(),
+            format.name(),
+            format.history_table()
+        )));
+    }
+    if let Some((_, flag)) = flags.iter().find(|(set, _)| *set) {
+        return Err(Error::Config(format!(
+            "{flag} is not read with --format {}: {} applies the migrations itself",
+            format.name(),
+            format.name()
+        )));
+    }
+    formats::Spec::new(dirs.to_vec(), format, table)
+}
+
+/// The connection options; another migrator's source keeps `--migrations-table` to itself
+/// (dbmate's table is not sqlx's).
+fn sqlx_only(args: &ConnectArgs, foreign: bool) -> ConnectArgs {
+    let mut args = args.clone();
+    if foreign {
+        args.migrations_table = None;
+    }
+    args
 }
 
 /// A version given on the command line: trimmed, not empty, and short enough for the

@@ -4,7 +4,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::Format;
+use super::{Foreign, Format};
 use crate::config::Table;
 use crate::db::{self, Conn, postgres::lit};
 use crate::error::{Error, Result};
@@ -33,11 +33,29 @@ fn id_expr(format: Format, conn: &Conn) -> String {
     }
 }
 
-/// The rows of `format`'s history table; none when the table does not exist yet.
-pub async fn read(conn: &mut Conn, format: Format) -> Result<History> {
-    let table = format.history_table();
+/// The table in SQL: the migrator's own name, or dbmate's `--migrations-table` quoted as
+/// dbmate quotes it (so `MyHistory` keeps its case): on PostgreSQL `schema.table` is two
+/// identifiers, on MySQL and SQLite the whole name is one.
+fn table_sql(f: &Foreign, conn: &Conn) -> String {
+    match (f.custom_table(), conn) {
+        (None, _) => f.format.history_table().to_owned(),
+        (Some(t), Conn::Pg(_)) => t
+            .split('.')
+            .map(|part| format!("\"{part}\""))
+            .collect::<Vec<_>>()
+            .join("."),
+        (Some(t), Conn::My(_)) => format!("`{t}`"),
+        (Some(t), Conn::Lite(_)) => format!("\"{t}\""),
+    }
+}
+
+/// The rows of the migrator's history table; none when the table does not exist yet.
+pub async fn read(conn: &mut Conn, f: &Foreign) -> Result<History> {
+    let format = f.format;
+    let table = table_sql(f, conn);
     let expr = id_expr(format, conn);
-    let fail = |e: sqlx::Error| Error::Failed(format!("cannot read {table}: {}", db::describe(&e)));
+    let shown = f.history_table().to_owned();
+    let fail = |e: sqlx::Error| Error::Failed(format!("cannot read {shown}: {}", db::describe(&e)));
     let r = match conn {
         Conn::Pg(c) => {
             let sql = format!("SELECT {expr}, age(xmin)::int8 FROM {table}");

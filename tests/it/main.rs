@@ -12,6 +12,7 @@ mod contracts;
 mod edges;
 mod external;
 mod faults;
+mod layouts;
 mod migrations_table;
 mod migrators;
 mod mysql;

@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// dbmate from npm under target/ (once).
-fn dbmate_bin() -> PathBuf {
+pub(crate) fn dbmate_bin() -> PathBuf {
     static ONCE: OnceLock<PathBuf> = OnceLock::new();
     ONCE.get_or_init(|| {
         let prefix = root().join("target/dbmate");
@@ -47,7 +47,7 @@ fn dbmate_bin() -> PathBuf {
 }
 
 /// diesel_cli (postgres only) built under target/ once and kept there.
-fn diesel_bin() -> PathBuf {
+pub(crate) fn diesel_bin() -> PathBuf {
     static ONCE: OnceLock<PathBuf> = OnceLock::new();
     ONCE.get_or_init(|| {
         let prefix = root().join("target/diesel");
@@ -100,12 +100,12 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// A temporary copy of a project, removed afterwards.
-struct Project {
-    dir: PathBuf,
+pub(crate) struct Project {
+    pub(crate) dir: PathBuf,
 }
 
 impl Project {
-    fn copy(from: &Path) -> Project {
+    pub(crate) fn copy(from: &Path) -> Project {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "schemagate-project-{}-{}",
@@ -117,7 +117,7 @@ impl Project {
         Project { dir }
     }
 
-    fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.dir.to_str().unwrap()
     }
 }
@@ -672,14 +672,17 @@ fn a_failed_marker_ends_the_wait_until_the_history_moves_on() {
     assert_eq!(code(&finish(waiter)), 0);
 }
 
-/// A directory that looks like two migrators is refused (exit 2) naming both; a migrator's
-/// directory without its command is refused naming the command to give.
+/// A directory that looks like two migrators is refused (exit 2) naming both (an
+/// `alembic.ini` settles it for Alembic); a migrator's directory without its command is
+/// refused naming the command to give.
 #[test]
 fn an_ambiguous_or_incomplete_source_is_a_usage_error() {
     let url = "postgres://nobody@127.0.0.1:1/none";
-    let both = Project::copy(&root().join("examples/alembic"));
-    std::fs::write(both.dir.join("manage.py"), "").unwrap();
-    let out = run(schemagate(url).args(["wait", "--once", "--source", both.path()]));
+    let project = Project::copy(&root().join("examples/alembic"));
+    // A script directory (env.py, versions/) beside a manage.py, without alembic.ini.
+    let both = project.dir.join("migrations");
+    std::fs::write(both.join("manage.py"), "").unwrap();
+    let out = run(schemagate(url).args(["wait", "--once", "--source", both.to_str().unwrap()]));
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("looks like alembic and django; pass --format"),
