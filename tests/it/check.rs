@@ -1253,6 +1253,7 @@ fn a_scratch_database_left_by_a_killed_check_is_dropped_by_the_next() {
 }
 
 /// issue 20.17 on MySQL: the same for a check killed while it rehearses there.
+/// reliability (MariaDB): `check` killed with SIGKILL while it rehearses on MySQL | the next `check` drops the scratch database (marked by its one-row table, no session, its run's GET_LOCK gone) | nothing once a later run has swept
 #[test]
 fn a_scratch_database_left_by_a_killed_check_on_mysql_is_dropped_by_the_next() {
     let my = MyDb::new("check_stale_my");
@@ -1323,6 +1324,7 @@ fn a_scratch_database_left_by_a_killed_check_on_mysql_is_dropped_by_the_next() {
 
 /// issue 20.17, the same leak in smoke: killed while its check summary rehearses, smoke
 /// leaves its own scratch database and the summary's; the next check drops both.
+/// reliability: `smoke` killed with SIGKILL during its check summary | the next `check` drops both scratch databases it left (smoke's own and the summary's) | nothing once a later run has swept
 #[test]
 fn scratch_databases_left_by_a_killed_smoke_are_dropped_by_the_next_check() {
     let db = PgDb::new("check_stale_smoke");
