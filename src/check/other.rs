@@ -47,12 +47,19 @@ struct Scratch {
     /// Holds the lock that says the database is in use (`stale.rs`) until it is dropped.
     mysql_guard: Option<MySqlConnection>,
     dir: Option<PathBuf>,
+    /// The same for a SQLite scratch directory.
+    dir_lock: Option<super::stale::DirLock>,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
+            match self.dir_lock.take() {
+                Some(lock) => lock.release(dir),
+                None => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
         }
         if let Some(options) = self.mysql_admin.take() {
             let name = self.name.clone();
@@ -108,6 +115,7 @@ async fn open(cfg: &Config) -> Result<(Scratch, Conn)> {
                 mysql_admin: Some(admin.clone()),
                 mysql_guard: None,
                 dir: None,
+                dir_lock: None,
             };
             let created = sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
                 .execute(&mut c)
@@ -135,15 +143,19 @@ async fn open(cfg: &Config) -> Result<(Scratch, Conn)> {
             Ok((scratch, Conn::My(c)))
         }
         _ => {
+            super::stale::sweep_dirs();
             let dir = std::env::temp_dir().join(&name);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
+            let lock = super::stale::lock_dir(&dir)
+                .map_err(|e| Error::Failed(format!("cannot lock {}: {e}", dir.display())))?;
             let scratch = Scratch {
                 name: dir.join("scratch.db").display().to_string(),
                 mysql_admin: None,
                 mysql_guard: None,
                 dir: Some(dir.clone()),
+                dir_lock: Some(lock),
             };
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
             let c = SqliteConnectOptions::new()
                 .filename(dir.join("scratch.db"))
                 .create_if_missing(true)
@@ -210,8 +222,9 @@ pub async fn rehearse(
     // As on PostgreSQL, statements that act outside the scratch database are left out
     // (and are findings in the new migrations).
     let mut skipped = Vec::new();
+    let mysql = cfg.backend == Backend::MySql;
     for m in &old {
-        let outside = Outside::find(m, &mut skipped);
+        let outside = Outside::find(m, mysql, &mut skipped);
         c.apply(&outside::runnable(m, &outside))
             .await
             .map_err(|e| {
@@ -236,7 +249,7 @@ pub async fn rehearse(
     let mut reports = Vec::new();
     for m in &new {
         let name = format!("{} {}", m.version, m.description);
-        let outside = Outside::find(m, &mut skipped);
+        let outside = Outside::find(m, mysql, &mut skipped);
         let before = c.snapshot().await?;
         let started = std::time::Instant::now();
         c.apply(&outside::runnable(m, &outside))

@@ -44,13 +44,15 @@ enum Token {
     Punct(char),
 }
 
-/// The statements of `sql` that act outside the database they run in.
-pub fn find(sql: &str) -> Vec<Outside> {
+/// The statements of `sql` that act outside the database they run in. On MySQL every
+/// GRANT and REVOKE does (privileges live in the server's `mysql` schema, and outlive a
+/// dropped database).
+pub fn find(sql: &str, mysql: bool) -> Vec<Outside> {
     sql::split(sql)
         .into_iter()
         .enumerate()
         .filter_map(|(index, st)| {
-            let objects = classify(st.text);
+            let objects = classify(st.text, mysql);
             (!objects.is_empty()).then(|| Outside {
                 index,
                 line: st.line,
@@ -64,8 +66,8 @@ pub fn find(sql: &str) -> Vec<Outside> {
 impl Outside {
     /// The statements of migration `m` that act outside its database, each logged and
     /// remembered in `skipped` (for `hint`): the rehearsal leaves them out.
-    pub fn find(m: &Migration, skipped: &mut Vec<String>) -> Vec<Outside> {
-        let found = find(m.sql.as_str());
+    pub fn find(m: &Migration, mysql: bool, skipped: &mut Vec<String>) -> Vec<Outside> {
+        let found = find(m.sql.as_str(), mysql);
         for o in &found {
             tracing::warn!(
                 "not rehearsing statement {} of migration {} (line {}): `{}` acts outside the \
@@ -151,7 +153,7 @@ fn excerpt(text: &str) -> String {
 
 /// What one statement acts on outside its database (empty: nothing). Long on purpose: one
 /// short rule per kind of statement, in the order the module comment lists them.
-fn classify(text: &str) -> Vec<String> {
+fn classify(text: &str, mysql: bool) -> Vec<String> {
     let t = tokens(text);
     let word = |i: usize| match t.get(i) {
         Some(Token::Word(w, _)) => Some(w.as_str()),
@@ -233,16 +235,24 @@ fn classify(text: &str) -> Vec<String> {
     }
     // GRANT role TO role / REVOKE role FROM role (membership, server-wide); with ON it
     // grants privileges on this database's objects.
-    if matches!(word(0), Some("GRANT" | "REVOKE"))
-        && !t
-            .iter()
-            .any(|x| matches!(x, Token::Word(w, _) if w == "ON"))
-    {
+    let grant = matches!(word(0), Some("GRANT" | "REVOKE"));
+    let at = |kw: &str| (0..t.len()).find(|&i| word(i) == Some(kw));
+    if grant && at("ON").is_none() {
         let mut i = 1;
         if word(0) == Some("REVOKE") && matches!(word(1), Some("ADMIN" | "INHERIT" | "SET")) {
             i = 4; // REVOKE ADMIN OPTION FOR r
         }
         push(format!("role {}", name_after(&t, i)));
+    } else if grant && mysql {
+        // The grantee: after TO (GRANT) or FROM (REVOKE).
+        let to = if word(0) == Some("GRANT") {
+            "TO"
+        } else {
+            "FROM"
+        };
+        if let Some(i) = at(to) {
+            push(format!("role {}", name_after(&t, i + 1)));
+        }
     }
     out
 }
@@ -353,7 +363,23 @@ mod tests {
     use super::*;
 
     fn objects(sql: &str) -> Vec<String> {
-        find(sql).into_iter().flat_map(|o| o.objects).collect()
+        find(sql, false)
+            .into_iter()
+            .flat_map(|o| o.objects)
+            .collect()
+    }
+
+    #[test]
+    fn every_grant_is_server_wide_on_mysql() {
+        let mysql = |sql| -> Vec<String> {
+            find(sql, true)
+                .into_iter()
+                .flat_map(|o| o.objects)
+                .collect()
+        };
+        assert_eq!(mysql("GRANT SELECT ON app.* TO 'bob'@'%'"), ["role bob"]);
+        assert_eq!(mysql("REVOKE INSERT ON t FROM bob"), ["role bob"]);
+        assert!(objects("GRANT SELECT ON t TO bob").is_empty());
     }
 
     #[test]
@@ -465,7 +491,7 @@ mod tests {
     #[test]
     fn the_rest_of_the_migration_runs_without_them() {
         let sql = "CREATE TABLE t (id int);\nCOMMENT ON DATABASE app IS 'x';\nALTER TABLE t ADD v text -- c\n;";
-        let found = find(sql);
+        let found = find(sql, false);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].line, 2);
         assert_eq!(found[0].excerpt, "COMMENT ON DATABASE app IS 'x'");

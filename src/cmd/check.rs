@@ -282,7 +282,7 @@ async fn rehearse_sql(
     pg::ensure_history(c, marker).await?;
     let mut skipped = Vec::new();
     for m in &old {
-        let outside = Outside::find(m, &mut skipped);
+        let outside = Outside::find(m, false, &mut skipped);
         pg::apply_plain(c, &outside::runnable(m, &outside))
             .await
             .map_err(|e| {
@@ -308,7 +308,7 @@ async fn rehearse_sql(
     let mut reports = Vec::new();
     for m in &new {
         let name = format!("{} {}", m.version, m.description);
-        let outside = Outside::find(m, &mut skipped);
+        let outside = Outside::find(m, false, &mut skipped);
         let run = outside::runnable(m, &outside);
         let before = pg::snapshot(c, &hidden).await?;
         pg::clear_log(c, scratch).await?;

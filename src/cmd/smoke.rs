@@ -46,11 +46,15 @@ struct Finished {
 }
 
 /// A temp directory removed on drop (the default throwaway SQLite database).
-struct TempDir(PathBuf);
+/// The throwaway SQLite file's directory, locked while smoke runs (so a later run removes
+/// it when a SIGKILL left it behind: check/stale.rs).
+struct TempDir(PathBuf, Option<crate::check::stale::DirLock>);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(lock) = self.1.take() {
+            lock.release(&self.0);
+        }
     }
 }
 
@@ -80,13 +84,14 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
     let (url, _temp) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
+            crate::check::stale::sweep_dirs();
             let dir = std::env::temp_dir().join(format!("schemagate-smoke-{}", std::process::id()));
+            let lock = crate::check::stale::lock_dir(&dir)
+                .map_err(|e| Error::Failed(format!("cannot lock {}: {e}", dir.display())))?;
+            let temp = TempDir(dir.clone(), Some(lock));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
-            (
-                format!("sqlite://{}/smoke.db", dir.display()),
-                Some(TempDir(dir)),
-            )
+            (format!("sqlite://{}/smoke.db", dir.display()), Some(temp))
         }
     };
     let given = config_for(&url, args)?;
