@@ -1454,3 +1454,49 @@ fn statements_outside_the_scratch_database_on_mysql_and_sqlite_are_findings() {
     );
     assert!(!other.exists(), "the rehearsal wrote {}", other.display());
 }
+
+/// issue 20.3a, what words cannot show: a function that calls dblink_exec, run by the
+/// migration, reaches the real database. The before/after comparison catches it: exit 1,
+/// a `changed-real-database` finding naming the migration and the new table, and the
+/// rehearsal stops there.
+/// reliability: a migration under `check` reaches the real database through a function (dblink_exec inside a function body) | exit 1, a `changed-real-database` finding naming the migration and what changed; the rehearsal stops at that migration | what that statement did to the real database (check cannot undo it; it says what)
+#[test]
+fn a_migration_that_reaches_the_real_database_through_a_function_fails_the_check() {
+    let app = PgDb::new("check_reach");
+    let real = db_name(&app.url);
+    let parsed = url::Url::parse(&app.url).unwrap();
+    let conninfo = format!(
+        "host={} port={} dbname={real} user=postgres password={PASSWORD}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap()
+    );
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE EXTENSION IF NOT EXISTS dblink;"),
+        (
+            "2_reach.sql",
+            &format!(
+                "CREATE FUNCTION reach() RETURNS text LANGUAGE sql AS \
+                 $$ SELECT dblink_exec('{conninfo}', 'CREATE TABLE reached (id int)') $$;\n\
+                 SELECT reach();"
+            ),
+        ),
+        ("3_later.sql", "CREATE TABLE later (id INT);"),
+    ]);
+    let out =
+        run(schemagate(&app.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let report = json(&out);
+    let migrations = report["migrations"].as_array().unwrap();
+    assert_eq!(migrations.len(), 1, "the rehearsal went on: {report}");
+    assert_eq!(
+        verdict(&migrations[0]),
+        format!("changed-real-database database {real}")
+    );
+    let detail = migrations[0]["findings"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("new relation public.reached"), "{detail}");
+    assert!(
+        stderr(&out).contains(&format!("changed-real-database database {real} (2 reach)")),
+        "{}",
+        stderr(&out)
+    );
+}
