@@ -134,20 +134,30 @@ pub enum Command {
     /// they rewrite and what they break for the release still running (a CI gate).
     ///
     /// Creates a scratch database on the server --database-url names (the URL's own
-    /// database is only used to run CREATE/DROP DATABASE, never changed), applies the
-    /// migrations up to --since V (the release in production), snapshots the catalog, then
-    /// applies each newer migration and observes it: transactional ones are read from
-    /// pg_locks of their own backend before commit; `-- no-transaction` migrations and
-    /// external migrators from a side connection that samples pg_locks (the resolution is
-    /// printed), plus a ddl_command_end event trigger when the role may create one. The
-    /// scratch database is dropped afterwards, also on failure or SIGINT/SIGTERM.
+    /// database is only used to run CREATE/DROP DATABASE and to be read, never changed),
+    /// applies the migrations up to --since V (the release in production) as `migrate`
+    /// does, history table included, snapshots the catalog, then applies each newer
+    /// migration and observes it: transactional ones are read from pg_locks of their own
+    /// backend before commit; `-- no-transaction` migrations and external migrators from a
+    /// side connection that samples pg_locks (the resolution is printed), plus a
+    /// ddl_command_end event trigger when the role may create one. The scratch database is
+    /// dropped afterwards, also on failure or SIGINT/SIGTERM; one left by a killed run is
+    /// dropped by the next check or smoke on the server.
     /// On MySQL/MariaDB and SQLite (--source only): the catalog diff, without locks.
+    ///
+    /// Statements that act outside the scratch database (ALTER DATABASE, COMMENT ON
+    /// DATABASE, CREATE ROLE, GRANT role TO, ALTER SYSTEM, dblink, COPY ... PROGRAM, ...)
+    /// are never run: each is an outside-database finding. The URL's database is compared
+    /// before and after each step; if the rehearsal changed it, or an external migrator
+    /// exited 0 without touching the scratch database, check exits 1 naming what happened
+    /// (changed-real-database, scratch-untouched: never accepted).
     ///
     /// Findings (exit 5 unless every one is accepted):
     ///   drop-table, drop-view, rename-table, drop-column, rename-column, change-type,
     ///   set-not-null, add-not-null-column, drop-default, drop-enum-value, drop-function,
     ///   add-unique, add-check                      (breaks the release still running)
     ///   rewrite, blocking-scan                     (blocks traffic for a table-sized time)
+    ///   outside-database                           (not rehearsed: acts beyond its database)
     /// Accept one with a comment in the migration that causes it:
     ///   -- schemagate:allow drop-column users.legacy_email
     ///

@@ -182,6 +182,14 @@ impl Snapshot {
         Ok(s)
     }
 
+    /// Leave relation `oid` out: it is not the application's (a history table).
+    pub fn hide(&mut self, oid: i64) {
+        self.relations.remove(&oid);
+        self.columns.remove(&oid);
+        self.unique.retain(|(t, _)| *t != oid);
+        self.checks.retain(|(t, _)| *t != oid);
+    }
+
     /// The relation in `self` that plays the role `old` played: the same oid, else one
     /// with the same schema and name (a table re-created under its own name).
     fn counterpart(&self, oid: i64, old: &Relation) -> Option<(i64, &Relation)> {

@@ -5,8 +5,11 @@
 //! `catalog.rs`; the command that drives it is `cmd/check.rs`.
 
 pub mod catalog;
+pub mod guard;
 pub mod other;
+pub mod outside;
 pub mod pg;
+pub mod stale;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -61,6 +64,13 @@ pub struct LockReport {
     pub rewritten: bool,
 }
 
+/// The finding kinds no allow comment accepts, because the rehearsal itself went wrong:
+/// it changed the database the URL names, or an external migrator never touched the
+/// scratch database. `check` then exits 1, not 5: its report cannot be trusted.
+pub const ESCAPED: &str = "changed-real-database";
+pub const UNTOUCHED: &str = "scratch-untouched";
+const NEVER_ACCEPTED: [&str; 2] = [ESCAPED, UNTOUCHED];
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Finding {
     /// As an allow comment names it: `drop-column`, `rewrite`, ...
@@ -70,6 +80,42 @@ pub struct Finding {
     pub migration: String,
     pub detail: String,
     pub accepted: bool,
+}
+
+impl Finding {
+    /// Whether an allow comment or flag can accept a finding of this kind.
+    pub fn acceptable(kind: &str) -> bool {
+        !NEVER_ACCEPTED.contains(&kind)
+    }
+}
+
+impl MigrationReport {
+    /// Add a finding seen outside the catalog diff (a statement check did not run, a change
+    /// to the real database), keeping the list in report order.
+    pub fn add(
+        &mut self,
+        kind: &str,
+        object: String,
+        detail: String,
+        allowed: &[(String, String)],
+    ) {
+        self.findings.push(Finding {
+            accepted: accepted(allowed, kind, &object),
+            kind: kind.to_owned(),
+            object,
+            migration: self.migration.clone(),
+            detail,
+        });
+        self.findings
+            .sort_by(|a, b| (&a.kind, &a.object).cmp(&(&b.kind, &b.object)));
+    }
+}
+
+fn accepted(allowed: &[(String, String)], kind: &str, object: &str) -> bool {
+    Finding::acceptable(kind)
+        && allowed
+            .iter()
+            .any(|(k, o)| k == kind && (o == object || o == "*"))
 }
 
 /// The lock modes, weakest first, in pg_locks' spelling.
@@ -289,9 +335,7 @@ pub fn report(
     let findings = findings
         .into_iter()
         .map(|(kind, object, detail)| Finding {
-            accepted: allowed
-                .iter()
-                .any(|(k, o)| *k == kind && (*o == object || o == "*")),
+            accepted: accepted(allowed, &kind, &object),
             kind,
             object,
             migration: migration.clone(),

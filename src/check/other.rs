@@ -11,13 +11,15 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
+use sqlx::migrate::{Migrate, Migration};
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, MySqlConnection, Row, SqliteConnection};
 
 use super::catalog::{Column, Relation, Snapshot};
+use super::outside::{self, Outside};
 use super::{MigrationReport, Observed};
-use crate::config::{Backend, Config, redact};
+use crate::config::{Backend, Config, MigrationsTable, redact};
 use crate::error::{Error, Result};
 use crate::source::Source;
 
@@ -42,13 +44,22 @@ enum Conn {
 struct Scratch {
     name: String,
     mysql_admin: Option<MySqlConnectOptions>,
+    /// Holds the lock that says the database is in use (`stale.rs`) until it is dropped.
+    mysql_guard: Option<MySqlConnection>,
     dir: Option<PathBuf>,
+    /// The same for a SQLite scratch directory.
+    dir_lock: Option<super::stale::DirLock>,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
+            match self.dir_lock.take() {
+                Some(lock) => lock.release(dir),
+                None => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
         }
         if let Some(options) = self.mysql_admin.take() {
             let name = self.name.clone();
@@ -90,11 +101,21 @@ async fn open(cfg: &Config) -> Result<(Scratch, Conn)> {
                 .connect()
                 .await
                 .map_err(|e| fail(&format!("cannot connect to {}", cfg.display_url), e))?;
+            // Scratch databases whose run was killed; then ours, locked before it exists.
+            super::stale::sweep_mysql(&mut c).await;
+            if let Err(e) = super::stale::hold_mysql(&mut c, &name).await {
+                return Err(fail(
+                    &format!("cannot create the scratch database {name}"),
+                    e,
+                ));
+            }
             // Armed before CREATE DATABASE is sent, as on PostgreSQL.
             let mut scratch = Scratch {
                 name: name.clone(),
                 mysql_admin: Some(admin.clone()),
+                mysql_guard: None,
                 dir: None,
+                dir_lock: None,
             };
             let created = sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
                 .execute(&mut c)
@@ -106,8 +127,14 @@ async fn open(cfg: &Config) -> Result<(Scratch, Conn)> {
                     e,
                 ));
             }
-            c.close().await.ok();
+            if let Err(e) = super::stale::mark_mysql(&mut c, &name, "check").await {
+                tracing::warn!(
+                    "cannot mark the scratch database {name} as check's: {}",
+                    redact(&e.to_string())
+                );
+            }
             tracing::info!("created scratch database {name}");
+            scratch.mysql_guard = Some(c);
             let c = admin
                 .database(&name)
                 .connect()
@@ -116,14 +143,19 @@ async fn open(cfg: &Config) -> Result<(Scratch, Conn)> {
             Ok((scratch, Conn::My(c)))
         }
         _ => {
+            super::stale::sweep_dirs();
             let dir = std::env::temp_dir().join(&name);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
+            let lock = super::stale::lock_dir(&dir)
+                .map_err(|e| Error::Failed(format!("cannot lock {}: {e}", dir.display())))?;
             let scratch = Scratch {
                 name: dir.join("scratch.db").display().to_string(),
                 mysql_admin: None,
+                mysql_guard: None,
                 dir: Some(dir.clone()),
+                dir_lock: Some(lock),
             };
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
             let c = SqliteConnectOptions::new()
                 .filename(dir.join("scratch.db"))
                 .create_if_missing(true)
@@ -137,18 +169,30 @@ async fn open(cfg: &Config) -> Result<(Scratch, Conn)> {
 }
 
 impl Conn {
-    async fn exec(&mut self, sql: &str) -> Result<(), String> {
+    /// `migrate`'s history table, as `migrate` creates it (sqlx's own code).
+    async fn ensure_history(&mut self, table: &MigrationsTable) -> Result<()> {
+        let table = table.qualified();
         let r = match self {
-            Conn::My(c) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-                .execute(c)
-                .await
-                .map(|_| ()),
-            Conn::Lite(c) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-                .execute(c)
-                .await
-                .map(|_| ()),
+            Conn::My(c) => c.ensure_migrations_table(table).await,
+            Conn::Lite(c) => c.ensure_migrations_table(table).await,
         };
-        r.map_err(|e| redact(&e.to_string()))
+        r.map_err(|e| {
+            Error::Failed(format!(
+                "cannot create {table} on the scratch database: {}",
+                redact(&e.to_string())
+            ))
+        })
+    }
+
+    /// Apply a migration as `migrate` does on these backends: sqlx's `apply`, history row
+    /// included.
+    async fn apply(&mut self, table: &MigrationsTable, m: &Migration) -> Result<(), String> {
+        let table = table.qualified();
+        let r = match self {
+            Conn::My(c) => c.apply(table, m).await,
+            Conn::Lite(c) => c.apply(table, m).await,
+        };
+        r.map(|_| ()).map_err(|e| redact(&e.to_string()))
     }
 
     async fn snapshot(&mut self) -> Result<Snapshot> {
@@ -174,13 +218,22 @@ pub async fn rehearse(
 ) -> Result<(String, String, Vec<MigrationReport>)> {
     let (scratch, mut c) = open(cfg).await?;
     let (old, new): (Vec<_>, Vec<_>) = source.ups.iter().partition(|m| m.version <= since);
+    c.ensure_history(&cfg.migrations_table).await?;
+    // As on PostgreSQL, statements that act outside the scratch database are left out
+    // (and are findings in the new migrations).
+    let mut skipped = Vec::new();
+    let mysql = cfg.backend == Backend::MySql;
     for m in &old {
-        c.exec(m.sql.as_str()).await.map_err(|e| {
-            Error::Failed(format!(
-                "baseline migration {} failed on the scratch database: {e}",
-                m.version
-            ))
-        })?;
+        let outside = Outside::find(m, mysql, &mut skipped);
+        c.apply(&cfg.migrations_table, &outside::runnable(m, &outside))
+            .await
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "baseline migration {} failed on the scratch database: {e}{}",
+                    m.version,
+                    outside::hint(&skipped)
+                ))
+            })?;
     }
     let how = match cfg.backend {
         Backend::MySql => {
@@ -196,13 +249,17 @@ pub async fn rehearse(
     let mut reports = Vec::new();
     for m in &new {
         let name = format!("{} {}", m.version, m.description);
+        let outside = Outside::find(m, mysql, &mut skipped);
         let before = c.snapshot().await?;
         let started = std::time::Instant::now();
-        c.exec(m.sql.as_str()).await.map_err(|e| {
-            Error::Failed(format!(
-                "migration {name} failed on the scratch database: {e}"
-            ))
-        })?;
+        c.apply(&cfg.migrations_table, &outside::runnable(m, &outside))
+            .await
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "migration {name} failed on the scratch database: {e}{}",
+                    outside::hint(&skipped)
+                ))
+            })?;
         let observed = Observed {
             duration: started.elapsed(),
             how: how.into(),
@@ -212,14 +269,9 @@ pub async fn rehearse(
         let after = c.snapshot().await?;
         let mut allow = super::allows(m.sql.as_str());
         allow.extend(allowed.iter().cloned());
-        reports.push(super::report(
-            name,
-            Some(m.version),
-            &before,
-            &after,
-            observed,
-            &allow,
-        ));
+        let mut report = super::report(name, Some(m.version), &before, &after, observed, &allow);
+        outside::report(&mut report, &outside, &allow);
+        reports.push(report);
     }
     match c {
         Conn::My(c) => c.close().await.ok(),
@@ -315,7 +367,7 @@ async fn mysql_snapshot(c: &mut MySqlConnection) -> Result<Snapshot, sqlx::Error
     }
     let rels = sqlx::query(
         "SELECT CAST(TABLE_NAME AS CHAR), CAST(TABLE_TYPE AS CHAR) FROM information_schema.TABLES \
-         WHERE TABLE_SCHEMA = DATABASE()",
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'schemagate_scratch_owner'",
     )
     .fetch_all(&mut *c)
     .await?;

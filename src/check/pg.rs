@@ -6,14 +6,16 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use sqlx::migrate::Migration;
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::watch;
 
 use super::Observed;
 use super::catalog::{Snapshot, excluded};
-use crate::config::{Config, redact};
-use crate::db::db_err;
+use super::guard::{Fingerprint, Roles};
+use crate::config::{Config, MigrationsTable, Table, redact};
+use crate::db::{ApplyOptions, db_err, postgres};
 use crate::error::{Error, Result};
 
 /// The comment that marks a database as check's own, so a given database check used
@@ -31,13 +33,29 @@ async fn rows(c: &mut PgConnection, sql: String) -> Result<Vec<PgRow>, sqlx::Err
     sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(c).await
 }
 
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The URL's database and the server's roles as the rehearsal found them.
+pub struct Guarded {
+    /// The URL's database, by name.
+    pub database: String,
+    fingerprint: Fingerprint,
+    roles: Roles,
+    table: String,
+}
+
 /// The scratch database: where every migration is rehearsed. Never the app's.
 pub struct Scratch {
-    /// A connection to the URL's own database, used only for CREATE/DROP DATABASE.
+    /// A connection to the URL's own database, used only for CREATE/DROP DATABASE, to read
+    /// its settings and fingerprint (never to change it), and to hold the lock that says
+    /// the scratch database is in use (`stale.rs`). None when the URL names the scratch
+    /// database itself.
     admin: Option<PgConnection>,
     /// How to reach it again, should this value be dropped before `close` (a signal that
     /// ends the future, a panic): `Drop` then drops the database from another thread.
@@ -52,6 +70,8 @@ pub struct Scratch {
     pub event_trigger: bool,
     /// A given database proven empty (or ours): only then may `close` reset it.
     accepted: bool,
+    /// The settings copied from the URL's database, reset on a given one at the end.
+    copied: Vec<String>,
 }
 
 impl Scratch {
@@ -64,6 +84,7 @@ impl Scratch {
             .statement_cache_capacity(0)
             .disable_statement_logging();
         let name = given.map_or_else(scratch_name, str::to_owned);
+        let own_database = base.get_database().map(str::to_owned);
         let mut url = url::Url::parse(&cfg.url)
             .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
         url.set_path(&format!("/{name}"));
@@ -78,15 +99,25 @@ impl Scratch {
             url: url.to_string(),
             event_trigger: false,
             accepted: false,
+            copied: Vec::new(),
         };
-        if scratch.created {
+        if scratch.created || own_database.as_deref() != Some(scratch.name.as_str()) {
             let admin = crate::db::connect(cfg).await.and_then(|c| match c {
                 crate::db::Conn::Pg(c) => Ok(c),
                 _ => Err(Error::Config("check needs PostgreSQL".into())),
             });
-            let mut admin = admin.inspect_err(|_| scratch.created = false)?;
+            scratch.admin = Some(admin.inspect_err(|_| scratch.created = false)?);
+        }
+        if scratch.created {
+            let admin = scratch.admin.as_mut().expect("connected above");
+            // Scratch databases whose run was killed; then ours, locked before it exists.
+            super::stale::sweep_pg(admin).await;
             let sql = format!("CREATE DATABASE {}", ident(&scratch.name));
-            if let Err(e) = exec(&mut admin, sql).await {
+            let created = match super::stale::hold_pg(admin, &scratch.name).await {
+                Ok(()) => exec(admin, sql).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = created {
                 scratch.created = false;
                 return Err(db_err(
                     &format!(
@@ -97,14 +128,100 @@ impl Scratch {
                     e,
                 ));
             }
+            if let Err(e) = super::stale::mark_pg(admin, &scratch.name, "check").await {
+                tracing::warn!(
+                    "cannot mark the scratch database {} as check's: {}",
+                    scratch.name,
+                    redact(&e.to_string())
+                );
+            }
             tracing::info!("created scratch database {}", scratch.name);
-            scratch.admin = Some(admin);
         }
         if let Err(e) = scratch.prepare().await {
             scratch.close().await;
             return Err(e);
         }
         Ok(scratch)
+    }
+
+    /// What must not change while the rehearsal runs: the URL's database (`None` when the
+    /// URL names the scratch database itself) and the server's roles.
+    pub async fn guard(&mut self, migrations_table: &str) -> Result<Option<Guarded>> {
+        let Some(admin) = self.admin.as_mut() else {
+            return Ok(None);
+        };
+        let read = async {
+            let database: String =
+                rows(admin, "SELECT current_database()::text".into()).await?[0].try_get(0)?;
+            Ok::<_, sqlx::Error>(Guarded {
+                database,
+                fingerprint: Fingerprint::take(admin, migrations_table).await?,
+                roles: Roles::take(admin).await?,
+                table: migrations_table.to_owned(),
+            })
+        };
+        read.await
+            .map(Some)
+            .map_err(|e| db_err("cannot read the catalog of the database the URL names", e))
+    }
+
+    /// What changed since `guard`: in the URL's database, and in the server's roles.
+    pub async fn changes(&mut self, guarded: &Guarded) -> Result<(Vec<String>, Vec<String>)> {
+        let Some(admin) = self.admin.as_mut() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let read = async {
+            let now = Fingerprint::take(admin, &guarded.table).await?;
+            let roles = Roles::take(admin).await?;
+            Ok::<_, sqlx::Error>((
+                guarded.fingerprint.changes(&now),
+                guarded.roles.changes(&roles),
+            ))
+        };
+        read.await
+            .map_err(|e| db_err("cannot read the catalog of the database the URL names", e))
+    }
+
+    /// The database-level settings of the URL's database (and this role's in it), copied to
+    /// the scratch database: its sessions then start as `migrate`'s would (search_path,
+    /// where an unqualified `_sqlx_migrations` goes; lock_timeout; ...).
+    async fn copy_settings(&mut self, c: &mut PgConnection) {
+        let Some(admin) = self.admin.as_mut() else {
+            return;
+        };
+        let settings = rows(
+            admin,
+            "SELECT unnest(setconfig) FROM pg_db_role_setting \
+             WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = current_user)) \
+             ORDER BY setrole"
+                .into(),
+        )
+        .await
+        .unwrap_or_default();
+        for r in settings {
+            let Ok(setting) = r.try_get::<String, _>(0) else {
+                continue;
+            };
+            let Some((name, value)) = setting.split_once('=') else {
+                continue;
+            };
+            // set_config parses the value as the server does (a list for search_path);
+            // FROM CURRENT then stores it as the database's default.
+            let sql = format!(
+                "SELECT set_config({}, {}, false); ALTER DATABASE {} SET {} FROM CURRENT",
+                lit(name),
+                lit(value),
+                ident(&self.name),
+                ident(name)
+            );
+            match exec(c, sql).await {
+                Ok(()) => self.copied.push(name.to_owned()),
+                Err(e) => {
+                    tracing::debug!("cannot copy the setting {name} to the scratch database: {e}")
+                }
+            }
+        }
     }
 
     pub async fn connect(&self) -> Result<PgConnection> {
@@ -136,7 +253,7 @@ impl Scratch {
             .map_err(|e| db_err("cannot inspect the scratch database", e))?;
             let objects: i64 = r[0].try_get(0).unwrap_or(0);
             let comment: String = r[0].try_get(1).unwrap_or_default();
-            if objects > 0 && comment != OURS {
+            if objects > 0 && !comment.starts_with(OURS) {
                 c.close().await.ok();
                 return Err(Error::Config(format!(
                     "refusing --scratch-database {}: it holds {objects} table(s), type(s) or \
@@ -158,6 +275,7 @@ impl Scratch {
                 tracing::debug!("cannot mark the scratch database as ours: {e}");
             }
         }
+        self.copy_settings(&mut c).await;
         match exec(&mut c, EVENT_TRIGGER.into()).await {
             Ok(()) => self.event_trigger = true,
             Err(e) => {
@@ -210,7 +328,14 @@ impl Scratch {
             if let Err(e) = reset(&mut c).await {
                 tracing::error!("cannot reset the scratch database {}: {e:#}", self.name);
             }
+            for name in &self.copied {
+                let sql = format!("ALTER DATABASE {} RESET {}", ident(&self.name), ident(name));
+                let _ = exec(&mut c, sql).await;
+            }
             c.close().await.ok();
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.close().await.ok();
         }
     }
 }
@@ -366,25 +491,31 @@ pub async fn read_log(
     Ok(())
 }
 
-/// Apply a migration without observing it (the baseline).
-pub async fn apply_plain(c: &mut PgConnection, sql: &str, no_tx: bool) -> Result<(), String> {
-    let sql = if no_tx {
-        sql.to_owned()
-    } else {
-        format!("BEGIN;\n{sql}\n;\nCOMMIT;")
-    };
-    match exec(c, sql).await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = exec(c, "ROLLBACK".into()).await;
-            Err(redact(&e.to_string()))
-        }
+/// Apply a migration as `migrate` does, history row included, without observing it (the
+/// baseline): transactional ones in one transaction with their row, `-- no-transaction`
+/// ones a statement at a time, then their row.
+pub async fn apply_plain(
+    c: &mut PgConnection,
+    table: &MigrationsTable,
+    m: &Migration,
+) -> Result<(), String> {
+    let opts = ApplyOptions::default();
+    if m.no_tx {
+        return apply_no_tx(c, table, m).await.map(|_| ());
     }
+    postgres::apply_in_tx(c, table, &[m], &opts)
+        .await
+        .map_err(|e| redact(&e.to_string()))
 }
 
-/// Run a transactional migration and, before committing, read the locks its backend
-/// holds, the tables its transaction read in full and the lock_timeout in force.
-pub async fn apply_in_tx(c: &mut PgConnection, sql: &str) -> Result<Observed, String> {
+/// Run a transactional migration as `migrate` does (its statements, then its history row,
+/// in one transaction) and, before committing, read the locks its backend holds, the
+/// tables its transaction read in full and the lock_timeout in force.
+pub async fn apply_in_tx(
+    c: &mut PgConnection,
+    table: &MigrationsTable,
+    m: &Migration,
+) -> Result<Observed, String> {
     let started = Instant::now();
     let fail = |e: sqlx::Error| redact(&e.to_string());
     let mut observed = Observed {
@@ -393,7 +524,11 @@ pub async fn apply_in_tx(c: &mut PgConnection, sql: &str) -> Result<Observed, St
         ..Observed::default()
     };
     let r = async {
-        exec(c, format!("BEGIN;\n{sql}\n;")).await?;
+        exec(
+            c,
+            format!("BEGIN;\n{}", postgres::migration_in_tx_sql(table, m)),
+        )
+        .await?;
         let duration = started.elapsed();
         for r in rows(
             c,
@@ -441,6 +576,8 @@ pub struct Sampler {
 #[derive(Debug, Default)]
 pub struct Sampled {
     pub locks: Vec<(i64, String)>,
+    /// Sessions of other programs seen on the scratch database, by backend pid.
+    pub sessions: std::collections::BTreeSet<i32>,
     pub samples: u64,
     pub span: Duration,
 }
@@ -454,15 +591,24 @@ impl Sampler {
             let started = Instant::now();
             // Catalog and bookkeeping relations are filtered out later: only tables that
             // existed before the migration are reported.
-            let sql = "SELECT l.relation::int8, l.mode FROM pg_locks l \
+            // Also the other programs' sessions on the scratch database: proof that an
+            // external migrator that changed nothing did connect here.
+            let sql = "SELECT l.relation::int8, l.mode, NULL::int4 FROM pg_locks l \
                  WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() \
-                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 UNION ALL SELECT NULL, NULL, a.pid FROM pg_stat_activity a \
+                 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+                   AND a.application_name IS DISTINCT FROM 'schemagate check'";
             loop {
                 let rs = rows(&mut c, sql.to_owned())
                     .await
                     .map_err(|e| db_err("the lock sampler failed", e))?;
                 out.samples += 1;
                 for r in rs {
+                    if let Ok(Some(pid)) = r.try_get::<Option<i32>, _>(2) {
+                        out.sessions.insert(pid);
+                        continue;
+                    }
                     out.locks.push((
                         r.try_get(0).unwrap_or(0),
                         r.try_get::<String, _>(1).unwrap_or_default(),
@@ -514,20 +660,51 @@ pub fn merge_sampled(observed: &mut Observed, sampled: &Sampled, event_trigger: 
     );
 }
 
-/// The catalog of the scratch database now.
-pub async fn snapshot(c: &mut PgConnection) -> Result<Snapshot> {
-    Snapshot::take(c)
-        .await
+/// The catalog of the scratch database now, without `hidden` (the history and marker
+/// tables: bookkeeping, not the application's schema).
+pub async fn snapshot(c: &mut PgConnection, hidden: &[&str]) -> Result<Snapshot> {
+    let read = async {
+        let mut s = Snapshot::take(c).await?;
+        for table in hidden {
+            let r = rows(c, format!("SELECT to_regclass({})::oid::int8", lit(table))).await?;
+            if let Some(oid) = r
+                .first()
+                .and_then(|r| r.try_get::<Option<i64>, _>(0).ok())
+                .flatten()
+            {
+                s.hide(oid);
+            }
+        }
+        Ok::<_, sqlx::Error>(s)
+    };
+    read.await
         .map_err(|e| db_err("cannot read the scratch database's catalog", e))
 }
 
-/// Run a `-- no-transaction` migration on `c` while the sampler watches.
-pub async fn apply_no_tx(c: &mut PgConnection, sql: &str) -> Result<Duration, String> {
+/// Run a `-- no-transaction` migration on `c` as `migrate` does (a statement at a time,
+/// then its history row) while the sampler watches.
+pub async fn apply_no_tx(
+    c: &mut PgConnection,
+    table: &MigrationsTable,
+    m: &Migration,
+) -> Result<Duration, String> {
     let started = Instant::now();
-    exec(c, sql.to_owned())
+    postgres::apply_no_tx(c, table, m, &ApplyOptions::default())
         .await
-        .map_err(|e| redact(&e.to_string()))?;
+        .map_err(|e| format!("{}{}", e.context, redact(&e.error.to_string())))?;
     Ok(started.elapsed())
+}
+
+/// `migrate`'s history table (and marker table), where and as `migrate` creates them, so
+/// a migration that edits its own history (`DELETE FROM _sqlx_migrations WHERE …`) finds it.
+pub async fn ensure_history(
+    c: &mut PgConnection,
+    table: &Table,
+    migrations: &MigrationsTable,
+) -> Result<()> {
+    postgres::ensure_tables(c, table, migrations)
+        .await
+        .map_err(|e| db_err("cannot create the history table on the scratch database", e))
 }
 
 /// The lock_timeout a new session gets on the scratch database (what an external

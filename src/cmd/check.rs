@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection};
 
 use super::Outcome;
+use crate::check::guard::Fingerprint;
+use crate::check::outside::{self, Outside};
 use crate::check::pg::{self, Sampler, Scratch};
 use crate::check::{self, Observed, Report};
-use crate::config::{Backend, CheckConfig, CheckPlan, Config, redact};
+use crate::config::{Backend, CheckConfig, CheckPlan, Config, MigrationsTable, Table, redact};
 use crate::error::{Error, Result};
 use crate::signals::Signals;
 use crate::source::Source;
@@ -56,7 +58,7 @@ pub async fn run(args: &CheckConfig, mut signals: Signals) -> Result<Outcome> {
         sig = signals.recv() => return Err(Error::Interrupted(sig)),
     };
     let result = tokio::select! {
-        r = rehearse(&scratch, &plan, args, allowed) => r,
+        r = rehearse(&mut scratch, &plan, args, allowed) => r,
         sig = signals.recv() => Err(Error::Interrupted(sig)),
     };
     // Every way out passes here: the scratch database never outlives the check.
@@ -110,6 +112,20 @@ fn finish(
     } else {
         check::print_table(&report);
     }
+    let escaped: Vec<String> = report
+        .migrations
+        .iter()
+        .flat_map(|m| &m.findings)
+        .filter(|f| !check::Finding::acceptable(&f.kind))
+        .map(|f| format!("{} {} ({})", f.kind, f.object, f.migration))
+        .collect();
+    if !escaped.is_empty() {
+        return Err(Error::Failed(format!(
+            "check: the rehearsal did not stay on its scratch database: {}; its report cannot \
+             be trusted",
+            escaped.join(", ")
+        )));
+    }
     if unaccepted > 0 {
         let list: Vec<String> = report
             .migrations
@@ -147,7 +163,8 @@ pub async fn summary(
         let mut c = scratch.connect().await?;
         let r = rehearse_sql(
             &mut c,
-            &scratch,
+            &mut scratch,
+            cfg,
             source,
             since,
             Duration::from_millis(5),
@@ -178,7 +195,7 @@ pub async fn summary(
 /// The baseline, then each new migration observed; returns what the catalog was compared
 /// against and the per-migration reports.
 async fn rehearse(
-    scratch: &Scratch,
+    scratch: &mut Scratch,
     plan: &Plan,
     args: &CheckConfig,
     allowed: &[(String, String)],
@@ -189,6 +206,7 @@ async fn rehearse(
             rehearse_sql(
                 &mut c,
                 scratch,
+                &args.db,
                 source,
                 *since,
                 args.sample_interval,
@@ -204,12 +222,46 @@ async fn rehearse(
     r
 }
 
+/// The history tables `migrate` keeps: its sqlx table (as configured) and the marker.
+fn history_tables(marker: &Table, migrations: &MigrationsTable) -> [String; 2] {
+    [migrations.qualified().to_owned(), marker.qualified.clone()]
+}
+
+/// The finding a change to the URL's database is: never accepted, check exits 1.
+fn escaped(report: &mut check::MigrationReport, database: &str, changes: &[String], why: &str) {
+    report.add(
+        check::ESCAPED,
+        format!("database {database}"),
+        format!(
+            "the database the URL names changed while {why}: {}",
+            check::guard::list(changes, 8)
+        ),
+        &[],
+    );
+}
+
+/// Say which of the server's roles changed while the rehearsal ran (a warning: roles are
+/// shared by every database, and other sessions change them too).
+fn warn_roles(roles: &[String]) {
+    if !roles.is_empty() {
+        tracing::warn!(
+            "the server's roles changed while check ran: {}; roles are shared by every \
+             database, so check cannot tell whether the rehearsal or another session did it",
+            check::guard::list(roles, 8)
+        );
+    }
+}
+
 /// The baseline (migrations up to `since`), then each newer migration in a fresh session,
-/// observed from its own backend before commit. Long on purpose: the order of these steps
-/// is what makes the observation true (snapshot, run, read pg_locks, commit, snapshot).
+/// observed from its own backend before commit, each applied as `migrate` applies it
+/// (history table included) minus the statements that act outside the scratch database,
+/// which are findings. Long on purpose: the order of these steps is what makes the
+/// observation true (snapshot, run, read pg_locks, commit, snapshot, compare the real
+/// database).
 async fn rehearse_sql(
     c: &mut PgConnection,
-    scratch: &Scratch,
+    scratch: &mut Scratch,
+    db: &Config,
     source: &Source,
     since: i64,
     sample_interval: Duration,
@@ -221,24 +273,47 @@ async fn rehearse_sql(
         old.len(),
         new.len()
     );
+    let (marker, migrations) = (&db.table, &db.migrations_table);
+    let history = history_tables(marker, migrations);
+    let hidden = [history[0].as_str(), history[1].as_str()];
+    let guarded = scratch.guard(&history[0]).await?;
+    pg::ensure_history(c, marker, migrations).await?;
+    let mut skipped = Vec::new();
     for m in &old {
-        pg::apply_plain(c, m.sql.as_str(), m.no_tx)
+        let outside = Outside::find(m, false, &mut skipped);
+        pg::apply_plain(c, migrations, &outside::runnable(m, &outside))
             .await
             .map_err(|e| {
                 Error::Failed(format!(
-                    "baseline migration {} failed on the scratch database: {e}",
-                    m.version
+                    "baseline migration {} failed on the scratch database: {e}{}",
+                    m.version,
+                    outside::hint(&skipped)
                 ))
             })?;
+    }
+    if let Some(g) = &guarded {
+        let (changes, roles) = scratch.changes(g).await?;
+        warn_roles(&roles);
+        if !changes.is_empty() {
+            return Err(Error::Failed(format!(
+                "the database the URL names ({}) changed while check applied the baseline \
+                 to its scratch database: {}",
+                g.database,
+                check::guard::list(&changes, 8)
+            )));
+        }
     }
     let mut reports = Vec::new();
     for m in &new {
         let name = format!("{} {}", m.version, m.description);
-        let before = pg::snapshot(c).await?;
+        let outside = Outside::find(m, false, &mut skipped);
+        let run = outside::runnable(m, &outside);
+        let before = pg::snapshot(c, &hidden).await?;
         pg::clear_log(c, scratch).await?;
         let failed = |e: String| {
             Error::Failed(format!(
-                "migration {name} failed on the scratch database: {e}"
+                "migration {name} failed on the scratch database: {e}{}",
+                outside::hint(&skipped)
             ))
         };
         // A fresh session per migration: the statistics it reads (tables scanned) then
@@ -246,7 +321,7 @@ async fn rehearse_sql(
         let mut session = scratch.connect().await?;
         let observed = if m.no_tx {
             let sampler = Sampler::start(scratch, sample_interval).await?;
-            let applied = pg::apply_no_tx(&mut session, m.sql.as_str()).await;
+            let applied = pg::apply_no_tx(&mut session, migrations, &run).await;
             let sampled = sampler.finish().await?;
             applied.map(|duration| {
                 let mut o = Observed {
@@ -258,7 +333,7 @@ async fn rehearse_sql(
                 o
             })
         } else {
-            pg::apply_in_tx(&mut session, m.sql.as_str()).await
+            pg::apply_in_tx(&mut session, migrations, &run).await
         };
         let lock_timeout = pg::default_lock_timeout(&mut session).await;
         session.close().await.ok();
@@ -267,17 +342,28 @@ async fn rehearse_sql(
             observed.lock_timeout = lock_timeout;
         }
         pg::read_log(c, scratch, &mut observed).await?;
-        let after = pg::snapshot(c).await?;
+        let after = pg::snapshot(c, &hidden).await?;
         let mut allow = check::allows(m.sql.as_str());
         allow.extend(allowed.iter().cloned());
-        reports.push(check::report(
-            name,
-            Some(m.version),
-            &before,
-            &after,
-            observed,
-            &allow,
-        ));
+        let mut report = check::report(name, Some(m.version), &before, &after, observed, &allow);
+        outside::report(&mut report, &outside, &allow);
+        // Checked after every migration: the first that reaches the real database stops
+        // the rehearsal, before the next one can do more.
+        if let Some(g) = &guarded {
+            let (changes, roles) = scratch.changes(g).await?;
+            warn_roles(&roles);
+            if !changes.is_empty() {
+                escaped(
+                    &mut report,
+                    &g.database,
+                    &changes,
+                    "this migration was rehearsed",
+                );
+                reports.push(report);
+                break;
+            }
+        }
+        reports.push(report);
     }
     let baseline = if old.is_empty() {
         "an empty database".to_owned()
@@ -287,14 +373,20 @@ async fn rehearse_sql(
     Ok((baseline, reports))
 }
 
+/// The baseline command, then the migrator, observed from outside; then proof that it
+/// migrated the scratch database and nothing else. Long on purpose: the steps of one
+/// observation, in order.
 async fn rehearse_external(
     c: &mut PgConnection,
-    scratch: &Scratch,
+    scratch: &mut Scratch,
     baseline: Option<&str>,
     command: &[String],
     args: &CheckConfig,
     allowed: &[(String, String)],
 ) -> Result<(String, Vec<check::MigrationReport>)> {
+    let history = history_tables(&args.db.table, &args.db.migrations_table);
+    let hidden = [history[0].as_str(), history[1].as_str()];
+    let guarded = scratch.guard(&history[0]).await?;
     if let Some(baseline) = baseline {
         let shell = vec!["sh".to_owned(), "-c".to_owned(), baseline.to_owned()];
         let status = run_child(&shell, scratch).await?;
@@ -305,9 +397,25 @@ async fn rehearse_external(
                 crate::child::describe_status(&status)
             )));
         }
+        if let Some(g) = &guarded {
+            let (changes, roles) = scratch.changes(g).await?;
+            warn_roles(&roles);
+            if !changes.is_empty() {
+                return Err(Error::Failed(format!(
+                    "the baseline command {} changed the database the URL names ({}), not \
+                     (only) the scratch database in its DATABASE_URL: {}",
+                    redact(baseline),
+                    g.database,
+                    check::guard::list(&changes, 8)
+                )));
+            }
+        }
     }
     let name = redact(&command.join(" "));
-    let before = pg::snapshot(c).await?;
+    let before = pg::snapshot(c, &hidden).await?;
+    let scratch_before = Fingerprint::take(c, &history[0])
+        .await
+        .map_err(|e| crate::db::db_err("cannot read the scratch database's catalog", e))?;
     pg::clear_log(c, scratch).await?;
     let sampler = Sampler::start(scratch, args.sample_interval).await?;
     let started = Instant::now();
@@ -329,8 +437,44 @@ async fn rehearse_external(
     };
     pg::merge_sampled(&mut observed, &sampled, scratch.event_trigger);
     pg::read_log(c, scratch, &mut observed).await?;
-    let after = pg::snapshot(c).await?;
-    let report = check::report(name, None, &before, &after, observed, allowed);
+    let after = pg::snapshot(c, &hidden).await?;
+    let scratch_after = Fingerprint::take(c, &history[0])
+        .await
+        .map_err(|e| crate::db::db_err("cannot read the scratch database's catalog", e))?;
+    let mut report = check::report(name.clone(), None, &before, &after, observed, allowed);
+    let changes = match &guarded {
+        Some(g) => {
+            let (changes, roles) = scratch.changes(g).await?;
+            warn_roles(&roles);
+            changes
+        }
+        None => Vec::new(),
+    };
+    if let (Some(g), false) = (&guarded, changes.is_empty()) {
+        escaped(
+            &mut report,
+            &g.database,
+            &changes,
+            &format!(
+                "{name} ran: it did not (only) migrate the scratch database in its \
+                 DATABASE_URL (a URL in its own configuration?)"
+            ),
+        );
+    } else if scratch_after == scratch_before && sampled.sessions.is_empty() {
+        // Exited 0, changed nothing, and never seen connected: it migrated some other
+        // database (or nothing), and this report says nothing about the new release.
+        report.add(
+            check::UNTOUCHED,
+            scratch.name.clone(),
+            format!(
+                "{name} exited 0, but changed nothing on the scratch database and was never \
+                 seen connected to it ({} samples): it does not use DATABASE_URL (a URL in \
+                 its own configuration?), so nothing was rehearsed",
+                sampled.samples
+            ),
+            &[],
+        );
+    }
     Ok((
         baseline.map_or("an empty database".into(), |b| {
             format!("the database `{}` leaves", redact(b))

@@ -48,11 +48,15 @@ struct Finished {
 }
 
 /// A temp directory removed on drop (the default throwaway SQLite database).
-struct TempDir(PathBuf);
+/// The throwaway SQLite file's directory, locked while smoke runs (so a later run removes
+/// it when a SIGKILL left it behind: check/stale.rs).
+struct TempDir(PathBuf, Option<crate::check::stale::DirLock>);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(lock) = self.1.take() {
+            lock.release(&self.0);
+        }
     }
 }
 
@@ -82,13 +86,14 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
     let (url, _temp) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
+            crate::check::stale::sweep_dirs();
             let dir = std::env::temp_dir().join(format!("schemagate-smoke-{}", std::process::id()));
+            let lock = crate::check::stale::lock_dir(&dir)
+                .map_err(|e| Error::Failed(format!("cannot lock {}: {e}", dir.display())))?;
+            let temp = TempDir(dir.clone(), Some(lock));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
-            (
-                format!("sqlite://{}/smoke.db", dir.display()),
-                Some(TempDir(dir)),
-            )
+            (format!("sqlite://{}/smoke.db", dir.display()), Some(temp))
         }
     };
     // As `migrate --source` resolves it (smoke has no --migrations-table).
@@ -165,6 +170,9 @@ async fn refuse_sqlite_with_data(cfg: &Config) -> Result<()> {
 struct Scratch {
     name: String,
     url: String,
+    /// Open until the database is dropped: it holds the lock that tells later runs the
+    /// database is in use (check/stale.rs), and drops it.
+    conn: Conn,
 }
 
 impl Scratch {
@@ -180,15 +188,22 @@ impl Scratch {
             .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
         url.set_path(&format!("/{name}"));
         let mut conn = db::connect(given).await?;
-        let created = conn.create_database(&name).await;
-        conn.close().await;
-        created.map_err(|e| {
-            Error::Config(format!(
+        // Scratch databases of killed runs go first; ours is locked before it exists.
+        let mut created = crate::check::stale::prepare(&mut conn, &name)
+            .await
+            .map_err(|e| db::db_err("cannot lock the scratch database's name", e));
+        if created.is_ok() {
+            created = conn.create_database(&name).await;
+        }
+        if let Err(e) = created {
+            conn.close().await;
+            return Err(Error::Config(format!(
                 "smoke rehearses in a scratch database it creates and drops, so that it never \
                  touches data: {e:#}; give a user that may create databases (or omit \
                  --database-url for a throwaway SQLite file)"
-            ))
-        })?;
+            )));
+        }
+        crate::check::stale::mark_created(&mut conn, &name, "smoke").await;
         outln!(
             "rehearsing in the scratch database {name} (dropped afterwards); {} is not touched",
             given.display_url
@@ -196,19 +211,20 @@ impl Scratch {
         Ok(Scratch {
             name,
             url: url.to_string(),
+            conn,
         })
     }
 
-    /// Drop it from a connection to the database the URL named.
-    async fn drop_it(self, given: &Config) {
-        let dropped = match db::connect(given).await {
-            Ok(mut conn) => {
-                let r = conn.drop_database(&self.name).await;
-                conn.close().await;
-                r
-            }
-            Err(e) => Err(e),
-        };
+    /// Drop it from a connection to the database the URL named (ours, else a new one).
+    async fn drop_it(mut self, given: &Config) {
+        let mut dropped = self.conn.drop_database(&self.name).await;
+        if dropped.is_err()
+            && let Ok(mut conn) = db::connect(given).await
+        {
+            dropped = conn.drop_database(&self.name).await;
+            conn.close().await;
+        }
+        self.conn.close().await;
         if let Err(e) = dropped {
             tracing::warn!("the scratch database {} was left behind: {e:#}", self.name);
         }

@@ -436,8 +436,9 @@ impl SmokeConfig {
 
 impl CheckConfig {
     pub fn from_args(args: &CheckArgs) -> Result<CheckConfig> {
-        // The rehearsal runs on a scratch database, and records no history anywhere.
-        let db = connection(&args.connect, "check", None, None)?;
+        // The rehearsal runs on a scratch database, with `migrate`'s history table there:
+        // the one `--migrations-table` or the source's `sqlx.toml` names.
+        let db = connection(&args.connect, "check", None, args.source.as_deref())?;
         // clap requires --source or -- CMD, never both, and --since with --source.
         let plan = match (&args.source, args.since) {
             (Some(dir), Some(since)) => CheckPlan::Sql {

@@ -831,3 +831,672 @@ fn a_role_without_superuser_still_gets_a_check() {
         "blocking-scan t; set-not-null t.v"
     );
 }
+
+/// The database name at the end of a URL.
+fn db_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn role_exists(url: &str, role: &str) -> bool {
+    pg_i64(
+        url,
+        &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'"),
+    ) > 0
+}
+
+/// What `ALTER DATABASE … SET` and `COMMENT ON DATABASE` left on a database.
+fn database_settings_and_comment(url: &str) -> (i64, String) {
+    let name = db_name(url);
+    (
+        pg_i64(
+            url,
+            &format!(
+                "SELECT count(*) FROM pg_db_role_setting \
+                 WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = '{name}')"
+            ),
+        ),
+        pg_strings(
+            url,
+            &format!(
+                "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database \
+                 WHERE datname = '{name}'"
+            ),
+        )
+        .concat(),
+    )
+}
+
+/// issue 20.3a: statements that act on the real database or the whole server (ALTER
+/// DATABASE <real> SET, COMMENT ON DATABASE, CREATE ROLE, GRANT role TO, dblink_exec, also
+/// inside a DO block) are findings naming the statement and its migration, and are never
+/// run by the rehearsal: the URL's database and the server's roles stay as they were.
+/// reliability: a migration under `check` names the real database (`ALTER DATABASE app SET`), creates a role or calls dblink_exec | an `outside-database` finding per statement (exit 5); the statement is not run on the scratch database or anywhere else | nothing: the real database and the server's roles are untouched
+#[test]
+fn statements_outside_the_scratch_database_are_findings_and_never_run() {
+    let app = PgDb::new("check_outside");
+    let real = db_name(&app.url);
+    let role = format!("sg_outside_{}", std::process::id());
+    let member = format!("sg_outside_member_{}", std::process::id());
+    // dblink ships with the server (contrib); a test that cannot use it fails loudly.
+    let available = pg_i64(
+        &app.url,
+        "SELECT count(*) FROM pg_available_extensions WHERE name = 'dblink'",
+    );
+    assert_eq!(available, 1, "the dblink extension is not installed");
+    let parsed = url::Url::parse(&app.url).unwrap();
+    let conninfo = format!(
+        "host={} port={} dbname={real} user=postgres password={PASSWORD}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap()
+    );
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);"),
+        (
+            "2_outside.sql",
+            &format!(
+                "ALTER TABLE t ADD COLUMN note TEXT;\n\
+                 ALTER DATABASE {real} SET lock_timeout = '7s';\n\
+                 COMMENT ON DATABASE {real} IS 'touched by a rehearsal';\n\
+                 CREATE ROLE {role};\n\
+                 DO $$ BEGIN CREATE ROLE {member}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n\
+                 GRANT {role} TO {member};\n\
+                 CREATE EXTENSION IF NOT EXISTS dblink;\n\
+                 SELECT dblink_exec('{conninfo}', 'CREATE TABLE hijacked (id int)');\n\
+                 CREATE TABLE after_them (id INT);"
+            ),
+        ),
+    ]);
+    let out =
+        run(schemagate(&app.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let report = json(&out);
+    let m = &report["migrations"][0];
+    assert_eq!(
+        verdict(m),
+        format!(
+            "outside-database database {real}; outside-database database {real}; \
+             outside-database dblink_exec; outside-database role {role}; \
+             outside-database role {role}; outside-database role {member}"
+        ),
+        "{m}"
+    );
+    let findings = m["findings"].as_array().unwrap();
+    let alter = findings
+        .iter()
+        .find(|f| f["detail"].as_str().unwrap().contains("ALTER DATABASE"))
+        .unwrap();
+    assert_eq!(alter["migration"], "2 outside", "{alter}");
+    assert!(
+        alter["detail"]
+            .as_str()
+            .unwrap()
+            .contains("statement 2 (line 2)"),
+        "{alter}"
+    );
+    // Nothing of it ran anywhere: not on the real database, not on the server.
+    assert_eq!(database_settings_and_comment(&app.url), (0, String::new()));
+    assert!(
+        !role_exists(&app.url, &role),
+        "the rehearsal created {role}"
+    );
+    assert!(
+        !role_exists(&app.url, &member),
+        "the rehearsal created {member}"
+    );
+    assert_eq!(user_relations(&app.url), 0, "dblink_exec reached {real}");
+
+    // Accepted by allow comments, the gate passes; still nothing runs.
+    src.write(
+        "2_outside.sql",
+        &format!(
+            "-- schemagate:allow outside-database database {real}\n\
+             -- schemagate:allow outside-database role {role}\n\
+             ALTER DATABASE {real} SET lock_timeout = '7s';\nCREATE ROLE {role};"
+        ),
+    );
+    let out = run(schemagate(&app.url).args(["check", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(database_settings_and_comment(&app.url), (0, String::new()));
+    assert!(!role_exists(&app.url, &role));
+}
+
+/// A statement the rehearsal leaves out that a later one needs: the failure says so.
+#[test]
+fn a_failure_after_a_statement_left_out_names_it() {
+    let app = PgDb::new("check_outside_dep");
+    let role = format!("sg_needed_{}", std::process::id());
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);"),
+        (
+            "2_role.sql",
+            &format!("CREATE ROLE {role};\nGRANT SELECT ON t TO {role};"),
+        ),
+    ]);
+    let out = run(schemagate(&app.url).args(["check", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("migration 2 role failed on the scratch database")
+            && err.contains(&format!("`CREATE ROLE {role}` in 2")),
+        "{err}"
+    );
+    assert!(!role_exists(&app.url, &role));
+}
+
+/// A throwaway Alembic project whose `sqlalchemy.url` is hard-coded to `url`: it ignores
+/// DATABASE_URL, as projects configured that way (or Django settings) do.
+fn hard_coded_alembic_project(url: &str) -> Migrations {
+    let sqlalchemy = url.replacen("postgres://", "postgresql+psycopg://", 1);
+    let project = Migrations::new(&[(
+        "alembic.ini",
+        &format!(
+            "[alembic]\nscript_location = %(here)s/migrations\nsqlalchemy.url = {sqlalchemy}\n"
+        ),
+    )]);
+    std::fs::create_dir_all(project.dir.join("migrations/versions")).unwrap();
+    project.write(
+        "migrations/env.py",
+        "from alembic import context\n\
+         from sqlalchemy import engine_from_config, pool\n\
+         engine = engine_from_config(context.config.get_section(context.config.config_ini_section), \
+           prefix='sqlalchemy.', poolclass=pool.NullPool)\n\
+         with engine.connect() as connection:\n\
+         \x20   context.configure(connection=connection, target_metadata=None)\n\
+         \x20   with context.begin_transaction():\n\
+         \x20       context.run_migrations()\n",
+    );
+    project.write(
+        "migrations/versions/0001_hijacked.py",
+        "from alembic import op\n\
+         revision = '0001'\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n\
+         def upgrade():\n\
+         \x20   op.execute('CREATE TABLE hijacked (id int)')\n",
+    );
+    project
+}
+
+/// issue 20.3b: an external migrator that ignores DATABASE_URL (an Alembic project with a
+/// hard-coded sqlalchemy.url) migrates the real database: check compares the URL's
+/// database before and after, and fails (exit 1) naming what changed, instead of passing
+/// with 0 findings.
+/// reliability: `check -- CMD` whose migrator ignores DATABASE_URL (hard-coded URL) and migrates the real database | exit 1, a `changed-real-database` finding naming what changed (the new table, the history table's rows); never accepted | the migrator's own changes to the real database (check cannot undo them; it says which)
+#[test]
+fn an_external_migrator_that_migrates_the_real_database_fails_the_check() {
+    let venv = alembic_venv();
+    let app = PgDb::new("check_hardcoded");
+    let project = hard_coded_alembic_project(&app.url);
+    let path = format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run(schemagate(&app.url)
+        .env("PATH", &path)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(&project.dir)
+        .args([
+            "check",
+            "--json",
+            "--allow",
+            &format!("changed-real-database database {}", db_name(&app.url)),
+            "--",
+            "alembic",
+            "upgrade",
+            "head",
+        ]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let report = json(&out);
+    let m = &report["migrations"][0];
+    assert_eq!(
+        verdict(m),
+        format!("changed-real-database database {}", db_name(&app.url)),
+        "{m}"
+    );
+    let detail = m["findings"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("new relation public.hijacked")
+            && detail.contains("new rows of public.alembic_version"),
+        "{detail}"
+    );
+    assert!(
+        stderr(&out).contains("did not stay on its scratch database"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// issue 20.3b, the other shapes: a migrator that changes database-level settings of the
+/// real database through its own URL; one that migrates a third database (the scratch
+/// database left unchanged while it claims success). And a migrator with nothing to do,
+/// which did connect to the scratch database, passes.
+#[test]
+fn an_external_migrator_that_ignores_database_url_fails_the_check() {
+    let app = PgDb::new("check_ignores_url");
+    let other = PgDb::new("check_ignores_url_other");
+    let real = db_name(&app.url);
+    let check = |script: &str| {
+        run(schemagate(&app.url)
+            .env("REAL_URL", &app.url)
+            .env("OTHER_URL", &other.url)
+            .args(["check", "--json", "--", "sh", "-c", script]))
+    };
+    let out = check(&format!(
+        "psql \"$REAL_URL\" -qc \"ALTER DATABASE {real} SET work_mem = '8MB'; \
+         COMMENT ON DATABASE {real} IS 'x'\""
+    ));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let detail = json(&out)["migrations"][0]["findings"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("new database setting") && detail.contains("work_mem=8MB"),
+        "{detail}"
+    );
+    assert!(detail.contains("changed database comment"), "{detail}");
+
+    let out = check("psql \"$OTHER_URL\" -qc 'CREATE TABLE elsewhere (id int)'");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let report = json(&out);
+    let m = &report["migrations"][0];
+    assert!(
+        verdict(m).starts_with("scratch-untouched schemagate_check_"),
+        "{m}"
+    );
+
+    // Nothing to do, but it looked at the scratch database: a clean pass.
+    let out = check("psql \"$DATABASE_URL\" -qc 'SELECT pg_sleep(0.3)'");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["findings"], 0);
+}
+
+/// issue 20.4: a migration that edits its own history (matrix-authentication-service
+/// deletes the rows of squashed migrations from public._sqlx_migrations) is rehearsed:
+/// the scratch database has the history table where and as `migrate` has it, rows
+/// included. Database-level settings of the URL's database (lock_timeout here) apply to the
+/// rehearsal as they do to `migrate`.
+/// reliability: `check` rehearses a migration that deletes rows from `public._sqlx_migrations` | the rehearsal runs as `migrate` does, history table and rows included: no "relation does not exist" | nothing
+#[test]
+fn a_migration_that_edits_its_own_history_is_rehearsed() {
+    let app = PgDb::new("check_history");
+    pg_exec(
+        &app.url,
+        &format!(
+            "ALTER DATABASE {} SET lock_timeout = '4s'",
+            db_name(&app.url)
+        ),
+    );
+    let out = run(schemagate(&app.url)
+        .args(["check", "--json", "--since", "20230103000000", "--source"])
+        .arg(corpus().join("history")));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report = json(&out);
+    let m = &report["migrations"][0];
+    assert_eq!(m["version"], 20250101000000_i64, "{m}");
+    assert_eq!(verdict(m), "ok", "{m}");
+    assert_eq!(m["lock_timeout"], "4s", "{m}");
+
+    // The history table's name as sqlx.toml or --migrations-table set it.
+    let src = Migrations::new(&[
+        ("sqlx.toml", "[migrate]\ntable-name = \"mas_history\"\n"),
+        ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);"),
+        (
+            "2_forget.sql",
+            "DELETE FROM public.mas_history WHERE version = 1;",
+        ),
+    ]);
+    let out = run(schemagate(&app.url).args(["check", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);"),
+        (
+            "2_forget.sql",
+            "DELETE FROM flag_history WHERE version = 1;",
+        ),
+    ]);
+    let out = run(schemagate(&app.url).args([
+        "check",
+        "--migrations-table",
+        "flag_history",
+        "--since",
+        "1",
+        "--source",
+        src.path(),
+    ]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        user_relations(&app.url),
+        0,
+        "check touched the URL's database"
+    );
+}
+
+fn sessions_on(url: &str, name: &str) -> i64 {
+    pg_i64(
+        url,
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"),
+    )
+}
+
+/// issue 20.17: after SIGKILL of `check`, its scratch database outlives it; the next
+/// run drops it (its run is gone: nobody holds its lock, no session uses it), while the
+/// scratch database of a check still running is left alone. One not marked by its owner
+/// is named in a warning instead.
+/// reliability: `check` killed with SIGKILL mid-rehearsal | the next `check` or `smoke` on the server drops the scratch database (marked as check's, no session, its run's lock gone); one still in use is never touched | nothing once a later run has swept
+#[test]
+fn a_scratch_database_left_by_a_killed_check_is_dropped_by_the_next() {
+    let db = PgDb::new("check_stale");
+    let start = |what: &str| {
+        let mut child = spawn(schemagate(&db.url).args([
+            "check",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {what} >&2; exec sleep 60"),
+        ]));
+        let seen =
+            wait_for_stderr_line(&mut child, &format!("[sh] {what}"), Duration::from_secs(30));
+        let name = seen
+            .split("created scratch database ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no scratch database named in:\n{seen}"))
+            .to_owned();
+        (child, name)
+    };
+    let (mut killed, stale) = start("doomed");
+    let (live, running) = start("running");
+    assert!(database_exists(&db.url, &stale));
+    signal(killed.id(), "KILL");
+    killed.wait().unwrap();
+    // The server ends the killed run's sessions when it sees their sockets close.
+    until(
+        "the killed check's sessions to end",
+        Duration::from_secs(30),
+        || sessions_on(&db.url, &stale) == 0,
+    );
+    // An older version's leftover carries no owner mark: named, not dropped.
+    let unmarked = format!("schemagate_check_{}_999999", std::process::id());
+    pg_exec(&db.url, &format!("CREATE DATABASE {unmarked}"));
+
+    let src = Migrations::new(&[("1_base.sql", "CREATE TABLE t (id INT);")]);
+    let out = run(schemagate(&db.url).args(["check", "--since", "0", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        !database_exists(&db.url, &stale),
+        "{stale} survived the next check:\n{}",
+        stderr(&out)
+    );
+    assert!(
+        database_exists(&db.url, &running),
+        "the scratch database of a running check was dropped"
+    );
+    assert!(database_exists(&db.url, &unmarked));
+    assert!(
+        stderr(&out).contains(&format!(
+            "the scratch database {unmarked} looks left behind"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    pg_exec(&db.url, &format!("DROP DATABASE {unmarked}"));
+    sigterm(live.id());
+    let out = finish(live);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert!(!database_exists(&db.url, &running));
+}
+
+/// issue 20.17 on MySQL: the same for a check killed while it rehearses there.
+/// reliability (MariaDB): `check` killed with SIGKILL while it rehearses on MySQL | the next `check` drops the scratch database (marked by its one-row table, no session, its run's GET_LOCK gone) | nothing once a later run has swept
+#[test]
+fn a_scratch_database_left_by_a_killed_check_on_mysql_is_dropped_by_the_next() {
+    let my = MyDb::new("check_stale_my");
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);"),
+        ("2_slow.sql", "SELECT SLEEP(60);"),
+    ]);
+    let mut child =
+        spawn(schemagate(&my.url).args(["check", "--since", "1", "--source", src.path()]));
+    let seen = wait_for_stderr_line(
+        &mut child,
+        "created scratch database ",
+        Duration::from_secs(30),
+    );
+    let stale = seen
+        .split("created scratch database ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let databases = || {
+        block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::MySqlConnection::connect(&my.url).await.unwrap();
+            sqlx::query_scalar::<_, String>("SHOW DATABASES")
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        })
+    };
+    assert!(databases().contains(&stale));
+    signal(child.id(), "KILL");
+    child.wait().unwrap();
+    // MySQL notices a vanished client only when its statement ends: end the orphaned
+    // SLEEP as a DBA would (the killed run's lock went with its idle connection).
+    until(
+        "the killed check's sessions to end",
+        Duration::from_secs(30),
+        || {
+            block_on(async {
+                use sqlx::Connection;
+                let mut c = sqlx::MySqlConnection::connect(&my.url).await.unwrap();
+                let ids = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                    "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
+                     WHERE DB = '{stale}'"
+                )))
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+                for id in &ids {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                        .execute(&mut c)
+                        .await;
+                }
+                ids.is_empty()
+            })
+        },
+    );
+    let quick = Migrations::new(&[("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);")]);
+    let out = run(schemagate(&my.url).args(["check", "--since", "0", "--source", quick.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        !databases().contains(&stale),
+        "{stale} survived the next check:\n{}",
+        stderr(&out)
+    );
+}
+
+/// issue 20.17, the same leak in smoke: killed while its check summary rehearses, smoke
+/// leaves its own scratch database and the summary's; the next check drops both.
+/// reliability: `smoke` killed with SIGKILL during its check summary | the next `check` drops both scratch databases it left (smoke's own and the summary's) | nothing once a later run has swept
+#[test]
+fn scratch_databases_left_by_a_killed_smoke_are_dropped_by_the_next_check() {
+    let db = PgDb::new("check_stale_smoke");
+    let src = Migrations::new(&[("1_slow.sql", "SELECT pg_sleep(60);")]);
+    let mut child = spawn(
+        Command::new(bin())
+            .env_remove("DATABASE_URL")
+            .env_remove("SCHEMAGATE_DATABASE_URL")
+            .args([
+                "smoke",
+                "--replicas",
+                "1",
+                "--database-url",
+                &db.url,
+                "--source",
+            ])
+            .arg(src.path()),
+    );
+    let seen = wait_for_stderr_line(
+        &mut child,
+        "created scratch database ",
+        Duration::from_secs(30),
+    );
+    let summary = seen
+        .split("created scratch database ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let own = pg_strings(
+        &db.url,
+        &format!(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'schemagate\\_smoke\\_{}\\_%'",
+            child.id()
+        ),
+    );
+    assert_eq!(own.len(), 1, "{own:?}");
+    signal(child.id(), "KILL");
+    child.wait().unwrap();
+    // The summary's pg_sleep runs on without its client: end it, as a DBA would.
+    let stale = [own[0].clone(), summary];
+    until(
+        "the killed smoke's sessions to end",
+        Duration::from_secs(30),
+        || {
+            stale.iter().all(|name| {
+                pg_exec(
+                    &db.url,
+                    &format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = '{name}'"
+                    ),
+                );
+                sessions_on(&db.url, name) == 0
+            })
+        },
+    );
+    let quick = Migrations::new(&[("1_base.sql", "CREATE TABLE t (id INT);")]);
+    let out = run(schemagate(&db.url).args(["check", "--since", "0", "--source", quick.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for name in &stale {
+        assert!(
+            !database_exists(&db.url, name),
+            "{name} survived the next check:\n{}",
+            stderr(&out)
+        );
+    }
+}
+
+/// issue 20.3a on MySQL and SQLite: a user created (MySQL) or another database file
+/// attached (SQLite) by a migration is a finding, and is not run.
+#[test]
+fn statements_outside_the_scratch_database_on_mysql_and_sqlite_are_findings() {
+    let my = MyDb::new("check_outside_my");
+    let user = format!("sg_outside_{}", std::process::id());
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);"),
+        (
+            "2_user.sql",
+            &format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'pw';\nCREATE TABLE u (id INT);"),
+        ),
+    ]);
+    let out =
+        run(schemagate(&my.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_eq!(
+        verdict(&json(&out)["migrations"][0]),
+        format!("outside-database role {user}")
+    );
+    let users: i64 = block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::MySqlConnection::connect(&my.url).await.unwrap();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM mysql.user WHERE User = '{user}'"
+        )))
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    });
+    assert_eq!(users, 0, "the rehearsal created the user {user}");
+
+    let other = std::env::temp_dir().join(format!("schemagate-attached-{}.db", std::process::id()));
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE TABLE t (id INTEGER PRIMARY KEY);"),
+        (
+            "2_attach.sql",
+            &format!(
+                "ATTACH DATABASE '{}' AS other;\nCREATE TABLE other.hijacked (id INTEGER);",
+                other.display()
+            ),
+        ),
+    ]);
+    let app = std::env::temp_dir().join(format!("schemagate-check-att-{}.db", std::process::id()));
+    let out = run(schemagate(&format!("sqlite://{}", app.display())).args([
+        "check",
+        "--since",
+        "1",
+        "--source",
+        src.path(),
+    ]));
+    // The attach is left out, so the statement that needs it fails, saying why.
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`ATTACH DATABASE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!other.exists(), "the rehearsal wrote {}", other.display());
+}
+
+/// issue 20.3a, what words cannot show: a function that calls dblink_exec, run by the
+/// migration, reaches the real database. The before/after comparison catches it: exit 1,
+/// a `changed-real-database` finding naming the migration and the new table, and the
+/// rehearsal stops there.
+/// reliability: a migration under `check` reaches the real database through a function (dblink_exec inside a function body) | exit 1, a `changed-real-database` finding naming the migration and what changed; the rehearsal stops at that migration | what that statement did to the real database (check cannot undo it; it says what)
+#[test]
+fn a_migration_that_reaches_the_real_database_through_a_function_fails_the_check() {
+    let app = PgDb::new("check_reach");
+    let real = db_name(&app.url);
+    let parsed = url::Url::parse(&app.url).unwrap();
+    let conninfo = format!(
+        "host={} port={} dbname={real} user=postgres password={PASSWORD}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap()
+    );
+    let src = Migrations::new(&[
+        ("1_base.sql", "CREATE EXTENSION IF NOT EXISTS dblink;"),
+        (
+            "2_reach.sql",
+            &format!(
+                "CREATE FUNCTION reach() RETURNS text LANGUAGE sql AS \
+                 $$ SELECT dblink_exec('{conninfo}', 'CREATE TABLE reached (id int)') $$;\n\
+                 SELECT reach();"
+            ),
+        ),
+        ("3_later.sql", "CREATE TABLE later (id INT);"),
+    ]);
+    let out =
+        run(schemagate(&app.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let report = json(&out);
+    let migrations = report["migrations"].as_array().unwrap();
+    assert_eq!(migrations.len(), 1, "the rehearsal went on: {report}");
+    assert_eq!(
+        verdict(&migrations[0]),
+        format!("changed-real-database database {real}")
+    );
+    let detail = migrations[0]["findings"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("new relation public.reached"), "{detail}");
+    assert!(
+        stderr(&out).contains(&format!("changed-real-database database {real} (2 reach)")),
+        "{}",
+        stderr(&out)
+    );
+}
