@@ -764,7 +764,7 @@ async fn apply_group(
         };
         // Never again once part of it took effect (a `-- no-transaction` file recorded
         // dirty): its first statements would run twice.
-        if e.retryable && !e.dirty && attempt < settings.timeouts.retries {
+        if e.retryable && !e.dirty && !e.took_effect && attempt < settings.timeouts.retries {
             attempt += 1;
             let pause = Duration::from_millis(250) * 2u32.pow(attempt.min(6));
             tracing::warn!(
@@ -776,12 +776,20 @@ async fn apply_group(
             continue;
         }
         if e.lease_lost {
-            // Another run owns the lease now: nothing of this migration ran, and any
-            // marker we wrote could contradict the new holder's.
-            return Err(Error::LockLost(format!(
-                "the migration lease was taken over by another run before {label}; stopped \
-                 without running it (applied {applied})"
-            )));
+            // Another run owns the lease now, and any marker we wrote could contradict the
+            // new holder's. A migration without a transaction may have run in part: its
+            // message says how far.
+            return Err(Error::LockLost(if e.took_effect {
+                format!(
+                    "migration {label}: {}; stopped (applied {applied})",
+                    e.message
+                )
+            } else {
+                format!(
+                    "the migration lease was taken over by another run before {label}; \
+                     stopped without running it (applied {applied})"
+                )
+            }));
         }
         return Err(record_failed(conn, ctx, &e, label, attempt, no_tx, applied).await);
     }
@@ -808,11 +816,23 @@ async fn record_failed(
     let hint = if e.dirty {
         " It ran without a transaction and part of it took effect: it is recorded as dirty, \
          so the next run stops and says so instead of running it again."
+    } else if e.took_effect {
+        " It ran without a transaction and what is said above took effect, but it is not \
+         recorded as dirty: check the database before it runs again."
     } else if no_tx {
-        " It ran without a transaction; nothing of it took effect, so the next run tries it \
-         again."
+        " It ran without a transaction; nothing of it took effect in this run, so the next \
+         run tries it again."
     } else {
         ""
+    };
+    // A run that took over an expired lease cannot know what its predecessor, paused
+    // rather than dead, still ran: a statement it had sent before it stopped.
+    let predecessor = match ctx.lock.took_over_from() {
+        Some(previous) if no_tx => format!(
+            " This run took over the expired lease of {previous}: a statement that run had \
+             already sent may have taken effect too."
+        ),
+        _ => String::new(),
     };
     let marker = ctx.marker(Status::Failed, applied, Some(&detail));
     if let Err(m) = ctx.record(conn, &marker).await {
@@ -821,7 +841,7 @@ async fn record_failed(
             record_from_side(ctx, applied, &detail, None).await;
         }
     }
-    let message = format!("{detail}{hint}");
+    let message = format!("{detail}{hint}{predecessor}");
     if e.config {
         Error::Config(message)
     } else {

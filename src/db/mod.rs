@@ -72,6 +72,10 @@ pub struct ApplyError {
     /// A migration without a transaction failed after part of it took effect, and is
     /// recorded dirty.
     pub dirty: bool,
+    /// Part of it took effect and was not rolled back (a migration without a transaction:
+    /// a statement ran before the failure, or every one ran and recording it failed).
+    /// Whether or not it is recorded dirty, nothing may say that nothing took effect.
+    pub took_effect: bool,
     /// Retrying cannot help: the user lacks a privilege the migration needs (exit 2).
     pub config: bool,
 }
@@ -87,7 +91,19 @@ impl ApplyError {
             retryable,
             lease_lost: is_lease_lost(e),
             dirty: false,
+            took_effect: false,
             config: is_permission_error(e),
+        }
+    }
+
+    /// A PostgreSQL migration run statement by statement (or a down migration): its
+    /// message already says where it stopped and what took effect.
+    fn from_no_tx(e: postgres::NoTxError) -> ApplyError {
+        ApplyError {
+            message: e.message,
+            dirty: e.dirty,
+            took_effect: e.took_effect,
+            ..ApplyError::from_sqlx(&e.error)
         }
     }
 
@@ -100,6 +116,7 @@ impl ApplyError {
                 retryable: false,
                 lease_lost: false,
                 dirty: false,
+                took_effect: false,
                 config: false,
             },
         }
@@ -561,14 +578,9 @@ impl Conn {
     ) -> Result<(), ApplyError> {
         match self {
             Conn::Pg(c) => match migrations {
-                [m] if m.no_tx => postgres::apply_no_tx(c, m, opts).await.map_err(|e| {
-                    let base = ApplyError::from_sqlx(&e.error);
-                    ApplyError {
-                        message: format!("{}{}", e.context, base.message),
-                        dirty: e.dirty,
-                        ..base
-                    }
-                }),
+                [m] if m.no_tx => postgres::apply_no_tx(c, m, opts)
+                    .await
+                    .map_err(ApplyError::from_no_tx),
                 ms => postgres::apply_in_tx(c, ms, opts)
                     .await
                     .map_err(|e| ApplyError::from_sqlx(&e)),
@@ -586,6 +598,7 @@ impl Conn {
                     }
                     r.map_err(|e| ApplyError {
                         dirty: m.no_tx,
+                        took_effect: m.no_tx,
                         ..ApplyError::from_migrate(e)
                     })?;
                 }
@@ -603,7 +616,7 @@ impl Conn {
         match self {
             Conn::Pg(c) => postgres::revert(c, down, fence)
                 .await
-                .map_err(|e| ApplyError::from_sqlx(&e)),
+                .map_err(ApplyError::from_no_tx),
             _ => self
                 .migrate()
                 .revert(&MIGRATIONS_TABLE, down)

@@ -48,6 +48,9 @@ pub struct Lock {
     kind: Kind,
     /// The server session that holds it, when known (PostgreSQL's advisory lock).
     session: Option<i64>,
+    /// The run whose expired lease this run took over, if it did: that run may have been
+    /// paused, not dead, with a statement of its own still running.
+    took_over: Option<String>,
 }
 
 enum Kind {
@@ -444,14 +447,16 @@ async fn try_acquire(
     token: &str,
     then_release: Option<i64>,
 ) -> Result<Option<Lock>> {
+    let mut took_over = None;
     let kind = match choice.kind {
         "file" => file::try_lock(cfg)?.map(Kind::File),
-        "lease" => try_lease(conn, cfg, choice, token).await?,
-        _ => try_session(conn, cfg, token, then_release).await?,
+        "lease" => try_lease(conn, cfg, choice, token, &mut took_over).await?,
+        _ => try_session(conn, cfg, token, then_release, &mut took_over).await?,
     };
     Ok(kind.map(|kind| Lock {
         kind,
         session: None,
+        took_over,
     }))
 }
 
@@ -462,6 +467,7 @@ async fn try_lease(
     cfg: &Config,
     choice: &Choice,
     token: &str,
+    took_over: &mut Option<String>,
 ) -> Result<Option<Kind>> {
     let Some(previous) = lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await? else {
         return Ok(None);
@@ -475,6 +481,7 @@ async fn try_lease(
     }
     if let Some(previous) = previous {
         tracing::warn!("took over an expired lease from {previous}");
+        *took_over = Some(previous);
     }
     Ok(Some(Kind::Lease(lease::Held::start(
         cfg,
@@ -490,6 +497,7 @@ async fn try_session(
     cfg: &Config,
     token: &str,
     then_release: Option<i64>,
+    took_over: &mut Option<String>,
 ) -> Result<Option<Kind>> {
     if !conn.try_lock(cfg, token, then_release).await? {
         return Ok(None);
@@ -512,6 +520,7 @@ async fn try_session(
                         "took over an expired lease from {previous} (and ended it: this run \
                          holds the advisory lock)"
                     );
+                    *took_over = Some(previous);
                 }
                 lease::release(pg(conn), cfg, token).await?;
             }
@@ -529,6 +538,11 @@ impl Lock {
 
     pub fn is_lease(&self) -> bool {
         matches!(self.kind, Kind::Lease(_))
+    }
+
+    /// The run whose expired lease this run took over, if it did (`Lock::took_over`).
+    pub fn took_over_from(&self) -> Option<&str> {
+        self.took_over.as_deref()
     }
 
     /// The server session (`pg_backend_pid()`) that holds the lock, when already known.

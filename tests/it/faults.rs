@@ -530,6 +530,182 @@ fn lease_taken_over_during_an_in_flight_migration_rolls_it_back() {
     );
 }
 
+/// The advisory lock the `-- no-transaction` fence tests hold while a migration waits on it.
+const GATE: i64 = 730_421;
+
+/// A `-- no-transaction` file: statement 1 counts in `counter.a`, statement 2 waits at the
+/// test's gate (`GATE`), statement 3 counts in `counter.n`.
+fn gated_no_transaction() -> String {
+    format!(
+        "-- no-transaction\nUPDATE counter SET a = a + 1;\n\
+         SELECT pg_advisory_xact_lock_shared({GATE});\nUPDATE counter SET n = n + 1;\n"
+    )
+}
+
+fn counter_table(db: &PgDb) {
+    pg_exec(
+        &db.url,
+        "CREATE TABLE counter (a int8, n int8); INSERT INTO counter VALUES (0, 0);",
+    );
+}
+
+/// Run `args` twice against `db` while `gate` is held: the first run is paused (SIGSTOP)
+/// once `waiting()` shows it blocked at the gate; the second, once it took the expired
+/// lease over, blocks there too; then the first resumes (SIGCONT) and the gate opens.
+fn deposed_at_a_gate(
+    db: &PgDb,
+    args: &[&str],
+    gate: std::sync::mpsc::Sender<()>,
+    waiting: impl Fn() -> i64,
+) -> (std::process::Output, std::process::Output) {
+    let first = spawn(schemagate(&db.url).args(args));
+    until(
+        "the first run to wait at the gate",
+        Duration::from_secs(60),
+        || waiting() == 1,
+    );
+    signal(first.id(), "STOP");
+    let second = spawn(schemagate(&db.url).args(args));
+    until(
+        "the second run to take the lease over and wait at the gate",
+        Duration::from_secs(60),
+        || waiting() == 2,
+    );
+    signal(first.id(), "CONT");
+    drop(gate);
+    (finish(first), finish(second))
+}
+
+/// reliability: `--lock lease --lease-ttl 3s`: the holder is paused (SIGSTOP) while statement 2 of a `-- no-transaction` migration waits on a lock; another run takes the lease over and runs the file; the first resumes (SIGCONT) | every statement runs fenced (check, statement and the lease's renewal in one implicit transaction): the resumed run's statement 2 rolls back and it stops there, records nothing and exits 1 saying statement 1 took effect; the new holder runs the file and records it once; one `succeeded` marker, `wait` exits 0 | statement 1, run by both (as the deposed run says); statement 3 once
+#[test]
+fn deposed_lease_holder_runs_no_further_statement_of_a_no_transaction_migration() {
+    let db = PgDb::new("notxfence");
+    counter_table(&db);
+    let src = Migrations::new(&[("1_count.sql", &gated_no_transaction())]);
+    let gate = hold_advisory_lock(&db.url, GATE);
+    let (first, second) = deposed_at_a_gate(&db, &lease_args(&src), gate, || {
+        waiting_on_advisory(&db.url, GATE)
+    });
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("took over an expired lease"),
+        "{}",
+        stderr(&second)
+    );
+    let err = stderr(&first);
+    assert_eq!(code(&first), 1, "{err}");
+    assert!(
+        err.contains(
+            "stopped at statement 2 of 3 (line 3), which did not take effect, after statement \
+             1 took effect"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("nothing of it took effect"), "{err}");
+    assert_eq!(
+        pg_i64(&db.url, "SELECT n FROM counter"),
+        1,
+        "statement 3 ran after the lease was lost"
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT a FROM counter"), 2);
+    assert_eq!(
+        pg_strings(&db.url, "SELECT success::text FROM _sqlx_migrations"),
+        vec!["true".to_owned()]
+    );
+    assert_eq!(
+        pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
+        vec!["succeeded".to_owned()]
+    );
+    let out = run(schemagate(&db.url).args(["wait", "--expect", "1", "--once"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// reliability: `--lock lease --lease-ttl 3s`: as above, for a `-- no-transaction` down migration under `rollback` | the resumed run stops at its next statement, does not delete the row and exits 1 saying what took effect; the new holder undoes the migration once; `wait --expect 0` exits 0 | statement 1, run by both (as the deposed run says); statement 3 once
+#[test]
+fn deposed_lease_holder_runs_no_further_statement_of_a_no_transaction_rollback() {
+    let db = PgDb::new("notxdownfence");
+    counter_table(&db);
+    let src = Migrations::new(&[
+        ("1_count.up.sql", "SELECT 1;"),
+        ("1_count.down.sql", &gated_no_transaction()),
+    ]);
+    let out = run(schemagate(&db.url).args(lease_args(&src)));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let args = [
+        "rollback",
+        "--source",
+        src.path(),
+        "--to",
+        "0",
+        "--lock",
+        "lease",
+        "--lease-ttl",
+        "3s",
+    ];
+    let gate = hold_advisory_lock(&db.url, GATE);
+    let (first, second) =
+        deposed_at_a_gate(&db, &args, gate, || waiting_on_advisory(&db.url, GATE));
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    let err = stderr(&first);
+    assert_eq!(code(&first), 1, "{err}");
+    assert!(
+        err.contains("stopped at statement 2 of 3 (line 3), which did not take effect"),
+        "{err}"
+    );
+    assert_eq!(
+        pg_i64(&db.url, "SELECT n FROM counter"),
+        1,
+        "statement 3 ran after the lease was lost"
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT a FROM counter"), 2);
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 0);
+    assert_eq!(
+        pg_strings(
+            &db.url,
+            "SELECT action || ' ' || status FROM schemagate_marker ORDER BY id DESC LIMIT 1"
+        ),
+        vec!["rollback succeeded".to_owned()]
+    );
+    let out = run(schemagate(&db.url).args(["wait", "--expect", "0", "--once"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// reliability: `--lock lease --lease-ttl 3s`: the holder is paused (SIGSTOP) while the last statement of a `-- no-transaction` migration, a `VACUUM` (which cannot run in a transaction, so cannot be fenced), waits on a table lock; another run takes the lease over; the first resumes | the paused statement, already sent, completes (nothing can recall it); the bookkeeping row is fenced, so the deposed run does not record the migration and exits 1 saying its statement took effect unrecorded; the new holder records it once; one `succeeded` marker, `wait` exits 0 | nothing
+#[test]
+fn deposed_lease_holder_does_not_record_a_no_transaction_migration() {
+    let db = PgDb::new("notxbook");
+    pg_exec(&db.url, "CREATE TABLE t (x int)");
+    let src = Migrations::new(&[("1_vacuum.sql", "-- no-transaction\nVACUUM t;")]);
+    let gate = hold_session(&db.url, "BEGIN; LOCK TABLE t IN SHARE MODE;");
+    let (first, second) = deposed_at_a_gate(&db, &lease_args(&src), gate, || {
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass AND NOT granted",
+        )
+    });
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    let err = stderr(&first);
+    assert_eq!(code(&first), 1, "{err}");
+    assert!(
+        err.contains(
+            "its statement took effect, but the migration lease was taken over by another run \
+             before it was recorded"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("nothing of it took effect"), "{err}");
+    assert_eq!(
+        pg_strings(&db.url, "SELECT success::text FROM _sqlx_migrations"),
+        vec!["true".to_owned()]
+    );
+    assert_eq!(
+        pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
+        vec!["succeeded".to_owned()]
+    );
+    let out = run(schemagate(&db.url).args(["wait", "--expect", "1", "--once"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
 /// reliability: connection exhaustion: `max_connections = 30`, 20 of its 27 non-superuser slots held by other clients, 100 `wait` processes, then one `migrate` | "too many clients" is retried as transient everywhere; the migrator gets a slot and completes; every waiter exits 0 | nothing
 #[test]
 fn connection_exhaustion() {
