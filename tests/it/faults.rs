@@ -1000,6 +1000,66 @@ fn expired_lease_of_a_killed_run_is_taken_over() {
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
 }
 
+/// reliability: `--lock lease`: a waiting run tries the lease at the very moment its live holder finishes and releases it (the try held, by a trigger on the lease table, between its snapshot and its insert until the release commits) | the waiting run takes the free lease and says nothing of taking over an expired one (as it does, naming the owner, for a holder killed past its TTL) | nothing
+#[test]
+fn a_released_lease_is_not_reported_as_taken_over() {
+    let db = PgDb::new("leasefree");
+    let gate_key = GATE + 1;
+    let src = Migrations::new(&[(
+        "1_gate.sql",
+        &format!("SELECT pg_advisory_xact_lock_shared({gate_key});"),
+    )]);
+    let args = ["migrate", "--source", src.path(), "--lock", "lease"];
+    let gate = hold_advisory_lock(&db.url, gate_key);
+    let first = spawn(schemagate(&db.url).args(args));
+    until(
+        "the holder to wait at the gate",
+        Duration::from_secs(60),
+        || waiting_on_advisory(&db.url, gate_key) == 1,
+    );
+    // The next try to insert into the lease table (the waiting run's) pauses, once, until
+    // the holder's row is gone (or five seconds passed).
+    pg_exec(
+        &db.url,
+        "CREATE SEQUENCE once;
+         CREATE FUNCTION hold_try() RETURNS trigger LANGUAGE plpgsql AS $$
+         DECLARE started timestamptz := clock_timestamp();
+         BEGIN
+           IF nextval('once') = 1 THEN
+             WHILE EXISTS (SELECT 1 FROM schemagate_marker_lease WHERE token <> NEW.token)
+               AND clock_timestamp() < started + interval '5 seconds' LOOP
+               PERFORM pg_sleep(0.02);
+             END LOOP;
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER hold_try BEFORE INSERT ON schemagate_marker_lease
+           FOR EACH ROW EXECUTE FUNCTION hold_try();",
+    );
+    let second = spawn(schemagate(&db.url).args(args));
+    until(
+        "the waiting run's try to pause in the trigger",
+        Duration::from_secs(60),
+        || {
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+                 AND query LIKE '%INSERT INTO schemagate_marker_lease%'",
+            ) == 1
+        },
+    );
+    drop(gate);
+    let first = finish(first);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let second = finish(second);
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(
+        !stderr(&second).contains("took over"),
+        "{}",
+        stderr(&second)
+    );
+}
+
 /// reliability (SQLite): `--lock lease` on MySQL or SQLite | refused with exit 2: they have their own lock | nothing
 #[test]
 fn lease_is_refused_off_postgres() {
