@@ -340,6 +340,31 @@ impl Conn {
         .map_err(|e| db_err("cannot read the lock holder", e))
     }
 
+    /// Where `table` lives as the server resolves its name, and where a name needs no
+    /// qualifier (for the default lock's name, `LockConfig::resolved`). PostgreSQL: the
+    /// table's schema (for an unqualified name, asked of the server: `postgres::
+    /// table_schema`) and `public`. MySQL: the table's database and the connection's
+    /// (asked only for a qualified name). SQLite: the table's schema and `main`.
+    pub async fn table_home(&mut self, table: &Table) -> Result<(Option<String>, Option<String>)> {
+        let r = match (self, &table.schema) {
+            (Conn::Pg(_), Some(s)) => Ok((Some(s.clone()), Some("public".to_owned()))),
+            (Conn::Pg(c), None) => postgres::table_schema(c, &table.name.to_ascii_lowercase())
+                .await
+                .map(|s| (s, Some("public".to_owned()))),
+            (Conn::My(c), Some(s)) => mysql::current_database(c)
+                .await
+                .map(|home| (Some(s.clone()), home)),
+            (Conn::My(_), None) => Ok((None, None)),
+            (Conn::Lite(_), schema) => Ok((schema.clone(), Some("main".to_owned()))),
+        };
+        r.map_err(|e| {
+            db_err(
+                &format!("cannot resolve the marker table {}", table.qualified),
+                e,
+            )
+        })
+    }
+
     /// This session's id on the server (for killing it from another connection).
     pub async fn session_id(&mut self) -> Result<i64> {
         match self {

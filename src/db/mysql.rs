@@ -69,6 +69,11 @@ pub async fn lock_holder(
     )
 }
 
+/// The connection's database (`DATABASE()`), if one is selected.
+pub async fn current_database(c: &mut MySqlConnection) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DATABASE()").fetch_one(c).await
+}
+
 pub async fn session_id(c: &mut MySqlConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)")
         .fetch_one(c)

@@ -392,6 +392,25 @@ pub async fn lock_holder(c: &mut PgConnection, key: i64) -> Result<Option<Holder
     .transpose()
 }
 
+/// The schema an unqualified table name resolves to: the first schema on the search_path
+/// that has the table, else `current_schema()`, where `CREATE TABLE` would put it. `None`
+/// when the search_path names no schema that exists.
+pub async fn table_schema(c: &mut PgConnection, name: &str) -> Result<Option<String>, sqlx::Error> {
+    let r = row(
+        c,
+        format!(
+            "SELECT coalesce((SELECT n.nspname::text FROM pg_catalog.pg_class r \
+               JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+               WHERE r.oid = to_regclass({})), current_schema()::text)",
+            lit(name)
+        ),
+    )
+    .await?;
+    Ok(r.map(|r| r.try_get::<Option<String>, _>(0))
+        .transpose()?
+        .flatten())
+}
+
 pub async fn session_id(c: &mut PgConnection) -> Result<i64, sqlx::Error> {
     let r = row(c, "SELECT pg_backend_pid()::int8".into()).await?;
     Ok(r.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0))
