@@ -62,6 +62,17 @@ impl Job {
         })
     }
 
+    /// With `--ignore-missing`, the source's versions: another track shares the history,
+    /// so its check counts only these (`Expected::versions`).
+    fn own_versions(&self) -> Option<Vec<i64>> {
+        match self {
+            Job::Sql(source) if source.ignore_missing => {
+                Some(source.ups.iter().map(|m| m.version).collect())
+            }
+            _ => None,
+        }
+    }
+
     fn expected(&self) -> (String, Option<String>, Option<(i64, usize)>) {
         match self {
             Job::Sql(source) => (
@@ -124,10 +135,12 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
         }
     };
     let (version, digest, history) = job.expected();
+    let versions = job.own_versions();
     let expected = Expected {
         version: &version,
         digest: digest.as_deref(),
         history,
+        versions: versions.as_deref(),
         foreign: match &job {
             Job::External { foreign, .. } => foreign.as_ref(),
             Job::Sql(_) => None,
@@ -323,6 +336,7 @@ fn claimed<'a>(summary: &'a digest::Summary, version: &'a str) -> Expected<'a> {
         version,
         digest: Some(&summary.digest),
         history: Some((summary.version, summary.count)),
+        versions: None,
         foreign: None,
     }
 }
@@ -485,9 +499,8 @@ async fn prepare_sql_under_lock(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
 ) -> Result<Option<(Vec<sqlx::migrate::AppliedMigration>, Option<i64>)>> {
-    let upto = ctx.expected.history.map(|(v, _)| v);
     let Some((decisive, applied)) = conn
-        .ensure_tables_and_read(&ctx.cfg.table, ctx.expected.version, upto)
+        .ensure_tables_and_read(&ctx.cfg.table, ctx.expected.version, ctx.expected.upto())
         .await?
     else {
         if prepare_under_lock(conn, ctx, true).await? {

@@ -346,7 +346,10 @@ impl Via<'_> {
         upto: Option<i64>,
     ) -> Result<Decisive> {
         match self {
-            Via::Conn(c) => c.newest_marker(&cfg.table, version, upto, true).await,
+            Via::Conn(c) => {
+                let upto = upto.map(db::Upto::Version);
+                c.newest_marker(&cfg.table, version, upto, true).await
+            }
             Via::Listener(l) => db::settle_newest(
                 l.newest_marker(&cfg.table, version, upto).await,
                 &cfg.table,

@@ -18,6 +18,7 @@ use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 use crate::config::{Config, Table, redact};
 use crate::error::{Error, Result};
 
+pub use crate::marker::Upto;
 pub use crate::marker::{Decisive, Marker, NewMarker, Status};
 pub(crate) use crate::marker::{NewestRow, marker_from_row, newest_marker_sql, settle_newest};
 use connect::is_permission_error;
@@ -434,7 +435,7 @@ impl Conn {
         &mut self,
         table: &Table,
         version: &str,
-        upto: Option<i64>,
+        upto: Option<Upto<'_>>,
     ) -> Result<Option<(Decisive, (Vec<AppliedMigration>, Option<i64>))>> {
         let Conn::Pg(c) = self else {
             return Ok(None);
@@ -538,7 +539,7 @@ impl Conn {
         &mut self,
         table: &Table,
         version: &str,
-        upto: Option<i64>,
+        upto: Option<Upto<'_>>,
         newest: bool,
     ) -> Result<Decisive> {
         let r = match self {

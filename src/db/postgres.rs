@@ -565,7 +565,7 @@ pub async fn newest_marker<'c>(
     c: impl PgExecutor<'c>,
     t: &Table,
     version: &str,
-    upto: Option<i64>,
+    upto: Option<super::Upto<'_>>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     rows(c, newest_marker_sql(t, version, upto, newest))
@@ -575,7 +575,12 @@ pub async fn newest_marker<'c>(
         .collect()
 }
 
-fn newest_marker_sql(t: &Table, version: &str, upto: Option<i64>, newest: bool) -> String {
+fn newest_marker_sql(
+    t: &Table,
+    version: &str,
+    upto: Option<super::Upto<'_>>,
+    newest: bool,
+) -> String {
     super::newest_marker_sql(t, &lit(version), "0::int8", upto, newest)
 }
 
@@ -598,7 +603,7 @@ pub async fn ensure_tables_and_read(
     c: &mut PgConnection,
     t: &Table,
     version: &str,
-    upto: Option<i64>,
+    upto: Option<super::Upto<'_>>,
 ) -> Result<NewestAndApplied, sqlx::Error> {
     let sql = format!(
         "{}\n{};\n{}",
@@ -1199,6 +1204,7 @@ impl Listener {
         version: &str,
         upto: Option<i64>,
     ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
+        let upto = upto.map(super::Upto::Version);
         newest_marker(&mut self.0, t, version, upto, true).await
     }
 

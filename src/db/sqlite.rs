@@ -109,7 +109,7 @@ pub async fn newest_marker(
     c: &mut SqliteConnection,
     t: &Table,
     version: &str,
-    upto: Option<i64>,
+    upto: Option<super::Upto<'_>>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(

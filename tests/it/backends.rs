@@ -712,6 +712,49 @@ fn lost_lock_connection_records_a_failed_marker(kind: Kind) {
     assert_eq!(code(&out), 3, "{}", stderr(&out));
 }
 
+/// reliability: two migration tracks in one history (`--ignore-missing`, quickwit's deferred track): 8 `migrate` runs of one track race, then 5 more run one after another | the marker's history check counts only this track's versions, so the racers that wait leave at the first run's marker, and every later run takes the fast path (no lock, no marker): one marker in all | nothing
+fn ignore_missing_runs_take_the_fast_path(kind: Kind) {
+    let db = TestDb::new(kind, "tracks");
+    let main = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("3_c.sql", "CREATE TABLE c (id int);"),
+    ]);
+    let deferred = Migrations::new(&[
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+        ("4_d.sql", "CREATE TABLE d (id int);"),
+    ]);
+    let go = |src: &Migrations| {
+        let mut c = migrate(&db, src);
+        c.arg("--ignore-missing");
+        c
+    };
+    // The other track first: its rows sit among this track's, older and newer.
+    ok(&run(&mut go(&deferred)));
+    let racers: Vec<_> = (0..8).map(|_| spawn(&mut go(&main))).collect();
+    for out in racers.into_iter().map(finish) {
+        ok(&out);
+    }
+    let markers = || db.i64("SELECT count(*) FROM schemagate_marker WHERE version = '3'");
+    assert_eq!(markers(), 1, "one marker for the race");
+    for _ in 0..5 {
+        let out = run(&mut go(&main));
+        ok(&out);
+        assert!(
+            stderr(&out).contains("schema version 3 is already applied"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("lock: "), "{}", stderr(&out));
+    }
+    assert_eq!(markers(), 1, "a no-op run appended a marker");
+    // The check still sees this track's history: reverted out of band, it runs again.
+    db.exec("DELETE FROM _sqlx_migrations WHERE version = 3; DROP TABLE c;");
+    let out = run(&mut go(&main));
+    ok(&out);
+    assert!(stderr(&out).contains("applying 3"), "{}", stderr(&out));
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 4);
+}
+
 /// Two `migrate` runs at once whose `--table` names one marker table in two spellings: the
 /// second must wait for the first's lock (its log says so) and never reach the migration,
 /// which the first holds at the test's gate; then both exit 0, the migration applied once.
@@ -842,4 +885,5 @@ on_every_backend!(
     wait_for_a_version_the_database_has_passed,
     out_of_band_revert_is_seen_by_the_fast_path,
     database_ahead_of_the_source_is_not_drift,
+    ignore_missing_runs_take_the_fast_path,
 );
