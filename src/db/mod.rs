@@ -366,6 +366,21 @@ impl Conn {
         })
     }
 
+    /// How many more connections the server would accept now, when it says (PostgreSQL,
+    /// MariaDB; `None` on SQLite, or when it cannot be read): `wait` polls less often when
+    /// few are left, so that the migrator gets one.
+    pub async fn free_slots(&mut self) -> Option<i64> {
+        let r = match self {
+            Conn::Pg(c) => postgres::free_slots(c).await,
+            Conn::My(c) => mysql::free_slots(c).await,
+            Conn::Lite(_) => Ok(None),
+        };
+        r.unwrap_or_else(|e| {
+            tracing::debug!("cannot read the free connection slots: {}", describe(&e));
+            None
+        })
+    }
+
     /// This session's id on the server (for killing it from another connection).
     pub async fn session_id(&mut self) -> Result<i64> {
         match self {

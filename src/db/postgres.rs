@@ -411,6 +411,22 @@ pub async fn table_schema(c: &mut PgConnection, name: &str) -> Result<Option<Str
         .flatten())
 }
 
+/// How many more connections an ordinary user could open now: `max_connections` less the
+/// slots reserved for superusers (and, from PostgreSQL 16, for `pg_use_reserved_
+/// connections`) and the client sessions open.
+pub async fn free_slots(c: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
+    let r = row(
+        c,
+        "SELECT current_setting('max_connections')::int8 \
+           - current_setting('superuser_reserved_connections')::int8 \
+           - coalesce(nullif(current_setting('reserved_connections', true), ''), '0')::int8 \
+           - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+            .into(),
+    )
+    .await?;
+    r.map(|r| r.try_get::<i64, _>(0)).transpose()
+}
+
 pub async fn session_id(c: &mut PgConnection) -> Result<i64, sqlx::Error> {
     let r = row(c, "SELECT pg_backend_pid()::int8".into()).await?;
     Ok(r.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0))

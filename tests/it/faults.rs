@@ -706,7 +706,7 @@ fn deposed_lease_holder_does_not_record_a_no_transaction_migration() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
-/// reliability: connection exhaustion: `max_connections = 30`, 20 of its 27 non-superuser slots held by other clients, 100 `wait` processes, then one `migrate` | "too many clients" is retried as transient everywhere; the migrator gets a slot and completes; every waiter exits 0 | nothing
+/// reliability: connection exhaustion: `max_connections = 30`, 20 of its 27 non-superuser slots held by other clients, 100 `wait` processes, then one `migrate`, every connection over a slow link (so each, refused or not, holds a slot for the round trips of its authentication, as on a loaded machine) | "too many clients" is retried as transient everywhere, by the migrator every 50-250 ms, by waiters after 1 s doubling to 16 s, and waiters that find fewer than 3 slots free poll less often: the migrator gets a slot and completes; every waiter exits 0 | nothing
 #[test]
 fn connection_exhaustion() {
     let server = start_cluster(&["max_connections = 30"]);
@@ -716,11 +716,15 @@ fn connection_exhaustion() {
         &format!("CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'"),
     );
     pg_exec(&admin, "CREATE DATABASE exhaust OWNER app");
-    let url = format!(
+    let direct = format!(
         "postgres://app:{PASSWORD}@127.0.0.1:{}/exhaust",
         server.port
     );
-    let release = hold_connections(&url, 20);
+    let release = hold_connections(&direct, 20);
+    // Every schemagate connection crosses a slow link: each holds a slot for the round
+    // trips of its authentication, refused or not, as on a loaded machine.
+    let link = SlowLink::start(server.port, Duration::from_millis(40));
+    let url = format!("postgres://app:{PASSWORD}@127.0.0.1:{}/exhaust", link.port);
     let waiters: Vec<_> = (0..100)
         .map(|_| {
             spawn(schemagate(&url).args([
@@ -735,8 +739,11 @@ fn connection_exhaustion() {
         })
         .collect();
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
-    // 100 waiters compete with the migrator for 7 slots: on a loaded machine the
-    // migrator may need more than the default minute to win one.
+    // 100 waiters compete with the migrator for 7 slots. The waiters yield (their
+    // refusals back off exponentially, and they poll less often while few slots are
+    // free), the migrator retries briskly; each refused attempt still holds a slot while
+    // it authenticates, which on a loaded machine takes seconds, so the deadline is kept
+    // generous (it was what ran out, at load 7, before the waiters yielded).
     let migrate = spawn(schemagate(&url).args([
         "migrate",
         "--source",
@@ -754,6 +761,7 @@ fn connection_exhaustion() {
     }
     assert!(saw_too_many, "the test did not exhaust the connections");
     drop(release);
+    drop(link);
 }
 
 /// reliability: a migration blocked by another session's table lock, with `--ddl-lock-timeout 200ms --ddl-retries 2` | each attempt gives up after 200 ms instead of queueing every query on the table behind it, rolls back, logs, retries with backoff; still blocked after the retries: exit 1 and a `failed` marker | nothing: each attempt rolled back whole
