@@ -88,22 +88,63 @@ pub struct Expected<'a> {
     /// then also needs the migrations table to show exactly that many applied up to that
     /// version, none dirty (read in the same query).
     pub history: Option<(i64, usize)>,
+    /// With `--ignore-missing` (two migration tracks in one history): the source's
+    /// versions. The history check then counts exactly these, not every row up to the
+    /// newest, where another track's rows would make the count never match (and every run
+    /// take the lock and append a marker).
+    pub versions: Option<&'a [i64]>,
     /// For another migrator's directory (`--format`): the marker also needs that
     /// migrator's history table to show every migration of the directory applied, so a
     /// downgrade made with the migrator itself sends the run down the slow path.
     pub foreign: Option<&'a crate::formats::Foreign>,
 }
 
+/// Which rows of `_sqlx_migrations` a marker's history check counts as applied.
+#[derive(Debug, Clone, Copy)]
+pub enum Upto<'a> {
+    /// Every migration up to this version (the source's newest).
+    Version(i64),
+    /// Exactly these versions (`Expected::versions`).
+    Only(&'a [i64]),
+}
+
+impl Upto<'_> {
+    /// The condition on `version` this counts.
+    fn condition(&self) -> String {
+        match self {
+            Upto::Version(v) => format!("version <= {v}"),
+            Upto::Only([]) => "false".into(),
+            Upto::Only(versions) => format!(
+                "version IN ({})",
+                versions
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+impl Expected<'_> {
+    /// What the history check counts (`Expected::history`, `Expected::versions`).
+    pub fn upto(&self) -> Option<Upto<'_>> {
+        self.history.map(|(v, _)| match self.versions {
+            Some(versions) => Upto::Only(versions),
+            None => Upto::Version(v),
+        })
+    }
+}
+
 /// Whether the newest marker for the expected version says it succeeded (same digest), and
 /// the history it can see agrees (see `Expected::history`).
 pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
-    let upto = expected.history.map(|(v, _)| v);
     let decisive = conn
         .newest_marker(
             &cfg.table,
             &cfg.migrations_table,
             expected.version,
-            upto,
+            expected.upto(),
             false,
         )
         .await?;
@@ -188,15 +229,16 @@ pub(crate) fn newest_marker_sql(
     migrations: &MigrationsTable,
     param: &str,
     zero: &str,
-    upto: Option<i64>,
+    upto: Option<Upto<'_>>,
     newest: bool,
 ) -> String {
     let one = zero.replace('0', "1");
     let history = match upto {
-        Some(v) => format!(
-            "(SELECT COUNT(*) FROM {migrations} WHERE version <= {v} AND success) \
+        Some(upto) => format!(
+            "(SELECT COUNT(*) FROM {migrations} WHERE {} AND success) \
                AS applied_upto, \
-             (SELECT COUNT(*) FROM {migrations} WHERE NOT success) AS dirty"
+             (SELECT COUNT(*) FROM {migrations} WHERE NOT success) AS dirty",
+            upto.condition()
         ),
         None => format!("{zero} AS applied_upto, {zero} AS dirty"),
     };

@@ -192,6 +192,26 @@ pub fn leaves_debris_on_failure(text: &str) -> bool {
     (has("INDEX") || has("REINDEX")) && has("CONCURRENTLY")
 }
 
+/// Whether PostgreSQL runs a statement only outside a transaction block, where a query of
+/// several statements (one implicit transaction) would have it refused: the `CONCURRENTLY`
+/// forms of `CREATE INDEX`, `DROP INDEX` and `REINDEX`, `VACUUM`, `CREATE`/`DROP DATABASE`
+/// and `TABLESPACE`, `ALTER SYSTEM`, and what starts or ends a transaction. (A statement
+/// missed here is refused there with SQLSTATE 25001 before it does anything, and then sent
+/// alone.)
+pub fn runs_outside_transaction(text: &str) -> bool {
+    if transaction_control(text).is_some() || leaves_debris_on_failure(text) {
+        return true;
+    }
+    let words = leading_words(text, 3);
+    let word = |i: usize| words.get(i).map_or("", String::as_str);
+    match word(0) {
+        "VACUUM" => true,
+        "CREATE" | "DROP" => matches!(word(1), "DATABASE" | "TABLESPACE"),
+        "ALTER" => word(1) == "SYSTEM",
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +291,32 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn knows_what_runs_only_outside_a_transaction_block() {
+        for outside in [
+            "CREATE INDEX CONCURRENTLY i ON t (x)",
+            "create unique index concurrently if not exists i on t (x)",
+            "DROP INDEX CONCURRENTLY i",
+            "REINDEX INDEX CONCURRENTLY i",
+            "-- why\nVACUUM (ANALYZE) t",
+            "CREATE DATABASE d",
+            "DROP TABLESPACE s",
+            "ALTER SYSTEM SET work_mem = '8MB'",
+            "COMMIT",
+            "BEGIN",
+        ] {
+            assert!(runs_outside_transaction(outside), "{outside}");
+        }
+        for inside in [
+            "CREATE INDEX i ON t (x)",
+            "UPDATE t SET x = 1",
+            "ALTER TABLE t ADD COLUMN y int",
+            "CREATE TABLE concurrently_made (x int)",
+            "SELECT 'VACUUM'",
+        ] {
+            assert!(!runs_outside_transaction(inside), "{inside}");
+        }
     }
 }

@@ -691,7 +691,7 @@ pub async fn apply_no_tx(
     let started = Instant::now();
     postgres::apply_no_tx(c, table, m, &ApplyOptions::default())
         .await
-        .map_err(|e| format!("{}{}", e.context, redact(&e.error.to_string())))?;
+        .map_err(|e| e.message)?;
     Ok(started.elapsed())
 }
 

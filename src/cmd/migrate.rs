@@ -58,6 +58,17 @@ impl Job {
         })
     }
 
+    /// With `--ignore-missing`, the source's versions: another track shares the history,
+    /// so its check counts only these (`Expected::versions`).
+    fn own_versions(&self) -> Option<Vec<i64>> {
+        match self {
+            Job::Sql(source) if source.ignore_missing => {
+                Some(source.ups.iter().map(|m| m.version).collect())
+            }
+            _ => None,
+        }
+    }
+
     fn expected(&self) -> (String, Option<String>, Option<(i64, usize)>) {
         match self {
             Job::Sql(source) => (
@@ -120,10 +131,12 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
         }
     };
     let (version, digest, history) = job.expected();
+    let versions = job.own_versions();
     let expected = Expected {
         version: &version,
         digest: digest.as_deref(),
         history,
+        versions: versions.as_deref(),
         foreign: match &job {
             Job::External { foreign, .. } => foreign.as_ref(),
             Job::Sql(_) => None,
@@ -319,6 +332,7 @@ fn claimed<'a>(summary: &'a digest::Summary, version: &'a str) -> Expected<'a> {
         version,
         digest: Some(&summary.digest),
         history: Some((summary.version, summary.count)),
+        versions: None,
         foreign: None,
     }
 }
@@ -492,10 +506,14 @@ async fn prepare_sql_under_lock(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
 ) -> Result<Option<(Vec<sqlx::migrate::AppliedMigration>, Option<i64>)>> {
-    let upto = ctx.expected.history.map(|(v, _)| v);
     let migrations = &ctx.cfg.migrations_table;
     let Some((decisive, applied)) = conn
-        .ensure_tables_and_read(&ctx.cfg.table, migrations, ctx.expected.version, upto)
+        .ensure_tables_and_read(
+            &ctx.cfg.table,
+            migrations,
+            ctx.expected.version,
+            ctx.expected.upto(),
+        )
         .await?
     else {
         if prepare_under_lock(conn, ctx, true).await? {
@@ -772,7 +790,7 @@ async fn apply_group(
         };
         // Never again once part of it took effect (a `-- no-transaction` file recorded
         // dirty): its first statements would run twice.
-        if e.retryable && !e.dirty && attempt < settings.timeouts.retries {
+        if e.retryable && !e.dirty && !e.took_effect && attempt < settings.timeouts.retries {
             attempt += 1;
             let pause = Duration::from_millis(250) * 2u32.pow(attempt.min(6));
             tracing::warn!(
@@ -784,12 +802,20 @@ async fn apply_group(
             continue;
         }
         if e.lease_lost {
-            // Another run owns the lease now: nothing of this migration ran, and any
-            // marker we wrote could contradict the new holder's.
-            return Err(Error::LockLost(format!(
-                "the migration lease was taken over by another run before {label}; stopped \
-                 without running it (applied {applied})"
-            )));
+            // Another run owns the lease now, and any marker we wrote could contradict the
+            // new holder's. A migration without a transaction may have run in part: its
+            // message says how far.
+            return Err(Error::LockLost(if e.took_effect {
+                format!(
+                    "migration {label}: {}; stopped (applied {applied})",
+                    e.message
+                )
+            } else {
+                format!(
+                    "the migration lease was taken over by another run before {label}; \
+                     stopped without running it (applied {applied})"
+                )
+            }));
         }
         return Err(record_failed(conn, ctx, &e, label, attempt, no_tx, applied).await);
     }
@@ -816,11 +842,23 @@ async fn record_failed(
     let hint = if e.dirty {
         " It ran without a transaction and part of it took effect: it is recorded as dirty, \
          so the next run stops and says so instead of running it again."
+    } else if e.took_effect {
+        " It ran without a transaction and what is said above took effect, but it is not \
+         recorded as dirty: check the database before it runs again."
     } else if no_tx {
-        " It ran without a transaction; nothing of it took effect, so the next run tries it \
-         again."
+        " It ran without a transaction; nothing of it took effect in this run, so the next \
+         run tries it again."
     } else {
         ""
+    };
+    // A run that took over an expired lease cannot know what its predecessor, paused
+    // rather than dead, still ran: a statement it had sent before it stopped.
+    let predecessor = match ctx.lock.took_over_from() {
+        Some(previous) if no_tx => format!(
+            " This run took over the expired lease of {previous}: a statement that run had \
+             already sent may have taken effect too."
+        ),
+        _ => String::new(),
     };
     let marker = ctx.marker(Status::Failed, applied, Some(&detail));
     if let Err(m) = ctx.record(conn, &marker).await {
@@ -829,7 +867,7 @@ async fn record_failed(
             record_from_side(ctx, applied, &detail, None).await;
         }
     }
-    let message = format!("{detail}{hint}");
+    let message = format!("{detail}{hint}{predecessor}");
     if e.config {
         Error::Config(message)
     } else {

@@ -505,6 +505,7 @@ impl Rehearsal {
             version: &self.source.version(),
             digest: Some(&self.source.digest()),
             history: Some(self.source.history()),
+            versions: None,
             foreign: None,
         };
         if crate::lock::is_done(conn, &self.cfg, &expected).await? {

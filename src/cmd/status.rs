@@ -127,7 +127,9 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
         None => None,
     };
     let markers = conn.markers(&cfg.table, args.limit).await?;
-    let holder = lock::holder(&mut conn, cfg).await?;
+    // The lock as `migrate` resolves it from here: the same name and key.
+    let resolved = lock::resolve(&mut conn, cfg).await?;
+    let holder = lock::holder(&mut conn, &resolved).await?;
     // What `--lock auto` picks from here, and why (the probe takes a random key, never the
     // real lock).
     let choice = lock::choose(&mut conn, cfg).await?;
@@ -140,8 +142,8 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
         backend: cfg.backend.name(),
         table: cfg.table.qualified.clone(),
         lock: LockReport {
-            name: cfg.lock.name.clone(),
-            key: cfg.lock.key,
+            name: resolved.lock.name,
+            key: resolved.lock.key,
             kind: choice.kind,
             reason: choice.reason,
             holder,

@@ -55,7 +55,7 @@ pub(super) async fn run_external(
     }
     let env = [
         ("SCHEMAGATE_VERSION", ctx.expected.version.to_owned()),
-        ("SCHEMAGATE_LOCK_KEY", ctx.cfg.lock.key.to_string()),
+        ("SCHEMAGATE_LOCK_KEY", ctx.lock.key().to_string()),
     ];
     let mut running = child::spawn(command, &env, ctx.cfg.json_logs)?;
     let status = supervise(conn, ctx, &mut running, grace, signals).await?;

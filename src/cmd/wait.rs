@@ -215,13 +215,24 @@ async fn wait_loop(
 ) -> Result<String> {
     let mut listener = listener(cfg, args, deadline).await?;
     let mut last_log: Option<Instant> = None;
+    let mut crowded = 0;
     loop {
         // --listen checks on its one LISTEN connection; polling opens one per check and
         // holds nothing in between.
-        let checked = match listener.as_mut() {
-            Some(l) => check(&mut Via::Listener(l), cfg, target).await,
-            None => check_once(&check_config(cfg, deadline), target).await,
-        };
+        let checked =
+            match listener.as_mut() {
+                Some(l) => check(&mut Via::Listener(l), cfg, target).await,
+                None => check_once(&check_config(cfg, deadline), target).await.map(
+                    |(state, few_slots)| {
+                        crowded = if few_slots {
+                            (crowded + 1).min(CROWDED_MAX)
+                        } else {
+                            crowded.saturating_sub(1)
+                        };
+                        state
+                    },
+                ),
+            };
         let why = match verdict(checked, args, target)? {
             Ok(why) => return Ok(why),
             Err(why) => why,
@@ -245,7 +256,11 @@ async fn wait_loop(
             tracing::info!("waiting for schema version {}: {why}", target.version);
             last_log = Some(Instant::now());
         }
-        pause(listener.as_mut(), jitter(args.interval).min(left)).await;
+        pause(
+            listener.as_mut(),
+            crowded_pause(args.interval, crowded).min(left),
+        )
+        .await;
     }
 }
 
@@ -347,6 +362,7 @@ impl Via<'_> {
     ) -> Result<Decisive> {
         match self {
             Via::Conn(c) => {
+                let upto = upto.map(db::Upto::Version);
                 c.newest_marker(&cfg.table, &cfg.migrations_table, version, upto, true)
                     .await
             }
@@ -368,17 +384,41 @@ impl Via<'_> {
     }
 }
 
-/// One check on a connection of its own, closed afterwards.
-async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
+/// The server's connection slots a waiter leaves free for the migrator (its connection,
+/// the probe's second one, the lease's heartbeat): fewer free after a check that found the
+/// schema not ready, and the waiter polls less often (`crowded_pause`).
+const HEADROOM: i64 = 3;
+
+/// How many times in a row the pause may double while the server is crowded.
+const CROWDED_MAX: u32 = 6;
+
+/// The pause before the next poll (jittered): --interval, doubled for each check in a row
+/// that found fewer than `HEADROOM` connection slots free, up to 15 s (or --interval, if
+/// longer). Waiters hold no connection between polls, but each poll is a connection, and
+/// a refused attempt holds a slot while it authenticates: hundreds of waiters polling at
+/// --interval keep a crowded server's slots full, and the migrator would wait for one as
+/// long as they poll. Stepping back before the slots run out leaves them to it.
+fn crowded_pause(interval: Duration, crowded: u32) -> Duration {
+    let cap = interval.max(Duration::from_secs(15));
+    jitter(interval.saturating_mul(1 << crowded).min(cap))
+}
+
+/// One check on a connection of its own, closed afterwards; also whether the server had
+/// fewer than `HEADROOM` connection slots free (asked only when not ready: a ready check
+/// ends the wait).
+async fn check_once(cfg: &Config, target: &Target) -> Result<(Readiness, bool)> {
     if cfg.backend == Backend::Sqlite {
         // Read-only: a missing file is not created, and `migrate` may yet create it.
         let options = db::sqlite_options(cfg)
             .map_err(|e| Error::Config(format!("invalid database URL: {}", db::describe(&e))))?;
         if !options.get_filename().exists() {
-            return Ok(Readiness::NotYet(format!(
-                "the SQLite database file {} does not exist yet",
-                options.get_filename().display()
-            )));
+            return Ok((
+                Readiness::NotYet(format!(
+                    "the SQLite database file {} does not exist yet",
+                    options.get_filename().display()
+                )),
+                false,
+            ));
         }
     }
     let mut conn = db::connect(cfg).await?;
@@ -386,8 +426,10 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
         Some(f) => check_foreign(&mut conn, cfg, &target.version, f).await,
         None => check(&mut Via::Conn(&mut conn), cfg, target).await,
     };
+    let few_slots = matches!(state, Ok(Readiness::NotYet(_)))
+        && conn.free_slots().await.is_some_and(|free| free < HEADROOM);
     conn.close().await;
-    state
+    state.map(|state| (state, few_slots))
 }
 
 async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {

@@ -146,6 +146,9 @@ pub struct LockConfig {
     pub wait: Duration,
     pub name: String,
     pub key: i64,
+    /// Given with `--lock-name`: used as given. Otherwise derived from the marker table,
+    /// and resolved on the server before the lock is taken (`LockConfig::resolved`).
+    pub explicit: bool,
 }
 
 /// `--lock`: which lock a PostgreSQL run takes.
@@ -167,16 +170,55 @@ impl LockConfig {
     /// The lock named `name` (default: derived from the marker table), with the defaults
     /// of `--lease-ttl` and `--lock-wait`.
     pub fn named(name: Option<&str>, table: &Table, mode: LockMode) -> LockConfig {
-        let name = name
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("schemagate:{}", table.qualified));
+        let (name, explicit) = match name {
+            Some(name) => (name.to_owned(), true),
+            None => (
+                default_lock_name(table.schema.as_deref(), &table.name, Some("public")),
+                false,
+            ),
+        };
         LockConfig {
             mode,
             lease_ttl: Duration::from_secs(30),
             wait: Duration::from_secs(600),
             key: lock_key(&name),
             name,
+            explicit,
         }
+    }
+
+    /// The default lock once the server has said where `table` lives: `schema` holds it
+    /// (PostgreSQL: its schema; MySQL: its database), and a name in `home` needs no
+    /// qualifier (`public`; the connection's database; SQLite's `main`). A `--lock-name`
+    /// stays as given.
+    pub fn resolved(&self, table: &Table, schema: Option<&str>, home: Option<&str>) -> LockConfig {
+        if self.explicit {
+            return self.clone();
+        }
+        let name = default_lock_name(schema, &table.name, home);
+        LockConfig {
+            key: lock_key(&name),
+            name,
+            ..self.clone()
+        }
+    }
+}
+
+/// The default lock's name for the table `schema.name`: `schemagate:<schema>.<name>`, or
+/// `schemagate:<name>` when the table is in `home` (or no schema is known), lower-cased as
+/// PostgreSQL folds unquoted identifiers. So every spelling of one table names one lock
+/// (`schemagate_marker`, `public.schemagate_marker` and `Schemagate_Marker` are one table),
+/// and the default table in `public` keeps the name, and key, of earlier releases, so runs
+/// of an old and a new binary still exclude each other during an upgrade. MySQL folds case
+/// here too, whatever `lower_case_table_names` says: two marker tables that differ only in
+/// case would still guard one database's migrations, so they share the lock.
+fn default_lock_name(schema: Option<&str>, name: &str, home: Option<&str>) -> String {
+    let name = name.to_ascii_lowercase();
+    match schema {
+        Some(s) if home.is_none_or(|h| !s.eq_ignore_ascii_case(h)) => {
+            format!("schemagate:{}.{name}", s.to_ascii_lowercase())
+        }
+        _ => format!("schemagate:{name}"),
     }
 }
 
@@ -390,6 +432,58 @@ mod tests {
         ] {
             assert!(Table::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_spelling_of_one_table_names_one_lock() {
+        let named = |t: &str| LockConfig::named(None, &Table::parse(t).unwrap(), LockMode::Auto);
+        let default = named("schemagate_marker");
+        // The name (and key) of earlier releases, for the default table.
+        assert_eq!(default.name, "schemagate:schemagate_marker");
+        for t in [
+            "public.schemagate_marker",
+            "Schemagate_Marker",
+            "PUBLIC.SCHEMAGATE_MARKER",
+        ] {
+            assert_eq!(named(t).key, default.key, "{t}");
+        }
+        assert_eq!(named("Ops.Marker").name, "schemagate:ops.marker");
+        // Resolved on the server: an unqualified name in schema `app`, and `app.marker`.
+        let unqualified = named("marker");
+        let resolved = |l: &LockConfig, t: &str, s: Option<&str>, home: Option<&str>| {
+            l.resolved(&Table::parse(t).unwrap(), s, home).name
+        };
+        assert_eq!(
+            resolved(&unqualified, "marker", Some("app"), Some("public")),
+            resolved(
+                &named("app.marker"),
+                "app.marker",
+                Some("app"),
+                Some("public")
+            )
+        );
+        // MySQL: the connection's database needs no qualifier.
+        assert_eq!(
+            resolved(
+                &named("Shop.Marker"),
+                "Shop.Marker",
+                Some("Shop"),
+                Some("shop")
+            ),
+            "schemagate:marker"
+        );
+        // --lock-name stays as given.
+        let explicit = LockConfig::named(
+            Some("My-Lock"),
+            &Table::parse("marker").unwrap(),
+            LockMode::Auto,
+        );
+        assert_eq!(
+            explicit
+                .resolved(&Table::parse("marker").unwrap(), Some("app"), None)
+                .name,
+            "My-Lock"
+        );
     }
 
     #[test]

@@ -152,6 +152,16 @@ pub async fn connect(cfg: &Config) -> Result<Conn> {
         .retry(backoff(Duration::from_millis(50), Duration::from_secs(2)))
         .sleep(tokio::time::sleep)
         .when(|e| classify(e) == Class::Transient)
+        .adjust({
+            let mut refused = 0;
+            move |e, delay| match delay {
+                Some(_) if no_free_slot(e) => {
+                    refused += 1;
+                    Some(after_no_free_slot(cfg.read_only, refused))
+                }
+                other => other,
+            }
+        })
         .notify(|e, delay| {
             let msg = describe(e);
             tracing::warn!(
@@ -179,6 +189,39 @@ pub async fn connect(cfg: &Config) -> Result<Conn> {
     }
 }
 
+/// Whether the server refused a connection for want of a free slot ("too many clients",
+/// or the slots left are reserved for superusers; MySQL: too many connections, or the
+/// user's limit).
+fn no_free_slot(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1040 | 1203 | 1226);
+    }
+    db.code().as_deref() == Some("53300")
+}
+
+/// The pause before the next attempt after the server refused the `refused`th for want
+/// of a free slot. The migrator (any run that changes the schema) tries again briskly,
+/// every 50-250 ms until its deadline, so a slot freed is soon its own; a run that only
+/// reads (`wait`, `status`) steps back, 1 s after the first refusal, doubling to 16 s
+/// (each ±50%). With the common backoff alone, hundreds of waiters retried as often as
+/// the migrator (up to every 2 s, each), and each refused attempt held one of the
+/// server's slots while it authenticated (PostgreSQL checks the slots reserved for
+/// superusers only after authentication): the slots stayed full, and under load the
+/// migrator lost every race for one until its --connect-timeout passed. Stepping back,
+/// the waiters leave the slots that free up to it.
+fn after_no_free_slot(reader: bool, refused: u32) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let r = (RandomState::new().hash_one(std::time::Instant::now()) % 1000) as f64 / 1000.0;
+    if reader {
+        Duration::from_secs(1 << refused.clamp(1, 5).saturating_sub(1)).mul_f64(0.5 + r)
+    } else {
+        Duration::from_millis(50).mul_f64(1.0 + 4.0 * r)
+    }
+}
+
 /// Exponential backoff with jitter and no limit on tries: callers bound it with a deadline.
 pub fn backoff(min: Duration, max: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -186,4 +229,23 @@ pub fn backoff(min: Duration, max: Duration) -> ExponentialBuilder {
         .with_min_delay(min)
         .with_max_delay(max)
         .without_max_times()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiters_yield_slots_the_migrator_retries_for() {
+        for refused in 1..20 {
+            let writer = after_no_free_slot(false, refused);
+            assert!(writer <= Duration::from_millis(250), "{writer:?}");
+            let reader = after_no_free_slot(true, refused);
+            let base = Duration::from_secs(1 << (refused.min(5) - 1));
+            assert!(
+                reader >= base / 2 && reader <= base * 3 / 2,
+                "{refused}: {reader:?}"
+            );
+        }
+    }
 }

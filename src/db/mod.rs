@@ -19,6 +19,7 @@ use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 use crate::config::{Config, MigrationsTable, Table, redact};
 use crate::error::{Error, Result};
 
+pub use crate::marker::Upto;
 pub use crate::marker::{Decisive, Marker, NewMarker, Status};
 pub(crate) use crate::marker::{NewestRow, marker_from_row, newest_marker_sql, settle_newest};
 use connect::is_permission_error;
@@ -73,6 +74,10 @@ pub struct ApplyError {
     /// A migration without a transaction failed after part of it took effect, and is
     /// recorded dirty.
     pub dirty: bool,
+    /// Part of it took effect and was not rolled back (a migration without a transaction:
+    /// a statement ran before the failure, or every one ran and recording it failed).
+    /// Whether or not it is recorded dirty, nothing may say that nothing took effect.
+    pub took_effect: bool,
     /// Retrying cannot help: the user lacks a privilege the migration needs (exit 2).
     pub config: bool,
 }
@@ -88,7 +93,19 @@ impl ApplyError {
             retryable,
             lease_lost: is_lease_lost(e),
             dirty: false,
+            took_effect: false,
             config: is_permission_error(e),
+        }
+    }
+
+    /// A PostgreSQL migration run statement by statement (or a down migration): its
+    /// message already says where it stopped and what took effect.
+    fn from_no_tx(e: postgres::NoTxError) -> ApplyError {
+        ApplyError {
+            message: e.message,
+            dirty: e.dirty,
+            took_effect: e.took_effect,
+            ..ApplyError::from_sqlx(&e.error)
         }
     }
 
@@ -101,6 +118,7 @@ impl ApplyError {
                 retryable: false,
                 lease_lost: false,
                 dirty: false,
+                took_effect: false,
                 config: false,
             },
         }
@@ -281,6 +299,46 @@ impl Conn {
         .map_err(|e| db_err("cannot read the lock holder", e))
     }
 
+    /// Where `table` lives as the server resolves its name, and where a name needs no
+    /// qualifier (for the default lock's name, `LockConfig::resolved`). PostgreSQL: the
+    /// table's schema (for an unqualified name, asked of the server: `postgres::
+    /// table_schema`) and `public`. MySQL: the table's database and the connection's
+    /// (asked only for a qualified name). SQLite: the table's schema and `main`.
+    pub async fn table_home(&mut self, table: &Table) -> Result<(Option<String>, Option<String>)> {
+        let r = match (self, &table.schema) {
+            (Conn::Pg(_), Some(s)) => Ok((Some(s.clone()), Some("public".to_owned()))),
+            (Conn::Pg(c), None) => postgres::table_schema(c, &table.name.to_ascii_lowercase())
+                .await
+                .map(|s| (s, Some("public".to_owned()))),
+            (Conn::My(c), Some(s)) => mysql::current_database(c)
+                .await
+                .map(|home| (Some(s.clone()), home)),
+            (Conn::My(_), None) => Ok((None, None)),
+            (Conn::Lite(_), schema) => Ok((schema.clone(), Some("main".to_owned()))),
+        };
+        r.map_err(|e| {
+            db_err(
+                &format!("cannot resolve the marker table {}", table.qualified),
+                e,
+            )
+        })
+    }
+
+    /// How many more connections the server would accept now, when it says (PostgreSQL,
+    /// MariaDB; `None` on SQLite, or when it cannot be read): `wait` polls less often when
+    /// few are left, so that the migrator gets one.
+    pub async fn free_slots(&mut self) -> Option<i64> {
+        let r = match self {
+            Conn::Pg(c) => postgres::free_slots(c).await,
+            Conn::My(c) => mysql::free_slots(c).await,
+            Conn::Lite(_) => Ok(None),
+        };
+        r.unwrap_or_else(|e| {
+            tracing::debug!("cannot read the free connection slots: {}", describe(&e));
+            None
+        })
+    }
+
     /// This session's id on the server (for killing it from another connection).
     pub async fn session_id(&mut self) -> Result<i64> {
         match self {
@@ -357,7 +415,7 @@ impl Conn {
         table: &Table,
         migrations: &MigrationsTable,
         version: &str,
-        upto: Option<i64>,
+        upto: Option<Upto<'_>>,
     ) -> Result<Option<(Decisive, (Vec<AppliedMigration>, Option<i64>))>> {
         let Conn::Pg(c) = self else {
             return Ok(None);
@@ -467,7 +525,7 @@ impl Conn {
         table: &Table,
         migrations: &MigrationsTable,
         version: &str,
-        upto: Option<i64>,
+        upto: Option<Upto<'_>>,
         newest: bool,
     ) -> Result<Decisive> {
         let (t, m) = (table, migrations);
@@ -538,14 +596,9 @@ impl Conn {
     ) -> Result<(), ApplyError> {
         match self {
             Conn::Pg(c) => match migrations {
-                [m] if m.no_tx => postgres::apply_no_tx(c, table, m, opts).await.map_err(|e| {
-                    let base = ApplyError::from_sqlx(&e.error);
-                    ApplyError {
-                        message: format!("{}{}", e.context, base.message),
-                        dirty: e.dirty,
-                        ..base
-                    }
-                }),
+                [m] if m.no_tx => postgres::apply_no_tx(c, table, m, opts)
+                    .await
+                    .map_err(ApplyError::from_no_tx),
                 ms => postgres::apply_in_tx(c, table, ms, opts)
                     .await
                     .map_err(|e| ApplyError::from_sqlx(&e)),
@@ -563,6 +616,7 @@ impl Conn {
                     }
                     r.map_err(|e| ApplyError {
                         dirty: m.no_tx,
+                        took_effect: m.no_tx,
                         ..ApplyError::from_migrate(e)
                     })?;
                 }
@@ -581,7 +635,7 @@ impl Conn {
         match self {
             Conn::Pg(c) => postgres::revert(c, table, down, fence)
                 .await
-                .map_err(|e| ApplyError::from_sqlx(&e)),
+                .map_err(ApplyError::from_no_tx),
             _ => self
                 .migrate()
                 .revert(table.qualified(), down)

@@ -69,6 +69,22 @@ pub async fn lock_holder(
     )
 }
 
+/// How many more connections could be opened now: `max_connections` less those open
+/// (MariaDB's `information_schema.GLOBAL_STATUS`; MySQL 8 has it elsewhere: an error).
+pub async fn free_slots(c: &mut MySqlConnection) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CAST(@@max_connections AS SIGNED) - CAST(VARIABLE_VALUE AS SIGNED) \
+         FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'THREADS_CONNECTED'",
+    )
+    .fetch_optional(c)
+    .await
+}
+
+/// The connection's database (`DATABASE()`), if one is selected.
+pub async fn current_database(c: &mut MySqlConnection) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DATABASE()").fetch_one(c).await
+}
+
 pub async fn session_id(c: &mut MySqlConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)")
         .fetch_one(c)
@@ -156,7 +172,7 @@ pub async fn newest_marker(
     t: &Table,
     migrations: &MigrationsTable,
     version: &str,
-    upto: Option<i64>,
+    upto: Option<super::Upto<'_>>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(

@@ -388,6 +388,41 @@ pub async fn lock_holder(c: &mut PgConnection, key: i64) -> Result<Option<Holder
     .transpose()
 }
 
+/// The schema an unqualified table name resolves to: the first schema on the search_path
+/// that has the table, else `current_schema()`, where `CREATE TABLE` would put it. `None`
+/// when the search_path names no schema that exists.
+pub async fn table_schema(c: &mut PgConnection, name: &str) -> Result<Option<String>, sqlx::Error> {
+    let r = row(
+        c,
+        format!(
+            "SELECT coalesce((SELECT n.nspname::text FROM pg_catalog.pg_class r \
+               JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+               WHERE r.oid = to_regclass({})), current_schema()::text)",
+            lit(name)
+        ),
+    )
+    .await?;
+    Ok(r.map(|r| r.try_get::<Option<String>, _>(0))
+        .transpose()?
+        .flatten())
+}
+
+/// How many more connections an ordinary user could open now: `max_connections` less the
+/// slots reserved for superusers (and, from PostgreSQL 16, for `pg_use_reserved_
+/// connections`) and the client sessions open.
+pub async fn free_slots(c: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
+    let r = row(
+        c,
+        "SELECT current_setting('max_connections')::int8 \
+           - current_setting('superuser_reserved_connections')::int8 \
+           - coalesce(nullif(current_setting('reserved_connections', true), ''), '0')::int8 \
+           - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+            .into(),
+    )
+    .await?;
+    r.map(|r| r.try_get::<i64, _>(0)).transpose()
+}
+
 pub async fn session_id(c: &mut PgConnection) -> Result<i64, sqlx::Error> {
     let r = row(c, "SELECT pg_backend_pid()::int8".into()).await?;
     Ok(r.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0))
@@ -549,7 +584,7 @@ pub async fn newest_marker<'c>(
     t: &Table,
     migrations: &MigrationsTable,
     version: &str,
-    upto: Option<i64>,
+    upto: Option<super::Upto<'_>>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     rows(c, newest_marker_sql(t, migrations, version, upto, newest))
@@ -563,7 +598,7 @@ fn newest_marker_sql(
     t: &Table,
     migrations: &MigrationsTable,
     version: &str,
-    upto: Option<i64>,
+    upto: Option<super::Upto<'_>>,
     newest: bool,
 ) -> String {
     super::newest_marker_sql(t, migrations, &lit(version), "0::int8", upto, newest)
@@ -589,7 +624,7 @@ pub async fn ensure_tables_and_read(
     t: &Table,
     migrations: &MigrationsTable,
     version: &str,
-    upto: Option<i64>,
+    upto: Option<super::Upto<'_>>,
 ) -> Result<NewestAndApplied, sqlx::Error> {
     let sql = format!(
         "{}\n{};\n{}",
@@ -716,6 +751,11 @@ pub fn migration_in_tx_sql(table: &MigrationsTable, m: &Migration) -> String {
     )
 }
 
+/// For the transaction it runs in: the server checks every second that the client is still
+/// there (see `settings_sql`).
+const CHECK_CONNECTION_LOCAL: &str = "SELECT set_config('client_connection_check_interval', \
+     '1s', true) WHERE current_setting('server_version_num')::int >= 140000;\n";
+
 fn settings_sql(opts: &ApplyOptions) -> String {
     // If this process dies, the server aborts the transaction within a second instead of
     // finishing it: a lease taken over after its TTL never overlaps a dead run's
@@ -724,10 +764,7 @@ fn settings_sql(opts: &ApplyOptions) -> String {
     // whole session: one statement less per migration.
     let mut s = String::new();
     if opts.fence.is_some() {
-        s.push_str(
-            "SELECT set_config('client_connection_check_interval', '1s', true) \
-             WHERE current_setting('server_version_num')::int >= 140000;\n",
-        );
+        s.push_str(CHECK_CONNECTION_LOCAL);
     }
     for set in timeout_settings(opts, "SET LOCAL") {
         s.push_str(&set);
@@ -785,21 +822,17 @@ async fn end_failed_transaction(c: &mut PgConnection) {
 /// when something took effect: a statement before the failing one, or a failed `CREATE
 /// INDEX CONCURRENTLY`, which leaves an invalid index. Otherwise nothing happened and the
 /// next run simply tries again.
+///
+/// Under the lease every statement is fenced (`fenced_statement`), and so is the
+/// bookkeeping row, success or dirty: a run whose lease another run has taken over (it was
+/// paused past the TTL) stops at its next statement and records nothing.
 pub async fn apply_no_tx(
     c: &mut PgConnection,
     table: &MigrationsTable,
     m: &Migration,
     opts: &ApplyOptions,
 ) -> Result<(), NoTxError> {
-    // Without a transaction the fence cannot hold the lease for the migration's duration:
-    // it only stops a run that has already lost its lease.
-    if let Some(fence) = &opts.fence {
-        exec(c, fence.check.clone()).await.map_err(|e| NoTxError {
-            error: e,
-            context: String::new(),
-            dirty: false,
-        })?;
-    }
+    let fence = opts.fence.as_ref();
     // --ddl-lock-timeout / --statement-timeout: each statement is a transaction of its
     // own, so the limits are set for the session around the statements they bound, and
     // reset after. Not around a statement that leaves debris when it fails (`CREATE INDEX
@@ -810,18 +843,18 @@ pub async fn apply_no_tx(
     // linger for other clients): said, not pretended.
     let limits = session_limits_sql(opts);
     if limits.is_empty() {
-        return run_no_tx(c, table, m, None).await;
+        return run_no_tx(c, table, m, None, fence).await;
     }
-    if opts.fence.is_some() {
+    if fence.is_some() {
         tracing::warn!(
             "--ddl-lock-timeout and --statement-timeout do not apply to the -- no-transaction \
              migration {} under the lease: its statements may run on different server \
              sessions",
             m.version
         );
-        return run_no_tx(c, table, m, None).await;
+        return run_no_tx(c, table, m, None, fence).await;
     }
-    let r = run_no_tx(c, table, m, Some(&limits)).await;
+    let r = run_no_tx(c, table, m, Some(&limits), None).await;
     if let Err(e) = exec(c, RESET_LIMITS.into()).await {
         tracing::warn!("could not reset the session's timeouts: {e}");
     }
@@ -848,15 +881,150 @@ fn timeout_settings(opts: &ApplyOptions, set: &str) -> Vec<String> {
 }
 
 /// `apply_no_tx`'s statements and bookkeeping.
-/// With `limits`, the session's timeouts are set before each statement they may bound
-/// and reset before one they must not (see `apply_no_tx`).
 async fn run_no_tx(
     c: &mut PgConnection,
     table: &MigrationsTable,
     m: &Migration,
     limits: Option<&str>,
+    fence: Option<&Fence>,
 ) -> Result<(), NoTxError> {
     let statements = crate::sql::split(m.sql.as_str());
+    let n = statements.len();
+    if let Err(stop) = run_statements(c, &statements, limits, fence).await {
+        let record = if stop.took_effect() && !stop.lease_lost() {
+            Some(fenced(c, bookkeeping_sql(table, m, false), fence).await)
+        } else {
+            None
+        };
+        if let Some(Err(e)) = &record {
+            tracing::warn!(
+                "could not record migration {} as dirty: {}",
+                m.version,
+                super::describe(e)
+            );
+        }
+        return Err(stop.into_error(n, record));
+    }
+    fenced(c, bookkeeping_sql(table, m, true), fence)
+        .await
+        .map_err(|e| NoTxError {
+            message: unrecorded(&e, table, n, m.version),
+            took_effect: n > 0,
+            dirty: false,
+            error: e,
+        })
+}
+
+/// Why the bookkeeping row of a `-- no-transaction` migration whose `n` statements all ran
+/// could not be written: said as it is, never "nothing took effect".
+fn unrecorded(e: &sqlx::Error, table: &MigrationsTable, n: usize, version: i64) -> String {
+    let ran = all_ran(n);
+    if super::is_lease_lost(e) {
+        return format!(
+            "{ran}, but the migration lease was taken over by another run before it was \
+             recorded in {table}: it is not recorded"
+        );
+    }
+    if matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505")) {
+        return format!(
+            "{ran}, but another run recorded migration {version} in {table} \
+             meanwhile (duplicate key): both runs may have applied it"
+        );
+    }
+    format!(
+        "{ran}, but recording it in {table} failed: {}",
+        super::describe(e)
+    )
+}
+
+/// "All `n` statements took effect", as said of a migration without a transaction.
+fn all_ran(n: usize) -> String {
+    match n {
+        0 => "it has no statement".to_owned(),
+        1 => "its statement took effect".to_owned(),
+        n => format!("all {n} of its statements took effect"),
+    }
+}
+
+/// Where the statements of a migration without a transaction stopped.
+struct Stopped {
+    error: sqlx::Error,
+    /// The failing statement: its index, and the line it starts on.
+    index: usize,
+    line: usize,
+    /// The failing statement itself may have left something behind (it ran, and a failed
+    /// `CREATE INDEX CONCURRENTLY` leaves an invalid index).
+    debris: bool,
+}
+
+impl Stopped {
+    fn lease_lost(&self) -> bool {
+        super::is_lease_lost(&self.error)
+    }
+
+    /// Whether anything of the migration took effect: a statement before this one, or this
+    /// one's debris.
+    fn took_effect(&self) -> bool {
+        self.index > 0 || self.debris
+    }
+
+    /// The error, saying what took effect; `record`: how writing the dirty row went, when
+    /// it was tried.
+    fn into_error(self, n: usize, record: Option<Result<(), sqlx::Error>>) -> NoTxError {
+        let k = self.index + 1;
+        let before = match self.index {
+            0 => String::new(),
+            1 => ", after statement 1 took effect".into(),
+            i => format!(", after statements 1-{i} took effect"),
+        };
+        let took_effect = self.took_effect();
+        let message = if self.lease_lost() {
+            format!(
+                "the migration lease was taken over by another run: stopped at statement {k} \
+                 of {n} (line {}), which did not take effect{}",
+                self.line,
+                if self.index > 0 {
+                    format!("{before}; they are not recorded")
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            let recorded = match &record {
+                Some(Err(e)) if super::is_lease_lost(e) => {
+                    "; it is not recorded as dirty: the migration lease was taken over by \
+                     another run"
+                        .to_owned()
+                }
+                Some(Err(e)) => {
+                    format!("; recording it as dirty failed too: {}", super::describe(e))
+                }
+                _ => String::new(),
+            };
+            format!(
+                "statement {k} of {n} (line {}){before}: {}{recorded}",
+                self.line,
+                super::describe(&self.error)
+            )
+        };
+        NoTxError {
+            message,
+            took_effect,
+            dirty: took_effect && matches!(record, Some(Ok(()))),
+            error: self.error,
+        }
+    }
+}
+
+/// Run `statements` one by one, each a transaction of its own (fenced, under the lease).
+/// With `limits`, the session's timeouts are set before each statement they may bound
+/// and reset before one they must not (see `apply_no_tx`).
+async fn run_statements(
+    c: &mut PgConnection,
+    statements: &[crate::sql::Statement<'_>],
+    limits: Option<&str>,
+    fence: Option<&Fence>,
+) -> Result<(), Stopped> {
     let mut limited = false;
     for (i, st) in statements.iter().enumerate() {
         let debris = crate::sql::leaves_debris_on_failure(st.text);
@@ -871,71 +1039,97 @@ async fn run_no_tx(
         }
         if result.is_ok() {
             ran = true;
-            result = exec(c, st.text.to_owned()).await;
+            result = match fence {
+                Some(fence) => fenced_statement(c, st.text, fence).await,
+                None => exec(c, st.text.to_owned()).await,
+            };
         }
-        if let Err(e) = result {
-            let dirty = i > 0 || (ran && debris);
-            let context = format!(
-                "statement {} of {} (line {}){}: ",
-                i + 1,
-                statements.len(),
-                st.line,
-                match i {
-                    0 => String::new(),
-                    1 => ", after statement 1 took effect".into(),
-                    n => format!(", after statements 1-{n} took effect"),
-                }
-            );
-            if dirty && let Err(record) = exec(c, bookkeeping_sql(table, m, false)).await {
-                tracing::warn!(
-                    "could not record migration {} as dirty: {record}",
-                    m.version
-                );
-            }
-            return Err(NoTxError {
-                error: e,
-                context,
-                dirty,
+        if let Err(error) = result {
+            let lost = super::is_lease_lost(&error);
+            return Err(Stopped {
+                error,
+                index: i,
+                line: st.line,
+                debris: ran && debris && !lost,
             });
         }
     }
-    exec(c, bookkeeping_sql(table, m, true))
-        .await
-        .map_err(|e| NoTxError {
-            error: e,
-            context: "recording it: ".into(),
-            dirty: false,
-        })
+    Ok(())
 }
 
-/// A `-- no-transaction` migration that failed: where, and whether it is recorded dirty.
+/// One statement of a `-- no-transaction` migration under the lease. Where it may run in
+/// a transaction block, the fence's check, the statement and the fence's hold are sent in
+/// one query, which PostgreSQL runs as one implicit transaction: a run whose lease was
+/// taken over runs nothing, and one deposed while the statement ran (paused past the TTL)
+/// has it rolled back at the hold, as a transactional migration would. A statement that
+/// must run outside a transaction block (`CREATE INDEX CONCURRENTLY`, `VACUUM`,
+/// transaction control, or any the server refuses there) is sent alone right after the
+/// check. That is all that can be done for it: once sent it cannot be recalled, so a run
+/// paused after the check or during the statement lets it finish after the lease is lost;
+/// the next statement's check (or the bookkeeping's fence) then stops the run.
+async fn fenced_statement(
+    c: &mut PgConnection,
+    text: &str,
+    fence: &Fence,
+) -> Result<(), sqlx::Error> {
+    if !crate::sql::runs_outside_transaction(text) {
+        // Newlines around the statement: it may end in a `--` comment.
+        let sql = format!(
+            "{CHECK_CONNECTION_LOCAL}{};\n{text}\n;\n{};",
+            fence.check, fence.hold
+        );
+        match exec(c, sql).await {
+            // Refused in a transaction block (25001), or a procedure's COMMIT refused
+            // there (2D000): raised before anything of it could commit. Send it alone.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("25001" | "2D000")) => {}
+            r => return r,
+        }
+    }
+    exec(c, fence.check.clone()).await?;
+    exec(c, text.to_owned()).await
+}
+
+/// A `-- no-transaction` migration that failed: what it left behind, said in `message`.
 pub struct NoTxError {
     pub error: sqlx::Error,
-    pub context: String,
+    /// The whole message: where it stopped, what took effect, the error.
+    pub message: String,
+    /// Something of it took effect (a statement ran before the failure, or the failure
+    /// left debris, or every statement ran and the bookkeeping failed).
+    pub took_effect: bool,
+    /// It is recorded dirty.
     pub dirty: bool,
 }
 
+/// Undo a migration and delete its row, fenced by the lease when `fence` is given. A
+/// `-- no-transaction` down migration runs as an up one does: statement by statement, each
+/// fenced, and the row deleted in a fenced transaction; a failure says what took effect.
 pub async fn revert(
     c: &mut PgConnection,
     table: &MigrationsTable,
     down: &Migration,
     fence: Option<&Fence>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), NoTxError> {
+    let delete = format!("DELETE FROM {table} WHERE version = {}", down.version);
+    if down.no_tx {
+        // One statement at a time, as for an up migration: one multi-statement query is an
+        // implicit transaction, where `DROP INDEX CONCURRENTLY` refuses to run.
+        let statements = crate::sql::split(down.sql.as_str());
+        let n = statements.len();
+        if let Err(stop) = run_statements(c, &statements, None, fence).await {
+            return Err(stop.into_error(n, None));
+        }
+        return fenced(c, delete, fence).await.map_err(|e| NoTxError {
+            message: unrecorded_revert(&e, table, n, down.version),
+            took_effect: n > 0,
+            dirty: false,
+            error: e,
+        });
+    }
     let (check, hold) = fence
         .map(|f| (format!("{};\n", f.check), format!("{};\n", f.hold)))
         .unwrap_or_default();
-    let delete = format!("DELETE FROM {table} WHERE version = {}", down.version);
-    if down.no_tx {
-        if !check.is_empty() {
-            exec(c, check).await?;
-        }
-        // One statement at a time, as for an up migration: one multi-statement query is an
-        // implicit transaction, where `DROP INDEX CONCURRENTLY` refuses to run.
-        for st in crate::sql::split(down.sql.as_str()) {
-            exec(c, st.text.to_owned()).await?;
-        }
-        return exec(c, delete).await;
-    }
     let r = exec(
         c,
         format!(
@@ -947,7 +1141,28 @@ pub async fn revert(
     if r.is_err() {
         end_failed_transaction(c).await;
     }
-    r
+    r.map_err(|e| NoTxError {
+        message: super::describe(&e),
+        took_effect: false,
+        dirty: false,
+        error: e,
+    })
+}
+
+/// `unrecorded`, for a `-- no-transaction` down migration whose row could not be deleted.
+fn unrecorded_revert(e: &sqlx::Error, table: &MigrationsTable, n: usize, version: i64) -> String {
+    let ran = all_ran(n);
+    if super::is_lease_lost(e) {
+        format!(
+            "{ran}, but the migration lease was taken over by another run before migration \
+             {version} was deleted from {table}: it is still recorded as applied"
+        )
+    } else {
+        format!(
+            "{ran}, but deleting migration {version} from {table} failed: {}",
+            super::describe(e)
+        )
+    }
 }
 
 /// Record a migration as applied without running it, or mark a dirty one done.
@@ -1016,6 +1231,7 @@ impl Listener {
         version: &str,
         upto: Option<i64>,
     ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
+        let upto = upto.map(super::Upto::Version);
         newest_marker(&mut self.0, t, migrations, version, upto, true).await
     }
 

@@ -110,7 +110,7 @@ pub async fn newest_marker(
     t: &Table,
     migrations: &MigrationsTable,
     version: &str,
-    upto: Option<i64>,
+    upto: Option<super::Upto<'_>>,
     newest: bool,
 ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(super::newest_marker_sql(

@@ -61,6 +61,12 @@ pub async fn ensure_table(c: &mut PgConnection, t: &Table) -> Result<()> {
 
 /// Take the lease if it is free or expired: `Some(previous owner of an expired lease)`
 /// when taken, `None` when another run holds it.
+///
+/// The row is locked first (`FOR UPDATE`), and the previous owner is the owner of the row
+/// so locked: a lease its holder released meanwhile (the row deleted after this
+/// statement's snapshot was taken) is found gone, not taken over. Reading it in the
+/// INSERT's own snapshot named the owner of a lease released a moment before, as if it
+/// had expired.
 pub async fn try_take(
     c: &mut PgConnection,
     cfg: &Config,
@@ -68,33 +74,41 @@ pub async fn try_take(
     ttl: Duration,
 ) -> Result<Option<Option<String>>> {
     let l = table(&cfg.table);
+    let n = lit(&cfg.lock.name);
     // A run inside a fenced migration holds the row locked: give up after a moment
     // instead of queueing behind it (the holder is alive, the lease is not free).
     let sql = format!(
         "BEGIN; SET LOCAL lock_timeout = '200ms';
-         WITH prev AS (SELECT owner FROM {l} WHERE name = {n}) \
+         SELECT owner, 0 FROM {l} WHERE name = {n} FOR UPDATE;
          INSERT INTO {l} AS cur (name, owner, token, acquired_at, heartbeat_at, expires_at) \
          VALUES ({n}, {o}, {tok}, clock_timestamp(), clock_timestamp(), clock_timestamp() + {ttl}::interval) \
          ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, token = EXCLUDED.token, \
            acquired_at = EXCLUDED.acquired_at, heartbeat_at = EXCLUDED.heartbeat_at, \
            expires_at = EXCLUDED.expires_at \
          WHERE cur.expires_at < clock_timestamp() \
-         RETURNING (SELECT owner FROM prev);
+         RETURNING 1;
          COMMIT;",
-        n = lit(&cfg.lock.name),
         o = lit(&cfg.runner),
         tok = lit(token),
         ttl = millis(ttl),
     );
     match db::postgres::rows(&mut *c, sql).await {
-        Ok(rows) => match rows.first() {
-            Some(r) => {
-                Ok(Some(r.try_get::<Option<String>, _>(0).map_err(|e| {
-                    super::read_err("cannot take the lease", e)
-                })?))
+        Ok(rows) => {
+            // The locked row (two columns), then the INSERT's (one column) when it took the
+            // lease: told apart by their width.
+            let (locked, taken): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 2);
+            if taken.is_empty() {
+                return Ok(None);
             }
-            None => Ok(None),
-        },
+            let previous = match locked.first() {
+                Some(r) => Some(
+                    r.try_get::<String, _>(0)
+                        .map_err(|e| super::read_err("cannot take the lease", e))?,
+                ),
+                None => None,
+            };
+            Ok(Some(previous))
+        }
         Err(e) => {
             let _ = exec(c, "ROLLBACK".into()).await;
             match &e {

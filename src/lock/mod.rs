@@ -29,8 +29,7 @@ use std::time::{Duration, Instant};
 use backon::BackoffBuilder;
 use serde::Serialize;
 
-use crate::config::LockMode;
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, LockConfig, LockMode};
 use crate::db::postgres::{self, Engine, ServerInfo};
 use crate::db::{self, Conn, Holder};
 use crate::error::{Error, Result};
@@ -46,10 +45,16 @@ pub enum Acquired {
 /// Proof that we hold the lock.
 pub struct Lock {
     kind: Kind,
+    /// The lock as resolved when it was taken (`resolve`): what releases, checks and
+    /// fences it name, whatever the spelling of the table in the caller's `Config`.
+    lock: LockConfig,
     /// The server session that holds it, when known (PostgreSQL's advisory lock).
     session: Option<i64>,
     /// The engine the lock connection's `version()` named: whether a marker NOTIFYs.
     engine: Engine,
+    /// The run whose expired lease this run took over, if it did: that run may have been
+    /// paused, not dead, with a statement of its own still running.
+    took_over: Option<String>,
 }
 
 enum Kind {
@@ -185,6 +190,26 @@ async fn prove_advisory(
     }))
 }
 
+/// `cfg` with the lock this run takes: `--lock-name` as given, else the name derived from
+/// the marker table as the server resolves it (`LockConfig::resolved`), so that every
+/// spelling of one table (`schemagate_marker`, `public.schemagate_marker`,
+/// `Schemagate_Marker`, or an unqualified name and its schema) takes one lock. Costs a
+/// round trip only where the spelling alone cannot tell (PostgreSQL: an unqualified name,
+/// which the search_path resolves; MySQL: a database-qualified one); never on the fast
+/// path, which takes no lock.
+pub async fn resolve(conn: &mut Conn, cfg: &Config) -> Result<Config> {
+    if cfg.lock.explicit {
+        return Ok(cfg.clone());
+    }
+    let (schema, home) = conn.table_home(&cfg.table).await?;
+    Ok(Config {
+        lock: cfg
+            .lock
+            .resolved(&cfg.table, schema.as_deref(), home.as_deref()),
+        ..cfg.clone()
+    })
+}
+
 /// Take the lock, or find `expected` recorded by another run meanwhile. Long on purpose:
 /// one poll's steps (the marker, the decision, the try, LISTEN, the log line, the pause) in
 /// the order each poll takes them; the decision and the log line are `Race::decide` and
@@ -195,6 +220,8 @@ pub async fn acquire(
     expected: Option<&Expected<'_>>,
 ) -> Result<Acquired> {
     let started = Instant::now();
+    let resolved = resolve(conn, cfg).await?;
+    let cfg = &resolved;
     let token = token();
     // A run that would only wait for a marker proves on the run's probe key, and waits while
     // another run proves on it (`probe.rs`).
@@ -445,15 +472,18 @@ async fn try_acquire(
     token: &str,
     then_release: Option<i64>,
 ) -> Result<Option<Lock>> {
+    let mut took_over = None;
     let kind = match choice.kind {
         "file" => file::try_lock(cfg)?.map(Kind::File),
-        "lease" => try_lease(conn, cfg, choice, token).await?,
-        _ => try_session(conn, cfg, token, then_release).await?,
+        "lease" => try_lease(conn, cfg, choice, token, &mut took_over).await?,
+        _ => try_session(conn, cfg, token, then_release, &mut took_over).await?,
     };
     Ok(kind.map(|kind| Lock {
         kind,
+        lock: cfg.lock.clone(),
         session: None,
         engine: choice.engine,
+        took_over,
     }))
 }
 
@@ -464,6 +494,7 @@ async fn try_lease(
     cfg: &Config,
     choice: &Choice,
     token: &str,
+    took_over: &mut Option<String>,
 ) -> Result<Option<Kind>> {
     let Some(previous) = lease::try_take(pg(conn), cfg, token, cfg.lock.lease_ttl).await? else {
         return Ok(None);
@@ -477,6 +508,7 @@ async fn try_lease(
     }
     if let Some(previous) = previous {
         tracing::warn!("took over an expired lease from {previous}");
+        *took_over = Some(previous);
     }
     Ok(Some(Kind::Lease(lease::Held::start(
         cfg,
@@ -492,6 +524,7 @@ async fn try_session(
     cfg: &Config,
     token: &str,
     then_release: Option<i64>,
+    took_over: &mut Option<String>,
 ) -> Result<Option<Kind>> {
     if !conn.try_lock(cfg, token, then_release).await? {
         return Ok(None);
@@ -514,6 +547,7 @@ async fn try_session(
                         "took over an expired lease from {previous} (and ended it: this run \
                          holds the advisory lock)"
                     );
+                    *took_over = Some(previous);
                 }
                 lease::release(pg(conn), cfg, token).await?;
             }
@@ -533,6 +567,24 @@ impl Lock {
         matches!(self.kind, Kind::Lease(_))
     }
 
+    /// The key of the lock as taken (resolved: `resolve`).
+    pub fn key(&self) -> i64 {
+        self.lock.key
+    }
+
+    /// `cfg`, naming the lock as it was taken.
+    fn named(&self, cfg: &Config) -> Config {
+        Config {
+            lock: self.lock.clone(),
+            ..cfg.clone()
+        }
+    }
+
+    /// The run whose expired lease this run took over, if it did (`Lock::took_over`).
+    pub fn took_over_from(&self) -> Option<&str> {
+        self.took_over.as_deref()
+    }
+
     /// The server session (`pg_backend_pid()`) that holds the lock, when already known.
     pub fn session(&self) -> Option<i64> {
         self.session
@@ -548,7 +600,7 @@ impl Lock {
     /// writes a marker (`lease::fence`); `None` for the other locks.
     pub fn fence(&self, cfg: &Config) -> Option<db::Fence> {
         match &self.kind {
-            Kind::Lease(l) => Some(lease::fence(cfg, &l.token, l.ttl)),
+            Kind::Lease(l) => Some(lease::fence(&self.named(cfg), &l.token, l.ttl)),
             _ => None,
         }
     }
@@ -558,11 +610,12 @@ impl Lock {
         match &self.kind {
             Kind::Lease(l) if l.is_lost() => Err("the lease lapsed or was taken over".into()),
             Kind::Lease(_) | Kind::File(_) => Ok(()),
-            Kind::Session => conn.lock_still_held(cfg).await,
+            Kind::Session => conn.lock_still_held(&self.named(cfg)).await,
         }
     }
 
     pub async fn release(self, conn: &mut Conn, cfg: &Config) -> Result<()> {
+        let cfg = &self.named(cfg);
         match self.kind {
             Kind::File(f) => {
                 if let Some(f) = f {

@@ -712,6 +712,129 @@ fn lost_lock_connection_records_a_failed_marker(kind: Kind) {
     assert_eq!(code(&out), 3, "{}", stderr(&out));
 }
 
+/// reliability: two migration tracks in one history (`--ignore-missing`, quickwit's deferred track): 8 `migrate` runs of one track race, then 5 more run one after another | the marker's history check counts only this track's versions, so the racers that wait leave at the first run's marker, and every later run takes the fast path (no lock, no marker): one marker in all | nothing
+fn ignore_missing_runs_take_the_fast_path(kind: Kind) {
+    let db = TestDb::new(kind, "tracks");
+    let main = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("3_c.sql", "CREATE TABLE c (id int);"),
+    ]);
+    let deferred = Migrations::new(&[
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+        ("4_d.sql", "CREATE TABLE d (id int);"),
+    ]);
+    let go = |src: &Migrations| {
+        let mut c = migrate(&db, src);
+        c.arg("--ignore-missing");
+        c
+    };
+    // The other track first: its rows sit among this track's, older and newer.
+    ok(&run(&mut go(&deferred)));
+    let racers: Vec<_> = (0..8).map(|_| spawn(&mut go(&main))).collect();
+    for out in racers.into_iter().map(finish) {
+        ok(&out);
+    }
+    let markers = || db.i64("SELECT count(*) FROM schemagate_marker WHERE version = '3'");
+    assert_eq!(markers(), 1, "one marker for the race");
+    for _ in 0..5 {
+        let out = run(&mut go(&main));
+        ok(&out);
+        assert!(
+            stderr(&out).contains("schema version 3 is already applied"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("lock: "), "{}", stderr(&out));
+    }
+    assert_eq!(markers(), 1, "a no-op run appended a marker");
+    // The check still sees this track's history: reverted out of band, it runs again.
+    db.exec("DELETE FROM _sqlx_migrations WHERE version = 3; DROP TABLE c;");
+    let out = run(&mut go(&main));
+    ok(&out);
+    assert!(stderr(&out).contains("applying 3"), "{}", stderr(&out));
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 4);
+}
+
+/// Two `migrate` runs at once whose `--table` names one marker table in two spellings: the
+/// second must wait for the first's lock (its log says so) and never reach the migration,
+/// which the first holds at the test's gate; then both exit 0, the migration applied once.
+fn one_table_two_spellings(db: &TestDb, first: &str, second: &str) {
+    db.exec("CREATE TABLE gate (id int); CREATE TABLE apply_log (id int);");
+    let src = Migrations::new(&[(
+        "1_gated.sql",
+        "INSERT INTO apply_log VALUES (1); SELECT count(*) FROM gate;",
+    )]);
+    let gate = db.hold_gate();
+    let a = spawn(migrate(db, &src).args(["--table", first]));
+    until(
+        "the first run to wait at the gate",
+        Duration::from_secs(60),
+        || db.waiting_at_gate() == 1,
+    );
+    let mut b = spawn(migrate(db, &src).args(["--table", second]));
+    wait_for_stderr_line(
+        &mut b,
+        "waiting for the migration lock",
+        Duration::from_secs(60),
+    );
+    assert_eq!(db.waiting_at_gate(), 1, "the second run got past the lock");
+    drop(gate);
+    let (a, b) = (finish(a), finish(b));
+    ok(&a);
+    ok(&b);
+    assert_eq!(db.i64("SELECT count(*) FROM apply_log"), 1);
+    let appliers = [&a, &b]
+        .iter()
+        .filter(|o| stderr(o).contains("INFO applying "))
+        .count();
+    assert_eq!(appliers, 1);
+    // `status` shows the lock as `migrate` takes it: one key for both spellings.
+    let key = |table: &str| {
+        let out = run(schemagate(db.url()).args(["status", "--json", "--table", table]));
+        ok(&out);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["lock"]["key"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(key(first), key(second));
+}
+
+/// reliability: two `migrate` runs at once whose `--table` spells one marker table differently (`schemagate_marker` and `Public.Schemagate_Marker`; with the search_path on schema `app`, `marker` and `app.marker`; MySQL: `schemagate_marker` and `<database>.schemagate_marker`) | the default lock is named after the table as the server resolves it (lower-cased; `public`, or the connection's database, left out), so the second waits for the first's lock; the migration runs once and both exit 0 | nothing
+fn spellings_of_one_marker_table_take_one_lock(kind: Kind) {
+    let db = TestDb::new(kind, "spelling");
+    match &db {
+        TestDb::Pg(_) => {
+            one_table_two_spellings(&db, "schemagate_marker", "Public.Schemagate_Marker");
+            let db = TestDb::new(kind, "searchpath");
+            let name = db.url().rsplit('/').next().unwrap().to_owned();
+            db.exec(&format!(
+                "CREATE SCHEMA app; ALTER DATABASE {name} SET search_path = app"
+            ));
+            one_table_two_spellings(&db, "marker", "App.Marker");
+        }
+        TestDb::My(d) => {
+            let name = d.url.rsplit('/').next().unwrap().to_owned();
+            one_table_two_spellings(
+                &db,
+                "schemagate_marker",
+                &format!("{name}.schemagate_marker"),
+            );
+        }
+        TestDb::Lite { .. } => unreachable!("SQLite's lock is a file beside the database"),
+    }
+}
+
+mod spellings {
+    use super::*;
+    #[test]
+    fn postgres() {
+        spellings_of_one_marker_table_take_one_lock(Kind::Pg)
+    }
+    #[test]
+    fn mysql() {
+        spellings_of_one_marker_table_take_one_lock(Kind::My)
+    }
+}
+
 mod lost_connection {
     use super::*;
     #[test]
@@ -762,4 +885,5 @@ on_every_backend!(
     wait_for_a_version_the_database_has_passed,
     out_of_band_revert_is_seen_by_the_fast_path,
     database_ahead_of_the_source_is_not_drift,
+    ignore_missing_runs_take_the_fast_path,
 );

@@ -599,7 +599,183 @@ fn lease_taken_over_during_an_in_flight_migration_rolls_it_back() {
     );
 }
 
-/// reliability: connection exhaustion: `max_connections = 30`, 20 of its 27 non-superuser slots held by other clients, 100 `wait` processes, then one `migrate` | "too many clients" is retried as transient everywhere; the migrator gets a slot and completes; every waiter exits 0 | nothing
+/// The advisory lock the `-- no-transaction` fence tests hold while a migration waits on it.
+const GATE: i64 = 730_421;
+
+/// A `-- no-transaction` file: statement 1 counts in `counter.a`, statement 2 waits at the
+/// test's gate (`GATE`), statement 3 counts in `counter.n`.
+fn gated_no_transaction() -> String {
+    format!(
+        "-- no-transaction\nUPDATE counter SET a = a + 1;\n\
+         SELECT pg_advisory_xact_lock_shared({GATE});\nUPDATE counter SET n = n + 1;\n"
+    )
+}
+
+fn counter_table(db: &PgDb) {
+    pg_exec(
+        &db.url,
+        "CREATE TABLE counter (a int8, n int8); INSERT INTO counter VALUES (0, 0);",
+    );
+}
+
+/// Run `args` twice against `db` while `gate` is held: the first run is paused (SIGSTOP)
+/// once `waiting()` shows it blocked at the gate; the second, once it took the expired
+/// lease over, blocks there too; then the first resumes (SIGCONT) and the gate opens.
+fn deposed_at_a_gate(
+    db: &PgDb,
+    args: &[&str],
+    gate: std::sync::mpsc::Sender<()>,
+    waiting: impl Fn() -> i64,
+) -> (std::process::Output, std::process::Output) {
+    let first = spawn(schemagate(&db.url).args(args));
+    until(
+        "the first run to wait at the gate",
+        Duration::from_secs(60),
+        || waiting() == 1,
+    );
+    signal(first.id(), "STOP");
+    let second = spawn(schemagate(&db.url).args(args));
+    until(
+        "the second run to take the lease over and wait at the gate",
+        Duration::from_secs(60),
+        || waiting() == 2,
+    );
+    signal(first.id(), "CONT");
+    drop(gate);
+    (finish(first), finish(second))
+}
+
+/// reliability: `--lock lease --lease-ttl 3s`: the holder is paused (SIGSTOP) while statement 2 of a `-- no-transaction` migration waits on a lock; another run takes the lease over and runs the file; the first resumes (SIGCONT) | every statement runs fenced (check, statement and the lease's renewal in one implicit transaction): the resumed run's statement 2 rolls back and it stops there, records nothing and exits 1 saying statement 1 took effect; the new holder runs the file and records it once; one `succeeded` marker, `wait` exits 0 | statement 1, run by both (as the deposed run says); statement 3 once
+#[test]
+fn deposed_lease_holder_runs_no_further_statement_of_a_no_transaction_migration() {
+    let db = PgDb::new("notxfence");
+    counter_table(&db);
+    let src = Migrations::new(&[("1_count.sql", &gated_no_transaction())]);
+    let gate = hold_advisory_lock(&db.url, GATE);
+    let (first, second) = deposed_at_a_gate(&db, &lease_args(&src), gate, || {
+        waiting_on_advisory(&db.url, GATE)
+    });
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("took over an expired lease"),
+        "{}",
+        stderr(&second)
+    );
+    let err = stderr(&first);
+    assert_eq!(code(&first), 1, "{err}");
+    assert!(
+        err.contains(
+            "stopped at statement 2 of 3 (line 3), which did not take effect, after statement \
+             1 took effect"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("nothing of it took effect"), "{err}");
+    assert_eq!(
+        pg_i64(&db.url, "SELECT n FROM counter"),
+        1,
+        "statement 3 ran after the lease was lost"
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT a FROM counter"), 2);
+    assert_eq!(
+        pg_strings(&db.url, "SELECT success::text FROM _sqlx_migrations"),
+        vec!["true".to_owned()]
+    );
+    assert_eq!(
+        pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
+        vec!["succeeded".to_owned()]
+    );
+    let out = run(schemagate(&db.url).args(["wait", "--expect", "1", "--once"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// reliability: `--lock lease --lease-ttl 3s`: as above, for a `-- no-transaction` down migration under `rollback` | the resumed run stops at its next statement, does not delete the row and exits 1 saying what took effect; the new holder undoes the migration once; `wait --expect 0` exits 0 | statement 1, run by both (as the deposed run says); statement 3 once
+#[test]
+fn deposed_lease_holder_runs_no_further_statement_of_a_no_transaction_rollback() {
+    let db = PgDb::new("notxdownfence");
+    counter_table(&db);
+    let src = Migrations::new(&[
+        ("1_count.up.sql", "SELECT 1;"),
+        ("1_count.down.sql", &gated_no_transaction()),
+    ]);
+    let out = run(schemagate(&db.url).args(lease_args(&src)));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let args = [
+        "rollback",
+        "--source",
+        src.path(),
+        "--to",
+        "0",
+        "--lock",
+        "lease",
+        "--lease-ttl",
+        "3s",
+    ];
+    let gate = hold_advisory_lock(&db.url, GATE);
+    let (first, second) =
+        deposed_at_a_gate(&db, &args, gate, || waiting_on_advisory(&db.url, GATE));
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    let err = stderr(&first);
+    assert_eq!(code(&first), 1, "{err}");
+    assert!(
+        err.contains("stopped at statement 2 of 3 (line 3), which did not take effect"),
+        "{err}"
+    );
+    assert_eq!(
+        pg_i64(&db.url, "SELECT n FROM counter"),
+        1,
+        "statement 3 ran after the lease was lost"
+    );
+    assert_eq!(pg_i64(&db.url, "SELECT a FROM counter"), 2);
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 0);
+    assert_eq!(
+        pg_strings(
+            &db.url,
+            "SELECT action || ' ' || status FROM schemagate_marker ORDER BY id DESC LIMIT 1"
+        ),
+        vec!["rollback succeeded".to_owned()]
+    );
+    let out = run(schemagate(&db.url).args(["wait", "--expect", "0", "--once"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// reliability: `--lock lease --lease-ttl 3s`: the holder is paused (SIGSTOP) while the last statement of a `-- no-transaction` migration, a `VACUUM` (which cannot run in a transaction, so cannot be fenced), waits on a table lock; another run takes the lease over; the first resumes | the paused statement, already sent, completes (nothing can recall it); the bookkeeping row is fenced, so the deposed run does not record the migration and exits 1 saying its statement took effect unrecorded; the new holder records it once; one `succeeded` marker, `wait` exits 0 | nothing
+#[test]
+fn deposed_lease_holder_does_not_record_a_no_transaction_migration() {
+    let db = PgDb::new("notxbook");
+    pg_exec(&db.url, "CREATE TABLE t (x int)");
+    let src = Migrations::new(&[("1_vacuum.sql", "-- no-transaction\nVACUUM t;")]);
+    let gate = hold_session(&db.url, "BEGIN; LOCK TABLE t IN SHARE MODE;");
+    let (first, second) = deposed_at_a_gate(&db, &lease_args(&src), gate, || {
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass AND NOT granted",
+        )
+    });
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    let err = stderr(&first);
+    assert_eq!(code(&first), 1, "{err}");
+    assert!(
+        err.contains(
+            "its statement took effect, but the migration lease was taken over by another run \
+             before it was recorded"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("nothing of it took effect"), "{err}");
+    assert_eq!(
+        pg_strings(&db.url, "SELECT success::text FROM _sqlx_migrations"),
+        vec!["true".to_owned()]
+    );
+    assert_eq!(
+        pg_strings(&db.url, "SELECT status FROM schemagate_marker ORDER BY id"),
+        vec!["succeeded".to_owned()]
+    );
+    let out = run(schemagate(&db.url).args(["wait", "--expect", "1", "--once"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// reliability: connection exhaustion: `max_connections = 30`, 20 of its 27 non-superuser slots held by other clients, 100 `wait` processes, then one `migrate`, every connection over a slow link (so each, refused or not, holds a slot for the round trips of its authentication, as on a loaded machine) | "too many clients" is retried as transient everywhere, by the migrator every 50-250 ms, by waiters after 1 s doubling to 16 s, and waiters that find fewer than 3 slots free poll less often: the migrator gets a slot and completes; every waiter exits 0 | nothing
 #[test]
 fn connection_exhaustion() {
     let server = start_cluster(&["max_connections = 30"]);
@@ -609,11 +785,15 @@ fn connection_exhaustion() {
         &format!("CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'"),
     );
     pg_exec(&admin, "CREATE DATABASE exhaust OWNER app");
-    let url = format!(
+    let direct = format!(
         "postgres://app:{PASSWORD}@127.0.0.1:{}/exhaust",
         server.port
     );
-    let release = hold_connections(&url, 20);
+    let release = hold_connections(&direct, 20);
+    // Every schemagate connection crosses a slow link: each holds a slot for the round
+    // trips of its authentication, refused or not, as on a loaded machine.
+    let link = SlowLink::start(server.port, Duration::from_millis(40));
+    let url = format!("postgres://app:{PASSWORD}@127.0.0.1:{}/exhaust", link.port);
     let waiters: Vec<_> = (0..100)
         .map(|_| {
             spawn(schemagate(&url).args([
@@ -628,8 +808,11 @@ fn connection_exhaustion() {
         })
         .collect();
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
-    // 100 waiters compete with the migrator for 7 slots: on a loaded machine the
-    // migrator may need more than the default minute to win one.
+    // 100 waiters compete with the migrator for 7 slots. The waiters yield (their
+    // refusals back off exponentially, and they poll less often while few slots are
+    // free), the migrator retries briskly; each refused attempt still holds a slot while
+    // it authenticates, which on a loaded machine takes seconds, so the deadline is kept
+    // generous (it was what ran out, at load 7, before the waiters yielded).
     let migrate = spawn(schemagate(&url).args([
         "migrate",
         "--source",
@@ -647,6 +830,7 @@ fn connection_exhaustion() {
     }
     assert!(saw_too_many, "the test did not exhaust the connections");
     drop(release);
+    drop(link);
 }
 
 /// reliability: a migration blocked by another session's table lock, with `--ddl-lock-timeout 200ms --ddl-retries 2` | each attempt gives up after 200 ms instead of queueing every query on the table behind it, rolls back, logs, retries with backoff; still blocked after the retries: exit 1 and a `failed` marker | nothing: each attempt rolled back whole
@@ -891,6 +1075,66 @@ fn expired_lease_of_a_killed_run_is_taken_over() {
     );
     assert!(t.elapsed() < Duration::from_secs(30));
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
+/// reliability: `--lock lease`: a waiting run tries the lease at the very moment its live holder finishes and releases it (the try held, by a trigger on the lease table, between its snapshot and its insert until the release commits) | the waiting run takes the free lease and says nothing of taking over an expired one (as it does, naming the owner, for a holder killed past its TTL) | nothing
+#[test]
+fn a_released_lease_is_not_reported_as_taken_over() {
+    let db = PgDb::new("leasefree");
+    let gate_key = GATE + 1;
+    let src = Migrations::new(&[(
+        "1_gate.sql",
+        &format!("SELECT pg_advisory_xact_lock_shared({gate_key});"),
+    )]);
+    let args = ["migrate", "--source", src.path(), "--lock", "lease"];
+    let gate = hold_advisory_lock(&db.url, gate_key);
+    let first = spawn(schemagate(&db.url).args(args));
+    until(
+        "the holder to wait at the gate",
+        Duration::from_secs(60),
+        || waiting_on_advisory(&db.url, gate_key) == 1,
+    );
+    // The next try to insert into the lease table (the waiting run's) pauses, once, until
+    // the holder's row is gone (or five seconds passed).
+    pg_exec(
+        &db.url,
+        "CREATE SEQUENCE once;
+         CREATE FUNCTION hold_try() RETURNS trigger LANGUAGE plpgsql AS $$
+         DECLARE started timestamptz := clock_timestamp();
+         BEGIN
+           IF nextval('once') = 1 THEN
+             WHILE EXISTS (SELECT 1 FROM schemagate_marker_lease WHERE token <> NEW.token)
+               AND clock_timestamp() < started + interval '5 seconds' LOOP
+               PERFORM pg_sleep(0.02);
+             END LOOP;
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER hold_try BEFORE INSERT ON schemagate_marker_lease
+           FOR EACH ROW EXECUTE FUNCTION hold_try();",
+    );
+    let second = spawn(schemagate(&db.url).args(args));
+    until(
+        "the waiting run's try to pause in the trigger",
+        Duration::from_secs(60),
+        || {
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+                 AND query LIKE '%INSERT INTO schemagate_marker_lease%'",
+            ) == 1
+        },
+    );
+    drop(gate);
+    let first = finish(first);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let second = finish(second);
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(
+        !stderr(&second).contains("took over"),
+        "{}",
+        stderr(&second)
+    );
 }
 
 /// reliability (SQLite): `--lock lease` on MySQL or SQLite | refused with exit 2: they have their own lock | nothing

@@ -176,6 +176,33 @@ impl TestDb {
         self.exec("UPDATE ctl SET slow = 0");
     }
 
+    /// Hold the table `gate` (the test creates it) locked in a session of the test's own
+    /// until the returned sender is dropped: a migration's `SELECT count(*) FROM gate`
+    /// waits on it (`waiting_at_gate`). PostgreSQL and MySQL.
+    pub fn hold_gate(&self) -> std::sync::mpsc::Sender<()> {
+        match self {
+            TestDb::Pg(d) => {
+                hold_session(&d.url, "BEGIN; LOCK TABLE gate IN ACCESS EXCLUSIVE MODE;")
+            }
+            TestDb::My(d) => hold_my_session(&d.url, "LOCK TABLES gate WRITE"),
+            TestDb::Lite { .. } => unreachable!("SQLite runs in the migrator's process"),
+        }
+    }
+
+    /// How many other sessions wait on the table `gate` (see `hold_gate`).
+    pub fn waiting_at_gate(&self) -> i64 {
+        self.i64(match self.kind() {
+            Kind::Pg => {
+                "SELECT count(*) FROM pg_locks WHERE relation = 'gate'::regclass AND NOT granted"
+            }
+            Kind::My => {
+                "SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() \
+                 AND STATE LIKE 'Waiting for table%' AND ID <> CONNECTION_ID()"
+            }
+            Kind::Lite => unreachable!("SQLite runs in the migrator's process"),
+        })
+    }
+
     /// A URL for this backend's server that refuses connections.
     pub fn unreachable_url(kind: Kind) -> String {
         match kind {

@@ -145,3 +145,29 @@ pub fn my_exec(url: &str, sql: &str) {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     })
 }
+
+/// `hold_session` for MySQL: run `sql` on a connection of the test's own and keep that
+/// session (and the locks it holds) until the returned sender is dropped.
+pub fn hold_my_session(url: &str, sql: &str) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        block_on(async {
+            let mut c = sqlx::MySqlConnection::connect(&url)
+                .await
+                .expect("connect the gate");
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .expect("close the gate");
+            ready_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+            let _ = c.close().await;
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("gate held");
+    tx
+}

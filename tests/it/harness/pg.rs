@@ -328,3 +328,48 @@ pub(super) fn replace_db(url: &str, db: &str) -> String {
         .unwrap_or(base.len());
     format!("{}/{db}{query}", &base[..path_start])
 }
+
+/// Run `sql` on a connection of the test's own and keep that session (and what it holds: a
+/// lock, an open transaction) until the returned sender is dropped (or sent to): a gate a
+/// migration's statement can wait on, visible in `pg_locks` while it waits.
+pub fn hold_session(url: &str, sql: &str) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        block_on(async {
+            let mut c = PgConnection::connect(&url).await.expect("connect the gate");
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .expect("close the gate");
+            ready_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+            let _ = c.close().await;
+        })
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("gate held");
+    tx
+}
+
+/// Hold the session advisory lock `key` (see `hold_session`): a statement waits on it with
+/// `pg_advisory_xact_lock_shared(key)`.
+pub fn hold_advisory_lock(url: &str, key: i64) -> std::sync::mpsc::Sender<()> {
+    hold_session(url, &format!("SELECT pg_advisory_lock({key})"))
+}
+
+/// How many sessions of this database other than the caller's wait on the advisory lock
+/// `key` (a gate from `hold_advisory_lock`).
+pub fn waiting_on_advisory(url: &str, key: i64) -> i64 {
+    pg_i64(
+        url,
+        &format!(
+            "SELECT count(*) FROM pg_locks l WHERE l.locktype = 'advisory' AND NOT l.granted \
+               AND l.classid = (({key}::int8 >> 32) & 4294967295)::oid \
+               AND l.objid = ({key}::int8 & 4294967295)::oid AND l.objsubid = 1 \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+    )
+}
