@@ -17,6 +17,7 @@ mod config;
 mod db;
 mod digest;
 mod error;
+mod files;
 mod formats;
 mod http;
 mod lock;

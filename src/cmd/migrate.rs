@@ -356,7 +356,7 @@ async fn digest_fast_path(cfg: &Config, settings: &MigrateConfig) -> Result<Earl
     if settings.ignore_missing || !digest::may_stand_for(&dir)? {
         return Ok(Early::NotTried);
     }
-    let Some(claim) = digest::read(&dir) else {
+    let Some(claim) = digest::read(&dir)? else {
         return Ok(Early::NotTried);
     };
     let summary = claim.summary.clone();

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// `versions/`, or the directory itself.
 fn versions_dir(dir: &Path) -> PathBuf {
     let ini = dir.join("alembic.ini");
-    if let Ok(text) = std::fs::read_to_string(&ini) {
+    if let Ok(text) = crate::files::read_text(&ini) {
         for line in text.lines() {
             if let Some((k, v)) = line.split_once('=')
                 && k.trim() == "script_location"
@@ -40,7 +40,7 @@ pub(super) fn looks_like(dir: &Path, top: &[(String, bool)]) -> bool {
         .filter(|(n, d)| !d && n.ends_with(".py"))
         .take(3)
         .any(|(n, _)| {
-            std::fs::read_to_string(dir.join(n))
+            crate::files::read_text(&dir.join(n))
                 .is_ok_and(|t| assignment(&t, "down_revision").is_some())
         })
 }
