@@ -175,7 +175,7 @@ pub async fn rehearse(
     let (scratch, mut c) = open(cfg).await?;
     let (old, new): (Vec<_>, Vec<_>) = source.ups.iter().partition(|m| m.version <= since);
     for m in &old {
-        c.exec(m.sql.as_str()).await.map_err(|e| {
+        c.exec(&source.sql(m)?).await.map_err(|e| {
             Error::Failed(format!(
                 "baseline migration {} failed on the scratch database: {e}",
                 m.version
@@ -197,8 +197,9 @@ pub async fn rehearse(
     for m in &new {
         let name = format!("{} {}", m.version, m.description);
         let before = c.snapshot().await?;
+        let sql = source.sql(m)?;
         let started = std::time::Instant::now();
-        c.exec(m.sql.as_str()).await.map_err(|e| {
+        c.exec(&sql).await.map_err(|e| {
             Error::Failed(format!(
                 "migration {name} failed on the scratch database: {e}"
             ))
@@ -210,7 +211,7 @@ pub async fn rehearse(
             ..Observed::default()
         };
         let after = c.snapshot().await?;
-        let mut allow = super::allows(m.sql.as_str());
+        let mut allow = super::allows(&sql);
         allow.extend(allowed.iter().cloned());
         reports.push(super::report(
             name,

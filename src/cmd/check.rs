@@ -222,7 +222,7 @@ async fn rehearse_sql(
         new.len()
     );
     for m in &old {
-        pg::apply_plain(c, m.sql.as_str(), m.no_tx)
+        pg::apply_plain(c, &source.sql(m)?, m.no_tx)
             .await
             .map_err(|e| {
                 Error::Failed(format!(
@@ -234,6 +234,7 @@ async fn rehearse_sql(
     let mut reports = Vec::new();
     for m in &new {
         let name = format!("{} {}", m.version, m.description);
+        let sql = source.sql(m)?;
         let before = pg::snapshot(c).await?;
         pg::clear_log(c, scratch).await?;
         let failed = |e: String| {
@@ -246,7 +247,7 @@ async fn rehearse_sql(
         let mut session = scratch.connect().await?;
         let observed = if m.no_tx {
             let sampler = Sampler::start(scratch, sample_interval).await?;
-            let applied = pg::apply_no_tx(&mut session, m.sql.as_str()).await;
+            let applied = pg::apply_no_tx(&mut session, &sql).await;
             let sampled = sampler.finish().await?;
             applied.map(|duration| {
                 let mut o = Observed {
@@ -258,7 +259,7 @@ async fn rehearse_sql(
                 o
             })
         } else {
-            pg::apply_in_tx(&mut session, m.sql.as_str()).await
+            pg::apply_in_tx(&mut session, &sql).await
         };
         let lock_timeout = pg::default_lock_timeout(&mut session).await;
         session.close().await.ok();
@@ -268,7 +269,7 @@ async fn rehearse_sql(
         }
         pg::read_log(c, scratch, &mut observed).await?;
         let after = pg::snapshot(c).await?;
-        let mut allow = check::allows(m.sql.as_str());
+        let mut allow = check::allows(&sql);
         allow.extend(allowed.iter().cloned());
         reports.push(check::report(
             name,

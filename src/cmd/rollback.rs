@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::Outcome;
 use crate::config::{Config, RollbackConfig};
-use crate::db::{Conn, NewMarker, Status};
+use crate::db::{ApplyError, Conn, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::source::Source;
 
@@ -70,7 +70,7 @@ async fn undo(
         runner: &cfg.runner,
         detail,
     };
-    super::refuse_transaction_control(cfg, to_undo.iter().map(|v| &source.downs[v]))?;
+    super::refuse_transaction_control(cfg, source, to_undo.iter().map(|v| &source.downs[v]))?;
     record_started(conn, cfg, args.to, &to_undo, started, fence).await?;
     let mut undone = 0;
     for v in &to_undo {
@@ -78,7 +78,12 @@ async fn undo(
         let label = format!("{v} ({})", down.description);
         tracing::info!("undoing {label}");
         let t = Instant::now();
-        if let Err(e) = conn.revert(down, fence).await {
+        // Read now, one at a time, and checked against the checksum read before.
+        let reverted = match source.migration(down) {
+            Ok(down) => conn.revert(down, fence).await,
+            Err(e) => Err(ApplyError::unreadable(&e)),
+        };
+        if let Err(e) = reverted {
             let detail = format!("undoing migration {label} failed: {}", e.message);
             if !e.lease_lost {
                 let failed = marker(Status::Failed, undone, Some(&detail));

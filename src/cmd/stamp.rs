@@ -81,7 +81,8 @@ async fn record_applied(
     });
     let mut recorded = 0;
     for m in to_record {
-        conn.stamp(m, fence).await?;
+        // Read again, checked against the checksum the source was read with.
+        conn.stamp(&source.migration(m)?, fence).await?;
         recorded += 1;
         tracing::info!(
             "recorded {} ({}) as applied without running it",

@@ -449,6 +449,57 @@ fn rollback_without_down_migration_is_refused(kind: Kind) {
     assert!(db.table_exists("b"));
 }
 
+/// A migration larger than 1 MiB, whose statements run in pieces (PostgreSQL, SQLite):
+/// rows with `;` in strings and comments, and a block of many statements (a `DO` body; a
+/// SQLite trigger body) that straddles the first piece's end.
+fn large_sql(kind: Kind, fail_at_end: bool) -> String {
+    let pad = "y".repeat(1000);
+    let mut sql =
+        String::from("CREATE TABLE big (n int, v text);\nCREATE TABLE seen (n int, v text);\n");
+    for i in 0..950 {
+        sql.push_str(&format!(
+            "INSERT INTO big VALUES ({i}, '{pad};{i}'); -- row {i}; ok\n"
+        ));
+    }
+    let body: String = (0..100)
+        .map(|i| format!("INSERT INTO seen VALUES ({i}, '{pad}');\n"))
+        .collect();
+    sql.push_str(&match kind {
+        Kind::Lite => format!("CREATE TRIGGER big_seen AFTER INSERT ON big BEGIN\n{body}END;\n"),
+        _ => format!("DO $$ BEGIN\n{body}END $$;\n"),
+    });
+    for i in 950..1000 {
+        sql.push_str(&format!("INSERT INTO big VALUES ({i}, '{pad};{i}');\n"));
+    }
+    if fail_at_end {
+        sql.push_str("INSERT INTO no_such_table VALUES (1);\n");
+    }
+    assert!(sql.len() > 1 << 20);
+    sql
+}
+
+/// reliability (PostgreSQL, SQLite): a migration larger than 1 MiB, run in pieces of whole statements so that memory never holds it twice over: a block straddling a piece's end, `;` in strings and comments; then one whose last statement fails | every statement runs once, as written, in the migration's one transaction; the failing one rolls all of it back, exit 1 | nothing
+fn a_large_migration_runs_in_pieces_as_one(kind: Kind) {
+    let db = TestDb::new(kind, "largesql");
+    let failing = Migrations::new(&[("1_big.sql", &large_sql(kind, true))]);
+    let out = run(&mut migrate(&db, &failing));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(!db.table_exists("big"), "part of a failed migration stayed");
+    let src = Migrations::new(&[("1_big.sql", &large_sql(kind, false))]);
+    ok(&run(&mut migrate(&db, &src)));
+    assert_eq!(db.i64("SELECT count(*) FROM big"), 1000);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM big WHERE v LIKE '%;' || n"),
+        1000
+    );
+    let seen = if kind == Kind::Lite { 50 * 100 } else { 100 };
+    assert_eq!(db.i64("SELECT count(*) FROM seen"), seen);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM _sqlx_migrations WHERE success"),
+        1
+    );
+}
+
 /// reliability: a `-- no-transaction` migration that fails part-way, then `stamp` | the run exits 1 and records the migration dirty; the next `migrate` exits 4 naming it and the repair; after the operator finishes it by hand, `stamp V --source` marks it done under the lock and `migrate` / `wait` pass | nothing: the partial effects are reported, never re-run blindly
 fn dirty_then_stamp(kind: Kind) {
     let db = TestDb::new(kind, "stamp");
@@ -721,6 +772,18 @@ mod lost_connection {
     #[test]
     fn mysql() {
         lost_lock_connection_records_a_failed_marker(Kind::My)
+    }
+}
+
+mod large_migration {
+    use super::*;
+    #[test]
+    fn postgres() {
+        a_large_migration_runs_in_pieces_as_one(Kind::Pg)
+    }
+    #[test]
+    fn sqlite() {
+        a_large_migration_runs_in_pieces_as_one(Kind::Lite)
     }
 }
 
