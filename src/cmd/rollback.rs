@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use super::Outcome;
 use crate::config::{Config, RollbackConfig};
+use sqlx::migrate::AppliedMigration;
+
 use crate::db::{ApplyError, Conn, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -49,15 +51,17 @@ async fn undo(
     fence: Option<crate::db::Fence>,
 ) -> Result<usize> {
     let fence = fence.as_ref();
-    conn.ensure_migrations_table().await?;
-    conn.ensure_marker_table(&cfg.table).await?;
-    // What is applied must match the source, or the down migrations may not fit.
-    super::migrate::plan(conn, source).await?;
-    let to_undo = versions_to_undo(conn, source, args.to).await?;
+    // What is applied must match the source, or the down migrations may not fit; and --to
+    // must be applied, or the marker would claim a version the database does not show.
+    let (applied, dirty) = conn.applied().await?;
+    source.plan(&applied, dirty)?;
+    let to_undo = versions_to_undo(&applied, source, args.to)?;
     if args.dry_run {
         print_undo_plan(source, args.to, &to_undo);
         return Ok(0);
     }
+    conn.ensure_migrations_table().await?;
+    conn.ensure_marker_table(&cfg.table).await?;
     let version = args.to.to_string();
     let digest = source.digest_upto(Some(args.to));
     let marker = |status, undone: usize, detail| NewMarker {
@@ -110,9 +114,22 @@ async fn undo(
     Ok(undone)
 }
 
-/// The applied versions newer than `to`, newest first; each must have a `.down.sql`.
-async fn versions_to_undo(conn: &mut Conn, source: &Source, to: i64) -> Result<Vec<i64>> {
-    let (applied, _) = conn.applied().await?;
+/// The applied versions newer than `to`, newest first; each must have a `.down.sql`. `to`
+/// itself must be applied (unless 0): a rollback to it ends with it the newest applied
+/// version, which a version not applied cannot become (newer than the newest, or one
+/// skipped).
+fn versions_to_undo(applied: &[AppliedMigration], source: &Source, to: i64) -> Result<Vec<i64>> {
+    if to != 0 && !applied.iter().any(|a| a.version == to) {
+        let newest = match applied.iter().map(|a| a.version).max() {
+            Some(v) => format!("the newest applied migration is {v}"),
+            None => "no migration is applied".to_owned(),
+        };
+        return Err(Error::Config(format!(
+            "cannot roll back to {to}: it is not applied ({newest}), so it cannot become the \
+             newest applied version; nothing was changed. Roll back to an applied version, \
+             or run `migrate` to go forward"
+        )));
+    }
     let mut to_undo: Vec<i64> = applied
         .iter()
         .map(|a| a.version)

@@ -500,6 +500,54 @@ fn a_large_migration_runs_in_pieces_as_one(kind: Kind) {
     );
 }
 
+/// reliability: `rollback --to V` where V is not applied: newer than the newest applied, or one skipped (applied out of band around it), with and without `--dry-run` | refused with exit 2 naming the newest applied version, before anything is undone; no marker written, so `wait --expect V` keeps waiting | nothing
+fn rollback_to_a_version_not_applied_is_refused(kind: Kind) {
+    let db = TestDb::new(kind, "rollbacknotapplied");
+    let first = Migrations::new(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+    ]);
+    ok(&run(&mut migrate(&db, &first)));
+    let src = reversible_source();
+    let markers = "SELECT count(*) FROM schemagate_marker";
+    let refused = |to: &str, dry_run: bool, newest: &str| {
+        let mut cmd = schemagate(db.url());
+        cmd.args(["rollback", "--to", to, "--source", src.path()]);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        let out = run(&mut cmd);
+        assert_eq!(code(&out), 2, "--to {to}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("cannot roll back to {to}: it is not applied"))
+                && stderr(&out).contains(&format!("the newest applied migration is {newest}")),
+            "--to {to}: {}",
+            stderr(&out)
+        );
+    };
+    // Newer than what is applied: only migration 1 is.
+    for (to, dry_run) in [("3", false), ("2", false), ("3", true)] {
+        refused(to, dry_run, "1");
+        assert_eq!(db.i64(markers), 1, "--to {to} wrote a marker");
+    }
+    assert!(db.table_exists("a"));
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "3", "--once"]));
+    assert_ne!(
+        code(&out),
+        0,
+        "a rollback marker claimed 3: {}",
+        stderr(&out)
+    );
+    // One skipped: 1..3 applied, then 2's row removed out of band.
+    ok(&run(&mut migrate(&db, &src)));
+    db.exec("DELETE FROM _sqlx_migrations WHERE version = 2");
+    let before = db.i64(markers);
+    refused("2", false, "3");
+    assert_eq!(db.i64(markers), before, "--to 2 wrote a marker");
+    assert!(db.table_exists("c"), "undone despite the refusal");
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
 /// reliability: a `-- no-transaction` migration that fails part-way, then `stamp` | the run exits 1 and records the migration dirty; the next `migrate` exits 4 naming it and the repair; after the operator finishes it by hand, `stamp V --source` marks it done under the lock and `migrate` / `wait` pass | nothing: the partial effects are reported, never re-run blindly
 fn dirty_then_stamp(kind: Kind) {
     let db = TestDb::new(kind, "stamp");
@@ -818,6 +866,7 @@ on_every_backend!(
     no_transaction_migration,
     rollback_and_up_again,
     rollback_without_down_migration_is_refused,
+    rollback_to_a_version_not_applied_is_refused,
     dirty_then_stamp,
     stamp_without_running,
     interrupted_rollback_by_sigterm_leaves_the_undone_version_not_ready,
