@@ -548,6 +548,43 @@ fn rollback_to_a_version_not_applied_is_refused(kind: Kind) {
     assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
 }
 
+/// reliability: `stamp V --source` over drift: an applied migration up to V edited on disk, or applied and missing from the source | refused with exit 4 naming the version, nothing recorded: its marker would claim the edited source's digest, and `migrate` would then take the fast path over the drift | nothing
+fn stamp_over_drift_is_refused(kind: Kind) {
+    let db = TestDb::new(kind, "stampdrift");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+        ("3_c.sql", "CREATE TABLE c (id int);"),
+    ]);
+    ok(&run(&mut migrate(&db, &src)));
+    src.write("2_b.sql", "CREATE TABLE b (id bigint);");
+    let markers = "SELECT count(*) FROM schemagate_marker";
+    for upto in ["2", "3"] {
+        let out = run(schemagate(db.url()).args(["stamp", upto, "--source", src.path()]));
+        assert_eq!(code(&out), 4, "stamp {upto}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("cannot stamp {upto}: migration 2 ")),
+            "stamp {upto}: {}",
+            stderr(&out)
+        );
+        assert_eq!(db.i64(markers), 1, "stamp {upto} wrote a marker");
+    }
+    // A stamp up to a version below the edited one claims nothing about it.
+    ok(&run(schemagate(db.url()).args([
+        "stamp",
+        "1",
+        "--source",
+        src.path(),
+    ])));
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    // Missing: applied, then deleted from the source.
+    src.write("2_b.sql", "CREATE TABLE b (id int);");
+    std::fs::remove_file(src.dir.join("2_b.sql")).unwrap();
+    let out = run(schemagate(db.url()).args(["stamp", "3", "--source", src.path()]));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+}
+
 /// reliability: a `-- no-transaction` migration that fails part-way, then `stamp` | the run exits 1 and records the migration dirty; the next `migrate` exits 4 naming it and the repair; after the operator finishes it by hand, `stamp V --source` marks it done under the lock and `migrate` / `wait` pass | nothing: the partial effects are reported, never re-run blindly
 fn dirty_then_stamp(kind: Kind) {
     let db = TestDb::new(kind, "stamp");
@@ -867,6 +904,7 @@ on_every_backend!(
     rollback_and_up_again,
     rollback_without_down_migration_is_refused,
     rollback_to_a_version_not_applied_is_refused,
+    stamp_over_drift_is_refused,
     dirty_then_stamp,
     stamp_without_running,
     interrupted_rollback_by_sigterm_leaves_the_undone_version_not_ready,
