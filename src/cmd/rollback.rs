@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use super::Outcome;
-use crate::config::{Config, RollbackConfig};
 use sqlx::migrate::AppliedMigration;
 
+use super::Outcome;
+use crate::config::{Config, RollbackConfig};
 use crate::db::{ApplyError, Conn, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::source::Source;
