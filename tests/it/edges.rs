@@ -665,8 +665,20 @@ fn special_files_are_refused_without_blocking() {
         0,
         "something ran"
     );
-    // The database URL from a mounted secret that is a FIFO, or a device.
+    // A termination log that is a FIFO nothing reads: written without waiting for a reader.
     let dir = scratch();
+    mkfifo(&dir.dir.join("tlog"));
+    let mut cmd = schemagate(&db.url);
+    cmd.args(["wait", "--expect", "1", "--once", "--termination-log"])
+        .arg(dir.dir.join("tlog"));
+    let out = finish_unblocked(&mut cmd, limit);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot write the termination log"),
+        "{}",
+        stderr(&out)
+    );
+    // The database URL from a mounted secret that is a FIFO, or a device.
     mkfifo(&dir.dir.join("url"));
     std::os::unix::fs::symlink("/dev/zero", dir.dir.join("zero")).unwrap();
     for (file, what) in [("url", fifo), ("zero", device)] {
