@@ -607,7 +607,7 @@ fn mkfifo(path: &Path) {
     assert!(made.success(), "mkfifo {}", path.display());
 }
 
-/// reliability: a FIFO, or a symlink to `/dev/zero`, where schemagate reads a file: the digest file, a migration, `sqlx.toml`, `--database-url-file` | exit 2 at once naming the file and what it is, in `migrate`, `wait` and `digest`: never held in `open()` (where SIGTERM would wait too) nor reading without end | nothing
+/// reliability: a FIFO, or a symlink to `/dev/zero`, where schemagate reads a file: the digest file, a migration, `sqlx.toml`, `--database-url-file`; a `--termination-log` that is a FIFO nothing reads | exit 2 at once naming the file and what it is, in `migrate`, `wait` and `digest`: never held in `open()` (where SIGTERM would wait too) nor reading without end; the termination log's write fails with a warning instead of waiting | nothing
 #[test]
 fn special_files_are_refused_without_blocking() {
     let db = PgDb::new("specialfiles");
