@@ -119,11 +119,11 @@ def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> t
     return elapsed, p.returncode, usage.ru_maxrss
 
 
-def peak_rss_kb(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> int:
+def peak_rss_kb(cmd: list[str], env: dict | None = None, cwd: Path | None = None, check: bool = False) -> int:
     """Peak RSS of `cmd` in KiB, from GNU time: its child is forked from a small process,
     so the figure is not inflated by this Python's pages as a fork from here would be."""
     with tempfile.NamedTemporaryFile() as out:
-        subprocess.run([str(GNU_TIME), "-f", "%M", "-o", out.name, *cmd], env=env, cwd=cwd,
+        subprocess.run([str(GNU_TIME), "-f", "%M", "-o", out.name, *cmd], env=env, cwd=cwd, check=check,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return int(Path(out.name).read_text().split()[-1])
 
@@ -477,6 +477,31 @@ def load_case(cl: Cluster, n: int, seconds: float, listen: bool) -> dict:
 
 # ----- the report -----
 
+def large_case(cl: Cluster, base: Path, mib: int) -> dict:
+    """Peak RSS of each command that reads a source holding one migration of `mib` MiB (many
+    INSERT statements, as a data load is), as a ratio to the file's size (issue 20: an init
+    container with a 128 MiB limit was OOM-killed; the target is ≤ 2× the file + 16 MiB)."""
+    d = base / f"large-{mib}"
+    d.mkdir()
+    (d / "1_create.sql").write_text("CREATE TABLE big (id serial, v text);\n")
+    row = "x" * (256 * 1024 - 64)
+    with open(d / "2_fill.sql", "w") as f:
+        for i in range(mib * 4):
+            f.write(f"INSERT INTO big (v) VALUES ('{i}{row}');\n")
+    size = (d / "2_fill.sql").stat().st_size
+    env = env_with(cl.url(cl.fresh_db()))
+    peaks = {}
+    for name, args, e in [
+        ("migrate", ["migrate"], env),
+        ("migrate, SQLite", ["migrate"], env_with(f"sqlite://{base / f'large-{mib}.db'}")),
+        ("wait --source, no digest file", ["wait", "--once"], env),
+        ("status --source", ["status"], env),
+        ("digest", ["digest"], env),
+    ]:
+        peaks[name] = peak_rss_kb([str(SG), *args, "--source", str(d)], e, check=True) * 1024
+    return {"size": size, "peaks": peaks}
+
+
 def machine() -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
@@ -634,6 +659,9 @@ def main() -> None:
               f"poll p50 {fmt_ms(pct(lat_poll, 50))}", flush=True)
         load = {mode: load_case(cl, 20 if smoke else 100, 3 if smoke else 10, mode == "listen") for mode in ("poll", "listen")}
         print(f"load of waiters: {load}", flush=True)
+        large = large_case(cl, base, 16 if smoke else 200)
+        print("peak RSS / file size, one migration of {:.0f} MiB: ".format(large["size"] / 1048576)
+              + ", ".join(f"{t} {v / large['size']:.2f}×" for t, v in large["peaks"].items()), flush=True)
     finally:
         cl.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -716,6 +744,10 @@ def main() -> None:
     say(f"| K = 50 racing: schemagate failures | {races[50]['schemagate']['failed_max']} | 0 |")
     say(f"| `wait --listen` wake, p50 / p99 | {fmt_ms(pct(lat_listen, 50))} / {fmt_ms(pct(lat_listen, 99))} | ≤ 10 ms / ≤ 50 ms |")
     say(f"| peak RSS, no-op `migrate` | {noop[big][1]['schemagate'] / 1024:.1f} MiB | ≤ 8 MiB |")
+    mib = large["size"] / 1048576
+    for tool, peak in large["peaks"].items():
+        say(f"| peak RSS / file size, `{tool}` of one {mib:.0f} MiB migration | {peak / large['size']:.2f}× "
+            f"({peak / 1048576:.0f} MiB) | ≤ 2× + 16 MiB |")
     size_text = f"{static_size / 1048576:.2f} MiB static (musl)" if static_size else f"{size / 1048576:.2f} MiB (glibc)"
     say(f"| binary size | {size_text} | ≤ 6 MiB |")
     say("")

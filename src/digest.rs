@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
+use crate::files::{self, Refused};
 use crate::source::Source;
 
 /// The file `schemagate digest` writes beside the migrations (a dot-file: never taken for
@@ -117,42 +118,69 @@ pub struct Claim {
     index: Vec<u32>,
 }
 
-/// Read and parse `DIR/.schemagate-digest`: `None` when there is none, or it is unreadable
-/// or malformed (logged, with the reason). Nothing is checked against the directory yet.
-pub fn read(dir: &Path) -> Option<Claim> {
+/// The most a digest file may hold: a line per migration file, so a few MiB for the
+/// largest sources. Anything larger was not written by `schemagate digest`, and is not
+/// read past this.
+const MAX_SIZE: u64 = 16 << 20;
+
+/// Read and parse `DIR/.schemagate-digest`: `None` when there is none, or it is unreadable,
+/// too large or malformed (logged, with the reason). Nothing is checked against the
+/// directory yet. `Err` (a usage error) when it is not a regular file: a FIFO would block
+/// the read, a device never end it.
+pub fn read(dir: &Path) -> Result<Option<Claim>> {
     let path = dir.join(FILE);
-    let read = std::fs::File::open(&path).and_then(|mut f| {
-        let written = f.metadata()?.modified()?;
+    let (file, meta) = match files::open(&path) {
+        Ok(opened) => opened,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e @ Refused::NotRegular(_)) => {
+            return Err(Error::Config(format!(
+                "cannot read {}: {e}. Remove it, or write it with `schemagate digest --source \
+                 {}`",
+                path.display(),
+                dir.display()
+            )));
+        }
+        Err(e) => {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            return Ok(None);
+        }
+    };
+    let read = meta.modified().and_then(|written| {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut f, &mut text)?;
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_SIZE + 1), &mut text)?;
         Ok((written, text))
     });
     let (written, text) = match read {
         Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
             tracing::warn!("ignoring {}: {e}", path.display());
-            return None;
+            return Ok(None);
         }
     };
+    if text.len() as u64 > MAX_SIZE {
+        ignore(dir, &format!("it is larger than {MAX_SIZE} bytes"));
+        return Ok(None);
+    }
     match parse(text, written) {
-        Ok(claim) => Some(claim),
+        Ok(claim) => Ok(Some(claim)),
         Err(why) => {
             ignore(dir, &why);
-            None
+            Ok(None)
         }
     }
 }
 
 /// The digest file's summary when it still describes `dir`; `None` when there is no
-/// digest file, or it is stale (logged, with the reason).
-pub fn trusted(dir: &Path) -> Option<Summary> {
-    let claim = read(dir)?;
+/// digest file, or it is stale (logged, with the reason). `Err` as `read`.
+pub fn trusted(dir: &Path) -> Result<Option<Summary>> {
+    let Some(claim) = read(dir)? else {
+        return Ok(None);
+    };
     match claim.check(dir) {
-        Ok(()) => Some(claim.summary),
+        Ok(()) => Ok(Some(claim.summary)),
         Err(why) => {
             ignore(dir, &why);
-            None
+            Ok(None)
         }
     }
 }
@@ -304,13 +332,19 @@ impl Claim {
             }
             let shown = || String::from_utf8_lossy(name).into_owned();
             let kind = entry.file_type().map_err(|e| format!("{}: {e}", shown()))?;
+            // A `.sql` entry that is not a file (nor a directory) is one `Source::load`
+            // refuses: the file cannot stand for the directory then.
             let meta = if kind.is_file() {
                 entry.metadata()
             } else if kind.is_symlink() {
                 match std::fs::metadata(entry.path()) {
                     Ok(m) if m.is_file() => Ok(m),
-                    _ => continue,
+                    Ok(m) if m.is_dir() => continue,
+                    Ok(_) => return Err(format!("{} is not a regular file", shown())),
+                    Err(e) => return Err(format!("{}: {e} (a dangling symlink?)", shown())),
                 }
+            } else if let Some(what) = files::special(kind) {
+                return Err(format!("{} is {what}, not a regular file", shown()));
             } else {
                 continue;
             }
@@ -425,7 +459,7 @@ mod tests {
         ]);
         let source = Source::load(&d.0).unwrap();
         write(&source).unwrap();
-        let s = trusted(&d.0).expect("trusted");
+        let s = trusted(&d.0).unwrap().expect("trusted");
         assert_eq!(
             s,
             Summary {
@@ -444,16 +478,16 @@ mod tests {
         write(&Source::load(&d.0).unwrap()).unwrap();
         // Resized.
         std::fs::write(d.0.join("1_a.sql"), "CREATE TABLE a (id bigint);").unwrap();
-        assert_eq!(trusted(&d.0), None);
+        assert_eq!(trusted(&d.0).unwrap(), None);
         write(&Source::load(&d.0).unwrap()).unwrap();
-        assert!(trusted(&d.0).is_some());
+        assert!(trusted(&d.0).unwrap().is_some());
         // A new migration.
         std::fs::write(d.0.join("2_b.sql"), "SELECT 1;").unwrap();
-        assert_eq!(trusted(&d.0), None);
+        assert_eq!(trusted(&d.0).unwrap(), None);
         write(&Source::load(&d.0).unwrap()).unwrap();
         // A missing one.
         std::fs::remove_file(d.0.join("2_b.sql")).unwrap();
-        assert_eq!(trusted(&d.0), None);
+        assert_eq!(trusted(&d.0).unwrap(), None);
     }
 
     #[test]
@@ -472,7 +506,7 @@ mod tests {
             .unwrap()
             .set_modified(later)
             .unwrap();
-        assert_eq!(trusted(&d.0), None);
+        assert_eq!(trusted(&d.0).unwrap(), None);
     }
 
     #[test]
@@ -484,7 +518,7 @@ mod tests {
         ]);
         let source = Source::load(&d.0).unwrap();
         write(&source).unwrap();
-        let claim = read(&d.0).expect("read");
+        let claim = read(&d.0).unwrap().expect("read");
         assert_eq!(
             claim.summary,
             Summary {
@@ -496,7 +530,7 @@ mod tests {
         // Renamed after the file was written: the claim stands, the check does not.
         std::fs::rename(d.0.join("1_a.sql"), d.0.join("2_a.sql")).unwrap();
         assert_eq!(claim.check(&d.0), Err("2_a.sql is not listed in it".into()));
-        assert_eq!(trusted(&d.0), None);
+        assert_eq!(trusted(&d.0).unwrap(), None);
     }
 
     #[test]
@@ -510,11 +544,11 @@ mod tests {
         let (head, files) = text.split_at(text.find("\n24 1_a.sql").unwrap() + 1);
         let swapped: String = files.lines().rev().map(|l| format!("{l}\n")).collect();
         std::fs::write(d.0.join(FILE), format!("{head}{swapped}")).unwrap();
-        assert!(trusted(&d.0).is_some());
+        assert!(trusted(&d.0).unwrap().is_some());
         std::fs::write(d.0.join(FILE), text.replace('\n', "\r\n")).unwrap();
-        assert!(trusted(&d.0).is_some());
+        assert!(trusted(&d.0).unwrap().is_some());
         std::fs::write(d.0.join(FILE), format!("{text}24 1_a.sql\n")).unwrap();
-        assert_eq!(trusted(&d.0), None);
+        assert_eq!(trusted(&d.0).unwrap(), None);
         let claim = parse(format!("{text}24 1_a.sql\n"), SystemTime::now());
         assert_eq!(claim.unwrap_err(), "it lists 1_a.sql twice");
     }
@@ -525,8 +559,8 @@ mod tests {
         write(&Source::load(&d.0).unwrap()).unwrap();
         let text = std::fs::read_to_string(d.0.join(FILE)).unwrap();
         std::fs::write(d.0.join(FILE), text.replace("digest ", "digest zz")).unwrap();
-        assert_eq!(trusted(&d.0), None);
+        assert_eq!(trusted(&d.0).unwrap(), None);
         std::fs::write(d.0.join(FILE), "something else\n").unwrap();
-        assert_eq!(trusted(&d.0), None);
+        assert_eq!(trusted(&d.0).unwrap(), None);
     }
 }

@@ -17,6 +17,7 @@ mod config;
 mod db;
 mod digest;
 mod error;
+mod files;
 mod formats;
 mod http;
 mod lock;
@@ -27,6 +28,7 @@ mod source;
 mod sql;
 mod sqlx_toml;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -228,7 +230,16 @@ fn write_termination_log(path: Option<&Path>, mode: &str, result: &Result<Outcom
             "message": redact(&format!("{e:#}")),
         }),
     };
-    if let Err(e) = std::fs::write(&path, format!("{line}\n")) {
+    // O_NONBLOCK: a FIFO in its place with no reader fails the write instead of holding
+    // the exit (after SIGTERM, too) until one comes.
+    let written = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
         tracing::warn!("cannot write the termination log {}: {e}", path.display());
     }
 }

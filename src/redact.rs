@@ -77,7 +77,7 @@ pub fn register_environment() {
     let pgpass = std::env::var_os("PGPASSFILE")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")));
-    if let Some(text) = pgpass.and_then(|p| std::fs::read_to_string(p).ok()) {
+    if let Some(text) = pgpass.and_then(|p| crate::files::read_small(&p, 16 << 20).ok()) {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             // host:port:database:user:password, with \: and \\ escapes.
             let mut fields = Vec::new();

@@ -1,43 +1,69 @@
 //! A directory of SQL migrations in sqlx's layout, read strictly: a `.sql` file whose name
 //! does not parse is an error naming it, not a file silently skipped. Checksums are sqlx's
 //! own (SHA-384 of the file), so a database that sqlx-cli managed keeps its history.
+//!
+//! A source holds what a plan needs of each migration (its version, description, checksum
+//! and file), never its SQL: loading hashes each file as it streams through one small
+//! buffer, and a migration's SQL is read again when it is applied (`Source::migration`), one
+//! at a time, and checked against the checksum the plan was made with. A 200 MB migration
+//! costs its size in memory while it is applied, not the whole source's, and never before.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha384};
 use sqlx::migrate::{AppliedMigration, Migration, MigrationType};
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 
 use crate::config::MigrationsTable;
 use crate::error::{Error, Result};
+use crate::files::{self, Refused};
 
 #[derive(Debug)]
 pub struct Source {
     pub dir: PathBuf,
     /// Up (or simple) migrations, in version order.
-    pub ups: Vec<Migration>,
+    pub ups: Vec<Entry>,
     /// Down migrations by version.
-    pub downs: BTreeMap<i64, Migration>,
+    pub downs: BTreeMap<i64, Entry>,
     /// sqlx-cli's `--ignore-missing`: an applied migration this source does not have is not
     /// drift (two migration tracks sharing one history).
     pub ignore_missing: bool,
+    /// `sqlx.toml`'s `ignored-chars`, left out of every checksum.
+    ignored_chars: Vec<char>,
+}
+
+/// One migration file of a source: everything but its SQL (`Source::sql`,
+/// `Source::migration` read that when it is needed).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub version: i64,
+    pub description: String,
+    pub migration_type: MigrationType,
+    /// sqlx's checksum: SHA-384 of the file (less `sqlx.toml`'s ignored characters).
+    pub checksum: Vec<u8>,
+    /// The file starts with `-- no-transaction` (sqlx's rule: its very first bytes).
+    pub no_tx: bool,
+    pub path: PathBuf,
 }
 
 impl Source {
     pub fn load(dir: &Path) -> Result<Source> {
         // Names first (the directory listing says which entries are files: no stat each),
-        // then the contents, one after the other: this is on the path every replica pays.
+        // then each file hashed as it streams by, one after the other through one buffer:
+        // this is on the path every replica pays, and no file is held whatever its size.
         let files = list(dir)?;
-        let contents = read_all(files.iter().map(|f| f.path.as_path()).collect())?;
-        let mut ups: BTreeMap<i64, Migration> = BTreeMap::new();
+        let mut scanner = Scanner::new();
+        let mut ups: BTreeMap<i64, Entry> = BTreeMap::new();
         let mut downs = BTreeMap::new();
-        for (file, sql) in files.into_iter().zip(contents) {
+        for file in files {
             let (version, migration_type) = (file.version, file.migration_type);
             let file_name = file.file_name.clone();
-            let migration = file.into_migration(dir, sql)?;
+            let (checksum, no_tx) = scanner.scan(&file.path, &[])?;
+            let migration = file.into_entry(checksum, no_tx);
             let slot = if migration_type == MigrationType::ReversibleDown {
                 &mut downs
             } else {
@@ -70,30 +96,69 @@ impl Source {
             ups: ups.into_values().collect(),
             downs,
             ignore_missing: false,
+            ignored_chars: Vec::new(),
         };
-        source.apply_sqlx_toml()?;
+        source.apply_sqlx_toml(&mut scanner)?;
         Ok(source)
     }
 
     /// The `ignored-chars` of the source's `sqlx.toml`, left out of every checksum as
-    /// sqlx-cli does. (Its `table-name` is the config's: `MigrationsTable::resolve`.)
-    fn apply_sqlx_toml(&mut self) -> Result<()> {
+    /// sqlx-cli does (each file hashed again without them: a source with such settings is
+    /// the rare one). (Its `table-name` is the config's: `MigrationsTable::resolve`.)
+    fn apply_sqlx_toml(&mut self, scanner: &mut Scanner) -> Result<()> {
         let Some((_, settings)) = crate::sqlx_toml::load(&self.dir)? else {
             return Ok(());
         };
         if !settings.ignored_chars.is_empty() {
             let ignored = &settings.ignored_chars;
             for m in self.ups.iter_mut().chain(self.downs.values_mut()) {
-                let kept: String = m
-                    .sql
-                    .as_str()
-                    .chars()
-                    .filter(|c| !ignored.contains(c))
-                    .collect();
-                m.checksum = Cow::Owned(sha2::Sha384::digest(kept.as_bytes()).to_vec());
+                m.checksum = scanner.scan(&m.path, ignored)?.0;
             }
+            self.ignored_chars = settings.ignored_chars;
         }
         Ok(())
+    }
+
+    /// A migration's SQL, read whole from its file (refused as `load` refuses a file).
+    /// Not checked against the checksum: for reading it (`check`, the transaction-control
+    /// check), not for applying it.
+    pub fn sql(&self, m: &Entry) -> Result<String> {
+        let bytes = files::read_all(&m.path).map_err(|e| unreadable(&m.path, &e))?;
+        if bytes.contains(&0) {
+            let at = bytes.iter().position(|&b| b == 0).unwrap_or_default();
+            return Err(nul_byte(&m.path, at as u64));
+        }
+        if bytes.starts_with(BOM) {
+            return Err(bom(&m.path));
+        }
+        String::from_utf8(bytes).map_err(|e| not_utf8(&m.path, e.utf8_error().valid_up_to() as u64))
+    }
+
+    /// A migration as sqlx applies it, its SQL read now and checked against the checksum
+    /// the plan was made with: a file changed since is refused, never applied under the
+    /// old file's checksum.
+    pub fn migration(&self, m: &Entry) -> Result<Migration> {
+        let sql = self.sql(m)?;
+        let mut hasher = Sha384::new();
+        hash_text(&mut hasher, &sql, &self.ignored_chars);
+        let checksum = hasher.finalize();
+        if checksum[..] != m.checksum[..] {
+            return Err(Error::Config(format!(
+                "migration {} changed while schemagate was running: checksum {} when the \
+                 source was read, {} now. Run again with the files left alone",
+                m.path.display(),
+                short(&m.checksum),
+                short(&checksum)
+            )));
+        }
+        Ok(Migration {
+            version: m.version,
+            description: Cow::Owned(m.description.clone()),
+            migration_type: m.migration_type,
+            sql: AssertSqlSafe(sql).into_sql_str(),
+            checksum: Cow::Owned(m.checksum.clone()),
+            no_tx: m.no_tx,
+        })
     }
 
     /// The newest version, as the marker records it.
@@ -131,8 +196,7 @@ impl Source {
     /// read what is pending).
     pub fn compare(&self, applied: &[AppliedMigration]) -> Comparison<'_> {
         let newest = self.history().0;
-        let by_version: HashMap<i64, &Migration> =
-            self.ups.iter().map(|m| (m.version, m)).collect();
+        let by_version: HashMap<i64, &Entry> = self.ups.iter().map(|m| (m.version, m)).collect();
         let mut c = Comparison::default();
         for a in applied {
             match by_version.get(&a.version) {
@@ -140,7 +204,7 @@ impl Source {
                 None if self.ignore_missing => {}
                 None if a.version > newest => c.ahead.push(a.version),
                 None => c.missing.push(a.version),
-                Some(m) if *m.checksum != *a.checksum => c.modified.push(a.version),
+                Some(m) if m.checksum[..] != a.checksum[..] => c.modified.push(a.version),
                 Some(_) => {}
             }
         }
@@ -236,7 +300,7 @@ impl Source {
 #[derive(Debug, Default)]
 pub struct Comparison<'s> {
     /// In the source, not applied: in order.
-    pub pending: Vec<&'s Migration>,
+    pub pending: Vec<&'s Entry>,
     /// Applied, not in the source, newer than its newest: the database is ahead.
     pub ahead: Vec<i64>,
     /// Applied, not in the source, older than its newest: drift.
@@ -248,7 +312,7 @@ pub struct Comparison<'s> {
 /// What applying a source to a database would do (`Source::plan`).
 #[derive(Debug)]
 pub struct Plan<'s> {
-    pub pending: Vec<&'s Migration>,
+    pub pending: Vec<&'s Entry>,
     /// Applied versions newer than the source's newest (the database is ahead).
     pub ahead: Vec<i64>,
 }
@@ -281,30 +345,23 @@ struct MigrationFile {
 }
 
 impl MigrationFile {
-    fn into_migration(self, dir: &Path, sql: String) -> Result<Migration> {
-        if sql.starts_with('\u{feff}') {
-            // Invisible in an editor; PostgreSQL would report a syntax error at it.
-            return Err(Error::Config(format!(
-                "migration {} in {} starts with a UTF-8 byte order mark (BOM): save it \
-                 without one",
-                self.file_name,
-                dir.display()
-            )));
-        }
-        // sqlx's rule: the marker must be the file's very first bytes.
-        let no_tx = sql.starts_with("-- no-transaction");
-        Ok(Migration::new(
-            self.version,
-            Cow::Owned(self.description),
-            self.migration_type,
-            AssertSqlSafe(sql).into_sql_str(),
+    fn into_entry(self, checksum: Vec<u8>, no_tx: bool) -> Entry {
+        Entry {
+            version: self.version,
+            description: self.description,
+            migration_type: self.migration_type,
+            checksum,
             no_tx,
-        ))
+            path: self.path,
+        }
     }
 }
 
 /// The migration files of `dir`, by sqlx-cli's rules: a regular file (or a symlink to one)
-/// whose name has an `_` and ends in `.sql`; dot files and anything else are skipped.
+/// whose name has an `_` and ends in `.sql`; dot files and anything else are skipped. A
+/// `.sql` entry that is neither a file nor a directory (a FIFO, a device, a socket, or a
+/// symlink to one) is refused: it can only be a mistake, and reading it would block or
+/// never end.
 fn list(dir: &Path) -> Result<Vec<MigrationFile>> {
     let unreadable = |e: std::io::Error| {
         Error::Config(format!(
@@ -316,22 +373,24 @@ fn list(dir: &Path) -> Result<Vec<MigrationFile>> {
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
         let entry = entry.map_err(unreadable)?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        if file_name.starts_with('.') || !is_file(&entry).map_err(unreadable)? {
+        if file_name.starts_with('.') || !file_name.ends_with(".sql") {
+            continue;
+        }
+        let kind = file_type(&entry).map_err(unreadable)?;
+        if let Some(what) = files::special(kind) {
+            return Err(self::unreadable(&entry.path(), &Refused::NotRegular(what)));
+        }
+        if !kind.is_file() {
             continue;
         }
         let Some((version_text, rest)) = file_name.split_once('_') else {
-            if file_name.ends_with(".sql") {
-                tracing::warn!(
-                    "skipping {} in {}: not named <VERSION>_<description>.sql",
-                    file_name,
-                    dir.display()
-                );
-            }
+            tracing::warn!(
+                "skipping {} in {}: not named <VERSION>_<description>.sql",
+                file_name,
+                dir.display()
+            );
             continue;
         };
-        if !rest.ends_with(".sql") {
-            continue;
-        }
         let (version, migration_type, description) = parse_file_name(version_text, rest)
             .ok_or_else(|| {
                 Error::Config(format!(
@@ -353,16 +412,16 @@ fn list(dir: &Path) -> Result<Vec<MigrationFile>> {
     Ok(files)
 }
 
-/// Whether a directory entry is a file, from the listing alone unless it is a symlink. As
-/// sqlx-cli does, a symlink whose target is missing is an error, not a migration silently
-/// left out.
-fn is_file(entry: &std::fs::DirEntry) -> std::io::Result<bool> {
+/// What a directory entry is, from the listing alone unless it is a symlink (then what it
+/// points to). As sqlx-cli does, a symlink whose target is missing is an error, not a
+/// migration silently left out.
+fn file_type(entry: &std::fs::DirEntry) -> std::io::Result<std::fs::FileType> {
     let file_type = entry.file_type()?;
     if !file_type.is_symlink() {
-        return Ok(file_type.is_file());
+        return Ok(file_type);
     }
     std::fs::metadata(entry.path())
-        .map(|m| m.is_file())
+        .map(|m| m.file_type())
         .map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -371,40 +430,124 @@ fn is_file(entry: &std::fs::DirEntry) -> std::io::Result<bool> {
         })
 }
 
-/// Read every file as UTF-8, in order. (Threads were measured: no faster here, the cost
-/// is the kernel's open/read/close.)
-fn read_all(paths: Vec<&Path>) -> Result<Vec<String>> {
-    read_files(&paths)
+const BOM: &[u8] = b"\xef\xbb\xbf";
+const NO_TRANSACTION: &[u8] = b"-- no-transaction";
+
+/// Reads migration files one after another through one reused buffer, hashing each as it
+/// streams by: memory stays at the buffer's size, whatever the files' sizes. (Threads were
+/// measured: no faster here, the cost is the kernel's open/read/close.)
+struct Scanner {
+    buf: Vec<u8>,
 }
 
-/// An open, plain reads until EOF, a close per file, through one reused buffer:
-/// fs::read_to_string also stats and seeks each file, and a fresh buffer per file costs
-/// more in page faults than the reads.
-fn read_files(paths: &[&Path]) -> Result<Vec<String>> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut chunk = [0u8; 16 * 1024];
-    paths
-        .iter()
-        .map(|path| {
-            let fail = |e: std::io::Error| {
-                Error::Config(format!("cannot read migration {}: {e}", path.display()))
+impl Scanner {
+    fn new() -> Scanner {
+        Scanner {
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// sqlx's checksum of the file at `path` (`ignored` characters left out), and whether
+    /// it starts with `-- no-transaction`. Refused when it is not UTF-8, holds a NUL byte
+    /// or starts with a byte order mark: what a database would choke on part-way.
+    fn scan(&mut self, path: &Path, ignored: &[char]) -> Result<(Vec<u8>, bool)> {
+        let (mut file, _) = files::open(path).map_err(|e| unreadable(path, &e))?;
+        let mut hasher = Sha384::new();
+        let mut head = [0u8; NO_TRANSACTION.len()];
+        let mut head_len = 0;
+        // The bytes of a character cut by the last read, kept at the buffer's start; and
+        // the file offset of the buffer's first byte.
+        let mut carried = 0;
+        let mut offset = 0u64;
+        loop {
+            let n = match file.read(&mut self.buf[carried..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(unreadable(path, &Refused::Io(e))),
             };
-            buf.clear();
-            let mut file = std::fs::File::open(path).map_err(fail)?;
-            loop {
-                match file.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(fail(e)),
+            if n == 0 {
+                if carried > 0 {
+                    return Err(not_utf8(path, offset));
                 }
+                break;
             }
-            std::str::from_utf8(&buf).map(str::to_owned).map_err(|_| {
-                Error::Config(format!("migration {} is not valid UTF-8", path.display()))
-            })
-        })
-        .collect()
+            let end = carried + n;
+            let read = &self.buf[carried..end];
+            let take = read.len().min(head.len() - head_len);
+            head[head_len..head_len + take].copy_from_slice(&read[..take]);
+            head_len += take;
+            // `contains` is memchr: the byte-by-byte search runs only when there is one.
+            if read.contains(&0) {
+                let at = read.iter().position(|&b| b == 0).unwrap_or_default();
+                return Err(nul_byte(path, offset + (carried + at) as u64));
+            }
+            let valid = match std::str::from_utf8(&self.buf[..end]) {
+                Ok(_) => end,
+                // A character cut at the end of the read: the next read completes it.
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                Err(e) => return Err(not_utf8(path, offset + e.valid_up_to() as u64)),
+            };
+            if ignored.is_empty() {
+                hasher.update(&self.buf[..valid]);
+            } else {
+                let text = std::str::from_utf8(&self.buf[..valid]).expect("validated above");
+                hash_text(&mut hasher, text, ignored);
+            }
+            self.buf.copy_within(valid..end, 0);
+            carried = end - valid;
+            offset += valid as u64;
+        }
+        let head = &head[..head_len];
+        if head.starts_with(BOM) {
+            return Err(bom(path));
+        }
+        Ok((hasher.finalize().to_vec(), head == NO_TRANSACTION))
+    }
+}
+
+/// Feed `text` to `hasher`, less the `ignored` characters (sqlx.toml's `ignored-chars`),
+/// without copying it.
+fn hash_text(hasher: &mut Sha384, text: &str, ignored: &[char]) {
+    if ignored.is_empty() {
+        hasher.update(text.as_bytes());
+        return;
+    }
+    let mut kept_from = 0;
+    for (i, c) in text.char_indices() {
+        if ignored.contains(&c) {
+            hasher.update(&text.as_bytes()[kept_from..i]);
+            kept_from = i + c.len_utf8();
+        }
+    }
+    hasher.update(&text.as_bytes()[kept_from..]);
+}
+
+fn unreadable(path: &Path, e: &Refused) -> Error {
+    Error::Config(format!("cannot read migration {}: {e}", path.display()))
+}
+
+fn nul_byte(path: &Path, at: u64) -> Error {
+    Error::Config(format!(
+        "migration {} has a NUL byte at byte offset {at}: SQL text cannot carry one (the \
+         database would refuse the statement, or cut it there, after the statements before \
+         it ran). Remove it",
+        path.display()
+    ))
+}
+
+fn not_utf8(path: &Path, at: u64) -> Error {
+    Error::Config(format!(
+        "migration {} is not valid UTF-8 (at byte offset {at})",
+        path.display()
+    ))
+}
+
+fn bom(path: &Path) -> Error {
+    // Invisible in an editor; PostgreSQL would report a syntax error at it.
+    Error::Config(format!(
+        "migration {} starts with a UTF-8 byte order mark (BOM): save it without one",
+        path.display()
+    ))
 }
 
 /// `<VERSION>` and the rest of a file name (after the first `_`): the version (a positive
@@ -451,6 +594,41 @@ mod tests {
             "b28c984894f855b0749c13fd475de77fabeea9d03ac61f5e547c836e6ac779c5"
         );
         assert_eq!(source.version(), "2");
+    }
+
+    /// The checksum of a file hashed as it streams (its characters cut by the reads'
+    /// ends, sqlx.toml's ignored characters left out) is sqlx's checksum of its text, and
+    /// the same when the SQL is read whole to be applied.
+    #[test]
+    fn a_streamed_checksum_is_sqlxs_whatever_the_reads_cut() {
+        let dir = std::env::temp_dir().join(format!("schemagate-stream-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Multi-byte characters across every 64 KiB boundary, CRLF line ends.
+        let line = "INSERT INTO t VALUES ('é€😀 x');\r\n";
+        let sql: String = std::iter::repeat_n(line, 9_000).collect();
+        std::fs::write(dir.join("1_a.sql"), &sql).unwrap();
+        std::fs::write(dir.join("2_b.sql"), "-- no-transaction\nSELECT 1;").unwrap();
+        let source = Source::load(&dir).unwrap();
+        let m = &source.ups[0];
+        assert_eq!(m.checksum[..], sha2::Sha384::digest(sql.as_bytes())[..]);
+        assert!(!m.no_tx && source.ups[1].no_tx);
+        assert_eq!(source.migration(m).unwrap().sql.as_str(), sql);
+        std::fs::write(
+            dir.join("sqlx.toml"),
+            "[migrate]\nignored-chars = [\"\\r\", \"€\"]\n",
+        )
+        .unwrap();
+        let source = Source::load(&dir).unwrap();
+        let kept: String = sql.chars().filter(|c| !matches!(c, '\r' | '€')).collect();
+        let m = &source.ups[0];
+        assert_eq!(m.checksum[..], sha2::Sha384::digest(kept.as_bytes())[..]);
+        assert_eq!(source.migration(m).unwrap().checksum[..], m.checksum[..]);
+        // Changed after it was read: refused, not applied under the old checksum.
+        std::fs::write(dir.join("1_a.sql"), "SELECT 2;").unwrap();
+        let e = source.migration(m).unwrap_err().to_string();
+        assert!(e.contains("changed while schemagate was running"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub fn split(sql: &str) -> Vec<Statement<'_>> {
     let mut atomic_depth = 0usize;
     let mut paren_depth = 0usize;
     let mut prev_word = String::new();
+    // Lines are counted on from the last statement's start, not from the top each time:
+    // a file of many statements is scanned once.
+    let mut lines = (0, 1);
+    // The statement's words so far, and whether it is a `CREATE … TRIGGER`: SQLite's
+    // trigger body, `BEGIN … END`, holds statements of its own, as `BEGIN ATOMIC` does.
+    let (mut words, mut create, mut trigger) = (0usize, false, false);
     while i < b.len() {
         match b[i] {
             b'-' if b.get(i + 1) == Some(&b'-') => {
@@ -53,30 +59,68 @@ pub fn split(sql: &str) -> Vec<Statement<'_>> {
                 i += 1;
             }
             b';' if atomic_depth == 0 && paren_depth == 0 => {
-                push(sql, start, i, &mut out);
+                push(sql, start, i, &mut lines, &mut out);
                 i += 1;
                 start = i;
+                (words, create, trigger) = (0, false, false);
             }
             c if is_ident(c) && (i == 0 || !is_ident(b[i - 1])) => {
                 let end = (i..b.len()).find(|&j| !is_ident(b[j])).unwrap_or(b.len());
                 let word = sql[i..end].to_ascii_uppercase();
+                let call = sql[end..].trim_start().starts_with('(');
                 match word.as_str() {
                     "ATOMIC" if prev_word == "BEGIN" => atomic_depth += 1,
+                    "BEGIN" if trigger && atomic_depth == 0 && !call => atomic_depth += 1,
                     "BEGIN" | "CASE" if atomic_depth > 0 => atomic_depth += 1,
                     "END" if atomic_depth > 0 => atomic_depth -= 1,
                     _ => {}
                 }
+                create |= words == 0 && word == "CREATE";
+                trigger |= create && words <= 4 && word == "TRIGGER";
+                words += 1;
                 prev_word = word;
                 i = end;
             }
             _ => i += 1,
         }
     }
-    push(sql, start, b.len(), &mut out);
+    push(sql, start, b.len(), &mut lines, &mut out);
     out
 }
 
-fn push<'a>(sql: &'a str, start: usize, end: usize, out: &mut Vec<Statement<'a>>) {
+/// `sql` cut into pieces of at most about `max` bytes, each a run of whole statements
+/// ending at a statement's `;`, byte for byte as written (a piece is larger than `max` only
+/// when one statement is): a large migration is sent piece by piece, so that neither the
+/// client nor the server's parser holds all of it twice.
+pub fn pieces(sql: &str, max: usize) -> Vec<&str> {
+    let base = sql.as_ptr() as usize;
+    let mut out = Vec::new();
+    let (mut from, mut cut) = (0, 0);
+    for st in split(sql) {
+        let end = st.text.as_ptr() as usize - base + st.text.len();
+        // Only white space lies between a statement's text and its `;`.
+        let next = sql[end..].find(';').map_or(sql.len(), |n| end + n + 1);
+        if next - from > max && cut > from {
+            out.push(&sql[from..cut]);
+            from = cut;
+        }
+        cut = next;
+    }
+    if !sql[from..].trim().is_empty() {
+        out.push(&sql[from..]);
+    }
+    out
+}
+
+/// Add the statement between `start` and `end`, if it holds more than comments; `lines` is
+/// an offset already counted to and the line it is on.
+fn push<'a>(
+    sql: &'a str,
+    start: usize,
+    end: usize,
+    lines: &mut (usize, usize),
+    out: &mut Vec<Statement<'a>>,
+) {
     let text = sql[start..end].trim();
     let body = strip_leading_comments(text);
     if body.is_empty() {
@@ -84,8 +128,16 @@ fn push<'a>(sql: &'a str, start: usize, end: usize, out: &mut Vec<Statement<'a>>
     }
     let offset = start + (sql[start..end].len() - sql[start..end].trim_start().len());
     let leading = text.len() - body.len();
-    let line = sql[..offset + leading].matches('\n').count() + 1;
-    out.push(Statement { text, line });
+    let at = offset + leading;
+    lines.1 += sql.as_bytes()[lines.0..at]
+        .iter()
+        .filter(|&&c| c == b'\n')
+        .count();
+    lines.0 = at;
+    out.push(Statement {
+        text,
+        line: lines.1,
+    });
 }
 
 /// Past the end of the block comment that opens at `open` (PostgreSQL nests them).
@@ -250,6 +302,43 @@ mod tests {
             .len(),
             2
         );
+    }
+
+    #[test]
+    fn a_trigger_body_is_one_statement() {
+        assert_eq!(
+            texts(
+                "CREATE TEMP TRIGGER IF NOT EXISTS t AFTER INSERT ON a BEGIN \
+                 INSERT INTO b VALUES (1); UPDATE c SET x = CASE WHEN 1 THEN 2 END; END;\n\
+                 SELECT 1; CREATE TRIGGER u BEFORE INSERT ON a EXECUTE FUNCTION begin(); SELECT 2"
+            ),
+            vec![
+                "CREATE TEMP TRIGGER IF NOT EXISTS t AFTER INSERT ON a BEGIN INSERT INTO b \
+                 VALUES (1); UPDATE c SET x = CASE WHEN 1 THEN 2 END; END",
+                "SELECT 1",
+                "CREATE TRIGGER u BEFORE INSERT ON a EXECUTE FUNCTION begin()",
+                "SELECT 2"
+            ]
+        );
+    }
+
+    #[test]
+    fn pieces_are_whole_statements_as_written() {
+        let sql = "SELECT 1;\n-- one; two\nSELECT 'a;b' ;\nSELECT 333333;   SELECT 4 -- end";
+        for max in [0, 10, 30, 1000] {
+            let pieces = pieces(sql, max);
+            assert_eq!(pieces.concat(), sql, "{max}");
+            for p in &pieces {
+                assert!(
+                    p.len() <= max.max(22) || split(p).len() == 1,
+                    "{max}: {p:?}"
+                );
+                assert!(!split(p).is_empty(), "{max}: {p:?}");
+            }
+        }
+        assert_eq!(pieces(sql, 0).len(), 4);
+        assert_eq!(pieces(sql, 1000), vec![sql]);
+        assert_eq!(pieces("SELECT 1;\n", 0), vec!["SELECT 1;\n"]);
     }
 
     #[test]

@@ -30,12 +30,15 @@ pub struct Migrate {
     pub ignored_chars: Vec<char>,
 }
 
+/// Far more than any `sqlx.toml` holds: a larger file is refused, not read.
+const MAX_SIZE: u64 = 1 << 20;
+
 /// The `[migrate]` settings for a source directory, and the file they came from.
 pub fn load(dir: &Path) -> Result<Option<(PathBuf, Migrate)>> {
     for path in candidates(dir) {
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::files::read_small(&path, MAX_SIZE) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.is_not_found() => continue,
             Err(e) => {
                 return Err(Error::Config(format!(
                     "cannot read {}: {e}",

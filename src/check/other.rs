@@ -224,6 +224,7 @@ pub async fn rehearse(
     let mut skipped = Vec::new();
     let mysql = cfg.backend == Backend::MySql;
     for m in &old {
+        let m = &source.migration(m)?;
         let outside = Outside::find(m, mysql, &mut skipped);
         c.apply(&cfg.migrations_table, &outside::runnable(m, &outside))
             .await
@@ -248,6 +249,7 @@ pub async fn rehearse(
     };
     let mut reports = Vec::new();
     for m in &new {
+        let m = &source.migration(m)?;
         let name = format!("{} {}", m.version, m.description);
         let outside = Outside::find(m, mysql, &mut skipped);
         let before = c.snapshot().await?;

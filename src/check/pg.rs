@@ -503,9 +503,9 @@ pub async fn apply_plain(
     if m.no_tx {
         return apply_no_tx(c, table, m).await.map(|_| ());
     }
-    postgres::apply_in_tx(c, table, &[m], &opts)
+    postgres::apply_in_tx(c, table, std::iter::once(Ok(m.clone())), &opts)
         .await
-        .map_err(|e| redact(&e.to_string()))
+        .map_err(|e| e.message)
 }
 
 /// Run a transactional migration as `migrate` does (its statements, then its history row,

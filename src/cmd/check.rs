@@ -280,6 +280,8 @@ async fn rehearse_sql(
     pg::ensure_history(c, marker, migrations).await?;
     let mut skipped = Vec::new();
     for m in &old {
+        // Read now, checked against the checksum the source was read with.
+        let m = &source.migration(m)?;
         let outside = Outside::find(m, false, &mut skipped);
         pg::apply_plain(c, migrations, &outside::runnable(m, &outside))
             .await
@@ -305,6 +307,7 @@ async fn rehearse_sql(
     }
     let mut reports = Vec::new();
     for m in &new {
+        let m = &source.migration(m)?;
         let name = format!("{} {}", m.version, m.description);
         let outside = Outside::find(m, false, &mut skipped);
         let run = outside::runnable(m, &outside);

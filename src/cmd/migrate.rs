@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::migrate::Migration;
-
 use super::{Before, Outcome};
 use crate::config::{Config, MigrateConfig, MigrationsTable, Work, redact};
 use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
@@ -14,7 +12,7 @@ use crate::formats::{self, Foreign, Format};
 use crate::http;
 use crate::lock::{self, Expected, Lock};
 use crate::signals::Signals;
-use crate::source::{Plan, Source};
+use crate::source::{Entry, Plan, Source};
 
 /// What this run applies.
 enum Job {
@@ -366,7 +364,7 @@ async fn digest_fast_path(cfg: &Config, settings: &MigrateConfig) -> Result<Earl
     if settings.ignore_missing || !digest::may_stand_for(&dir)? {
         return Ok(Early::NotTried);
     }
-    let Some(claim) = digest::read(&dir) else {
+    let Some(claim) = digest::read(&dir)? else {
         return Ok(Early::NotTried);
     };
     let summary = claim.summary.clone();
@@ -662,8 +660,8 @@ fn interruption_detail(
 
 /// Pending migrations in the groups applied together: each alone, or with
 /// --single-transaction every run of transactional ones in one group.
-fn batches<'m>(pending: &[&'m Migration], single_transaction: bool) -> Vec<Vec<&'m Migration>> {
-    let mut out: Vec<Vec<&Migration>> = Vec::new();
+fn batches<'m>(pending: &[&'m Entry], single_transaction: bool) -> Vec<Vec<&'m Entry>> {
+    let mut out: Vec<Vec<&Entry>> = Vec::new();
     for m in pending {
         match out.last_mut() {
             Some(group) if single_transaction && !m.no_tx && !group[0].no_tx => group.push(m),
@@ -673,7 +671,7 @@ fn batches<'m>(pending: &[&'m Migration], single_transaction: bool) -> Vec<Vec<&
     out
 }
 
-fn label(group: &[&Migration]) -> String {
+fn label(group: &[&Entry]) -> String {
     match group {
         [m] => format!("{} ({})", m.version, m.description),
         [first, .., last] => format!(
@@ -712,7 +710,7 @@ async fn apply_pending(
             ..Ran::default()
         });
     }
-    super::refuse_transaction_control(ctx.cfg, plan.pending.iter().copied())?;
+    super::refuse_transaction_control(ctx.cfg, source, plan.pending.iter().copied())?;
     for group in batches(&plan.pending, settings.single_transaction) {
         if ctx.lock.lease_lost() {
             return Err(Error::LockLost(format!(
@@ -730,7 +728,12 @@ async fn apply_pending(
             if no_tx { " without a transaction" } else { "" }
         );
         let t = Instant::now();
-        apply_group(conn, ctx, &group, &label, settings, opts, progress.applied).await?;
+        let run = Group {
+            source,
+            migrations: &group,
+            label: &label,
+        };
+        apply_group(conn, ctx, &run, settings, opts, progress.applied).await?;
         progress.applied += group.len();
         progress.group.clear();
         tracing::info!("applied {label} in {:.1?}", t.elapsed());
@@ -768,23 +771,32 @@ async fn record_success(conn: &mut Conn, ctx: &Ctx<'_>, applied: usize) -> Resul
     Ok(())
 }
 
+/// A group of migrations applied together, and the source that reads their SQL.
+struct Group<'a> {
+    source: &'a Source,
+    migrations: &'a [&'a Entry],
+    label: &'a str,
+}
+
 /// Apply one group (a migration, or with --single-transaction several), retrying a lock
 /// or statement timeout with backoff up to --ddl-retries. A failure is recorded in a
 /// `failed` marker (from a fresh connection if ours is gone), except when the lease was
-/// taken over: then another run's marker stands.
+/// taken over: then another run's marker stands. Each migration's SQL is read as it is
+/// applied, and let go after.
 async fn apply_group(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
-    group: &[&Migration],
-    label: &str,
+    group: &Group<'_>,
     settings: &MigrateConfig,
     opts: &ApplyOptions,
     applied: usize,
 ) -> Result<()> {
-    let no_tx = group[0].no_tx;
+    let label = group.label;
+    let no_tx = group.migrations[0].no_tx;
     let mut attempt = 0;
     loop {
-        let e = match conn.apply(&ctx.cfg.migrations_table, group, opts).await {
+        let sql = group.migrations.iter().map(|m| group.source.migration(m));
+        let e = match conn.apply(&ctx.cfg.migrations_table, sql, opts).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -885,7 +897,7 @@ pub(super) async fn plan<'s>(
     source.plan(&applied, dirty, table)
 }
 
-fn print_plan(source: &Source, pending: &[&Migration]) {
+fn print_plan(source: &Source, pending: &[&Entry]) {
     if pending.is_empty() {
         outln!(
             "nothing to apply: the database has every migration in {}",

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::db::{self, Conn};
 use crate::error::Result;
 use crate::lock::{self, Acquired, Expected, Lock};
+use crate::source::{Entry, Source};
 
 /// What a successful run did, for the termination log.
 #[derive(Debug, Default, Serialize)]
@@ -116,16 +117,17 @@ pub fn released(release: Result<()>) {
 /// PostgreSQL: a transactional migration (up or down) must not end the transaction it runs
 /// in. A `COMMIT` in it would commit its first part early (left behind, unrecorded, when a
 /// later statement fails), a `ROLLBACK` would undo it while it is recorded as done. Refused
-/// before anything runs.
+/// before anything runs (each file read and let go in turn: one in memory at a time).
 pub fn refuse_transaction_control<'m>(
     cfg: &Config,
-    migrations: impl IntoIterator<Item = &'m sqlx::migrate::Migration>,
+    source: &Source,
+    migrations: impl IntoIterator<Item = &'m Entry>,
 ) -> Result<()> {
     if cfg.backend != crate::config::Backend::Postgres {
         return Ok(());
     }
     for m in migrations.into_iter().filter(|m| !m.no_tx) {
-        if let Some((statement, line)) = crate::sql::transaction_control(m.sql.as_str()) {
+        if let Some((statement, line)) = crate::sql::transaction_control(&source.sql(m)?) {
             let kind = if m.migration_type.is_down_migration() {
                 "down migration"
             } else {

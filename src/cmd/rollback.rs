@@ -3,9 +3,11 @@
 
 use std::time::Instant;
 
+use sqlx::migrate::AppliedMigration;
+
 use super::Outcome;
-use crate::config::{Config, MigrationsTable, RollbackConfig};
-use crate::db::{Conn, Engine, NewMarker, Status};
+use crate::config::{Config, RollbackConfig};
+use crate::db::{ApplyError, Conn, Engine, NewMarker, Status};
 use crate::error::{Error, Result};
 use crate::source::Source;
 
@@ -52,15 +54,17 @@ async fn undo(
     let fence = fence.as_ref();
     let engine = lock.engine();
     let migrations = &cfg.migrations_table;
-    conn.ensure_migrations_table(migrations).await?;
-    conn.ensure_marker_table(&cfg.table).await?;
-    // What is applied must match the source, or the down migrations may not fit.
-    super::migrate::plan(conn, migrations, source).await?;
-    let to_undo = versions_to_undo(conn, migrations, source, args.to).await?;
+    // What is applied must match the source, or the down migrations may not fit; and --to
+    // must be applied, or the marker would claim a version the database does not show.
+    let (applied, dirty) = conn.applied(migrations).await?;
+    source.plan(&applied, dirty, migrations)?;
+    let to_undo = versions_to_undo(&applied, source, args.to)?;
     if args.dry_run {
         print_undo_plan(source, args.to, &to_undo);
         return Ok(0);
     }
+    conn.ensure_migrations_table(migrations).await?;
+    conn.ensure_marker_table(&cfg.table).await?;
     let version = args.to.to_string();
     let digest = source.digest_upto(Some(args.to));
     let marker = |status, undone: usize, detail| NewMarker {
@@ -73,7 +77,7 @@ async fn undo(
         runner: &cfg.runner,
         detail,
     };
-    super::refuse_transaction_control(cfg, to_undo.iter().map(|v| &source.downs[v]))?;
+    super::refuse_transaction_control(cfg, source, to_undo.iter().map(|v| &source.downs[v]))?;
     record_started(conn, cfg, args.to, &to_undo, started, fence, engine).await?;
     let mut undone = 0;
     for v in &to_undo {
@@ -81,7 +85,12 @@ async fn undo(
         let label = format!("{v} ({})", down.description);
         tracing::info!("undoing {label}");
         let t = Instant::now();
-        if let Err(e) = conn.revert(migrations, down, fence).await {
+        // Read now, one at a time, and checked against the checksum read before.
+        let reverted = match source.migration(down) {
+            Ok(down) => conn.revert(migrations, down, fence).await,
+            Err(e) => Err(ApplyError::unreadable(&e)),
+        };
+        if let Err(e) = reverted {
             let detail = format!("undoing migration {label} failed: {}", e.message);
             if !e.lease_lost {
                 let failed = marker(Status::Failed, undone, Some(&detail));
@@ -113,14 +122,22 @@ async fn undo(
     Ok(undone)
 }
 
-/// The applied versions newer than `to`, newest first; each must have a `.down.sql`.
-async fn versions_to_undo(
-    conn: &mut Conn,
-    migrations: &MigrationsTable,
-    source: &Source,
-    to: i64,
-) -> Result<Vec<i64>> {
-    let (applied, _) = conn.applied(migrations).await?;
+/// The applied versions newer than `to`, newest first; each must have a `.down.sql`. `to`
+/// itself must be applied (unless 0): a rollback to it ends with it the newest applied
+/// version, which a version not applied cannot become (newer than the newest, or one
+/// skipped).
+fn versions_to_undo(applied: &[AppliedMigration], source: &Source, to: i64) -> Result<Vec<i64>> {
+    if to != 0 && !applied.iter().any(|a| a.version == to) {
+        let newest = match applied.iter().map(|a| a.version).max() {
+            Some(v) => format!("the newest applied migration is {v}"),
+            None => "no migration is applied".to_owned(),
+        };
+        return Err(Error::Config(format!(
+            "cannot roll back to {to}: it is not applied ({newest}), so it cannot become the \
+             newest applied version; nothing was changed. Roll back to an applied version, \
+             or run `migrate` to go forward"
+        )));
+    }
     let mut to_undo: Vec<i64> = applied
         .iter()
         .map(|a| a.version)

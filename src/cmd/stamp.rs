@@ -76,14 +76,29 @@ async fn record_applied(
 ) -> Result<usize> {
     conn.ensure_migrations_table(table).await?;
     let (applied, dirty) = conn.applied(table).await?;
-    let pending = source.compare(&applied).pending;
+    let compared = source.compare(&applied);
+    // The marker will claim this source's digest up to `upto`: not over a migration applied
+    // with another checksum, or applied and missing here (the dirty one excepted: stamping
+    // it records it as it is now). That is drift for `migrate` to report, not to hide.
+    let drift = compared.modified.iter().chain(&compared.missing);
+    if let Some(v) = drift.filter(|v| **v <= upto && dirty != Some(**v)).min() {
+        return Err(Error::Drift(format!(
+            "cannot stamp {upto}: migration {v} is applied with another checksum than in {}, \
+             or is missing from it; nothing was recorded. Run `schemagate status --source \
+             {}` to see the difference",
+            source.dir.display(),
+            source.dir.display()
+        )));
+    }
+    let pending = compared.pending;
     let to_record = source.ups.iter().filter(|m| {
         m.version <= upto
             && (dirty == Some(m.version) || pending.iter().any(|p| p.version == m.version))
     });
     let mut recorded = 0;
     for m in to_record {
-        conn.stamp(table, m, fence).await?;
+        // Read again, checked against the checksum the source was read with.
+        conn.stamp(table, &source.migration(m)?, fence).await?;
         recorded += 1;
         tracing::info!(
             "recorded {} ({}) as applied without running it",

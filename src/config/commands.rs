@@ -479,7 +479,7 @@ impl CheckConfig {
         }
         let mut allowed = crate::check::parse_allow_flags(&args.allow).map_err(Error::Config)?;
         for file in &args.allow_files {
-            let text = std::fs::read_to_string(file).map_err(|e| {
+            let text = crate::files::read_small(file, 16 << 20).map_err(|e| {
                 Error::Config(format!("cannot read --allow-file {}: {e}", file.display()))
             })?;
             allowed.extend(crate::check::allows(&text));

@@ -266,7 +266,8 @@ impl Config {
 }
 
 pub(super) fn read_url_file(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    // A mounted secret holds one URL: a larger file is refused, not read.
+    let text = crate::files::read_small(path, 64 * 1024).map_err(|e| {
         Error::Config(format!(
             "cannot read --database-url-file {}: {e}",
             path.display()

@@ -109,6 +109,19 @@ impl ApplyError {
         }
     }
 
+    /// A migration whose file could not be read (or changed since the plan was made):
+    /// nothing of it ran.
+    pub fn unreadable(e: &Error) -> ApplyError {
+        ApplyError {
+            message: format!("{e:#}"),
+            retryable: false,
+            lease_lost: false,
+            dirty: false,
+            took_effect: false,
+            config: e.exit_code() == 2,
+        }
+    }
+
     fn from_migrate(e: sqlx::migrate::MigrateError) -> ApplyError {
         match e {
             sqlx::migrate::MigrateError::ExecuteMigration(inner, _)
@@ -143,6 +156,10 @@ impl std::fmt::Display for Holder {
         )
     }
 }
+
+/// A migration larger than this is run in pieces of whole statements of about this size
+/// (PostgreSQL, SQLite), never held twice over in one query.
+const PIECE: usize = 1 << 20;
 
 /// The longest marker `version` (and `runner`) every backend stores: MySQL's column is
 /// VARCHAR(255). Checked before anything runs.
@@ -587,27 +604,49 @@ impl Conn {
 
     /// Apply transactional migrations together in one transaction (PostgreSQL), or one
     /// migration on any backend, recording them in `table`. A failed `-- no-transaction`
-    /// migration is recorded dirty.
+    /// migration is recorded dirty. Each migration is read as `migrations` yields it and let
+    /// go once applied: one is in memory at a time. One that cannot be read fails the group,
+    /// before it commits.
     pub async fn apply(
         &mut self,
         table: &MigrationsTable,
-        migrations: &[&Migration],
+        migrations: impl IntoIterator<Item = Result<Migration>>,
         opts: &ApplyOptions,
     ) -> Result<(), ApplyError> {
+        let mut migrations = migrations.into_iter();
         match self {
-            Conn::Pg(c) => match migrations {
-                [m] if m.no_tx => postgres::apply_no_tx(c, table, m, opts)
+            Conn::Pg(c) => {
+                let Some(first) = migrations.next() else {
+                    return Ok(());
+                };
+                let first = first.map_err(|e| ApplyError::unreadable(&e))?;
+                if !first.no_tx {
+                    let all = std::iter::once(Ok(first)).chain(migrations);
+                    return postgres::apply_in_tx(c, table, all, opts).await;
+                }
+                postgres::apply_no_tx(c, table, &first, opts)
                     .await
-                    .map_err(ApplyError::from_no_tx),
-                ms => postgres::apply_in_tx(c, table, ms, opts)
-                    .await
-                    .map_err(|e| ApplyError::from_sqlx(&e)),
-            },
+                    .map_err(ApplyError::from_no_tx)
+            }
             Conn::My(_) | Conn::Lite(_) => {
                 for m in migrations {
-                    let r = self.migrate().apply(table.qualified(), m).await;
+                    let m = m.map_err(|e| ApplyError::unreadable(&e))?;
+                    let in_pieces = matches!(self, Conn::Lite(_)) && m.sql.as_str().len() > PIECE;
+                    let m = if in_pieces { m } else { shared_sql(m) };
+                    let r = match &mut *self {
+                        Conn::Lite(c) if in_pieces => {
+                            sqlite::apply_in_pieces(c, table.qualified(), &m, PIECE).await
+                        }
+                        _ => self
+                            .migrate()
+                            .apply(table.qualified(), &m)
+                            .await
+                            .map(|_| ()),
+                    };
+                    // sqlx's send buffer grew to the migration's size: let it go.
+                    self.shrink_buffers();
                     if let (Err(_), true, Conn::Lite(c)) = (&r, m.no_tx, &mut *self)
-                        && let Err(record) = sqlite::record_dirty(c, table, m).await
+                        && let Err(record) = sqlite::record_dirty(c, table, &m).await
                     {
                         tracing::warn!(
                             "could not record migration {} as dirty: {record}",
@@ -625,23 +664,33 @@ impl Conn {
         }
     }
 
+    /// Let go of the memory a large query left in the connection's buffers.
+    fn shrink_buffers(&mut self) {
+        use sqlx::Connection;
+        match self {
+            Conn::Pg(c) => c.shrink_buffers(),
+            Conn::My(c) => c.shrink_buffers(),
+            Conn::Lite(c) => c.shrink_buffers(),
+        }
+    }
+
     /// Run a down migration and delete its row from `table`.
     pub async fn revert(
         &mut self,
         table: &MigrationsTable,
-        down: &Migration,
+        down: Migration,
         fence: Option<&Fence>,
     ) -> Result<(), ApplyError> {
         match self {
             Conn::Pg(c) => postgres::revert(c, table, down, fence)
                 .await
                 .map_err(ApplyError::from_no_tx),
-            _ => self
-                .migrate()
-                .revert(table.qualified(), down)
-                .await
-                .map(|_| ())
-                .map_err(ApplyError::from_migrate),
+            _ => {
+                let down = shared_sql(down);
+                let r = self.migrate().revert(table.qualified(), &down).await;
+                self.shrink_buffers();
+                r.map(|_| ()).map_err(ApplyError::from_migrate)
+            }
         }
     }
 
@@ -743,6 +792,16 @@ impl Conn {
                 .map_err(|e| db_err("cannot list invalid indexes", e)),
             _ => Ok(Vec::new()),
         }
+    }
+}
+
+/// `m` with its SQL shared rather than owned: sqlx's `Migrate` clones it to run it, which
+/// copies an owned text (one more copy of a migration of any size) but not a shared one.
+fn shared_sql(m: Migration) -> Migration {
+    let sql: std::sync::Arc<str> = m.sql.as_str().into();
+    Migration {
+        sql: sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)),
+        ..m
     }
 }
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use sqlx::migrate::{AppliedMigration, Migration};
 use sqlx::postgres::{PgConnectOptions, PgExecutor, PgListener, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row, SqlStr};
 
-use super::{ApplyOptions, Fence, Holder, Marker, NewMarker};
+use super::{ApplyError, ApplyOptions, Fence, Holder, Marker, NewMarker};
 use crate::config::{Config, MigrationsTable, Table};
 use crate::source::hex;
 
@@ -773,14 +773,50 @@ fn settings_sql(opts: &ApplyOptions) -> String {
     s
 }
 
-/// Apply transactional migrations in one transaction, in one round trip; on error the
-/// transaction is rolled back.
+/// Migrations up to this size share the transaction's one query (one round trip). A larger
+/// one is sent on its own, in pieces of its statements of about this size, so that memory
+/// holds its text once, not twice more (a copy in the query, and sqlx's send buffer).
+const INLINE_MAX: usize = super::PIECE;
+
+/// Apply transactional migrations in one transaction, in one round trip unless they are
+/// large (`INLINE_MAX`); on error the transaction is rolled back. Each migration is read as
+/// `migrations` yields it and let go once sent.
 pub async fn apply_in_tx(
     c: &mut PgConnection,
     table: &MigrationsTable,
-    migrations: &[&Migration],
+    migrations: impl Iterator<Item = crate::error::Result<Migration>>,
     opts: &ApplyOptions,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), ApplyError> {
+    let mut began = false;
+    match send_in_tx(c, table, migrations, opts, &mut began).await {
+        Ok(()) => Ok(()),
+        Err(InTx::Db(e)) => {
+            end_failed_transaction(c).await;
+            Err(ApplyError::from_sqlx(&e))
+        }
+        Err(InTx::Unreadable(e)) => {
+            // Everything sent so far succeeded: the transaction is open, and must end here.
+            if began {
+                let _ = exec(c, "ROLLBACK".into()).await;
+            }
+            Err(ApplyError::unreadable(&e))
+        }
+    }
+}
+
+/// Why `send_in_tx` stopped.
+enum InTx {
+    Db(sqlx::Error),
+    Unreadable(crate::error::Error),
+}
+
+async fn send_in_tx(
+    c: &mut PgConnection,
+    table: &MigrationsTable,
+    migrations: impl Iterator<Item = crate::error::Result<Migration>>,
+    opts: &ApplyOptions,
+    began: &mut bool,
+) -> Result<(), InTx> {
     let mut sql = format!("BEGIN;\n{}", settings_sql(opts));
     // The lease's fence: a run that lost its lease stops before any statement of the
     // migration; and the last statement before COMMIT renews the lease under a row lock,
@@ -791,17 +827,49 @@ pub async fn apply_in_tx(
         sql.push_str(";\n");
     }
     for m in migrations {
-        sql.push_str(&migration_in_tx_sql(table, m));
+        let m = m.map_err(InTx::Unreadable)?;
+        let len = m.sql.as_str().len();
+        if len <= INLINE_MAX && sql.len() + len <= INLINE_MAX {
+            sql.push_str(&migration_in_tx_sql(table, &m));
+            continue;
+        }
+        exec(c, std::mem::take(&mut sql)).await.map_err(InTx::Db)?;
+        *began = true;
+        if len <= INLINE_MAX {
+            sql.push_str(&migration_in_tx_sql(table, &m));
+            continue;
+        }
+        sql = format!("{};\n", bookkeeping_sql(table, &m, true));
+        send_large(c, m.sql).await.map_err(InTx::Db)?;
     }
     if let Some(fence) = &opts.fence {
         sql.push_str(&fence.hold);
         sql.push_str(";\n");
     }
     sql.push_str("COMMIT;");
-    let r = exec(c, sql).await;
-    if r.is_err() {
-        end_failed_transaction(c).await;
+    exec(c, sql).await.map_err(InTx::Db)
+}
+
+/// Send a large migration's SQL inside the open transaction, in pieces of whole statements
+/// of about `INLINE_MAX` (`sql::pieces`; as psql sends a file's statements one by one: the
+/// same, inside a transaction block), so that memory holds the text and one piece. When one
+/// statement alone is larger than that, the whole text is sent as one query, moved rather
+/// than copied.
+async fn send_large(c: &mut PgConnection, sql: SqlStr) -> Result<(), sqlx::Error> {
+    let r = async {
+        let pieces = crate::sql::pieces(sql.as_str(), INLINE_MAX);
+        if pieces.iter().any(|p| p.len() > INLINE_MAX) {
+            drop(pieces);
+            return sqlx::raw_sql(sql).execute(&mut *c).await.map(|_| ());
+        }
+        for piece in pieces {
+            exec(c, piece.to_owned()).await?;
+        }
+        Ok(())
     }
+    .await;
+    // sqlx's send buffer grew to the largest query: let it go.
+    sqlx::Connection::shrink_buffers(c);
     r
 }
 
@@ -1108,7 +1176,7 @@ pub struct NoTxError {
 pub async fn revert(
     c: &mut PgConnection,
     table: &MigrationsTable,
-    down: &Migration,
+    down: Migration,
     fence: Option<&Fence>,
 ) -> Result<(), NoTxError> {
     let delete = format!("DELETE FROM {table} WHERE version = {}", down.version);
@@ -1130,14 +1198,24 @@ pub async fn revert(
     let (check, hold) = fence
         .map(|f| (format!("{};\n", f.check), format!("{};\n", f.hold)))
         .unwrap_or_default();
-    let r = exec(
-        c,
-        format!(
-            "BEGIN;\n{check}{}\n;\n{delete};\n{hold}COMMIT;",
-            down.sql.as_str()
-        ),
-    )
-    .await;
+    let r = if down.sql.as_str().len() > INLINE_MAX {
+        // As in `apply_in_tx`: a large down migration is sent in batches, not copied whole.
+        async {
+            exec(c, format!("BEGIN;\n{check}")).await?;
+            send_large(c, down.sql).await?;
+            exec(c, format!("{delete};\n{hold}COMMIT;")).await
+        }
+        .await
+    } else {
+        exec(
+            c,
+            format!(
+                "BEGIN;\n{check}{}\n;\n{delete};\n{hold}COMMIT;",
+                down.sql.as_str()
+            ),
+        )
+        .await
+    };
     if r.is_err() {
         end_failed_transaction(c).await;
     }

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use sqlx::migrate::MigrateError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
 
@@ -136,6 +137,61 @@ pub async fn markers(
         .fetch_all(c)
         .await?;
     Ok(rows.into_iter().map(super::marker_from_row).collect())
+}
+
+/// Apply a migration as sqlx's `Migrate::apply` does (its SQL and its bookkeeping row in
+/// one transaction unless `-- no-transaction`, then its execution time), its SQL run in
+/// pieces of whole statements (`sql::pieces`): sqlx keeps every statement of one query
+/// prepared, each holding a copy of its text, until the query ends, so a 200 MB migration
+/// run as one query takes several times its size. For migrations larger than `piece`.
+pub async fn apply_in_pieces(
+    c: &mut SqliteConnection,
+    table: &str,
+    m: &sqlx::migrate::Migration,
+    piece: usize,
+) -> Result<(), MigrateError> {
+    use sqlx::Connection;
+    let started = std::time::Instant::now();
+    let pieces = crate::sql::pieces(m.sql.as_str(), piece);
+    let record = format!(
+        "INSERT INTO {table} (version, description, success, checksum, execution_time) \
+         VALUES (?1, ?2, TRUE, ?3, -1)"
+    );
+    let record = sqlx::query(AssertSqlSafe(record))
+        .bind(m.version)
+        .bind(&*m.description)
+        .bind(&*m.checksum);
+    if m.no_tx {
+        run_pieces(c, &pieces, m.version).await?;
+        record.execute(&mut *c).await?;
+    } else {
+        let mut tx = c.begin().await?;
+        run_pieces(&mut tx, &pieces, m.version).await?;
+        record.execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {table} SET execution_time = ?1 WHERE version = ?2"
+    )))
+    .bind(i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX))
+    .bind(m.version)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+async fn run_pieces(
+    c: &mut SqliteConnection,
+    pieces: &[&str],
+    version: i64,
+) -> Result<(), MigrateError> {
+    for piece in pieces {
+        sqlx::raw_sql(AssertSqlSafe(*piece))
+            .execute(&mut *c)
+            .await
+            .map_err(|e| MigrateError::ExecuteMigration(e, version))?;
+    }
+    Ok(())
 }
 
 /// Record a migration as applied in `table` without running it, or mark a dirty one done.

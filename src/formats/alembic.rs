@@ -147,7 +147,7 @@ fn split_locations(value: &str, separator: Option<&str>) -> Vec<String> {
 /// The directories holding the revisions.
 fn version_locations(dir: &Path) -> Result<Vec<PathBuf>> {
     let ini = dir.join("alembic.ini");
-    let Ok(text) = std::fs::read_to_string(&ini) else {
+    let Ok(text) = crate::files::read_text(&ini) else {
         // A script directory, or its `versions/`, given directly.
         let versions = dir.join("versions");
         return Ok(vec![if versions.is_dir() {
@@ -224,7 +224,7 @@ pub(super) fn looks_like(dir: &Path, top: &[(String, bool)]) -> bool {
         .filter(|(n, d)| !d && n.ends_with(".py"))
         .take(3)
         .any(|(n, _)| {
-            std::fs::read_to_string(dir.join(n))
+            crate::files::read_text(&dir.join(n))
                 .is_ok_and(|t| assigned(&t, "down_revision", Scope::Module).is_some())
         })
 }

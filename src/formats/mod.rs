@@ -578,7 +578,7 @@ fn detect(dir: &Path) -> Result<Vec<Format>> {
             .find(|(n, is_dir)| !is_dir && versioned(n, ".sql"))
             .map(|(n, _)| n);
         if let Some(first) = first {
-            let text = std::fs::read_to_string(d.join(first)).unwrap_or_default();
+            let text = crate::files::read_text(&d.join(first)).unwrap_or_default();
             let f = if text.contains("-- migrate:up") {
                 Format::Dbmate
             } else {
@@ -603,7 +603,7 @@ pub(crate) fn sha256(bytes: &[u8]) -> String {
 
 /// Read a file for a reader, as a usage error naming it when unreadable.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
+    crate::files::read_all(path)
         .map_err(|e| Error::Config(format!("cannot read migration {}: {e}", path.display())))
 }
 

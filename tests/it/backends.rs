@@ -449,6 +449,142 @@ fn rollback_without_down_migration_is_refused(kind: Kind) {
     assert!(db.table_exists("b"));
 }
 
+/// A migration larger than 1 MiB, whose statements run in pieces (PostgreSQL, SQLite):
+/// rows with `;` in strings and comments, and a block of many statements (a `DO` body; a
+/// SQLite trigger body) that straddles the first piece's end.
+fn large_sql(kind: Kind, fail_at_end: bool) -> String {
+    let pad = "y".repeat(1000);
+    let mut sql =
+        String::from("CREATE TABLE big (n int, v text);\nCREATE TABLE seen (n int, v text);\n");
+    for i in 0..950 {
+        sql.push_str(&format!(
+            "INSERT INTO big VALUES ({i}, '{pad};{i}'); -- row {i}; ok\n"
+        ));
+    }
+    let body: String = (0..100)
+        .map(|i| format!("INSERT INTO seen VALUES ({i}, '{pad}');\n"))
+        .collect();
+    sql.push_str(&match kind {
+        Kind::Lite => format!("CREATE TRIGGER big_seen AFTER INSERT ON big BEGIN\n{body}END;\n"),
+        _ => format!("DO $$ BEGIN\n{body}END $$;\n"),
+    });
+    for i in 950..1000 {
+        sql.push_str(&format!("INSERT INTO big VALUES ({i}, '{pad};{i}');\n"));
+    }
+    if fail_at_end {
+        sql.push_str("INSERT INTO no_such_table VALUES (1);\n");
+    }
+    assert!(sql.len() > 1 << 20);
+    sql
+}
+
+/// reliability (PostgreSQL, SQLite): a migration larger than 1 MiB, run in pieces of whole statements so that memory never holds it twice over: a block straddling a piece's end, `;` in strings and comments; then one whose last statement fails | every statement runs once, as written, in the migration's one transaction; the failing one rolls all of it back, exit 1 | nothing
+fn a_large_migration_runs_in_pieces_as_one(kind: Kind) {
+    let db = TestDb::new(kind, "largesql");
+    let failing = Migrations::new(&[("1_big.sql", &large_sql(kind, true))]);
+    let out = run(&mut migrate(&db, &failing));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(!db.table_exists("big"), "part of a failed migration stayed");
+    let src = Migrations::new(&[("1_big.sql", &large_sql(kind, false))]);
+    ok(&run(&mut migrate(&db, &src)));
+    assert_eq!(db.i64("SELECT count(*) FROM big"), 1000);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM big WHERE v LIKE '%;' || n"),
+        1000
+    );
+    let seen = if kind == Kind::Lite { 50 * 100 } else { 100 };
+    assert_eq!(db.i64("SELECT count(*) FROM seen"), seen);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM _sqlx_migrations WHERE success"),
+        1
+    );
+}
+
+/// reliability: `rollback --to V` where V is not applied: newer than the newest applied, or one skipped (applied out of band around it), with and without `--dry-run` | refused with exit 2 naming the newest applied version, before anything is undone; no marker written, so `wait --expect V` keeps waiting | nothing
+fn rollback_to_a_version_not_applied_is_refused(kind: Kind) {
+    let db = TestDb::new(kind, "rollbacknotapplied");
+    let first = Migrations::new(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+    ]);
+    ok(&run(&mut migrate(&db, &first)));
+    let src = reversible_source();
+    let markers = "SELECT count(*) FROM schemagate_marker";
+    let refused = |to: &str, dry_run: bool, newest: &str| {
+        let mut cmd = schemagate(db.url());
+        cmd.args(["rollback", "--to", to, "--source", src.path()]);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        let out = run(&mut cmd);
+        assert_eq!(code(&out), 2, "--to {to}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("cannot roll back to {to}: it is not applied"))
+                && stderr(&out).contains(&format!("the newest applied migration is {newest}")),
+            "--to {to}: {}",
+            stderr(&out)
+        );
+    };
+    // Newer than what is applied: only migration 1 is.
+    for (to, dry_run) in [("3", false), ("2", false), ("3", true)] {
+        refused(to, dry_run, "1");
+        assert_eq!(db.i64(markers), 1, "--to {to} wrote a marker");
+    }
+    assert!(db.table_exists("a"));
+    let out = run(schemagate(db.url()).args(["wait", "--expect", "3", "--once"]));
+    assert_ne!(
+        code(&out),
+        0,
+        "a rollback marker claimed 3: {}",
+        stderr(&out)
+    );
+    // One skipped: 1..3 applied, then 2's row removed out of band.
+    ok(&run(&mut migrate(&db, &src)));
+    db.exec("DELETE FROM _sqlx_migrations WHERE version = 2");
+    let before = db.i64(markers);
+    refused("2", false, "3");
+    assert_eq!(db.i64(markers), before, "--to 2 wrote a marker");
+    assert!(db.table_exists("c"), "undone despite the refusal");
+    assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
+}
+
+/// reliability: `stamp V --source` over drift: an applied migration up to V edited on disk, or applied and missing from the source | refused with exit 4 naming the version, nothing recorded: its marker would claim the edited source's digest, and `migrate` would then take the fast path over the drift | nothing
+fn stamp_over_drift_is_refused(kind: Kind) {
+    let db = TestDb::new(kind, "stampdrift");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+        ("3_c.sql", "CREATE TABLE c (id int);"),
+    ]);
+    ok(&run(&mut migrate(&db, &src)));
+    src.write("2_b.sql", "CREATE TABLE b (id bigint);");
+    let markers = "SELECT count(*) FROM schemagate_marker";
+    for upto in ["2", "3"] {
+        let out = run(schemagate(db.url()).args(["stamp", upto, "--source", src.path()]));
+        assert_eq!(code(&out), 4, "stamp {upto}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("cannot stamp {upto}: migration 2 ")),
+            "stamp {upto}: {}",
+            stderr(&out)
+        );
+        assert_eq!(db.i64(markers), 1, "stamp {upto} wrote a marker");
+    }
+    // A stamp up to a version below the edited one claims nothing about it.
+    ok(&run(schemagate(db.url()).args([
+        "stamp",
+        "1",
+        "--source",
+        src.path(),
+    ])));
+    let out = run(&mut migrate(&db, &src));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    // Missing: applied, then deleted from the source.
+    src.write("2_b.sql", "CREATE TABLE b (id int);");
+    std::fs::remove_file(src.dir.join("2_b.sql")).unwrap();
+    let out = run(schemagate(db.url()).args(["stamp", "3", "--source", src.path()]));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+}
+
 /// reliability: a `-- no-transaction` migration that fails part-way, then `stamp` | the run exits 1 and records the migration dirty; the next `migrate` exits 4 naming it and the repair; after the operator finishes it by hand, `stamp V --source` marks it done under the lock and `migrate` / `wait` pass | nothing: the partial effects are reported, never re-run blindly
 fn dirty_then_stamp(kind: Kind) {
     let db = TestDb::new(kind, "stamp");
@@ -847,6 +983,18 @@ mod lost_connection {
     }
 }
 
+mod large_migration {
+    use super::*;
+    #[test]
+    fn postgres() {
+        a_large_migration_runs_in_pieces_as_one(Kind::Pg)
+    }
+    #[test]
+    fn sqlite() {
+        a_large_migration_runs_in_pieces_as_one(Kind::Lite)
+    }
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -878,6 +1026,8 @@ on_every_backend!(
     no_transaction_migration,
     rollback_and_up_again,
     rollback_without_down_migration_is_refused,
+    rollback_to_a_version_not_applied_is_refused,
+    stamp_over_drift_is_refused,
     dirty_then_stamp,
     stamp_without_running,
     interrupted_rollback_by_sigterm_leaves_the_undone_version_not_ready,

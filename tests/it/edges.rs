@@ -531,6 +531,172 @@ fn bad_sources_are_refused_naming_the_file() {
     }
 }
 
+/// reliability: a migration holding a NUL byte (up or down, transactional or `-- no-transaction`, before or after the first 64 KiB) | exit 2 naming the file and the byte offset of the first NUL, before connecting (an unreachable URL gives the same answer), in every command that reads the source; nothing run, nothing recorded dirty | nothing | any (refused before connecting)
+#[test]
+fn nul_byte_in_a_migration_is_refused_before_connecting() {
+    let unreachable = format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/db");
+    // Past the first read of 64 KiB, with a character cut by the read's end before it.
+    let long = format!("SELECT '{}€{}\0';", "x".repeat(65_527), "y".repeat(100));
+    let cases = [
+        ("2_b.sql", "CREATE TABLE b (id int);\0".to_owned()),
+        (
+            "2_b.sql",
+            "-- no-transaction\nCREATE TABLE b (id int);\nSELECT 'a\0b';".to_owned(),
+        ),
+        ("2_b.down.sql", "DROP TABLE\0 b;".to_owned()),
+        ("2_b.sql", long),
+    ];
+    let db = PgDb::new("nulbyte");
+    for (file, sql) in &cases {
+        let at = sql.find('\0').unwrap();
+        let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
+        if file.ends_with(".down.sql") {
+            src.write("2_b.up.sql", "CREATE TABLE b (id int);");
+        }
+        src.write(file, sql);
+        let named = format!("{file} has a NUL byte at byte offset {at}");
+        for (url, args) in [
+            (&unreachable, vec!["migrate"]),
+            (&db.url, vec!["migrate"]),
+            (&unreachable, vec!["wait", "--once"]),
+            (&unreachable, vec!["status"]),
+            (&unreachable, vec!["rollback", "--to", "0"]),
+            (&unreachable, vec!["digest"]),
+        ] {
+            let out = run(schemagate(url).args(&args).args(["--source", src.path()]));
+            assert_eq!(code(&out), 2, "{file} {args:?}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains(&named),
+                "{file} {args:?}: {}",
+                stderr(&out)
+            );
+        }
+        // Refused before connecting: nothing ran, nothing is recorded (dirty or not).
+        assert_eq!(
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            ),
+            0,
+            "{file}: something ran"
+        );
+    }
+}
+
+/// Spawn `cmd` and collect its output once it exits, within `limit`: a process blocked (in
+/// `open()` on a FIFO, or reading a device without end) fails the test and is killed.
+fn finish_unblocked(cmd: &mut Command, limit: Duration) -> Output {
+    struct KillOnDrop(Option<std::process::Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(child) = &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut child = KillOnDrop(Some(spawn(cmd)));
+    until("schemagate to exit on its own", limit, || {
+        child.0.as_mut().unwrap().try_wait().unwrap().is_some()
+    });
+    finish(child.0.take().unwrap())
+}
+
+fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// reliability: a FIFO, or a symlink to `/dev/zero`, where schemagate reads a file: the digest file, a migration, `sqlx.toml`, `--database-url-file`; a `--termination-log` that is a FIFO nothing reads | exit 2 at once naming the file and what it is, in `migrate`, `wait` and `digest`: never held in `open()` (where SIGTERM would wait too) nor reading without end; the termination log's write fails with a warning instead of waiting | nothing
+#[test]
+fn special_files_are_refused_without_blocking() {
+    let db = PgDb::new("specialfiles");
+    let limit = Duration::from_secs(60);
+    let fifo = "a FIFO (named pipe), not a regular file";
+    let device = "a character device, not a regular file";
+    let source = || {
+        let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
+        // A valid digest file first: the fast path reads it before any migration.
+        let out = run(schemagate(&db.url).args(["digest", "--source", src.path()]));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        src
+    };
+    let refused = |src: &Migrations, args: &[&str], file: &str, what: &str| {
+        let mut cmd = schemagate(&db.url);
+        cmd.args(args).args(["--source", src.path()]);
+        let out = finish_unblocked(&mut cmd, limit);
+        assert_eq!(code(&out), 2, "{file} ({what}), {args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(file) && stderr(&out).contains(what),
+            "{file} ({what}), {args:?}: {}",
+            stderr(&out)
+        );
+    };
+    let commands: [&[&str]; 3] = [&["migrate"], &["wait", "--timeout", "5s"], &["digest"]];
+    for (name, what) in [(".schemagate-digest", fifo), (".schemagate-digest", device)] {
+        let src = source();
+        std::fs::remove_file(src.dir.join(name)).unwrap();
+        if what == fifo {
+            mkfifo(&src.dir.join(name));
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", src.dir.join(name)).unwrap();
+        }
+        // `digest` writes the file anew: only the readers are asked.
+        for args in &commands[..2] {
+            refused(&src, args, name, what);
+        }
+    }
+    for (name, what) in [("2_b.sql", fifo), ("2_b.sql", device), ("sqlx.toml", fifo)] {
+        let src = source();
+        if what == fifo {
+            mkfifo(&src.dir.join(name));
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", src.dir.join(name)).unwrap();
+        }
+        for args in commands {
+            refused(&src, args, name, what);
+        }
+    }
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        0,
+        "something ran"
+    );
+    // A termination log that is a FIFO nothing reads: written without waiting for a reader.
+    let dir = scratch();
+    mkfifo(&dir.dir.join("tlog"));
+    let mut cmd = schemagate(&db.url);
+    cmd.args(["wait", "--expect", "1", "--once", "--termination-log"])
+        .arg(dir.dir.join("tlog"));
+    let out = finish_unblocked(&mut cmd, limit);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot write the termination log"),
+        "{}",
+        stderr(&out)
+    );
+    // The database URL from a mounted secret that is a FIFO, or a device.
+    mkfifo(&dir.dir.join("url"));
+    std::os::unix::fs::symlink("/dev/zero", dir.dir.join("zero")).unwrap();
+    for (file, what) in [("url", fifo), ("zero", device)] {
+        let path = dir.dir.join(file);
+        let mut cmd = schemagate("");
+        cmd.env_remove("SCHEMAGATE_DATABASE_URL")
+            .args(["wait", "--expect", "1", "--once", "--database-url-file"])
+            .arg(&path);
+        let out = finish_unblocked(&mut cmd, limit);
+        assert_eq!(code(&out), 2, "{file}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(path.to_str().unwrap()) && stderr(&out).contains(what),
+            "{file}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn ipv6_literal_url_connects() {
     let server = start_cluster(&["listen_addresses = '127.0.0.1,::1'"]);

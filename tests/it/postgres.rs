@@ -1197,3 +1197,81 @@ fn version_with_a_line_end_matches_on_both_sides() {
         assert_eq!(code(&out), 0, "{expect:?}: {}", stderr(&out));
     }
 }
+
+/// `schemagate ARGS` run under GNU time: its output, and its peak RSS in bytes.
+fn peak_rss(url: &str, args: &[&str]) -> (std::process::Output, u64) {
+    let time = std::path::Path::new("/usr/bin/time");
+    assert!(time.exists(), "GNU time is needed: apt-get install time");
+    let report = Migrations::new(&[]);
+    let rss = report.dir.join("rss");
+    let mut cmd = std::process::Command::new(time);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SCHEMAGATE_") || k == "DATABASE_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SCHEMAGATE_DATABASE_URL", url)
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss)
+        .arg(bin())
+        .args(args);
+    let out = run(&mut cmd);
+    let kib: u64 = std::fs::read_to_string(&rss)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (out, kib * 1024)
+}
+
+/// reliability (PostgreSQL, SQLite): a 64 MiB migration, applied by `migrate` and read by `wait --source` (no digest file), `status --source` and `digest` | each stays within 2× the file + 16 MiB of memory (measured peak RSS): the source is hashed as it streams, a migration is read when it is applied and run in pieces of whole statements | nothing
+#[test]
+fn a_large_migration_is_applied_within_twice_its_size_of_memory() {
+    let db = PgDb::new("largefile");
+    let src = Migrations::new(&[("1_big.sql", "CREATE TABLE big (id serial, v text);\n")]);
+    let row = "x".repeat(256 * 1024 - 64);
+    let fill: String = (0..256)
+        .map(|i| format!("INSERT INTO big (v) VALUES ('{i}{row}');\n"))
+        .collect();
+    src.write("2_fill.sql", &fill);
+    let size = std::fs::metadata(src.dir.join("2_fill.sql")).unwrap().len();
+    assert!(size > 63 << 20, "{size}");
+    let bound = 2 * size + (16 << 20);
+    for args in [
+        vec!["migrate", "--source", src.path()],
+        vec!["wait", "--once", "--source", src.path()],
+        vec!["status", "--source", src.path()],
+        vec!["digest", "--source", src.path()],
+    ] {
+        let (out, peak) = peak_rss(&db.url, &args);
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+        assert!(
+            peak <= bound,
+            "{args:?}: peak RSS {} MiB for a {} MiB migration: more than 2× + 16 MiB",
+            peak >> 20,
+            size >> 20
+        );
+    }
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(*) FROM big WHERE length(v) > 1000"),
+        256
+    );
+    // SQLite runs a query's statements through sqlx, which keeps each one prepared, a copy
+    // of its text each, until the query ends: pieces there too.
+    let lite = TestDb::new(Kind::Lite, "largefile");
+    std::fs::remove_file(src.dir.join(".schemagate-digest")).unwrap();
+    let (out, peak) = peak_rss(lite.url(), &["migrate", "--source", src.path()]);
+    assert_eq!(code(&out), 0, "SQLite: {}", stderr(&out));
+    assert!(
+        peak <= bound,
+        "SQLite migrate: peak RSS {} MiB for a {} MiB migration: more than 2× + 16 MiB",
+        peak >> 20,
+        size >> 20
+    );
+    assert_eq!(
+        lite.i64("SELECT count(*) FROM big WHERE length(v) > 1000"),
+        256
+    );
+}
