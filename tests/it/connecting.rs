@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::edges::{make_certs, make_owned_by_postgres};
 use crate::harness::*;
@@ -66,4 +67,80 @@ fn ipv6_literal_url_connects_to_a_tls_server() {
         assert_eq!(code(&out), 0, "{query}: {}", stderr(&out));
     }
     drop(server);
+}
+
+/// `url` with its query replaced by `query` (which starts with `?`).
+fn with_query(url: &str, query: &str) -> String {
+    format!("{}{query}", url.split('?').next().unwrap())
+}
+
+/// reliability (PostgreSQL, MariaDB): a URL that names the user or the password twice (`?user=root&USER=x`, `?user=` and a different user before the host, `?password=` twice or beside a different one) | exit 2 before connecting, naming the keys (and the users, never a password); before, MySQL silently used the first `?user=` and PostgreSQL the user in the query | nothing
+#[test]
+fn duplicate_or_conflicting_users_in_the_url_are_refused() {
+    let pg = PgDb::new("dupuser");
+    let my = TestDb::new(Kind::My, "dupuser");
+    let pw = "Dup-Pw-8841";
+    let other_pw = "Other-Pw-2290";
+    let pg_bare = pg.url.replacen(&format!("postgres:{PASSWORD}@"), "", 1);
+    let my_bare = my.url().replacen("root@", "", 1);
+    let cases = [
+        (
+            with_query(&my_bare, "?user=root&USER=sg_nobody"),
+            "USER=\"sg_nobody\"",
+        ),
+        (
+            with_query(&my_bare, "?user=root&user=root"),
+            "user=\"root\"",
+        ),
+        (with_query(my.url(), "?User=sg_nobody"), "two users"),
+        (
+            with_query(
+                &my_bare,
+                &format!("?user=root&password={pw}&Password={other_pw}"),
+            ),
+            "Password=",
+        ),
+        (
+            with_query(
+                &my.url().replacen("root@", &format!("root:{pw}@"), 1),
+                &format!("?password={other_pw}"),
+            ),
+            "two different passwords",
+        ),
+        (with_query(&pg.url, "?user=sg_nobody"), "two users"),
+        (
+            with_query(&pg_bare, "?user=postgres&USER=sg_nobody"),
+            "USER=\"sg_nobody\"",
+        ),
+        (
+            with_query(&pg.url, &format!("?password={other_pw}")),
+            "two different passwords",
+        ),
+        (
+            with_query(
+                &pg_bare,
+                &format!("?user=postgres&password={pw}&password={other_pw}"),
+            ),
+            "password=, password=",
+        ),
+    ];
+    for (url, named) in &cases {
+        let started = Instant::now();
+        let out = run(schemagate(url).args(["status", "--connect-timeout", "60s"]));
+        let err = stderr(&out);
+        assert_eq!(code(&out), 2, "{url}: {err}");
+        assert!(err.contains(named), "{url}: expected {named:?} in: {err}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{url}");
+        for secret in [pw, other_pw] {
+            assert_no_form_of(secret, &err, "stderr");
+        }
+    }
+    // One user, given once in the query in any case: honoured, as before the host.
+    for url in [
+        with_query(&pg_bare, &format!("?USER=postgres&Password={PASSWORD}")),
+        with_query(&my_bare, "?USER=root"),
+    ] {
+        let out = run(schemagate(&url).args(["status"]));
+        assert_eq!(code(&out), 0, "{url}: {}", stderr(&out));
+    }
 }
