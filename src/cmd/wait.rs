@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::Outcome;
-use crate::config::{Backend, Config, WaitConfig, WaitTarget, redact_url};
+use crate::config::{Backend, Config, WaitConfig, WaitTarget, redact_http_url};
 use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};
@@ -179,7 +179,7 @@ async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
             if !ok {
                 return Err(Error::Failed(format!(
                     "the schema is ready, but {} is not",
-                    redact_url(url)
+                    redact_http_url(url)
                 )));
             }
         } else {
@@ -188,7 +188,7 @@ async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
             if tokio::time::timeout(left, probing).await.is_err() {
                 return Err(Error::Timeout(format!(
                     "the schema is ready, but {} did not answer 2xx within {} (--timeout)",
-                    redact_url(url),
+                    redact_http_url(url),
                     humantime::format_duration(args.timeout)
                 )));
             }

@@ -293,7 +293,7 @@ pub fn host_name() -> String {
 
 pub use crate::redact::{redact, register_secrets};
 use url::parse_database_url;
-pub use url::redact_url;
+pub use url::redact_http_url;
 
 #[cfg(test)]
 mod tests {

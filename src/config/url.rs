@@ -24,6 +24,37 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// An HTTP URL (`--notify-url`, `wait --http`) for display: its user-info, every query
+/// value and its fragment masked, since webhooks and probes carry their tokens there
+/// (`?token=***`). Its secrets are registered at the edge (`http::validate`).
+pub fn redact_http_url(raw: &str) -> String {
+    let Ok(url) = url::Url::parse(raw) else {
+        return redact_url(raw);
+    };
+    let mut shown = url.clone();
+    if !url.username().is_empty() {
+        let _ = shown.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    if let Some(query) = url.query() {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=***"),
+                None if pair.is_empty() => String::new(),
+                None => "***".into(),
+            })
+            .collect();
+        shown.set_query(Some(&masked.join("&")));
+    }
+    if url.fragment().is_some() {
+        shown.set_fragment(Some("***"));
+    }
+    redact(&shown.to_string().replace("%2A%2A%2A", "***"))
+}
+
 /// What of an unparseable URL can be shown: `scheme://…@host`, or `<unparseable URL>`.
 fn safe_form(raw: &str) -> String {
     let Some(p) = raw.find("://") else {
@@ -232,6 +263,18 @@ mod tests {
             "postgres://…@db"
         );
         assert_eq!(redact_url("host=db password=x"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn http_urls_are_shown_without_credentials_query_values_or_fragment() {
+        assert_eq!(
+            redact_http_url("https://u:p@hooks.example/x?token=abc&v=1&flag#frag"),
+            "https://***:***@hooks.example/x?token=***&v=***&***#***"
+        );
+        assert_eq!(
+            redact_http_url("http://h:8080/healthz"),
+            "http://h:8080/healthz"
+        );
     }
 
     #[test]

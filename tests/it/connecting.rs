@@ -144,3 +144,117 @@ fn duplicate_or_conflicting_users_in_the_url_are_refused() {
         assert_eq!(code(&out), 0, "{url}: {}", stderr(&out));
     }
 }
+
+/// Run `schemagate <args>` on `url` (with `SCHEMAGATE_LOG=debug`) and a termination log;
+/// the output and the log, checked for every form of each of `secrets` (and of the
+/// harness's password).
+fn run_with_log(url: &str, args: &[&str], secrets: &[&str]) -> (std::process::Output, String) {
+    let dir = Migrations::new(&[]);
+    let tlog = dir.dir.join("termination-log");
+    std::fs::write(&tlog, "").unwrap();
+    let out = run(schemagate(url)
+        .env("SCHEMAGATE_LOG", "debug")
+        .arg(args[0])
+        .arg("--termination-log")
+        .arg(&tlog)
+        .args(&args[1..]));
+    let log = std::fs::read_to_string(&tlog).unwrap();
+    let text = format!(
+        "{}{}{log}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    for secret in secrets {
+        assert_no_form_of(secret, &text, "the output or the termination log");
+    }
+    (out, log)
+}
+
+const TOKEN: &str = "tok-Secret/55+q";
+const HOOK_PW: &str = "hook-Pw-3107";
+
+/// `url` with credentials in its user-info and a token in its query (percent-encoded).
+fn with_token(url: &str) -> String {
+    let url = url.replacen("http://", &format!("http://hookuser:{HOOK_PW}@"), 1);
+    format!("{url}?token=tok-Secret%2F55%2Bq&v=2")
+}
+
+/// reliability: `--notify-url` and `wait --http` URLs with a token in the query (`?token=…`) or credentials in the user-info, on success, a 500, a refused connection and a usage error | every query value, the user-info and the fragment are masked wherever the URL shows up (logs, reqwest's error text, the termination log), and registered as secrets in every form | nothing
+#[test]
+fn http_url_tokens_are_never_printed() {
+    let db = PgDb::new("httptok");
+    let ok = HttpServer::start(|_, _| Some(200));
+    let broken = HttpServer::start(|_, _| Some(500));
+    let refused = format!("http://127.0.0.1:{}/hook", free_port());
+    let secrets = [TOKEN, HOOK_PW];
+    let (out, _) = run_with_log(
+        &db.url,
+        &[
+            "migrate",
+            "--version",
+            "v1",
+            "--notify-url",
+            &with_token(&ok.url("/hook")),
+            "--notify-url",
+            &with_token(&broken.url("/hook")),
+            "--notify-url",
+            &with_token(&refused),
+            "--",
+            "true",
+        ],
+        &secrets,
+    );
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    // The endpoints are named, their tokens not; each failure says why.
+    assert!(err.contains("/hook?token=***&v=***"), "{err}");
+    assert!(err.contains("HTTP 500"), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert_eq!(ok.requests().len(), 1, "{err}");
+    assert!(ok.requests()[0].path.contains("token=tok-Secret%2F55%2Bq"));
+
+    // wait --http: answered, failing until the timeout, refused with --once.
+    let ready = with_token(&ok.url("/ready"));
+    let (out, _) = run_with_log(
+        &db.url,
+        &["wait", "--expect", "v1", "--http", &ready],
+        &secrets,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/ready?token=***"),
+        "{}",
+        stderr(&out)
+    );
+    for (url, once, exit) in [
+        (with_token(&broken.url("/ready")), false, 124),
+        (with_token(&refused), false, 124),
+        (with_token(&refused), true, 1),
+    ] {
+        let mut args = vec![
+            "wait",
+            "--expect",
+            "v1",
+            "--timeout",
+            "1s",
+            "--interval",
+            "100ms",
+            "--http",
+            &url,
+        ];
+        if once {
+            args.push("--once");
+        }
+        let (out, log) = run_with_log(&db.url, &args, &secrets);
+        assert_eq!(code(&out), exit, "{url}: {}", stderr(&out));
+        assert!(log.contains("token=***"), "{log}");
+    }
+    // A URL refused as a usage error is not echoed with its token either.
+    let bad = format!("ftp://hookuser:{HOOK_PW}@h/x?token=tok-Secret%2F55%2Bq");
+    let (out, _) = run_with_log(
+        &db.url,
+        &["wait", "--expect", "v1", "--http", &bad],
+        &secrets,
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
