@@ -201,9 +201,7 @@ async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
 /// the first check is always made), never more than --connect-timeout.
 fn check_config(cfg: &Config, deadline: Instant) -> Config {
     let left = deadline.saturating_duration_since(Instant::now());
-    let mut cfg = cfg.clone();
-    cfg.connect_timeout = cfg.connect_timeout.min(left.max(Duration::from_secs(1)));
-    cfg
+    cfg.connect_within(left.max(Duration::from_secs(1)), "--timeout")
 }
 
 async fn wait_loop(

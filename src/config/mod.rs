@@ -45,6 +45,9 @@ pub struct Config {
     pub table: Table,
     pub lock: LockConfig,
     pub connect_timeout: Duration,
+    /// What set `connect_timeout`, for the message when it passes: `--connect-timeout`, or
+    /// the limit that cut it short (`connect_within`).
+    pub connect_limit: &'static str,
     /// Who runs this process: the pod or host name and pid (recorded in the marker).
     pub runner: String,
     /// `schemagate <mode> <host>`: the connection's application_name.
@@ -142,11 +145,26 @@ impl Config {
             table,
             lock,
             connect_timeout,
+            connect_limit: "--connect-timeout",
             runner: format!("{host} (pid {})", std::process::id()),
             application_name: format!("schemagate {mode} {host}"),
             json_logs,
             read_only: matches!(mode, "wait" | "status"),
         })
+    }
+}
+
+impl Config {
+    /// This config with `limit` as its connect deadline, named by `what` when it is shorter
+    /// than `--connect-timeout` (which stays the bound otherwise): a timeout message names
+    /// the limit that ran out.
+    pub fn connect_within(&self, limit: Duration, what: &'static str) -> Config {
+        let mut cfg = self.clone();
+        if limit < self.connect_timeout {
+            cfg.connect_timeout = limit;
+            cfg.connect_limit = what;
+        }
+        cfg
     }
 }
 

@@ -7,6 +7,7 @@
 mod connect;
 mod mysql;
 pub(crate) mod postgres;
+mod protocol;
 mod sqlite;
 
 use std::time::Duration;
