@@ -427,21 +427,100 @@ pub(crate) fn create_schema_sql(t: &Table) -> String {
         .unwrap_or_default()
 }
 
+/// What DDL may leave out because it exists already (see `rows_creating`): the schema, and
+/// each of the tables asked about, in order.
+pub(crate) struct Existing {
+    pub schema: bool,
+    pub tables: Vec<bool>,
+}
+
+/// Run `build(&Existing)`: DDL that creates what is missing of `schema` and `tables` (and
+/// whatever follows it in the same round trip). PostgreSQL checks the privilege to create
+/// before it looks whether the object exists: `CREATE SCHEMA IF NOT EXISTS` needs CREATE on
+/// the whole database, `CREATE TABLE IF NOT EXISTS` CREATE on the schema, `CREATE INDEX IF
+/// NOT EXISTS` ownership of the table. So a least-privilege role fails on what exists
+/// already; on a privilege error, this asks what exists and runs again leaving it out.
+/// Where the role may create, it stays one round trip.
+pub(crate) async fn rows_creating(
+    c: &mut PgConnection,
+    schema: Option<&str>,
+    tables: &[&str],
+    build: impl Fn(&Existing) -> String,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let none = Existing {
+        schema: false,
+        tables: vec![false; tables.len()],
+    };
+    let first = rows(&mut *c, build(&none)).await;
+    let Err(sqlx::Error::Database(e)) = &first else {
+        return first;
+    };
+    if e.code().as_deref() != Some("42501") {
+        return first;
+    }
+    let Ok(existing) = existing(c, schema, tables).await else {
+        return first;
+    };
+    if !existing.schema && !existing.tables.contains(&true) {
+        return first;
+    }
+    rows(c, build(&existing)).await
+}
+
+async fn existing(
+    c: &mut PgConnection,
+    schema: Option<&str>,
+    tables: &[&str],
+) -> Result<Existing, sqlx::Error> {
+    let mut columns = vec![schema.map_or_else(
+        || "false".to_owned(),
+        |s| format!("to_regnamespace({}) IS NOT NULL", lit(s)),
+    )];
+    columns.extend(
+        tables
+            .iter()
+            .map(|t| format!("to_regclass({}) IS NOT NULL", lit(t))),
+    );
+    let r = row(c, format!("SELECT {}", columns.join(", ")))
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol("no row from the catalog".into()))?;
+    Ok(Existing {
+        schema: r.try_get(0)?,
+        tables: (1..=tables.len())
+            .map(|i| r.try_get(i))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 // ----- the marker -----
 
 pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
-    exec(c, marker_table_sql(t)).await
+    rows_creating(c, t.schema.as_deref(), &[&t.qualified], |e| {
+        marker_table_sql(t, e.schema, e.tables[0])
+    })
+    .await
+    .map(drop)
 }
 
 /// `_sqlx_migrations` as sqlx's own `ensure_migrations_table` creates it, then the marker
 /// table, in one statement (one implicit transaction).
 pub async fn ensure_tables(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
-    exec(c, tables_sql(t)).await
+    rows_creating(c, t.schema.as_deref(), &tables_of(t), |e| tables_sql(t, e))
+        .await
+        .map(drop)
 }
 
-fn tables_sql(t: &Table) -> String {
-    let migrations = format!(
-        "CREATE TABLE IF NOT EXISTS {} (
+/// The tables `tables_sql` creates, as `Existing::tables` reports them.
+fn tables_of(t: &Table) -> [&str; 2] {
+    [&MIGRATIONS_TABLE, &t.qualified]
+}
+
+fn tables_sql(t: &Table, e: &Existing) -> String {
+    let migrations = if e.tables[0] {
+        String::new()
+    } else {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (
             version BIGINT PRIMARY KEY,
             description TEXT NOT NULL,
             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -449,13 +528,25 @@ fn tables_sql(t: &Table) -> String {
             checksum BYTEA NOT NULL,
             execution_time BIGINT NOT NULL
         );",
-        &*MIGRATIONS_TABLE
-    );
-    format!("{migrations}\n{}", marker_table_sql(t))
+            &*MIGRATIONS_TABLE
+        )
+    };
+    format!(
+        "{migrations}\n{}",
+        marker_table_sql(t, e.schema, e.tables[1])
+    )
 }
 
-fn marker_table_sql(t: &Table) -> String {
-    let schema = create_schema_sql(t);
+/// The marker table and its index, after its schema: what does not exist yet.
+fn marker_table_sql(t: &Table, schema_exists: bool, table_exists: bool) -> String {
+    if table_exists {
+        return String::new();
+    }
+    let schema = if schema_exists {
+        String::new()
+    } else {
+        create_schema_sql(t)
+    };
     format!(
         "{schema}
         CREATE TABLE IF NOT EXISTS {q} (
@@ -581,15 +672,20 @@ pub async fn ensure_tables_and_read(
     version: &str,
     upto: Option<i64>,
 ) -> Result<NewestAndApplied, sqlx::Error> {
-    let sql = format!(
-        "{}\n{};\n{}",
-        tables_sql(t),
-        newest_marker_sql(t, version, upto, false),
-        applied_sql()
-    );
+    let sql = |e: &Existing| {
+        format!(
+            "{}\n{};\n{}",
+            tables_sql(t, e),
+            newest_marker_sql(t, version, upto, false),
+            applied_sql()
+        )
+    };
     // One statement's rows after the other's: told apart by their width.
     let (newest, applied): (Vec<PgRow>, Vec<PgRow>) =
-        rows(c, sql).await?.into_iter().partition(|r| r.len() == 7);
+        rows_creating(c, t.schema.as_deref(), &tables_of(t), sql)
+            .await?
+            .into_iter()
+            .partition(|r| r.len() == 7);
     Ok((
         newest.iter().map(newest_row).collect::<Result<_, _>>()?,
         applied_from(applied)?,

@@ -402,3 +402,154 @@ fn a_timeout_names_the_limit_that_ran_out() {
         stderr(&out)
     );
 }
+
+/// A login role with no privilege beyond what PostgreSQL 15 gives every role (CONNECT;
+/// no CREATE on the database nor on `public`), after `setup` (SQL run as the superuser,
+/// `{role}` replaced by its name); and its URL.
+fn least_privilege_role(db: &PgDb, password: &str, setup: &str) -> (String, String) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let role = format!(
+        "sg_lp_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    pg_exec(
+        &db.url,
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}'; {}",
+            setup.replace("{role}", &role)
+        ),
+    );
+    let url = url::Url::parse(&db.url).unwrap();
+    let role_url = format!(
+        "postgres://{role}:{password}@{}:{}{}",
+        url.host_str().unwrap(),
+        url.port().unwrap(),
+        url.path()
+    );
+    (role, role_url)
+}
+
+/// reliability: `--table app.marker` for a least-privilege role (PostgreSQL 15: no CREATE on the database; the schema `app` created for it, owned by it or granted to it; or the marker table created by an administrator, with only DML granted) | `migrate` (SQL source or external migrator, advisory lock or lease), `wait` and `status` work: what exists is not created again (PostgreSQL checks CREATE on the database before it looks whether the schema exists, so `CREATE SCHEMA IF NOT EXISTS` failed with "permission denied for database") | nothing
+#[test]
+fn a_role_without_create_on_the_database_migrates_into_an_existing_schema() {
+    let db = PgDb::new("leastpriv");
+    let pw = "Lp-Pw-6610";
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+    ]);
+    // The schema is the role's own; its _sqlx_migrations goes there too.
+    let (_, owner) = least_privilege_role(
+        &db,
+        pw,
+        "CREATE SCHEMA app AUTHORIZATION {role}; ALTER ROLE {role} SET search_path = app;",
+    );
+    for _ in 0..2 {
+        let out = run(schemagate(&owner).args([
+            "migrate",
+            "--source",
+            src.path(),
+            "--table",
+            "app.marker",
+        ]));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let out = run(schemagate(&owner).args([
+        "migrate",
+        "--lock",
+        "lease",
+        "--table",
+        "app.marker2",
+        "--version",
+        "v1",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code(&out), 0, "lease: {}", stderr(&out));
+    let out = run(schemagate(&owner).args([
+        "wait",
+        "--source",
+        src.path(),
+        "--table",
+        "app.marker",
+        "--once",
+    ]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(schemagate(&owner).args(["status", "--table", "app.marker"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM app.marker WHERE status = 'succeeded'"
+        ),
+        1
+    );
+
+    // The schema is granted, not owned.
+    let (_, granted) = least_privilege_role(
+        &db,
+        pw,
+        "CREATE SCHEMA ops; GRANT USAGE, CREATE ON SCHEMA ops TO {role};",
+    );
+    let out = run(schemagate(&granted).args([
+        "migrate",
+        "--table",
+        "ops.marker",
+        "--version",
+        "v1",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // Everything created by an administrator; the role may only read and write the marker.
+    let out = run(schemagate(&db.url).args([
+        "migrate",
+        "--table",
+        "dba.marker",
+        "--version",
+        "v0",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (_, dml) = least_privilege_role(
+        &db,
+        pw,
+        "GRANT USAGE ON SCHEMA dba TO {role}; GRANT SELECT, INSERT ON dba.marker TO {role}; \
+         GRANT USAGE ON SEQUENCE dba.marker_id_seq TO {role};",
+    );
+    let out = run(schemagate(&dml).args([
+        "migrate",
+        "--table",
+        "dba.marker",
+        "--version",
+        "v1",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_strings(&db.url, "SELECT version FROM dba.marker ORDER BY id"),
+        vec!["v0".to_owned(), "v1".to_owned()]
+    );
+
+    // A schema that is not there, and may not be created: the privilege is named.
+    let (_, none) = least_privilege_role(&db, pw, "");
+    let out = run(schemagate(&none).args([
+        "migrate",
+        "--table",
+        "nowhere.marker",
+        "--version",
+        "v1",
+        "--",
+        "true",
+    ]));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("permission denied for database"),
+        "{}",
+        stderr(&out)
+    );
+}
