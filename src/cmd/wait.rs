@@ -253,11 +253,23 @@ async fn listener(cfg: &Config, args: &WaitConfig, deadline: Instant) -> Result<
     if !args.listen || !listen_works(cfg).await? {
         return Ok(None);
     }
-    Listener::connect(&check_config(cfg, deadline))
-        .await
-        .map(Some)
+    match Listener::connect(&check_config(cfg, deadline)).await {
+        Ok(l) => Ok(Some(l)),
+        // A hot standby refuses LISTEN, and a NOTIFY on the primary would never reach it:
+        // the marker replicates, so polling sees it.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25006") => {
+            tracing::warn!(
+                "--listen: {} is a hot standby (read-only, in recovery), where LISTEN cannot                  run and the primary's NOTIFY never arrives: polling every --interval instead",
+                cfg.display_url
+            );
+            Ok(None)
+        }
         // Classified: a refused password or privilege is exit 2, as for polling.
-        .map_err(|e| db::db_err(&format!("cannot LISTEN on {}", cfg.display_url), e))
+        Err(e) => Err(db::db_err(
+            &format!("cannot LISTEN on {}", cfg.display_url),
+            e,
+        )),
+    }
 }
 
 /// What one check means for the wait: `Ok(Ok(why))` ready, `Ok(Err(why))` not yet (and

@@ -553,3 +553,54 @@ fn a_role_without_create_on_the_database_migrates_into_an_existing_schema() {
         stderr(&out)
     );
 }
+
+/// reliability: `wait --listen` against a hot standby (a read replica), where LISTEN cannot run ("cannot execute LISTEN during recovery") and a NOTIFY on the primary never arrives | it polls instead, saying once why, and passes when the marker written on the primary has replicated; `wait --source`, `--once` and `status` read the standby too (it exited 1) | nothing
+#[test]
+fn wait_listen_on_a_hot_standby_polls_instead() {
+    let primary = start_cluster(&[]);
+    let standby = start_standby(&primary);
+    let db = PgDb::on(&primary.url("postgres"), "standby");
+    let on_standby = db.url.replacen(
+        &format!(":{}/", primary.port),
+        &format!(":{}/", standby.port),
+        1,
+    );
+    until(
+        "the database to replicate",
+        std::time::Duration::from_secs(60),
+        || {
+            block_on(async {
+                use sqlx::Connection;
+                sqlx::PgConnection::connect(&on_standby).await.is_ok()
+            })
+        },
+    );
+    let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
+    let mut waiter = spawn(schemagate(&on_standby).args([
+        "wait",
+        "--listen",
+        "--source",
+        src.path(),
+        "--timeout",
+        "120s",
+        "--interval",
+        "200ms",
+    ]));
+    // The waiter has given up on LISTEN before anything is migrated.
+    let seen = wait_for_stderr_line(&mut waiter, "polling", std::time::Duration::from_secs(60));
+    assert!(seen.contains("standby"), "{seen}");
+    let out = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = finish(waiter);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    assert_eq!(err.matches("polling").count(), 1, "said once: {err}");
+    for args in [
+        &["wait", "--source", src.path(), "--once"][..],
+        &["wait", "--expect", "1", "--once"][..],
+        &["status", "--source", src.path()][..],
+    ] {
+        let out = run(schemagate(&on_standby).args(args));
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+    }
+}
