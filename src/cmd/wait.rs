@@ -19,7 +19,8 @@ use crate::source::Source;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Readiness {
     Ready(String),
-    RecordedFailed(String),
+    /// The failure the marker records, and what is recorded newest (when read).
+    RecordedFailed(String, Option<String>),
     NotYet(String),
 }
 
@@ -290,14 +291,15 @@ fn verdict(
     };
     Ok(match state {
         Readiness::Ready(why) => Ok(why),
-        Readiness::RecordedFailed(detail) if !args.ignore_failed => {
+        Readiness::RecordedFailed(detail, _) if !args.ignore_failed => {
             return Err(Error::RecordedFailed(format!(
                 "schema version {} is recorded as failed: {detail}",
                 target.version
             )));
         }
-        Readiness::RecordedFailed(detail) => Err(format!(
-            "recorded as failed ({detail}); waiting for a retry"
+        Readiness::RecordedFailed(detail, recorded) => Err(format!(
+            "recorded as failed ({detail}); waiting for a retry{}",
+            recorded.map(|r| format!("; {r}")).unwrap_or_default()
         )),
         Readiness::NotYet(why) => Err(why),
     })
@@ -357,11 +359,21 @@ impl Via<'_> {
     ) -> Result<Decisive> {
         match self {
             Via::Conn(c) => c.newest_marker(&cfg.table, version, upto, true).await,
-            Via::Listener(l) => db::settle_newest(
-                l.newest_marker(&cfg.table, version, upto).await,
-                &cfg.table,
-                version,
-            ),
+            Via::Listener(l) => {
+                let r = l.newest_marker(&cfg.table, version, upto).await;
+                let history_missing = matches!(r, Ok((_, true)));
+                Ok(Decisive {
+                    history_missing,
+                    ..db::settle_newest(r.map(|(rows, _)| rows), &cfg.table, version)?
+                })
+            }
+        }
+    }
+
+    async fn history_whereabouts(&mut self) -> db::Whereabouts {
+        match self {
+            Via::Conn(c) => c.history_whereabouts().await,
+            Via::Listener(l) => l.history_whereabouts().await,
         }
     }
 
@@ -398,12 +410,31 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<Readiness> {
 async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {
     let (digest, history) = target.source.as_ref().map(SqlSource::expected).unzip();
     let Decisive {
-        marker: newest,
+        marker: decisive,
         newest_succeeded,
+        newest,
+        history_missing,
     } = via
         .newest_marker(cfg, &target.version, history.map(|(v, _)| v))
         .await?;
-    let (failed, why_not) = match newest {
+    // What every "not yet" says is there: an operator waiting for a version no run ever
+    // recorded sees which one is.
+    let recorded = match &newest {
+        Some(r) => format!("the newest marker is for {r}"),
+        None => "no marker has been recorded yet".to_owned(),
+    };
+    if history_missing
+        && let Some(m) = &decisive
+        && m.status == "succeeded"
+        && (digest.is_none() || m.digest == digest)
+    {
+        // Migrate wrote the history beside this marker, but this connection cannot see
+        // it: no poll will, until the configuration changes.
+        return Err(Error::Config(
+            history_not_visible(via, &target.version).await,
+        ));
+    }
+    let (failed, why_not) = match decisive {
         Some(m) => match marker_says(m, target, digest.as_deref(), history) {
             Ok(ready) => return Ok(ready),
             Err(not_ready) => not_ready,
@@ -436,9 +467,51 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
         )));
     }
     Ok(match failed {
-        Some(detail) => Readiness::RecordedFailed(detail),
-        None => Readiness::NotYet(why_not),
+        Some(detail) => Readiness::RecordedFailed(detail, Some(recorded)),
+        None => Readiness::NotYet(format!("{why_not}; {recorded}")),
     })
+}
+
+/// Why a `succeeded` marker cannot count: the migrations table it must agree with is not
+/// where this connection looks. Names where it looks, and where the table is.
+async fn history_not_visible(via: &mut Via<'_>, version: &str) -> String {
+    let table = db::MIGRATIONS_TABLE.name();
+    let bare = table.rsplit('.').next().unwrap_or(table);
+    let w = via.history_whereabouts().await;
+    let mut why = format!(
+        "the marker for version {version} says succeeded, but {table}, the migration history \
+         it must agree with, is not visible to this connection"
+    );
+    if !w.scope.is_empty() {
+        why.push_str(&format!(" ({} {})", w.scope, w.current));
+    }
+    let kind = if w.scope == "database" {
+        "database"
+    } else {
+        "schema"
+    };
+    match w.found_in.as_slice() {
+        [] => why.push_str(&format!(
+            ": no {kind} holds a table named {bare}: was it dropped, or did migrate use \
+             another --migrations-table?"
+        )),
+        found => {
+            why.push_str(&format!(
+                "; it exists in {kind} {}: let wait read the history migrate wrote: pass \
+                 --migrations-table {}.{bare}",
+                found.join(", "),
+                found[0]
+            ));
+            if kind == "schema" {
+                why.push_str(&format!(
+                    ", or give wait migrate's search_path (?options=-csearch_path%3D{} in \
+                     the URL)",
+                    found[0]
+                ));
+            }
+        }
+    }
+    why
 }
 
 /// What the decisive marker says: ready (`Ok`), or not, as (the failure it records, why
@@ -502,7 +575,7 @@ async fn check_foreign(
         return Ok(Readiness::Ready(standing.describe(f)));
     }
     if let Some(detail) = history::failed_since(conn, &cfg.table, version, &h).await? {
-        return Ok(Readiness::RecordedFailed(detail));
+        return Ok(Readiness::RecordedFailed(detail, None));
     }
     Ok(Readiness::NotYet(standing.describe(f)))
 }

@@ -190,6 +190,23 @@ pub fn set_migrations_table(name: &str, from: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where a connection looks for the migrations table (`scope`: PostgreSQL's search_path, or
+/// MySQL's database), and the schemas or databases where a table of that name exists.
+#[derive(Debug, Clone, Default)]
+pub struct Whereabouts {
+    pub scope: String,
+    pub current: String,
+    pub found_in: Vec<String>,
+}
+
+impl Whereabouts {
+    /// `MIGRATIONS_TABLE` without its schema, as the catalog names it.
+    fn bare_table() -> &'static str {
+        let name = MIGRATIONS_TABLE.name();
+        name.rsplit('.').next().unwrap_or(name)
+    }
+}
+
 /// Whether an error means "this table does not exist" (so: not migrated yet).
 pub fn is_undefined_table(e: &sqlx::Error) -> bool {
     match e {
@@ -500,12 +517,45 @@ impl Conn {
         upto: Option<i64>,
         newest: bool,
     ) -> Result<Decisive> {
-        let r = match self {
+        let r = self.newest_rows(table, version, upto, newest).await;
+        match r {
+            // Which table is missing: the marker's, or the history beside it?
+            Err(e) if upto.is_some() && is_undefined_table(&e) => {
+                match self.newest_rows(table, version, None, newest).await {
+                    Ok(rows) => Ok(Decisive {
+                        history_missing: true,
+                        ..settle_newest(Ok(rows), table, version)?
+                    }),
+                    Err(_) => settle_newest(Err(e), table, version),
+                }
+            }
+            r => settle_newest(r, table, version),
+        }
+    }
+
+    async fn newest_rows(
+        &mut self,
+        table: &Table,
+        version: &str,
+        upto: Option<i64>,
+        newest: bool,
+    ) -> Result<Vec<NewestRow>, sqlx::Error> {
+        match self {
             Conn::Pg(c) => postgres::newest_marker(c, table, version, upto, newest).await,
             Conn::My(c) => mysql::newest_marker(c, table, version, upto, newest).await,
             Conn::Lite(c) => sqlite::newest_marker(c, table, version, upto, newest).await,
+        }
+    }
+
+    /// Where this connection looks for the migrations table, and where it exists (for a
+    /// message when it is missing: `Decisive::history_missing`).
+    pub async fn history_whereabouts(&mut self) -> Whereabouts {
+        let r = match self {
+            Conn::Pg(c) => postgres::history_whereabouts(c).await,
+            Conn::My(c) => mysql::history_whereabouts(c).await,
+            Conn::Lite(_) => return Whereabouts::default(),
         };
-        settle_newest(r, table, version)
+        r.unwrap_or_default()
     }
 
     /// Marker history, newest first. Empty when the table does not exist.

@@ -743,6 +743,32 @@ pub async fn invalid_indexes(c: &mut PgConnection) -> Result<Vec<String>, sqlx::
 
 // ----- migrations, in sqlx's _sqlx_migrations layout -----
 
+/// This session's search_path, and the schemas holding a table named as the migrations
+/// table.
+pub async fn history_whereabouts<'c>(
+    c: impl PgExecutor<'c>,
+) -> Result<super::Whereabouts, sqlx::Error> {
+    let sql = format!(
+        "SELECT current_setting('search_path'), coalesce((SELECT string_agg(n.nspname, ',' \
+           ORDER BY n.nspname) FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace \
+           WHERE t.relname = {} AND t.relkind IN ('r', 'p')), '')",
+        lit(super::Whereabouts::bare_table())
+    );
+    let r = row(c, sql)
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol("no row from the catalog".into()))?;
+    let found: String = r.try_get(1)?;
+    Ok(super::Whereabouts {
+        scope: "search_path".into(),
+        current: r.try_get(0)?,
+        found_in: found
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 /// Applied migrations, in version order, and the first dirty one (`success = false`).
 pub async fn applied<'c>(
     c: impl PgExecutor<'c>,
@@ -1089,14 +1115,28 @@ impl Listener {
         Ok(Listener(listener))
     }
 
-    /// The listening connection runs the checks too: `--listen` holds one connection.
+    /// The listening connection runs the checks too: `--listen` holds one connection. True
+    /// beside the rows when the history was asked for but is missing (read as
+    /// `Conn::newest_marker` reads it).
     pub async fn newest_marker(
         &mut self,
         t: &Table,
         version: &str,
         upto: Option<i64>,
-    ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
-        newest_marker(&mut self.0, t, version, upto, true).await
+    ) -> Result<(Vec<super::NewestRow>, bool), sqlx::Error> {
+        match newest_marker(&mut self.0, t, version, upto, true).await {
+            Err(e) if upto.is_some() && super::is_undefined_table(&e) => {
+                match newest_marker(&mut self.0, t, version, None, true).await {
+                    Ok(rows) => Ok((rows, true)),
+                    Err(_) => Err(e),
+                }
+            }
+            r => r.map(|rows| (rows, false)),
+        }
+    }
+
+    pub async fn history_whereabouts(&mut self) -> super::Whereabouts {
+        history_whereabouts(&mut self.0).await.unwrap_or_default()
     }
 
     pub async fn applied(&mut self) -> Result<(Vec<AppliedMigration>, Option<i64>), sqlx::Error> {

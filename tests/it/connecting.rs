@@ -604,3 +604,130 @@ fn wait_listen_on_a_hot_standby_polls_instead() {
         assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
     }
 }
+
+/// reliability (PostgreSQL, MariaDB, SQLite): `wait --expect V` for a V that no run ever recorded (a typo, an image built for a release never migrated) | every "not yet" line and the timeout name the newest marker recorded (version, action, status), or say that none is (it said only "no marker for version V yet" for as long as `--timeout`) | nothing
+#[test]
+fn waiting_for_an_unrecorded_version_names_the_newest_recorded() {
+    for kind in [Kind::Pg, Kind::My, Kind::Lite] {
+        let db = TestDb::new(kind, "newestnamed");
+        let wait_for = |version: &str, extra: &[&str]| {
+            let mut cmd = schemagate(db.url());
+            cmd.args([
+                "wait",
+                "--expect",
+                version,
+                "--timeout",
+                "1s",
+                "--interval",
+                "100ms",
+            ])
+            .args(extra);
+            let out = run(&mut cmd);
+            assert_eq!(code(&out), 124, "{kind:?}: {}", stderr(&out));
+            stderr(&out)
+        };
+        let migrate = |version: &str, command: &str| {
+            let out = run(schemagate(db.url()).args([
+                "migrate",
+                "--version",
+                version,
+                "--",
+                "sh",
+                "-c",
+                command,
+            ]));
+            code(&out)
+        };
+        if kind != Kind::Lite {
+            // A server database with no marker table at all yet.
+            let err = wait_for("v9", &[]);
+            assert!(
+                err.contains("no marker has been recorded yet"),
+                "{kind:?}: {err}"
+            );
+        }
+        assert_eq!(migrate("v1", "true"), 0);
+        let err = wait_for("v9", &[]);
+        let waiting = err
+            .lines()
+            .find(|l| l.contains("waiting for schema version v9"));
+        for line in [
+            waiting.unwrap_or_else(|| panic!("{kind:?}: no waiting line: {err}")),
+            &err,
+        ] {
+            assert!(
+                line.contains(
+                    "no marker for version v9 yet; the newest marker is for version v1 (succeeded)"
+                ),
+                "{kind:?}: {line}"
+            );
+        }
+        assert_eq!(migrate("v2", "exit 1"), 1);
+        let err = wait_for("v2", &["--ignore-failed"]);
+        assert!(
+            err.contains("waiting for a retry; the newest marker is for version v2 (failed)"),
+            "{kind:?}: {err}"
+        );
+    }
+}
+
+/// reliability: `wait --source` with `--table app.x`, where `migrate` ran with another search_path, so `_sqlx_migrations` is not on the waiter's (`--listen` or polling) | exit 2 at once naming the search_path, the schema where the table is and `--migrations-table` (it waited to `--timeout` saying "no marker for version 2 yet" although the marker says succeeded) | nothing
+#[test]
+fn history_off_the_search_path_is_named_not_called_missing() {
+    let db = PgDb::new("offpath");
+    pg_exec(&db.url, "CREATE SCHEMA s1; CREATE SCHEMA app;");
+    let src = Migrations::new(&[
+        ("1_a.sql", "CREATE TABLE a (id int);"),
+        ("2_b.sql", "CREATE TABLE b (id int);"),
+    ]);
+    let migrator = format!("{}?options=-csearch_path%3Ds1", db.url);
+    let out =
+        run(schemagate(&migrator).args(["migrate", "--source", src.path(), "--table", "app.x"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(*) FROM s1._sqlx_migrations"),
+        2
+    );
+    for listen in [false, true] {
+        let mut cmd = schemagate(&db.url);
+        cmd.args([
+            "wait",
+            "--source",
+            src.path(),
+            "--table",
+            "app.x",
+            "--timeout",
+            "60s",
+        ]);
+        if listen {
+            cmd.arg("--listen");
+        }
+        let out = run(&mut cmd);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 2, "listen {listen}: {err}");
+        for named in [
+            "the marker for version 2 says succeeded, but _sqlx_migrations",
+            "search_path \"$user\", public",
+            "it exists in schema s1",
+            "--migrations-table s1._sqlx_migrations",
+        ] {
+            assert!(
+                err.contains(named),
+                "listen {listen}: expected {named:?} in {err}"
+            );
+        }
+        assert!(!err.contains("no marker for version 2 yet"), "{err}");
+    }
+    // What the message says to do works.
+    let out = run(schemagate(&db.url).args([
+        "wait",
+        "--source",
+        src.path(),
+        "--table",
+        "app.x",
+        "--migrations-table",
+        "s1._sqlx_migrations",
+        "--once",
+    ]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
