@@ -202,6 +202,8 @@ async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
 /// the first check is always made), never more than --connect-timeout.
 fn check_config(cfg: &Config, deadline: Instant) -> Config {
     let left = deadline.saturating_duration_since(Instant::now());
+    // To a tenth of a second, for the message that names it.
+    let left = Duration::from_millis((left.as_millis() as u64).div_ceil(100) * 100);
     cfg.connect_within(left.max(Duration::from_secs(1)), "--timeout")
 }
 
@@ -254,8 +256,15 @@ async fn listener(cfg: &Config, args: &WaitConfig, deadline: Instant) -> Result<
     if !args.listen || !listen_works(cfg).await? {
         return Ok(None);
     }
-    match Listener::connect(&check_config(cfg, deadline)).await {
+    let bounded = check_config(cfg, deadline);
+    match Listener::connect(&bounded).await {
         Ok(l) => Ok(Some(l)),
+        Err(sqlx::Error::PoolTimedOut) => Err(Error::Timeout(format!(
+            "cannot LISTEN on {} within {} ({})",
+            cfg.display_url,
+            humantime::format_duration(bounded.connect_timeout),
+            bounded.connect_limit
+        ))),
         // A hot standby refuses LISTEN, and a NOTIFY on the primary would never reach it:
         // the marker replicates, so polling sees it.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25006") => {

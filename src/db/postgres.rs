@@ -1107,8 +1107,10 @@ pub enum Wake {
 
 impl Listener {
     pub(crate) async fn connect(cfg: &Config) -> Result<Listener, sqlx::Error> {
+        // Bounded as any connect of ours (the pool's own default is 30 s).
         let pool = PgPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(cfg.connect_timeout)
             .connect_lazy_with(options(cfg)?);
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
