@@ -3,6 +3,7 @@
 //! where one helps: TLS, privileges). A server that speaks another protocol than the URL's
 //! is told apart from one not up yet (`protocol.rs`) and refused at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,13 +150,15 @@ enum Failure {
 /// How long an attempt may go without an answer before we ask what listens at the address
 /// (while it goes on): a server of another protocol that waits for its own client to speak
 /// first (Redis, an HTTP server, PostgreSQL for a MySQL URL) would otherwise hold the
-/// attempt until the deadline.
-const STALL: Duration = Duration::from_secs(2);
+/// attempt until the deadline. Not shorter: an overloaded server is slow too, and asking
+/// it costs a connection (a fork, on PostgreSQL) when it can least afford one.
+const STALL: Duration = Duration::from_secs(5);
 
-/// One attempt, told apart from a server that speaks another protocol: asked when the
-/// attempt fails as one would (the first bytes made no sense, or the server hung up), or
-/// stalls.
-async fn attempt(cfg: &Config) -> Result<Conn, Failure> {
+/// One attempt, told apart from a server that speaks another protocol: the server is
+/// asked when the attempt fails as a foreign server makes it fail (the first bytes made no
+/// sense, or the server hung up), or stalls; not once it has answered in the URL's
+/// protocol (`spoken`, across the attempts of one `connect`).
+async fn attempt(cfg: &Config, spoken: &AtomicBool) -> Result<Conn, Failure> {
     let connecting = async {
         match cfg.backend {
             Backend::Postgres => postgres::connect(cfg).await.map(Conn::Pg),
@@ -163,11 +166,28 @@ async fn attempt(cfg: &Config) -> Result<Conn, Failure> {
             Backend::Sqlite => sqlite::connect(cfg).await.map(Conn::Lite),
         }
     };
+    let ask = || async {
+        if spoken.load(Ordering::Relaxed) {
+            return None;
+        }
+        match protocol::ask_server(cfg).await {
+            protocol::Answer::Foreign(why) => Some(why),
+            protocol::Answer::Expected => {
+                spoken.store(true, Ordering::Relaxed);
+                None
+            }
+            protocol::Answer::Unknown => None,
+        }
+    };
     tokio::pin!(connecting);
     tokio::select! {
         r = &mut connecting => {
+            if let Err(sqlx::Error::Database(_)) = &r {
+                // The server answered in its protocol (an error such as too many clients).
+                spoken.store(true, Ordering::Relaxed);
+            }
             return match r {
-                Err(e) if maybe_foreign(&e) => match protocol::foreign(cfg).await {
+                Err(e) if maybe_foreign(&e) => match ask().await {
                     Some(why) => Err(Failure::Foreign(why)),
                     None => Err(Failure::Driver(e)),
                 },
@@ -176,7 +196,7 @@ async fn attempt(cfg: &Config) -> Result<Conn, Failure> {
         }
         () = tokio::time::sleep(STALL) => {}
     }
-    let asking = protocol::foreign(cfg);
+    let asking = ask();
     tokio::pin!(asking);
     tokio::select! {
         r = &mut connecting => r.map_err(Failure::Driver),
@@ -206,7 +226,8 @@ fn maybe_foreign(e: &sqlx::Error) -> bool {
 /// configuration error at once.
 pub async fn connect(cfg: &Config) -> Result<Conn> {
     let last_error: Arc<Mutex<Option<String>>> = Arc::default();
-    let retrying = (|| attempt(cfg))
+    let spoken = AtomicBool::new(false);
+    let retrying = (|| attempt(cfg, &spoken))
         .retry(backoff(Duration::from_millis(50), Duration::from_secs(2)))
         .sleep(tokio::time::sleep)
         .when(|f| matches!(f, Failure::Driver(e) if classify(e) == Class::Transient))

@@ -23,30 +23,44 @@ const NUDGE: &[u8] = b"HEAD / HTTP/1.0\r\n\r\n";
 /// How long each step waits for an answer.
 const QUIET: Duration = Duration::from_millis(1000);
 
-/// When the server at the URL's address speaks another protocol than the URL's: why, for
-/// the message (`the server at host:port does not speak PostgreSQL: …`).
-pub(super) async fn foreign(cfg: &Config) -> Option<String> {
-    let (host, port) = address(cfg)?;
+/// What the server at the URL's address answered.
+pub(super) enum Answer {
+    /// The URL's protocol: no need to ask again.
+    Expected,
+    /// Another protocol: why, for the message (`the server at host:port does not speak
+    /// PostgreSQL: …`).
+    Foreign(String),
+    /// Nothing to go by: it hung up, said nothing, or cannot be asked (a Unix socket).
+    Unknown,
+}
+
+/// Ask the server at the URL's address which protocol it speaks.
+pub(super) async fn ask_server(cfg: &Config) -> Answer {
+    let Some((host, port)) = address(cfg) else {
+        return Answer::Unknown;
+    };
     let expected = match cfg.backend {
         Backend::Postgres => "PostgreSQL",
         Backend::MySql => "MySQL",
-        Backend::Sqlite => return None,
+        Backend::Sqlite => return Answer::Unknown,
     };
-    let heard = listen(&host, port, cfg.backend).await?;
+    let Some(heard) = listen(&host, port, cfg.backend).await else {
+        return Answer::Unknown;
+    };
     let speaks = identify(&heard);
     let matches = match cfg.backend {
         Backend::Postgres => speaks == Speaks::Postgres,
         _ => matches!(speaks, Speaks::MySql(_)),
     };
     if matches {
-        return None;
+        return Answer::Expected;
     }
     let shown = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     };
-    Some(format!(
+    Answer::Foreign(format!(
         "the server at {shown} does not speak {expected}: it answered as {}. Check the \
          URL's scheme and port",
         speaks.describe(&heard)
@@ -158,9 +172,10 @@ enum Speaks {
 fn identify(b: &[u8]) -> Speaks {
     let text = |prefix: &str| b.starts_with(prefix.as_bytes());
     match b {
-        // The one-byte answer to an SSLRequest, or an ErrorResponse ('E', length, fields).
-        [b'S' | b'N'] => Speaks::Postgres,
-        [b'E', _, _, _, _, b'S' | b'V' | b'C' | b'M', ..] => Speaks::Postgres,
+        // The one-byte answer to an SSLRequest, or an error: an ErrorResponse ('E',
+        // length, fields), or the bare 'E' and text the postmaster sends when it cannot
+        // start a backend. Leniently: a false "PostgreSQL" only means a retry.
+        [b'S' | b'N'] | [b'E', ..] => Speaks::Postgres,
         // A MySQL packet: 3-byte length, sequence 0, then protocol 10 or an error (0xff).
         [l0, l1, l2, 0, kind @ (10 | 0xff), ..]
             if (1..=4096)
