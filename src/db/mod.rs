@@ -509,7 +509,9 @@ impl Conn {
     /// With `upto`, the same query also counts what `_sqlx_migrations` shows (see
     /// `Newest::applied_upto`): the fast path cross-checks the marker against the history
     /// in one round trip, so a revert made by another tool sends it down the slow path.
-    /// With `newest`, also the newest `succeeded` marker (`Decisive::newest_succeeded`).
+    /// With `newest`, also the newest `succeeded` marker (`Decisive::newest_succeeded`), the
+    /// newest of all, and whether the history is missing beside an existing marker table
+    /// (`Decisive::history_missing`).
     pub async fn newest_marker(
         &mut self,
         table: &Table,
@@ -519,8 +521,10 @@ impl Conn {
     ) -> Result<Decisive> {
         let r = self.newest_rows(table, version, upto, newest).await;
         match r {
-            // Which table is missing: the marker's, or the history beside it?
-            Err(e) if upto.is_some() && is_undefined_table(&e) => {
+            // Which table is missing: the marker's, or the history beside it? Asked for
+            // `wait` (`newest`), which must say which; the migrate fast path takes either
+            // as not done, without a second round trip on a database's first run.
+            Err(e) if upto.is_some() && newest && is_undefined_table(&e) => {
                 match self.newest_rows(table, version, None, newest).await {
                     Ok(rows) => Ok(Decisive {
                         history_missing: true,
