@@ -269,7 +269,8 @@ async fn listener(cfg: &Config, args: &WaitConfig, deadline: Instant) -> Result<
         // the marker replicates, so polling sees it.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25006") => {
             tracing::warn!(
-                "--listen: {} is a hot standby (read-only, in recovery), where LISTEN cannot                  run and the primary's NOTIFY never arrives: polling every --interval instead",
+                "--listen: {} is a hot standby (read-only, in recovery), where LISTEN cannot \
+                 run and the primary's NOTIFY never arrives: polling every --interval instead",
                 cfg.display_url
             );
             Ok(None)
