@@ -152,9 +152,7 @@ impl Config {
             read_only: matches!(mode, "wait" | "status"),
         })
     }
-}
 
-impl Config {
     /// This config with `limit` as its connect deadline, named by `what` when it is shorter
     /// than `--connect-timeout` (which stays the bound otherwise): a timeout message names
     /// the limit that ran out.
