@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{redact, redact_url};
+use crate::config::{redact, redact_http_url};
 use crate::error::{Error, Result};
 
 pub fn client(timeout: Duration) -> Result<reqwest::Client> {
@@ -31,15 +31,18 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client> {
         .map_err(|e| Error::Failed(format!("cannot build the HTTP client: {e}")))
 }
 
-/// Check that each URL parses, so a typo is a usage error before anything runs.
+/// Check that each URL parses, so a typo is a usage error before anything runs; and
+/// register what each carries that may be a credential (its user-info and query values)
+/// as secrets, so no form of it is printed.
 pub fn validate(urls: &[String], flag: &str) -> Result<()> {
     for u in urls {
+        crate::redact::register_http_secrets(u);
         match reqwest::Url::parse(u) {
             Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
             _ => {
                 return Err(Error::Config(format!(
                     "invalid {flag} {:?}: expected an http:// or https:// URL",
-                    redact_url(u)
+                    redact_http_url(u)
                 )));
             }
         }
@@ -75,7 +78,7 @@ pub async fn notify(urls: &[String], event: &Event<'_>) {
         }
     };
     for url in urls {
-        let shown = redact_url(url);
+        let shown = redact_http_url(url);
         let mut last = String::new();
         for attempt in 1..=NOTIFY_TRIES {
             match client.post(url).json(event).send().await {
@@ -99,7 +102,7 @@ pub async fn notify(urls: &[String], event: &Event<'_>) {
 
 /// Poll `url` until it answers 2xx. The caller bounds it with the wait's deadline.
 pub async fn wait_ready(client: &reqwest::Client, url: &str, interval: Duration) {
-    let shown = redact_url(url);
+    let shown = redact_http_url(url);
     let mut logged = false;
     loop {
         let why = match client.get(url).send().await {

@@ -72,12 +72,35 @@ pub struct Newest {
 }
 
 /// What one read of the marker table tells about a version: the marker that decides it
-/// (see `Conn::newest_marker`), and the version of the newest `succeeded` marker of any
-/// action (for `wait --expect V` when the database has passed V).
+/// (see `Conn::newest_marker`), the version of the newest `succeeded` marker of any
+/// action (for `wait --expect V` when the database has passed V), and the newest marker of
+/// all (what `wait` says is there while it waits).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decisive {
     pub marker: Option<Newest>,
     pub newest_succeeded: Option<String>,
+    pub newest: Option<Recorded>,
+    /// The history was asked for (`upto`) but `_sqlx_migrations` is not where this
+    /// connection looks (another search_path or database than the migrator's): the
+    /// marker was read alone, so `Newest::applied_upto` says nothing.
+    pub history_missing: bool,
+}
+
+/// The newest marker of any version, action and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub version: String,
+    pub status: String,
+    pub action: String,
+}
+
+impl std::fmt::Display for Recorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.action.as_str() {
+            "migrate" => write!(f, "version {} ({})", self.version, self.status),
+            action => write!(f, "version {} ({} {})", self.version, action, self.status),
+        }
+    }
 }
 
 /// The marker that makes waiting for the lock pointless.
@@ -165,9 +188,9 @@ pub fn marked(decisive: &Decisive, expected: &Expected<'_>) -> bool {
     decisive.marker.as_ref().is_some_and(|m| {
         m.status == "succeeded"
             && m.digest.as_deref() == expected.digest
-            && expected
-                .history
-                .is_none_or(|(_, n)| m.applied_upto == n as i64 && m.dirty == 0)
+            && expected.history.is_none_or(|(_, n)| {
+                !decisive.history_missing && m.applied_upto == n as i64 && m.dirty == 0
+            })
     })
 }
 
@@ -190,7 +213,13 @@ pub(crate) fn settle_newest(
     };
     let mut out = Decisive::default();
     for (v, status, digest, detail, applied_upto, dirty, which) in rows {
-        if which == 1 {
+        if which == 2 {
+            out.newest = Some(Recorded {
+                version: v,
+                status,
+                action: detail.unwrap_or_default(),
+            });
+        } else if which == 1 {
             out.newest_succeeded = Some(v);
         } else if v == version {
             out.marker = Some(Newest {
@@ -207,7 +236,8 @@ pub(crate) fn settle_newest(
 }
 
 /// A row `newest_marker_sql` reads: version, status, digest, detail, the two history
-/// counts, and 0 for the decisive row or 1 for the newest `succeeded` one.
+/// counts, and 0 for the decisive row, 1 for the newest `succeeded` one, or 2 for the
+/// newest of all (whose `detail` column holds its action).
 pub(crate) type NewestRow = (
     String,
     String,
@@ -218,10 +248,10 @@ pub(crate) type NewestRow = (
     i64,
 );
 
-/// Two rows at most, in one round trip: the marker that decides `version` (its own newest
+/// Up to three rows, in one round trip: the marker that decides `version` (its own newest
 /// row, or a later rollback), and with `newest` the newest `succeeded` marker of any action
-/// (what `wait` reports; `is_done` has no use for it, and on a fresh session it is a third
-/// of the query's server time). `param` is the backend's placeholder for the version;
+/// and the newest marker of all (what `wait` reports; `is_done` has no use for them, and on
+/// a fresh session they cost as much server time as the rest of the query). `param` is the backend's placeholder for the version;
 /// `zero` its 64-bit integer zero. With `upto`, the decisive row also counts the history in
 /// `migrations`.
 pub(crate) fn newest_marker_sql(
@@ -233,6 +263,7 @@ pub(crate) fn newest_marker_sql(
     newest: bool,
 ) -> String {
     let one = zero.replace('0', "1");
+    let two = zero.replace('0', "2");
     let history = match upto {
         Some(upto) => format!(
             "(SELECT COUNT(*) FROM {migrations} WHERE {} AND success) \
@@ -257,7 +288,11 @@ pub(crate) fn newest_marker_sql(
          UNION ALL \
          SELECT * FROM (SELECT version, status, digest, detail, {zero} AS applied_upto, \
            {zero} AS dirty, {one} AS which \
-           FROM {q} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1) AS newest_ok"
+           FROM {q} WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1) AS newest_ok \
+         UNION ALL \
+         SELECT * FROM (SELECT version, status, digest, action, {zero} AS applied_upto, \
+           {zero} AS dirty, {two} AS which \
+           FROM {q} ORDER BY id DESC LIMIT 1) AS newest_all"
     )
 }
 

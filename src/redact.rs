@@ -3,7 +3,8 @@
 //! (raw, percent-encoded in either case, percent-decoded, form-encoded, JSON-escaped), and
 //! masked wherever it turns up: logs, errors, the marker's detail, `status`, the
 //! termination log. Independently of what is registered, a password in a URL's user-info
-//! or after `password=` / `pwd=` is masked whatever its length.
+//! or after `password=` / `pwd=`, and every query value of an `http(s)://` URL (where
+//! webhooks and probes carry their tokens), is masked whatever its length.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -66,6 +67,33 @@ pub fn register_secrets(raw_url: &str) {
     }
 }
 
+/// Remember what an HTTP URL (`--notify-url`, `wait --http`) carries that may be a
+/// credential: its user-info, every query value (`?token=…`) and its fragment, in every
+/// form. Such tokens reach text beyond our own messages: reqwest's errors quote the URL.
+pub fn register_http_secrets(raw_url: &str) {
+    let Ok(url) = url::Url::parse(raw_url) else {
+        return;
+    };
+    let mut values: Vec<String> = vec![url.username().to_owned()];
+    values.extend(url.password().map(str::to_owned));
+    values.extend(url.fragment().map(str::to_owned));
+    if let Some(query) = url.query() {
+        // As written, and as decoded (form decoding: `+` is a space).
+        for pair in query.split('&') {
+            values.push(pair.split_once('=').map_or(pair, |(_, v)| v).to_owned());
+        }
+        values.extend(url.query_pairs().map(|(_, v)| v.into_owned()));
+    }
+    // JSON's words are no credential, and masked they would break every JSON log line.
+    for value in values
+        .iter()
+        .filter(|v| !matches!(v.as_str(), "true" | "false" | "null"))
+    {
+        register_secret(value);
+        register_secret(&percent_decode(value));
+    }
+}
+
 /// The passwords the drivers may use without a URL saying so.
 pub fn register_environment() {
     for var in ["PGPASSWORD", "MYSQL_PWD"] {
@@ -105,15 +133,17 @@ pub fn register_environment() {
 /// Mask every registered secret, every URL user-info password and every `password=` value
 /// in `text`.
 pub fn redact(text: &str) -> String {
-    let mut out = mask_userinfo(text);
-    out = mask_keyed(&out);
+    // Registered secrets first, whole: a generic mask below may end inside one.
+    let mut out = text.to_owned();
     let secrets = secrets().lock().expect("secrets lock");
     for s in secrets.iter() {
         if out.contains(s.as_str()) {
             out = out.replace(s.as_str(), MASK);
         }
     }
-    out
+    drop(secrets);
+    out = mask_userinfo(&out);
+    mask_keyed(&out)
 }
 
 /// Where logs go: stderr, every line redacted (a driver's own log line may quote a URL
@@ -241,7 +271,12 @@ fn mask_userinfo(text: &str) -> String {
         let end = tail
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
             .unwrap_or(tail.len());
-        let token = &tail[..end];
+        let masked;
+        let mut token = &tail[..end];
+        if is_http(head) {
+            masked = mask_query(token);
+            token = &masked;
+        }
         match token.rfind('@').and_then(|at| {
             let colon = token[..at].find(':')?;
             Some((colon, at))
@@ -256,6 +291,50 @@ fn mask_userinfo(text: &str) -> String {
         rest = &tail[end..];
     }
     out.push_str(rest);
+    out
+}
+
+/// Whether the text before a `://` ends in the scheme `http` or `https`.
+fn is_http(before: &str) -> bool {
+    let before = before[..before.len() - 3].to_ascii_lowercase();
+    let scheme_start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+        .map_or(0, |i| i + 1);
+    matches!(&before[scheme_start..], "http" | "https")
+}
+
+/// An HTTP URL's query values and fragment masked, whatever their length: `?token=***`.
+/// The query ends at a `)` (text such as reqwest's errors wraps the URL in parentheses);
+/// whatever that leaves of a registered token was masked before this runs.
+fn mask_query(token: &str) -> String {
+    let Some(q) = token.find(['?', '#']) else {
+        return token.to_owned();
+    };
+    let end = token[q..].find(')').map_or(token.len(), |i| q + i);
+    let (url, trailer) = token.split_at(end);
+    let (rest, fragment) = match url.split_once('#') {
+        Some((rest, _)) => (rest, Some(MASK)),
+        None => (url, None),
+    };
+    let mut out = match rest.split_once('?') {
+        Some((base, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) => format!("{key}={MASK}"),
+                    None if pair.is_empty() => String::new(),
+                    None => MASK.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", pairs.join("&"))
+        }
+        None => rest.to_owned(),
+    };
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out.push_str(trailer);
     out
 }
 
@@ -341,6 +420,30 @@ mod tests {
             redact("password authentication failed for user \"app\""),
             "password authentication failed for user \"app\""
         );
+    }
+
+    #[test]
+    fn masks_http_query_values_and_fragments_whatever_their_length() {
+        assert_eq!(
+            redact("error sending request for url (https://h:8/hook?token=ab&v=1#x): refused"),
+            "error sending request for url (https://h:8/hook?token=***&v=***#***): refused"
+        );
+        assert_eq!(redact("see HTTP://h/p?k"), "see HTTP://h/p?***");
+        // Other schemes keep their parameters (a database URL's sslmode is shown).
+        assert_eq!(
+            redact("postgres://h/db?sslmode=require"),
+            "postgres://h/db?sslmode=require"
+        );
+        register_http_secrets("http://hookuser:hookpass@h/x?token=T0k%2Fen+1&a=b");
+        for form in [
+            "hookuser",
+            "hookpass",
+            "T0k/en 1",
+            "T0k%2Fen+1",
+            "T0k%2Fen%201",
+        ] {
+            assert_eq!(redact(&format!("[{form}]")), "[***]", "{form}");
+        }
     }
 
     #[test]

@@ -582,6 +582,7 @@ async fn interrupted(
     let current = progress.current.as_deref().unwrap_or("the marker");
     let mut short_cfg = ctx.cfg.clone();
     short_cfg.connect_timeout = Duration::from_secs(5);
+    short_cfg.connect_limit = "the limit of a connection that records a failure";
     let attempt = async {
         let mut side = db::connect(&short_cfg).await?;
         let settled = match session {
@@ -929,6 +930,7 @@ pub(super) async fn record_from_side(
 ) -> bool {
     let mut short_cfg = ctx.cfg.clone();
     short_cfg.connect_timeout = Duration::from_secs(5);
+    short_cfg.connect_limit = "the limit of a connection that records a failure";
     let attempt = async {
         let mut side = db::connect(&short_cfg).await?;
         let done = lock::is_done(&mut side, ctx.cfg, ctx.expected).await?;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::Outcome;
-use crate::config::{Backend, Config, WaitConfig, WaitTarget, redact_url};
+use crate::config::{Backend, Config, WaitConfig, WaitTarget, redact_http_url};
 use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};
@@ -19,7 +19,8 @@ use crate::source::Source;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Readiness {
     Ready(String),
-    RecordedFailed(String),
+    /// The failure the marker records, and what is recorded newest (when read).
+    RecordedFailed(String, Option<String>),
     NotYet(String),
 }
 
@@ -179,7 +180,7 @@ async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
             if !ok {
                 return Err(Error::Failed(format!(
                     "the schema is ready, but {} is not",
-                    redact_url(url)
+                    redact_http_url(url)
                 )));
             }
         } else {
@@ -188,7 +189,7 @@ async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
             if tokio::time::timeout(left, probing).await.is_err() {
                 return Err(Error::Timeout(format!(
                     "the schema is ready, but {} did not answer 2xx within {} (--timeout)",
-                    redact_url(url),
+                    redact_http_url(url),
                     humantime::format_duration(args.timeout)
                 )));
             }
@@ -201,9 +202,9 @@ async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
 /// the first check is always made), never more than --connect-timeout.
 fn check_config(cfg: &Config, deadline: Instant) -> Config {
     let left = deadline.saturating_duration_since(Instant::now());
-    let mut cfg = cfg.clone();
-    cfg.connect_timeout = cfg.connect_timeout.min(left.max(Duration::from_secs(1)));
-    cfg
+    // To a tenth of a second, for the message that names it.
+    let left = Duration::from_millis((left.as_millis() as u64).div_ceil(100) * 100);
+    cfg.connect_within(left.max(Duration::from_secs(1)), "--timeout")
 }
 
 async fn wait_loop(
@@ -270,11 +271,31 @@ async fn listener(cfg: &Config, args: &WaitConfig, deadline: Instant) -> Result<
     if !args.listen || !listen_works(cfg).await? {
         return Ok(None);
     }
-    Listener::connect(&check_config(cfg, deadline))
-        .await
-        .map(Some)
+    let bounded = check_config(cfg, deadline);
+    match Listener::connect(&bounded).await {
+        Ok(l) => Ok(Some(l)),
+        Err(sqlx::Error::PoolTimedOut) => Err(Error::Timeout(format!(
+            "cannot LISTEN on {} within {} ({})",
+            cfg.display_url,
+            humantime::format_duration(bounded.connect_timeout),
+            bounded.connect_limit
+        ))),
+        // A hot standby refuses LISTEN, and a NOTIFY on the primary would never reach it:
+        // the marker replicates, so polling sees it.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25006") => {
+            tracing::warn!(
+                "--listen: {} is a hot standby (read-only, in recovery), where LISTEN cannot \
+                 run and the primary's NOTIFY never arrives: polling every --interval instead",
+                cfg.display_url
+            );
+            Ok(None)
+        }
         // Classified: a refused password or privilege is exit 2, as for polling.
-        .map_err(|e| db::db_err(&format!("cannot LISTEN on {}", cfg.display_url), e))
+        Err(e) => Err(db::db_err(
+            &format!("cannot LISTEN on {}", cfg.display_url),
+            e,
+        )),
+    }
 }
 
 /// What one check means for the wait: `Ok(Ok(why))` ready, `Ok(Err(why))` not yet (and
@@ -295,14 +316,15 @@ fn verdict(
     };
     Ok(match state {
         Readiness::Ready(why) => Ok(why),
-        Readiness::RecordedFailed(detail) if !args.ignore_failed => {
+        Readiness::RecordedFailed(detail, _) if !args.ignore_failed => {
             return Err(Error::RecordedFailed(format!(
                 "schema version {} is recorded as failed: {detail}",
                 target.version
             )));
         }
-        Readiness::RecordedFailed(detail) => Err(format!(
-            "recorded as failed ({detail}); waiting for a retry"
+        Readiness::RecordedFailed(detail, recorded) => Err(format!(
+            "recorded as failed ({detail}); waiting for a retry{}",
+            recorded.map(|r| format!("; {r}")).unwrap_or_default()
         )),
         Readiness::NotYet(why) => Err(why),
     })
@@ -366,12 +388,23 @@ impl Via<'_> {
                 c.newest_marker(&cfg.table, &cfg.migrations_table, version, upto, true)
                     .await
             }
-            Via::Listener(l) => db::settle_newest(
-                l.newest_marker(&cfg.table, &cfg.migrations_table, version, upto)
-                    .await,
-                &cfg.table,
-                version,
-            ),
+            Via::Listener(l) => {
+                let r = l
+                    .newest_marker(&cfg.table, &cfg.migrations_table, version, upto)
+                    .await;
+                let history_missing = matches!(r, Ok((_, true)));
+                Ok(Decisive {
+                    history_missing,
+                    ..db::settle_newest(r.map(|(rows, _)| rows), &cfg.table, version)?
+                })
+            }
+        }
+    }
+
+    async fn history_whereabouts(&mut self, cfg: &Config) -> db::Whereabouts {
+        match self {
+            Via::Conn(c) => c.history_whereabouts(&cfg.migrations_table).await,
+            Via::Listener(l) => l.history_whereabouts(&cfg.migrations_table).await,
         }
     }
 
@@ -435,12 +468,31 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<(Readiness, bool)> 
 async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {
     let (digest, history) = target.source.as_ref().map(SqlSource::expected).unzip();
     let Decisive {
-        marker: newest,
+        marker: decisive,
         newest_succeeded,
+        newest,
+        history_missing,
     } = via
         .newest_marker(cfg, &target.version, history.map(|(v, _)| v))
         .await?;
-    let (failed, why_not) = match newest {
+    // What every "not yet" says is there: an operator waiting for a version no run ever
+    // recorded sees which one is.
+    let recorded = match &newest {
+        Some(r) => format!("the newest marker is for {r}"),
+        None => "no marker has been recorded yet".to_owned(),
+    };
+    if history_missing
+        && let Some(m) = &decisive
+        && m.status == "succeeded"
+        && (digest.is_none() || m.digest == digest)
+    {
+        // Migrate wrote the history beside this marker, but this connection cannot see
+        // it: no poll will, until the configuration changes.
+        return Err(Error::Config(
+            history_not_visible(via, cfg, &target.version).await,
+        ));
+    }
+    let (failed, why_not) = match decisive {
         Some(m) => match marker_says(m, target, digest.as_deref(), history, cfg) {
             Ok(ready) => return Ok(ready),
             Err(not_ready) => not_ready,
@@ -473,9 +525,51 @@ async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readi
         )));
     }
     Ok(match failed {
-        Some(detail) => Readiness::RecordedFailed(detail),
-        None => Readiness::NotYet(why_not),
+        Some(detail) => Readiness::RecordedFailed(detail, Some(recorded)),
+        None => Readiness::NotYet(format!("{why_not}; {recorded}")),
     })
+}
+
+/// Why a `succeeded` marker cannot count: the migrations table it must agree with is not
+/// where this connection looks. Names where it looks, and where the table is.
+async fn history_not_visible(via: &mut Via<'_>, cfg: &Config, version: &str) -> String {
+    let table = cfg.migrations_table.qualified();
+    let bare = table.rsplit('.').next().unwrap_or(table);
+    let w = via.history_whereabouts(cfg).await;
+    let mut why = format!(
+        "the marker for version {version} says succeeded, but {table}, the migration history \
+         it must agree with, is not visible to this connection"
+    );
+    if !w.scope.is_empty() {
+        why.push_str(&format!(" ({} {})", w.scope, w.current));
+    }
+    let kind = if w.scope == "database" {
+        "database"
+    } else {
+        "schema"
+    };
+    match w.found_in.as_slice() {
+        [] => why.push_str(&format!(
+            ": no {kind} holds a table named {bare}: was it dropped, or did migrate use \
+             another --migrations-table?"
+        )),
+        found => {
+            why.push_str(&format!(
+                "; it exists in {kind} {}: let wait read the history migrate wrote: pass \
+                 --migrations-table {}.{bare}",
+                found.join(", "),
+                found[0]
+            ));
+            if kind == "schema" {
+                why.push_str(&format!(
+                    ", or give wait migrate's search_path (?options=-csearch_path%3D{} in \
+                     the URL)",
+                    found[0]
+                ));
+            }
+        }
+    }
+    why
 }
 
 /// What the decisive marker says: ready (`Ok`), or not, as (the failure it records, why
@@ -540,7 +634,7 @@ async fn check_foreign(
         return Ok(Readiness::Ready(standing.describe(f)));
     }
     if let Some(detail) = history::failed_since(conn, &cfg.table, version, &h).await? {
-        return Ok(Readiness::RecordedFailed(detail));
+        return Ok(Readiness::RecordedFailed(detail, None));
     }
     Ok(Readiness::NotYet(standing.describe(f)))
 }

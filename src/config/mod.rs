@@ -48,6 +48,9 @@ pub struct Config {
     pub migrations_table: MigrationsTable,
     pub lock: LockConfig,
     pub connect_timeout: Duration,
+    /// What set `connect_timeout`, for the message when it passes: `--connect-timeout`, or
+    /// the limit that cut it short (`connect_within`).
+    pub connect_limit: &'static str,
     /// Who runs this process: the pod or host name and pid (recorded in the marker).
     pub runner: String,
     /// `schemagate <mode> <host>`: the connection's application_name.
@@ -257,11 +260,24 @@ impl Config {
             migrations_table,
             lock,
             connect_timeout,
+            connect_limit: "--connect-timeout",
             runner: format!("{host} (pid {})", std::process::id()),
             application_name: format!("schemagate {mode} {host}"),
             json_logs,
             read_only: matches!(mode, "wait" | "status"),
         })
+    }
+
+    /// This config with `limit` as its connect deadline, named by `what` when it is shorter
+    /// than `--connect-timeout` (which stays the bound otherwise): a timeout message names
+    /// the limit that ran out.
+    pub fn connect_within(&self, limit: Duration, what: &'static str) -> Config {
+        let mut cfg = self.clone();
+        if limit < self.connect_timeout {
+            cfg.connect_timeout = limit;
+            cfg.connect_limit = what;
+        }
+        cfg
     }
 }
 
@@ -415,7 +431,7 @@ pub fn host_name() -> String {
 
 pub use crate::redact::{redact, register_secrets};
 use url::parse_database_url;
-pub use url::redact_url;
+pub use url::redact_http_url;
 
 #[cfg(test)]
 mod tests {

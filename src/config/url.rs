@@ -1,5 +1,5 @@
 //! The database URL: parsed once, checked for the mistakes drivers report badly (an
-//! unencoded `@` in a password, a missing certificate file, MySQL's `?user=`), and shown
+//! unencoded `@` in a password, a missing certificate file, a user given twice), and shown
 //! only with its password masked.
 
 use std::path::Path;
@@ -22,6 +22,37 @@ pub fn redact_url(raw: &str) -> String {
         }
         _ => safe_form(raw),
     }
+}
+
+/// An HTTP URL (`--notify-url`, `wait --http`) for display: its user-info, every query
+/// value and its fragment masked, since webhooks and probes carry their tokens there
+/// (`?token=***`). Its secrets are registered at the edge (`http::validate`).
+pub fn redact_http_url(raw: &str) -> String {
+    let Ok(url) = url::Url::parse(raw) else {
+        return redact_url(raw);
+    };
+    let mut shown = url.clone();
+    if !url.username().is_empty() {
+        let _ = shown.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    if let Some(query) = url.query() {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=***"),
+                None if pair.is_empty() => String::new(),
+                None => "***".into(),
+            })
+            .collect();
+        shown.set_query(Some(&masked.join("&")));
+    }
+    if url.fragment().is_some() {
+        shown.set_fragment(Some("***"));
+    }
+    redact(&shown.to_string().replace("%2A%2A%2A", "***"))
 }
 
 /// What of an unparseable URL can be shown: `scheme://…@host`, or `<unparseable URL>`.
@@ -125,16 +156,12 @@ pub(super) fn parse_database_url(raw: &str) -> Result<(Backend, String, String)>
             )));
         }
     }
-    let mut modified = false;
-    if backend == Backend::MySql {
-        modified = honour_mysql_credentials(&mut url).map_err(|why| bad(&shown, &why))?;
-        if !url.scheme().eq_ignore_ascii_case("mysql") {
-            // mariadb:// is MySQL's protocol; sqlx knows it as mysql://.
-            url = url::Url::parse(&format!("mysql:{rest}"))
-                .map_err(|e| bad(&shown, &e.to_string()))?;
-            honour_mysql_credentials(&mut url).map_err(|why| bad(&shown, &why))?;
-            modified = true;
-        }
+    let mut modified = honour_query_credentials(&mut url).map_err(|why| bad(&shown, &why))?;
+    if backend == Backend::MySql && !url.scheme().eq_ignore_ascii_case("mysql") {
+        // mariadb:// is MySQL's protocol; sqlx knows it as mysql://.
+        url = url::Url::parse(&format!("mysql:{rest}")).map_err(|e| bad(&shown, &e.to_string()))?;
+        honour_query_credentials(&mut url).map_err(|why| bad(&shown, &why))?;
+        modified = true;
     }
     let display = redact(&display_of(&url));
     let url = if modified {
@@ -145,39 +172,59 @@ pub(super) fn parse_database_url(raw: &str) -> Result<(Backend, String, String)>
     Ok((backend, url, display))
 }
 
-/// MySQL URLs may carry `?user=` and `?password=` (documented MySQL URI parameters) that
-/// sqlx ignores, connecting as its default user instead: move them into the user-info.
-/// Two different values for one of them is refused. True when the URL changed.
-fn honour_mysql_credentials(url: &mut url::Url) -> Result<bool, String> {
+/// `?user=` and `?password=` in the query, in any case: MySQL URLs may carry them
+/// (documented MySQL URI parameters) and sqlx ignores them, connecting as its default user
+/// instead; PostgreSQL's are honoured by sqlx only in lower case, over the user-info. Either
+/// way the URL would not say who connects: each is moved into the user-info, and a user or
+/// password given twice (`?user=root&USER=x`), or differently before the host and in the
+/// query, is refused. True when the URL changed.
+fn honour_query_credentials(url: &mut url::Url) -> Result<bool, String> {
     let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    let get = |k: &str| {
+    let named = |k: &str| -> Vec<&(String, String)> {
         pairs
             .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
+            .filter(|(key, _)| key.eq_ignore_ascii_case(k))
+            .collect()
     };
-    let (user, password) = (get("user"), get("password"));
-    if user.is_none() && password.is_none() {
+    let (users, passwords) = (named("user"), named("password"));
+    if users.is_empty() && passwords.is_empty() {
         return Ok(false);
     }
-    if let Some(user) = &user {
+    if users.len() > 1 {
+        let each: Vec<String> = users.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        return Err(format!(
+            "it names the user {} times in the query ({}): keep one",
+            users.len(),
+            each.join(", ")
+        ));
+    }
+    if passwords.len() > 1 {
+        // The keys only: never a password.
+        let each: Vec<String> = passwords.iter().map(|(k, _)| format!("{k}=")).collect();
+        return Err(format!(
+            "it gives a password {} times in the query ({}): keep one",
+            passwords.len(),
+            each.join(", ")
+        ));
+    }
+    let user = users.first().map(|(k, v)| (k.as_str(), v.as_str()));
+    let password = passwords.first().map(|(k, v)| (k.as_str(), v.as_str()));
+    if let Some((key, user)) = user {
         let current = crate::redact::percent_decode(url.username());
-        if !current.is_empty() && current != *user {
+        if !current.is_empty() && current != user {
             return Err(format!(
-                "it names two users, {current:?} before the host and {user:?} in ?user=: keep one"
+                "it names two users, {current:?} before the host and {user:?} in ?{key}=: keep one"
             ));
         }
         url.set_username(&crate::redact::percent_encode(user))
             .map_err(|()| "the URL cannot carry a user name".to_owned())?;
     }
-    if let Some(password) = &password {
+    if let Some((key, password)) = password {
         let current = url.password().map(crate::redact::percent_decode);
-        if current.as_ref().is_some_and(|c| c != password) {
-            return Err(
-                "it has two different passwords, before the host and in ?password=: \
-                        keep one"
-                    .into(),
-            );
+        if current.as_deref().is_some_and(|c| c != password) {
+            return Err(format!(
+                "it has two different passwords, before the host and in ?{key}=: keep one"
+            ));
         }
         url.set_password(Some(&crate::redact::percent_encode(password)))
             .map_err(|()| "the URL cannot carry a password".to_owned())?;
@@ -219,6 +266,18 @@ mod tests {
     }
 
     #[test]
+    fn http_urls_are_shown_without_credentials_query_values_or_fragment() {
+        assert_eq!(
+            redact_http_url("https://u:p@hooks.example/x?token=abc&v=1&flag#frag"),
+            "https://***:***@hooks.example/x?token=***&v=***&***#***"
+        );
+        assert_eq!(
+            redact_http_url("http://h:8080/healthz"),
+            "http://h:8080/healthz"
+        );
+    }
+
+    #[test]
     fn mysql_user_and_password_parameters_are_honoured() {
         let (_, url, shown) =
             parse_database_url("mysql://h:3306/db?user=app&password=p%26w&ssl-mode=disabled")
@@ -226,5 +285,28 @@ mod tests {
         assert_eq!(url, "mysql://app:p%26w@h:3306/db?ssl-mode=disabled");
         assert_eq!(shown, "mysql://app:***@h:3306/db?ssl-mode=disabled");
         assert!(parse_database_url("mysql://root@h/db?user=app").is_err());
+    }
+
+    #[test]
+    fn a_user_or_password_given_twice_is_refused_in_any_case() {
+        for url in [
+            "mysql://h/db?user=root&USER=x",
+            "mariadb://h/db?user=root&user=root",
+            "mysql://root@h/db?User=x",
+            "mysql://h/db?password=a1b2c&PASSWORD=d3e4f",
+            "mysql://u:a1b2c@h/db?password=d3e4f",
+            "postgres://h/db?user=a&user=b",
+            "postgres://app@h/db?user=root",
+            "postgresql://app:a1b2c@h/db?password=d3e4f",
+        ] {
+            let e = parse_database_url(url).unwrap_err().to_string();
+            assert!(!e.contains("a1b2c") && !e.contains("d3e4f"), "{e}");
+        }
+        let (_, url, shown) =
+            parse_database_url("postgres://h/db?USER=app&sslmode=require").unwrap();
+        assert_eq!(url, "postgres://app@h/db?sslmode=require");
+        assert_eq!(shown, url);
+        let (_, url, _) = parse_database_url("postgres://app@h/db?user=app").unwrap();
+        assert_eq!(url, "postgres://app@h/db");
     }
 }

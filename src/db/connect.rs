@@ -1,13 +1,15 @@
 //! Connecting, with retry inside a wall-clock deadline, and what a driver error means:
 //! its class (retry, configuration, other) and its description (redacted, with a hint
-//! where one helps: TLS, privileges).
+//! where one helps: TLS, privileges). A server that speaks another protocol than the URL's
+//! is told apart from one not up yet (`protocol.rs`) and refused at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
-use super::{Conn, mysql, postgres, sqlite};
+use super::{Conn, mysql, postgres, protocol, sqlite};
 use crate::config::{Backend, Config, redact};
 use crate::error::{Error, Result};
 
@@ -138,31 +140,109 @@ fn tls_hint(e: &rustls::Error) -> &'static str {
     }
 }
 
-/// Connect, retrying transient errors with jittered backoff until `cfg.connect_timeout`.
-pub async fn connect(cfg: &Config) -> Result<Conn> {
-    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
-    let attempt = || async {
+/// Why one connection attempt failed.
+enum Failure {
+    Driver(sqlx::Error),
+    /// The server at the address speaks another protocol (the message says which).
+    Foreign(String),
+}
+
+/// How long an attempt may go without an answer before we ask what listens at the address
+/// (while it goes on): a server of another protocol that waits for its own client to speak
+/// first (Redis, an HTTP server, PostgreSQL for a MySQL URL) would otherwise hold the
+/// attempt until the deadline. Not shorter: an overloaded server is slow too, and asking
+/// it costs a connection (a fork, on PostgreSQL) when it can least afford one.
+const STALL: Duration = Duration::from_secs(5);
+
+/// One attempt, told apart from a server that speaks another protocol: the server is
+/// asked when the attempt fails as a foreign server makes it fail (the first bytes made no
+/// sense, or the server hung up), or stalls; not once it has answered in the URL's
+/// protocol (`spoken`, across the attempts of one `connect`).
+async fn attempt(cfg: &Config, spoken: &AtomicBool) -> Result<Conn, Failure> {
+    let connecting = async {
         match cfg.backend {
             Backend::Postgres => postgres::connect(cfg).await.map(Conn::Pg),
             Backend::MySql => mysql::connect(cfg).await.map(Conn::My),
             Backend::Sqlite => sqlite::connect(cfg).await.map(Conn::Lite),
         }
     };
-    let retrying = attempt
+    let ask = || async {
+        if spoken.load(Ordering::Relaxed) {
+            return None;
+        }
+        match protocol::ask_server(cfg).await {
+            protocol::Answer::Foreign(why) => Some(why),
+            protocol::Answer::Expected => {
+                spoken.store(true, Ordering::Relaxed);
+                None
+            }
+            protocol::Answer::Unknown => None,
+        }
+    };
+    tokio::pin!(connecting);
+    tokio::select! {
+        r = &mut connecting => {
+            if let Err(sqlx::Error::Database(_)) = &r {
+                // The server answered in its protocol (an error such as too many clients).
+                spoken.store(true, Ordering::Relaxed);
+            }
+            return match r {
+                Err(e) if maybe_foreign(&e) => match ask().await {
+                    Some(why) => Err(Failure::Foreign(why)),
+                    None => Err(Failure::Driver(e)),
+                },
+                r => r.map_err(Failure::Driver),
+            };
+        }
+        () = tokio::time::sleep(STALL) => {}
+    }
+    let asking = ask();
+    tokio::pin!(asking);
+    tokio::select! {
+        r = &mut connecting => r.map_err(Failure::Driver),
+        why = &mut asking => match why {
+            Some(why) => Err(Failure::Foreign(why)),
+            None => connecting.await.map_err(Failure::Driver),
+        },
+    }
+}
+
+/// Whether an error is what a server of another protocol causes: bytes the driver could
+/// not read, or the server hanging up on them. A refused or unreachable address is not.
+fn maybe_foreign(e: &sqlx::Error) -> bool {
+    use std::io::ErrorKind as K;
+    match e {
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::InvalidData
+        ),
+        _ => false,
+    }
+}
+
+/// Connect, retrying transient errors with jittered backoff until `cfg.connect_timeout`
+/// (named by `cfg.connect_limit`). A server that speaks another protocol is a
+/// configuration error at once.
+pub async fn connect(cfg: &Config) -> Result<Conn> {
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let spoken = AtomicBool::new(false);
+    let retrying = (|| attempt(cfg, &spoken))
         .retry(backoff(Duration::from_millis(50), Duration::from_secs(2)))
         .sleep(tokio::time::sleep)
-        .when(|e| classify(e) == Class::Transient)
+        .when(|f| matches!(f, Failure::Driver(e) if classify(e) == Class::Transient))
         .adjust({
             let mut refused = 0;
-            move |e, delay| match delay {
-                Some(_) if no_free_slot(e) => {
+            move |f, delay| match (f, delay) {
+                (Failure::Driver(e), Some(_)) if no_free_slot(e) => {
                     refused += 1;
                     Some(after_no_free_slot(cfg.read_only, refused))
                 }
-                other => other,
+                (_, other) => other,
             }
         })
-        .notify(|e, delay| {
+        .notify(|f, delay| {
+            let Failure::Driver(e) = f else { return };
             let msg = describe(e);
             tracing::warn!(
                 "cannot connect to {} yet ({msg}); retrying in {delay:.1?}",
@@ -172,18 +252,26 @@ pub async fn connect(cfg: &Config) -> Result<Conn> {
         });
     match tokio::time::timeout(cfg.connect_timeout, retrying).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(super::db_err(
+        Ok(Err(Failure::Driver(e))) => Err(super::db_err(
             &format!("cannot connect to {}", cfg.display_url),
             e,
         )),
+        Ok(Err(Failure::Foreign(why))) => Err(Error::Config(format!(
+            "cannot connect to {}: {why}",
+            cfg.display_url
+        ))),
         Err(_) => {
             let last = last_error.lock().expect("last_error").clone();
             Err(Error::Timeout(format!(
-                "cannot connect to {} within {} (--connect-timeout){}",
+                "cannot connect to {} within {} ({}); {}",
                 cfg.display_url,
-                humantime::format_duration(cfg.connect_timeout),
-                last.map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default()
+                humantime::format_duration(rounded(cfg.connect_timeout)),
+                cfg.connect_limit,
+                last.map(|e| format!("last error: {e}")).unwrap_or_else(|| {
+                    "no answer from the server in that time (an address that drops packets, \
+                     or a server too busy to answer)"
+                        .into()
+                })
             )))
         }
     }
@@ -220,6 +308,12 @@ fn after_no_free_slot(reader: bool, refused: u32) -> Duration {
     } else {
         Duration::from_millis(50).mul_f64(1.0 + 4.0 * r)
     }
+}
+
+/// A deadline for a message: to a tenth of a second (what is left of `--timeout` is
+/// never a round number).
+fn rounded(d: Duration) -> Duration {
+    Duration::from_millis((d.as_millis() as u64).div_ceil(100) * 100)
 }
 
 /// Exponential backoff with jitter and no limit on tries: callers bound it with a deadline.

@@ -8,6 +8,7 @@
 mod connect;
 mod mysql;
 pub(crate) mod postgres;
+mod protocol;
 mod sqlite;
 
 use std::time::Duration;
@@ -180,6 +181,23 @@ fn clip(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}{note}", &text[..end])
+}
+
+/// Where a connection looks for the migrations table (`scope`: PostgreSQL's search_path, or
+/// MySQL's database), and the schemas or databases where a table of that name exists.
+#[derive(Debug, Clone, Default)]
+pub struct Whereabouts {
+    pub scope: String,
+    pub current: String,
+    pub found_in: Vec<String>,
+}
+
+impl Whereabouts {
+    /// `table` without its schema, as the catalog names it.
+    fn bare_table(table: &MigrationsTable) -> &str {
+        let name = table.qualified();
+        name.rsplit('.').next().unwrap_or(name)
+    }
 }
 
 /// Whether an error means "this table does not exist" (so: not migrated yet).
@@ -536,7 +554,9 @@ impl Conn {
     /// With `upto`, the same query also counts what `migrations` shows (see
     /// `Newest::applied_upto`): the fast path cross-checks the marker against the history
     /// in one round trip, so a revert made by another tool sends it down the slow path.
-    /// With `newest`, also the newest `succeeded` marker (`Decisive::newest_succeeded`).
+    /// With `newest`, also the newest `succeeded` marker (`Decisive::newest_succeeded`), the
+    /// newest of all, and whether the history is missing beside an existing marker table
+    /// (`Decisive::history_missing`).
     pub async fn newest_marker(
         &mut self,
         table: &Table,
@@ -545,13 +565,57 @@ impl Conn {
         upto: Option<Upto<'_>>,
         newest: bool,
     ) -> Result<Decisive> {
-        let (t, m) = (table, migrations);
+        let r = self
+            .newest_rows(table, migrations, version, upto, newest)
+            .await;
+        match r {
+            // Which table is missing: the marker's, or the history beside it? Asked for
+            // `wait` (`newest`), which must say which; the migrate fast path takes either
+            // as not done, without a second round trip on a database's first run.
+            Err(e) if upto.is_some() && newest && is_undefined_table(&e) => {
+                match self
+                    .newest_rows(table, migrations, version, None, newest)
+                    .await
+                {
+                    Ok(rows) => Ok(Decisive {
+                        history_missing: true,
+                        ..settle_newest(Ok(rows), table, version)?
+                    }),
+                    Err(_) => settle_newest(Err(e), table, version),
+                }
+            }
+            r => settle_newest(r, table, version),
+        }
+    }
+
+    async fn newest_rows(
+        &mut self,
+        table: &Table,
+        migrations: &MigrationsTable,
+        version: &str,
+        upto: Option<Upto<'_>>,
+        newest: bool,
+    ) -> Result<Vec<NewestRow>, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => {
+                postgres::newest_marker(c, table, migrations, version, upto, newest).await
+            }
+            Conn::My(c) => mysql::newest_marker(c, table, migrations, version, upto, newest).await,
+            Conn::Lite(c) => {
+                sqlite::newest_marker(c, table, migrations, version, upto, newest).await
+            }
+        }
+    }
+
+    /// Where this connection looks for the migrations table, and where it exists (for a
+    /// message when it is missing: `Decisive::history_missing`).
+    pub async fn history_whereabouts(&mut self, migrations: &MigrationsTable) -> Whereabouts {
         let r = match self {
-            Conn::Pg(c) => postgres::newest_marker(c, t, m, version, upto, newest).await,
-            Conn::My(c) => mysql::newest_marker(c, t, m, version, upto, newest).await,
-            Conn::Lite(c) => sqlite::newest_marker(c, t, m, version, upto, newest).await,
+            Conn::Pg(c) => postgres::history_whereabouts(c, migrations).await,
+            Conn::My(c) => mysql::history_whereabouts(c, migrations).await,
+            Conn::Lite(_) => return Whereabouts::default(),
         };
-        settle_newest(r, table, version)
+        r.unwrap_or_default()
     }
 
     /// Marker history, newest first. Empty when the table does not exist.

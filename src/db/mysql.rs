@@ -188,6 +188,31 @@ pub async fn newest_marker(
     .await
 }
 
+/// This session's database, and the databases holding a table named as the migrations
+/// table.
+pub async fn history_whereabouts(
+    c: &mut MySqlConnection,
+    migrations: &MigrationsTable,
+) -> Result<super::Whereabouts, sqlx::Error> {
+    let (current, found): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT DATABASE(), (SELECT GROUP_CONCAT(table_schema ORDER BY table_schema) \
+         FROM information_schema.tables WHERE table_name = ?)",
+    )
+    .bind(super::Whereabouts::bare_table(migrations))
+    .fetch_one(c)
+    .await?;
+    Ok(super::Whereabouts {
+        scope: "database".into(),
+        current: current.unwrap_or_default(),
+        found_in: found
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 pub async fn markers(
     c: &mut MySqlConnection,
     t: &Table,

@@ -458,10 +458,79 @@ pub(crate) fn create_schema_sql(t: &Table) -> String {
         .unwrap_or_default()
 }
 
+/// What DDL may leave out because it exists already (see `rows_creating`): the schema, and
+/// each of the tables asked about, in order.
+pub(crate) struct Existing {
+    pub schema: bool,
+    pub tables: Vec<bool>,
+}
+
+/// Run `build(&Existing)`: DDL that creates what is missing of `schema` and `tables` (and
+/// whatever follows it in the same round trip). PostgreSQL checks the privilege to create
+/// before it looks whether the object exists: `CREATE SCHEMA IF NOT EXISTS` needs CREATE on
+/// the whole database, `CREATE TABLE IF NOT EXISTS` CREATE on the schema, `CREATE INDEX IF
+/// NOT EXISTS` ownership of the table. So a least-privilege role fails on what exists
+/// already; on a privilege error, this asks what exists and runs again leaving it out.
+/// Where the role may create, it stays one round trip.
+pub(crate) async fn rows_creating(
+    c: &mut PgConnection,
+    schema: Option<&str>,
+    tables: &[&str],
+    build: impl Fn(&Existing) -> String,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let none = Existing {
+        schema: false,
+        tables: vec![false; tables.len()],
+    };
+    let first = rows(&mut *c, build(&none)).await;
+    let Err(sqlx::Error::Database(e)) = &first else {
+        return first;
+    };
+    if e.code().as_deref() != Some("42501") {
+        return first;
+    }
+    let Ok(existing) = existing(c, schema, tables).await else {
+        return first;
+    };
+    if !existing.schema && !existing.tables.contains(&true) {
+        return first;
+    }
+    rows(c, build(&existing)).await
+}
+
+async fn existing(
+    c: &mut PgConnection,
+    schema: Option<&str>,
+    tables: &[&str],
+) -> Result<Existing, sqlx::Error> {
+    let mut columns = vec![schema.map_or_else(
+        || "false".to_owned(),
+        |s| format!("to_regnamespace({}) IS NOT NULL", lit(s)),
+    )];
+    columns.extend(
+        tables
+            .iter()
+            .map(|t| format!("to_regclass({}) IS NOT NULL", lit(t))),
+    );
+    let r = row(c, format!("SELECT {}", columns.join(", ")))
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol("no row from the catalog".into()))?;
+    Ok(Existing {
+        schema: r.try_get(0)?,
+        tables: (1..=tables.len())
+            .map(|i| r.try_get(i))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 // ----- the marker -----
 
 pub async fn ensure_marker_table(c: &mut PgConnection, t: &Table) -> Result<(), sqlx::Error> {
-    exec(c, marker_table_sql(t)).await
+    rows_creating(c, t.schema.as_deref(), &[&t.qualified], |e| {
+        marker_table_sql(t, e.schema, e.tables[0])
+    })
+    .await
+    .map(drop)
 }
 
 /// The migrations table as sqlx's own `ensure_migrations_table` creates it, then the
@@ -471,12 +540,24 @@ pub async fn ensure_tables(
     t: &Table,
     migrations: &MigrationsTable,
 ) -> Result<(), sqlx::Error> {
-    exec(c, tables_sql(t, migrations)).await
+    rows_creating(c, t.schema.as_deref(), &tables_of(t, migrations), |e| {
+        tables_sql(t, migrations, e)
+    })
+    .await
+    .map(drop)
 }
 
-fn tables_sql(t: &Table, migrations: &MigrationsTable) -> String {
-    let migrations = format!(
-        "CREATE TABLE IF NOT EXISTS {} (
+/// The tables `tables_sql` creates, as `Existing::tables` reports them.
+fn tables_of<'a>(t: &'a Table, migrations: &'a MigrationsTable) -> [&'a str; 2] {
+    [migrations.qualified(), &t.qualified]
+}
+
+fn tables_sql(t: &Table, migrations: &MigrationsTable, e: &Existing) -> String {
+    let migrations = if e.tables[0] {
+        String::new()
+    } else {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (
             version BIGINT PRIMARY KEY,
             description TEXT NOT NULL,
             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -484,13 +565,25 @@ fn tables_sql(t: &Table, migrations: &MigrationsTable) -> String {
             checksum BYTEA NOT NULL,
             execution_time BIGINT NOT NULL
         );",
-        migrations
-    );
-    format!("{migrations}\n{}", marker_table_sql(t))
+            migrations
+        )
+    };
+    format!(
+        "{migrations}\n{}",
+        marker_table_sql(t, e.schema, e.tables[1])
+    )
 }
 
-fn marker_table_sql(t: &Table) -> String {
-    let schema = create_schema_sql(t);
+/// The marker table and its index, after its schema: what does not exist yet.
+fn marker_table_sql(t: &Table, schema_exists: bool, table_exists: bool) -> String {
+    if table_exists {
+        return String::new();
+    }
+    let schema = if schema_exists {
+        String::new()
+    } else {
+        create_schema_sql(t)
+    };
     format!(
         "{schema}
         CREATE TABLE IF NOT EXISTS {q} (
@@ -626,15 +719,20 @@ pub async fn ensure_tables_and_read(
     version: &str,
     upto: Option<super::Upto<'_>>,
 ) -> Result<NewestAndApplied, sqlx::Error> {
-    let sql = format!(
-        "{}\n{};\n{}",
-        tables_sql(t, migrations),
-        newest_marker_sql(t, migrations, version, upto, false),
-        applied_sql(migrations)
-    );
+    let sql = |e: &Existing| {
+        format!(
+            "{}\n{};\n{}",
+            tables_sql(t, migrations, e),
+            newest_marker_sql(t, migrations, version, upto, false),
+            applied_sql(migrations)
+        )
+    };
     // One statement's rows after the other's: told apart by their width.
     let (newest, applied): (Vec<PgRow>, Vec<PgRow>) =
-        rows(c, sql).await?.into_iter().partition(|r| r.len() == 7);
+        rows_creating(c, t.schema.as_deref(), &tables_of(t, migrations), sql)
+            .await?
+            .into_iter()
+            .partition(|r| r.len() == 7);
     Ok((
         newest.iter().map(newest_row).collect::<Result<_, _>>()?,
         applied_from(applied)?,
@@ -691,6 +789,33 @@ pub async fn invalid_indexes(c: &mut PgConnection) -> Result<Vec<String>, sqlx::
 }
 
 // ----- migrations, in sqlx's _sqlx_migrations layout -----
+
+/// This session's search_path, and the schemas holding a table named as the migrations
+/// table.
+pub async fn history_whereabouts<'c>(
+    c: impl PgExecutor<'c>,
+    migrations: &MigrationsTable,
+) -> Result<super::Whereabouts, sqlx::Error> {
+    let sql = format!(
+        "SELECT current_setting('search_path'), coalesce((SELECT string_agg(n.nspname, ',' \
+           ORDER BY n.nspname) FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace \
+           WHERE t.relname = {} AND t.relkind IN ('r', 'p')), '')",
+        lit(super::Whereabouts::bare_table(migrations))
+    );
+    let r = row(c, sql)
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol("no row from the catalog".into()))?;
+    let found: String = r.try_get(1)?;
+    Ok(super::Whereabouts {
+        scope: "search_path".into(),
+        current: r.try_get(0)?,
+        found_in: found
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
 
 /// Applied migrations, in version order, and the first dirty one (`success = false`).
 pub async fn applied<'c>(
@@ -1293,24 +1418,53 @@ pub enum Wake {
 
 impl Listener {
     pub(crate) async fn connect(cfg: &Config) -> Result<Listener, sqlx::Error> {
+        // Bounded as any connect of ours (the pool's own default is 30 s).
         let pool = PgPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(cfg.connect_timeout)
             .connect_lazy_with(options(cfg)?);
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(Listener(listener))
     }
 
-    /// The listening connection runs the checks too: `--listen` holds one connection.
+    /// The listening connection runs the checks too: `--listen` holds one connection. True
+    /// beside the rows when the history was asked for but is missing (read as
+    /// `Conn::newest_marker` reads it).
     pub async fn newest_marker(
         &mut self,
         t: &Table,
         migrations: &MigrationsTable,
         version: &str,
         upto: Option<i64>,
-    ) -> Result<Vec<super::NewestRow>, sqlx::Error> {
-        let upto = upto.map(super::Upto::Version);
-        newest_marker(&mut self.0, t, migrations, version, upto, true).await
+    ) -> Result<(Vec<super::NewestRow>, bool), sqlx::Error> {
+        match newest_marker(
+            &mut self.0,
+            t,
+            migrations,
+            version,
+            upto.map(super::Upto::Version),
+            true,
+        )
+        .await
+        {
+            Err(e) if upto.is_some() && super::is_undefined_table(&e) => {
+                match newest_marker(&mut self.0, t, migrations, version, None, true).await {
+                    Ok(rows) => Ok((rows, true)),
+                    Err(_) => Err(e),
+                }
+            }
+            r => r.map(|rows| (rows, false)),
+        }
+    }
+
+    pub async fn history_whereabouts(
+        &mut self,
+        migrations: &MigrationsTable,
+    ) -> super::Whereabouts {
+        history_whereabouts(&mut self.0, migrations)
+            .await
+            .unwrap_or_default()
     }
 
     pub async fn applied(

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use sqlx::{PgConnection, Row};
 
 use crate::config::{Config, Table};
-use crate::db::postgres::{create_schema_sql, exec, lit, millis, row};
+use crate::db::postgres::{Existing, create_schema_sql, exec, lit, millis, row, rows_creating};
 use crate::db::{self, Fence, Holder, LEASE_LOST};
 use crate::error::{Error, Result};
 
@@ -35,20 +35,31 @@ fn table(t: &Table) -> String {
 }
 
 pub async fn ensure_table(c: &mut PgConnection, t: &Table) -> Result<()> {
-    let sql = format!(
-        "{schema}
-        CREATE TABLE IF NOT EXISTS {l} (
-            name TEXT PRIMARY KEY,
-            owner TEXT NOT NULL,
-            token TEXT NOT NULL,
-            acquired_at TIMESTAMPTZ NOT NULL,
-            heartbeat_at TIMESTAMPTZ NOT NULL,
-            expires_at TIMESTAMPTZ NOT NULL
-        )",
-        schema = create_schema_sql(t),
-        l = table(t)
-    );
-    match exec(c, sql).await {
+    let l = table(t);
+    // Only what is missing, for a role that may not create what exists (`rows_creating`).
+    let sql = |e: &Existing| match (e.schema, e.tables[0]) {
+        (_, true) => "SELECT 1".to_owned(),
+        (schema_exists, false) => format!(
+            "{schema}
+            CREATE TABLE IF NOT EXISTS {l} (
+                name TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                token TEXT NOT NULL,
+                acquired_at TIMESTAMPTZ NOT NULL,
+                heartbeat_at TIMESTAMPTZ NOT NULL,
+                expires_at TIMESTAMPTZ NOT NULL
+            )",
+            schema = if schema_exists {
+                String::new()
+            } else {
+                create_schema_sql(t)
+            },
+        ),
+    };
+    match rows_creating(c, t.schema.as_deref(), &[&l], sql)
+        .await
+        .map(drop)
+    {
         // Racing creators: one wins, the others see the type or table appear.
         Err(sqlx::Error::Database(e))
             if matches!(e.code().as_deref(), Some("23505" | "42P07" | "42710")) =>

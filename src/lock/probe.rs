@@ -164,8 +164,7 @@ pub async fn prove(
 
 /// Open the second connection, with a short deadline.
 async fn connect_other(cfg: &Config) -> Result<Conn> {
-    let mut short = cfg.clone();
-    short.connect_timeout = cfg.connect_timeout.min(Duration::from_secs(5));
+    let short = cfg.connect_within(Duration::from_secs(5), "the lock probe's limit");
     db::connect(&short).await
 }
 

@@ -886,8 +886,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA, and a server certificate it signed for 127.0.0.1, in `dir`.
-fn make_certs(dir: &Path) {
+/// A CA, and a server certificate it signed for 127.0.0.1 and ::1, in `dir`.
+pub(crate) fn make_certs(dir: &Path) {
     openssl(
         dir,
         &[
@@ -923,7 +923,7 @@ fn make_certs(dir: &Path) {
     );
     std::fs::write(
         dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
     openssl(
@@ -1019,7 +1019,7 @@ fn tls_with_an_unknown_ca_is_a_configuration_error() {
     let _ = std::fs::remove_dir_all(&ssl_dir);
 }
 
-fn make_owned_by_postgres(dir: &Path) {
+pub(crate) fn make_owned_by_postgres(dir: &Path) {
     if is_root_user() {
         let ok = Command::new("chown")
             .args(["-R", "postgres:postgres"])

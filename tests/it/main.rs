@@ -8,6 +8,7 @@ mod harness;
 mod alembic;
 mod backends;
 mod check;
+mod connecting;
 mod contracts;
 mod edges;
 mod external;

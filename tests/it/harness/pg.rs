@@ -203,7 +203,13 @@ pub fn start_cluster(settings: &[&str]) -> PgServer {
         keep_running: false,
     };
     server.start();
-    // Stop the shared cluster when the test process is gone: statics are never dropped.
+    stop_when_gone(&server);
+    server
+}
+
+/// Stop the server when the test process is gone: statics are never dropped, and a
+/// panicking test may not drop its server either.
+fn stop_when_gone(server: &PgServer) {
     let watchdog = format!(
         "while [ -d /proc/{pid} ]; do sleep 0.5; done; {ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
         pid = std::process::id(),
@@ -226,7 +232,6 @@ pub fn start_cluster(settings: &[&str]) -> PgServer {
     // Detached on purpose: it outlives this process to stop the cluster.
     #[allow(clippy::zombie_processes)]
     w.spawn().expect("spawn watchdog");
-    server
 }
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -372,4 +377,63 @@ pub fn waiting_on_advisory(url: &str, key: i64) -> i64 {
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         ),
     )
+}
+
+/// A hot standby of `primary` (`pg_basebackup -R`, streaming replication) on a port of its
+/// own: read-only, in recovery, with the primary's data as it replicates.
+pub fn start_standby(primary: &PgServer) -> PgServer {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "schemagate-standby-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let out = as_postgres(&primary.bin.join("pg_basebackup"))
+        .env("PGPASSWORD", PASSWORD)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-R", "-X", "stream", "--no-sync"])
+        .output()
+        .expect("run pg_basebackup");
+    assert!(
+        out.status.success(),
+        "pg_basebackup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The copied settings name the primary's port and socket directory: later lines win.
+    let port = free_port();
+    let conf = dir.join("data/postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+        dir.display()
+    ));
+    std::fs::write(&conf, text).unwrap();
+    let server = PgServer {
+        dir,
+        port,
+        bin: primary.bin.clone(),
+        keep_running: false,
+    };
+    server.start();
+    stop_when_gone(&server);
+    server
 }

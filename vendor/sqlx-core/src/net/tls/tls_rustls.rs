@@ -180,7 +180,16 @@ where
         }
     };
 
-    let host = ServerName::try_from(tls_config.hostname.to_owned()).map_err(Error::tls)?;
+    // schemagate patch: an IPv6 literal from a URL keeps its brackets (`[::1]`), which
+    // rustls parses as neither a DNS name nor an IP address ("invalid dns name"), so no TLS
+    // connection to an IPv6 literal was ever made. Without them it is an IP address, checked
+    // against the certificate's IP SANs as an IPv4 literal is.
+    let hostname = tls_config.hostname;
+    let hostname = hostname
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(hostname);
+    let host = ServerName::try_from(hostname.to_owned()).map_err(Error::tls)?;
 
     let mut socket = RustlsSocket {
         inner: StdSocket::new(socket),
