@@ -11,11 +11,9 @@ use crate::config::{redact, redact_http_url};
 use crate::error::{Error, Result};
 
 pub fn client(timeout: Duration) -> Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-        // A root the parser rejects is skipped; the rest still verify.
-        let _ = roots.add(cert.clone());
-    }
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
