@@ -12,7 +12,7 @@ pub use crate::config::{LockMode, LogFormat};
 /// The marker table unless `--table` says otherwise (and always in `smoke`).
 pub const DEFAULT_TABLE: &str = "schemagate_marker";
 
-const EXIT_CODES: &str = "\
+pub const EXIT_CODES: &str = "\
 Exit codes:
   0        done / ready
   1        the migration or the external migrator failed; other runtime errors
@@ -184,6 +184,22 @@ pub enum Command {
     ///   RUN ["/schemagate", "digest", "--source", "/migrations"]     # in a Dockerfile
     #[command(verbatim_doc_comment)]
     Digest(DigestArgs),
+    /// Print the shell completion script for SHELL, generated from these flags.
+    ///
+    /// Examples:
+    ///   schemagate completions bash > /usr/share/bash-completion/completions/schemagate
+    ///   schemagate completions zsh > "${fpath[1]}/_schemagate"
+    ///   schemagate completions fish > ~/.config/fish/completions/schemagate.fish
+    ///   schemagate completions powershell >> $PROFILE
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into --dir.
+    ///
+    /// Examples:
+    ///   schemagate man | man -l -
+    ///   schemagate man --dir /usr/local/share/man/man1    # schemagate.1, schemagate-migrate.1, ...
+    #[command(verbatim_doc_comment)]
+    Man(ManArgs),
 }
 
 impl Command {
@@ -198,6 +214,8 @@ impl Command {
             Command::Smoke(_) => "smoke",
             Command::Check(_) => "check",
             Command::Digest(_) => "digest",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
     }
 
@@ -210,7 +228,9 @@ impl Command {
             Command::Rollback(a) => Some(&a.connect),
             Command::Stamp(a) => Some(&a.connect),
             Command::Check(a) => Some(&a.connect),
-            Command::Smoke(_) | Command::Digest(_) => None,
+            Command::Smoke(_) | Command::Digest(_) | Command::Completions(_) | Command::Man(_) => {
+                None
+            }
         }
     }
 }
@@ -230,9 +250,7 @@ pub struct ConnectArgs {
     pub database_url: Option<String>,
 
     /// Read the database URL from this file (a mounted secret); surrounding white space is
-    /// ignored.
-    /// Not both with --database-url (checked in config.rs, where an empty
-    /// SCHEMAGATE_DATABASE_URL counts as unset, as clap's conflicts_with would not).
+    /// ignored. Not both with --database-url.
     #[arg(long, env = "SCHEMAGATE_DATABASE_URL_FILE", value_name = "PATH")]
     pub database_url_file: Option<PathBuf>,
 
@@ -316,9 +334,6 @@ pub struct LockArgs {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("work").args(["source", "command"]).required(true).multiple(true)))]
 pub struct MigrateArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-
     /// Directory of SQL migrations (sqlx layout: `<VERSION>_<description>.sql`, or
     /// `.up.sql`/`.down.sql`; `-- no-transaction` as the first line runs a file outside a
     /// transaction).
@@ -360,6 +375,9 @@ pub struct MigrateArgs {
 
     #[command(flatten)]
     pub lock: LockArgs,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 
     /// Print what would be applied and change nothing.
     #[arg(long, env = "SCHEMAGATE_DRY_RUN", help_heading = "Migrate")]
@@ -424,9 +442,6 @@ pub struct MigrateArgs {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("target").args(["expect", "source"]).required(true)))]
 pub struct WaitArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-
     /// The schema version to wait for (as written in the marker).
     #[arg(
         long,
@@ -460,6 +475,9 @@ pub struct WaitArgs {
         help_heading = "Wait"
     )]
     pub format: Option<crate::formats::Format>,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 
     /// Give up after this long (exit 124). At least one check is made, even with 0; with
     /// --once, it bounds that one check.
@@ -512,9 +530,6 @@ pub struct WaitArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-
     /// The lock whose holder to show, when `migrate` runs with --lock-name.
     #[arg(
         long,
@@ -546,6 +561,9 @@ pub struct StatusArgs {
     )]
     pub format: Option<crate::formats::Format>,
 
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
     /// Print one JSON document instead of text.
     #[arg(long, env = "SCHEMAGATE_JSON", help_heading = "Output")]
     pub json: bool,
@@ -563,12 +581,6 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-
-    #[command(flatten)]
-    pub lock: LockArgs,
-
     /// The version to roll back to: it stays applied, everything newer is undone. `0`
     /// undoes every migration.
     #[arg(
@@ -588,6 +600,12 @@ pub struct RollbackArgs {
     )]
     pub source: PathBuf,
 
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
     /// Print what would be undone and change nothing.
     #[arg(long, env = "SCHEMAGATE_DRY_RUN", help_heading = "Rollback")]
     pub dry_run: bool,
@@ -595,15 +613,15 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct StampArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
+    /// The version to mark done.
+    #[arg(value_name = "VERSION", help_heading = "Stamp")]
+    pub version: String,
 
     #[command(flatten)]
     pub lock: LockArgs,
 
-    /// The version to mark done.
-    #[arg(value_name = "VERSION", help_heading = "Stamp")]
-    pub version: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 
     /// Directory of SQL migrations: record those up to VERSION as applied.
     #[arg(
@@ -621,6 +639,23 @@ pub struct DigestArgs {
     /// Directory of SQL migrations, as for `migrate`; the digest file is written there.
     #[arg(long, env = "SCHEMAGATE_SOURCE", default_value = "./migrations")]
     pub source: PathBuf,
+}
+
+// `schemagate completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+// `schemagate man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write `schemagate.1` and one page per command (`schemagate-migrate.1`, ...) into
+    /// this directory instead of printing the main page.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -662,9 +697,6 @@ pub struct SmokeArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-
     /// Directory of SQL migrations, as for `migrate`.
     #[arg(
         long,
@@ -728,6 +760,9 @@ pub struct CheckArgs {
         help_heading = "Check"
     )]
     pub allow_files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 
     /// How often the side connection samples pg_locks while a `-- no-transaction`
     /// migration or an external migrator runs.

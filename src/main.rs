@@ -123,7 +123,30 @@ async fn run(command: Command) -> Result<Outcome, Error> {
         // `smoke` too: it must drop its scratch database.
         Command::Smoke(args) => cmd::smoke::run(&SmokeConfig::from_args(&args), signals).await,
         Command::Digest(args) => digest::run(&args.source),
+        Command::Completions(args) => cmd::completions::completions(args.shell),
+        Command::Man(args) => cmd::completions::man(args.dir.as_deref()),
     }
+}
+
+/// clap's tip for an unknown flag, "to pass '--sorce' as a value, use '-- --sorce'", is
+/// wrong wherever `--` starts another program's command line: say what `--` really does.
+fn true_trailing_tip(text: &str, mode: &str) -> String {
+    let after = match mode {
+        "migrate" | "check" => "the migrator's own command line (`-- alembic upgrade head`)",
+        "wait" => "the command to exec once ready (`-- ./server`)",
+        _ => return text.to_owned(),
+    };
+    text.lines()
+        .map(|line| {
+            if line.trim_start().starts_with("tip: to pass '") && line.contains("use '-- ") {
+                format!("  tip: everything after `--` is {after}; schemagate's flags go before it")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + if text.ends_with('\n') { "\n" } else { "" }
 }
 
 /// clap refused the command line: print its message redacted (it may echo a stray URL),
@@ -135,8 +158,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
         print_stdout(&text);
         return ExitCode::SUCCESS;
     }
-    eprint!("{text}");
     let args: Vec<String> = std::env::args().collect();
+    let text = true_trailing_tip(&text, args.get(1).map_or("", String::as_str));
+    eprint!("{text}");
     let mode = args
         .get(1)
         .map(String::as_str)

@@ -1,8 +1,8 @@
 //! The marker: the row a run writes when it ends, and the rule that reads readiness from
 //! the rows. For a version V, the newest row for V decides, unless a later `rollback` row
 //! names another version; a SQL source's fast path also needs the migrations table, read in
-//! the same query, to agree (see README, "The marker"). The per-backend SQL that writes and
-//! lists rows is in `db/`.
+//! the same query, to agree (docs/src/how-it-works.md, "The marker"). The per-backend SQL
+//! that writes and lists rows is in `db/`.
 
 use std::time::Duration;
 

@@ -23,12 +23,17 @@ use crate::source::hex;
 /// Which migrator a source directory belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// sqlx's layout, applied by schemagate itself.
+    /// sqlx's layout (`<VERSION>_<description>.sql`), applied by schemagate itself.
     Sqlx,
+    /// An Alembic project (alembic.ini or env.py + versions/); history in `alembic_version`.
     Alembic,
+    /// A Django app's `migrations/` packages; history in `django_migrations`.
     Django,
+    /// A Rails app's `db/migrate` (and `db/post_migrate`); history in `schema_migrations`.
     Rails,
+    /// dbmate's `db/migrations` (`-- migrate:up` files); history in `schema_migrations`.
     Dbmate,
+    /// Diesel's `migrations/<version>_<name>/up.sql`; history in `__diesel_schema_migrations`.
     Diesel,
 }
 
