@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::formats::{self, Foreign, Format};
 use crate::http;
 use crate::lock::{self, Expected, Lock};
-use crate::signals::Signals;
+use crate::signals::{self, Signals};
 use crate::source::{Entry, Plan, Source};
 
 /// What this run applies.
@@ -561,7 +561,7 @@ async fn apply_sql(
     tokio::select! {
         r = apply_pending(conn, ctx, source, settings, &opts, &mut progress) => r,
         sig = signals.recv() => {
-            db::interrupt_local();
+            signals::stop_local_statements();
             interrupted(ctx, &progress, sig, session).await
         }
     }

@@ -879,11 +879,5 @@ pub fn settle_applied(
     }
 }
 
-/// Stop the statement running on this process's lock connection, where the server cannot
-/// be asked to (SQLite runs in-process).
-pub fn interrupt_local() {
-    sqlite::interrupt();
-}
-
 /// The version of schemagate, recorded in each marker.
 pub const TOOL_VERSION: &str = concat!("schemagate ", env!("CARGO_PKG_VERSION"));
