@@ -4,13 +4,14 @@
 use std::time::{Duration, Instant};
 
 use super::{Before, Outcome};
-use crate::config::{Config, MigrateConfig, MigrationsTable, Work, redact};
+use crate::config::{Config, MigrateConfig, MigrationsTable, Work};
 use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
 use crate::digest;
 use crate::error::{Error, Result};
 use crate::formats::{self, Foreign, Format};
 use crate::http;
 use crate::lock::{self, Expected, Lock};
+use crate::redact::redact;
 use crate::signals::{self, Signals};
 use crate::source::{Entry, Plan, Source};
 

@@ -2,6 +2,7 @@
 //! `main` turns into the exit code and the termination-log line.
 
 pub mod check;
+pub mod digest;
 pub mod migrate;
 pub mod rollback;
 pub mod smoke;
