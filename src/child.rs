@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::config::redact;
 use crate::error::{Error, Result};
+use crate::redact::redact;
 
 /// Find `program` the way a shell would: a path as is, else the first executable on PATH.
 pub fn resolve(program: &str) -> Result<PathBuf> {

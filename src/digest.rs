@@ -400,26 +400,6 @@ fn unreadable(dir: &Path, e: std::io::Error) -> Error {
     ))
 }
 
-/// `schemagate digest`: read the source, write its digest file, say what it holds.
-pub fn run(dir: &Path) -> Result<crate::cmd::Outcome> {
-    let source = Source::load(dir)?;
-    let path = write(&source)?;
-    let digest = source.digest();
-    outln!("{digest}  {}", path.display());
-    tracing::info!(
-        "wrote {}: schema version {}, {} migration(s), digest {digest}",
-        path.display(),
-        source.version(),
-        source.ups.len()
-    );
-    Ok(crate::cmd::Outcome {
-        version: Some(source.version()),
-        applied: None,
-        message: format!("wrote {}", path.display()),
-        exec: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,10 +31,13 @@ pub enum Error {
     /// A database operation failed: `context` says what was being done, and the driver's
     /// error stays the cause, with its SQLSTATE, DETAIL and HINT (for the message) and its
     /// class (for the exit code). `config`: retrying cannot help (exit 2, else 1).
+    /// `described`: the driver's error as printed, with everything the server said, redacted
+    /// (made by the `db` layer, which knows each backend's error; `db::db_err`).
     Database {
         context: String,
         config: bool,
         source: sqlx::Error,
+        described: String,
     },
 }
 
@@ -88,8 +91,10 @@ impl fmt::Display for Error {
             while let Some(c) = cause {
                 // The driver's error, described once with everything the server said (and
                 // redacted); its own sources are what that description already holds.
-                if let Some(db) = c.downcast_ref::<sqlx::Error>() {
-                    return write!(f, ": {}", crate::db::describe(db));
+                if c.downcast_ref::<sqlx::Error>().is_some()
+                    && let Error::Database { described, .. } = self
+                {
+                    return write!(f, ": {described}");
                 }
                 write!(f, ": {c}")?;
                 cause = c.source();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{redact, redact_http_url};
 use crate::error::{Error, Result};
+use crate::redact::{redact, redact_http_url};
 
 pub fn client(timeout: Duration) -> Result<reqwest::Client> {
     let roots = rustls::RootCertStore {

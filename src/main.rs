@@ -3,10 +3,10 @@
 //! `error.rs`; nothing below calls `process::exit`.
 
 /// `println!` that never panics: a closed stdout (`schemagate status | head -1`) just ends
-/// the output, as `print_stdout` does.
+/// the output, as `stdout::print` does.
 macro_rules! outln {
-    () => { $crate::print_stdout("\n") };
-    ($($t:tt)*) => { $crate::print_stdout(&format!("{}\n", format_args!($($t)*))) };
+    () => { $crate::stdout::print("\n") };
+    ($($t:tt)*) => { $crate::stdout::print(&format!("{}\n", format_args!($($t)*))) };
 }
 
 mod check;
@@ -27,6 +27,7 @@ mod signals;
 mod source;
 mod sql;
 mod sqlx_toml;
+mod stdout;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -39,9 +40,9 @@ use cli::{Cli, Command, LogFormat};
 use cmd::Outcome;
 use config::{
     CheckConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig,
-    redact,
 };
 use error::Error;
+use redact::redact;
 use signals::Signals;
 
 fn main() -> ExitCode {
@@ -122,7 +123,7 @@ async fn run(command: Command) -> Result<Outcome, Error> {
         Command::Check(args) => cmd::check::run(&CheckConfig::from_args(&args)?, signals).await,
         // `smoke` too: it must drop its scratch database.
         Command::Smoke(args) => cmd::smoke::run(&SmokeConfig::from_args(&args), signals).await,
-        Command::Digest(args) => digest::run(&args.source),
+        Command::Digest(args) => cmd::digest::run(&args.source),
         Command::Completions(args) => cmd::completions::completions(args.shell),
         Command::Man(args) => cmd::completions::man(args.dir.as_deref()),
     }
@@ -155,7 +156,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let text = redact(&e.render().to_string());
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        print_stdout(&text);
+        stdout::print(&text);
         return ExitCode::SUCCESS;
     }
     let args: Vec<String> = std::env::args().collect();
@@ -183,13 +184,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let err = Error::Config(first_line.trim_start_matches("error: ").to_owned());
     write_termination_log(path.as_deref(), mode, &Err(err));
     ExitCode::from(2)
-}
-
-/// Print to stdout; a closed pipe (`status | head -c1`) just ends the output.
-pub fn print_stdout(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Run `work` unless SIGINT or SIGTERM comes first.

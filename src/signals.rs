@@ -1,6 +1,8 @@
 //! SIGTERM and SIGINT as a future. schemagate is often PID 1, where the kernel applies no
 //! default action to these signals: unless we handle them, `docker stop` waits for SIGKILL.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -66,4 +68,20 @@ impl Signals {
             Err(_) => std::future::pending().await,
         }
     }
+}
+
+/// Set once a signal arrives during a run: statements running in this process (SQLite runs
+/// in-process, where no server can be asked to cancel them) stop at their next progress
+/// check, so their transaction rolls back and frees the database for the marker.
+static STOP_LOCAL_STATEMENTS: AtomicBool = AtomicBool::new(false);
+
+/// Stop the statement running on this process's lock connection, where the server cannot
+/// be asked to (SQLite's progress handler reads the flag).
+pub fn stop_local_statements() {
+    STOP_LOCAL_STATEMENTS.store(true, Ordering::SeqCst);
+}
+
+/// Whether `stop_local_statements` was called.
+pub fn local_statements_stopped() -> bool {
+    STOP_LOCAL_STATEMENTS.load(Ordering::Relaxed)
 }

@@ -19,8 +19,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, MySqlConnection, Row, Sqli
 use super::catalog::{Column, Relation, Snapshot};
 use super::outside::{self, Outside};
 use super::{MigrationReport, Observed};
-use crate::config::{Backend, Config, MigrationsTable, redact};
+use crate::config::{Backend, Config, MigrationsTable};
 use crate::error::{Error, Result};
+use crate::redact::redact;
 use crate::source::Source;
 
 /// A stable id for a relation name: these catalogs have no oid, so a renamed table looks

@@ -144,7 +144,7 @@ pub fn without(sql: &str, skip: &[Outside]) -> String {
 /// The statement on one line, at most 80 characters, any password masked (a `dblink`
 /// connection string may hold one).
 fn excerpt(text: &str) -> String {
-    let one_line = crate::config::redact(&text.split_whitespace().collect::<Vec<_>>().join(" "));
+    let one_line = crate::redact::redact(&text.split_whitespace().collect::<Vec<_>>().join(" "));
     match one_line.char_indices().nth(80) {
         Some((cut, _)) => format!("{}…", &one_line[..cut]),
         None => one_line,

@@ -135,7 +135,7 @@ pub async fn mark_created(c: &mut Conn, name: &str, what: &str) {
     if let Err(e) = r {
         tracing::warn!(
             "cannot mark the scratch database {name} as {what}'s: {}",
-            crate::config::redact(&e.to_string())
+            crate::redact::redact(&e.to_string())
         );
     }
 }
@@ -278,7 +278,7 @@ fn report(name: &str, owner: &str, dropped: Result<(), sqlx::Error>) {
         Err(e) => tracing::warn!(
             "the scratch database {name} was left by a run that is gone ({owner}), and \
              cannot be dropped: {}; drop it by hand",
-            crate::config::redact(&e.to_string())
+            crate::redact::redact(&e.to_string())
         ),
     }
 }

@@ -13,8 +13,9 @@ use crate::check::guard::Fingerprint;
 use crate::check::outside::{self, Outside};
 use crate::check::pg::{self, Sampler, Scratch};
 use crate::check::{self, Observed, Report};
-use crate::config::{Backend, CheckConfig, CheckPlan, Config, MigrationsTable, Table, redact};
+use crate::config::{Backend, CheckConfig, CheckPlan, Config, MigrationsTable, Table};
 use crate::error::{Error, Result};
+use crate::redact::redact;
 use crate::signals::Signals;
 use crate::source::Source;
 

@@ -4,14 +4,15 @@
 use std::time::{Duration, Instant};
 
 use super::{Before, Outcome};
-use crate::config::{Config, MigrateConfig, MigrationsTable, Work, redact};
+use crate::config::{Config, MigrateConfig, MigrationsTable, Work};
 use crate::db::{self, ApplyOptions, Conn, NewMarker, Status};
 use crate::digest;
 use crate::error::{Error, Result};
 use crate::formats::{self, Foreign, Format};
 use crate::http;
 use crate::lock::{self, Expected, Lock};
-use crate::signals::Signals;
+use crate::redact::redact;
+use crate::signals::{self, Signals};
 use crate::source::{Entry, Plan, Source};
 
 /// What this run applies.
@@ -561,7 +562,7 @@ async fn apply_sql(
     tokio::select! {
         r = apply_pending(conn, ctx, source, settings, &opts, &mut progress) => r,
         sig = signals.recv() => {
-            db::interrupt_local();
+            signals::stop_local_statements();
             interrupted(ctx, &progress, sig, session).await
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod completions;
+pub mod digest;
 pub mod migrate;
 pub mod rollback;
 pub mod smoke;

@@ -12,11 +12,10 @@ use tokio::process::Command;
 use tokio::task::JoinSet;
 
 use super::Outcome;
-use crate::config::{
-    Backend, Config, LockConfig, LockMode, MigrationsTable, SmokeConfig, Table, redact,
-};
+use crate::config::{Backend, Config, LockConfig, LockMode, MigrationsTable, SmokeConfig, Table};
 use crate::db::{self, Conn};
 use crate::error::{Error, Result};
+use crate::redact::redact;
 use crate::signals::Signals;
 use crate::source::Source;
 

@@ -7,11 +7,12 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::Outcome;
-use crate::config::{Config, StatusConfig, redact};
+use crate::config::{Config, StatusConfig};
 use crate::db::{self, Holder, Marker};
 use crate::error::{Error, Result};
 use crate::formats::{Foreign, Format, history};
 use crate::lock;
+use crate::redact::redact;
 use crate::source::{Source, hex};
 use sqlx::migrate::AppliedMigration;
 
@@ -160,7 +161,7 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
         render_text(&report)
     };
     // Marker details were redacted when written, but by whichever version wrote them.
-    crate::print_stdout(&redact(&text));
+    crate::stdout::print(&redact(&text));
     Ok(Outcome {
         message: "status printed".into(),
         ..Outcome::default()

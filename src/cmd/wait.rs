@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use super::Outcome;
-use crate::config::{Backend, Config, WaitConfig, WaitTarget, redact_http_url};
+use crate::config::{Backend, Config, WaitConfig, WaitTarget};
+use crate::redact::redact_http_url;
 use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};

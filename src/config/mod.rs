@@ -237,7 +237,7 @@ impl Config {
         connect_timeout: Duration,
         json_logs: bool,
     ) -> Result<Config> {
-        register_secrets(raw_url);
+        crate::redact::register_secrets(raw_url);
         let (backend, url, display_url) = parse_database_url(raw_url)?;
         if backend == Backend::Sqlite && mode != "smoke" && sqlite_in_memory(&url) {
             return Err(Error::Config(format!(
@@ -429,9 +429,7 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
-pub use crate::redact::{redact, register_secrets};
 use url::parse_database_url;
-pub use url::redact_http_url;
 
 #[cfg(test)]
 mod tests {

@@ -6,102 +6,12 @@ use std::path::Path;
 
 use super::Backend;
 use crate::error::{Error, Result};
-use crate::redact::redact;
+use crate::redact::{after_authority, display_of, is_scheme, redact, safe_form};
 
 // ----- the database URL -----
 
 const ENCODE_HINT: &str = "special characters in the user name or password must be \
     percent-encoded (@ as %40, / as %2F, ? as %3F, # as %23, % as %25, : as %3A)";
-
-/// The URL with its password masked, for display; a URL that does not parse is never
-/// echoed, only its scheme and host when they can be told apart safely.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(url) if url.fragment().is_none() && !after_authority(&url).contains('@') => {
-            redact(&display_of(&url))
-        }
-        _ => safe_form(raw),
-    }
-}
-
-/// An HTTP URL (`--notify-url`, `wait --http`) for display: its user-info, every query
-/// value and its fragment masked, since webhooks and probes carry their tokens there
-/// (`?token=***`). Its secrets are registered at the edge (`http::validate`).
-pub fn redact_http_url(raw: &str) -> String {
-    let Ok(url) = url::Url::parse(raw) else {
-        return redact_url(raw);
-    };
-    let mut shown = url.clone();
-    if !url.username().is_empty() {
-        let _ = shown.set_username("***");
-    }
-    if url.password().is_some() {
-        let _ = shown.set_password(Some("***"));
-    }
-    if let Some(query) = url.query() {
-        let masked: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) => format!("{key}=***"),
-                None if pair.is_empty() => String::new(),
-                None => "***".into(),
-            })
-            .collect();
-        shown.set_query(Some(&masked.join("&")));
-    }
-    if url.fragment().is_some() {
-        shown.set_fragment(Some("***"));
-    }
-    redact(&shown.to_string().replace("%2A%2A%2A", "***"))
-}
-
-/// What of an unparseable URL can be shown: `scheme://…@host`, or `<unparseable URL>`.
-fn safe_form(raw: &str) -> String {
-    let Some(p) = raw.find("://") else {
-        return "<unparseable URL>".into();
-    };
-    let scheme = &raw[..p];
-    let after = &raw[p + 3..];
-    let (userinfo, hostpart) = match after.rfind('@') {
-        Some(at) => (true, &after[at + 1..]),
-        None => (false, after),
-    };
-    let host = &hostpart[..hostpart.find(['/', '?', '#']).unwrap_or(hostpart.len())];
-    let safe = |s: &str| {
-        s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'))
-    };
-    if !is_scheme(scheme) || !safe(host) {
-        return "<unparseable URL>".into();
-    }
-    format!("{scheme}://{}{host}", if userinfo { "…@" } else { "" })
-}
-
-fn is_scheme(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-}
-
-/// Path, query and fragment: where an `@` means a password's special characters were not
-/// encoded (the URL then names another host, and its "path" holds the rest).
-fn after_authority(url: &url::Url) -> String {
-    format!(
-        "{}{}{}",
-        url.path(),
-        url.query().unwrap_or(""),
-        url.fragment().unwrap_or("")
-    )
-}
-
-/// A parsed URL with the password and any password-like parameter masked.
-fn display_of(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.to_string().replace("%2A%2A%2A", "***")
-}
 
 /// The backend a URL names, the URL as sqlx takes it, and its redacted form. Long on
 /// purpose: each check refuses one mistake drivers report badly, in the order a URL is read.
@@ -244,38 +154,6 @@ fn honour_query_credentials(url: &mut url::Url) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_password_in_userinfo_and_query() {
-        assert_eq!(
-            redact_url("postgres://app:s3cr%40t@db:5432/app?sslmode=require"),
-            "postgres://app:***@db:5432/app?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("mysql://db/app?user=x&password=hunter2"),
-            "mysql://db/app?user=x&password=***"
-        );
-        assert_eq!(redact_url("postgres://db/app"), "postgres://db/app");
-        // A URL that does not parse is never echoed.
-        assert_eq!(redact_url("postgres://u:pw@@h:xx/d"), "postgres://…@h:xx");
-        assert_eq!(
-            redact_url("postgres://app:pa/ss1@db/app"),
-            "postgres://…@db"
-        );
-        assert_eq!(redact_url("host=db password=x"), "<unparseable URL>");
-    }
-
-    #[test]
-    fn http_urls_are_shown_without_credentials_query_values_or_fragment() {
-        assert_eq!(
-            redact_http_url("https://u:p@hooks.example/x?token=abc&v=1&flag#frag"),
-            "https://***:***@hooks.example/x?token=***&v=***&***#***"
-        );
-        assert_eq!(
-            redact_http_url("http://h:8080/healthz"),
-            "http://h:8080/healthz"
-        );
-    }
 
     #[test]
     fn mysql_user_and_password_parameters_are_honoured() {

@@ -17,8 +17,9 @@ use serde::Serialize;
 use sqlx::migrate::{AppliedMigration, Migrate, Migration};
 use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 
-use crate::config::{Config, MigrationsTable, Table, redact};
+use crate::config::{Config, MigrationsTable, Table};
 use crate::error::{Error, Result};
+use crate::redact::redact;
 
 pub use crate::marker::Upto;
 pub use crate::marker::{Decisive, Marker, NewMarker, Status};
@@ -231,6 +232,7 @@ pub fn db_err(context: &str, e: sqlx::Error) -> Error {
     Error::Database {
         context: context.to_owned(),
         config: classify(&e) == Class::Config,
+        described: describe(&e),
         source: e,
     }
 }
@@ -877,12 +879,6 @@ pub fn settle_applied(
         Err(e) if is_undefined_table(&e) => Ok((Vec::new(), None)),
         r => r.map_err(|e| db_err("cannot list applied migrations", e)),
     }
-}
-
-/// Stop the statement running on this process's lock connection, where the server cannot
-/// be asked to (SQLite runs in-process).
-pub fn interrupt_local() {
-    sqlite::interrupt();
 }
 
 /// The version of schemagate, recorded in each marker.

@@ -2,7 +2,6 @@
 //! an OS file lock beside the database (lock.rs), so nothing here takes it.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::migrate::MigrateError;
@@ -11,6 +10,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
 
 use super::{Marker, NewMarker};
 use crate::config::{Config, MigrationsTable, Table};
+use crate::signals;
 
 pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(&cfg.url)?
@@ -26,17 +26,11 @@ pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal))
 }
 
-/// Set by a signal handler: the lock connection's running statement stops at its next
-/// progress check, so its transaction rolls back and frees the database for the marker.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-pub fn interrupt() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 pub async fn prepare_for_lock(c: &mut SqliteConnection) -> Result<(), sqlx::Error> {
     let mut handle = c.lock_handle().await?;
-    handle.set_progress_handler(10_000, || !INTERRUPTED.load(Ordering::Relaxed));
+    // The running statement stops at its next progress check once a signal came
+    // (signals::stop_local_statements), so its transaction rolls back.
+    handle.set_progress_handler(10_000, || !signals::local_statements_stopped());
     Ok(())
 }
 

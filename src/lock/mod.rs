@@ -457,6 +457,7 @@ fn read_err(context: &str, e: sqlx::Error) -> Error {
     Error::Database {
         context: context.to_owned(),
         config: false,
+        described: db::describe(&e),
         source: e,
     }
 }
