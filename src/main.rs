@@ -23,6 +23,7 @@ mod http;
 mod lock;
 mod marker;
 mod redact;
+mod settings;
 mod signals;
 mod source;
 mod sql;
@@ -38,7 +39,7 @@ use clap::Parser;
 
 use cli::{Cli, Command, LogFormat};
 use cmd::Outcome;
-use config::{
+use cmd::{
     CheckConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig,
 };
 use error::Error;
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Validate the command line into the command's config (config/commands.rs), then run it.
+/// Validate the command line into the command's config (config.rs), then run it.
 async fn run(command: Command) -> Result<Outcome, Error> {
     let mut signals = Signals::install()
         .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;

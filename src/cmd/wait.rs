@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use super::Outcome;
-use crate::config::{Backend, Config, WaitConfig, WaitTarget};
+use super::{WaitConfig, WaitTarget};
 use crate::redact::redact_http_url;
+use crate::settings::{Backend, Config};
 use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};

@@ -18,21 +18,22 @@
 //! taker steps back when a session holds the advisory lock. Each checks *after* taking its
 //! own, so of two that race at least one sees the other.
 
+mod expected;
 mod file;
 mod lease;
 mod probe;
 
-pub use crate::marker::{Expected, is_done};
+pub use expected::{Expected, is_done, marked};
 
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use serde::Serialize;
 
-use crate::config::{Backend, Config, LockConfig, LockMode};
 use crate::db::postgres::{self, Engine, ServerInfo};
 use crate::db::{self, Conn, Holder};
 use crate::error::{Error, Result};
+use crate::settings::{Backend, Config, LockConfig, LockMode};
 
 /// What waiting for the lock ended in.
 pub enum Acquired {
