@@ -246,3 +246,61 @@ pub(crate) fn marker_from_row(r: MarkerRow) -> Marker {
         detail: r.10,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row as `newest_marker_sql` returns it; `which`: 0 decisive, 1 newest succeeded,
+    /// 2 newest of all (its detail column holds the action).
+    fn row(version: &str, status: &str, detail: Option<&str>, which: i64) -> NewestRow {
+        let digest = (which == 0).then(|| "d1".to_owned());
+        (
+            version.into(),
+            status.into(),
+            digest,
+            detail.map(str::to_owned),
+            3,
+            0,
+            which,
+        )
+    }
+
+    #[test]
+    fn settle_reads_the_decisive_row_and_the_newest_ones() {
+        let rows = vec![
+            row("7", "succeeded", None, 0),
+            row("7", "succeeded", None, 1),
+            row("8", "failed", Some("rollback"), 2),
+        ];
+        let d = settle(rows, "7");
+        let m = d.marker.expect("the decisive row");
+        assert_eq!((m.version.as_str(), m.status.as_str()), ("7", "succeeded"));
+        assert_eq!(
+            (m.digest.as_deref(), m.applied_upto, m.dirty),
+            (Some("d1"), 3, 0)
+        );
+        assert_eq!(d.newest_succeeded.as_deref(), Some("7"));
+        let newest = d.newest.expect("the newest row");
+        assert_eq!(newest.to_string(), "version 8 (rollback failed)");
+        assert!(!d.history_missing);
+    }
+
+    #[test]
+    fn settle_ignores_a_decisive_row_for_another_version() {
+        // A later rollback to another version decides: this version is no longer current.
+        let d = settle(vec![row("6", "succeeded", None, 0)], "7");
+        assert_eq!(d.marker, None);
+        assert_eq!(settle(Vec::new(), "7"), Decisive::default());
+    }
+
+    #[test]
+    fn a_migrate_marker_is_shown_without_its_action() {
+        let r = Recorded {
+            version: "7".into(),
+            status: "succeeded".into(),
+            action: "migrate".into(),
+        };
+        assert_eq!(r.to_string(), "version 7 (succeeded)");
+    }
+}

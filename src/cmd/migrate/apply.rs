@@ -230,3 +230,48 @@ pub(super) async fn apply_group(
         return Err(record_failed(conn, ctx, &e, label, attempt, no_tx, applied).await);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: i64, no_tx: bool) -> Entry {
+        Entry {
+            version,
+            description: format!("m{version}"),
+            migration_type: sqlx::migrate::MigrationType::Simple,
+            checksum: Vec::new(),
+            no_tx,
+            path: format!("{version}_m{version}.sql").into(),
+        }
+    }
+
+    fn versions(groups: &[Vec<&Entry>]) -> Vec<Vec<i64>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|m| m.version).collect())
+            .collect()
+    }
+
+    #[test]
+    fn each_migration_is_its_own_group_by_default() {
+        let (a, b) = (entry(1, false), entry(2, false));
+        assert_eq!(versions(&batches(&[&a, &b], false)), [vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn single_transaction_groups_runs_of_transactional_migrations() {
+        let ms = [
+            entry(1, false),
+            entry(2, false),
+            entry(3, true),
+            entry(4, false),
+            entry(5, false),
+        ];
+        let refs: Vec<&Entry> = ms.iter().collect();
+        assert_eq!(
+            versions(&batches(&refs, true)),
+            [vec![1, 2], vec![3], vec![4, 5]]
+        );
+    }
+}
