@@ -120,7 +120,7 @@ impl ApplyError {
             lease_lost: false,
             dirty: false,
             took_effect: false,
-            config: e.exit_code() == 2,
+            config: e.is_config(),
         }
     }
 
@@ -231,7 +231,10 @@ pub fn db_err(context: &str, e: sqlx::Error) -> Error {
     }
     Error::Database {
         context: context.to_owned(),
-        config: classify(&e) == Class::Config,
+        class: match classify(&e) {
+            Class::Config => crate::error::Class::Config,
+            Class::Transient | Class::Other => crate::error::Class::Runtime,
+        },
         described: describe(&e),
         source: e,
     }

@@ -457,7 +457,7 @@ async fn announce(conn: &mut Conn, cfg: &Config, choice: &Choice) -> Result<()> 
 fn read_err(context: &str, e: sqlx::Error) -> Error {
     Error::Database {
         context: context.to_owned(),
-        config: false,
+        class: crate::error::Class::Runtime,
         described: db::describe(&e),
         source: e,
     }
