@@ -1,16 +1,27 @@
 //! The command line, and nothing else: clap definitions whose doc comments are the
-//! `--help` text. Values are validated into one typed config per command in
-//! `config/commands.rs`.
+//! `--help` text. Values are validated into one typed config per command in `config.rs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-pub use crate::config::{LockMode, LogFormat};
+use crate::settings::DEFAULT_TABLE;
 
-/// The marker table unless `--table` says otherwise (and always in `smoke`).
-pub const DEFAULT_TABLE: &str = "schemagate_marker";
+/// `--lock`: which lock a PostgreSQL run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LockMode {
+    Auto,
+    Advisory,
+    Lease,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 pub const EXIT_CODES: &str = "\
 Exit codes:

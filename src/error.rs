@@ -30,18 +30,39 @@ pub enum Error {
     Interrupted(Signal),
     /// A database operation failed: `context` says what was being done, and the driver's
     /// error stays the cause, with its SQLSTATE, DETAIL and HINT (for the message) and its
-    /// class (for the exit code). `config`: retrying cannot help (exit 2, else 1).
+    /// class (for the exit code: `Class::Config` exits 2, `Class::Runtime` 1).
     /// `described`: the driver's error as printed, with everything the server said, redacted
     /// (made by the `db` layer, which knows each backend's error; `db::db_err`).
     Database {
         context: String,
-        config: bool,
+        class: Class,
         source: sqlx::Error,
         described: String,
     },
 }
 
+/// What retrying can do about a database error, decided by the backend that saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Retrying will not help: authentication, a missing privilege, bad options (exit 2).
+    Config,
+    /// Anything else (exit 1).
+    Runtime,
+}
+
 impl Error {
+    /// Whether retrying cannot help: a configuration error (exit 2), of ours or the server's.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::Config(_)
+                | Error::Database {
+                    class: Class::Config,
+                    ..
+                }
+        )
+    }
+
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -53,8 +74,14 @@ impl Error {
             Error::Timeout(_) => 124,
             Error::Interrupted(Signal::Int) => 130,
             Error::Interrupted(Signal::Term) => 143,
-            Error::Database { config: true, .. } => 2,
-            Error::Database { config: false, .. } => 1,
+            Error::Database {
+                class: Class::Config,
+                ..
+            } => 2,
+            Error::Database {
+                class: Class::Runtime,
+                ..
+            } => 1,
         }
     }
 
@@ -67,8 +94,14 @@ impl Error {
             Error::Findings(_) => "findings",
             Error::Timeout(_) => "timeout",
             Error::Interrupted(_) => "interrupted",
-            Error::Database { config: true, .. } => "config",
-            Error::Database { config: false, .. } => "failed",
+            Error::Database {
+                class: Class::Config,
+                ..
+            } => "config",
+            Error::Database {
+                class: Class::Runtime,
+                ..
+            } => "failed",
         }
     }
 }

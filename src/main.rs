@@ -13,6 +13,7 @@ mod check;
 mod child;
 mod cli;
 mod cmd;
+mod completions;
 mod config;
 mod db;
 mod digest;
@@ -23,6 +24,7 @@ mod http;
 mod lock;
 mod marker;
 mod redact;
+mod settings;
 mod signals;
 mod source;
 mod sql;
@@ -38,7 +40,7 @@ use clap::Parser;
 
 use cli::{Cli, Command, LogFormat};
 use cmd::Outcome;
-use config::{
+use cmd::{
     CheckConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig,
 };
 use error::Error;
@@ -92,7 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Validate the command line into the command's config (config/commands.rs), then run it.
+/// Validate the command line into the command's config (config.rs), then run it.
 async fn run(command: Command) -> Result<Outcome, Error> {
     let mut signals = Signals::install()
         .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
@@ -124,8 +126,8 @@ async fn run(command: Command) -> Result<Outcome, Error> {
         // `smoke` too: it must drop its scratch database.
         Command::Smoke(args) => cmd::smoke::run(&SmokeConfig::from_args(&args), signals).await,
         Command::Digest(args) => cmd::digest::run(&args.source),
-        Command::Completions(args) => cmd::completions::completions(args.shell),
-        Command::Man(args) => cmd::completions::man(args.dir.as_deref()),
+        Command::Completions(args) => completions::completions(args.shell),
+        Command::Man(args) => completions::man(args.dir.as_deref()),
     }
 }
 

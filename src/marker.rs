@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, MigrationsTable, Table};
-use crate::db::{Conn, db_err, is_undefined_table};
-use crate::error::Result;
+use crate::settings::{MigrationsTable, Table};
 
 /// A marker row as read back, timestamps as RFC 3339 text in UTC.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -103,25 +101,6 @@ impl std::fmt::Display for Recorded {
     }
 }
 
-/// The marker that makes waiting for the lock pointless.
-pub struct Expected<'a> {
-    pub version: &'a str,
-    pub digest: Option<&'a str>,
-    /// For a SQL source: its newest version and how many migrations it has. The marker
-    /// then also needs the migrations table to show exactly that many applied up to that
-    /// version, none dirty (read in the same query).
-    pub history: Option<(i64, usize)>,
-    /// With `--ignore-missing` (two migration tracks in one history): the source's
-    /// versions. The history check then counts exactly these, not every row up to the
-    /// newest, where another track's rows would make the count never match (and every run
-    /// take the lock and append a marker).
-    pub versions: Option<&'a [i64]>,
-    /// For another migrator's directory (`--format`): the marker also needs that
-    /// migrator's history table to show every migration of the directory applied, so a
-    /// downgrade made with the migrator itself sends the run down the slow path.
-    pub foreign: Option<&'a crate::formats::Foreign>,
-}
-
 /// Which rows of `_sqlx_migrations` a marker's history check counts as applied.
 #[derive(Debug, Clone, Copy)]
 pub enum Upto<'a> {
@@ -149,68 +128,10 @@ impl Upto<'_> {
     }
 }
 
-impl Expected<'_> {
-    /// What the history check counts (`Expected::history`, `Expected::versions`).
-    pub fn upto(&self) -> Option<Upto<'_>> {
-        self.history.map(|(v, _)| match self.versions {
-            Some(versions) => Upto::Only(versions),
-            None => Upto::Version(v),
-        })
-    }
-}
-
-/// Whether the newest marker for the expected version says it succeeded (same digest), and
-/// the history it can see agrees (see `Expected::history`).
-pub async fn is_done(conn: &mut Conn, cfg: &Config, expected: &Expected<'_>) -> Result<bool> {
-    let decisive = conn
-        .newest_marker(
-            &cfg.table,
-            &cfg.migrations_table,
-            expected.version,
-            expected.upto(),
-            false,
-        )
-        .await?;
-    let marked = marked(&decisive, expected);
-    match expected.foreign {
-        Some(f) if marked => {
-            let rows = crate::formats::history::read(conn, f).await?.rows;
-            Ok(f.standing(&rows).ready())
-        }
-        _ => Ok(marked),
-    }
-}
-
-/// Whether the marker that decides the expected version (read with its history, as
-/// `newest_marker_sql` does) says it succeeded, with the expected digest and history. For
-/// another migrator's directory, `is_done` also reads that migrator's table.
-pub fn marked(decisive: &Decisive, expected: &Expected<'_>) -> bool {
-    decisive.marker.as_ref().is_some_and(|m| {
-        m.status == "succeeded"
-            && m.digest.as_deref() == expected.digest
-            && expected.history.is_none_or(|(_, n)| {
-                !decisive.history_missing && m.applied_upto == n as i64 && m.dirty == 0
-            })
-    })
-}
-
-/// The rows `newest_marker_sql` reads, as `Conn::newest_marker` reports them: no table
-/// means none yet, and a later rollback to another version means this one is no longer
-/// current.
-pub(crate) fn settle_newest(
-    r: Result<Vec<NewestRow>, sqlx::Error>,
-    table: &Table,
-    version: &str,
-) -> Result<Decisive> {
-    let rows = match r {
-        Err(e) if is_undefined_table(&e) => return Ok(Decisive::default()),
-        r => r.map_err(|e| {
-            db_err(
-                &format!("cannot read the marker from {}", table.qualified),
-                e,
-            )
-        })?,
-    };
+/// The decisive rows among those `newest_marker_sql` reads for `version`: a later rollback
+/// to another version means this one is no longer current. (`db::settle_newest` adds what a
+/// failed read means: no table is none yet.)
+pub(crate) fn settle(rows: Vec<NewestRow>, version: &str) -> Decisive {
     let mut out = Decisive::default();
     for (v, status, digest, detail, applied_upto, dirty, which) in rows {
         if which == 2 {
@@ -232,7 +153,7 @@ pub(crate) fn settle_newest(
             });
         }
     }
-    Ok(out)
+    out
 }
 
 /// A row `newest_marker_sql` reads: version, status, digest, detail, the two history
@@ -323,5 +244,63 @@ pub(crate) fn marker_from_row(r: MarkerRow) -> Marker {
         runner: r.8,
         tool_version: r.9,
         detail: r.10,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row as `newest_marker_sql` returns it; `which`: 0 decisive, 1 newest succeeded,
+    /// 2 newest of all (its detail column holds the action).
+    fn row(version: &str, status: &str, detail: Option<&str>, which: i64) -> NewestRow {
+        let digest = (which == 0).then(|| "d1".to_owned());
+        (
+            version.into(),
+            status.into(),
+            digest,
+            detail.map(str::to_owned),
+            3,
+            0,
+            which,
+        )
+    }
+
+    #[test]
+    fn settle_reads_the_decisive_row_and_the_newest_ones() {
+        let rows = vec![
+            row("7", "succeeded", None, 0),
+            row("7", "succeeded", None, 1),
+            row("8", "failed", Some("rollback"), 2),
+        ];
+        let d = settle(rows, "7");
+        let m = d.marker.expect("the decisive row");
+        assert_eq!((m.version.as_str(), m.status.as_str()), ("7", "succeeded"));
+        assert_eq!(
+            (m.digest.as_deref(), m.applied_upto, m.dirty),
+            (Some("d1"), 3, 0)
+        );
+        assert_eq!(d.newest_succeeded.as_deref(), Some("7"));
+        let newest = d.newest.expect("the newest row");
+        assert_eq!(newest.to_string(), "version 8 (rollback failed)");
+        assert!(!d.history_missing);
+    }
+
+    #[test]
+    fn settle_ignores_a_decisive_row_for_another_version() {
+        // A later rollback to another version decides: this version is no longer current.
+        let d = settle(vec![row("6", "succeeded", None, 0)], "7");
+        assert_eq!(d.marker, None);
+        assert_eq!(settle(Vec::new(), "7"), Decisive::default());
+    }
+
+    #[test]
+    fn a_migrate_marker_is_shown_without_its_action() {
+        let r = Recorded {
+            version: "7".into(),
+            status: "succeeded".into(),
+            action: "migrate".into(),
+        };
+        assert_eq!(r.to_string(), "version 7 (succeeded)");
     }
 }

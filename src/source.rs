@@ -18,9 +18,9 @@ use sha2::{Digest, Sha256, Sha384};
 use sqlx::migrate::{AppliedMigration, Migration, MigrationType};
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 
-use crate::config::MigrationsTable;
 use crate::error::{Error, Result};
 use crate::files::{self, Refused};
+use crate::settings::MigrationsTable;
 
 #[derive(Debug)]
 pub struct Source {

@@ -19,9 +19,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, MySqlConnection, Row, Sqli
 use super::catalog::{Column, Relation, Snapshot};
 use super::outside::{self, Outside};
 use super::{MigrationReport, Observed};
-use crate::config::{Backend, Config, MigrationsTable};
 use crate::error::{Error, Result};
 use crate::redact::redact;
+use crate::settings::{Backend, Config, MigrationsTable};
 use crate::source::Source;
 
 /// A stable id for a relation name: these catalogs have no oid, so a renamed table looks

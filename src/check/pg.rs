@@ -14,10 +14,10 @@ use tokio::sync::watch;
 use super::Observed;
 use super::catalog::{Snapshot, excluded};
 use super::guard::{Fingerprint, Roles};
-use crate::config::{Config, MigrationsTable, Table};
 use crate::db::{ApplyOptions, db_err, postgres};
 use crate::error::{Error, Result};
 use crate::redact::redact;
+use crate::settings::{Config, MigrationsTable, Table};
 
 /// The comment that marks a database as check's own, so a given database check used
 /// before is accepted (and reset) instead of refused.

@@ -28,7 +28,7 @@ pub const MYSQL_MARK: &str = "schemagate_scratch_owner";
 
 /// The lock key a run holds while its scratch database `name` exists.
 fn key(name: &str) -> i64 {
-    crate::config::lock_key(&format!("schemagate scratch database {name}"))
+    crate::settings::lock_key(&format!("schemagate scratch database {name}"))
 }
 
 /// The mark's text: what the database is, and whose (`what`: `check` or `smoke`).
@@ -39,7 +39,7 @@ pub fn mark(what: &str) -> String {
     format!(
         "schemagate {what} scratch database; owner {}",
         serde_json::json!({
-            "host": crate::config::host_name(),
+            "host": crate::settings::host_name(),
             "pid": std::process::id(),
             "started": started,
         })

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection};
 
 use super::Outcome;
+use super::{CheckConfig, CheckPlan};
 use crate::check::guard::Fingerprint;
 use crate::check::outside::{self, Outside};
 use crate::check::pg::{self, Sampler, Scratch};
 use crate::check::{self, Observed, Report};
-use crate::config::{Backend, CheckConfig, CheckPlan, Config, MigrationsTable, Table};
 use crate::error::{Error, Result};
 use crate::redact::redact;
+use crate::settings::{Backend, Config, MigrationsTable, Table};
 use crate::signals::Signals;
 use crate::source::Source;
 

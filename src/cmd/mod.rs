@@ -2,22 +2,26 @@
 //! `main` turns into the exit code and the termination-log line.
 
 pub mod check;
-pub mod completions;
+mod configs;
 pub mod digest;
 pub mod migrate;
 pub mod rollback;
 pub mod smoke;
 pub mod stamp;
 pub mod status;
-mod supervise;
 pub mod wait;
 
 use serde::Serialize;
 
-use crate::config::Config;
+pub use configs::{
+    CheckConfig, CheckPlan, DdlTimeouts, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig,
+    StatusConfig, WaitConfig, WaitTarget, Work,
+};
+
 use crate::db::{self, Conn};
 use crate::error::Result;
 use crate::lock::{self, Acquired, Expected, Lock};
+use crate::settings::Config;
 use crate::source::{Entry, Source};
 
 /// What a successful run did, for the termination log.
@@ -125,7 +129,7 @@ pub fn refuse_transaction_control<'m>(
     source: &Source,
     migrations: impl IntoIterator<Item = &'m Entry>,
 ) -> Result<()> {
-    if cfg.backend != crate::config::Backend::Postgres {
+    if cfg.backend != crate::settings::Backend::Postgres {
         return Ok(());
     }
     for m in migrations.into_iter().filter(|m| !m.no_tx) {

@@ -6,9 +6,10 @@ use std::time::Instant;
 use sqlx::migrate::AppliedMigration;
 
 use super::Outcome;
-use crate::config::{Config, RollbackConfig};
+use super::RollbackConfig;
 use crate::db::{ApplyError, Conn, Engine, NewMarker, Status};
 use crate::error::{Error, Result};
+use crate::settings::Config;
 use crate::source::Source;
 
 pub async fn run(args: &RollbackConfig) -> Result<Outcome> {

@@ -12,10 +12,11 @@ use tokio::process::Command;
 use tokio::task::JoinSet;
 
 use super::Outcome;
-use crate::config::{Backend, Config, LockConfig, LockMode, MigrationsTable, SmokeConfig, Table};
+use super::SmokeConfig;
 use crate::db::{self, Conn};
 use crate::error::{Error, Result};
 use crate::redact::redact;
+use crate::settings::{Backend, Config, LockConfig, LockMode, MigrationsTable, Table};
 use crate::signals::Signals;
 use crate::source::Source;
 
@@ -132,7 +133,7 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
 /// The rehearsal's own settings: the default marker table and lock, whatever the caller's
 /// environment says (its children get a clean one too), and the source's migrations table.
 fn config_for(url: &str, args: &SmokeConfig, migrations_table: &MigrationsTable) -> Result<Config> {
-    let table = Table::parse(crate::cli::DEFAULT_TABLE)?;
+    let table = Table::parse(crate::settings::DEFAULT_TABLE)?;
     let lock = LockConfig::named(None, &table, LockMode::Auto);
     Config::new(
         url,
@@ -328,7 +329,7 @@ impl Rehearsal {
     async fn phases(&self, signals: &mut Signals) -> Result<Vec<Check>> {
         let mut conn = db::connect(&self.cfg).await?;
         let result = async {
-            if self.cfg.backend == crate::config::Backend::Postgres {
+            if self.cfg.backend == crate::settings::Backend::Postgres {
                 check_summary(self, &mut conn, signals).await?;
             }
             tokio::select! {

@@ -5,9 +5,10 @@
 use std::time::Instant;
 
 use super::Outcome;
-use crate::config::{MigrationsTable, StampConfig};
+use super::StampConfig;
 use crate::db::{Conn, Fence, NewMarker, Status};
 use crate::error::{Error, Result};
+use crate::settings::MigrationsTable;
 use crate::source::Source;
 
 pub async fn run(args: &StampConfig) -> Result<Outcome> {

@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::Outcome;
-use crate::config::{Config, StatusConfig};
+use super::StatusConfig;
 use crate::db::{self, Holder, Marker};
 use crate::error::{Error, Result};
 use crate::formats::{Foreign, Format, history};
 use crate::lock;
 use crate::redact::redact;
+use crate::settings::Config;
 use crate::source::{Source, hex};
 use sqlx::migrate::AppliedMigration;
 
@@ -110,7 +111,7 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
         Some(spec) => (None, Some(Foreign::load(spec)?)),
         None => (None, None),
     };
-    if cfg.backend == crate::config::Backend::Sqlite {
+    if cfg.backend == crate::settings::Backend::Sqlite {
         // Reading never creates the file: a missing one is a wrong path, not an empty
         // database.
         let file = db::sqlite_options(cfg)

@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use super::Outcome;
-use crate::config::{Backend, Config, WaitConfig, WaitTarget};
+use super::{WaitConfig, WaitTarget};
 use crate::redact::redact_http_url;
+use crate::settings::{Backend, Config};
 use sqlx::migrate::AppliedMigration;
 
 use crate::db::{self, Conn, Decisive, Listener, Wake};
@@ -309,7 +310,7 @@ fn verdict(
 ) -> Result<std::result::Result<String, String>> {
     let state = match checked {
         Ok(state) => state,
-        Err(e) if e.exit_code() == 2 => return Err(e),
+        Err(e) if e.is_config() => return Err(e),
         // A single check reports why it could not look (unreachable: 124).
         Err(e) if args.once => return Err(e),
         // Unreachable, or an error retrying may cure (the message says which).

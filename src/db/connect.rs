@@ -10,9 +10,9 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 
 use super::{Conn, mysql, postgres, protocol, sqlite};
-use crate::config::{Backend, Config};
 use crate::error::{Error, Result};
 use crate::redact::redact;
+use crate::settings::{Backend, Config};
 
 /// How a failed operation should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,13 +17,13 @@ use serde::Serialize;
 use sqlx::migrate::{AppliedMigration, Migrate, Migration};
 use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 
-use crate::config::{Config, MigrationsTable, Table};
 use crate::error::{Error, Result};
 use crate::redact::redact;
+use crate::settings::{Config, MigrationsTable, Table};
 
 pub use crate::marker::Upto;
 pub use crate::marker::{Decisive, Marker, NewMarker, Status};
-pub(crate) use crate::marker::{NewestRow, marker_from_row, newest_marker_sql, settle_newest};
+pub(crate) use crate::marker::{NewestRow, marker_from_row, newest_marker_sql};
 use connect::is_permission_error;
 pub use connect::{Class, backoff, classify, connect, describe};
 pub use postgres::{Engine, Listener, Wake};
@@ -120,7 +120,7 @@ impl ApplyError {
             lease_lost: false,
             dirty: false,
             took_effect: false,
-            config: e.exit_code() == 2,
+            config: e.is_config(),
         }
     }
 
@@ -231,7 +231,10 @@ pub fn db_err(context: &str, e: sqlx::Error) -> Error {
     }
     Error::Database {
         context: context.to_owned(),
-        config: classify(&e) == Class::Config,
+        class: match classify(&e) {
+            Class::Config => crate::error::Class::Config,
+            Class::Transient | Class::Other => crate::error::Class::Runtime,
+        },
         described: describe(&e),
         source: e,
     }
@@ -274,7 +277,7 @@ impl Conn {
         probe_key: Option<i64>,
     ) -> Result<Option<postgres::ServerInfo>> {
         let busy = probe_key
-            .filter(|_| cfg.lock.mode != crate::config::LockMode::Lease)
+            .filter(|_| cfg.lock.mode != crate::settings::LockMode::Lease)
             .map(|p| (cfg.lock.key, p));
         match self {
             Conn::Pg(c) => postgres::prepare_for_lock(c, busy).await.map(Some),
@@ -868,6 +871,23 @@ fn shared_sql(m: Migration) -> Migration {
     Migration {
         sql: sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)),
         ..m
+    }
+}
+
+/// The rows `newest_marker_sql` reads, as `Conn::newest_marker` reports them: no table
+/// means none yet; otherwise the marker's rule decides (`marker::settle`).
+pub(crate) fn settle_newest(
+    r: Result<Vec<NewestRow>, sqlx::Error>,
+    table: &Table,
+    version: &str,
+) -> Result<Decisive> {
+    match r {
+        Err(e) if is_undefined_table(&e) => Ok(Decisive::default()),
+        Err(e) => Err(db_err(
+            &format!("cannot read the marker from {}", table.qualified),
+            e,
+        )),
+        Ok(rows) => Ok(crate::marker::settle(rows, version)),
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection};
 
 use super::{Holder, Marker, NewMarker};
-use crate::config::{Config, LockConfig, MigrationsTable, Table};
+use crate::settings::{Config, LockConfig, MigrationsTable, Table};
 
 pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
     MySqlConnectOptions::from_str(&cfg.url)?

@@ -15,7 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgExecutor, PgListener, PgPoolOptions, Pg
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row, SqlStr};
 
 use super::{ApplyError, ApplyOptions, Fence, Holder, Marker, NewMarker};
-use crate::config::{Config, MigrationsTable, Table};
+use crate::settings::{Config, MigrationsTable, Table};
 use crate::source::hex;
 
 /// The channel `migrate` notifies in the marker's transaction, and `wait --listen` hears.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Backend, Config};
+use crate::settings::{Backend, Config};
 
 /// PostgreSQL's SSLRequest: a PostgreSQL server answers it with one byte, `S` or `N`.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];

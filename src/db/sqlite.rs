@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
 
 use super::{Marker, NewMarker};
-use crate::config::{Config, MigrationsTable, Table};
+use crate::settings::{Config, MigrationsTable, Table};
 use crate::signals;
 
 pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {

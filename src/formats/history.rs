@@ -5,9 +5,9 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Foreign, Format};
-use crate::config::Table;
 use crate::db::{self, Conn, postgres::lit};
 use crate::error::{Error, Result};
+use crate::settings::Table;
 
 /// What the history table records.
 #[derive(Debug, Default)]

@@ -66,7 +66,7 @@ impl Format {
         match self {
             // sqlx's default: a sqlx source is `source::Source`, whose table is the
             // config's `migrations_table`; this name is never read from.
-            Format::Sqlx => crate::config::MigrationsTable::DEFAULT,
+            Format::Sqlx => crate::settings::MigrationsTable::DEFAULT,
             Format::Alembic => "alembic_version",
             Format::Django => "django_migrations",
             Format::Rails | Format::Dbmate => "schema_migrations",

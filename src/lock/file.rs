@@ -5,9 +5,9 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use crate::config::Config;
 use crate::db::{self, Holder};
 use crate::error::{Error, Result};
+use crate::settings::Config;
 
 /// Try once: `Some(file)` (kept open while we hold the lock) or `None` when held.
 /// An in-memory database is private to this process: `Some(None)`.

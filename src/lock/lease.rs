@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, Row};
 
-use crate::config::{Config, Table};
 use crate::db::postgres::{Existing, create_schema_sql, exec, lit, millis, row, rows_creating};
 use crate::db::{self, Fence, Holder, LEASE_LOST};
 use crate::error::{Error, Result};
+use crate::settings::{Config, Table};
 
 fn table(t: &Table) -> String {
     match &t.schema {

@@ -18,21 +18,22 @@
 //! taker steps back when a session holds the advisory lock. Each checks *after* taking its
 //! own, so of two that race at least one sees the other.
 
+mod expected;
 mod file;
 mod lease;
 mod probe;
 
-pub use crate::marker::{Expected, is_done};
+pub use expected::{Expected, is_done, marked};
 
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use serde::Serialize;
 
-use crate::config::{Backend, Config, LockConfig, LockMode};
 use crate::db::postgres::{self, Engine, ServerInfo};
 use crate::db::{self, Conn, Holder};
 use crate::error::{Error, Result};
+use crate::settings::{Backend, Config, LockConfig, LockMode};
 
 /// What waiting for the lock ended in.
 pub enum Acquired {
@@ -456,7 +457,7 @@ async fn announce(conn: &mut Conn, cfg: &Config, choice: &Choice) -> Result<()> 
 fn read_err(context: &str, e: sqlx::Error) -> Error {
     Error::Database {
         context: context.to_owned(),
-        config: false,
+        class: crate::error::Class::Runtime,
         described: db::describe(&e),
         source: e,
     }

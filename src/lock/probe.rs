@@ -37,10 +37,10 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, Row};
 
-use crate::config::Config;
 use crate::db::postgres::{Engine, ServerInfo, advisory_held, held_here_sql, row};
 use crate::db::{self, Conn};
 use crate::error::Result;
+use crate::settings::Config;
 
 /// What the probe found: whether the advisory lock can be trusted here, and why.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::migrate::{Ctx, Ran, prepare_under_lock, record_from_side};
+use super::record::{Ctx, Ran, prepare_under_lock, record_from_side};
 use crate::child;
 use crate::db::{Conn, Status};
 use crate::error::{Error, Result};

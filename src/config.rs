@@ -1,154 +1,22 @@
-//! The command line, validated into one typed config per subcommand. Every check of a flag
-//! or of a combination of flags lives here, so a handler never sees a value it must still
-//! doubt; checks that need the migrations' contents (is `--to V` one of them?) stay where
-//! the source is read. This is the only module that reads `cli`.
+//! The command line, validated into one typed config per subcommand (the types are the
+//! commands' own, in `cmd/configs.rs`; the settings they carry are `settings.rs`'s). Every
+//! check of a flag or of a combination of flags lives here, so a handler never sees a value
+//! it must still doubt; checks that need the migrations' contents (is `--to V` one of them?)
+//! stay where the source is read. This is the only module that reads `cli`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use super::{Backend, Config, LockConfig, LockMode, LogFormat, MigrationsTable, Table};
 use crate::cli::{
-    CheckArgs, ConnectArgs, LockArgs, MigrateArgs, RollbackArgs, SmokeArgs, StampArgs, StatusArgs,
-    WaitArgs,
+    self, CheckArgs, ConnectArgs, LockArgs, LogFormat, MigrateArgs, RollbackArgs, SmokeArgs,
+    StampArgs, StatusArgs, WaitArgs,
+};
+use crate::cmd::{
+    CheckConfig, CheckPlan, DdlTimeouts, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig,
+    StatusConfig, WaitConfig, WaitTarget, Work,
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, Format};
-
-/// `schemagate migrate`.
-#[derive(Debug)]
-pub struct MigrateConfig {
-    pub db: Config,
-    pub work: Work,
-    pub dry_run: bool,
-    /// `--ignore-missing`: an applied migration the source lacks is not drift.
-    pub ignore_missing: bool,
-    /// PostgreSQL: all pending transactional migrations in one transaction.
-    pub single_transaction: bool,
-    pub timeouts: DdlTimeouts,
-    /// How long an external migrator gets between SIGTERM and SIGKILL.
-    pub grace: Duration,
-    pub notify_urls: Vec<String>,
-}
-
-/// What `migrate` applies.
-#[derive(Debug, Clone)]
-pub enum Work {
-    /// `--source DIR`: SQL migrations, applied by schemagate. `detect`: no `--format` was
-    /// given, so the directory is still to be checked for another migrator's layout; that
-    /// is done where the source is read, after the no-op path (which reads no directory
-    /// more than it must).
-    Sql { dir: PathBuf, detect: bool },
-    /// `--version V -- CMD`: any migrator; V is what it brings the database to.
-    External {
-        version: String,
-        command: Vec<String>,
-    },
-    /// `--source DIR [--format F] -- CMD`: another migrator's directories, whose files
-    /// give the version and digest.
-    Foreign {
-        spec: formats::Spec,
-        command: Vec<String>,
-    },
-}
-
-/// PostgreSQL's per-migration limits, and how often a migration that hit one is retried.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DdlTimeouts {
-    pub lock_timeout: Option<Duration>,
-    pub statement_timeout: Option<Duration>,
-    pub retries: u32,
-}
-
-/// `schemagate wait`.
-#[derive(Debug)]
-pub struct WaitConfig {
-    pub db: Config,
-    pub target: WaitTarget,
-    pub timeout: Duration,
-    pub interval: Duration,
-    pub listen: bool,
-    pub once: bool,
-    pub ignore_failed: bool,
-    pub http: Vec<String>,
-    /// `-- CMD`: exec'd once ready.
-    pub command: Vec<String>,
-}
-
-/// What `wait` waits for.
-#[derive(Debug)]
-pub enum WaitTarget {
-    /// `--expect V`: a `succeeded` marker for V.
-    Expect(String),
-    /// `--source DIR` of SQL migrations.
-    Sql(PathBuf),
-    /// `--source DIR` of another migrator: its own history table decides.
-    Foreign(formats::Spec),
-}
-
-/// `schemagate status`.
-#[derive(Debug)]
-pub struct StatusConfig {
-    pub db: Config,
-    /// `--source DIR` (once or more) and its format, resolved.
-    pub source: Option<formats::Spec>,
-    pub json: bool,
-    pub limit: u32,
-}
-
-/// `schemagate rollback`.
-#[derive(Debug)]
-pub struct RollbackConfig {
-    pub db: Config,
-    /// Stays applied; everything newer is undone. 0 undoes every migration.
-    pub to: i64,
-    pub source: PathBuf,
-    pub dry_run: bool,
-}
-
-/// `schemagate stamp`.
-#[derive(Debug)]
-pub struct StampConfig {
-    pub db: Config,
-    /// Trimmed, not empty, short enough for the marker.
-    pub version: String,
-    /// `--source DIR`, with `version` as one of its migrations (an integer).
-    pub source: Option<(PathBuf, i64)>,
-}
-
-/// `schemagate smoke`: it builds its own `Config`s, for the database it creates.
-#[derive(Debug)]
-pub struct SmokeConfig {
-    /// The server to rehearse on; `None`: a throwaway SQLite file.
-    pub database_url: Option<String>,
-    pub source: PathBuf,
-    pub replicas: u32,
-    pub timeout: Duration,
-    pub json_logs: bool,
-}
-
-/// `schemagate check`.
-#[derive(Debug)]
-pub struct CheckConfig {
-    pub db: Config,
-    pub plan: CheckPlan,
-    pub scratch_database: Option<String>,
-    /// Findings accepted by `--allow` and the comments of `--allow-file`s.
-    pub allowed: Vec<(String, String)>,
-    pub sample_interval: Duration,
-    pub json: bool,
-}
-
-/// What `check` rehearses.
-#[derive(Debug)]
-pub enum CheckPlan {
-    /// `--source DIR --since V`.
-    Sql { dir: PathBuf, since: i64 },
-    /// `[--baseline 'CMD'] -- CMD`.
-    External {
-        baseline: Option<String>,
-        command: Vec<String>,
-    },
-}
+use crate::settings::{Backend, Config, LockConfig, LockMode, MigrationsTable, Table};
 
 impl MigrateConfig {
     pub fn from_args(args: &MigrateArgs) -> Result<MigrateConfig> {
@@ -604,7 +472,7 @@ fn connection(
             )));
         }
         (Some(url), None) => url,
-        (None, Some(path)) => super::read_url_file(path)?,
+        (None, Some(path)) => read_url_file(path)?,
         (None, None) => nonempty(std::env::var("DATABASE_URL").ok()).ok_or_else(|| {
             Error::Config(
                 "no database URL: pass --database-url, --database-url-file, or set \
@@ -618,7 +486,7 @@ fn connection(
     let mut lock_config = LockConfig::named(
         lock.and_then(|l| l.lock_name.as_deref()),
         &table,
-        lock.map_or(LockMode::Auto, |l| l.lock),
+        lock.map_or(LockMode::Auto, |l| l.lock.into()),
     );
     if let Some(l) = lock {
         lock_config.lease_ttl = l.lease_ttl;
@@ -633,4 +501,32 @@ fn connection(
         args.connect_timeout,
         args.log_format == LogFormat::Json,
     )
+}
+
+fn read_url_file(path: &Path) -> Result<String> {
+    // A mounted secret holds one URL: a larger file is refused, not read.
+    let text = crate::files::read_small(path, 64 * 1024).map_err(|e| {
+        Error::Config(format!(
+            "cannot read --database-url-file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let url = text.trim();
+    if url.is_empty() {
+        return Err(Error::Config(format!(
+            "--database-url-file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(url.to_owned())
+}
+
+impl From<cli::LockMode> for LockMode {
+    fn from(mode: cli::LockMode) -> LockMode {
+        match mode {
+            cli::LockMode::Auto => LockMode::Auto,
+            cli::LockMode::Advisory => LockMode::Advisory,
+            cli::LockMode::Lease => LockMode::Lease,
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! `schemagate completions SHELL` and `schemagate man`: generated from the clap
-//! definition, so they never fall behind a flag.
+//! definition, so they never fall behind a flag. At the edge, beside cli.rs.
 
 use std::io::Write;
 use std::path::Path;

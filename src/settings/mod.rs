@@ -1,7 +1,7 @@
-//! Turns the parsed command line into a validated `Config`, once, at the edge: the database
-//! URL (and its redacted form for display), the marker and migrations tables, the lock
-//! identity and the deadlines. Also owns redaction: every secret seen here is masked in
-//! anything we print.
+//! The validated settings every layer reads: which database (`Config`: the URL, its
+//! redacted form for display, the deadlines), the marker and migrations tables, and the lock
+//! identity. Built once, at the edge (`config.rs` turns the command line into them); below
+//! it, state travels in these values, never in globals.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,13 +10,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-mod commands;
 mod url;
 
-pub use commands::{
-    CheckConfig, CheckPlan, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig,
-    WaitConfig, WaitTarget, Work,
-};
+/// The marker table unless `--table` says otherwise (and always in `smoke`).
+pub const DEFAULT_TABLE: &str = "schemagate_marker";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -154,19 +151,12 @@ pub struct LockConfig {
     pub explicit: bool,
 }
 
-/// `--lock`: which lock a PostgreSQL run takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Which lock a PostgreSQL run takes (`--lock`, `cli::LockMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockMode {
     Auto,
     Advisory,
     Lease,
-}
-
-/// `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 impl LockConfig {
@@ -279,24 +269,6 @@ impl Config {
         }
         cfg
     }
-}
-
-pub(super) fn read_url_file(path: &Path) -> Result<String> {
-    // A mounted secret holds one URL: a larger file is refused, not read.
-    let text = crate::files::read_small(path, 64 * 1024).map_err(|e| {
-        Error::Config(format!(
-            "cannot read --database-url-file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let url = text.trim();
-    if url.is_empty() {
-        return Err(Error::Config(format!(
-            "--database-url-file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(url.to_owned())
 }
 
 /// `sqlite::memory:`, `sqlite://:memory:`, `?mode=memory`: gone when the process exits.
