@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Foreign, Format};
 use crate::db::{self, Conn, postgres::lit};
-use crate::error::{Error, Result};
+use crate::error::{Drift, Error, Result};
 use crate::settings::Table;
 
 /// What the history table records.
@@ -221,15 +221,11 @@ pub async fn check_unmodified(conn: &mut Conn, table: &Table, f: &super::Foreign
     if modified.is_empty() {
         return Ok(());
     }
-    Err(Error::Drift(format!(
-        "{} migration file(s) modified since they were applied: {}; a migrator does not run \
-         an applied migration again, so the database does not have what the file now says. \
-         Restore the file, or write a new migration",
-        f.format.name(),
-        modified
+    Err(Error::Drift(Drift::FilesModified {
+        format: f.format.name(),
+        files: modified
             .iter()
             .map(|i| format!("{} ({})", i.file, i.id))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
+            .collect(),
+    }))
 }
