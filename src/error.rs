@@ -2,6 +2,7 @@
 //! exit code (the table in README.md and `--help`).
 
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::signals::Signal;
 
@@ -19,7 +20,7 @@ pub enum Error {
     /// `wait`: the expected version is recorded as failed.
     RecordedFailed(String),
     /// Applied migrations differ from the source, or the database is dirty.
-    Drift(String),
+    Drift(Drift),
     /// A deadline passed: connect, lock or wait.
     Timeout(String),
     /// The session holding the migration lock went away mid-run (exit 1, like `Failed`).
@@ -48,6 +49,98 @@ pub enum Class {
     Config,
     /// Anything else (exit 1).
     Runtime,
+}
+
+/// How what is applied differs from the source (exit 4), with what the message names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// A migration failed part-way on a previous run; `table` records it.
+    Dirty { version: i64, table: String },
+    /// An applied migration the source directory `dir` does not have.
+    Missing { version: i64, dir: PathBuf },
+    /// An applied migration whose file changed: the checksums' first bytes, in hex.
+    Modified {
+        version: i64,
+        description: String,
+        applied: String,
+        on_disk: String,
+    },
+    /// A migration not applied while newer ones the source lacks (`ahead`) are.
+    Skipped {
+        version: i64,
+        description: String,
+        ahead: Vec<i64>,
+    },
+    /// Another migrator's files (`file (id)`) changed since its newest `succeeded` marker.
+    FilesModified {
+        format: &'static str,
+        files: Vec<String>,
+    },
+    /// `stamp UPTO` over `version`, applied with another checksum or missing from `dir`.
+    Stamp {
+        upto: i64,
+        version: i64,
+        dir: PathBuf,
+    },
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Drift::Dirty { version: v, table } => write!(
+                f,
+                "migration {v} is dirty: it failed part-way on a previous run (it ran without a \
+                 transaction, or its DDL committed implicitly) and some of its statements may \
+                 have taken effect. Repair by hand: either undo what it did and `DELETE FROM \
+                 {table} WHERE version = {v}` to run it again, or finish it and run \
+                 `schemagate stamp {v} --source DIR` to mark it done"
+            ),
+            Drift::Missing { version, dir } => write!(
+                f,
+                "migration {version} was applied to the database but is missing from {}",
+                dir.display()
+            ),
+            Drift::Modified {
+                version,
+                description,
+                applied,
+                on_disk,
+            } => write!(
+                f,
+                "migration {version} ({description}) was previously applied but has been \
+                 modified: checksum {applied} in the database, {on_disk} on disk"
+            ),
+            Drift::Skipped {
+                version,
+                description,
+                ahead,
+            } => write!(
+                f,
+                "migration {version} ({description}) is not applied, but newer migrations this \
+                 source does not have are ({}): the database has moved on without it",
+                ahead
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Drift::FilesModified { format, files } => write!(
+                f,
+                "{format} migration file(s) modified since they were applied: {}; a migrator \
+                 does not run an applied migration again, so the database does not have what \
+                 the file now says. Restore the file, or write a new migration",
+                files.join(", ")
+            ),
+            Drift::Stamp { upto, version, dir } => write!(
+                f,
+                "cannot stamp {upto}: migration {version} is applied with another checksum than \
+                 in {}, or is missing from it; nothing was recorded. Run `schemagate status \
+                 --source {}` to see the difference",
+                dir.display(),
+                dir.display()
+            ),
+        }
+    }
 }
 
 impl Error {
@@ -112,10 +205,10 @@ impl fmt::Display for Error {
             Error::Config(m)
             | Error::Failed(m)
             | Error::RecordedFailed(m)
-            | Error::Drift(m)
             | Error::Timeout(m)
             | Error::LockLost(m)
             | Error::Findings(m) => f.write_str(m)?,
+            Error::Drift(drift) => write!(f, "{drift}")?,
             Error::Interrupted(signal) => write!(f, "interrupted by {signal}")?,
             Error::Database { context, .. } => f.write_str(context)?,
         }

@@ -1,35 +1,6 @@
-//! schemagate: parse the command line, start logging, run one subcommand, and turn its
-//! outcome into the exit code and the termination-log line. Every exit code is decided in
-//! `error.rs`; nothing below calls `process::exit`.
-
-/// `println!` that never panics: a closed stdout (`schemagate status | head -1`) just ends
-/// the output, as `stdout::print` does.
-macro_rules! outln {
-    () => { $crate::stdout::print("\n") };
-    ($($t:tt)*) => { $crate::stdout::print(&format!("{}\n", format_args!($($t)*))) };
-}
-
-mod check;
-mod child;
-mod cli;
-mod cmd;
-mod completions;
-mod config;
-mod db;
-mod digest;
-mod error;
-mod files;
-mod formats;
-mod http;
-mod lock;
-mod marker;
-mod redact;
-mod settings;
-mod signals;
-mod source;
-mod sql;
-mod sqlx_toml;
-mod stdout;
+//! schemagate: parse the command line, start logging, run one subcommand (`schemagate::run`,
+//! in lib.rs), and turn its outcome into the exit code and the termination-log line. Every
+//! exit code is decided in `error.rs`; nothing below calls `process::exit`.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -38,14 +9,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, LogFormat};
-use cmd::Outcome;
-use cmd::{
-    CheckConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig,
-};
-use error::Error;
-use redact::redact;
-use signals::Signals;
+use schemagate::cli::{Cli, Command, LogFormat};
+use schemagate::cmd::Outcome;
+use schemagate::error::Error;
+use schemagate::redact::{self, redact};
+use schemagate::{run, stdout};
 
 fn main() -> ExitCode {
     // Before anything can print: the passwords in the environment and on the command line.
@@ -91,43 +59,6 @@ fn main() -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => ExitCode::from(e.exit_code()),
-    }
-}
-
-/// Validate the command line into the command's config (config.rs), then run it.
-async fn run(command: Command) -> Result<Outcome, Error> {
-    let mut signals = Signals::install()
-        .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
-    match command {
-        // `migrate` handles signals itself: it must record the failure before it exits.
-        Command::Migrate(args) => {
-            cmd::migrate::run(&MigrateConfig::from_args(&args)?, signals).await
-        }
-        // The others just stop: nothing they do is half-done at a signal (a down migration
-        // rolls back with its connection).
-        Command::Wait(args) => {
-            let cfg = WaitConfig::from_args(&args)?;
-            or_signal(cmd::wait::run(&cfg), &mut signals).await
-        }
-        Command::Status(args) => {
-            let cfg = StatusConfig::from_args(&args)?;
-            or_signal(cmd::status::run(&cfg), &mut signals).await
-        }
-        Command::Rollback(args) => {
-            let cfg = RollbackConfig::from_args(&args)?;
-            or_signal(cmd::rollback::run(&cfg), &mut signals).await
-        }
-        Command::Stamp(args) => {
-            let cfg = StampConfig::from_args(&args)?;
-            or_signal(cmd::stamp::run(&cfg), &mut signals).await
-        }
-        // `check` handles signals itself: it must drop its scratch database first.
-        Command::Check(args) => cmd::check::run(&CheckConfig::from_args(&args)?, signals).await,
-        // `smoke` too: it must drop its scratch database.
-        Command::Smoke(args) => cmd::smoke::run(&SmokeConfig::from_args(&args), signals).await,
-        Command::Digest(args) => cmd::digest::run(&args.source),
-        Command::Completions(args) => completions::completions(args.shell),
-        Command::Man(args) => completions::man(args.dir.as_deref()),
     }
 }
 
@@ -186,17 +117,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let err = Error::Config(first_line.trim_start_matches("error: ").to_owned());
     write_termination_log(path.as_deref(), mode, &Err(err));
     ExitCode::from(2)
-}
-
-/// Run `work` unless SIGINT or SIGTERM comes first.
-async fn or_signal(
-    work: impl Future<Output = Result<Outcome, Error>>,
-    signals: &mut Signals,
-) -> Result<Outcome, Error> {
-    tokio::select! {
-        r = work => r,
-        sig = signals.recv() => Err(Error::Interrupted(sig)),
-    }
 }
 
 fn init_logging(format: LogFormat) {

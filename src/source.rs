@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256, Sha384};
 use sqlx::migrate::{AppliedMigration, Migration, MigrationType};
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 
-use crate::error::{Error, Result};
+use crate::error::{Drift, Error, Result};
 use crate::files::{self, Refused};
 use crate::settings::MigrationsTable;
 
@@ -238,13 +238,10 @@ impl Source {
         table: &MigrationsTable,
     ) -> Result<Plan<'_>> {
         if let Some(v) = dirty {
-            return Err(Error::Drift(format!(
-                "migration {v} is dirty: it failed part-way on a previous run (it ran without a \
-                 transaction, or its DDL committed implicitly) and some of its statements may \
-                 have taken effect. Repair by hand: either undo what it did and `DELETE FROM \
-                 {table} WHERE version = {v}` to run it again, or finish it and run \
-                 `schemagate stamp {v} --source DIR` to mark it done"
-            )));
+            return Err(Error::Drift(Drift::Dirty {
+                version: v,
+                table: table.to_string(),
+            }));
         }
         let Comparison {
             pending,
@@ -258,35 +255,26 @@ impl Source {
             .find(|a| missing.contains(&a.version) || modified.contains(&a.version))
         {
             let Some(m) = self.ups.iter().find(|m| m.version == a.version) else {
-                return Err(Error::Drift(format!(
-                    "migration {} was applied to the database but is missing from {}",
-                    a.version,
-                    self.dir.display()
-                )));
+                return Err(Error::Drift(Drift::Missing {
+                    version: a.version,
+                    dir: self.dir.clone(),
+                }));
             };
-            return Err(Error::Drift(format!(
-                "migration {} ({}) was previously applied but has been modified: checksum {} in \
-                 the database, {} on disk",
-                a.version,
-                m.description,
-                short(&a.checksum),
-                short(&m.checksum)
-            )));
+            return Err(Error::Drift(Drift::Modified {
+                version: a.version,
+                description: m.description.clone(),
+                applied: short(&a.checksum),
+                on_disk: short(&m.checksum),
+            }));
         }
         if !ahead.is_empty()
             && let Some(m) = pending.first()
         {
-            return Err(Error::Drift(format!(
-                "migration {} ({}) is not applied, but newer migrations this source does not \
-                 have are ({}): the database has moved on without it",
-                m.version,
-                m.description,
-                ahead
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            return Err(Error::Drift(Drift::Skipped {
+                version: m.version,
+                description: m.description.clone(),
+                ahead: ahead.clone(),
+            }));
         }
         Ok(Plan { pending, ahead })
     }
@@ -659,5 +647,109 @@ mod tests {
         ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
+    }
+
+    /// A source of three migrations in a directory of its own (`tag` names it).
+    fn three(tag: &str) -> (Source, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("schemagate-plan-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (v, name) in [(1, "a"), (2, "b"), (3, "c")] {
+            std::fs::write(
+                dir.join(format!("{v}_{name}.sql")),
+                format!("SELECT {v};\n"),
+            )
+            .unwrap();
+        }
+        let source = Source::load(&dir).unwrap();
+        (source, dir)
+    }
+
+    fn applied(source: &Source, versions: &[i64]) -> Vec<AppliedMigration> {
+        versions
+            .iter()
+            .map(|v| AppliedMigration {
+                version: *v,
+                checksum: match source.ups.iter().find(|m| m.version == *v) {
+                    Some(m) => m.checksum.clone().into(),
+                    None => vec![0xab; 48].into(),
+                },
+            })
+            .collect()
+    }
+
+    fn drift(r: Result<Plan<'_>>) -> Drift {
+        match r {
+            Err(Error::Drift(d)) => d,
+            Err(e) => panic!("expected drift, got {e:#}"),
+            Ok(_) => panic!("expected drift, got a plan"),
+        }
+    }
+
+    #[test]
+    fn plan_lists_pending_migrations_and_a_database_ahead() {
+        let (source, dir) = three("pending");
+        let table = MigrationsTable::resolve(None, None).unwrap();
+        let plan = source.plan(&applied(&source, &[1]), None, &table).unwrap();
+        assert_eq!(
+            plan.pending.iter().map(|m| m.version).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        // Applied migrations newer than the source's newest: ahead, not drift.
+        let plan = source
+            .plan(&applied(&source, &[1, 2, 3, 4]), None, &table)
+            .unwrap();
+        assert!(plan.pending.is_empty());
+        assert_eq!(plan.ahead, [4]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn plan_reports_each_kind_of_drift() {
+        let (source, dir) = three("drift");
+        let table = MigrationsTable::resolve(None, None).unwrap();
+        let d = drift(source.plan(&applied(&source, &[1]), Some(2), &table));
+        assert_eq!(
+            d,
+            Drift::Dirty {
+                version: 2,
+                table: "_sqlx_migrations".into()
+            }
+        );
+        let mut changed = applied(&source, &[1, 2]);
+        changed[1].checksum = vec![0xcd; 48].into();
+        match drift(source.plan(&changed, None, &table)) {
+            Drift::Modified {
+                version,
+                applied,
+                on_disk,
+                ..
+            } => {
+                assert_eq!((version, applied.as_str()), (2, "cdcdcdcdcdcd"));
+                assert_eq!(on_disk, short(&source.ups[1].checksum));
+            }
+            d => panic!("expected a modified migration, got {d:?}"),
+        }
+        // Version 0 is not in the source and older than its newest: missing, not ahead.
+        let d = drift(source.plan(&applied(&source, &[0, 1]), None, &table));
+        assert_eq!(
+            d.to_string(),
+            format!(
+                "migration 0 was applied to the database but is missing from {}",
+                dir.display()
+            )
+        );
+        // 2 pending while 4, which the source lacks, is applied: skipped.
+        let d = drift(source.plan(&applied(&source, &[1, 3, 4]), None, &table));
+        assert_eq!(
+            d,
+            Drift::Skipped {
+                version: 2,
+                description: "b".into(),
+                ahead: vec![4]
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::Outcome;
 use super::StampConfig;
 use crate::db::{Conn, Fence, NewMarker, Status};
-use crate::error::{Error, Result};
+use crate::error::{Drift, Error, Result};
 use crate::settings::MigrationsTable;
 use crate::source::Source;
 
@@ -83,13 +83,11 @@ async fn record_applied(
     // it records it as it is now). That is drift for `migrate` to report, not to hide.
     let drift = compared.modified.iter().chain(&compared.missing);
     if let Some(v) = drift.filter(|v| **v <= upto && dirty != Some(**v)).min() {
-        return Err(Error::Drift(format!(
-            "cannot stamp {upto}: migration {v} is applied with another checksum than in {}, \
-             or is missing from it; nothing was recorded. Run `schemagate status --source \
-             {}` to see the difference",
-            source.dir.display(),
-            source.dir.display()
-        )));
+        return Err(Error::Drift(Drift::Stamp {
+            upto,
+            version: *v,
+            dir: source.dir.clone(),
+        }));
     }
     let pending = compared.pending;
     let to_record = source.ups.iter().filter(|m| {

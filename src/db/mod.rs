@@ -874,6 +874,83 @@ fn shared_sql(m: Migration) -> Migration {
     }
 }
 
+/// What another migrator's history table holds: one text id per applied migration and, on
+/// PostgreSQL, `age(xmin)` of the most recently written row (smaller is newer).
+pub type HistoryRows = (Vec<String>, Option<i64>);
+
+impl Conn {
+    /// `expr` as text, in this backend's SQL.
+    pub fn cast_text(&self, expr: &str) -> String {
+        match self {
+            Conn::My(_) => format!("CAST({expr} AS CHAR)"),
+            Conn::Pg(_) | Conn::Lite(_) => format!("CAST({expr} AS TEXT)"),
+        }
+    }
+
+    /// The text of `parts` joined, in this backend's SQL.
+    pub fn concat(&self, parts: &[&str]) -> String {
+        match self {
+            Conn::My(_) => format!("CONCAT({})", parts.join(", ")),
+            Conn::Pg(_) | Conn::Lite(_) => parts.join(" || "),
+        }
+    }
+
+    /// A table name given by the user, quoted as this backend's migrators quote it: on
+    /// PostgreSQL `schema.table` is two identifiers, on MySQL and SQLite the whole name is
+    /// one.
+    pub fn quote_table(&self, name: &str) -> String {
+        match self {
+            Conn::Pg(_) => name
+                .split('.')
+                .map(|part| format!("\"{part}\""))
+                .collect::<Vec<_>>()
+                .join("."),
+            Conn::My(_) => format!("`{name}`"),
+            Conn::Lite(_) => format!("\"{name}\""),
+        }
+    }
+
+    /// `SELECT expr FROM table` of another migrator's history table.
+    pub async fn history_rows(
+        &mut self,
+        expr: &str,
+        table: &str,
+    ) -> Result<HistoryRows, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => postgres::history_rows(c, expr, table).await,
+            Conn::My(c) => mysql::history_rows(c, expr, table).await,
+            Conn::Lite(c) => sqlite::history_rows(c, expr, table).await,
+        }
+    }
+
+    /// The newest marker for `version` (or the newest rollback): status, detail and, on
+    /// PostgreSQL, `age(xmin)` (0 elsewhere).
+    pub async fn newest_marker_row(
+        &mut self,
+        table: &Table,
+        version: &str,
+    ) -> Result<Option<(String, Option<String>, i64)>, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => postgres::newest_marker_row(c, table, version).await,
+            Conn::My(c) => mysql::newest_marker_row(c, table, version).await,
+            Conn::Lite(c) => sqlite::newest_marker_row(c, table, version).await,
+        }
+    }
+
+    /// The detail of the newest `succeeded` marker whose detail starts with `prefix`.
+    pub async fn newest_succeeded_detail(
+        &mut self,
+        table: &Table,
+        prefix: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => postgres::newest_succeeded_detail(c, table, prefix).await,
+            Conn::My(c) => mysql::newest_succeeded_detail(c, table, prefix).await,
+            Conn::Lite(c) => sqlite::newest_succeeded_detail(c, table, prefix).await,
+        }
+    }
+}
+
 /// The rows `newest_marker_sql` reads, as `Conn::newest_marker` reports them: no table
 /// means none yet; otherwise the marker's rule decides (`marker::settle`).
 pub(crate) fn settle_newest(
