@@ -23,6 +23,7 @@ mod formats;
 mod http;
 mod lock;
 mod marker;
+mod phase;
 mod redact;
 mod settings;
 mod signals;

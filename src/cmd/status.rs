@@ -96,6 +96,8 @@ struct Pending {
     version: i64,
     description: String,
     no_transaction: bool,
+    /// `expand` or `contract` (`migrate --phase`).
+    phase: crate::phase::Phase,
     /// A `.down.sql` exists for it.
     reversible: bool,
 }
@@ -196,6 +198,7 @@ fn migrations_report(
                 version: m.version,
                 description: m.description.to_string(),
                 no_transaction: m.no_tx,
+                phase: m.phase,
                 reversible: s.downs.contains_key(&m.version),
             })
             .collect()
@@ -382,7 +385,7 @@ fn render_migrations(out: &mut String, migrations: &Migrations) {
     if let Some(pending) = &migrations.pending {
         say!(out, "pending migrations: {}", pending.len());
         for p in pending {
-            say!(out, "  {} {}", p.version, p.description);
+            say!(out, "  {} {} ({})", p.version, p.description, p.phase);
         }
     }
 }
