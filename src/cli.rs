@@ -211,6 +211,20 @@ pub enum Command {
     ///   schemagate man --dir /usr/local/share/man/man1    # schemagate.1, schemagate-migrate.1, ...
     #[command(verbatim_doc_comment)]
     Man(ManArgs),
+    /// Announce this instance in the release registry until SIGTERM: a sidecar beside the
+    /// app, so that `migrate --phase contract` runs only once older releases are gone.
+    ///
+    /// Writes a row `(instance, release, expected version)` in `<table>_instances` and
+    /// renews it every third of --instance-ttl, on the database server's clock; removes it
+    /// on SIGTERM. A row not renewed within --instance-ttl is dead. When it cannot renew
+    /// for most of --instance-ttl it exits 1 (its row is then about to expire). Refuses to
+    /// start (exit 4) when a contract migration newer than the expected version has run.
+    ///
+    /// Examples:
+    ///   schemagate heartbeat --release v42 --source /app/migrations
+    ///   schemagate heartbeat --release "$IMAGE_TAG" --expect 20240115093000 --instance "$POD_NAME"
+    #[command(verbatim_doc_comment)]
+    Heartbeat(HeartbeatArgs),
 }
 
 impl Command {
@@ -227,6 +241,7 @@ impl Command {
             Command::Digest(_) => "digest",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
+            Command::Heartbeat(_) => "heartbeat",
         }
     }
 
@@ -239,6 +254,7 @@ impl Command {
             Command::Rollback(a) => Some(&a.connect),
             Command::Stamp(a) => Some(&a.connect),
             Command::Check(a) => Some(&a.connect),
+            Command::Heartbeat(a) => Some(&a.connect),
             Command::Smoke(_) | Command::Digest(_) | Command::Completions(_) | Command::Man(_) => {
                 None
             }
@@ -340,6 +356,64 @@ pub struct LockArgs {
     /// Give up waiting for the lock after this long (exit 124).
     #[arg(long, env = "SCHEMAGATE_LOCK_WAIT", default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_wait: Duration,
+}
+
+// Who this instance is in the release registry (`heartbeat`, `wait --release`).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Registry")]
+pub struct RegistryArgs {
+    /// The release this instance runs (an image tag, a commit): announced with the schema
+    /// version it expects in `<table>_instances`, so that `migrate --phase contract` waits
+    /// until every instance built before a contract migration is gone.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_RELEASE",
+        value_name = "NAME",
+        help_heading = "Registry"
+    )]
+    pub release: Option<String>,
+
+    /// This instance's id in the registry (default: $HOSTNAME, the pod name).
+    #[arg(
+        long,
+        env = "SCHEMAGATE_INSTANCE",
+        value_name = "ID",
+        help_heading = "Registry"
+    )]
+    pub instance: Option<String>,
+
+    /// An instance whose row is not renewed for this long counts as gone (renewed every
+    /// third of it).
+    #[arg(long, env = "SCHEMAGATE_INSTANCE_TTL", default_value = crate::registry::DEFAULT_TTL, value_parser = parse_lease_ttl, value_name = "DURATION", help_heading = "Registry")]
+    pub instance_ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").args(["expect", "source"]).required(true)))]
+pub struct HeartbeatArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// The schema version this release was built for.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_EXPECT",
+        value_name = "VERSION",
+        help_heading = "Registry"
+    )]
+    pub expect: Option<String>,
+
+    /// The release's SQL migrations: it expects their newest version.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        value_name = "DIR",
+        help_heading = "Registry"
+    )]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::{
-    self, CheckArgs, ConnectArgs, LockArgs, LogFormat, MigrateArgs, RollbackArgs, SmokeArgs,
-    StampArgs, StatusArgs, WaitArgs,
+    self, CheckArgs, ConnectArgs, HeartbeatArgs, LockArgs, LogFormat, MigrateArgs, RegistryArgs,
+    RollbackArgs, SmokeArgs, StampArgs, StatusArgs, WaitArgs,
 };
 use crate::cmd::{
-    CheckConfig, CheckPlan, DdlTimeouts, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig,
-    StatusConfig, WaitConfig, WaitTarget, Work,
+    CheckConfig, CheckPlan, DdlTimeouts, Expects, HeartbeatConfig, MigrateConfig, Registration,
+    RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig, WaitTarget, Work,
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, Format};
@@ -529,4 +529,40 @@ impl From<cli::LockMode> for LockMode {
             cli::LockMode::Lease => LockMode::Lease,
         }
     }
+}
+
+impl HeartbeatConfig {
+    pub fn from_args(args: &HeartbeatArgs) -> Result<HeartbeatConfig> {
+        let expects = match (&args.expect, &args.source) {
+            (Some(v), _) => Expects::Version(checked_version(v, "--expect")?),
+            (None, Some(dir)) => Expects::Source(dir.clone()),
+            (None, None) => unreachable!("clap requires --expect or --source"),
+        };
+        let me = registration(&args.registry, expects)?
+            .ok_or_else(|| Error::Config("heartbeat needs --release NAME".into()))?;
+        let db = connection(&args.connect, "heartbeat", None, args.source.as_deref())?;
+        Ok(HeartbeatConfig { db, me })
+    }
+}
+
+/// `--release`, `--instance` and `--instance-ttl`: `None` without `--release`.
+pub fn registration(args: &RegistryArgs, expects: Expects) -> Result<Option<Registration>> {
+    let Some(release) = args.release.as_deref().filter(|r| !r.trim().is_empty()) else {
+        if let Some(i) = &args.instance {
+            return Err(Error::Config(format!(
+                "--instance {i:?} goes with --release NAME"
+            )));
+        }
+        return Ok(None);
+    };
+    let instance = match &args.instance {
+        Some(i) => i.clone(),
+        None => crate::settings::host_name(),
+    };
+    Ok(Some(Registration {
+        instance: crate::registry::checked_name(&instance, "--instance")?,
+        release: crate::registry::checked_name(release, "--release")?,
+        expects,
+        ttl: args.instance_ttl,
+    }))
 }

@@ -25,6 +25,7 @@ mod lock;
 mod marker;
 mod phase;
 mod redact;
+mod registry;
 mod settings;
 mod signals;
 mod source;
@@ -42,7 +43,8 @@ use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use cmd::Outcome;
 use cmd::{
-    CheckConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig,
+    CheckConfig, HeartbeatConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig,
+    StatusConfig, WaitConfig,
 };
 use error::Error;
 use redact::redact;
@@ -129,6 +131,10 @@ async fn run(command: Command) -> Result<Outcome, Error> {
         Command::Digest(args) => cmd::digest::run(&args.source),
         Command::Completions(args) => completions::completions(args.shell),
         Command::Man(args) => completions::man(args.dir.as_deref()),
+        // `heartbeat` too: it removes its row before it exits.
+        Command::Heartbeat(args) => {
+            cmd::heartbeat::run(&HeartbeatConfig::from_args(&args)?, signals).await
+        }
     }
 }
 
@@ -168,7 +174,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let mode = args
         .get(1)
         .map(String::as_str)
-        .filter(|a| ["migrate", "wait", "status", "rollback", "stamp", "smoke"].contains(a))
+        .filter(|a| {
+            [
+                "migrate",
+                "wait",
+                "status",
+                "rollback",
+                "stamp",
+                "smoke",
+                "heartbeat",
+            ]
+            .contains(a)
+        })
         .unwrap_or("schemagate");
     let path = args
         .iter()

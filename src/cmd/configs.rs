@@ -142,3 +142,26 @@ pub enum CheckPlan {
         command: Vec<String>,
     },
 }
+
+/// `schemagate heartbeat`.
+#[derive(Debug)]
+pub struct HeartbeatConfig {
+    pub db: Config,
+    pub me: Registration,
+}
+
+/// Who an instance is in the release registry, before the version it expects is known
+/// (a source is read by the command).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub instance: String,
+    pub release: String,
+    pub expects: Expects,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Expects {
+    Version(String),
+    Source(PathBuf),
+}

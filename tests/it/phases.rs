@@ -2,7 +2,8 @@
 //! --phase`, the release registry (`heartbeat`, `wait --release`) and the contract gate, on
 //! every backend, with real concurrent processes.
 
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -109,6 +110,77 @@ fn digest_file_does_not_hide_a_contract_folder(kind: Kind) {
     );
 }
 
+/// The live instances `status --json` shows: `(instance, release, expects)`.
+fn live(db: &TestDb) -> Vec<(String, String, String)> {
+    let out = run(&mut sg(db, &["status", "--json"]));
+    ok(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap().to_owned();
+            (s("instance"), s("release"), s("expects"))
+        })
+        .collect()
+}
+
+/// A `heartbeat` sidecar for `instance` of `release`, returned once its row is written.
+fn heartbeat(db: &TestDb, instance: &str, release: &str, expects: &str) -> Child {
+    let mut child = spawn(&mut sg(
+        db,
+        &[
+            "heartbeat",
+            "--release",
+            release,
+            "--expect",
+            expects,
+            "--instance",
+            instance,
+            "--instance-ttl",
+            "3s",
+        ],
+    ));
+    wait_for_stderr_line(&mut child, "registered in", Duration::from_secs(30));
+    child
+}
+
+/// reliability: a `heartbeat` sidecar gets SIGTERM (its pod is stopping) | it removes its registry row before it exits | nothing: the contract gate stops counting it at once, not after the TTL
+fn heartbeat_sigterm_removes_its_row(kind: Kind) {
+    let db = TestDb::new(kind, "hbterm");
+    let child = heartbeat(&db, "web-1", "v1", "2");
+    assert_eq!(live(&db), [("web-1".into(), "v1".into(), "2".into())]);
+    sigterm(child.id());
+    let out = finish(child);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert!(live(&db).is_empty(), "the row is removed before exit");
+    assert_eq!(
+        db.i64("SELECT count(*) FROM schemagate_marker_instances"),
+        0
+    );
+}
+
+/// reliability: a `heartbeat` sidecar is killed with SIGKILL | its row stays until its TTL passes on the database server's clock, then no longer counts as live | nothing: a contract waits for the TTL, never less
+fn heartbeat_sigkill_row_expires_after_the_ttl(kind: Kind) {
+    let db = TestDb::new(kind, "hbkill");
+    let mut child = heartbeat(&db, "web-1", "v1", "2");
+    // Renewed: still live after more than a TTL.
+    until("a renewal", Duration::from_secs(30), || {
+        db.i64("SELECT count(*) FROM schemagate_marker_instances WHERE seen_ms > started_ms") == 1
+    });
+    child.kill().unwrap();
+    let _ = finish(child);
+    assert_eq!(live(&db).len(), 1, "live until its TTL passes");
+    until("the row to expire", Duration::from_secs(30), || {
+        live(&db).is_empty()
+    });
+    assert_eq!(
+        db.i64("SELECT count(*) FROM schemagate_marker_instances"),
+        1
+    );
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -127,4 +199,6 @@ on_every_backend!(
     status_shows_phases,
     unknown_phase_is_a_usage_error,
     digest_file_does_not_hide_a_contract_folder,
+    heartbeat_sigterm_removes_its_row,
+    heartbeat_sigkill_row_expires_after_the_ttl,
 );

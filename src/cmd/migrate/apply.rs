@@ -242,6 +242,7 @@ mod tests {
             migration_type: sqlx::migrate::MigrationType::Simple,
             checksum: Vec::new(),
             no_tx,
+            phase: crate::phase::Phase::Expand,
             path: format!("{version}_m{version}.sql").into(),
         }
     }
