@@ -34,6 +34,8 @@ Exit codes:
   4        drift: applied migrations differ from the source (checksum mismatch,
            unknown applied version, dirty state)
   5        check: a finding that no `schemagate:allow` comment (or --allow) accepts
+  75       migrate: a contract migration may not run yet (an instance of an older
+           release is live): try again later, or pass --wait-for-drain
   124      timed out (connect, lock, wait)
   130/143  interrupted by SIGINT / SIGTERM (the run is rolled back or recorded as failed;
            a signal after the succeeded marker committed ends the run with 0)
@@ -500,6 +502,26 @@ pub struct MigrateArgs {
     /// nothing). `-- no-transaction` migrations still run on their own.
     #[arg(long, env = "SCHEMAGATE_SINGLE_TRANSACTION", help_heading = "Migrate")]
     pub single_transaction: bool,
+
+    /// `expand`: apply pending migrations up to the first pending contract migration
+    /// (`-- schemagate:phase contract`, or a file in `contract/`), safe while the older
+    /// release runs; go past it only when it may run now and an expand comes after it.
+    /// `contract`: apply every pending migration, each contract only once no instance
+    /// built before it is live in the release registry (exit 75 otherwise). Without
+    /// --phase: as `contract`.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_PHASE",
+        value_enum,
+        value_name = "PHASE",
+        help_heading = "Migrate"
+    )]
+    pub phase: Option<crate::phase::Mode>,
+
+    /// When a contract migration may not run yet, poll the release registry for this long
+    /// until it may (exit 124 after), instead of exiting 75 at once.
+    #[arg(long, env = "SCHEMAGATE_WAIT_FOR_DRAIN", value_parser = parse_duration, value_name = "DURATION", help_heading = "Migrate")]
+    pub wait_for_drain: Option<Duration>,
 
     /// How long an external migrator gets to exit after SIGTERM before SIGKILL.
     #[arg(long, env = "SCHEMAGATE_GRACE", default_value = "10s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]

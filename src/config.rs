@@ -45,6 +45,18 @@ impl MigrateConfig {
             )));
         }
         crate::http::validate(&args.notify_urls, "--notify-url")?;
+        if let Some(flag) = [
+            (args.phase.is_some(), "--phase"),
+            (args.wait_for_drain.is_some(), "--wait-for-drain"),
+        ]
+        .iter()
+        .find_map(|(set, flag)| (*set && sql.is_none()).then_some(flag))
+        {
+            return Err(Error::Config(format!(
+                "{flag} needs --source DIR of SQL migrations: an external migrator applies \
+                 its migrations in its own order"
+            )));
+        }
         Ok(MigrateConfig {
             db,
             work,
@@ -58,6 +70,8 @@ impl MigrateConfig {
             },
             grace: args.grace,
             notify_urls: args.notify_urls.clone(),
+            phase: args.phase.unwrap_or(crate::phase::Mode::Contract),
+            wait_for_drain: args.wait_for_drain,
         })
     }
 }

@@ -26,6 +26,9 @@ pub enum Error {
     LockLost(String),
     /// `check`: findings that no allow comment accepts (the CI gate).
     Findings(String),
+    /// `migrate`: a contract migration may not run yet (an instance of an older release is
+    /// live): try again later.
+    Gated(String),
     /// SIGINT or SIGTERM arrived.
     Interrupted(Signal),
     /// A database operation failed: `context` says what was being done, and the driver's
@@ -71,6 +74,7 @@ impl Error {
             Error::RecordedFailed(_) => 3,
             Error::Drift(_) => 4,
             Error::Findings(_) => 5,
+            Error::Gated(_) => 75,
             Error::Timeout(_) => 124,
             Error::Interrupted(Signal::Int) => 130,
             Error::Interrupted(Signal::Term) => 143,
@@ -92,6 +96,7 @@ impl Error {
             Error::RecordedFailed(_) => "recorded_failed",
             Error::Drift(_) => "drift",
             Error::Findings(_) => "findings",
+            Error::Gated(_) => "gated",
             Error::Timeout(_) => "timeout",
             Error::Interrupted(_) => "interrupted",
             Error::Database {
@@ -115,7 +120,8 @@ impl fmt::Display for Error {
             | Error::Drift(m)
             | Error::Timeout(m)
             | Error::LockLost(m)
-            | Error::Findings(m) => f.write_str(m)?,
+            | Error::Findings(m)
+            | Error::Gated(m) => f.write_str(m)?,
             Error::Interrupted(signal) => write!(f, "interrupted by {signal}")?,
             Error::Database { context, .. } => f.write_str(context)?,
         }

@@ -82,6 +82,16 @@ pub fn declared(head: &[u8]) -> std::result::Result<Option<Phase>, String> {
     Ok(found)
 }
 
+/// `migrate --phase`: which migrations a run applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Pending migrations up to the first pending contract; further only when the gate
+    /// lets that contract run now and an expand comes after it.
+    Expand,
+    /// Every pending migration, each contract only when the gate allows it.
+    Contract,
+}
+
 /// A phase read from a file's head, or the error naming the file.
 pub fn of_file(path: &std::path::Path, head: &[u8], in_contract_dir: bool) -> Result<Phase> {
     let declared = declared(head)

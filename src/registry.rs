@@ -311,9 +311,128 @@ pub async fn barrier(conn: &mut Conn, cfg: &Config) -> Result<Option<i64>> {
     }
 }
 
+/// Raise the barrier to `version` (never lower it: see `lower_barrier`); returns what it
+/// was. Run under the migration lock, so only one run moves it at a time.
+pub async fn raise_barrier(conn: &mut Conn, cfg: &Config, version: i64) -> Result<Option<i64>> {
+    let before = barrier(conn, cfg).await?;
+    if before.is_some_and(|b| b >= version) {
+        return Ok(before);
+    }
+    let me = Me {
+        instance: BARRIER.into(),
+        release: BARRIER.into(),
+        expects: version.to_string(),
+        ttl: Duration::from_millis(i64::MAX as u64 / 4),
+    };
+    renew(conn, cfg, &me).await?;
+    Ok(before)
+}
+
+/// Put the barrier back to `before` after the gate refused `version`: the contract did not
+/// run, so the older release may start again (a rollback of the rollout).
+pub async fn lower_barrier(
+    conn: &mut Conn,
+    cfg: &Config,
+    version: i64,
+    before: Option<i64>,
+) -> Result<()> {
+    let t = table(&cfg.table);
+    let b = lit(cfg.backend, BARRIER);
+    let v = lit(cfg.backend, &version.to_string());
+    let sql = match before {
+        Some(prev) => format!(
+            "UPDATE {t} SET expects = {} WHERE instance = {b} AND expects = {v}",
+            lit(cfg.backend, &prev.to_string())
+        ),
+        None => format!("DELETE FROM {t} WHERE instance = {b} AND expects = {v}"),
+    };
+    exec(conn, sql)
+        .await
+        .map(drop)
+        .map_err(|e| db::db_err(&format!("cannot lower the contract barrier in {t}"), e))
+}
+
+/// What keeps contract migration `version` from running: the live instances built for an
+/// older schema version (or one that is not a number, which cannot be compared), as one
+/// line naming each release and its instances. `None`: it may run.
+pub fn holding_back(live: &[Instance], version: i64) -> Option<String> {
+    let older: Vec<&Instance> = live
+        .iter()
+        .filter(|i| !i.expects.parse::<i64>().is_ok_and(|e| e >= version))
+        .collect();
+    if older.is_empty() {
+        return None;
+    }
+    let mut releases: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for i in &older {
+        match releases
+            .iter_mut()
+            .find(|(r, e, _)| *r == i.release && *e == i.expects)
+        {
+            Some((_, _, names)) => names.push(&i.instance),
+            None => releases.push((&i.release, &i.expects, vec![&i.instance])),
+        }
+    }
+    let named: Vec<String> = releases
+        .iter()
+        .map(|(r, e, names)| {
+            let shown: Vec<&str> = names.iter().take(5).copied().collect();
+            let more = names.len().saturating_sub(5);
+            format!(
+                "release {r} (built for {e}) has {} live instance(s): {}{}",
+                names.len(),
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    Some(format!(
+        "{} built before it: {}",
+        if older.len() == 1 {
+            "an instance is live that was"
+        } else {
+            "instances are live that were"
+        },
+        named.join("; ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(instance: &str, release: &str, expects: &str) -> Instance {
+        Instance {
+            instance: instance.into(),
+            release: release.into(),
+            expects: expects.into(),
+            seen_ms_ago: 0,
+            expires_in_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_contract_waits_for_every_instance_built_before_it() {
+        let live = [
+            at("web-new-1", "v2", "4"),
+            at("web-old-1", "v1", "2"),
+            at("web-old-2", "v1", "2"),
+        ];
+        let why = holding_back(&live, 4).unwrap();
+        assert!(
+            why.contains("release v1 (built for 2) has 2 live instance(s)"),
+            "{why}"
+        );
+        assert!(why.contains("web-old-1, web-old-2"), "{why}");
+        assert!(!why.contains("web-new-1"), "{why}");
+        assert_eq!(holding_back(&live[..1], 4), None);
+        // A version that is not a number cannot be compared: it holds the contract back.
+        assert!(holding_back(&[at("x", "alembic", "ae1027a6acf")], 4).is_some());
+    }
 
     #[test]
     fn literals_are_quoted_for_each_backend() {

@@ -21,6 +21,10 @@ pub struct MigrateConfig {
     /// How long an external migrator gets between SIGTERM and SIGKILL.
     pub grace: Duration,
     pub notify_urls: Vec<String>,
+    /// `--phase`: `Contract` unless `--phase expand` (every contract is gated).
+    pub phase: crate::phase::Mode,
+    /// `--wait-for-drain`: how long a gated contract polls the registry.
+    pub wait_for_drain: Option<Duration>,
 }
 
 /// What `migrate` applies.

@@ -128,6 +128,10 @@ fn live(db: &TestDb) -> Vec<(String, String, String)> {
 
 /// A `heartbeat` sidecar for `instance` of `release`, returned once its row is written.
 fn heartbeat(db: &TestDb, instance: &str, release: &str, expects: &str) -> Child {
+    heartbeat_ttl(db, instance, release, expects, "3s")
+}
+
+fn heartbeat_ttl(db: &TestDb, instance: &str, release: &str, expects: &str, ttl: &str) -> Child {
     let mut child = spawn(&mut sg(
         db,
         &[
@@ -139,11 +143,178 @@ fn heartbeat(db: &TestDb, instance: &str, release: &str, expects: &str) -> Child
             "--instance",
             instance,
             "--instance-ttl",
-            "3s",
+            ttl,
         ],
     ));
     wait_for_stderr_line(&mut child, "registered in", Duration::from_secs(30));
     child
+}
+
+fn migrate(db: &TestDb, src: &Migrations, extra: &[&str]) -> Output {
+    let mut args = vec!["migrate", "--source", src.path()];
+    args.extend_from_slice(extra);
+    run(&mut sg(db, &args))
+}
+
+fn applied(db: &TestDb) -> Vec<String> {
+    db.strings("SELECT CAST(version AS CHAR(20)) FROM _sqlx_migrations ORDER BY version")
+        .into_iter()
+        .map(|v| v.trim().to_owned())
+        .collect()
+}
+
+/// Release N's database: migrations 1 and 2 applied.
+fn at_release_n(db: &TestDb) {
+    let n = Migrations::new(&[
+        ("1_users.sql", "CREATE TABLE users (id int, legacy text);"),
+        ("2_orders.sql", "CREATE TABLE orders (id int);"),
+    ]);
+    ok(&migrate(db, &n, &[]));
+}
+
+/// reliability: `migrate --phase contract` while an instance of the older release is live | exits 75 naming the release and its instances, applies no contract, and lowers the barrier again; once the instance is gone (SIGTERM) the contract runs, and an instance of the older release can no longer start (exit 4) | nothing: the expand ran, the contract waited
+fn contract_waits_for_the_older_release(kind: Kind) {
+    let db = TestDb::new(kind, "gate");
+    at_release_n(&db);
+    let old = heartbeat(&db, "web-old-1", "v1", "2");
+    let src = two_releases();
+    // Expand: 3 only, safe beside the old release.
+    let out = migrate(&db, &src, &["--phase", "expand"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("left for `migrate --phase contract`: 4 (contract)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(applied(&db), ["1", "2", "3"]);
+    assert_eq!(
+        db.strings(
+            "SELECT version FROM schemagate_marker WHERE action = 'expand' AND status = 'succeeded'"
+        ),
+        ["3"]
+    );
+    // A new-release instance does not hold the contract back; the old one does.
+    let new = heartbeat(&db, "web-new-1", "v2", "4");
+    let out = migrate(&db, &src, &["--phase", "contract"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("contract migration 4 (drop legacy) cannot run yet")
+            && err.contains("release v1 (built for 2) has 1 live instance(s): web-old-1")
+            && !err.contains("web-new-1"),
+        "{err}"
+    );
+    assert_eq!(applied(&db), ["1", "2", "3"]);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM schemagate_marker_instances WHERE instance = '#contract'"),
+        0,
+        "a refused contract lowers the barrier again"
+    );
+    // Without --phase: the same gate.
+    assert_eq!(code(&migrate(&db, &src, &[])), 75);
+
+    sigterm(old.id());
+    assert_eq!(code(&finish(old)), 143);
+    ok(&migrate(&db, &src, &["--phase", "contract"]));
+    assert_eq!(applied(&db), ["1", "2", "3", "4"]);
+    // The older release can no longer start against the contracted schema.
+    let out = run(&mut sg(
+        &db,
+        &[
+            "heartbeat",
+            "--release",
+            "v1",
+            "--expect",
+            "2",
+            "--instance",
+            "web-old-2",
+        ],
+    ));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("contract migration 4 has run or is running"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        live(&db),
+        [("web-new-1".into(), "v2".into(), "4".into())],
+        "the refused instance left no row"
+    );
+    sigterm(new.id());
+    let _ = finish(new);
+}
+
+/// reliability: the only instance of the older release is killed with SIGKILL while `migrate --phase contract --wait-for-drain` waits | the contract runs once the instance's row expires (its TTL, on the server's clock), not before; with a deadline shorter than the TTL it exits 124 | nothing
+fn contract_runs_once_a_killed_instance_expires(kind: Kind) {
+    let db = TestDb::new(kind, "drain");
+    at_release_n(&db);
+    let mut old = heartbeat_ttl(&db, "web-old-1", "v1", "2", "8s");
+    let src = two_releases();
+    let out = migrate(
+        &db,
+        &src,
+        &["--phase", "contract", "--wait-for-drain", "1s"],
+    );
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--wait-for-drain"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(applied(&db), ["1", "2", "3"], "expands still ran");
+    old.kill().unwrap();
+    let _ = finish(old);
+    let mut waiting = spawn(&mut sg(
+        &db,
+        &[
+            "migrate",
+            "--source",
+            src.path(),
+            "--phase",
+            "contract",
+            "--wait-for-drain",
+            "2m",
+        ],
+    ));
+    wait_for_stderr_line(
+        &mut waiting,
+        "waiting for the older release to drain",
+        Duration::from_secs(30),
+    );
+    // While it waits, the dead instance's row is still live.
+    assert_eq!(live(&db).len(), 1);
+    let out = finish(waiting);
+    ok(&out);
+    assert!(live(&db).is_empty());
+    assert_eq!(applied(&db), ["1", "2", "3", "4"]);
+}
+
+/// reliability: an app jumps from release N to N+2, whose source holds N+1's expand and contract before its own expand | `--phase expand` applies N+1's expand, then refuses (exit 75) naming the contract that blocks N+2's expand while N's instances live; once they are gone it applies the contract, then N+2's expand, and leaves N+2's contract | nothing: never a reorder, never a contract before the expand that needs it
+fn skipping_a_release_never_reorders(kind: Kind) {
+    let db = TestDb::new(kind, "skip");
+    at_release_n(&db);
+    let old = heartbeat(&db, "web-old-1", "v1", "2");
+    let src = two_releases();
+    src.write("5_phone.sql", "ALTER TABLE users ADD COLUMN legacy int;");
+    src.write("contract/6_drop_orders.sql", "DROP TABLE orders;");
+    let out = migrate(&db, &src, &["--phase", "expand"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("contract migration 4 (drop legacy) must run before expand migration 5"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(applied(&db), ["1", "2", "3"]);
+    sigterm(old.id());
+    let _ = finish(old);
+    let out = migrate(&db, &src, &["--phase", "expand"]);
+    ok(&out);
+    assert_eq!(applied(&db), ["1", "2", "3", "4", "5"]);
+    assert!(stderr(&out).contains("6 (contract)"), "{}", stderr(&out));
+    ok(&migrate(&db, &src, &["--phase", "contract"]));
+    assert_eq!(applied(&db), ["1", "2", "3", "4", "5", "6"]);
 }
 
 /// reliability: a `heartbeat` sidecar gets SIGTERM (its pod is stopping) | it removes its registry row before it exits | nothing: the contract gate stops counting it at once, not after the TTL
@@ -201,4 +372,7 @@ on_every_backend!(
     digest_file_does_not_hide_a_contract_folder,
     heartbeat_sigterm_removes_its_row,
     heartbeat_sigkill_row_expires_after_the_ttl,
+    contract_waits_for_the_older_release,
+    contract_runs_once_a_killed_instance_expires,
+    skipping_a_release_never_reorders,
 );
