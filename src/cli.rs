@@ -613,6 +613,22 @@ pub struct WaitArgs {
     #[arg(long, env = "SCHEMAGATE_IGNORE_FAILED", help_heading = "Wait")]
     pub ignore_failed: bool,
 
+    /// `expand`: ready once every expand migration of --source is applied, contract ones
+    /// pending or not: a new release starts beside the old one before the contract phase
+    /// (`migrate --phase contract`) may run.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_PHASE",
+        value_enum,
+        value_name = "PHASE",
+        requires = "source",
+        help_heading = "Wait"
+    )]
+    pub phase: Option<crate::phase::Mode>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
     /// After the database is ready, also wait until this URL answers 2xx (repeatable),
     /// within the same --timeout.
     #[arg(

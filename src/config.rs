@@ -203,6 +203,8 @@ impl WaitConfig {
             // Not found is a usage error now, not after minutes of waiting.
             crate::child::resolve(program)?;
         }
+        let expand_only = wait_phase(args, &target)?;
+        let registration = wait_registration(args, &target)?;
         Ok(WaitConfig {
             db,
             target,
@@ -213,8 +215,45 @@ impl WaitConfig {
             ignore_failed: args.ignore_failed,
             http: args.http.clone(),
             command: args.command.clone(),
+            expand_only,
+            registration,
         })
     }
+}
+
+/// `wait --phase`: `expand` needs a SQL source; `contract` is what `wait` does anyway.
+fn wait_phase(args: &WaitArgs, target: &WaitTarget) -> Result<bool> {
+    match (args.phase, target) {
+        (None, _) => Ok(false),
+        (Some(crate::phase::Mode::Contract), _) => Err(Error::Config(
+            "wait --phase contract is what wait does without --phase (every migration \
+             applied): drop --phase"
+                .into(),
+        )),
+        (Some(crate::phase::Mode::Expand), WaitTarget::Sql(_)) => Ok(true),
+        (Some(_), _) => Err(Error::Config(
+            "--phase expand needs --source DIR of SQL migrations (its phases are read from \
+             the files)"
+                .into(),
+        )),
+    }
+}
+
+/// `wait --release`: the instance expects the source's newest version, or `--expect`.
+fn wait_registration(args: &WaitArgs, target: &WaitTarget) -> Result<Option<Registration>> {
+    let expects = match target {
+        WaitTarget::Expect(v) => Expects::Version(v.clone()),
+        WaitTarget::Sql(dir) => Expects::Source(dir.clone()),
+        WaitTarget::Foreign(spec) if args.registry.release.is_some() => {
+            return Err(Error::Config(format!(
+                "--release needs --source DIR of SQL migrations or --expect V: the contract \
+                 gate compares versions as numbers, and {} names its versions otherwise",
+                spec.format.name()
+            )));
+        }
+        WaitTarget::Foreign(_) => return Ok(None),
+    };
+    registration(&args.registry, expects)
 }
 
 impl StatusConfig {

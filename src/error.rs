@@ -29,6 +29,8 @@ pub enum Error {
     /// `migrate`: a contract migration may not run yet (an instance of an older release is
     /// live): try again later.
     Gated(String),
+    /// `wait --release -- CMD`: the app exited with this non-zero code (passed on).
+    Exited(u8, String),
     /// SIGINT or SIGTERM arrived.
     Interrupted(Signal),
     /// A database operation failed: `context` says what was being done, and the driver's
@@ -75,6 +77,7 @@ impl Error {
             Error::Drift(_) => 4,
             Error::Findings(_) => 5,
             Error::Gated(_) => 75,
+            Error::Exited(code, _) => *code,
             Error::Timeout(_) => 124,
             Error::Interrupted(Signal::Int) => 130,
             Error::Interrupted(Signal::Term) => 143,
@@ -97,6 +100,7 @@ impl Error {
             Error::Drift(_) => "drift",
             Error::Findings(_) => "findings",
             Error::Gated(_) => "gated",
+            Error::Exited(..) => "exited",
             Error::Timeout(_) => "timeout",
             Error::Interrupted(_) => "interrupted",
             Error::Database {
@@ -121,7 +125,8 @@ impl fmt::Display for Error {
             | Error::Timeout(m)
             | Error::LockLost(m)
             | Error::Findings(m)
-            | Error::Gated(m) => f.write_str(m)?,
+            | Error::Gated(m)
+            | Error::Exited(_, m) => f.write_str(m)?,
             Error::Interrupted(signal) => write!(f, "interrupted by {signal}")?,
             Error::Database { context, .. } => f.write_str(context)?,
         }

@@ -110,7 +110,9 @@ async fn run(command: Command) -> Result<Outcome, Error> {
         // rolls back with its connection).
         Command::Wait(args) => {
             let cfg = WaitConfig::from_args(&args)?;
-            or_signal(cmd::wait::run(&cfg), &mut signals).await
+            let outcome = or_signal(cmd::wait::run(&cfg), &mut signals).await?;
+            // `--release`: announce this instance, and with `-- CMD` keep it announced.
+            cmd::heartbeat::after_wait(&cfg, outcome, signals).await
         }
         Command::Status(args) => {
             let cfg = StatusConfig::from_args(&args)?;

@@ -295,6 +295,30 @@ impl Source {
         Ok(Plan { pending, ahead })
     }
 
+    /// Whether every expand migration here is among `applied` with the same checksum
+    /// (`wait --phase expand`): `Err` names the first one that is not.
+    pub fn expand_applied(&self, applied: &[AppliedMigration]) -> std::result::Result<(), String> {
+        for m in self.ups.iter().filter(|m| m.phase == Phase::Expand) {
+            match applied.iter().find(|a| a.version == m.version) {
+                None => {
+                    return Err(format!(
+                        "expand migration {} ({}) is not applied yet",
+                        m.version, m.description
+                    ));
+                }
+                Some(a) if a.checksum[..] != m.checksum[..] => {
+                    return Err(format!(
+                        "expand migration {} ({}) is applied with another checksum than this \
+                         build's",
+                        m.version, m.description
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn digest(&self) -> String {
         self.digest_upto(None)
     }

@@ -69,6 +69,10 @@ pub struct WaitConfig {
     pub http: Vec<String>,
     /// `-- CMD`: exec'd once ready.
     pub command: Vec<String>,
+    /// `--phase expand`: ready once every expand migration is applied.
+    pub expand_only: bool,
+    /// `--release`: this instance, announced in the release registry once ready.
+    pub registration: Option<Registration>,
 }
 
 /// What `wait` waits for.

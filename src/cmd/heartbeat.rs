@@ -175,3 +175,108 @@ pub async fn run(cfg: &HeartbeatConfig, mut signals: Signals) -> Result<Outcome>
         }
     }
 }
+
+/// After `wait` found the schema ready: with `--release`, announce this instance (refused,
+/// exit 4, when a contract newer than its version has run). Without `-- CMD` the row lives
+/// for its TTL, for a `heartbeat` sidecar to keep; with `-- CMD` the app runs as a child
+/// (not exec'd) and this process keeps the row alive until the app exits: signals are
+/// passed on to it, the row is removed when it ends, and when the row cannot be renewed the
+/// app is stopped before the row expires.
+pub async fn after_wait(
+    cfg: &super::WaitConfig,
+    outcome: Outcome,
+    mut signals: Signals,
+) -> Result<Outcome> {
+    let Some(registration) = &cfg.registration else {
+        return Ok(outcome);
+    };
+    let me = me(registration)?;
+    let mut heart = tokio::select! {
+        r = Heart::start(&cfg.db, me) => r?,
+        sig = signals.recv() => return Err(Error::Interrupted(sig)),
+    };
+    let Some(command) = outcome.exec.clone() else {
+        return Ok(outcome);
+    };
+    let mut child = match tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            heart.stop().await;
+            return Err(Error::Config(format!("cannot run {}: {e}", command[0])));
+        }
+    };
+    let pid = child.id().unwrap_or_default() as i32;
+    let name = command[0].clone();
+    let status = loop {
+        let event = tokio::select! {
+            status = child.wait() => Ok(status),
+            () = async {
+                tokio::time::sleep(heart.period()).await;
+                heart.beat().await;
+            } => Err(None),
+            sig = signals.recv() => Err(Some(sig)),
+        };
+        match event {
+            Ok(status) => break status,
+            Err(Some(sig)) => {
+                tracing::info!("{sig} received: passing it to {name}");
+                // SAFETY: kill(2) on the child's pid, which we have not reaped yet.
+                unsafe { libc::kill(pid, sig.number()) };
+                let status = stop_within(&mut child, pid, Duration::from_secs(30)).await;
+                heart.stop().await;
+                return match status.ok().and_then(|s| s.code()) {
+                    Some(0) => Ok(Outcome {
+                        exec: None,
+                        message: format!("{name} exited 0 after {sig}"),
+                        ..outcome
+                    }),
+                    _ => Err(Error::Interrupted(sig)),
+                };
+            }
+            Err(None) if heart.lapsed() => {
+                let e = heart.lapsed_error();
+                tracing::error!("{e}; stopping {name}");
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                let _ = stop_within(&mut child, pid, Duration::from_secs(10)).await;
+                return Err(e);
+            }
+            Err(None) => {}
+        }
+    };
+    heart.stop().await;
+    let status = status.map_err(|e| Error::Failed(format!("cannot wait for {name}: {e}")))?;
+    match status.code() {
+        Some(0) => Ok(Outcome {
+            exec: None,
+            message: format!("{name} exited 0"),
+            ..outcome
+        }),
+        Some(code) => Err(Error::Exited(
+            u8::try_from(code).unwrap_or(1),
+            format!("{name} exited {code}"),
+        )),
+        None => Err(Error::Failed(format!(
+            "{name} ended by a signal ({status})"
+        ))),
+    }
+}
+
+/// Wait for a child that was sent a signal, SIGKILL after `grace`.
+async fn stop_within(
+    child: &mut tokio::process::Child,
+    pid: i32,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            // SAFETY: kill(2) on the child's pid, not reaped yet (the wait timed out).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            child.wait().await
+        }
+    }
+}

@@ -352,6 +352,83 @@ fn heartbeat_sigkill_row_expires_after_the_ttl(kind: Kind) {
     );
 }
 
+/// `wait --phase expand` lets the new release start once its expands are applied, while
+/// its contract is still pending; a plain `wait` still waits for the contract.
+fn wait_phase_expand_starts_the_new_release_before_its_contract(kind: Kind) {
+    let db = TestDb::new(kind, "waitexpand");
+    at_release_n(&db);
+    let src = two_releases();
+    let wait = |extra: &[&str]| {
+        let mut args = vec!["wait", "--source", src.path(), "--once"];
+        args.extend_from_slice(extra);
+        run(&mut sg(&db, &args))
+    };
+    let out = wait(&["--phase", "expand"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expand migration 3 (email) is not applied yet"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&migrate(&db, &src, &["--phase", "expand"]));
+    ok(&wait(&["--phase", "expand"]));
+    assert_eq!(code(&wait(&[])), 1, "the contract is still pending");
+    ok(&migrate(&db, &src, &["--phase", "contract"]));
+    ok(&wait(&[]));
+    ok(&wait(&["--phase", "expand"]));
+}
+
+/// reliability: `wait --release v1 -- APP` runs the app as its child and keeps the instance registered; SIGTERM reaches the app, and the row is removed when it exits | the contract is refused (75) while the app runs and runs once it has stopped; an app that exits 7 makes wait exit 7; an older release's `wait --release` after the contract exits 4 and never starts its app | nothing
+fn wait_release_keeps_the_app_registered(kind: Kind) {
+    let db = TestDb::new(kind, "waitrelease");
+    at_release_n(&db);
+    let n = Migrations::new(&[
+        ("1_users.sql", "CREATE TABLE users (id int, legacy text);"),
+        ("2_orders.sql", "CREATE TABLE orders (id int);"),
+    ]);
+    let release = |instance: &str, app: &[&str]| {
+        let mut args = vec![
+            "wait",
+            "--source",
+            n.path(),
+            "--release",
+            "v1",
+            "--instance",
+            instance,
+            "--instance-ttl",
+            "3s",
+            "--",
+        ];
+        args.extend_from_slice(app);
+        sg(&db, &args)
+    };
+    let mut app = spawn(&mut release("app-1", &["sleep", "300"]));
+    wait_for_stderr_line(&mut app, "registered in", Duration::from_secs(30));
+    assert_eq!(live(&db), [("app-1".into(), "v1".into(), "2".into())]);
+    let src = two_releases();
+    // Renewed past its TTL while the app runs: the contract still waits.
+    until("a renewal", Duration::from_secs(30), || {
+        db.i64("SELECT count(*) FROM schemagate_marker_instances WHERE seen_ms > started_ms") == 1
+    });
+    let out = migrate(&db, &src, &["--phase", "contract"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(stderr(&out).contains("app-1"), "{}", stderr(&out));
+    sigterm(app.id());
+    let out = finish(app);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert!(live(&db).is_empty(), "the row is removed when the app ends");
+
+    let out = run(&mut release("app-2", &["sh", "-c", "exit 7"]));
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(live(&db).is_empty());
+
+    ok(&migrate(&db, &src, &["--phase", "contract"]));
+    let marker = n.dir.join("started");
+    let out = run(&mut release("app-3", &["touch", marker.to_str().unwrap()]));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(!marker.exists(), "an older release's app never starts");
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -375,4 +452,6 @@ on_every_backend!(
     contract_waits_for_the_older_release,
     contract_runs_once_a_killed_instance_expires,
     skipping_a_release_never_reorders,
+    wait_phase_expand_starts_the_new_release_before_its_contract,
+    wait_release_keeps_the_app_registered,
 );
