@@ -429,6 +429,46 @@ fn wait_release_keeps_the_app_registered(kind: Kind) {
     assert!(!marker.exists(), "an older release's app never starts");
 }
 
+/// `check`: a change that breaks the release still running is a finding in an expand
+/// migration (naming where it belongs), and accepted in a contract migration, which the
+/// gate runs only once that release is gone.
+fn check_judges_breaking_changes_by_phase(kind: Kind) {
+    let db = TestDb::new(kind, "checkphase");
+    let src = Migrations::new(&[
+        ("1_users.sql", "CREATE TABLE users (id int, legacy text);"),
+        ("2_drop.sql", "ALTER TABLE users DROP COLUMN legacy;"),
+    ]);
+    let check = || {
+        run(&mut sg(
+            &db,
+            &["check", "--json", "--since", "1", "--source", src.path()],
+        ))
+    };
+    let out = check();
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = &json["migrations"][0]["findings"][0];
+    assert_eq!(finding["kind"], "drop-column", "{json}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("this is an expand migration"),
+        "{json}"
+    );
+    src.write(
+        "2_drop.sql",
+        "-- schemagate:phase contract\nALTER TABLE users DROP COLUMN legacy;",
+    );
+    let out = check();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["migrations"][0]["findings"][0]["accepted"], true,
+        "{json}"
+    );
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -454,4 +494,5 @@ on_every_backend!(
     skipping_a_release_never_reorders,
     wait_phase_expand_starts_the_new_release_before_its_contract,
     wait_release_keeps_the_app_registered,
+    check_judges_breaking_changes_by_phase,
 );
