@@ -496,3 +496,50 @@ on_every_backend!(
     wait_release_keeps_the_app_registered,
     check_judges_breaking_changes_by_phase,
 );
+
+/// reliability (PostgreSQL + PgBouncer): the release registry and the contract gate through PgBouncer in transaction pooling mode with one server connection, where every statement may land on another client's server session | the heartbeat registers and renews, the gate refuses the contract (75) while the old instance is live, SIGTERM removes its row, and the contract then runs | nothing: every registry write is one autocommit statement
+#[test]
+fn the_registry_and_the_gate_work_behind_a_transaction_pooler() {
+    let server = start_cluster(&[]);
+    let bouncer = PgBouncer::start_with(&server, "transaction", 1);
+    let db = PgDb::on(&server.url("postgres"), "registrypool");
+    let url = bouncer.url(db.url.rsplit('/').next().unwrap());
+    let n = Migrations::new(&[
+        ("1_users.sql", "CREATE TABLE users (id int, legacy text);"),
+        ("2_orders.sql", "CREATE TABLE orders (id int);"),
+    ]);
+    let out = run(schemagate(&url).args(["migrate", "--source", n.path()]));
+    ok(&out);
+    let mut old = spawn(schemagate(&url).args([
+        "heartbeat",
+        "--release",
+        "v1",
+        "--source",
+        n.path(),
+        "--instance",
+        "web-old-1",
+        "--instance-ttl",
+        "3s",
+    ]));
+    wait_for_stderr_line(&mut old, "registered in", Duration::from_secs(30));
+    until("a renewal", Duration::from_secs(30), || {
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM schemagate_marker_instances WHERE seen_ms > started_ms",
+        ) == 1
+    });
+    let src = two_releases();
+    let contract =
+        || run(schemagate(&url).args(["migrate", "--source", src.path(), "--phase", "contract"]));
+    let out = contract();
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(stderr(&out).contains("web-old-1"), "{}", stderr(&out));
+    sigterm(old.id());
+    assert_eq!(code(&finish(old)), 143);
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker_instances"),
+        0
+    );
+    ok(&contract());
+    assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 4);
+}
