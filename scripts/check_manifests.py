@@ -135,10 +135,39 @@ def check_ecs() -> None:
         fail("ecs/task-definition.json", "the app must depend (SUCCESS) on a non-essential schemagate container")
 
 
+def check_phases() -> None:
+    # The expand/contract recipes (docs/src/phases.md) keep what makes them safe.
+    dep = yaml.safe_load((ROOT / "k8s/phases/deployment.yaml").read_text())["spec"]["template"]["spec"]
+    init = {c["name"]: c for c in dep["initContainers"]}
+    if init.get("heartbeat", {}).get("restartPolicy") != "Always" or "heartbeat" not in init["heartbeat"]["args"]:
+        fail("k8s/phases/deployment.yaml", "the heartbeat must be a native sidecar (restartPolicy: Always)")
+    if list(init)[0] != "heartbeat":
+        fail("k8s/phases/deployment.yaml", "the heartbeat sidecar must start before the wait")
+    gate = init.get("schema-gate", {}).get("args", [])
+    if "wait" not in gate or gate[gate.index("--phase") + 1] != "expand":
+        fail("k8s/phases/deployment.yaml", "new pods must `wait --phase expand`")
+    for f, phase in (("expand-job.yaml", "expand"), ("contract-job.yaml", "contract")):
+        job = yaml.safe_load((ROOT / "k8s/phases" / f).read_text())
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        if args[args.index("--phase") + 1] != phase:
+            fail(f"k8s/phases/{f}", f"must run `migrate --phase {phase}`")
+    contract = json.loads((ROOT / "ecs/phases-contract-task-definition.json").read_text())
+    if "--wait-for-drain" not in contract["containerDefinitions"][0]["command"]:
+        fail("ecs/phases-contract-task-definition.json", "the contract task must --wait-for-drain")
+    td = json.loads((ROOT / "ecs/phases-task-definition.json").read_text())
+    by_name = {c["name"]: c for c in td["containerDefinitions"]}
+    if not by_name.get("heartbeat", {}).get("essential"):
+        fail("ecs/phases-task-definition.json", "the heartbeat must be essential: when it gives up, the task stops")
+    c = yaml.safe_load((ROOT / "compose/phases.yaml").read_text())["services"]
+    if "--release" not in c["web"]["entrypoint"] and "SCHEMAGATE_RELEASE" not in c["web"].get("environment", {}):
+        fail("compose/phases.yaml", "web must register its release")
+
+
 def main() -> int:
     check_compose(pathlib.Path(sys.argv[1]))
     check_k8s()
     check_ecs()
+    check_phases()
     for f in failures:
         print(f"FAIL {f}")
     if failures:

@@ -34,6 +34,8 @@ Exit codes:
   4        drift: applied migrations differ from the source (checksum mismatch,
            unknown applied version, dirty state)
   5        check: a finding that no `schemagate:allow` comment (or --allow) accepts
+  75       migrate: a contract migration may not run yet (an instance of an older
+           release is live): try again later, or pass --wait-for-drain
   124      timed out (connect, lock, wait)
   130/143  interrupted by SIGINT / SIGTERM (the run is rolled back or recorded as failed;
            a signal after the succeeded marker committed ends the run with 0)
@@ -211,6 +213,20 @@ pub enum Command {
     ///   schemagate man --dir /usr/local/share/man/man1    # schemagate.1, schemagate-migrate.1, ...
     #[command(verbatim_doc_comment)]
     Man(ManArgs),
+    /// Announce this instance in the release registry until SIGTERM: a sidecar beside the
+    /// app, so that `migrate --phase contract` runs only once older releases are gone.
+    ///
+    /// Writes a row `(instance, release, expected version)` in `<table>_instances` and
+    /// renews it every third of --instance-ttl, on the database server's clock; removes it
+    /// on SIGTERM. A row not renewed within --instance-ttl is dead. When it cannot renew
+    /// for most of --instance-ttl it exits 1 (its row is then about to expire). Refuses to
+    /// start (exit 4) when a contract migration newer than the expected version has run.
+    ///
+    /// Examples:
+    ///   schemagate heartbeat --release v42 --source /app/migrations
+    ///   schemagate heartbeat --release "$IMAGE_TAG" --expect 20240115093000 --instance "$POD_NAME"
+    #[command(verbatim_doc_comment)]
+    Heartbeat(HeartbeatArgs),
 }
 
 impl Command {
@@ -227,6 +243,7 @@ impl Command {
             Command::Digest(_) => "digest",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
+            Command::Heartbeat(_) => "heartbeat",
         }
     }
 
@@ -239,6 +256,7 @@ impl Command {
             Command::Rollback(a) => Some(&a.connect),
             Command::Stamp(a) => Some(&a.connect),
             Command::Check(a) => Some(&a.connect),
+            Command::Heartbeat(a) => Some(&a.connect),
             Command::Smoke(_) | Command::Digest(_) | Command::Completions(_) | Command::Man(_) => {
                 None
             }
@@ -342,6 +360,64 @@ pub struct LockArgs {
     pub lock_wait: Duration,
 }
 
+// Who this instance is in the release registry (`heartbeat`, `wait --release`).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Registry")]
+pub struct RegistryArgs {
+    /// The release this instance runs (an image tag, a commit): announced with the schema
+    /// version it expects in `<table>_instances`, so that `migrate --phase contract` waits
+    /// until every instance built before a contract migration is gone.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_RELEASE",
+        value_name = "NAME",
+        help_heading = "Registry"
+    )]
+    pub release: Option<String>,
+
+    /// This instance's id in the registry (default: $HOSTNAME, the pod name).
+    #[arg(
+        long,
+        env = "SCHEMAGATE_INSTANCE",
+        value_name = "ID",
+        help_heading = "Registry"
+    )]
+    pub instance: Option<String>,
+
+    /// An instance whose row is not renewed for this long counts as gone (renewed every
+    /// third of it).
+    #[arg(long, env = "SCHEMAGATE_INSTANCE_TTL", default_value = crate::registry::DEFAULT_TTL, value_parser = parse_lease_ttl, value_name = "DURATION", help_heading = "Registry")]
+    pub instance_ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").args(["expect", "source"]).required(true)))]
+pub struct HeartbeatArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// The schema version this release was built for.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_EXPECT",
+        value_name = "VERSION",
+        help_heading = "Registry"
+    )]
+    pub expect: Option<String>,
+
+    /// The release's SQL migrations: it expects their newest version.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_SOURCE",
+        value_name = "DIR",
+        help_heading = "Registry"
+    )]
+    pub source: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("work").args(["source", "command"]).required(true).multiple(true)))]
 pub struct MigrateArgs {
@@ -426,6 +502,26 @@ pub struct MigrateArgs {
     /// nothing). `-- no-transaction` migrations still run on their own.
     #[arg(long, env = "SCHEMAGATE_SINGLE_TRANSACTION", help_heading = "Migrate")]
     pub single_transaction: bool,
+
+    /// `expand`: apply pending migrations up to the first pending contract migration
+    /// (`-- schemagate:phase contract`, or a file in `contract/`), safe while the older
+    /// release runs; go past it only when it may run now and an expand comes after it.
+    /// `contract`: apply every pending migration, each contract only once no instance
+    /// built before it is live in the release registry (exit 75 otherwise). Without
+    /// --phase: as `contract`.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_PHASE",
+        value_enum,
+        value_name = "PHASE",
+        help_heading = "Migrate"
+    )]
+    pub phase: Option<crate::phase::Mode>,
+
+    /// When a contract migration may not run yet, poll the release registry for this long
+    /// until it may (exit 124 after), instead of exiting 75 at once.
+    #[arg(long, env = "SCHEMAGATE_WAIT_FOR_DRAIN", value_parser = parse_duration, value_name = "DURATION", help_heading = "Migrate")]
+    pub wait_for_drain: Option<Duration>,
 
     /// How long an external migrator gets to exit after SIGTERM before SIGKILL.
     #[arg(long, env = "SCHEMAGATE_GRACE", default_value = "10s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]
@@ -516,6 +612,22 @@ pub struct WaitArgs {
     /// Keep waiting when the newest marker for the version is `failed` (a retry may fix it).
     #[arg(long, env = "SCHEMAGATE_IGNORE_FAILED", help_heading = "Wait")]
     pub ignore_failed: bool,
+
+    /// `expand`: ready once every expand migration of --source is applied, contract ones
+    /// pending or not: a new release starts beside the old one before the contract phase
+    /// (`migrate --phase contract`) may run.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_PHASE",
+        value_enum,
+        value_name = "PHASE",
+        requires = "source",
+        help_heading = "Wait"
+    )]
+    pub phase: Option<crate::phase::Mode>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 
     /// After the database is ready, also wait until this URL answers 2xx (repeatable),
     /// within the same --timeout.

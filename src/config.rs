@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::{
-    self, CheckArgs, ConnectArgs, LockArgs, LogFormat, MigrateArgs, RollbackArgs, SmokeArgs,
-    StampArgs, StatusArgs, WaitArgs,
+    self, CheckArgs, ConnectArgs, HeartbeatArgs, LockArgs, LogFormat, MigrateArgs, RegistryArgs,
+    RollbackArgs, SmokeArgs, StampArgs, StatusArgs, WaitArgs,
 };
 use crate::cmd::{
-    CheckConfig, CheckPlan, DdlTimeouts, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig,
-    StatusConfig, WaitConfig, WaitTarget, Work,
+    CheckConfig, CheckPlan, DdlTimeouts, Expects, HeartbeatConfig, MigrateConfig, Registration,
+    RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig, WaitTarget, Work,
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, Format};
@@ -45,6 +45,18 @@ impl MigrateConfig {
             )));
         }
         crate::http::validate(&args.notify_urls, "--notify-url")?;
+        if let Some(flag) = [
+            (args.phase.is_some(), "--phase"),
+            (args.wait_for_drain.is_some(), "--wait-for-drain"),
+        ]
+        .iter()
+        .find_map(|(set, flag)| (*set && sql.is_none()).then_some(flag))
+        {
+            return Err(Error::Config(format!(
+                "{flag} needs --source DIR of SQL migrations: an external migrator applies \
+                 its migrations in its own order"
+            )));
+        }
         Ok(MigrateConfig {
             db,
             work,
@@ -58,6 +70,8 @@ impl MigrateConfig {
             },
             grace: args.grace,
             notify_urls: args.notify_urls.clone(),
+            phase: args.phase.unwrap_or(crate::phase::Mode::Contract),
+            wait_for_drain: args.wait_for_drain,
         })
     }
 }
@@ -189,6 +203,8 @@ impl WaitConfig {
             // Not found is a usage error now, not after minutes of waiting.
             crate::child::resolve(program)?;
         }
+        let expand_only = wait_phase(args, &target)?;
+        let registration = wait_registration(args, &target)?;
         Ok(WaitConfig {
             db,
             target,
@@ -199,8 +215,45 @@ impl WaitConfig {
             ignore_failed: args.ignore_failed,
             http: args.http.clone(),
             command: args.command.clone(),
+            expand_only,
+            registration,
         })
     }
+}
+
+/// `wait --phase`: `expand` needs a SQL source; `contract` is what `wait` does anyway.
+fn wait_phase(args: &WaitArgs, target: &WaitTarget) -> Result<bool> {
+    match (args.phase, target) {
+        (None, _) => Ok(false),
+        (Some(crate::phase::Mode::Contract), _) => Err(Error::Config(
+            "wait --phase contract is what wait does without --phase (every migration \
+             applied): drop --phase"
+                .into(),
+        )),
+        (Some(crate::phase::Mode::Expand), WaitTarget::Sql(_)) => Ok(true),
+        (Some(_), _) => Err(Error::Config(
+            "--phase expand needs --source DIR of SQL migrations (its phases are read from \
+             the files)"
+                .into(),
+        )),
+    }
+}
+
+/// `wait --release`: the instance expects the source's newest version, or `--expect`.
+fn wait_registration(args: &WaitArgs, target: &WaitTarget) -> Result<Option<Registration>> {
+    let expects = match target {
+        WaitTarget::Expect(v) => Expects::Version(v.clone()),
+        WaitTarget::Sql(dir) => Expects::Source(dir.clone()),
+        WaitTarget::Foreign(spec) if args.registry.release.is_some() => {
+            return Err(Error::Config(format!(
+                "--release needs --source DIR of SQL migrations or --expect V: the contract \
+                 gate compares versions as numbers, and {} names its versions otherwise",
+                spec.format.name()
+            )));
+        }
+        WaitTarget::Foreign(_) => return Ok(None),
+    };
+    registration(&args.registry, expects)
 }
 
 impl StatusConfig {
@@ -529,4 +582,40 @@ impl From<cli::LockMode> for LockMode {
             cli::LockMode::Lease => LockMode::Lease,
         }
     }
+}
+
+impl HeartbeatConfig {
+    pub fn from_args(args: &HeartbeatArgs) -> Result<HeartbeatConfig> {
+        let expects = match (&args.expect, &args.source) {
+            (Some(v), _) => Expects::Version(checked_version(v, "--expect")?),
+            (None, Some(dir)) => Expects::Source(dir.clone()),
+            (None, None) => unreachable!("clap requires --expect or --source"),
+        };
+        let me = registration(&args.registry, expects)?
+            .ok_or_else(|| Error::Config("heartbeat needs --release NAME".into()))?;
+        let db = connection(&args.connect, "heartbeat", None, args.source.as_deref())?;
+        Ok(HeartbeatConfig { db, me })
+    }
+}
+
+/// `--release`, `--instance` and `--instance-ttl`: `None` without `--release`.
+pub fn registration(args: &RegistryArgs, expects: Expects) -> Result<Option<Registration>> {
+    let Some(release) = args.release.as_deref().filter(|r| !r.trim().is_empty()) else {
+        if let Some(i) = &args.instance {
+            return Err(Error::Config(format!(
+                "--instance {i:?} goes with --release NAME"
+            )));
+        }
+        return Ok(None);
+    };
+    let instance = match &args.instance {
+        Some(i) => i.clone(),
+        None => crate::settings::host_name(),
+    };
+    Ok(Some(Registration {
+        instance: crate::registry::checked_name(&instance, "--instance")?,
+        release: crate::registry::checked_name(release, "--release")?,
+        expects,
+        ttl: args.instance_ttl,
+    }))
 }

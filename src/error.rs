@@ -27,6 +27,11 @@ pub enum Error {
     LockLost(String),
     /// `check`: findings that no allow comment accepts (the CI gate).
     Findings(String),
+    /// `migrate`: a contract migration may not run yet (an instance of an older release is
+    /// live): try again later.
+    Gated(String),
+    /// `wait --release -- CMD`: the app exited with this non-zero code (passed on).
+    Exited(u8, String),
     /// SIGINT or SIGTERM arrived.
     Interrupted(Signal),
     /// A database operation failed: `context` says what was being done, and the driver's
@@ -81,6 +86,13 @@ pub enum Drift {
         upto: i64,
         version: i64,
         dir: PathBuf,
+    },
+    /// A release built for `expects` registering after contract migration `barrier` ran.
+    Superseded {
+        release: String,
+        instance: String,
+        expects: String,
+        barrier: i64,
     },
 }
 
@@ -139,6 +151,17 @@ impl fmt::Display for Drift {
                 dir.display(),
                 dir.display()
             ),
+            Drift::Superseded {
+                release,
+                instance,
+                expects,
+                barrier,
+            } => write!(
+                f,
+                "release {release} (instance {instance}, built for schema version {expects}) can \
+                 no longer start: contract migration {barrier} has run or is running, and this \
+                 release was built before it"
+            ),
         }
     }
 }
@@ -164,6 +187,8 @@ impl Error {
             Error::RecordedFailed(_) => 3,
             Error::Drift(_) => 4,
             Error::Findings(_) => 5,
+            Error::Gated(_) => 75,
+            Error::Exited(code, _) => *code,
             Error::Timeout(_) => 124,
             Error::Interrupted(Signal::Int) => 130,
             Error::Interrupted(Signal::Term) => 143,
@@ -185,6 +210,8 @@ impl Error {
             Error::RecordedFailed(_) => "recorded_failed",
             Error::Drift(_) => "drift",
             Error::Findings(_) => "findings",
+            Error::Gated(_) => "gated",
+            Error::Exited(..) => "exited",
             Error::Timeout(_) => "timeout",
             Error::Interrupted(_) => "interrupted",
             Error::Database {
@@ -207,7 +234,9 @@ impl fmt::Display for Error {
             | Error::RecordedFailed(m)
             | Error::Timeout(m)
             | Error::LockLost(m)
-            | Error::Findings(m) => f.write_str(m)?,
+            | Error::Findings(m)
+            | Error::Gated(m)
+            | Error::Exited(_, m) => f.write_str(m)?,
             Error::Drift(drift) => write!(f, "{drift}")?,
             Error::Interrupted(signal) => write!(f, "interrupted by {signal}")?,
             Error::Database { context, .. } => f.write_str(context)?,

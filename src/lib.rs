@@ -25,7 +25,9 @@ pub mod formats;
 pub mod http;
 pub mod lock;
 pub mod marker;
+pub mod phase;
 pub mod redact;
+pub mod registry;
 pub mod settings;
 pub mod signals;
 pub mod source;
@@ -35,8 +37,8 @@ pub mod stdout;
 
 use cli::Command;
 use cmd::{
-    CheckConfig, MigrateConfig, Outcome, RollbackConfig, SmokeConfig, StampConfig, StatusConfig,
-    WaitConfig,
+    CheckConfig, HeartbeatConfig, MigrateConfig, Outcome, RollbackConfig, SmokeConfig, StampConfig,
+    StatusConfig, WaitConfig,
 };
 use error::Error;
 use signals::Signals;
@@ -54,7 +56,9 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
         // rolls back with its connection).
         Command::Wait(args) => {
             let cfg = WaitConfig::from_args(&args)?;
-            or_signal(cmd::wait::run(&cfg), &mut signals).await
+            let outcome = or_signal(cmd::wait::run(&cfg), &mut signals).await?;
+            // `--release`: announce this instance, and with `-- CMD` keep it announced.
+            cmd::heartbeat::after_wait(&cfg, outcome, signals).await
         }
         Command::Status(args) => {
             let cfg = StatusConfig::from_args(&args)?;
@@ -75,6 +79,10 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
         Command::Digest(args) => cmd::digest::run(&args.source),
         Command::Completions(args) => completions::completions(args.shell),
         Command::Man(args) => completions::man(args.dir.as_deref()),
+        // `heartbeat` too: it removes its row before it exits.
+        Command::Heartbeat(args) => {
+            cmd::heartbeat::run(&HeartbeatConfig::from_args(&args)?, signals).await
+        }
     }
 }
 

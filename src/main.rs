@@ -98,7 +98,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let mode = args
         .get(1)
         .map(String::as_str)
-        .filter(|a| ["migrate", "wait", "status", "rollback", "stamp", "smoke"].contains(a))
+        .filter(|a| {
+            [
+                "migrate",
+                "wait",
+                "status",
+                "rollback",
+                "stamp",
+                "smoke",
+                "heartbeat",
+            ]
+            .contains(a)
+        })
         .unwrap_or("schemagate");
     let path = args
         .iter()

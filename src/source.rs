@@ -20,6 +20,7 @@ use sqlx::{AssertSqlSafe, SqlSafeStr};
 
 use crate::error::{Drift, Error, Result};
 use crate::files::{self, Refused};
+use crate::phase::{self, Phase};
 use crate::settings::MigrationsTable;
 
 #[derive(Debug)]
@@ -47,6 +48,8 @@ pub struct Entry {
     pub checksum: Vec<u8>,
     /// The file starts with `-- no-transaction` (sqlx's rule: its very first bytes).
     pub no_tx: bool,
+    /// Expand unless its opening comments or its folder (`contract/`) say contract.
+    pub phase: Phase,
     pub path: PathBuf,
 }
 
@@ -63,7 +66,8 @@ impl Source {
             let (version, migration_type) = (file.version, file.migration_type);
             let file_name = file.file_name.clone();
             let (checksum, no_tx) = scanner.scan(&file.path, &[])?;
-            let migration = file.into_entry(checksum, no_tx);
+            let phase = crate::phase::of_file(&file.path, &scanner.head, file.contract)?;
+            let migration = file.into_entry(checksum, no_tx, phase);
             let slot = if migration_type == MigrationType::ReversibleDown {
                 &mut downs
             } else {
@@ -279,6 +283,30 @@ impl Source {
         Ok(Plan { pending, ahead })
     }
 
+    /// Whether every expand migration here is among `applied` with the same checksum
+    /// (`wait --phase expand`): `Err` names the first one that is not.
+    pub fn expand_applied(&self, applied: &[AppliedMigration]) -> std::result::Result<(), String> {
+        for m in self.ups.iter().filter(|m| m.phase == Phase::Expand) {
+            match applied.iter().find(|a| a.version == m.version) {
+                None => {
+                    return Err(format!(
+                        "expand migration {} ({}) is not applied yet",
+                        m.version, m.description
+                    ));
+                }
+                Some(a) if a.checksum[..] != m.checksum[..] => {
+                    return Err(format!(
+                        "expand migration {} ({}) is applied with another checksum than this \
+                         build's",
+                        m.version, m.description
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn digest(&self) -> String {
         self.digest_upto(None)
     }
@@ -330,16 +358,19 @@ struct MigrationFile {
     version: i64,
     migration_type: MigrationType,
     description: String,
+    /// In the source's `contract/` folder.
+    contract: bool,
 }
 
 impl MigrationFile {
-    fn into_entry(self, checksum: Vec<u8>, no_tx: bool) -> Entry {
+    fn into_entry(self, checksum: Vec<u8>, no_tx: bool, phase: Phase) -> Entry {
         Entry {
             version: self.version,
             description: self.description,
             migration_type: self.migration_type,
             checksum,
             no_tx,
+            phase,
             path: self.path,
         }
     }
@@ -349,8 +380,18 @@ impl MigrationFile {
 /// whose name has an `_` and ends in `.sql`; dot files and anything else are skipped. A
 /// `.sql` entry that is neither a file nor a directory (a FIFO, a device, a socket, or a
 /// symlink to one) is refused: it can only be a mistake, and reading it would block or
-/// never end.
+/// never end. The files of a `contract/` folder are migrations too, in the same order of
+/// versions: contract ones (`phase.rs`).
 fn list(dir: &Path) -> Result<Vec<MigrationFile>> {
+    let mut files = list_in(dir, false)?;
+    let contract = dir.join(phase::CONTRACT_DIR);
+    if contract.is_dir() {
+        files.extend(list_in(&contract, true)?);
+    }
+    Ok(files)
+}
+
+fn list_in(dir: &Path, contract: bool) -> Result<Vec<MigrationFile>> {
     let unreadable = |e: std::io::Error| {
         Error::Config(format!(
             "cannot read migration source {}: {e}",
@@ -395,6 +436,7 @@ fn list(dir: &Path) -> Result<Vec<MigrationFile>> {
             version,
             migration_type,
             description,
+            contract,
         });
     }
     Ok(files)
@@ -426,12 +468,15 @@ const NO_TRANSACTION: &[u8] = b"-- no-transaction";
 /// measured: no faster here, the cost is the kernel's open/read/close.)
 struct Scanner {
     buf: Vec<u8>,
+    /// The first bytes of the file last scanned (up to `phase::HEAD`): its phase line.
+    head: Vec<u8>,
 }
 
 impl Scanner {
     fn new() -> Scanner {
         Scanner {
             buf: vec![0; 64 * 1024],
+            head: Vec::with_capacity(phase::HEAD),
         }
     }
 
@@ -441,8 +486,7 @@ impl Scanner {
     fn scan(&mut self, path: &Path, ignored: &[char]) -> Result<(Vec<u8>, bool)> {
         let (mut file, _) = files::open(path).map_err(|e| unreadable(path, &e))?;
         let mut hasher = Sha384::new();
-        let mut head = [0u8; NO_TRANSACTION.len()];
-        let mut head_len = 0;
+        self.head.clear();
         // The bytes of a character cut by the last read, kept at the buffer's start; and
         // the file offset of the buffer's first byte.
         let mut carried = 0;
@@ -461,9 +505,8 @@ impl Scanner {
             }
             let end = carried + n;
             let read = &self.buf[carried..end];
-            let take = read.len().min(head.len() - head_len);
-            head[head_len..head_len + take].copy_from_slice(&read[..take]);
-            head_len += take;
+            let take = read.len().min(phase::HEAD - self.head.len());
+            self.head.extend_from_slice(&read[..take]);
             // `contains` is memchr: the byte-by-byte search runs only when there is one.
             if read.contains(&0) {
                 let at = read.iter().position(|&b| b == 0).unwrap_or_default();
@@ -485,11 +528,12 @@ impl Scanner {
             carried = end - valid;
             offset += valid as u64;
         }
-        let head = &head[..head_len];
-        if head.starts_with(BOM) {
+        if self.head.starts_with(BOM) {
             return Err(bom(path));
         }
-        Ok((hasher.finalize().to_vec(), head == NO_TRANSACTION))
+        // sqlx's rule: the file's very first bytes.
+        let no_tx = self.head.starts_with(NO_TRANSACTION);
+        Ok((hasher.finalize().to_vec(), no_tx))
     }
 }
 

@@ -111,6 +111,54 @@ impl MigrationReport {
     }
 }
 
+/// The finding kinds that break the release still running (the catalog's compatibility
+/// findings): what a contract migration is for, and what an expand one must not do.
+pub const BREAKING: [&str; 13] = [
+    "drop-table",
+    "drop-view",
+    "rename-table",
+    "drop-column",
+    "rename-column",
+    "change-type",
+    "set-not-null",
+    "add-not-null-column",
+    "drop-default",
+    "drop-enum-value",
+    "drop-function",
+    "add-unique",
+    "add-check",
+];
+
+impl MigrationReport {
+    /// Judge the breaking findings by the migration's phase (`docs/src/phases.md`): in a
+    /// contract migration they are what it is for, and the gate runs it only once the
+    /// older release is gone: accepted. In an expand migration, which runs while the older
+    /// release is live, one no allow comment accepts says where it belongs.
+    pub fn judge_phase(&mut self, phase: crate::phase::Phase) {
+        for f in self
+            .findings
+            .iter_mut()
+            .filter(|f| BREAKING.contains(&f.kind.as_str()))
+        {
+            match phase {
+                crate::phase::Phase::Contract if !f.accepted => {
+                    f.accepted = true;
+                    f.detail.push_str(
+                        " (accepted: a contract migration runs only once no instance of the \
+                         older release is live)",
+                    );
+                }
+                crate::phase::Phase::Expand if !f.accepted => f.detail.push_str(
+                    "; this is an expand migration, applied while the older release still \
+                     runs: move the change to a contract migration (`-- schemagate:phase \
+                     contract`, or the source's contract/ folder)",
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
 fn accepted(allowed: &[(String, String)], kind: &str, object: &str) -> bool {
     Finding::acceptable(kind)
         && allowed

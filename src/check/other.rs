@@ -250,6 +250,7 @@ pub async fn rehearse(
     };
     let mut reports = Vec::new();
     for m in &new {
+        let phase = m.phase;
         let m = &source.migration(m)?;
         let name = format!("{} {}", m.version, m.description);
         let outside = Outside::find(m, mysql, &mut skipped);
@@ -274,6 +275,7 @@ pub async fn rehearse(
         allow.extend(allowed.iter().cloned());
         let mut report = super::report(name, Some(m.version), &before, &after, observed, &allow);
         outside::report(&mut report, &outside, &allow);
+        report.judge_phase(phase);
         reports.push(report);
     }
     match c {

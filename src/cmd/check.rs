@@ -309,6 +309,7 @@ async fn rehearse_sql(
     }
     let mut reports = Vec::new();
     for m in &new {
+        let phase = m.phase;
         let m = &source.migration(m)?;
         let name = format!("{} {}", m.version, m.description);
         let outside = Outside::find(m, false, &mut skipped);
@@ -352,6 +353,7 @@ async fn rehearse_sql(
         allow.extend(allowed.iter().cloned());
         let mut report = check::report(name, Some(m.version), &before, &after, observed, &allow);
         outside::report(&mut report, &outside, &allow);
+        report.judge_phase(phase);
         // Checked after every migration: the first that reaches the real database stops
         // the rehearsal, before the next one can do more.
         if let Some(g) = &guarded {

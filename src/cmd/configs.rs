@@ -21,6 +21,10 @@ pub struct MigrateConfig {
     /// How long an external migrator gets between SIGTERM and SIGKILL.
     pub grace: Duration,
     pub notify_urls: Vec<String>,
+    /// `--phase`: `Contract` unless `--phase expand` (every contract is gated).
+    pub phase: crate::phase::Mode,
+    /// `--wait-for-drain`: how long a gated contract polls the registry.
+    pub wait_for_drain: Option<Duration>,
 }
 
 /// What `migrate` applies.
@@ -65,6 +69,10 @@ pub struct WaitConfig {
     pub http: Vec<String>,
     /// `-- CMD`: exec'd once ready.
     pub command: Vec<String>,
+    /// `--phase expand`: ready once every expand migration is applied.
+    pub expand_only: bool,
+    /// `--release`: this instance, announced in the release registry once ready.
+    pub registration: Option<Registration>,
 }
 
 /// What `wait` waits for.
@@ -141,4 +149,27 @@ pub enum CheckPlan {
         baseline: Option<String>,
         command: Vec<String>,
     },
+}
+
+/// `schemagate heartbeat`.
+#[derive(Debug)]
+pub struct HeartbeatConfig {
+    pub db: Config,
+    pub me: Registration,
+}
+
+/// Who an instance is in the release registry, before the version it expects is known
+/// (a source is read by the command).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub instance: String,
+    pub release: String,
+    pub expects: Expects,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Expects {
+    Version(String),
+    Source(PathBuf),
 }

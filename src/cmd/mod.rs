@@ -4,6 +4,7 @@
 pub mod check;
 mod configs;
 pub mod digest;
+pub mod heartbeat;
 pub mod migrate;
 pub mod rollback;
 pub mod smoke;
@@ -14,8 +15,8 @@ pub mod wait;
 use serde::Serialize;
 
 pub use configs::{
-    CheckConfig, CheckPlan, DdlTimeouts, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig,
-    StatusConfig, WaitConfig, WaitTarget, Work,
+    CheckConfig, CheckPlan, DdlTimeouts, Expects, HeartbeatConfig, MigrateConfig, Registration,
+    RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig, WaitTarget, Work,
 };
 
 use crate::db::{self, Conn};

@@ -25,6 +25,10 @@ struct Report {
     lock: LockReport,
     markers: Vec<Marker>,
     migrations: Migrations,
+    /// The release registry: live instances (oldest expected version first), and the
+    /// newest contract migration that has run or is running (`docs/src/phases.md`).
+    instances: Vec<crate::registry::Instance>,
+    contract_barrier: Option<i64>,
     /// Only with another migrator's --source: its history table against the files.
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<HistoryReport>,
@@ -96,6 +100,8 @@ struct Pending {
     version: i64,
     description: String,
     no_transaction: bool,
+    /// `expand` or `contract` (`migrate --phase`).
+    phase: crate::phase::Phase,
     /// A `.down.sql` exists for it.
     reversible: bool,
 }
@@ -137,6 +143,8 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
     let choice = lock::choose(&mut conn, cfg).await?;
     let invalid_indexes = conn.invalid_indexes().await?;
     let (applied, dirty) = conn.applied(&cfg.migrations_table).await?;
+    let instances = crate::registry::live(&mut conn, cfg).await?;
+    let contract_barrier = crate::registry::barrier(&mut conn, cfg).await?;
     conn.close().await;
 
     let report = Report {
@@ -152,6 +160,8 @@ pub async fn run(args: &StatusConfig) -> Result<Outcome> {
         },
         markers,
         migrations: migrations_report(source.as_ref(), &applied, dirty, invalid_indexes),
+        instances,
+        contract_barrier,
         history,
     };
     let text = if args.json {
@@ -196,6 +206,7 @@ fn migrations_report(
                 version: m.version,
                 description: m.description.to_string(),
                 no_transaction: m.no_tx,
+                phase: m.phase,
                 reversible: s.downs.contains_key(&m.version),
             })
             .collect()
@@ -270,7 +281,45 @@ fn render_text(r: &Report) -> String {
         Some(h) => render_history(&mut out, h),
         None => render_migrations(&mut out, &r.migrations),
     }
+    render_instances(&mut out, r);
     out
+}
+
+/// The release registry, one line per release: what it expects and its live instances.
+fn render_instances(out: &mut String, r: &Report) {
+    if r.instances.is_empty() && r.contract_barrier.is_none() {
+        return;
+    }
+    say!(out);
+    say!(out, "live instances: {}", r.instances.len());
+    let mut releases: Vec<(&str, &str, Vec<String>)> = Vec::new();
+    for i in &r.instances {
+        let shown = format!(
+            "{} (seen {:.1}s ago)",
+            i.instance,
+            i.seen_ms_ago as f64 / 1000.0
+        );
+        match releases
+            .iter_mut()
+            .find(|(rel, e, _)| *rel == i.release && *e == i.expects)
+        {
+            Some((_, _, names)) => names.push(shown),
+            None => releases.push((&i.release, &i.expects, vec![shown])),
+        }
+    }
+    for (release, expects, names) in releases {
+        say!(
+            out,
+            "  release {release} (expects {expects}): {}",
+            names.join(", ")
+        );
+    }
+    if let Some(b) = r.contract_barrier {
+        say!(
+            out,
+            "contract barrier: {b} (instances built for an older version may not start)"
+        );
+    }
 }
 
 fn render_lock_and_markers(out: &mut String, r: &Report) {
@@ -382,7 +431,7 @@ fn render_migrations(out: &mut String, migrations: &Migrations) {
     if let Some(pending) = &migrations.pending {
         say!(out, "pending migrations: {}", pending.len());
         for p in pending {
-            say!(out, "  {} {}", p.version, p.description);
+            say!(out, "  {} {} ({})", p.version, p.description, p.phase);
         }
     }
 }

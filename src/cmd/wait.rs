@@ -32,6 +32,8 @@ struct Target {
     source: Option<SqlSource>,
     /// `--source DIR --format F` for another migrator: its history table decides.
     foreign: Option<Foreign>,
+    /// `--phase expand`: ready once every expand migration of the source is applied.
+    expand_only: bool,
 }
 
 /// A SQL source, read only once its migrations are needed: while a trusted digest file
@@ -95,6 +97,7 @@ impl Target {
                 version: v.clone(),
                 source: None,
                 foreign: None,
+                expand_only: false,
             },
             WaitTarget::Sql(dir) => match claimed(dir)? {
                 Some(summary) => Target {
@@ -105,6 +108,7 @@ impl Target {
                         read: std::cell::OnceCell::new(),
                     }),
                     foreign: None,
+                    expand_only: false,
                 },
                 None => {
                     let source = Source::load(dir)?;
@@ -112,6 +116,7 @@ impl Target {
                         version: source.version(),
                         source: Some(SqlSource::loaded(source)),
                         foreign: None,
+                        expand_only: false,
                     }
                 }
             },
@@ -121,6 +126,7 @@ impl Target {
                     version: foreign.version(),
                     source: None,
                     foreign: Some(foreign),
+                    expand_only: false,
                 }
             }
         })
@@ -129,7 +135,10 @@ impl Target {
 
 pub async fn run(args: &WaitConfig) -> Result<Outcome> {
     let cfg = &args.db;
-    let target = Target::load(&args.target)?;
+    let target = Target {
+        expand_only: args.expand_only,
+        ..Target::load(&args.target)?
+    };
     let version = target.version.clone();
     let started = Instant::now();
     let deadline = started + args.timeout;
@@ -468,6 +477,9 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<(Readiness, bool)> 
 }
 
 async fn check(via: &mut Via<'_>, cfg: &Config, target: &Target) -> Result<Readiness> {
+    if let (true, Some(sql)) = (target.expand_only, &target.source) {
+        return expand_ready(via, cfg, sql).await;
+    }
     let (digest, history) = target.source.as_ref().map(SqlSource::expected).unzip();
     let Decisive {
         marker: decisive,
@@ -677,4 +689,19 @@ fn claimed(dir: &std::path::Path) -> Result<Option<digest::Summary>> {
         return Ok(None);
     }
     digest::trusted(dir)
+}
+
+/// `--phase expand`: every expand migration of the source applied with this build's
+/// checksum, nothing dirty; its contract migrations may still be pending (the older
+/// release still runs).
+async fn expand_ready(via: &mut Via<'_>, cfg: &Config, sql: &SqlSource) -> Result<Readiness> {
+    let source = sql.migrations()?;
+    let (applied, dirty) = via.applied(cfg).await?;
+    if let Some(v) = dirty {
+        return Ok(Readiness::NotYet(format!("migration {v} is dirty")));
+    }
+    Ok(match source.expand_applied(&applied) {
+        Ok(()) => Readiness::Ready("every expand migration in the source is applied".into()),
+        Err(why) => Readiness::NotYet(why),
+    })
 }

@@ -17,6 +17,7 @@ mod layouts;
 mod migrations_table;
 mod migrators;
 mod mysql;
+mod phases;
 mod postgres;
 mod reliability_doc;
 mod smoke;

@@ -16,7 +16,7 @@ struct Row {
 
 fn backends_of(file: &str) -> &'static str {
     match file {
-        "backends.rs" => "PostgreSQL, MariaDB, SQLite",
+        "backends.rs" | "phases.rs" => "PostgreSQL, MariaDB, SQLite",
         "mysql.rs" => "MariaDB",
         _ => "PostgreSQL",
     }

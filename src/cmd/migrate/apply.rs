@@ -127,7 +127,56 @@ pub(super) async fn apply_pending(
         });
     }
     crate::cmd::refuse_transaction_control(ctx.cfg, source, plan.pending.iter().copied())?;
-    for group in batches(&plan.pending, settings.single_transaction) {
+    let run = Run {
+        source,
+        settings,
+        opts,
+    };
+    // Contracts wait for the gate (`phased.rs`); what comes before one is applied first.
+    let phase = (settings.phase, settings.wait_for_drain);
+    let apply = async |conn: &mut Conn, ms: &[&Entry], progress: &mut Progress| {
+        apply_in_order(conn, ctx, &run, ms, progress).await
+    };
+    if let Some(stop) =
+        super::phased::walk(conn, ctx, phase, &plan.pending, progress, apply).await?
+    {
+        return super::phased::stopped(conn, ctx, source, &plan.pending, progress, stop).await;
+    }
+    record_success(conn, ctx, progress.applied).await?;
+    tracing::info!(
+        "schema version {} ready: {} applied in {:.1?}",
+        ctx.expected.version,
+        progress.applied,
+        ctx.started.elapsed()
+    );
+    Ok(Ran {
+        applied: progress.applied,
+        wrote_marker: true,
+        ..Ran::default()
+    })
+}
+
+/// What applying a run of pending migrations needs besides the connection.
+struct Run<'a> {
+    source: &'a Source,
+    settings: &'a MigrateConfig,
+    opts: &'a ApplyOptions,
+}
+
+/// Apply `migrations` (pending, in order) in their groups.
+async fn apply_in_order(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    run: &Run<'_>,
+    migrations: &[&Entry],
+    progress: &mut Progress,
+) -> Result<()> {
+    let Run {
+        source,
+        settings,
+        opts,
+    } = *run;
+    for group in batches(migrations, settings.single_transaction) {
         if ctx.lock.lease_lost() {
             return Err(Error::LockLost(format!(
                 "the migration lease lapsed before {}; stopped (applied {})",
@@ -155,18 +204,7 @@ pub(super) async fn apply_pending(
         tracing::info!("applied {label} in {:.1?}", t.elapsed());
     }
     progress.current = None;
-    record_success(conn, ctx, progress.applied).await?;
-    tracing::info!(
-        "schema version {} ready: {} applied in {:.1?}",
-        ctx.expected.version,
-        progress.applied,
-        ctx.started.elapsed()
-    );
-    Ok(Ran {
-        applied: progress.applied,
-        wrote_marker: true,
-        ..Ran::default()
-    })
+    Ok(())
 }
 
 /// A group of migrations applied together, and the source that reads their SQL.
@@ -242,6 +280,7 @@ mod tests {
             migration_type: sqlx::migrate::MigrationType::Simple,
             checksum: Vec::new(),
             no_tx,
+            phase: crate::phase::Phase::Expand,
             path: format!("{version}_m{version}.sql").into(),
         }
     }

@@ -5,6 +5,7 @@ mod apply;
 mod external;
 mod fast;
 mod interrupt;
+mod phased;
 mod record;
 
 use std::time::Instant;
@@ -166,10 +167,10 @@ pub async fn run(settings: &MigrateConfig, mut signals: Signals) -> Result<Outco
     let result = end_lock(conn, lock, cfg, result).await;
     notify(settings, &version, started, &result).await;
     let ran = result?;
-    Ok(done(
-        format!("schema version {version} ready ({} applied)", ran.applied),
-        ran.applied,
-    ))
+    let message = ran
+        .partial
+        .unwrap_or_else(|| format!("schema version {version} ready ({} applied)", ran.applied));
+    Ok(done(message, ran.applied))
 }
 
 /// The digest file's fast path already asked for exactly this marker when the file agrees

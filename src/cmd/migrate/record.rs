@@ -18,6 +18,9 @@ pub(super) struct Ran {
     /// The lock's session was ended from a side connection (after a signal): there is
     /// nothing left to release.
     pub(super) session_ended: bool,
+    /// `--phase expand` stopped before a contract migration: what it did instead of
+    /// bringing the whole source (the run's message).
+    pub(super) partial: Option<String>,
 }
 
 /// What every run under the lock needs.
