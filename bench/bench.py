@@ -660,6 +660,14 @@ def main() -> None:
         load = {mode: load_case(cl, 20 if smoke else 100, 3 if smoke else 10, mode == "listen") for mode in ("poll", "listen")}
         print(f"load of waiters: {load}", flush=True)
         large = large_case(cl, base, 16 if smoke else 200)
+        round_trips = {
+            mode: subprocess.run([str(ROOT / "bench/roundtrips"), "--url", cl.admin, "--bin", str(SG),
+                                  "-n", "20" if smoke else "200", *flags],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+            for mode, flags in (("one transaction per migration", []),
+                                ("--single-transaction", ["--single-transaction"]))
+        }
+        print("round trips:\n" + "\n".join(round_trips.values()), flush=True)
         print("peak RSS / file size, one migration of {:.0f} MiB: ".format(large["size"] / 1048576)
               + ", ".join(f"{t} {v / large['size']:.2f}×" for t, v in large["peaks"].items()), flush=True)
     finally:
@@ -806,6 +814,13 @@ def main() -> None:
     for mode, v in load.items():
         say(f"| {mode} | {v['tx_per_s']:.0f} | {v['connections_per_s']:.0f} | {v['peak_connections']} |")
     say("")
+    say("## Round trips per migration\n")
+    say("`bench/roundtrips` runs `migrate --source` through a loopback proxy that counts the bursts schemagate "
+        "sends after a reply from the server (each one something it waits for), over every connection of the run: "
+        "1 + N migrations to an empty database, minus the same run with 1, divided by N. The count does not move "
+        "with the machine's load; the load average it prints is the one when it ran.\n")
+    for mode, out in round_trips.items():
+        say(f"{mode}:\n\n```\n{out}\n```\n")
     say(PROBE)
     say(NOTES)
     Path(args.out).write_text("\n".join(lines) + "\n")

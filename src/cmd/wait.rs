@@ -246,8 +246,8 @@ async fn wait_loop(
                 ),
             };
         let why = match verdict(checked, args, target)? {
-            Ok(why) => return Ok(why),
-            Err(why) => why,
+            Verdict::Ready(why) => return Ok(why),
+            Verdict::NotYet(why) => why,
         };
         *last = Readiness::NotYet(why.clone());
         if args.once {
@@ -309,14 +309,15 @@ async fn listener(cfg: &Config, args: &WaitConfig, deadline: Instant) -> Result<
     }
 }
 
-/// What one check means for the wait: `Ok(Ok(why))` ready, `Ok(Err(why))` not yet (and
-/// why), `Err` the end of the wait (a configuration error, a recorded failure, or with
-/// --once anything that kept the check from looking).
-fn verdict(
-    checked: Result<Readiness>,
-    args: &WaitConfig,
-    target: &Target,
-) -> Result<std::result::Result<String, String>> {
+/// What one check means for the wait, and why.
+enum Verdict {
+    Ready(String),
+    NotYet(String),
+}
+
+/// What one check means for the wait; `Err` the end of the wait (a configuration error, a
+/// recorded failure, or with --once anything that kept the check from looking).
+fn verdict(checked: Result<Readiness>, args: &WaitConfig, target: &Target) -> Result<Verdict> {
     let state = match checked {
         Ok(state) => state,
         Err(e) if e.is_config() => return Err(e),
@@ -326,18 +327,18 @@ fn verdict(
         Err(e) => Readiness::NotYet(format!("cannot check: {e:#}")),
     };
     Ok(match state {
-        Readiness::Ready(why) => Ok(why),
+        Readiness::Ready(why) => Verdict::Ready(why),
         Readiness::RecordedFailed(detail, _) if !args.ignore_failed => {
             return Err(Error::RecordedFailed(format!(
                 "schema version {} is recorded as failed: {detail}",
                 target.version
             )));
         }
-        Readiness::RecordedFailed(detail, recorded) => Err(format!(
+        Readiness::RecordedFailed(detail, recorded) => Verdict::NotYet(format!(
             "recorded as failed ({detail}); waiting for a retry{}",
             recorded.map(|r| format!("; {r}")).unwrap_or_default()
         )),
-        Readiness::NotYet(why) => Err(why),
+        Readiness::NotYet(why) => Verdict::NotYet(why),
     })
 }
 

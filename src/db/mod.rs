@@ -240,6 +240,28 @@ pub fn db_err(context: &str, e: sqlx::Error) -> Error {
     }
 }
 
+/// Why the migration lock is no longer ours (`Lock::check`, while an external migrator
+/// runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockGone {
+    /// The lease lapsed, or another run took it over.
+    Lapsed,
+    /// The session lock is no longer held by this session.
+    NotHeld,
+    /// The lock's connection failed: the driver's error, described.
+    Connection(String),
+}
+
+impl std::fmt::Display for LockGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockGone::Lapsed => f.write_str("the lease lapsed or was taken over"),
+            LockGone::NotHeld => f.write_str("the lock is no longer held by this session"),
+            LockGone::Connection(why) => write!(f, "the lock connection failed: {why}"),
+        }
+    }
+}
+
 impl Conn {
     /// sqlx's migration operations on this connection.
     pub fn migrate(&mut self) -> &mut dyn Migrate {
@@ -316,7 +338,7 @@ impl Conn {
     }
 
     /// Whether this connection still holds the migration lock; `Err` says why not.
-    pub async fn lock_still_held(&mut self, cfg: &Config) -> Result<(), String> {
+    pub async fn lock_still_held(&mut self, cfg: &Config) -> Result<(), LockGone> {
         let held = match self {
             Conn::Pg(c) => postgres::holds_lock(c, cfg.lock.key).await,
             Conn::My(c) => mysql::holds_lock(c, &cfg.lock).await,
@@ -325,8 +347,8 @@ impl Conn {
         };
         match held {
             Ok(true) => Ok(()),
-            Ok(false) => Err("the lock is no longer held by this session".into()),
-            Err(e) => Err(format!("the lock connection failed: {}", describe(&e))),
+            Ok(false) => Err(LockGone::NotHeld),
+            Err(e) => Err(LockGone::Connection(describe(&e))),
         }
     }
 

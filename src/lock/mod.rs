@@ -608,9 +608,9 @@ impl Lock {
     }
 
     /// Check the lock while a long step runs; `Err` says why it is gone.
-    pub async fn check(&self, conn: &mut Conn, cfg: &Config) -> Result<(), String> {
+    pub async fn check(&self, conn: &mut Conn, cfg: &Config) -> Result<(), db::LockGone> {
         match &self.kind {
-            Kind::Lease(l) if l.is_lost() => Err("the lease lapsed or was taken over".into()),
+            Kind::Lease(l) if l.is_lost() => Err(db::LockGone::Lapsed),
             Kind::Lease(_) | Kind::File(_) => Ok(()),
             Kind::Session => conn.lock_still_held(&self.named(cfg)).await,
         }
