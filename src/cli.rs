@@ -200,6 +200,37 @@ pub enum Command {
     ///   schemagate man --dir /usr/local/share/man/man1    # schemagate.1, schemagate-migrate.1, ...
     #[command(verbatim_doc_comment)]
     Man(ManArgs),
+    /// Migrate many tenant databases or schemas: one ordinary `migrate` run per target,
+    /// each with its own lock, marker and history, N at a time, then a summary.
+    ///
+    /// Targets come from --targets FILE, one per line (`#` starts a comment line). A line
+    /// is either a full database URL, or a name that fills the `{schema}` placeholder:
+    ///
+    ///   of --database-url, for a database per tenant:
+    ///     --database-url 'postgres://app@db/{schema}'      (or mysql://, sqlite://)
+    ///   otherwise, on PostgreSQL, a schema in the one database --database-url names:
+    ///     the target's marker and migrations tables live in that schema
+    ///     (<name>.schemagate_marker, <name>._sqlx_migrations) and its migrations run
+    ///     with search_path set to it, so their unqualified names land there.
+    ///
+    /// Every target's lock is derived from its own marker table, so targets never wait on
+    /// each other. A target already at the version costs one query: a rerun (after a
+    /// crash, a `kill -9`, or once a failed target is fixed) is the resume, and applies
+    /// only what is missing. The summary lists every target: applied, up-to-date, failed
+    /// (with the reason) or skipped (never started).
+    ///
+    /// Exit status: 0 when every target is applied or up to date; 1 when any target failed
+    /// or was skipped; 2 for a usage error (nothing was started); 130/143 on SIGINT/SIGTERM
+    /// (the targets in flight are stopped as `migrate` stops; none is started after it).
+    ///
+    /// Examples:
+    ///   schemagate fleet --targets tenants.txt --source ./migrations \
+    ///       --database-url 'postgres://app@db/app'          # a schema per line
+    ///   schemagate fleet --targets dbs.txt --source ./migrations --parallel 16 \
+    ///       --database-url 'postgres://app@db/{schema}'     # a database per line
+    ///   schemagate fleet --targets urls.txt --source ./migrations --json
+    #[command(verbatim_doc_comment)]
+    Fleet(FleetArgs),
 }
 
 impl Command {
@@ -216,6 +247,7 @@ impl Command {
             Command::Digest(_) => "digest",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
+            Command::Fleet(_) => "fleet",
         }
     }
 
@@ -228,6 +260,7 @@ impl Command {
             Command::Rollback(a) => Some(&a.connect),
             Command::Stamp(a) => Some(&a.connect),
             Command::Check(a) => Some(&a.connect),
+            Command::Fleet(a) => Some(&a.migrate.connect),
             Command::Smoke(_) | Command::Digest(_) | Command::Completions(_) | Command::Man(_) => {
                 None
             }
@@ -331,7 +364,7 @@ pub struct LockArgs {
     pub lock_wait: Duration,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 #[command(group(ArgGroup::new("work").args(["source", "command"]).required(true).multiple(true)))]
 pub struct MigrateArgs {
     /// Directory of SQL migrations (sqlx layout: `<VERSION>_<description>.sql`, or
@@ -631,6 +664,33 @@ pub struct StampArgs {
         help_heading = "Stamp"
     )]
     pub source: Option<PathBuf>,
+}
+
+// `schemagate fleet`: `migrate`'s options, applied to every target, and how to go
+// through the targets.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    // --database-url may hold `{schema}`; every other option is `migrate`'s.
+    #[command(flatten)]
+    pub migrate: MigrateArgs,
+
+    /// The targets, one per line: a database URL, or a name for `{schema}` (see above).
+    /// Blank lines and lines starting with `#` are skipped.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TARGETS",
+        value_name = "FILE",
+        help_heading = "Fleet"
+    )]
+    pub targets: PathBuf,
+
+    /// How many targets are migrated at once (each holds one connection to its server).
+    #[arg(long, env = "SCHEMAGATE_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024), value_name = "N", help_heading = "Fleet")]
+    pub parallel: u32,
+
+    /// Print the summary as one JSON document instead of text.
+    #[arg(long, env = "SCHEMAGATE_JSON", help_heading = "Output")]
+    pub json: bool,
 }
 
 // `schemagate digest`.

@@ -39,7 +39,8 @@ use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use cmd::Outcome;
 use config::{
-    CheckConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig, WaitConfig,
+    CheckConfig, FleetConfig, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig,
+    StatusConfig, WaitConfig,
 };
 use error::Error;
 use redact::redact;
@@ -126,6 +127,8 @@ async fn run(command: Command) -> Result<Outcome, Error> {
         Command::Digest(args) => cmd::digest::run(&args.source),
         Command::Completions(args) => cmd::completions::completions(args.shell),
         Command::Man(args) => cmd::completions::man(args.dir.as_deref()),
+        // `fleet` passes signals on to every target's run, which records them as `migrate`.
+        Command::Fleet(args) => cmd::fleet::run(&FleetConfig::from_args(&args)?, signals).await,
     }
 }
 
@@ -165,7 +168,12 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let mode = args
         .get(1)
         .map(String::as_str)
-        .filter(|a| ["migrate", "wait", "status", "rollback", "stamp", "smoke"].contains(a))
+        .filter(|a| {
+            [
+                "migrate", "wait", "status", "rollback", "stamp", "smoke", "fleet",
+            ]
+            .contains(a)
+        })
         .unwrap_or("schemagate");
     let path = args
         .iter()

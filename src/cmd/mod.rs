@@ -4,6 +4,7 @@
 pub mod check;
 pub mod completions;
 pub mod digest;
+pub mod fleet;
 pub mod migrate;
 pub mod rollback;
 pub mod smoke;

@@ -11,12 +11,14 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 mod commands;
+mod fleet;
 mod url;
 
 pub use commands::{
     CheckConfig, CheckPlan, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig,
     WaitConfig, WaitTarget, Work,
 };
+pub use fleet::FleetConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
