@@ -669,6 +669,7 @@ pub struct StampArgs {
 // `schemagate fleet`: `migrate`'s options, applied to every target, and how to go
 // through the targets.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("list").args(["targets", "targets_cmd", "targets_query"]).required(true)))]
 pub struct FleetArgs {
     // --database-url may hold `{schema}`; every other option is `migrate`'s.
     #[command(flatten)]
@@ -682,15 +683,101 @@ pub struct FleetArgs {
         value_name = "FILE",
         help_heading = "Fleet"
     )]
-    pub targets: PathBuf,
+    pub targets: Option<PathBuf>,
 
-    /// How many targets are migrated at once (each holds one connection to its server).
+    /// The targets are the lines this shell command prints (read as --targets FILE is).
+    /// A command that exits non-zero stops the fleet before any target starts.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TARGETS_CMD",
+        value_name = "CMD",
+        help_heading = "Fleet"
+    )]
+    pub targets_cmd: Option<String>,
+
+    /// The targets are the first column (text) of this query's rows, run on --catalog-url:
+    /// `--targets-query "SELECT schema_name FROM tenants WHERE active"`.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TARGETS_QUERY",
+        value_name = "SQL",
+        help_heading = "Fleet"
+    )]
+    pub targets_query: Option<String>,
+
+    /// The database --targets-query runs on (default: --database-url, when it holds no
+    /// `{schema}`). Its connection is closed before the first target starts.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_CATALOG_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        requires = "targets_query",
+        help_heading = "Fleet"
+    )]
+    pub catalog_url: Option<String>,
+
+    /// How many targets are migrated at once. Each holds one connection to its server, so
+    /// the fleet holds at most N (N + 1 while it reads --targets-query, or proves a server's
+    /// advisory lock once, before any target starts).
     #[arg(long, env = "SCHEMAGATE_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024), value_name = "N", help_heading = "Fleet")]
     pub parallel: u32,
+
+    /// Migrate the first K targets first, and the rest only if none of them failed.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_CANARY",
+        default_value_t = 0,
+        value_name = "K",
+        help_heading = "Fleet"
+    )]
+    pub canary: u32,
+
+    /// Start no new target once more than N targets (or P% of them) have failed: `5`,
+    /// `2%`. The targets in flight finish; the rest are `skipped`. Default: no limit.
+    #[arg(long, env = "SCHEMAGATE_MAX_FAILED", value_name = "N|P%", value_parser = parse_max_failed, help_heading = "Fleet")]
+    pub max_failed: Option<MaxFailed>,
+
+    /// Give each target at most this long: its connect and lock waits are cut to it, and
+    /// a run still going then is stopped as SIGTERM stops `migrate` (its migration rolled
+    /// back, a `failed` marker written). It fails alone, with exit code 124 in its line.
+    #[arg(long, env = "SCHEMAGATE_TARGET_TIMEOUT", value_parser = parse_connect_timeout, value_name = "DURATION", help_heading = "Fleet")]
+    pub target_timeout: Option<Duration>,
 
     /// Print the summary as one JSON document instead of text.
     #[arg(long, env = "SCHEMAGATE_JSON", help_heading = "Output")]
     pub json: bool,
+}
+
+/// `--max-failed`: a count, or a share of the targets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxFailed {
+    Count(usize),
+    Percent(f64),
+}
+
+impl MaxFailed {
+    /// How many failures out of `total` targets are tolerated.
+    pub fn tolerated(self, total: usize) -> usize {
+        match self {
+            MaxFailed::Count(n) => n,
+            MaxFailed::Percent(p) => (total as f64 * p / 100.0).floor() as usize,
+        }
+    }
+}
+
+fn parse_max_failed(s: &str) -> Result<MaxFailed, String> {
+    let bad = || format!("invalid --max-failed {s:?}: a count (5) or a percentage (2%)");
+    match s.trim().strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(format!("--max-failed {s:?}: a percentage is 0% to 100%"));
+            }
+            Ok(MaxFailed::Percent(p))
+        }
+        None => s.trim().parse().map(MaxFailed::Count).map_err(|_| bad()),
+    }
 }
 
 // `schemagate digest`.

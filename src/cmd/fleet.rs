@@ -2,17 +2,20 @@
 //! and history), at most `--parallel` at a time in this process, and a summary of every
 //! target's state. No state is shared between targets: a rerun is the resume.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::Outcome;
-use crate::config::{FleetConfig, MigrateConfig, Work};
+use crate::config::{Backend, FleetConfig, LockMode, MigrateConfig, Target, TargetList, Work};
+use crate::db::{self, Conn};
 use crate::error::{Error, Result};
+use crate::lock::{self, Choice};
 use crate::redact::redact;
-use crate::signals::Signals;
+use crate::signals::{Signal, Signals};
 
 /// Where one target ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,33 +88,60 @@ pub async fn run(cfg: &FleetConfig, signals: Signals) -> Result<Outcome> {
 
 async fn run_all(cfg: &FleetConfig, mut signals: Signals) -> Result<Outcome> {
     let started = Instant::now();
-    let total = cfg.targets.len();
+    let targets = tokio::select! {
+        r = load_targets(cfg) => r?,
+        sig = signals.recv() => return Err(Error::Interrupted(sig)),
+    };
+    let proven = tokio::select! {
+        r = prove_servers(cfg, &targets) => r?,
+        sig = signals.recv() => return Err(Error::Interrupted(sig)),
+    };
+    let total = targets.len();
+    let tolerated = cfg.max_failed.map(|m| m.tolerated(total));
+    let canary = cfg.canary.min(total);
+    let mut canary_done = canary == 0;
     let mut results: Vec<Option<TargetResult>> = (0..total).map(|_| None).collect();
     let mut running = JoinSet::new();
     let mut stopped: Option<String> = None;
     let mut interrupted = None;
+    let mut failures = 0;
     let mut next = 0;
     loop {
-        // Start targets while there is room and nothing says stop.
-        while interrupted.is_none() && next < total && running.len() < cfg.parallel {
-            let target = &cfg.targets[next];
+        // Start targets while there is room and nothing says stop; during the canary
+        // wave, only the canaries.
+        let end = if canary_done { total } else { canary };
+        while stopped.is_none() && next < end && running.len() < cfg.parallel {
+            let target = &targets[next];
             let index = next;
             next += 1;
-            let settings = match cfg.target_config(target) {
+            let mut settings = match cfg.target_config(target) {
                 Ok(s) => s,
                 Err(e) => {
+                    failures += 1;
                     results[index] = Some(failed(&target.id, &e, Instant::now()));
                     continue;
                 }
             };
+            apply_proof(&mut settings, &proven);
             let span = tracing::info_span!("target", id = %target.id);
             let id = target.id.clone();
             let signals = signals.clone();
+            let timeout = cfg.target_timeout;
             running.spawn_local(
-                async move { (index, run_one(id, settings, signals).await) }.instrument(span),
+                async move { (index, run_one(id, settings, signals, timeout).await) }
+                    .instrument(span),
             );
         }
         if running.is_empty() {
+            if !canary_done && stopped.is_none() {
+                canary_done = true;
+                if failures > 0 {
+                    stopped = Some(format!(
+                        "{failures} of the {canary} canary target(s) failed"
+                    ));
+                }
+                continue;
+            }
             break;
         }
         tokio::select! {
@@ -119,11 +149,22 @@ async fn run_all(cfg: &FleetConfig, mut signals: Signals) -> Result<Outcome> {
                 let Some(done) = done else { break };
                 let (index, result) = done.map_err(|e| Error::Failed(format!("a target's task failed: {e}")))?;
                 if result.state == State::Failed {
+                    failures += 1;
                     tracing::error!(
                         "target {} failed: {}",
                         result.target,
                         result.reason.as_deref().unwrap_or_default()
                     );
+                    if let Some(max) = tolerated
+                        && failures > max
+                        && stopped.is_none()
+                    {
+                        let why = format!(
+                            "--max-failed {max} crossed: {failures} of {total} target(s) failed"
+                        );
+                        tracing::warn!("{why}; no new target is started");
+                        stopped = Some(why);
+                    }
                 }
                 results[index] = Some(result);
             }
@@ -143,7 +184,7 @@ async fn run_all(cfg: &FleetConfig, mut signals: Signals) -> Result<Outcome> {
         .enumerate()
         .map(|(i, r)| {
             r.unwrap_or_else(|| TargetResult {
-                target: cfg.targets[i].id.clone(),
+                target: targets[i].id.clone(),
                 state: State::Skipped,
                 version: None,
                 applied: None,
@@ -181,11 +222,173 @@ async fn run_all(cfg: &FleetConfig, mut signals: Signals) -> Result<Outcome> {
     })
 }
 
-/// One target's `migrate` run, as an entry of the summary.
-async fn run_one(id: String, settings: MigrateConfig, signals: Signals) -> TargetResult {
+/// The targets, from the file, the command's output or the catalog query.
+async fn load_targets(cfg: &FleetConfig) -> Result<Vec<Target>> {
+    match &cfg.list {
+        TargetList::File(path) => {
+            let text = crate::files::read_small(path, 64 << 20).map_err(|e| {
+                Error::Config(format!("cannot read --targets {}: {e}", path.display()))
+            })?;
+            cfg.parse_targets(&text, &format!("--targets {}", path.display()))
+        }
+        TargetList::Command(command) => {
+            let out = tokio::process::Command::new("sh")
+                .args(["-c", command])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .await
+                .map_err(|e| Error::Failed(format!("cannot run --targets-cmd: {e}")))?;
+            if !out.status.success() {
+                return Err(Error::Failed(format!(
+                    "--targets-cmd {} {}; no target was started",
+                    redact(command),
+                    crate::child::describe_status(&out.status)
+                )));
+            }
+            cfg.parse_targets(&String::from_utf8_lossy(&out.stdout), "--targets-cmd")
+        }
+        TargetList::Query(catalog, sql) => {
+            let mut conn = db::connect(catalog).await?;
+            let names = query_column(&mut conn, sql).await;
+            conn.close().await;
+            let names = names.map_err(|e| {
+                db::db_err(
+                    &format!("--targets-query failed on {}", catalog.display_url),
+                    e,
+                )
+            })?;
+            cfg.parse_targets(&names.join("\n"), "--targets-query row")
+        }
+    }
+}
+
+/// The first column of every row of `sql`, as text.
+async fn query_column(conn: &mut Conn, sql: &str) -> Result<Vec<String>, sqlx::Error> {
+    use sqlx::{AssertSqlSafe, Row};
+    let sql = AssertSqlSafe(sql.to_owned());
+    match conn {
+        Conn::Pg(c) => sqlx::raw_sql(sql)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect(),
+        Conn::My(c) => sqlx::raw_sql(sql)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect(),
+        Conn::Lite(c) => sqlx::raw_sql(sql)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect(),
+    }
+}
+
+/// The lock each PostgreSQL server's targets take, decided once per server (host and
+/// port) before any target starts: with `--lock auto` every run that takes the lock would
+/// otherwise prove the advisory lock on a second connection of its own, and N targets
+/// applying at once would hold 2N connections. Keyed by server; the value is the lock
+/// chosen and why.
+async fn prove_servers(cfg: &FleetConfig, targets: &[Target]) -> Result<HashMap<String, Choice>> {
+    let mut proven = HashMap::new();
+    let mut tried = std::collections::HashSet::new();
+    for target in targets {
+        let Ok(settings) = cfg.target_config(target) else {
+            continue;
+        };
+        let db = &settings.db;
+        if db.backend != Backend::Postgres || db.lock.mode == LockMode::Lease || settings.dry_run {
+            continue;
+        }
+        let Some(server) = server_of(&db.url) else {
+            continue;
+        };
+        if !tried.insert(server.clone()) {
+            continue;
+        }
+        let choice = async {
+            let mut conn = db::connect(db).await?;
+            let choice = lock::choose(&mut conn, db).await;
+            conn.close().await;
+            choice
+        };
+        match choice.await {
+            Ok(choice) => {
+                proven.insert(server, choice);
+            }
+            // The targets of that server prove it themselves (and say what fails).
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) => tracing::warn!("cannot decide the lock for {}: {e:#}", db.display_url),
+        }
+    }
+    Ok(proven)
+}
+
+/// `scheme://host:port` of a URL: the server whose lock was proven.
+fn server_of(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    Some(format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str()?,
+        u.port().unwrap_or(5432)
+    ))
+}
+
+/// The lock decided for this target's server, if it was.
+fn apply_proof(settings: &mut MigrateConfig, proven: &HashMap<String, Choice>) {
+    let Some(choice) = server_of(&settings.db.url).and_then(|s| proven.get(&s)) else {
+        return;
+    };
+    match choice.kind {
+        "advisory" => settings.db.advisory_proven = Some(choice.reason.clone()),
+        "lease" => settings.db.lock.mode = LockMode::Lease,
+        _ => {}
+    }
+}
+
+/// One target's `migrate` run, as an entry of the summary. Its run gets signals of its
+/// own: the fleet's, passed on, and a SIGTERM of its own at `timeout`.
+async fn run_one(
+    id: String,
+    settings: MigrateConfig,
+    mut fleet_signals: Signals,
+    timeout: Option<Duration>,
+) -> TargetResult {
     let started = Instant::now();
     let external = !matches!(settings.work, Work::Sql { .. });
-    match super::migrate::run(&settings, signals).await {
+    let (signals, stop) = Signals::manual();
+    let run = super::migrate::run(&settings, signals);
+    tokio::pin!(run);
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut timed_out = false;
+    let result = tokio::select! {
+        r = &mut run => r,
+        sig = fleet_signals.recv() => {
+            let _ = stop.send(Some(sig));
+            run.await
+        }
+        () = deadline => {
+            timed_out = true;
+            let _ = stop.send(Some(Signal::Term));
+            // As SIGTERM: the run records its failure, or ends at once if it held nothing.
+            match tokio::time::timeout(STOP_GRACE + settings.grace, &mut run).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Failed("did not stop in time".into())),
+            }
+        }
+    };
+    match result {
         Ok(outcome) => {
             let applied = outcome.applied.unwrap_or(0);
             // Every path that runs under the lock ends in "ready"; the ones that find the
@@ -208,9 +411,23 @@ async fn run_one(id: String, settings: MigrateConfig, signals: Signals) -> Targe
                 elapsed_ms: started.elapsed().as_millis() as u64,
             }
         }
+        Err(e) if timed_out => {
+            let limit = humantime::format_duration(timeout.unwrap_or_default());
+            let e = match e {
+                Error::Interrupted(_) => Error::Timeout(format!(
+                    "--target-timeout {limit} passed; stopped as on SIGTERM"
+                )),
+                other => Error::Timeout(format!("--target-timeout {limit} passed: {other:#}")),
+            };
+            failed(&id, &e, started)
+        }
         Err(e) => failed(&id, &e, started),
     }
 }
+
+/// How long a target stopped at its --target-timeout gets to record its failure (plus
+/// --grace for an external migrator), before it is abandoned.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 fn failed(id: &str, e: &Error, started: Instant) -> TargetResult {
     TargetResult {

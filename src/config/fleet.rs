@@ -1,10 +1,11 @@
 //! `schemagate fleet`: the targets, and how one target's line becomes the `MigrateConfig`
 //! of an ordinary `migrate` run (its URL, its tables and search_path, its command).
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use super::{MigrateConfig, Table};
-use crate::cli::{FleetArgs, MigrateArgs};
+use super::{Config, LockConfig, LockMode, LogFormat, MigrateConfig, MigrationsTable, Table};
+use crate::cli::{DEFAULT_TABLE, FleetArgs, MaxFailed, MigrateArgs};
 use crate::error::{Error, Result};
 
 /// The placeholder a target's name fills.
@@ -13,13 +14,27 @@ pub const PLACEHOLDER: &str = "{schema}";
 /// `schemagate fleet`.
 #[derive(Debug)]
 pub struct FleetConfig {
-    pub targets: Vec<Target>,
+    /// Where the targets come from (read when the fleet starts: `TargetList`).
+    pub list: TargetList,
     pub parallel: usize,
+    /// The first K targets run (and must all succeed) before the others start.
+    pub canary: usize,
+    pub max_failed: Option<MaxFailed>,
+    pub target_timeout: Option<Duration>,
     pub json: bool,
     /// Where a target named by a name lives.
     layout: Layout,
     /// `migrate`'s options as given, `{schema}` still in them.
     migrate: MigrateArgs,
+}
+
+/// `--targets FILE`, `--targets-cmd CMD` or `--targets-query SQL`.
+#[derive(Debug)]
+pub enum TargetList {
+    File(PathBuf),
+    Command(String),
+    /// The query, and the catalog database it runs on.
+    Query(Box<Config>, String),
 }
 
 /// One database or one schema.
@@ -106,19 +121,55 @@ impl FleetConfig {
                     .into(),
             ));
         }
-        let targets = read_targets(&args.targets, &layout)?;
+        let list = match (&args.targets, &args.targets_cmd, &args.targets_query) {
+            (Some(path), _, _) => TargetList::File(path.clone()),
+            (_, Some(cmd), _) => TargetList::Command(cmd.clone()),
+            (_, _, Some(sql)) => {
+                let raw = match (&args.catalog_url, &layout) {
+                    (Some(url), _) => url.clone(),
+                    (None, Layout::Schemas(url)) => url.clone(),
+                    _ => {
+                        return Err(Error::Config(
+                            "--targets-query needs --catalog-url: the database to run it on \
+                             (--database-url holds {schema}, or is not given)"
+                                .into(),
+                        ));
+                    }
+                };
+                let table = Table::parse(DEFAULT_TABLE)?;
+                let catalog = Config::new(
+                    &raw,
+                    "fleet",
+                    table.clone(),
+                    MigrationsTable::resolve(None, None)?,
+                    LockConfig::named(None, &table, LockMode::Auto),
+                    m.connect.connect_timeout,
+                    m.connect.log_format == LogFormat::Json,
+                )?;
+                TargetList::Query(Box::new(catalog), sql.clone())
+            }
+            _ => unreachable!("clap requires one of --targets, --targets-cmd, --targets-query"),
+        };
         let cfg = FleetConfig {
-            targets,
+            list,
             parallel: args.parallel as usize,
+            canary: args.canary as usize,
+            max_failed: args.max_failed,
+            target_timeout: args.target_timeout,
             json: args.json,
             layout,
             migrate: m.clone(),
         };
-        // Every flag is checked now, on the first target, before anything runs.
-        if let Some(first) = cfg.targets.first() {
-            cfg.target_config(first)?;
-        }
         Ok(cfg)
+    }
+
+    /// The targets in `text` (the file, the command's output, the query's rows as lines),
+    /// from `origin`: each line a URL or a name that fits where names live, none twice,
+    /// and the first one's `migrate` options checked, all before anything runs.
+    pub fn parse_targets(&self, text: &str, origin: &str) -> Result<Vec<Target>> {
+        let targets = read_targets(text, origin, &self.layout)?;
+        self.target_config(&targets[0])?;
+        Ok(targets)
     }
 
     /// The `migrate` run for one target: `{schema}` filled in, its own tables and lock.
@@ -154,6 +205,10 @@ impl FleetConfig {
         args.command = args.command.iter().map(fill).collect();
         let mut cfg = MigrateConfig::from_args(&args)?;
         cfg.db.application_name = format!("schemagate fleet {}", super::host_name());
+        if let Some(limit) = self.target_timeout {
+            cfg.db = cfg.db.connect_within(limit, "--target-timeout");
+            cfg.db.lock.wait = cfg.db.lock.wait.min(limit);
+        }
         Ok(cfg)
     }
 }
@@ -165,11 +220,9 @@ fn with_search_path(url: &str, schema: &str) -> String {
     format!("{url}{sep}options[search_path]={schema}")
 }
 
-/// The targets in `path`, checked: each line a URL or a name that fits `layout`, none twice.
-fn read_targets(path: &Path, layout: &Layout) -> Result<Vec<Target>> {
-    let text = crate::files::read_small(path, 64 << 20)
-        .map_err(|e| Error::Config(format!("cannot read --targets {}: {e}", path.display())))?;
-    let where_ = |n: usize| format!("--targets {} line {}", path.display(), n + 1);
+/// The targets in `text`, checked: each line a URL or a name that fits `layout`, none
+/// twice, at least one.
+fn read_targets(text: &str, origin: &str, layout: &Layout) -> Result<Vec<Target>> {
     let mut targets: Vec<Target> = Vec::new();
     let mut seen = std::collections::HashMap::new();
     for (n, line) in text.lines().enumerate() {
@@ -178,11 +231,11 @@ fn read_targets(path: &Path, layout: &Layout) -> Result<Vec<Target>> {
             continue;
         }
         let target = parse_target(line, layout)
-            .map_err(|why| Error::Config(format!("{}: {why}", where_(n))))?;
+            .map_err(|why| Error::Config(format!("{origin} line {}: {why}", n + 1)))?;
         if let Some(first) = seen.insert(target.id.clone(), n) {
             return Err(Error::Config(format!(
-                "{}: {} is listed twice (first on line {}): each target runs once",
-                where_(n),
+                "{origin} line {}: {} is listed twice (first on line {}): each target runs once",
+                n + 1,
                 target.id,
                 first + 1
             )));
@@ -190,10 +243,7 @@ fn read_targets(path: &Path, layout: &Layout) -> Result<Vec<Target>> {
         targets.push(target);
     }
     if targets.is_empty() {
-        return Err(Error::Config(format!(
-            "--targets {} lists no target",
-            path.display()
-        )));
+        return Err(Error::Config(format!("{origin} lists no target")));
     }
     Ok(targets)
 }

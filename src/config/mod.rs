@@ -18,7 +18,7 @@ pub use commands::{
     CheckConfig, CheckPlan, MigrateConfig, RollbackConfig, SmokeConfig, StampConfig, StatusConfig,
     WaitConfig, WaitTarget, Work,
 };
-pub use fleet::FleetConfig;
+pub use fleet::{FleetConfig, Target, TargetList};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -62,6 +62,10 @@ pub struct Config {
     /// `wait` and `status` only read: SQLite opens the file read-only and never creates
     /// or converts it.
     pub read_only: bool,
+    /// PostgreSQL: that the advisory lock excludes sessions on this server was proven
+    /// already (by `fleet`, once per server, before its targets run), and why. A run then
+    /// takes it on a session proven direct without the probe's second connection.
+    pub advisory_proven: Option<String>,
 }
 
 /// A validated marker table name, optionally schema-qualified.
@@ -267,6 +271,7 @@ impl Config {
             application_name: format!("schemagate {mode} {host}"),
             json_logs,
             read_only: matches!(mode, "wait" | "status"),
+            advisory_proven: None,
         })
     }
 

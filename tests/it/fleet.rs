@@ -336,3 +336,272 @@ fn bad_target_lists_are_usage_errors_before_anything_runs() {
         "nothing may run after a usage error"
     );
 }
+
+/// Schemas whose second migration fails: an `apply_log` table is there already.
+fn break_schemas(db: &PgDb, schemas: &[&str]) {
+    for s in schemas {
+        pg_exec(
+            &db.url,
+            &format!("CREATE SCHEMA {s}; CREATE TABLE {s}.apply_log (version int)"),
+        );
+    }
+}
+
+fn schema_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("t{i:02}")).collect()
+}
+
+/// reliability: `--max-failed 1` (and `10%` of 10) with targets failing one after another | no target is started once the second failure is in; the rest are listed `skipped`, and nothing of them is created | nothing
+#[test]
+fn max_failed_starts_no_new_target_once_crossed() {
+    for limit in ["1", "10%"] {
+        let db = PgDb::new("fleet_maxfailed");
+        let names = schema_names(10);
+        break_schemas(&db, &["t01", "t02", "t03"]);
+        let lines: Vec<&str> = names.iter().map(String::as_str).collect();
+        let targets = Targets::new(&lines);
+        let out = run(fleet(&db.url, &targets, &tenant_migrations()).args([
+            "--json",
+            "--parallel",
+            "1",
+            "--max-failed",
+            limit,
+        ]));
+        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        let v = summary(&out);
+        let got: Vec<String> = states(&v).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(
+            got,
+            ["applied", "failed", "failed"]
+                .into_iter()
+                .chain(["skipped"; 7])
+                .collect::<Vec<_>>(),
+            "{limit}"
+        );
+        assert!(
+            v["stopped"]
+                .as_str()
+                .unwrap()
+                .contains("--max-failed 1 crossed"),
+            "{v}"
+        );
+        // t03 (broken too) was never tried: no marker table in it.
+        assert_eq!(
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_tables WHERE tablename = 'schemagate_marker'"
+            ),
+            3
+        );
+    }
+}
+
+/// reliability: `--canary 2` whose second canary fails | none of the other targets starts; they are listed `skipped` | nothing
+#[test]
+fn a_failed_canary_keeps_the_rest_from_starting() {
+    let db = PgDb::new("fleet_canary");
+    let names = schema_names(5);
+    let lines: Vec<&str> = names.iter().map(String::as_str).collect();
+    let targets = Targets::new(&lines);
+    break_schemas(&db, &["t01"]);
+    let out = run(fleet(&db.url, &targets, &tenant_migrations()).args([
+        "--json",
+        "--canary",
+        "2",
+        "--parallel",
+        "4",
+    ]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v = summary(&out);
+    let got: Vec<String> = states(&v).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(got, ["applied", "failed", "skipped", "skipped", "skipped"]);
+    assert!(v["stopped"].as_str().unwrap().contains("canary"), "{v}");
+    // Fixed, the rerun applies the rest and leaves the first alone.
+    pg_exec(&db.url, "DROP TABLE t01.apply_log");
+    let out = run(fleet(&db.url, &targets, &tenant_migrations()).args(["--json", "--canary", "2"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let got: Vec<String> = states(&summary(&out)).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(
+        got,
+        ["up-to-date", "applied", "applied", "applied", "applied"]
+    );
+}
+
+/// reliability: one tenant's lock held by another session, another tenant's migration stuck for a minute, `--target-timeout 3s` | each fails alone with exit code 124 in its line (the stuck migration rolled back, a `failed` marker written); the others are applied | the stuck target's migration
+#[test]
+fn a_stuck_tenant_fails_alone_at_its_target_timeout() {
+    let db = PgDb::new("fleet_timeout");
+    let src = Migrations::new(&[
+        ("0001_users.sql", "CREATE TABLE users (id int PRIMARY KEY);"),
+        (
+            "0002_slow.sql",
+            "DO $$ BEGIN IF current_schema() = 't_slow' THEN PERFORM pg_sleep(60); END IF; END $$;\n\
+             CREATE TABLE apply_log (version int);",
+        ),
+    ]);
+    let _held = hold_advisory_lock(&db.url, lock_key("schemagate:t_locked.schemagate_marker"));
+    let targets = Targets::new(&["t_locked", "t_slow", "t_ok"]);
+    let t = std::time::Instant::now();
+    let out = run(fleet(&db.url, &targets, &src).args(["--json", "--target-timeout", "3s"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(40),
+        "a stuck target held the fleet"
+    );
+    let v = summary(&out);
+    assert_eq!(
+        states(&v),
+        pairs(&[
+            ("t_locked", "failed"),
+            ("t_slow", "failed"),
+            ("t_ok", "applied")
+        ])
+    );
+    for i in [0, 1] {
+        assert_eq!(v["results"][i]["exit_code"], 124, "{v}");
+    }
+    assert!(
+        v["results"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--target-timeout 3s passed"),
+        "{v}"
+    );
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM t_slow.schemagate_marker WHERE status = 'failed'"
+        ),
+        1
+    );
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(*) FROM t_slow._sqlx_migrations"),
+        1,
+        "the stuck migration must be rolled back"
+    );
+}
+
+/// reliability: 12 schemas to migrate at `--parallel 3` as a role whose CONNECTION LIMIT is 4 | no connection is ever refused (the advisory lock is proven once per server, not once per target), and sampled pg_stat_activity never shows more than 4 | nothing
+#[test]
+fn parallel_n_holds_at_most_n_plus_1_connections() {
+    let db = PgDb::new("fleet_conns");
+    let role = format!("fleet_role_{}", std::process::id());
+    pg_exec(
+        &db.url,
+        &format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}' CONNECTION LIMIT 4"
+        ),
+    );
+    let dbname = db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    pg_exec(&db.url, &format!("ALTER DATABASE {dbname} OWNER TO {role}"));
+    let url = db
+        .url
+        .replacen("postgres://postgres:", &format!("postgres://{role}:"), 1);
+    let src = Migrations::new(&[
+        ("0001_users.sql", "CREATE TABLE users (id int PRIMARY KEY);"),
+        ("0002_slow.sql", "SELECT pg_sleep(0.3);"),
+    ]);
+    let names = schema_names(12);
+    let lines: Vec<&str> = names.iter().map(String::as_str).collect();
+    let targets = Targets::new(&lines);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, admin, role) = (stop.clone(), db.url.clone(), role.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                peak = peak.max(pg_i64(
+                    &admin,
+                    &format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'"),
+                ));
+            }
+            peak
+        })
+    };
+    let out = run(fleet(&url, &targets, &src).args(["--json", "--parallel", "3"]));
+    stop.store(true, Ordering::SeqCst);
+    let peak = sampler.join().unwrap();
+    pg_exec(
+        &db.url,
+        &format!("ALTER DATABASE {dbname} OWNER TO postgres"),
+    );
+    pg_exec(&db.url, &format!("DROP OWNED BY {role} CASCADE"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(summary(&out)["applied"], 12);
+    assert!(
+        !stderr(&out).contains("cannot connect"),
+        "a connection was refused:\n{}",
+        stderr(&out)
+    );
+    assert!(peak <= 4, "peak {peak} connections");
+    assert!(peak >= 2, "the sampler saw no overlap (peak {peak})");
+}
+
+#[test]
+fn targets_from_a_command_and_from_a_catalog_query() {
+    let db = PgDb::new("fleet_lists");
+    let src = tenant_migrations();
+    let mut c = schemagate(&db.url);
+    c.args([
+        "fleet",
+        "--source",
+        src.path(),
+        "--json",
+        "--targets-cmd",
+        "printf 't_a\\nt_b\\n'",
+    ]);
+    let out = run(&mut c);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        states(&summary(&out)),
+        pairs(&[("t_a", "applied"), ("t_b", "applied")])
+    );
+
+    pg_exec(
+        &db.url,
+        "CREATE TABLE public.tenants (name text, active bool); \
+         INSERT INTO public.tenants VALUES ('t_a', true), ('t_c', true), ('t_x', false)",
+    );
+    let mut c = schemagate(&db.url);
+    c.args([
+        "fleet",
+        "--source",
+        src.path(),
+        "--json",
+        "--targets-query",
+        "SELECT name FROM public.tenants WHERE active ORDER BY name",
+    ]);
+    let out = run(&mut c);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        states(&summary(&out)),
+        pairs(&[("t_a", "up-to-date"), ("t_c", "applied")])
+    );
+
+    // A command that fails starts nothing.
+    let mut c = schemagate(&db.url);
+    c.args([
+        "fleet",
+        "--source",
+        src.path(),
+        "--targets-cmd",
+        "echo t_z; exit 3",
+    ]);
+    let out = run(&mut c);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("exit"), "{}", stderr(&out));
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 't_z'"
+        ),
+        0
+    );
+}
