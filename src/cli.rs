@@ -744,9 +744,34 @@ pub struct FleetArgs {
     #[arg(long, env = "SCHEMAGATE_TARGET_TIMEOUT", value_parser = parse_connect_timeout, value_name = "DURATION", help_heading = "Fleet")]
     pub target_timeout: Option<Duration>,
 
+    /// Take only this shard's targets: `I/N` (0 <= I < N) keeps the targets whose id hashes
+    /// to I modulo N (SHA-256 of the id: stable across runs, machines and versions), so N
+    /// processes, each with its own I, cover every target once.
+    #[arg(long, env = "SCHEMAGATE_SHARD", value_name = "I/N", value_parser = parse_shard, conflicts_with = "shards", help_heading = "Fleet")]
+    pub shard: Option<(u32, u32)>,
+
+    /// As --shard I/N, with I read from JOB_COMPLETION_INDEX (set in each pod of a
+    /// Kubernetes Indexed Job): `--shards 8` in a Job of 8 completions.
+    #[arg(long, env = "SCHEMAGATE_SHARDS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Fleet")]
+    pub shards: Option<u32>,
+
     /// Print the summary as one JSON document instead of text.
     #[arg(long, env = "SCHEMAGATE_JSON", help_heading = "Output")]
     pub json: bool,
+}
+
+/// `--shard I/N`.
+fn parse_shard(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("invalid --shard {s:?}: I/N, with 0 <= I < N (for example 3/8)");
+    let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
+    let (i, n): (u32, u32) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
 }
 
 /// `--max-failed`: a count, or a share of the targets.

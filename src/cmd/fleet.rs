@@ -72,6 +72,9 @@ struct Summary<'a> {
     failed: usize,
     skipped: usize,
     elapsed_ms: u64,
+    /// `--shard I/N`: this run's targets are those of shard I.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
     /// Why targets were left unstarted, if they were.
     #[serde(skip_serializing_if = "Option::is_none")]
     stopped: Option<String>,
@@ -202,6 +205,7 @@ async fn run_all(cfg: &FleetConfig, mut signals: Signals) -> Result<Outcome> {
         failed: count(State::Failed),
         skipped: count(State::Skipped),
         elapsed_ms: started.elapsed().as_millis() as u64,
+        shard: cfg.shard.map(|(i, n)| format!("{i}/{n}")),
         stopped,
         results: &results,
     };
@@ -455,8 +459,13 @@ fn print_summary(summary: &Summary<'_>, json: bool) {
         .map(|r| r.target.chars().count())
         .max()
         .unwrap_or(0);
+    let shard = summary
+        .shard
+        .as_deref()
+        .map(|s| format!(" (shard {s})"))
+        .unwrap_or_default();
     let mut text = format!(
-        "fleet: {} target(s): {} applied, {} up to date, {} failed, {} skipped in {:.1}s\n",
+        "fleet{shard}: {} target(s): {} applied, {} up to date, {} failed, {} skipped in {:.1}s\n",
         summary.targets,
         summary.applied,
         summary.up_to_date,

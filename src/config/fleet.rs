@@ -21,6 +21,8 @@ pub struct FleetConfig {
     pub canary: usize,
     pub max_failed: Option<MaxFailed>,
     pub target_timeout: Option<Duration>,
+    /// `--shard I/N`, or `--shards N` with I from JOB_COMPLETION_INDEX: (I, N).
+    pub shard: Option<(u32, u32)>,
     pub json: bool,
     /// Where a target named by a name lives.
     layout: Layout,
@@ -150,8 +152,33 @@ impl FleetConfig {
             }
             _ => unreachable!("clap requires one of --targets, --targets-cmd, --targets-query"),
         };
+        let shard = match (args.shard, args.shards) {
+            (Some(shard), _) => Some(shard),
+            (None, Some(n)) => {
+                let raw = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+                    Error::Config(
+                        "--shards N reads this shard's index from JOB_COMPLETION_INDEX, which \
+                         is not set (Kubernetes sets it in the pods of an Indexed Job): set \
+                         it, or pass --shard I/N"
+                            .into(),
+                    )
+                })?;
+                let i: u32 = raw.trim().parse().map_err(|_| {
+                    Error::Config(format!("JOB_COMPLETION_INDEX {raw:?} is not an index"))
+                })?;
+                if i >= n {
+                    return Err(Error::Config(format!(
+                        "JOB_COMPLETION_INDEX {i} is not below --shards {n}: the Job's \
+                         completions and --shards must be equal"
+                    )));
+                }
+                Some((i, n))
+            }
+            (None, None) => None,
+        };
         let cfg = FleetConfig {
             list,
+            shard,
             parallel: args.parallel as usize,
             canary: args.canary as usize,
             max_failed: args.max_failed,
@@ -167,8 +194,11 @@ impl FleetConfig {
     /// from `origin`: each line a URL or a name that fits where names live, none twice,
     /// and the first one's `migrate` options checked, all before anything runs.
     pub fn parse_targets(&self, text: &str, origin: &str) -> Result<Vec<Target>> {
-        let targets = read_targets(text, origin, &self.layout)?;
+        let mut targets = read_targets(text, origin, &self.layout)?;
         self.target_config(&targets[0])?;
+        if let Some((i, n)) = self.shard {
+            targets.retain(|t| shard_of(&t.id, n) == i);
+        }
         Ok(targets)
     }
 
@@ -211,6 +241,15 @@ impl FleetConfig {
         }
         Ok(cfg)
     }
+}
+
+/// The shard of `n` a target belongs to: the first 8 bytes of the SHA-256 of its id, modulo
+/// `n`. Stable across runs, machines and releases, so the pods of an Indexed Job (each
+/// with its index) split the targets the same way every time.
+pub fn shard_of(id: &str, n: u32) -> u32 {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(id.as_bytes());
+    (u64::from_be_bytes(hash[..8].try_into().expect("8 bytes")) % u64::from(n)) as u32
 }
 
 /// The URL with `search_path` set to `schema` for the session, so that a migration's
@@ -290,4 +329,25 @@ fn parse_target(line: &str, layout: &Layout) -> Result<Target, String> {
         id: line.to_owned(),
         what: What::Name(line.to_owned()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_cover_every_target_once() {
+        // Pinned: a release that moved targets between shards would let two pods of one
+        // Job (an old and a new image) both skip a target.
+        assert_eq!(shard_of("tenant_1", 8), 1);
+        assert_eq!(shard_of("t_a", 8), 4);
+        let ids: Vec<String> = (0..1000).map(|i| format!("tenant_{i}")).collect();
+        let mut sizes = [0usize; 8];
+        for id in &ids {
+            sizes[shard_of(id, 8) as usize] += 1;
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 1000);
+        assert!(sizes.iter().all(|&n| (80..=170).contains(&n)), "{sizes:?}");
+        assert_eq!(shard_of("anything", 1), 0);
+    }
 }
