@@ -223,12 +223,18 @@ pub enum Command {
     /// or was skipped; 2 for a usage error (nothing was started); 130/143 on SIGINT/SIGTERM
     /// (the targets in flight are stopped as `migrate` stops; none is started after it).
     ///
+    /// An external migrator after `--` runs once per target, with `{schema}` (the name) and
+    /// `{url}` (the target's URL; for a schema, the database's) filled in its arguments, and
+    /// DATABASE_URL, SCHEMAGATE_TARGET and SCHEMAGATE_SCHEMA set to the target's.
+    ///
     /// Examples:
     ///   schemagate fleet --targets tenants.txt --source ./migrations \
     ///       --database-url 'postgres://app@db/app'          # a schema per line
     ///   schemagate fleet --targets dbs.txt --source ./migrations --parallel 16 \
     ///       --database-url 'postgres://app@db/{schema}'     # a database per line
     ///   schemagate fleet --targets urls.txt --source ./migrations --json
+    ///   schemagate fleet --targets tenants.txt --version "$HEAD" \
+    ///       -- alembic -x tenant={schema} upgrade head
     #[command(verbatim_doc_comment)]
     Fleet(FleetArgs),
 }

@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 
 /// The placeholder a target's name fills.
 pub const PLACEHOLDER: &str = "{schema}";
+/// The placeholder an external migrator's arguments get the target's URL in.
+pub const URL_PLACEHOLDER: &str = "{url}";
 
 /// `schemagate fleet`.
 #[derive(Debug)]
@@ -206,35 +208,49 @@ impl FleetConfig {
     pub fn target_config(&self, target: &Target) -> Result<MigrateConfig> {
         let mut args = self.migrate.clone();
         let name = match &target.what {
-            What::Url(url) => {
-                args.connect.database_url = Some(url.clone());
-                None
-            }
+            What::Url(_) => None,
             What::Name(name) => Some(name.as_str()),
         };
         args.connect.database_url_file = None;
         args.connect.termination_log = None;
-        if let Some(name) = name {
-            args.connect.database_url = Some(match &self.layout {
-                Layout::Databases(template) => template.replace(PLACEHOLDER, name),
-                Layout::Schemas(url) => {
-                    let c = &mut args.connect;
-                    c.table = format!("{name}.{}", c.table);
-                    c.migrations_table = Some(format!(
-                        "{name}.{}",
-                        c.migrations_table
-                            .as_deref()
-                            .unwrap_or(super::MigrationsTable::DEFAULT)
-                    ));
-                    with_search_path(url, name)
-                }
-                Layout::UrlsOnly => unreachable!("names are refused without --database-url"),
-            });
+        // The target's URL as given (a schema's: the database's): what `{url}` and an
+        // external migrator's DATABASE_URL get.
+        let plain = match (&target.what, &self.layout) {
+            (What::Url(url), _) => url.clone(),
+            (What::Name(name), Layout::Databases(template)) => template.replace(PLACEHOLDER, name),
+            (What::Name(_), Layout::Schemas(url)) => url.clone(),
+            (What::Name(_), Layout::UrlsOnly) => {
+                unreachable!("names are refused without --database-url")
+            }
+        };
+        args.connect.database_url = Some(plain.clone());
+        if let (Some(name), Layout::Schemas(url)) = (name, &self.layout) {
+            let c = &mut args.connect;
+            c.table = format!("{name}.{}", c.table);
+            c.migrations_table = Some(format!(
+                "{name}.{}",
+                c.migrations_table
+                    .as_deref()
+                    .unwrap_or(super::MigrationsTable::DEFAULT)
+            ));
+            c.database_url = Some(with_search_path(url, name));
         }
-        let fill = |s: &String| s.replace(PLACEHOLDER, name.unwrap_or_default());
+        let fill = |s: &String| {
+            s.replace(PLACEHOLDER, name.unwrap_or_default())
+                .replace(URL_PLACEHOLDER, &plain)
+        };
         args.command = args.command.iter().map(fill).collect();
         let mut cfg = MigrateConfig::from_args(&args)?;
         cfg.db.application_name = format!("schemagate fleet {}", super::host_name());
+        cfg.db.child_env = vec![
+            ("DATABASE_URL", plain),
+            ("SCHEMAGATE_TARGET", target.id.clone()),
+        ];
+        if let Some(name) = name {
+            cfg.db
+                .child_env
+                .push(("SCHEMAGATE_SCHEMA", name.to_owned()));
+        }
         if let Some(limit) = self.target_timeout {
             cfg.db = cfg.db.connect_within(limit, "--target-timeout");
             cfg.db.lock.wait = cfg.db.lock.wait.min(limit);

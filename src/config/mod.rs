@@ -66,6 +66,9 @@ pub struct Config {
     /// already (by `fleet`, once per server, before its targets run), and why. A run then
     /// takes it on a session proven direct without the probe's second connection.
     pub advisory_proven: Option<String>,
+    /// Added to an external migrator's environment: `fleet` names the target there
+    /// (DATABASE_URL, SCHEMAGATE_TARGET, SCHEMAGATE_SCHEMA).
+    pub child_env: Vec<(&'static str, String)>,
 }
 
 /// A validated marker table name, optionally schema-qualified.
@@ -272,6 +275,7 @@ impl Config {
             json_logs,
             read_only: matches!(mode, "wait" | "status"),
             advisory_proven: None,
+            child_env: Vec::new(),
         })
     }
 

@@ -722,3 +722,54 @@ fn shards_cover_every_target_once_and_a_duplicated_index_applies_nothing_twice()
         .env("JOB_COMPLETION_INDEX", "3"));
     assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
+
+/// reliability: an external migrator over a fleet of schemas (`-- sh -c 'psql {url} …{schema}…'`), run twice | each target's command gets its own `{schema}`, `{url}`, DATABASE_URL and SCHEMAGATE_TARGET and runs once under that target's lock; the rerun runs nothing | nothing
+#[test]
+fn an_external_migrator_runs_once_per_target_with_its_url_and_schema() {
+    let db = PgDb::new("fleet_external");
+    let targets = Targets::new(&["t_a", "t_b"]);
+    let script = "psql '{url}' -v ON_ERROR_STOP=1 -q -c \
+                  \"CREATE TABLE {schema}.ext (who text, url text); \
+                  INSERT INTO {schema}.ext VALUES ('$SCHEMAGATE_TARGET', '$DATABASE_URL')\"";
+    let fleet_ext = || {
+        let mut c = schemagate(&db.url);
+        c.args([
+            "fleet",
+            "--targets",
+            &targets.path(),
+            "--json",
+            "--version",
+            "v1",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        c
+    };
+    let out = run(&mut fleet_ext());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        states(&summary(&out)),
+        pairs(&[("t_a", "applied"), ("t_b", "applied")])
+    );
+    for s in ["t_a", "t_b"] {
+        assert_eq!(
+            pg_strings(&db.url, &format!("SELECT who || ' ' || url FROM {s}.ext")),
+            [format!("{s} {}", db.url)]
+        );
+        assert_eq!(
+            pg_strings(
+                &db.url,
+                &format!("SELECT version || ' ' || status FROM {s}.schemagate_marker")
+            ),
+            ["v1 succeeded"]
+        );
+    }
+    let again = run(&mut fleet_ext());
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_eq!(
+        states(&summary(&again)),
+        pairs(&[("t_a", "up-to-date"), ("t_b", "up-to-date")])
+    );
+}
