@@ -109,6 +109,10 @@ async fn run_all(cfg: &FleetConfig, mut signals: Signals) -> Result<Outcome> {
     let mut interrupted = None;
     let mut failures = 0;
     let mut next = 0;
+    let mut progress = Progress::new(total);
+    let mut ticker = tokio::time::interval(progress.every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
     loop {
         // Start targets while there is room and nothing says stop; during the canary
         // wave, only the canaries.
@@ -171,6 +175,10 @@ async fn run_all(cfg: &FleetConfig, mut signals: Signals) -> Result<Outcome> {
                 }
                 results[index] = Some(result);
             }
+            _ = ticker.tick() => {
+                let done = results.iter().filter(|r| r.is_some()).count();
+                progress.show(done, failures, running.len());
+            }
             sig = signals.recv(), if interrupted.is_none() => {
                 tracing::warn!(
                     "{sig} received: stopping the {} target(s) in flight; no new target is started",
@@ -181,6 +189,8 @@ async fn run_all(cfg: &FleetConfig, mut signals: Signals) -> Result<Outcome> {
             }
         }
     }
+    let done = results.iter().filter(|r| r.is_some()).count();
+    progress.finish(done, failures);
     let reason = stopped.clone().unwrap_or_default();
     let results: Vec<TargetResult> = results
         .into_iter()
@@ -500,4 +510,66 @@ fn print_summary(summary: &Summary<'_>, json: bool) {
         ));
     }
     crate::stdout::print(&text);
+}
+
+/// Where the fleet stands, on stderr: a line rewritten in place on a terminal (every
+/// second), a JSON line otherwise (every 5 seconds, and once at the end), for whoever
+/// watches a long run or collects its logs.
+struct Progress {
+    total: usize,
+    started: Instant,
+    tty: bool,
+    every: Duration,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        let tty = std::io::stderr().is_terminal();
+        Progress {
+            total,
+            started: Instant::now(),
+            tty,
+            every: Duration::from_secs(if tty { 1 } else { 5 }),
+        }
+    }
+
+    fn show(&mut self, done: usize, failed: usize, running: usize) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            done as f64 / elapsed
+        } else {
+            0.0
+        };
+        let left = self.total - done;
+        let eta = (rate > 0.0).then(|| Duration::from_secs((left as f64 / rate).ceil() as u64));
+        let text = if self.tty {
+            format!(
+                "\r\x1b[Kfleet: {done}/{} done, {failed} failed, {running} running, {} pending, \
+                 {rate:.1}/s, ETA {}",
+                self.total,
+                left - running,
+                eta.map_or("?".into(), |d| humantime::format_duration(d).to_string())
+            )
+        } else {
+            format!(
+                "{}\n",
+                serde_json::json!({
+                    "event": "fleet.progress", "targets": self.total, "done": done,
+                    "failed": failed, "running": running, "pending": left - running,
+                    "rate_per_s": (rate * 10.0).round() / 10.0,
+                    "eta_s": eta.map(|d| d.as_secs()),
+                })
+            )
+        };
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+
+    fn finish(&mut self, done: usize, failed: usize) {
+        self.show(done, failed, 0);
+        if self.tty {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\n");
+        }
+    }
 }

@@ -111,6 +111,16 @@ fn schema_per_target_applies_each_schema_once_and_a_rerun_finds_them_up_to_date(
         pairs(&[("t_a", "applied"), ("t_b", "applied"), ("t_c", "applied")])
     );
     assert_eq!(v["applied"], 3);
+    // Not a terminal: progress comes as JSON lines on stderr, the last one at the end.
+    let last = stderr(&out)
+        .lines()
+        .rfind(|l| l.contains("\"fleet.progress\""))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .expect("a progress line");
+    assert_eq!(
+        (&last["done"], &last["pending"], &last["failed"]),
+        (&Value::from(3), &Value::from(0), &Value::from(0))
+    );
     for s in ["t_a", "t_b", "t_c"] {
         // The migrations' unqualified names landed in the target's schema.
         assert_eq!(
