@@ -490,6 +490,18 @@ pub struct WaitArgs {
     )]
     pub expect: Option<String>,
 
+    /// With a schema per tenant (as `fleet` migrates them): wait for this tenant's schema,
+    /// whose marker and migrations tables live in it (SCHEMA.schemagate_marker,
+    /// SCHEMA._sqlx_migrations). With a database per tenant, the tenant's URL is enough.
+    #[arg(
+        long = "target",
+        id = "tenant",
+        env = "SCHEMAGATE_WAIT_TARGET",
+        value_name = "SCHEMA",
+        help_heading = "Wait"
+    )]
+    pub tenant: Option<String>,
+
     /// Wait for the newest migration in this directory, with a matching digest (or for all
     /// of them to be recorded as applied). With another migrator's directory (see
     /// --format), wait until that migrator's own history table shows every migration here

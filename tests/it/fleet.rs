@@ -783,3 +783,32 @@ fn an_external_migrator_runs_once_per_target_with_its_url_and_schema() {
         pairs(&[("t_a", "up-to-date"), ("t_b", "up-to-date")])
     );
 }
+
+/// `wait --target SCHEMA` gates one tenant's pods on its own schema's marker and history.
+#[test]
+fn wait_target_gates_on_one_tenants_schema() {
+    let db = PgDb::new("fleet_wait");
+    let src = tenant_migrations();
+    let targets = Targets::new(&["t_a"]);
+    let wait = |schema: &str| {
+        run(schemagate(&db.url).args([
+            "wait",
+            "--target",
+            schema,
+            "--source",
+            src.path(),
+            "--once",
+        ]))
+    };
+    assert_eq!(code(&wait("t_a")), 1, "nothing applied yet");
+    let out = run(&mut fleet(&db.url, &targets, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ready = wait("t_a");
+    assert_eq!(code(&ready), 0, "{}", stderr(&ready));
+    // Another tenant, not migrated, is not ready; nor is the database's public schema.
+    assert_eq!(code(&wait("t_b")), 1);
+    let plain = run(schemagate(&db.url).args(["wait", "--source", src.path(), "--once"]));
+    assert_eq!(code(&plain), 1, "{}", stderr(&plain));
+    let bad = wait("t-a");
+    assert_eq!(code(&bad), 2, "{}", stderr(&bad));
+}
