@@ -312,17 +312,18 @@ async fn prove_servers(cfg: &FleetConfig, targets: &[Target]) -> Result<HashMap<
     let mut proven = HashMap::new();
     let mut tried = std::collections::HashSet::new();
     for target in targets {
+        // One target's config per server, not one per target.
+        let Some(server) = server_of(&cfg.plain_url(target)) else {
+            continue;
+        };
+        if !tried.insert(server.clone()) {
+            continue;
+        }
         let Ok(settings) = cfg.target_config(target) else {
             continue;
         };
         let db = &settings.db;
         if db.backend != Backend::Postgres || db.lock.mode == LockMode::Lease || settings.dry_run {
-            continue;
-        }
-        let Some(server) = server_of(&db.url) else {
-            continue;
-        };
-        if !tried.insert(server.clone()) {
             continue;
         }
         let choice = async {
@@ -350,7 +351,7 @@ fn server_of(url: &str) -> Option<String> {
         "{}://{}:{}",
         u.scheme(),
         u.host_str()?,
-        u.port().unwrap_or(5432)
+        u.port().unwrap_or(0)
     ))
 }
 

@@ -204,6 +204,19 @@ impl FleetConfig {
         Ok(targets)
     }
 
+    /// The target's URL as given (a schema's: the database's): what `{url}` and an external
+    /// migrator's DATABASE_URL get, and what names its server.
+    pub fn plain_url(&self, target: &Target) -> String {
+        match (&target.what, &self.layout) {
+            (What::Url(url), _) => url.clone(),
+            (What::Name(name), Layout::Databases(template)) => template.replace(PLACEHOLDER, name),
+            (What::Name(_), Layout::Schemas(url)) => url.clone(),
+            (What::Name(_), Layout::UrlsOnly) => {
+                unreachable!("names are refused without --database-url")
+            }
+        }
+    }
+
     /// The `migrate` run for one target: `{schema}` filled in, its own tables and lock.
     pub fn target_config(&self, target: &Target) -> Result<MigrateConfig> {
         let mut args = self.migrate.clone();
@@ -213,16 +226,7 @@ impl FleetConfig {
         };
         args.connect.database_url_file = None;
         args.connect.termination_log = None;
-        // The target's URL as given (a schema's: the database's): what `{url}` and an
-        // external migrator's DATABASE_URL get.
-        let plain = match (&target.what, &self.layout) {
-            (What::Url(url), _) => url.clone(),
-            (What::Name(name), Layout::Databases(template)) => template.replace(PLACEHOLDER, name),
-            (What::Name(_), Layout::Schemas(url)) => url.clone(),
-            (What::Name(_), Layout::UrlsOnly) => {
-                unreachable!("names are refused without --database-url")
-            }
-        };
+        let plain = self.plain_url(target);
         args.connect.database_url = Some(plain.clone());
         if let (Some(name), Layout::Schemas(url)) = (name, &self.layout) {
             let c = &mut args.connect;

@@ -812,3 +812,57 @@ fn wait_target_gates_on_one_tenants_schema() {
     let bad = wait("t-a");
     assert_eq!(code(&bad), 2, "{}", stderr(&bad));
 }
+
+/// reliability: SIGTERM to a fleet while 2 of 10 targets are mid-migration | those two are stopped as `migrate` stops (rolled back, `failed` markers), no other target starts, the summary lists them all; exit 143 | the two migrations in flight (rolled back)
+#[test]
+fn sigterm_stops_the_targets_in_flight_and_starts_no_other() {
+    let db = PgDb::new("fleet_sigterm");
+    let src = Migrations::new(&[
+        ("0001_users.sql", "CREATE TABLE users (id int PRIMARY KEY);"),
+        ("0002_slow.sql", "SELECT pg_sleep(60);"),
+    ]);
+    let names = schema_names(10);
+    let lines: Vec<&str> = names.iter().map(String::as_str).collect();
+    let targets = Targets::new(&lines);
+    let mut child = spawn(fleet(&db.url, &targets, &src).args(["--json", "--parallel", "2"]));
+    wait_for_stderr_line(
+        &mut child,
+        "applying 2 (slow)",
+        std::time::Duration::from_secs(60),
+    );
+    until(
+        "both targets in their slow migration",
+        std::time::Duration::from_secs(30),
+        || {
+            pg_i64(
+                &db.url,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' \
+                 AND state = 'active' AND pid <> pg_backend_pid()",
+            ) == 2
+        },
+    );
+    sigterm(child.id());
+    let out = finish(child);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    let v = summary(&out);
+    let got: Vec<String> = states(&v).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(got[..2], ["failed", "failed"], "{v}");
+    assert!(got[2..].iter().all(|s| s == "skipped"), "{v}");
+    assert!(v["stopped"].as_str().unwrap().contains("SIGTERM"), "{v}");
+    for s in &names[..2] {
+        assert_eq!(
+            pg_i64(
+                &db.url,
+                &format!("SELECT count(*) FROM {s}.schemagate_marker WHERE status = 'failed'")
+            ),
+            1
+        );
+        assert_eq!(
+            pg_i64(
+                &db.url,
+                &format!("SELECT count(*) FROM {s}._sqlx_migrations")
+            ),
+            1
+        );
+    }
+}
