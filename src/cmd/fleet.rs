@@ -494,9 +494,11 @@ fn print_summary(summary: &Summary<'_>, json: bool) {
                 r.applied.unwrap_or(0),
                 r.version.as_deref().unwrap_or("?")
             ),
-            State::UpToDate | State::DryRun => {
-                format!("at {}", r.version.as_deref().unwrap_or("?"))
-            }
+            State::UpToDate => format!("at {}", r.version.as_deref().unwrap_or("?")),
+            State::DryRun => format!(
+                "nothing changed; its plan for {} is printed above",
+                r.version.as_deref().unwrap_or("?")
+            ),
             State::Failed => format!(
                 "exit {}: {}",
                 r.exit_code.unwrap_or(1),

@@ -866,3 +866,24 @@ fn sigterm_stops_the_targets_in_flight_and_starts_no_other() {
         );
     }
 }
+
+/// `fleet --dry-run` prints each target's plan and changes nothing.
+#[test]
+fn dry_run_changes_no_target() {
+    let db = PgDb::new("fleet_dry");
+    let targets = Targets::new(&["t_a", "t_b"]);
+    let out = run(fleet(&db.url, &targets, &tenant_migrations()).args(["--json", "--dry-run"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = &stdout[stdout.find("{\n").expect("the summary")..];
+    let v: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(states(&v), pairs(&[("t_a", "dry-run"), ("t_b", "dry-run")]));
+    assert_eq!(stdout.matches("would apply 2 migration(s)").count(), 2);
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN ('t_a', 't_b')"
+        ),
+        0
+    );
+}
