@@ -55,6 +55,22 @@ def pod_specs(doc: dict):
         yield doc["spec"]
 
 
+def check_fleet_job(where: str, spec: dict) -> None:
+    """A Job running `schemagate fleet --shards N` must be Indexed with N completions: each
+    pod's JOB_COMPLETION_INDEX is its shard, and the shards cover the targets only together."""
+    for c in spec["template"]["spec"]["containers"]:
+        args = c.get("command", []) + c.get("args", [])
+        if "fleet" not in args or not any("schemagate" in a for a in args):
+            continue
+        if "--shards" not in args:
+            continue
+        shards = int(args[args.index("--shards") + 1])
+        if spec.get("completionMode") != "Indexed":
+            fail(where, "a fleet with --shards must run in an Indexed Job (completionMode: Indexed)")
+        if spec.get("completions") != shards:
+            fail(where, f"completions {spec.get('completions')} must equal --shards {shards}")
+
+
 def check_k8s() -> None:
     k8s = ROOT / "k8s"
     files = sorted(p for p in k8s.rglob("*.yaml") if p.name != "kustomization.yaml")
@@ -81,9 +97,12 @@ def check_k8s() -> None:
                 fail(where, f"{doc['kind']}: no RBAC is needed")
             if doc["kind"] == "Job":
                 spec = doc["spec"]
-                for field in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+                # An Indexed Job (a sharded fleet) bounds retries per index instead.
+                retries = ("backoffLimitPerIndex", "maxFailedIndexes") if spec.get("completionMode") == "Indexed" else ("backoffLimit",)
+                for field in (*retries, "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
                     if field not in spec:
                         fail(where, f"Job without {field}")
+                check_fleet_job(where, spec)
                 if spec["template"]["spec"].get("restartPolicy") != "Never":
                     fail(where, "Job pods must have restartPolicy: Never")
             for pod in pod_specs(doc):

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+pub use crate::cmd::fleet::MaxFailed;
+
 use crate::settings::DEFAULT_TABLE;
 
 /// `--lock`: which lock a PostgreSQL run takes.
@@ -227,6 +229,43 @@ pub enum Command {
     ///   schemagate heartbeat --release "$IMAGE_TAG" --expect 20240115093000 --instance "$POD_NAME"
     #[command(verbatim_doc_comment)]
     Heartbeat(HeartbeatArgs),
+    /// Migrate many tenant databases or schemas: one ordinary `migrate` run per target,
+    /// each with its own lock, marker and history, N at a time, then a summary.
+    ///
+    /// Targets come from --targets FILE, one per line (`#` starts a comment line). A line
+    /// is either a full database URL, or a name that fills the `{schema}` placeholder:
+    ///
+    ///   of --database-url, for a database per tenant:
+    ///     --database-url 'postgres://app@db/{schema}'      (or mysql://, sqlite://)
+    ///   otherwise, on PostgreSQL, a schema in the one database --database-url names:
+    ///     the target's marker and migrations tables live in that schema
+    ///     (<name>.schemagate_marker, <name>._sqlx_migrations) and its migrations run
+    ///     with search_path set to it, so their unqualified names land there.
+    ///
+    /// Every target's lock is derived from its own marker table, so targets never wait on
+    /// each other. A target already at the version costs one query: a rerun (after a
+    /// crash, a `kill -9`, or once a failed target is fixed) is the resume, and applies
+    /// only what is missing. The summary lists every target: applied, up-to-date, failed
+    /// (with the reason) or skipped (never started).
+    ///
+    /// Exit status: 0 when every target is applied or up to date; 1 when any target failed
+    /// or was skipped; 2 for a usage error (nothing was started); 130/143 on SIGINT/SIGTERM
+    /// (the targets in flight are stopped as `migrate` stops; none is started after it).
+    ///
+    /// An external migrator after `--` runs once per target, with `{schema}` (the name) and
+    /// `{url}` (the target's URL; for a schema, the database's) filled in its arguments, and
+    /// DATABASE_URL, SCHEMAGATE_TARGET and SCHEMAGATE_SCHEMA set to the target's.
+    ///
+    /// Examples:
+    ///   schemagate fleet --targets tenants.txt --source ./migrations \
+    ///       --database-url 'postgres://app@db/app'          # a schema per line
+    ///   schemagate fleet --targets dbs.txt --source ./migrations --parallel 16 \
+    ///       --database-url 'postgres://app@db/{schema}'     # a database per line
+    ///   schemagate fleet --targets urls.txt --source ./migrations --json
+    ///   schemagate fleet --targets tenants.txt --version "$HEAD" \
+    ///       -- alembic -x tenant={schema} upgrade head
+    #[command(verbatim_doc_comment)]
+    Fleet(FleetArgs),
 }
 
 impl Command {
@@ -244,6 +283,7 @@ impl Command {
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
             Command::Heartbeat(_) => "heartbeat",
+            Command::Fleet(_) => "fleet",
         }
     }
 
@@ -257,6 +297,7 @@ impl Command {
             Command::Stamp(a) => Some(&a.connect),
             Command::Check(a) => Some(&a.connect),
             Command::Heartbeat(a) => Some(&a.connect),
+            Command::Fleet(a) => Some(&a.migrate.connect),
             Command::Smoke(_) | Command::Digest(_) | Command::Completions(_) | Command::Man(_) => {
                 None
             }
@@ -418,7 +459,7 @@ pub struct HeartbeatArgs {
     pub source: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 #[command(group(ArgGroup::new("work").args(["source", "command"]).required(true).multiple(true)))]
 pub struct MigrateArgs {
     /// Directory of SQL migrations (sqlx layout: `<VERSION>_<description>.sql`, or
@@ -557,6 +598,18 @@ pub struct WaitArgs {
         help_heading = "Wait"
     )]
     pub expect: Option<String>,
+
+    /// With a schema per tenant (as `fleet` migrates them): wait for this tenant's schema,
+    /// whose marker and migrations tables live in it (SCHEMA.schemagate_marker,
+    /// SCHEMA._sqlx_migrations). With a database per tenant, the tenant's URL is enough.
+    #[arg(
+        long = "target",
+        id = "tenant",
+        env = "SCHEMAGATE_WAIT_TARGET",
+        value_name = "SCHEMA",
+        help_heading = "Wait"
+    )]
+    pub tenant: Option<String>,
 
     /// Wait for the newest migration in this directory, with a matching digest (or for all
     /// of them to be recorded as applied). With another migrator's directory (see
@@ -754,6 +807,128 @@ pub struct StampArgs {
         help_heading = "Stamp"
     )]
     pub source: Option<PathBuf>,
+}
+
+// `schemagate fleet`: `migrate`'s options, applied to every target, and how to go
+// through the targets.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("list").args(["targets", "targets_cmd", "targets_query"]).required(true)))]
+pub struct FleetArgs {
+    // --database-url may hold `{schema}`; every other option is `migrate`'s.
+    #[command(flatten)]
+    pub migrate: MigrateArgs,
+
+    /// The targets, one per line: a database URL, or a name for `{schema}` (see above).
+    /// Blank lines and lines starting with `#` are skipped.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TARGETS",
+        value_name = "FILE",
+        help_heading = "Fleet"
+    )]
+    pub targets: Option<PathBuf>,
+
+    /// The targets are the lines this shell command prints (read as --targets FILE is).
+    /// A command that exits non-zero stops the fleet before any target starts.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TARGETS_CMD",
+        value_name = "CMD",
+        help_heading = "Fleet"
+    )]
+    pub targets_cmd: Option<String>,
+
+    /// The targets are the first column (text) of this query's rows, run on --catalog-url:
+    /// `--targets-query "SELECT schema_name FROM tenants WHERE active"`.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TARGETS_QUERY",
+        value_name = "SQL",
+        help_heading = "Fleet"
+    )]
+    pub targets_query: Option<String>,
+
+    /// The database --targets-query runs on (default: --database-url, when it holds no
+    /// `{schema}`). Its connection is closed before the first target starts.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_CATALOG_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        requires = "targets_query",
+        help_heading = "Fleet"
+    )]
+    pub catalog_url: Option<String>,
+
+    /// How many targets are migrated at once. Each holds one connection to its server, so
+    /// the fleet holds at most N (N + 1 while it reads --targets-query, or proves a server's
+    /// advisory lock once, before any target starts).
+    #[arg(long, env = "SCHEMAGATE_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024), value_name = "N", help_heading = "Fleet")]
+    pub parallel: u32,
+
+    /// Migrate the first K targets first, and the rest only if none of them failed.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_CANARY",
+        default_value_t = 0,
+        value_name = "K",
+        help_heading = "Fleet"
+    )]
+    pub canary: u32,
+
+    /// Start no new target once more than N targets (or P% of them) have failed: `5`,
+    /// `2%`. The targets in flight finish; the rest are `skipped`. Default: no limit.
+    #[arg(long, env = "SCHEMAGATE_MAX_FAILED", value_name = "N|P%", value_parser = parse_max_failed, help_heading = "Fleet")]
+    pub max_failed: Option<MaxFailed>,
+
+    /// Give each target at most this long: its connect and lock waits are cut to it, and
+    /// a run still going then is stopped as SIGTERM stops `migrate` (its migration rolled
+    /// back, a `failed` marker written). It fails alone, with exit code 124 in its line.
+    #[arg(long, env = "SCHEMAGATE_TARGET_TIMEOUT", value_parser = parse_connect_timeout, value_name = "DURATION", help_heading = "Fleet")]
+    pub target_timeout: Option<Duration>,
+
+    /// Take only this shard's targets: `I/N` (0 <= I < N) keeps the targets whose id hashes
+    /// to I modulo N (SHA-256 of the id: stable across runs, machines and versions), so N
+    /// processes, each with its own I, cover every target once.
+    #[arg(long, env = "SCHEMAGATE_SHARD", value_name = "I/N", value_parser = parse_shard, conflicts_with = "shards", help_heading = "Fleet")]
+    pub shard: Option<(u32, u32)>,
+
+    /// As --shard I/N, with I read from JOB_COMPLETION_INDEX (set in each pod of a
+    /// Kubernetes Indexed Job): `--shards 8` in a Job of 8 completions.
+    #[arg(long, env = "SCHEMAGATE_SHARDS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Fleet")]
+    pub shards: Option<u32>,
+
+    /// Print the summary as one JSON document instead of text.
+    #[arg(long, env = "SCHEMAGATE_JSON", help_heading = "Output")]
+    pub json: bool,
+}
+
+/// `--shard I/N`.
+fn parse_shard(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("invalid --shard {s:?}: I/N, with 0 <= I < N (for example 3/8)");
+    let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
+    let (i, n): (u32, u32) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn parse_max_failed(s: &str) -> Result<MaxFailed, String> {
+    let bad = || format!("invalid --max-failed {s:?}: a count (5) or a percentage (2%)");
+    match s.trim().strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(format!("--max-failed {s:?}: a percentage is 0% to 100%"));
+            }
+            Ok(MaxFailed::Percent(p))
+        }
+        None => s.trim().parse().map(MaxFailed::Count).map_err(|_| bad()),
+    }
 }
 
 // `schemagate digest`.

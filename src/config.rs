@@ -4,6 +4,8 @@
 //! it must still doubt; checks that need the migrations' contents (is `--to V` one of them?)
 //! stay where the source is read. This is the only module that reads `cli`.
 
+mod fleet;
+
 use std::path::{Path, PathBuf};
 
 use crate::cli::{
@@ -178,7 +180,11 @@ impl WaitConfig {
             _ => None,
         };
         let foreign = matches!(target, WaitTarget::Foreign(_));
-        let db = connection(&sqlx_only(&args.connect, foreign), "wait", None, sql)?;
+        let mut connect = sqlx_only(&args.connect, foreign);
+        if let Some(schema) = &args.tenant {
+            in_schema(&mut connect, schema.trim(), !foreign)?;
+        }
+        let db = connection(&connect, "wait", None, sql)?;
         if args.listen {
             if db.backend != Backend::Postgres {
                 return Err(Error::Config(format!(
@@ -414,6 +420,36 @@ impl CheckConfig {
             json: args.json,
         })
     }
+}
+
+/// `wait --target SCHEMA`: the tables `fleet` gives a schema per tenant, in that schema.
+/// (`sqlx`: the SQL migrations' table too; another migrator keeps its own history table.)
+fn in_schema(connect: &mut ConnectArgs, schema: &str, sqlx: bool) -> Result<()> {
+    let qualified = |flag: &str, name: &str| {
+        if name.contains('.') {
+            return Err(Error::Config(format!(
+                "{flag} {name:?} names a schema, and --target {schema} names the tenant's: give \
+                 the bare table name"
+            )));
+        }
+        let t = format!("{schema}.{name}");
+        Table::parse(&t).map_err(|_| {
+            Error::Config(format!(
+                "--target {schema:?} is not a schema name (a letter or `_`, then letters, \
+                 digits or `_`; not a reserved word)"
+            ))
+        })?;
+        Ok(t)
+    };
+    connect.table = qualified("--table", &connect.table)?;
+    if sqlx {
+        let name = connect
+            .migrations_table
+            .clone()
+            .unwrap_or_else(|| MigrationsTable::DEFAULT.to_owned());
+        connect.migrations_table = Some(qualified("--migrations-table", &name)?);
+    }
+    Ok(())
 }
 
 /// Several `--source`s only for a migrator that reads several directories.

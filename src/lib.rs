@@ -36,6 +36,7 @@ pub mod sqlx_toml;
 pub mod stdout;
 
 use cli::Command;
+use cmd::fleet::FleetConfig;
 use cmd::{
     CheckConfig, HeartbeatConfig, MigrateConfig, Outcome, RollbackConfig, SmokeConfig, StampConfig,
     StatusConfig, WaitConfig,
@@ -79,6 +80,8 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
         Command::Digest(args) => cmd::digest::run(&args.source),
         Command::Completions(args) => completions::completions(args.shell),
         Command::Man(args) => completions::man(args.dir.as_deref()),
+        // `fleet` passes signals on to every target's run, which records them as `migrate`.
+        Command::Fleet(args) => cmd::fleet::run(&FleetConfig::from_args(&args)?, signals).await,
         // `heartbeat` too: it removes its row before it exits.
         Command::Heartbeat(args) => {
             cmd::heartbeat::run(&HeartbeatConfig::from_args(&args)?, signals).await

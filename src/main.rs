@@ -107,6 +107,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
                 "stamp",
                 "smoke",
                 "heartbeat",
+                "fleet",
             ]
             .contains(a)
         })

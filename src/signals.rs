@@ -60,6 +60,13 @@ impl Signals {
         Ok(Signals(rx))
     }
 
+    /// A handle that only `stop` fires: `fleet` gives each target's run its own, and passes
+    /// a real signal on to it, or stops that one target at its --target-timeout.
+    pub fn manual() -> (Signals, watch::Sender<Option<Signal>>) {
+        let (tx, rx) = watch::channel(None);
+        (Signals(rx), tx)
+    }
+
     /// Wait for the first signal (returns at once if it already came).
     pub async fn recv(&mut self) -> Signal {
         match self.0.wait_for(Option::is_some).await {

@@ -4,6 +4,7 @@
 pub mod check;
 mod configs;
 pub mod digest;
+pub mod fleet;
 pub mod heartbeat;
 pub mod migrate;
 pub mod rollback;

@@ -553,11 +553,21 @@ fn tables_of<'a>(t: &'a Table, migrations: &'a MigrationsTable) -> [&'a str; 2] 
 }
 
 fn tables_sql(t: &Table, migrations: &MigrationsTable, e: &Existing) -> String {
+    // The migrations table is created first: when it lives in the marker's schema, that
+    // schema is created before it (`--table app.marker --migrations-table
+    // app._sqlx_migrations` on a new database, or a fleet's schema per target).
+    let same_schema = t.schema.as_deref().is_some_and(|s| {
+        migrations
+            .qualified()
+            .split_once('.')
+            .is_some_and(|(m, _)| m.eq_ignore_ascii_case(s))
+    });
+    let schema_first = !e.tables[0] && !e.schema && same_schema;
     let migrations = if e.tables[0] {
         String::new()
     } else {
         format!(
-            "CREATE TABLE IF NOT EXISTS {} (
+            "{}CREATE TABLE IF NOT EXISTS {} (
             version BIGINT PRIMARY KEY,
             description TEXT NOT NULL,
             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -565,12 +575,17 @@ fn tables_sql(t: &Table, migrations: &MigrationsTable, e: &Existing) -> String {
             checksum BYTEA NOT NULL,
             execution_time BIGINT NOT NULL
         );",
+            if schema_first {
+                create_schema_sql(t)
+            } else {
+                String::new()
+            },
             migrations
         )
     };
     format!(
         "{migrations}\n{}",
-        marker_table_sql(t, e.schema, e.tables[1])
+        marker_table_sql(t, e.schema || schema_first, e.tables[1])
     )
 }
 

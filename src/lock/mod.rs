@@ -142,6 +142,15 @@ async fn preliminary(
             } else if engine != Engine::Postgres {
                 // Decided by the engine's name: no key is taken.
                 prove_advisory(conn, cfg, mode, &info, None, false).await?
+            } else if let Some(reason) = &cfg.advisory_proven
+                && info.pid == info.startup_pid
+            {
+                // Proven for this server already; this session is a direct one (the pid
+                // it announced is its own), so the lock it takes is the proven kind.
+                Some(Choice {
+                    engine,
+                    ..Choice::new("advisory", reason.clone())
+                })
             } else {
                 None
             }

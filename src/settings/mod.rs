@@ -57,6 +57,13 @@ pub struct Config {
     /// `wait` and `status` only read: SQLite opens the file read-only and never creates
     /// or converts it.
     pub read_only: bool,
+    /// PostgreSQL: that the advisory lock excludes sessions on this server was proven
+    /// already (by `fleet`, once per server, before its targets run), and why. A run then
+    /// takes it on a session proven direct without the probe's second connection.
+    pub advisory_proven: Option<String>,
+    /// Added to an external migrator's environment: `fleet` names the target there
+    /// (DATABASE_URL, SCHEMAGATE_TARGET, SCHEMAGATE_SCHEMA).
+    pub child_env: Vec<(&'static str, String)>,
 }
 
 /// A validated marker table name, optionally schema-qualified.
@@ -255,6 +262,8 @@ impl Config {
             application_name: format!("schemagate {mode} {host}"),
             json_logs,
             read_only: matches!(mode, "wait" | "status"),
+            advisory_proven: None,
+            child_env: Vec::new(),
         })
     }
 
@@ -401,7 +410,7 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
-use url::parse_database_url;
+pub(crate) use url::parse_database_url;
 
 #[cfg(test)]
 mod tests {

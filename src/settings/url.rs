@@ -15,7 +15,7 @@ const ENCODE_HINT: &str = "special characters in the user name or password must 
 
 /// The backend a URL names, the URL as sqlx takes it, and its redacted form. Long on
 /// purpose: each check refuses one mistake drivers report badly, in the order a URL is read.
-pub(super) fn parse_database_url(raw: &str) -> Result<(Backend, String, String)> {
+pub(crate) fn parse_database_url(raw: &str) -> Result<(Backend, String, String)> {
     let bad =
         |shown: &str, why: &str| Error::Config(format!("invalid database URL {shown}: {why}"));
     let Some((scheme, rest)) = raw.split_once(':').filter(|(s, _)| is_scheme(s)) else {

@@ -37,6 +37,7 @@ fn help_text_is_the_documented_contract() {
         &["smoke", "--help"],
         &["check", "--help"],
         &["digest", "--help"],
+        &["fleet", "--help"],
     ] {
         text.push_str(&format!("$ schemagate {}\n", args.join(" ")));
         text.push_str(&help(args));

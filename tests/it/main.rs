@@ -13,6 +13,7 @@ mod contracts;
 mod edges;
 mod external;
 mod faults;
+mod fleet;
 mod layouts;
 mod migrations_table;
 mod migrators;

@@ -358,3 +358,31 @@ on_every_backend!(
     digest_fast_path_reads_the_table_a_sqlx_toml_names,
     digest_file_is_stale_once_the_sqlx_toml_changes,
 );
+
+/// `migrate --table app.marker --migrations-table app._sqlx_migrations` on a new database:
+/// the migrations table was created before the schema the marker's DDL creates.
+#[test]
+fn migrations_table_in_a_schema_not_created_yet() {
+    let db = PgDb::new("schema_first");
+    let src = Migrations::new(&[
+        ("0001_users.sql", "CREATE TABLE users (id int PRIMARY KEY);"),
+        (
+            "0002_orders.sql",
+            "CREATE TABLE orders (id int PRIMARY KEY);",
+        ),
+    ]);
+    let out = run(schemagate(&db.url).args([
+        "migrate",
+        "--source",
+        src.path(),
+        "--table",
+        "app.marker",
+        "--migrations-table",
+        "app._sqlx_migrations",
+    ]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg_i64(&db.url, "SELECT count(*) FROM app._sqlx_migrations"),
+        2
+    );
+}

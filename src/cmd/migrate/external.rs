@@ -53,10 +53,11 @@ pub(super) async fn run_external(
             });
         }
     }
-    let env = [
+    let mut env = vec![
         ("SCHEMAGATE_VERSION", ctx.expected.version.to_owned()),
         ("SCHEMAGATE_LOCK_KEY", ctx.lock.key().to_string()),
     ];
+    env.extend(ctx.cfg.child_env.iter().cloned());
     let mut running = child::spawn(command, &env, ctx.cfg.json_logs)?;
     let status = supervise(conn, ctx, &mut running, grace, signals).await?;
     finish(
