@@ -995,20 +995,6 @@ mod large_migration {
     }
 }
 
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $( #[test] fn $case() { super::$case(super::Kind::Pg) } )*
-        }
-        mod mysql {
-            $( #[test] fn $case() { super::$case(super::Kind::My) } )*
-        }
-        mod sqlite {
-            $( #[test] fn $case() { super::$case(super::Kind::Lite) } )*
-        }
-    };
-}
-
 on_every_backend!(
     race,
     sigkill_mid_migration,

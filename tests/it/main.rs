@@ -3,6 +3,7 @@
 //! PostgreSQL, MySQL/MariaDB, SQLite, PgBouncer and migrators; every test creates its own
 //! database, so they run in parallel.
 
+#[macro_use]
 mod harness;
 
 mod alembic;

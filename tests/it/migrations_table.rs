@@ -338,20 +338,6 @@ fn the_flag_overrides_the_sqlx_toml_and_a_bad_name_is_refused() {
     assert_no_secret(&out);
 }
 
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $( #[test] fn $case() { super::$case(super::Kind::Pg) } )*
-        }
-        mod mysql {
-            $( #[test] fn $case() { super::$case(super::Kind::My) } )*
-        }
-        mod sqlite {
-            $( #[test] fn $case() { super::$case(super::Kind::Lite) } )*
-        }
-    };
-}
-
 on_every_backend!(
     sqlx_toml_at_the_crate_root_names_the_table,
     migrations_table_flag_is_used_by_every_command,

@@ -469,20 +469,6 @@ fn check_judges_breaking_changes_by_phase(kind: Kind) {
     );
 }
 
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $( #[test] fn $case() { super::$case(super::Kind::Pg) } )*
-        }
-        mod mysql {
-            $( #[test] fn $case() { super::$case(super::Kind::My) } )*
-        }
-        mod sqlite {
-            $( #[test] fn $case() { super::$case(super::Kind::Lite) } )*
-        }
-    };
-}
-
 on_every_backend!(
     status_shows_phases,
     unknown_phase_is_a_usage_error,

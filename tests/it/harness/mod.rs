@@ -5,6 +5,22 @@
 //! authentication over TCP, stopped when the test process exits). Nothing is ever skipped:
 //! when neither is possible the tests fail and say what to install.
 
+/// `on_every_backend!(case_a, case_b)`: a `#[test]` per case and backend, in modules
+/// `postgres`, `mysql` and `sqlite`, each calling `case(Kind::…)` of the module it is used in.
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $( #[test] fn $case() { super::$case(super::Kind::Pg) } )*
+        }
+        mod mysql {
+            $( #[test] fn $case() { super::$case(super::Kind::My) } )*
+        }
+        mod sqlite {
+            $( #[test] fn $case() { super::$case(super::Kind::Lite) } )*
+        }
+    };
+}
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
