@@ -706,6 +706,20 @@ pub struct WaitArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Summarise a fleet (see `fleet`) instead of one database: FILE lists the targets, one
+    /// per line, each a URL or a name for `{schema}` (a database per name when
+    /// --database-url holds `{schema}`, otherwise a schema in that PostgreSQL database).
+    /// Each target's newest marker and, with --source, its pending migrations; 16 targets
+    /// are read at a time. Exits 1 when a target cannot be read.
+    #[arg(
+        long,
+        env = "SCHEMAGATE_TARGETS",
+        value_name = "FILE",
+        conflicts_with = "lock_name",
+        help_heading = "Status"
+    )]
+    pub targets: Option<PathBuf>,
+
     /// The lock whose holder to show, when `migrate` runs with --lock-name.
     #[arg(
         long,

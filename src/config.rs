@@ -279,12 +279,38 @@ impl StatusConfig {
             _ => None,
         };
         let foreign = source.as_ref().is_some_and(|s| s.format != Format::Sqlx);
-        let mut db = connection(&sqlx_only(&args.connect, foreign), "status", None, sql)?;
+        let connect = sqlx_only(&args.connect, foreign);
+        let targets = match &args.targets {
+            None => Vec::new(),
+            Some(_) if foreign => {
+                return Err(Error::Config(
+                    "status --targets compares each target with a SQL (sqlx) source; for \
+                     another migrator's, run status --source on one target"
+                        .into(),
+                ));
+            }
+            Some(file) => {
+                let text = crate::files::read_small(file, 64 << 20).map_err(|e| {
+                    Error::Config(format!("cannot read --targets {}: {e}", file.display()))
+                })?;
+                let origin = format!("--targets {}", file.display());
+                fleet::status_targets(&text, &origin, &connect, !foreign)?
+                    .into_iter()
+                    .map(|(id, c)| Ok((id, connection(&c, "status", None, sql)?)))
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
+        let mut db = match targets.first() {
+            // The first target's: `db` is what an error before any read names.
+            Some((_, first)) => first.clone(),
+            None => connection(&connect, "status", None, sql)?,
+        };
         if let Some(name) = &args.lock_name {
             db.lock = LockConfig::named(Some(name), &db.table, db.lock.mode);
         }
         Ok(StatusConfig {
             db,
+            targets,
             source,
             json: args.json,
             limit: args.limit,

@@ -90,6 +90,8 @@ pub enum WaitTarget {
 #[derive(Debug)]
 pub struct StatusConfig {
     pub db: Config,
+    /// `--targets FILE`: each target's name and connection, read instead of `db`.
+    pub targets: Vec<(String, Config)>,
     /// `--source DIR` (once or more) and its format, resolved.
     pub source: Option<formats::Spec>,
     pub json: bool,

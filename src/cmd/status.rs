@@ -111,6 +111,9 @@ fn as_string<S: serde::Serializer>(key: &i64, s: S) -> std::result::Result<S::Ok
 }
 
 pub async fn run(args: &StatusConfig) -> Result<Outcome> {
+    if !args.targets.is_empty() {
+        return fleet(args).await;
+    }
     let cfg = &args.db;
     let (source, foreign) = match &args.source {
         Some(spec) if spec.format == Format::Sqlx => (Some(Source::load(&spec.dirs[0])?), None),
@@ -434,4 +437,187 @@ fn render_migrations(out: &mut String, migrations: &Migrations) {
             say!(out, "  {} {} ({})", p.version, p.description, p.phase);
         }
     }
+}
+
+// ----- `status --targets`: the fleet, one line per target -----
+
+/// How many targets are read at once (each holds one connection while it is read).
+const FLEET_READERS: usize = 16;
+
+#[derive(Debug, Serialize)]
+struct FleetReport {
+    targets: usize,
+    /// How many targets are in each state.
+    states: std::collections::BTreeMap<&'static str, usize>,
+    results: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetStatus {
+    target: String,
+    /// `up-to-date`, `pending` (with --source), `failed` (the newest marker is),
+    /// `drift`, `never-migrated`, `migrated` (no --source: a `succeeded` newest marker),
+    /// or `unreadable`.
+    state: &'static str,
+    /// The newest marker's version and status.
+    version: Option<String>,
+    marker: Option<String>,
+    /// With --source: the migrations not applied.
+    pending: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+async fn fleet(args: &StatusConfig) -> Result<Outcome> {
+    // A target's read holds a connection that is not `Send`: on this thread, as `fleet`.
+    tokio::task::LocalSet::new()
+        .run_until(fleet_local(args))
+        .await
+}
+
+async fn fleet_local(args: &StatusConfig) -> Result<Outcome> {
+    let source = match &args.source {
+        Some(spec) => Some(std::rc::Rc::new(Source::load(&spec.dirs[0])?)),
+        None => None,
+    };
+    let mut results = Vec::with_capacity(args.targets.len());
+    let mut running = tokio::task::JoinSet::new();
+    let mut queue = args.targets.iter().cloned().enumerate();
+    loop {
+        while running.len() < FLEET_READERS {
+            let Some((i, (id, cfg))) = queue.next() else {
+                break;
+            };
+            let source = source.clone();
+            running.spawn_local(async move {
+                let status = match read_target(&cfg, source.as_deref()).await {
+                    Ok(s) => s,
+                    Err(e) => TargetStatus {
+                        target: String::new(),
+                        state: "unreadable",
+                        version: None,
+                        marker: None,
+                        pending: None,
+                        detail: Some(redact(&format!("{e:#}"))),
+                    },
+                };
+                (
+                    i,
+                    TargetStatus {
+                        target: id,
+                        ..status
+                    },
+                )
+            });
+        }
+        match running.join_next().await {
+            Some(Ok(done)) => results.push(done),
+            Some(Err(e)) => return Err(Error::Failed(format!("a target's read failed: {e}"))),
+            None => break,
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let results: Vec<TargetStatus> = results.into_iter().map(|(_, r)| r).collect();
+    let mut states = std::collections::BTreeMap::new();
+    for r in &results {
+        *states.entry(r.state).or_insert(0) += 1;
+    }
+    let unreadable = states.get("unreadable").copied().unwrap_or(0);
+    let report = FleetReport {
+        targets: results.len(),
+        states,
+        results,
+    };
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&report).expect("report serializes");
+        json.push('\n');
+        json
+    } else {
+        render_fleet(&report)
+    };
+    crate::stdout::print(&redact(&text));
+    if unreadable > 0 {
+        return Err(Error::Failed(format!(
+            "{unreadable} of {} target(s) could not be read",
+            report.targets
+        )));
+    }
+    Ok(Outcome {
+        message: "status printed".into(),
+        ..Outcome::default()
+    })
+}
+
+/// One target: its newest marker, and with a source what is pending or drifted.
+async fn read_target(cfg: &Config, source: Option<&Source>) -> Result<TargetStatus> {
+    let mut conn = db::connect(cfg).await?;
+    let newest = conn.markers(&cfg.table, 1).await?.into_iter().next();
+    let (applied, dirty) = conn.applied(&cfg.migrations_table).await?;
+    conn.close().await;
+    let comparison = source.map(|s| s.compare(&applied));
+    let drift = dirty.is_some()
+        || comparison
+            .as_ref()
+            .is_some_and(|c| !c.modified.is_empty() || !c.missing.is_empty());
+    let pending = comparison.as_ref().map(|c| c.pending.len());
+    let marker = newest.as_ref().map(|m| m.status.clone());
+    let state = if drift {
+        "drift"
+    } else if marker.as_deref() == Some("failed") && pending != Some(0) {
+        "failed"
+    } else if newest.is_none() && applied.is_empty() {
+        "never-migrated"
+    } else {
+        match pending {
+            Some(0) => "up-to-date",
+            Some(_) => "pending",
+            None => "migrated",
+        }
+    };
+    let detail = if let Some(v) = dirty {
+        Some(format!("migration {v} is dirty"))
+    } else {
+        comparison.filter(|_| drift).map(|c| {
+            let list = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+            format!(
+                "modified: [{}], missing from the source: [{}]",
+                list(&c.modified),
+                list(&c.missing)
+            )
+        })
+    };
+    Ok(TargetStatus {
+        target: String::new(),
+        state,
+        version: newest.map(|m| m.version),
+        marker,
+        pending,
+        detail,
+    })
+}
+
+fn render_fleet(r: &FleetReport) -> String {
+    let counts: Vec<String> = r.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let mut out = format!("{} target(s): {}\n", r.targets, counts.join(", "));
+    let width = r
+        .results
+        .iter()
+        .map(|t| t.target.chars().count())
+        .max()
+        .unwrap_or(0);
+    for t in &r.results {
+        let mut line = format!("  {:<14}  {:<width$}", t.state, t.target);
+        if let (Some(v), Some(m)) = (&t.version, &t.marker) {
+            let _ = write!(line, "  newest marker {v} ({m})");
+        }
+        if let Some(n) = t.pending.filter(|n| *n > 0) {
+            let _ = write!(line, "  {n} pending");
+        }
+        if let Some(d) = &t.detail {
+            let _ = write!(line, "  {d}");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }

@@ -2,7 +2,7 @@
 //! and one target's line the `MigrateConfig` of an ordinary `migrate` run (its URL, its
 //! tables and search_path, its command).
 
-use crate::cli::{FleetArgs, LogFormat, MigrateArgs};
+use crate::cli::{ConnectArgs, FleetArgs, LogFormat, MigrateArgs};
 use crate::cmd::MigrateConfig;
 use crate::cmd::fleet::{
     FleetConfig, PLACEHOLDER, Plan, Target, TargetList, URL_PLACEHOLDER, What,
@@ -24,52 +24,7 @@ enum Layout {
 impl FleetConfig {
     pub fn from_args(args: &FleetArgs) -> Result<FleetConfig> {
         let m = &args.migrate;
-        let url = m
-            .connect
-            .database_url
-            .as_deref()
-            .map(str::trim)
-            .filter(|u| !u.is_empty());
-        let url = match (url, &m.connect.database_url_file) {
-            (Some(_), Some(path)) if !path.as_os_str().is_empty() => {
-                return Err(Error::Config(format!(
-                    "both --database-url and --database-url-file {} are set: pass one",
-                    path.display()
-                )));
-            }
-            (Some(url), _) => Some(url.to_owned()),
-            (None, Some(path)) if !path.as_os_str().is_empty() => Some(super::read_url_file(path)?),
-            _ => std::env::var("DATABASE_URL")
-                .ok()
-                .map(|u| u.trim().to_owned())
-                .filter(|u| !u.is_empty()),
-        };
-        let layout = match url {
-            None => Layout::UrlsOnly,
-            Some(u) if u.contains(PLACEHOLDER) => Layout::Databases(u),
-            Some(u) => {
-                if !u.starts_with("postgres://") && !u.starts_with("postgresql://") {
-                    return Err(Error::Config(
-                        "a schema per target needs PostgreSQL: with MySQL/MariaDB or SQLite, \
-                         put {schema} into --database-url (a database or a file per target)"
-                            .into(),
-                    ));
-                }
-                for (value, flag) in [
-                    (Some(m.connect.table.as_str()), "--table"),
-                    (m.connect.migrations_table.as_deref(), "--migrations-table"),
-                ] {
-                    if value.is_some_and(|t| t.contains('.')) {
-                        return Err(Error::Config(format!(
-                            "{flag} {:?} names a schema, but with a schema per target each \
-                             target's tables live in its own schema: give the bare name",
-                            value.unwrap_or_default()
-                        )));
-                    }
-                }
-                Layout::Schemas(u)
-            }
-        };
+        let layout = layout_of(&m.connect)?;
         if m.lock.lock_name.is_some() {
             return Err(Error::Config(
                 "--lock-name is not taken by fleet: every target's lock is derived from its \
@@ -146,6 +101,90 @@ impl FleetConfig {
         };
         Ok(cfg)
     }
+}
+
+/// Where named targets live, from --database-url (or --database-url-file, or
+/// DATABASE_URL): nowhere (every line a URL), a database per name (`{schema}` in the
+/// URL), or a schema per name in one PostgreSQL database.
+fn layout_of(c: &ConnectArgs) -> Result<Layout> {
+    let url = c
+        .database_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    let url = match (url, &c.database_url_file) {
+        (Some(_), Some(path)) if !path.as_os_str().is_empty() => {
+            return Err(Error::Config(format!(
+                "both --database-url and --database-url-file {} are set: pass one",
+                path.display()
+            )));
+        }
+        (Some(url), _) => Some(url.to_owned()),
+        (None, Some(path)) if !path.as_os_str().is_empty() => Some(super::read_url_file(path)?),
+        _ => std::env::var("DATABASE_URL")
+            .ok()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty()),
+    };
+    Ok(match url {
+        None => Layout::UrlsOnly,
+        Some(u) if u.contains(PLACEHOLDER) => Layout::Databases(u),
+        Some(u) => {
+            if !u.starts_with("postgres://") && !u.starts_with("postgresql://") {
+                return Err(Error::Config(
+                    "a schema per target needs PostgreSQL: with MySQL/MariaDB or SQLite, \
+                     put {schema} into --database-url (a database or a file per target)"
+                        .into(),
+                ));
+            }
+            for (value, flag) in [
+                (Some(c.table.as_str()), "--table"),
+                (c.migrations_table.as_deref(), "--migrations-table"),
+            ] {
+                if value.is_some_and(|t| t.contains('.')) {
+                    return Err(Error::Config(format!(
+                        "{flag} {:?} names a schema, but with a schema per target each \
+                         target's tables live in its own schema: give the bare name",
+                        value.unwrap_or_default()
+                    )));
+                }
+            }
+            Layout::Schemas(u)
+        }
+    })
+}
+
+/// `status --targets`: each target's name and connection options, laid out as `fleet`
+/// lays them out (its URL, or its database, or its schema's tables).
+pub(super) fn status_targets(
+    text: &str,
+    origin: &str,
+    connect: &ConnectArgs,
+    sqlx: bool,
+) -> Result<Vec<(String, ConnectArgs)>> {
+    let layout = layout_of(connect)?;
+    read_targets(text, origin, &layout)?
+        .into_iter()
+        .map(|t| {
+            let mut c = connect.clone();
+            c.database_url_file = None;
+            c.termination_log = None;
+            match (&t.what, &layout) {
+                (What::Url(url), _) => c.database_url = Some(url.clone()),
+                (What::Name(name), Layout::Databases(template)) => {
+                    c.database_url = Some(template.replace(PLACEHOLDER, name));
+                }
+                (What::Name(name), Layout::Schemas(url)) => {
+                    c.database_url = Some(url.clone());
+                    super::in_schema(&mut c, name, sqlx)?;
+                }
+                (What::Name(_), Layout::UrlsOnly) => {
+                    unreachable!("names are refused without --database-url")
+                }
+            }
+            Ok((t.id, c))
+        })
+        .collect()
 }
 
 /// What `fleet` was given: where named targets live, and `migrate`'s flags with

@@ -887,3 +887,81 @@ fn dry_run_changes_no_target() {
         0
     );
 }
+
+/// `status --targets` (issue 24): one line per target, read-only: applied targets are up to
+/// date, one the fleet never reached is never-migrated, one behind the source is pending,
+/// a hand-edited one is drift, and an unreachable one is named and makes the exit 1.
+#[test]
+fn status_targets_summarises_every_target_without_changing_any() {
+    let db = PgDb::new("fleet_status");
+    let src = tenant_migrations();
+    let applied = Targets::new(&["t_a", "t_b", "t_c"]);
+    let out = run(&mut fleet(&db.url, &applied, &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // t_c drifts: its applied migration 1 no longer matches the file.
+    pg_exec(
+        &db.url,
+        "UPDATE t_c._sqlx_migrations SET checksum = '\\x00' WHERE version = 1",
+    );
+    // A third migration the targets have not had yet, and a target never migrated.
+    src.write("0003_more.sql", "CREATE TABLE more (id int);");
+    let all = Targets::new(&["t_a", "t_b", "t_c", "t_new"]);
+    let status = |targets: &Targets| {
+        run(schemagate(&db.url).args([
+            "status",
+            "--targets",
+            &targets.path(),
+            "--source",
+            src.path(),
+            "--json",
+        ]))
+    };
+    let out = status(&all);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = summary(&out);
+    assert_eq!(
+        states(&v),
+        pairs(&[
+            ("t_a", "pending"),
+            ("t_b", "pending"),
+            ("t_c", "drift"),
+            ("t_new", "never-migrated"),
+        ])
+    );
+    assert_eq!(v["results"][0]["pending"], 1);
+    assert_eq!(v["states"]["pending"], 2);
+    // Nothing was changed: t_new has no schema, t_a still two migrations.
+    assert_eq!(
+        pg_i64(
+            &db.url,
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 't_new'"
+        ),
+        0
+    );
+    let out = run(&mut fleet(&db.url, &Targets::new(&["t_a", "t_b"]), &src));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = status(&all);
+    assert_eq!(
+        states(&summary(&out))[..2],
+        pairs(&[("t_a", "up-to-date"), ("t_b", "up-to-date")])[..]
+    );
+    // A target given as a URL nobody answers at: listed as unreadable, exit 1, the rest read.
+    let dead = TestDb::unreachable_url(Kind::Pg);
+    let mixed = Targets::new(&["t_a", &dead]);
+    let out = run(schemagate(&db.url).args([
+        "status",
+        "--targets",
+        &mixed.path(),
+        "--source",
+        src.path(),
+        "--connect-timeout",
+        "1s",
+    ]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("2 target(s): 1 unreadable, 1 up-to-date"),
+        "{text}"
+    );
+    assert!(text.contains("up-to-date      t_a"), "{text}");
+}
