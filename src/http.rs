@@ -1,32 +1,33 @@
 //! HTTP, both ways it is used: `migrate --notify-url` webhooks, and `wait --http`
-//! readiness probes. TLS is rustls on ring with the webpki roots compiled in, so a
-//! `FROM scratch` image needs no CA bundle.
+//! readiness probes. The client is ureq: TLS is rustls on ring with the webpki roots
+//! compiled in (so a `FROM scratch` image needs no CA bundle); `HTTP(S)_PROXY`,
+//! `ALL_PROXY` and `NO_PROXY` are honoured, up to 10 redirects are followed, and
+//! user-info in a URL is sent as basic auth.
+//!
+//! ureq blocks, so each request runs on tokio's blocking pool. A deadline or a signal
+//! that drops the waiting future leaves that request to end at the client's timeout on
+//! its own thread; it never holds up exit (`main` shuts the runtime down in the
+//! background).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use ureq::http::StatusCode;
 
 use crate::error::{Error, Result};
 use crate::redact::{redact, redact_http_url};
 
-pub fn client(timeout: Duration) -> Result<reqwest::Client> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Failed(format!("cannot set up TLS: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(timeout)
+pub type Client = ureq::Agent;
+
+/// A client whose every request, redirects included, ends within `timeout`.
+pub fn client(timeout: Duration) -> Result<Client> {
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        // A 4xx or 5xx is an answer to report, not a transport error.
+        .http_status_as_error(false)
         .user_agent(concat!("schemagate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot build the HTTP client: {e}")))
+        .build();
+    Ok(config.into())
 }
 
 /// Check that each URL parses, so a typo is a usage error before anything runs; and
@@ -35,7 +36,7 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client> {
 pub fn validate(urls: &[String], flag: &str) -> Result<()> {
     for u in urls {
         crate::redact::register_http_secrets(u);
-        match reqwest::Url::parse(u) {
+        match url::Url::parse(u) {
             Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
             _ => {
                 return Err(Error::Config(format!(
@@ -46,6 +47,33 @@ pub fn validate(urls: &[String], flag: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One request, on the blocking pool: the status it was answered with, or why there was
+/// none (redacted). A JSON `body` makes it a POST, none a GET.
+async fn send(client: &Client, url: &str, body: Option<Vec<u8>>) -> Result<StatusCode, String> {
+    let (client, url) = (client.clone(), url.to_owned());
+    let sent = tokio::task::spawn_blocking(move || {
+        match body {
+            Some(json) => client
+                .post(&url)
+                .content_type("application/json")
+                .send(json),
+            None => client.get(&url).call(),
+        }
+        .map(|r| r.status())
+    })
+    .await;
+    match sent {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(redact(&error_chain(&e))),
+        Err(e) => Err(format!("the request did not complete: {e}")),
+    }
+}
+
+/// One GET: whether `url` answered 2xx.
+pub async fn answers_2xx(client: &Client, url: &str) -> bool {
+    send(client, url, None).await.is_ok_and(|s| s.is_success())
 }
 
 /// The webhook body `migrate --notify-url` posts.
@@ -68,8 +96,13 @@ pub async fn notify(urls: &[String], event: &Event<'_>) {
     if urls.is_empty() {
         return;
     }
-    let client = match client(Duration::from_secs(5)) {
-        Ok(c) => c,
+    let prepared = client(Duration::from_secs(5)).and_then(|c| {
+        serde_json::to_vec(event)
+            .map(|body| (c, body))
+            .map_err(|e| Error::Failed(format!("cannot encode the event: {e}")))
+    });
+    let (client, body) = match prepared {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!("cannot send notifications: {e:#}");
             return;
@@ -79,14 +112,14 @@ pub async fn notify(urls: &[String], event: &Event<'_>) {
         let shown = redact_http_url(url);
         let mut last = String::new();
         for attempt in 1..=NOTIFY_TRIES {
-            match client.post(url).json(event).send().await {
-                Ok(r) if r.status().is_success() => {
+            match send(&client, url, Some(body.clone())).await {
+                Ok(s) if s.is_success() => {
                     tracing::debug!("notified {shown}");
                     last.clear();
                     break;
                 }
-                Ok(r) => last = format!("HTTP {}", r.status()),
-                Err(e) => last = redact(&error_chain(&e)),
+                Ok(s) => last = format!("HTTP {s}"),
+                Err(why) => last = why,
             }
             if attempt < NOTIFY_TRIES {
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
@@ -99,17 +132,17 @@ pub async fn notify(urls: &[String], event: &Event<'_>) {
 }
 
 /// Poll `url` until it answers 2xx. The caller bounds it with the wait's deadline.
-pub async fn wait_ready(client: &reqwest::Client, url: &str, interval: Duration) {
+pub async fn wait_ready(client: &Client, url: &str, interval: Duration) {
     let shown = redact_http_url(url);
     let mut logged = false;
     loop {
-        let why = match client.get(url).send().await {
-            Ok(r) if r.status().is_success() => {
-                tracing::info!("{shown} answered {}", r.status());
+        let why = match send(client, url, None).await {
+            Ok(s) if s.is_success() => {
+                tracing::info!("{shown} answered {s}");
                 return;
             }
-            Ok(r) => format!("HTTP {}", r.status()),
-            Err(e) => redact(&error_chain(&e)),
+            Ok(s) => format!("HTTP {s}"),
+            Err(why) => why,
         };
         if !logged {
             tracing::info!("waiting for {shown}: {why}");

@@ -69,7 +69,7 @@ pub fn register_secrets(raw_url: &str) {
 
 /// Remember what an HTTP URL (`--notify-url`, `wait --http`) carries that may be a
 /// credential: its user-info, every query value (`?token=…`) and its fragment, in every
-/// form. Such tokens reach text beyond our own messages: reqwest's errors quote the URL.
+/// form. Such tokens may reach text beyond our own messages: the HTTP client's errors.
 pub fn register_http_secrets(raw_url: &str) {
     let Ok(url) = url::Url::parse(raw_url) else {
         return;
@@ -304,7 +304,7 @@ fn is_http(before: &str) -> bool {
 }
 
 /// An HTTP URL's query values and fragment masked, whatever their length: `?token=***`.
-/// The query ends at a `)` (text such as reqwest's errors wraps the URL in parentheses);
+/// The query ends at a `)` (text such as an HTTP client's error may wrap the URL in parentheses);
 /// whatever that leaves of a registered token was masked before this runs.
 fn mask_query(token: &str) -> String {
     let Some(q) = token.find(['?', '#']) else {

@@ -183,12 +183,7 @@ async fn probe_http(args: &WaitConfig, deadline: Instant) -> Result<()> {
         http::client(Duration::from_secs(5).min(args.interval.max(Duration::from_secs(1))))?;
     for url in &args.http {
         if args.once {
-            let ok = client
-                .get(url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if !ok {
+            if !http::answers_2xx(&client, url).await {
                 return Err(Error::Failed(format!(
                     "the schema is ready, but {} is not",
                     redact_http_url(url)

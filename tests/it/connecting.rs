@@ -176,7 +176,7 @@ fn with_token(url: &str) -> String {
     format!("{url}?token=tok-Secret%2F55%2Bq&v=2")
 }
 
-/// reliability: `--notify-url` and `wait --http` URLs with a token in the query (`?token=…`) or credentials in the user-info, on success, a 500, a refused connection and a usage error | every query value, the user-info and the fragment are masked wherever the URL shows up (logs, reqwest's error text, the termination log), and registered as secrets in every form | nothing
+/// reliability: `--notify-url` and `wait --http` URLs with a token in the query (`?token=…`) or credentials in the user-info, on success, a 500, a refused connection and a usage error | every query value, the user-info and the fragment are masked wherever the URL shows up (logs, the HTTP client's error text, the termination log), and registered as secrets in every form | nothing
 #[test]
 fn http_url_tokens_are_never_printed() {
     let db = PgDb::new("httptok");
