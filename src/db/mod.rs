@@ -5,6 +5,61 @@
 //! each call); MySQL and SQLite apply them through sqlx's `Migrate` trait, PostgreSQL
 //! through the simple query protocol (see postgres.rs).
 
+/// The reads MySQL and SQLite share word for word (both bind with `?`, and neither marker
+/// table keeps a write order): other migrators' history, the newest marker for a version,
+/// the newest `succeeded` detail. One body, expanded in each backend's file for its
+/// connection type.
+macro_rules! question_mark_reads {
+    ($conn:ty) => {
+        /// `SELECT expr` of another migrator's history table (`Conn::history_rows`): its rows carry
+        /// no write order.
+        pub async fn history_rows(
+            c: &mut $conn,
+            expr: &str,
+            table: &str,
+        ) -> Result<$crate::db::HistoryRows, sqlx::Error> {
+            let rows =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {expr} FROM {table}")))
+                    .fetch_all(&mut *c)
+                    .await?;
+            Ok((rows, None))
+        }
+
+        /// `Conn::newest_marker_row` (no write order: 0).
+        pub async fn newest_marker_row(
+            c: &mut $conn,
+            t: &$crate::settings::Table,
+            version: &str,
+        ) -> Result<Option<(String, Option<String>, i64)>, sqlx::Error> {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT status, detail, 0 FROM {} WHERE version = ? OR action = 'rollback' \
+                 ORDER BY id DESC LIMIT 1",
+                t.qualified
+            )))
+            .bind(version)
+            .fetch_optional(&mut *c)
+            .await
+        }
+
+        /// `Conn::newest_succeeded_detail`.
+        pub async fn newest_succeeded_detail(
+            c: &mut $conn,
+            t: &$crate::settings::Table,
+            prefix: &str,
+        ) -> Result<Option<String>, sqlx::Error> {
+            let detail: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT detail FROM {} WHERE status = 'succeeded' AND detail LIKE ? \
+                 ORDER BY id DESC LIMIT 1",
+                t.qualified
+            )))
+            .bind(format!("{prefix}%"))
+            .fetch_optional(&mut *c)
+            .await?;
+            Ok(detail.flatten())
+        }
+    };
+}
+
 mod connect;
 mod mysql;
 pub(crate) mod postgres;

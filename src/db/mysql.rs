@@ -252,50 +252,6 @@ pub async fn stamp(
     Ok(())
 }
 
-// ----- other migrators' history -----
+// ----- other migrators' history, and the marker reads MySQL shares with SQLite -----
 
-/// `SELECT expr` of another migrator's history table (`Conn::history_rows`): its rows carry
-/// no write order.
-pub async fn history_rows(
-    c: &mut MySqlConnection,
-    expr: &str,
-    table: &str,
-) -> Result<super::HistoryRows, sqlx::Error> {
-    let rows = sqlx::query_scalar(AssertSqlSafe(format!("SELECT {expr} FROM {table}")))
-        .fetch_all(&mut *c)
-        .await?;
-    Ok((rows, None))
-}
-
-/// `Conn::newest_marker_row` (no write order: 0).
-pub async fn newest_marker_row(
-    c: &mut MySqlConnection,
-    t: &Table,
-    version: &str,
-) -> Result<Option<(String, Option<String>, i64)>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT status, detail, 0 FROM {} WHERE version = ? OR action = 'rollback' \
-         ORDER BY id DESC LIMIT 1",
-        t.qualified
-    )))
-    .bind(version)
-    .fetch_optional(&mut *c)
-    .await
-}
-
-/// `Conn::newest_succeeded_detail`.
-pub async fn newest_succeeded_detail(
-    c: &mut MySqlConnection,
-    t: &Table,
-    prefix: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    let detail: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT detail FROM {} WHERE status = 'succeeded' AND detail LIKE ? \
-         ORDER BY id DESC LIMIT 1",
-        t.qualified
-    )))
-    .bind(format!("{prefix}%"))
-    .fetch_optional(&mut *c)
-    .await?;
-    Ok(detail.flatten())
-}
+question_mark_reads!(MySqlConnection);
