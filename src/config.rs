@@ -52,11 +52,12 @@ impl MigrateConfig {
             (args.wait_for_drain.is_some(), "--wait-for-drain"),
         ]
         .iter()
-        .find_map(|(set, flag)| (*set && sql.is_none()).then_some(flag))
+        .find_map(|(set, flag)| (*set && sql.is_none() && !foreign).then_some(flag))
         {
             return Err(Error::Config(format!(
-                "{flag} needs --source DIR of SQL migrations: an external migrator applies \
-                 its migrations in its own order"
+                "{flag} needs --source DIR: SQL migrations, or another migrator's directory \
+                 with --format (its files say which migrations are contract); a bare -- CMD \
+                 has no phases"
             )));
         }
         Ok(MigrateConfig {
@@ -236,11 +237,11 @@ fn wait_phase(args: &WaitArgs, target: &WaitTarget) -> Result<bool> {
              applied): drop --phase"
                 .into(),
         )),
-        (Some(crate::phase::Mode::Expand), WaitTarget::Sql(_)) => Ok(true),
+        (Some(crate::phase::Mode::Expand), WaitTarget::Sql(_) | WaitTarget::Foreign(_)) => {
+            Ok(true)
+        }
         (Some(_), _) => Err(Error::Config(
-            "--phase expand needs --source DIR of SQL migrations (its phases are read from \
-             the files)"
-                .into(),
+            "--phase expand needs --source DIR (its phases are read from the files)".into(),
         )),
     }
 }

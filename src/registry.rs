@@ -357,10 +357,14 @@ pub async fn lower_barrier(
 /// older schema version (or one that is not a number, which cannot be compared), as one
 /// line naming each release and its instances. `None`: it may run.
 pub fn holding_back(live: &[Instance], version: i64) -> Option<String> {
-    let older: Vec<&Instance> = live
-        .iter()
-        .filter(|i| !i.expects.parse::<i64>().is_ok_and(|e| e >= version))
-        .collect();
+    holding_back_unless(live, |e| e.parse::<i64>().is_ok_and(|e| e >= version))
+}
+
+/// What keeps a contract from running: the live instances whose `expects` does not
+/// `know` it (an Alembic or Django head below which the contract is not), named as
+/// `holding_back` names them. `None`: it may run.
+pub fn holding_back_unless(live: &[Instance], knows: impl Fn(&str) -> bool) -> Option<String> {
+    let older: Vec<&Instance> = live.iter().filter(|i| !knows(&i.expects)).collect();
     if older.is_empty() {
         return None;
     }

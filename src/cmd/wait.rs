@@ -463,7 +463,7 @@ async fn check_once(cfg: &Config, target: &Target) -> Result<(Readiness, bool)> 
     }
     let mut conn = db::connect(cfg).await?;
     let state = match &target.foreign {
-        Some(f) => check_foreign(&mut conn, cfg, &target.version, f).await,
+        Some(f) => check_foreign(&mut conn, cfg, target, f).await,
         None => check(&mut Via::Conn(&mut conn), cfg, target).await,
     };
     let few_slots = matches!(state, Ok(Readiness::NotYet(_)))
@@ -631,17 +631,32 @@ fn marker_says(
 
 /// Another migrator's history: ready when it shows every migration of this image applied
 /// (whoever applied them; a database ahead of the image is ready too). A `failed` marker for
-/// this version ends the wait only when written after the history last changed.
+/// this version ends the wait only when written after the history last changed. With
+/// `--phase expand`, ready once no expand migration is pending (contracts may be).
 async fn check_foreign(
     conn: &mut Conn,
     cfg: &Config,
-    version: &str,
+    target: &Target,
     f: &Foreign,
 ) -> Result<Readiness> {
+    let version = target.version.as_str();
     let h = history::read(conn, f).await?;
     let standing = f.standing(&h.rows);
     if standing.ready() {
         return Ok(Readiness::Ready(standing.describe(f)));
+    }
+    if target.expand_only {
+        let pending = f.pending_items(&standing);
+        if pending
+            .iter()
+            .all(|i| i.phase == crate::phase::Phase::Contract)
+        {
+            let ids: Vec<&str> = pending.iter().map(|i| i.id.as_str()).collect();
+            return Ok(Readiness::Ready(format!(
+                "every expand migration is applied; contract migration(s) {} pending",
+                ids.join(", ")
+            )));
+        }
     }
     if let Some(detail) = history::failed_since(conn, &cfg.table, version, &h).await? {
         return Ok(Readiness::RecordedFailed(detail, None));

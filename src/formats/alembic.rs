@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use super::python::{Scope, Value, assigned};
 use super::{Item, Read, first_visit, read_file, relative, sha256, unreadable};
 use crate::error::{Error, Result};
+use crate::phase::Phase;
 
 /// The `[section]` of an ini file as Python's configparser reads it: `key = value` or
 /// `key: value`, keys in lower case, indented lines continuing a value, `#` and `;` lines
@@ -247,12 +248,39 @@ fn py_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The branch label whose revisions are contract (`docs/src/phases.md`).
+pub const CONTRACT_LABEL: &str = "contract";
+
+/// Whether `rev` is on the labelled branch: it or a revision below it through
+/// `down_revision` (not `depends_on`, which Alembic's labels do not follow) is labelled.
+fn on_branch(
+    rev: &str,
+    labelled: &HashSet<String>,
+    downs_of: &HashMap<String, Vec<String>>,
+) -> bool {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut stack = vec![rev];
+    while let Some(r) = stack.pop() {
+        if labelled.contains(r) {
+            return true;
+        }
+        if seen.insert(r) {
+            stack.extend(downs_of.get(r).into_iter().flatten().map(String::as_str));
+        }
+    }
+    false
+}
+
 pub(super) fn read(dir: &Path) -> Result<Read> {
     let locations = version_locations(dir)?;
     let here = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
     let mut seen = HashSet::new();
     let mut read = Read::default();
     let mut downs: BTreeSet<String> = BTreeSet::new();
+    // The revisions labelled `contract`, and each revision's `down_revision`: a branch
+    // label belongs to the revision and every revision above it.
+    let mut labelled: HashSet<String> = HashSet::new();
+    let mut downs_of: HashMap<String, Vec<String>> = HashMap::new();
     for versions in locations {
         if !first_visit(&mut seen, &versions) {
             continue;
@@ -272,6 +300,10 @@ pub(super) fn read(dir: &Path) -> Result<Read> {
                     .unwrap_or_default()
             };
             let down = strings("down_revision");
+            if strings("branch_labels").iter().any(|l| l == CONTRACT_LABEL) {
+                labelled.insert(revision.clone());
+            }
+            downs_of.insert(revision.clone(), down.clone());
             let depends = strings("depends_on");
             downs.extend(down.iter().cloned());
             let mut ps = down;
@@ -288,11 +320,17 @@ pub(super) fn read(dir: &Path) -> Result<Read> {
                 file: relative(base, &path),
                 checksum: sha256(&bytes),
                 origin: versions.clone(),
+                phase: Phase::Expand,
             });
         }
         read.paths.push(versions);
     }
     read.items.sort_by(|a, b| a.id.cmp(&b.id));
+    for i in &mut read.items {
+        if on_branch(&i.id, &labelled, &downs_of) {
+            i.phase = Phase::Contract;
+        }
+    }
     for i in &read.items {
         for p in &read.parents[&i.id] {
             if !read.parents.contains_key(p) {

@@ -10,9 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::python::{Scope, assigned};
+use super::python::{Scope, Value, assigned};
 use super::{Item, Read, file_name, first_visit, read_file, sha256, unreadable};
 use crate::error::{Error, Result};
+use crate::phase::Phase;
 
 /// Directories not searched for apps: installed packages and build output.
 const SKIP: &[&str] = &[
@@ -63,6 +64,8 @@ struct Parsed {
     dependencies: Vec<String>,
     /// `app.name` of the migrations it replaces (a squash).
     replaces: Vec<String>,
+    /// `schemagate_phase = "contract"` in the class body (`None`: not given).
+    phase: Option<String>,
 }
 
 fn parse(text: &str) -> Parsed {
@@ -79,6 +82,11 @@ fn parse(text: &str) -> Parsed {
     Parsed {
         dependencies: ids("dependencies"),
         replaces: ids("replaces"),
+        phase: match assigned(text, "schemagate_phase", Scope::Class) {
+            Some(Value::Str(p)) => Some(p),
+            Some(_) => Some(String::new()),
+            None => None,
+        },
     }
 }
 
@@ -127,15 +135,28 @@ pub(super) fn read(roots: &[PathBuf]) -> Result<Read> {
                 let bytes = read_file(&entry.path())?;
                 let parsed = parse(&String::from_utf8_lossy(&bytes));
                 let id = format!("{app}.{name}");
+                let phase = match parsed.phase.as_deref() {
+                    None | Some("expand") => Phase::Expand,
+                    Some("contract") => Phase::Contract,
+                    Some(other) => {
+                        return Err(Error::Config(format!(
+                            "migration {}: unknown schemagate_phase {other:?}: expected \
+                             \"contract\" or \"expand\"",
+                            entry.path().display()
+                        )));
+                    }
+                };
                 if !parsed.replaces.is_empty() {
                     read.replaces.insert(id.clone(), parsed.replaces);
                 }
-                dependencies.insert(id.clone(), parsed.dependencies);
+                dependencies.insert(id.clone(), parsed.dependencies.clone());
+                read.parents.insert(id.clone(), parsed.dependencies);
                 read.items.push(Item {
                     id,
                     file: file_name(root, &entry.path(), several),
                     checksum: sha256(&bytes),
                     origin: migrations.clone(),
+                    phase,
                 });
             }
             read.paths.push(migrations);
@@ -197,6 +218,7 @@ mod tests {
             file: String::new(),
             checksum: String::new(),
             origin: PathBuf::new(),
+            phase: crate::phase::Phase::Expand,
         }
     }
 

@@ -18,6 +18,7 @@ use clap::ValueEnum;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::phase::Phase;
 use crate::source::hex;
 
 /// Which migrator a source directory belongs to.
@@ -142,6 +143,10 @@ pub struct Item {
     /// The migrations directory it was read from (Rails' `db/migrate` or `db/post_migrate`,
     /// Alembic's `versions/`, a Django app's `migrations/`), as reached from `--source`.
     pub origin: PathBuf,
+    /// Expand or contract, as the migrator's convention says (`docs/src/phases.md`):
+    /// Rails' `db/post_migrate`, an Alembic branch labelled `contract`, a Django
+    /// migration's `schemagate_phase = "contract"`.
+    pub phase: Phase,
 }
 
 /// A directory of another migrator's migrations, as read from the files.
@@ -152,7 +157,8 @@ pub struct Foreign {
     pub items: Vec<Item>,
     /// The migrations directories read, in order (each `Item::origin` is one of them).
     pub paths: Vec<PathBuf>,
-    /// Alembic: each revision's parents (`down_revision` and `depends_on`).
+    /// Alembic: each revision's parents (`down_revision` and `depends_on`); Django: each
+    /// migration's `dependencies` (read by the phase gate only).
     parents: HashMap<String, Vec<String>>,
     /// Django: each squashed migration's `replaces`, as `app.name`.
     replaces: BTreeMap<String, Vec<String>>,
@@ -331,6 +337,111 @@ impl Foreign {
             }
             _ => self.listed_standing(rows),
         }
+    }
+
+    /// The image's migrations that `standing` shows pending, in the image's order.
+    pub fn pending_items(&self, standing: &Standing) -> Vec<&Item> {
+        let pending: HashSet<&str> = standing.pending.iter().map(String::as_str).collect();
+        self.items
+            .iter()
+            .filter(|i| pending.contains(i.id.as_str()))
+            .collect()
+    }
+
+    /// Whether the format orders its migrations by a graph (Alembic's revisions, Django's
+    /// dependencies) rather than by version numbers.
+    fn graph(&self) -> bool {
+        matches!(self.format, Format::Alembic | Format::Django)
+    }
+
+    /// `id` and every migration it descends from (`parents`).
+    fn ancestors<'a>(&'a self, id: &'a str) -> HashSet<&'a str> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![id];
+        while let Some(r) = stack.pop() {
+            if seen.insert(r) {
+                stack.extend(self.parents.get(r).into_iter().flatten().map(String::as_str));
+            }
+        }
+        seen
+    }
+
+    /// Whether an instance that registered `expects` (the version schemagate derives for its
+    /// build: a number, or heads joined by `+`, Django's as `app:name`) was built with
+    /// `contract` in its source. Numbered formats compare as numbers; Alembic and Django
+    /// look for the contract below one of the heads. A head this source does not know
+    /// cannot be placed: it does not count as knowing.
+    pub fn knows(&self, expects: &str, contract: &Item) -> bool {
+        if !self.graph() {
+            return match (expects.trim().parse::<i64>(), contract.id.parse::<i64>()) {
+                (Ok(e), Ok(c)) => e >= c,
+                _ => false,
+            };
+        }
+        expects.split('+').any(|head| {
+            let head = match self.format {
+                Format::Django => head.trim().replacen(':', ".", 1),
+                _ => head.trim().to_owned(),
+            };
+            self.parents.contains_key(&head) && self.ancestors(&head).contains(contract.id.as_str())
+        })
+    }
+
+    /// The number the registry's barrier is raised to before `contracts` run: the newest of
+    /// them, for formats whose versions are numbers (`None` for Alembic and Django, whose
+    /// instances register revision names the barrier cannot compare).
+    pub fn barrier(&self, contracts: &[&Item]) -> Option<i64> {
+        if self.graph() {
+            return None;
+        }
+        contracts.iter().filter_map(|c| c.id.parse().ok()).max()
+    }
+
+    /// The pending contracts that a pending expand descends from (Alembic, Django): the
+    /// expand phase cannot apply that expand without them. Rails runs `db/migrate` without
+    /// `db/post_migrate` whatever their versions: none.
+    pub fn contracts_below_expands<'a>(&'a self, pending: &[&'a Item]) -> Vec<&'a Item> {
+        if !self.graph() {
+            return Vec::new();
+        }
+        let mut below: HashSet<&str> = HashSet::new();
+        for e in pending.iter().filter(|i| i.phase == Phase::Expand) {
+            below.extend(self.ancestors(&e.id));
+        }
+        pending
+            .iter()
+            .filter(|i| i.phase == Phase::Contract && below.contains(i.id.as_str()))
+            .copied()
+            .collect()
+    }
+
+    /// What the expand phase upgrades to (Alembic, Django), for the command after `--`
+    /// (`SCHEMAGATE_TARGETS`): the expand migrations no other expand migration descends
+    /// from, Django's as `app:name`. Empty for the numbered formats.
+    pub fn expand_targets(&self) -> Vec<String> {
+        if !self.graph() {
+            return Vec::new();
+        }
+        let expands: Vec<&Item> = self
+            .items
+            .iter()
+            .filter(|i| i.phase == Phase::Expand)
+            .collect();
+        let mut below: HashSet<&str> = HashSet::new();
+        for e in &expands {
+            for p in self.parents.get(&e.id).into_iter().flatten() {
+                below.insert(p.as_str());
+            }
+        }
+        let squashed: HashSet<&str> = self.replaces.values().flatten().map(String::as_str).collect();
+        expands
+            .iter()
+            .filter(|e| !below.contains(e.id.as_str()) && !squashed.contains(e.id.as_str()))
+            .map(|e| match self.format {
+                Format::Django => e.id.replacen('.', ":", 1),
+                _ => e.id.clone(),
+            })
+            .collect()
     }
 
     /// A history that lists every applied version.
@@ -686,6 +797,7 @@ mod tests {
                 file: format!("{id}.py"),
                 checksum: String::new(),
                 origin: PathBuf::new(),
+                phase: Phase::Expand,
             })
             .collect();
         let parents: HashMap<String, Vec<String>> = graph
@@ -835,6 +947,7 @@ mod tests {
                     file: String::new(),
                     checksum: String::new(),
                     origin: PathBuf::new(),
+                    phase: Phase::Expand,
                 })
                 .collect(),
             paths: Vec::new(),

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Format, Item, Read, file_name, first_visit, read_file, sha256, unreadable};
 use crate::error::{Error, Result};
+use crate::phase::Phase;
 
 /// The migrations directories a `--source` stands for.
 fn migrations_dirs(root: &Path, format: Format) -> Vec<PathBuf> {
@@ -184,6 +185,14 @@ pub(super) fn read(roots: &[PathBuf], format: Format) -> Result<Read> {
                     file: file_name(root, &path, several),
                     checksum: sha256(&bytes),
                     origin: dir.clone(),
+                    // GitLab's convention: post-deployment migrations are the contract.
+                    phase: if format == Format::Rails
+                        && dir.file_name().is_some_and(|n| n == "post_migrate")
+                    {
+                        Phase::Contract
+                    } else {
+                        Phase::Expand
+                    },
                 });
             }
             read.paths.push(dir);

@@ -10,7 +10,9 @@ use super::record::{Ctx, Ran, prepare_under_lock, record_from_side};
 use crate::child;
 use crate::db::{Conn, Status};
 use crate::error::{Error, Result};
-use crate::formats::{Foreign, history};
+use crate::formats::{Foreign, Format, Item, Standing, history};
+use crate::phase::{Mode, Phase};
+use super::phased::{Gate, admit};
 use crate::signals::Signals;
 
 /// How often the lock connection is checked while an external migrator runs.
@@ -21,7 +23,7 @@ pub(super) async fn run_external(
     ctx: &Ctx<'_>,
     command: &[String],
     foreign: Option<&Foreign>,
-    grace: Duration,
+    (grace, phase): (Duration, (Mode, Option<Duration>)),
     signals: &mut Signals,
 ) -> Result<Ran> {
     if prepare_under_lock(conn, ctx, false).await? {
@@ -32,6 +34,11 @@ pub(super) async fn run_external(
         });
     }
     let manifest = foreign.map(Foreign::manifest);
+    let mut env = vec![
+        ("SCHEMAGATE_VERSION", ctx.expected.version.to_owned()),
+        ("SCHEMAGATE_LOCK_KEY", ctx.lock.key().to_string()),
+    ];
+    let mut plan = None;
     if let Some(f) = foreign {
         history::check_unmodified(conn, &ctx.cfg.table, f).await?;
         // The migrations may have been applied some other way (a pipeline step, a manual
@@ -52,11 +59,14 @@ pub(super) async fn run_external(
                 ..Ran::default()
             });
         }
+        match phased_plan(conn, ctx, f, &standing, phase, &command[0]).await? {
+            Planned::Run(p) => {
+                env.extend(p.env(f));
+                plan = Some(p);
+            }
+            Planned::Done(ran) => return Ok(ran),
+        }
     }
-    let mut env = vec![
-        ("SCHEMAGATE_VERSION", ctx.expected.version.to_owned()),
-        ("SCHEMAGATE_LOCK_KEY", ctx.lock.key().to_string()),
-    ];
     env.extend(ctx.cfg.child_env.iter().cloned());
     let mut running = child::spawn(command, &env, ctx.cfg.json_logs)?;
     let status = supervise(conn, ctx, &mut running, grace, signals).await?;
@@ -65,10 +75,131 @@ pub(super) async fn run_external(
         ctx,
         &mut running,
         status,
-        foreign,
+        foreign.map(|f| (f, plan)),
         manifest.as_deref(),
     )
     .await
+}
+
+/// What a run of another migrator's command is for: its phase, and the migrations the
+/// history showed pending before it ran, by phase.
+struct Plan {
+    mode: Mode,
+    /// Pending expand migrations (the ids).
+    expands: Vec<String>,
+    /// Pending contract migrations, and those of them the gate admitted.
+    contracts: Vec<String>,
+    admitted: Vec<String>,
+}
+
+enum Planned {
+    Run(Plan),
+    /// Nothing for this phase to run (`--phase expand` with only contracts pending).
+    Done(Ran),
+}
+
+impl Plan {
+    /// The phase, for the command: `SCHEMAGATE_PHASE`, `SCHEMAGATE_TARGETS` (what the
+    /// expand phase upgrades to, for Alembic and Django), and GitLab's
+    /// `SKIP_POST_DEPLOYMENT_MIGRATIONS=true` for a Rails expand.
+    fn env(&self, f: &Foreign) -> Vec<(&'static str, String)> {
+        let mut env = vec![("SCHEMAGATE_PHASE", self.mode_name().to_owned())];
+        if self.mode == Mode::Expand {
+            env.push(("SCHEMAGATE_TARGETS", f.expand_targets().join(" ")));
+            if f.format == Format::Rails {
+                env.push(("SKIP_POST_DEPLOYMENT_MIGRATIONS", "true".into()));
+            }
+        }
+        env
+    }
+
+    fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Expand => "expand",
+            Mode::Contract => "contract",
+        }
+    }
+}
+
+/// The phase of each pending migration decides what the command may do. `--phase expand`:
+/// run it when an expand is pending, a contract only when an expand needs it and the gate
+/// admits it. `--phase contract` (and no `--phase`): the gate must admit every pending
+/// contract first (exit 75 naming the releases, or `--wait-for-drain`).
+async fn phased_plan(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    f: &Foreign,
+    standing: &Standing,
+    (mode, wait_for_drain): (Mode, Option<Duration>),
+    program: &str,
+) -> Result<Planned> {
+    let pending = f.pending_items(standing);
+    let ids = |items: &[&Item], phase: Phase| -> Vec<String> {
+        items
+            .iter()
+            .filter(|i| i.phase == phase)
+            .map(|i| i.id.clone())
+            .collect()
+    };
+    let expands = ids(&pending, Phase::Expand);
+    let contracts = ids(&pending, Phase::Contract);
+    let gated: Vec<&Item> = match mode {
+        Mode::Expand if expands.is_empty() => {
+            let message = format!(
+                "expand phase done: no expand migration pending, {program} not run; left for \
+                 `migrate --phase contract`: {}",
+                contracts.join(", ")
+            );
+            tracing::info!("{message}");
+            return Ok(Planned::Done(Ran {
+                partial: Some(message),
+                ..Ran::default()
+            }));
+        }
+        Mode::Expand => f.contracts_below_expands(&pending),
+        Mode::Contract => pending
+            .iter()
+            .filter(|i| i.phase == Phase::Contract)
+            .copied()
+            .collect(),
+    };
+    let mut admitted = Vec::new();
+    if !gated.is_empty() {
+        let names: Vec<&str> = gated.iter().map(|i| i.id.as_str()).collect();
+        let what = format!(
+            "{} contract migration{} {}",
+            f.format.name(),
+            if gated.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        );
+        let knows = |e: &str| gated.iter().all(|c| f.knows(e, c));
+        let gate = Gate {
+            what: what.clone(),
+            barrier: f.barrier(&gated),
+            knows: &knows,
+        };
+        if let Err(why) = admit(conn, ctx, &gate, wait_for_drain).await? {
+            let hint = match mode {
+                Mode::Expand => {
+                    "; the pending expand migrations descend from it: roll out the release \
+                     that brings it first, or wait until the older release is gone \
+                     (--wait-for-drain)"
+                }
+                Mode::Contract => {
+                    "; run again once the older release is gone, or pass --wait-for-drain \
+                     DURATION"
+                }
+            };
+            return Err(Error::Gated(format!("{what} cannot run yet: {why}{hint}")));
+        }
+        admitted = names.iter().map(|n| n.to_string()).collect();
+    }
+    Ok(Planned::Run(Plan {
+        mode,
+        expands,
+        contracts,
+        admitted,
+    }))
 }
 
 /// Wait for the migrator while checking the lock every `LOCK_CHECK_EVERY` and passing
@@ -118,21 +249,25 @@ async fn supervise(
 }
 
 /// The migrator exited: record what it did. With another migrator's directory, exit 0 is
-/// not enough: its history must show this image applied.
+/// not enough: its history must show this image applied, or for `--phase expand` every
+/// expand applied and no contract the gate did not admit.
 async fn finish(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
     running: &mut child::Running,
     status: std::process::ExitStatus,
-    foreign: Option<&Foreign>,
+    foreign: Option<(&Foreign, Option<Plan>)>,
     manifest: Option<&str>,
 ) -> Result<Ran> {
     let name = running.name().to_owned();
     if status.success() {
-        if let Some(f) = foreign {
+        if let Some((f, plan)) = foreign {
             // CMD exiting 0 is not enough: its history must now show this image applied
             // (a wrong working directory or settings module migrates something else).
             let standing = f.standing(&history::read(conn, f).await?.rows);
+            if let Some(plan) = plan.filter(|p| p.mode == Mode::Expand) {
+                return expand_finished(conn, ctx, f, &plan, &standing, &name).await;
+            }
             if !standing.ready() {
                 let detail = format!("{name} exited 0, but {}", standing.describe(f));
                 ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail)))
@@ -169,4 +304,83 @@ async fn finish(
         "{name} {}",
         child::describe_status(&status)
     )))
+}
+
+/// `--phase expand` ran the command: every expand must now be applied, and no contract
+/// the gate did not admit. A contract applied anyway is reported (the command did not
+/// honour the phase: a Rails app that adds `db/post_migrate` whatever
+/// SKIP_POST_DEPLOYMENT_MIGRATIONS says), never hidden. No marker is written for the
+/// version: it is not reached until the contract phase.
+async fn expand_finished(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    f: &Foreign,
+    plan: &Plan,
+    standing: &Standing,
+    name: &str,
+) -> Result<Ran> {
+    let still: std::collections::HashSet<&str> =
+        standing.pending.iter().map(String::as_str).collect();
+    let ran_contracts: Vec<&str> = plan
+        .contracts
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !still.contains(c) && !plan.admitted.iter().any(|a| a == c))
+        .collect();
+    let left_expands: Vec<&str> = plan
+        .expands
+        .iter()
+        .map(String::as_str)
+        .filter(|e| still.contains(e))
+        .collect();
+    let problem = if !ran_contracts.is_empty() {
+        Some(format!(
+            "{name} applied contract migration(s) {} during the expand phase (the gate did \
+             not admit them): the command must apply expand migrations only ({})",
+            ran_contracts.join(", "),
+            match f.format {
+                Format::Rails => {
+                    "it must leave db/post_migrate out when SKIP_POST_DEPLOYMENT_MIGRATIONS \
+                     is set"
+                }
+                _ => "upgrade to $SCHEMAGATE_TARGETS, or to the expand branch's head",
+            }
+        ))
+    } else if !left_expands.is_empty() {
+        Some(format!(
+            "{name} exited 0, but {} does not show expand migration(s) {} applied",
+            f.history_table(),
+            left_expands.join(", ")
+        ))
+    } else {
+        None
+    };
+    if let Some(detail) = problem {
+        ctx.record(conn, &ctx.marker(Status::Failed, 0, Some(&detail)))
+            .await?;
+        return Err(Error::Failed(detail));
+    }
+    let left: Vec<&str> = plan
+        .contracts
+        .iter()
+        .map(String::as_str)
+        .filter(|c| still.contains(c))
+        .collect();
+    let message = format!(
+        "expand phase done ({} expand migration(s) applied by {name}); left for `migrate \
+         --phase contract`: {}",
+        plan.expands.len(),
+        if left.is_empty() {
+            "nothing".to_owned()
+        } else {
+            left.join(", ")
+        }
+    );
+    tracing::info!("{message}");
+    Ok(Ran {
+        applied: 0,
+        wrote_marker: false,
+        partial: Some(message),
+        ..Ran::default()
+    })
 }

@@ -216,7 +216,10 @@ async fn run_locked(
                 ctx,
                 command,
                 foreign.as_ref(),
-                settings.grace,
+                (
+                    settings.grace,
+                    (settings.phase, settings.wait_for_drain),
+                ),
                 signals,
             )
             .await

@@ -57,7 +57,21 @@ pub(super) async fn walk(
             "the gate of contract migration {} ({})",
             contract.version, contract.description
         ));
-        if let Err(e) = admit(conn, ctx, contract, blocked, mode, wait_for_drain).await {
+        let version = contract.version;
+        let gate = Gate {
+            what: format!(
+                "contract migration {} ({})",
+                contract.version, contract.description
+            ),
+            barrier: Some(version),
+            knows: &|e: &str| e.parse::<i64>().is_ok_and(|e| e >= version),
+        };
+        let admitted = match admit(conn, ctx, &gate, wait_for_drain).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(refused(contract, blocked, &why, mode)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = admitted {
             progress.current = None;
             return Ok(Some(Stop {
                 at,
@@ -69,48 +83,60 @@ pub(super) async fn walk(
     }
 }
 
-/// Whether contract migration `contract` may run now (see the module comment); with
-/// `--wait-for-drain`, poll until it may or the deadline passes.
-async fn admit(
+/// One gate question: may `what` run now?
+pub(super) struct Gate<'a> {
+    /// The contract(s), as messages name them: `contract migration 5 (drop_x)`.
+    pub(super) what: String,
+    /// The number the registry's barrier is raised to while the registry is read; `None`
+    /// when the contract has no number the instances could compare (Alembic, Django).
+    pub(super) barrier: Option<i64>,
+    /// Whether an instance built for `expects` has the contract(s) in its source.
+    pub(super) knows: &'a dyn Fn(&str) -> bool,
+}
+
+/// Whether the gate's contract may run now (see the module comment); with
+/// `--wait-for-drain`, poll until it may or the deadline passes (exit 124). `Ok(Err(why))`:
+/// refused now, `why` names the releases holding it back.
+pub(super) async fn admit(
     conn: &mut Conn,
     ctx: &Ctx<'_>,
-    contract: &Entry,
-    blocked: Option<i64>,
-    mode: Mode,
+    gate: &Gate<'_>,
     wait_for_drain: Option<Duration>,
-) -> Result<()> {
+) -> Result<std::result::Result<(), String>> {
     let cfg = ctx.cfg;
     let started = Instant::now();
     let mut last_log: Option<Instant> = None;
     loop {
-        let before = registry::raise_barrier(conn, cfg, contract.version).await?;
+        let before = match gate.barrier {
+            Some(v) => Some(registry::raise_barrier(conn, cfg, v).await?),
+            None => None,
+        };
         let live = registry::live(conn, cfg).await?;
-        let Some(why) = registry::holding_back(&live, contract.version) else {
+        let Some(why) = registry::holding_back_unless(&live, gate.knows) else {
             tracing::info!(
-                "contract migration {} ({}) may run: no live instance was built before it \
-                 ({} live)",
-                contract.version,
-                contract.description,
+                "{} may run: no live instance was built before it ({} live)",
+                gate.what,
                 live.len()
             );
-            return Ok(());
+            return Ok(Ok(()));
         };
-        registry::lower_barrier(conn, cfg, contract.version, before).await?;
+        if let (Some(v), Some(before)) = (gate.barrier, before) {
+            registry::lower_barrier(conn, cfg, v, before).await?;
+        }
         let Some(limit) = wait_for_drain else {
-            return Err(refused(contract, blocked, &why, mode));
+            return Ok(Err(why));
         };
         if started.elapsed() >= limit {
             return Err(Error::Timeout(format!(
-                "contract migration {} ({}) still may not run after {} (--wait-for-drain): {why}",
-                contract.version,
-                contract.description,
+                "{} still may not run after {} (--wait-for-drain): {why}",
+                gate.what,
                 humantime::format_duration(limit)
             )));
         }
         if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             tracing::info!(
-                "waiting for the older release to drain before contract migration {}: {why}",
-                contract.version
+                "waiting for the older release to drain before {}: {why}",
+                gate.what
             );
             last_log = Some(Instant::now());
         }
