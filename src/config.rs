@@ -237,9 +237,7 @@ fn wait_phase(args: &WaitArgs, target: &WaitTarget) -> Result<bool> {
              applied): drop --phase"
                 .into(),
         )),
-        (Some(crate::phase::Mode::Expand), WaitTarget::Sql(_) | WaitTarget::Foreign(_)) => {
-            Ok(true)
-        }
+        (Some(crate::phase::Mode::Expand), WaitTarget::Sql(_) | WaitTarget::Foreign(_)) => Ok(true),
         (Some(_), _) => Err(Error::Config(
             "--phase expand needs --source DIR (its phases are read from the files)".into(),
         )),

@@ -360,7 +360,13 @@ impl Foreign {
         let mut stack = vec![id];
         while let Some(r) = stack.pop() {
             if seen.insert(r) {
-                stack.extend(self.parents.get(r).into_iter().flatten().map(String::as_str));
+                stack.extend(
+                    self.parents
+                        .get(r)
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str),
+                );
             }
         }
         seen
@@ -433,7 +439,12 @@ impl Foreign {
                 below.insert(p.as_str());
             }
         }
-        let squashed: HashSet<&str> = self.replaces.values().flatten().map(String::as_str).collect();
+        let squashed: HashSet<&str> = self
+            .replaces
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
         expands
             .iter()
             .filter(|e| !below.contains(e.id.as_str()) && !squashed.contains(e.id.as_str()))

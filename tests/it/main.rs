@@ -19,6 +19,7 @@ mod layouts;
 mod migrations_table;
 mod migrators;
 mod mysql;
+mod phased_migrators;
 mod phases;
 mod postgres;
 mod reliability_doc;

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
+use super::phased::{Gate, admit};
 use super::record::{Ctx, Ran, prepare_under_lock, record_from_side};
 use crate::child;
 use crate::db::{Conn, Status};
 use crate::error::{Error, Result};
 use crate::formats::{Foreign, Format, Item, Standing, history};
 use crate::phase::{Mode, Phase};
-use super::phased::{Gate, admit};
 use crate::signals::Signals;
 
 /// How often the lock connection is checked while an external migrator runs.

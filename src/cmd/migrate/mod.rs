@@ -216,10 +216,7 @@ async fn run_locked(
                 ctx,
                 command,
                 foreign.as_ref(),
-                (
-                    settings.grace,
-                    (settings.phase, settings.wait_for_drain),
-                ),
+                (settings.grace, (settings.phase, settings.wait_for_drain)),
                 signals,
             )
             .await
