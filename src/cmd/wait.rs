@@ -647,9 +647,14 @@ async fn check_foreign(
     }
     if target.expand_only {
         let pending = f.pending_items(&standing);
+        // Reshape: a started migration's new schema is there; only `complete` is left.
+        let started = match f.format {
+            crate::formats::Format::Reshape => history::reshape_in_progress(conn).await?,
+            _ => Vec::new(),
+        };
         if pending
             .iter()
-            .all(|i| i.phase == crate::phase::Phase::Contract)
+            .all(|i| i.phase == crate::phase::Phase::Contract || started.contains(&i.id))
         {
             let ids: Vec<&str> = pending.iter().map(|i| i.id.as_str()).collect();
             return Ok(Readiness::Ready(format!(

@@ -20,6 +20,7 @@ fn id_expr(format: Format, conn: &Conn) -> String {
     match format {
         Format::Alembic => conn.cast_text("version_num"),
         Format::Django => conn.concat(&["app", "'.'", "name"]),
+        Format::Reshape => "name".to_owned(),
         _ => conn.cast_text("version"),
     }
 }
@@ -115,4 +116,21 @@ pub async fn check_unmodified(conn: &mut Conn, table: &Table, f: &super::Foreign
             .map(|i| format!("{} ({})", i.file, i.id))
             .collect(),
     }))
+}
+
+/// Reshape: the migrations started and not yet completed (`reshape.data`'s `state` row,
+/// any state but `idle`); none when Reshape never ran.
+pub async fn reshape_in_progress(conn: &mut Conn) -> Result<Vec<String>> {
+    let expr = "jsonb_array_elements(value->'migrations')->>'name'";
+    match conn
+        .history_rows(expr, "reshape.data WHERE key = 'state'")
+        .await
+    {
+        Ok((rows, _)) => Ok(rows),
+        Err(e) if db::is_undefined_table(&e) => Ok(Vec::new()),
+        Err(e) => Err(Error::Failed(format!(
+            "cannot read reshape.data: {}",
+            db::describe(&e)
+        ))),
+    }
 }

@@ -9,6 +9,7 @@ mod alembic;
 mod django;
 pub mod history;
 mod python;
+mod reshape;
 mod simple;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -36,6 +37,9 @@ pub enum Format {
     Dbmate,
     /// Diesel's `migrations/<version>_<name>/up.sql`; history in `__diesel_schema_migrations`.
     Diesel,
+    /// Reshape's `migrations/*.toml`; completed ones in `reshape.migrations`, started ones
+    /// in `reshape.data` (PostgreSQL only). Never detected: pass `--format reshape`.
+    Reshape,
 }
 
 impl Format {
@@ -47,6 +51,7 @@ impl Format {
             Format::Rails => "rails",
             Format::Dbmate => "dbmate",
             Format::Diesel => "diesel",
+            Format::Reshape => "reshape",
         }
     }
 
@@ -59,6 +64,7 @@ impl Format {
             Format::Rails => "bin/rails db:migrate",
             Format::Dbmate => "dbmate --no-dump-schema up",
             Format::Diesel => "diesel migration run",
+            Format::Reshape => "reshape migration start --complete",
             Format::Sqlx => "sqlx migrate run",
         }
     }
@@ -72,6 +78,7 @@ impl Format {
             Format::Django => "django_migrations",
             Format::Rails | Format::Dbmate => "schema_migrations",
             Format::Diesel => "__diesel_schema_migrations",
+            Format::Reshape => "reshape.migrations",
         }
     }
 }
@@ -229,6 +236,7 @@ impl Foreign {
             Format::Alembic => alembic::read(&spec.dirs[0])?,
             Format::Django => django::read(&spec.dirs)?,
             Format::Rails | Format::Dbmate | Format::Diesel => simple::read(&spec.dirs, format)?,
+            Format::Reshape => reshape::read(&spec.dirs[0])?,
             Format::Sqlx => unreachable!("sqlx sources are source::Source"),
         };
         if read.items.is_empty() {

@@ -121,6 +121,31 @@ impl Plan {
     }
 }
 
+/// The pending migrations whose expand part is pending, and those whose contract part is:
+/// by each migration's phase, or for Reshape (every migration has both) the ones not yet
+/// started, and every pending one.
+async fn parts(
+    conn: &mut Conn,
+    f: &Foreign,
+    pending: &[&Item],
+) -> Result<(Vec<String>, Vec<String>)> {
+    let ids = |phase: Option<Phase>, skip: &[String]| -> Vec<String> {
+        pending
+            .iter()
+            .filter(|i| phase.is_none_or(|p| i.phase == p) && !skip.contains(&i.id))
+            .map(|i| i.id.clone())
+            .collect()
+    };
+    if f.format == Format::Reshape {
+        let started = history::reshape_in_progress(conn).await?;
+        return Ok((ids(None, &started), ids(None, &[])));
+    }
+    Ok((
+        ids(Some(Phase::Expand), &[]),
+        ids(Some(Phase::Contract), &[]),
+    ))
+}
+
 /// The phase of each pending migration decides what the command may do. `--phase expand`:
 /// run it when an expand is pending, a contract only when an expand needs it and the gate
 /// admits it. `--phase contract` (and no `--phase`): the gate must admit every pending
@@ -134,15 +159,33 @@ async fn phased_plan(
     program: &str,
 ) -> Result<Planned> {
     let pending = f.pending_items(standing);
-    let ids = |items: &[&Item], phase: Phase| -> Vec<String> {
-        items
+    let (expands, contracts) = parts(conn, f, &pending).await?;
+    if f.format == Format::Reshape {
+        let started: Vec<&str> = pending
             .iter()
-            .filter(|i| i.phase == phase)
-            .map(|i| i.id.clone())
-            .collect()
-    };
-    let expands = ids(&pending, Phase::Expand);
-    let contracts = ids(&pending, Phase::Contract);
+            .map(|i| i.id.as_str())
+            .filter(|id| !expands.iter().any(|e| e == id))
+            .collect();
+        // `start` refuses while a migration is in progress, and `complete` finishes only
+        // what was started.
+        let refusal = match mode {
+            Mode::Expand if !expands.is_empty() && !started.is_empty() => Some(format!(
+                "reshape has migration(s) {} started and not completed: complete them first \
+                 (`migrate --phase contract -- reshape migration complete`), then start {}",
+                started.join(", "),
+                expands.join(", ")
+            )),
+            Mode::Contract if !expands.is_empty() => Some(format!(
+                "reshape migration(s) {} not started yet: run `migrate --phase expand -- \
+                 reshape migration start` first, then the contract phase",
+                expands.join(", ")
+            )),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            return Err(Error::Failed(why));
+        }
+    }
     let gated: Vec<&Item> = match mode {
         Mode::Expand if expands.is_empty() => {
             let message = format!(
@@ -159,7 +202,7 @@ async fn phased_plan(
         Mode::Expand => f.contracts_below_expands(&pending),
         Mode::Contract => pending
             .iter()
-            .filter(|i| i.phase == Phase::Contract)
+            .filter(|i| contracts.contains(&i.id))
             .copied()
             .collect(),
     };
@@ -266,7 +309,8 @@ async fn finish(
             // (a wrong working directory or settings module migrates something else).
             let standing = f.standing(&history::read(conn, f).await?.rows);
             if let Some(plan) = plan.filter(|p| p.mode == Mode::Expand) {
-                return expand_finished(conn, ctx, f, &plan, &standing, &name).await;
+                let (expands, _) = parts(conn, f, &f.pending_items(&standing)).await?;
+                return expand_finished(conn, ctx, f, &plan, (&standing, &expands), &name).await;
             }
             if !standing.ready() {
                 let detail = format!("{name} exited 0, but {}", standing.describe(f));
@@ -316,7 +360,7 @@ async fn expand_finished(
     ctx: &Ctx<'_>,
     f: &Foreign,
     plan: &Plan,
-    standing: &Standing,
+    (standing, expands_left): (&Standing, &[String]),
     name: &str,
 ) -> Result<Ran> {
     let still: std::collections::HashSet<&str> =
@@ -331,7 +375,7 @@ async fn expand_finished(
         .expands
         .iter()
         .map(String::as_str)
-        .filter(|e| still.contains(e))
+        .filter(|e| expands_left.iter().any(|l| l == e))
         .collect();
     let problem = if !ran_contracts.is_empty() {
         Some(format!(
@@ -343,6 +387,7 @@ async fn expand_finished(
                     "it must leave db/post_migrate out when SKIP_POST_DEPLOYMENT_MIGRATIONS \
                      is set"
                 }
+                Format::Reshape => "`reshape migration start` without --complete",
                 _ => "upgrade to $SCHEMAGATE_TARGETS, or to the expand branch's head",
             }
         ))
