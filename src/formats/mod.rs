@@ -381,11 +381,19 @@ impl Foreign {
     }
 
     /// Whether an instance that registered `expects` (the version schemagate derives for its
-    /// build: a number, or heads joined by `+`, Django's as `app:name`) was built with
-    /// `contract` in its source. Numbered formats compare as numbers; Alembic and Django
-    /// look for the contract below one of the heads. A head this source does not know
+    /// build: a number, or heads joined by `+`, Django's as `app:name`, Reshape's newest
+    /// name) was built with `contract` in its source. Numbered formats compare as numbers;
+    /// Alembic and Django look for the contract below one of the heads; Reshape compares
+    /// places in its order. A head this source does not know
     /// cannot be placed: it does not count as knowing.
     pub fn knows(&self, expects: &str, contract: &Item) -> bool {
+        if self.format == Format::Reshape {
+            // Reshape's names, in its order: the newest migration the build has.
+            let at = |id: &str| self.items.iter().position(|i| i.id == id);
+            return at(expects.trim())
+                .zip(at(&contract.id))
+                .is_some_and(|(e, c)| e >= c);
+        }
         if !self.graph() {
             return match (expects.trim().parse::<i64>(), contract.id.parse::<i64>()) {
                 (Ok(e), Ok(c)) => e >= c,
@@ -405,7 +413,7 @@ impl Foreign {
     /// them, for formats whose versions are numbers (`None` for Alembic and Django, whose
     /// instances register revision names the barrier cannot compare).
     pub fn barrier(&self, contracts: &[&Item]) -> Option<i64> {
-        if self.graph() {
+        if self.graph() || self.format == Format::Reshape {
             return None;
         }
         contracts.iter().filter_map(|c| c.id.parse().ok()).max()

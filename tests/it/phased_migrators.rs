@@ -407,3 +407,130 @@ fn rails_expand_that_applies_post_migrate_is_reported() {
         ["failed"]
     );
 }
+
+/// Reshape built under target/ (`.ci/run` installs it).
+fn reshape_bin() -> std::path::PathBuf {
+    let bin = root().join("target/reshape/bin/reshape");
+    assert!(
+        bin.exists(),
+        "reshape is missing: cargo install reshape --version 0.11.2 --locked --root \
+         target/reshape (it needs libclang-dev)"
+    );
+    bin
+}
+
+/// reliability: Reshape migrations (`reshape migration start`, then `complete`) while release N's instance is live | `migrate --phase expand --format reshape -- reshape migration start` starts the migration and release N still reads its column; `--phase contract -- reshape migration complete` exits 75 naming release N's instance, and completes once it is gone | nothing
+#[test]
+fn reshape_complete_waits_for_the_older_release() {
+    let bin = reshape_bin().display().to_string();
+    let project = Project::copy(&root().join("examples/rails"));
+    let dir = project.dir.join("reshape");
+    write(
+        &dir,
+        "migrations/1_create_users.toml",
+        "[[actions]]\ntype = \"create_table\"\nname = \"users\"\nprimary_key = [\"id\"]\n\n\
+         [[actions.columns]]\nname = \"id\"\ntype = \"INTEGER\"\n\n\
+         [[actions.columns]]\nname = \"display_name\"\ntype = \"TEXT\"\n",
+    );
+    let db = PgDb::new("phased_reshape");
+    let sg = |args: &[&str]| {
+        let mut c = schemagate(&db.url);
+        c.args(args).current_dir(&dir).env("DB_URL", &db.url);
+        c
+    };
+    let migrate = |phase: &[&str], cmd: &[&str]| {
+        let mut args = vec![
+            "migrate",
+            "--source",
+            dir.to_str().unwrap(),
+            "--format",
+            "reshape",
+        ];
+        args.extend_from_slice(phase);
+        args.push("--");
+        args.push(&bin);
+        args.extend_from_slice(cmd);
+        run(&mut sg(&args))
+    };
+    // Release N: started and completed in one go.
+    ok(&migrate(&[], &["migration", "start", "--complete"]));
+    let reads = || {
+        block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT count(display_name) FROM public.users")
+                .fetch_one(&mut c)
+                .await
+                .is_ok()
+        })
+    };
+    assert!(reads());
+    let mut old = spawn(&mut sg(&[
+        "heartbeat",
+        "--release",
+        "v1",
+        "--expect",
+        "1_create_users",
+        "--instance",
+        "web-old-1",
+        "--instance-ttl",
+        "3s",
+    ]));
+    wait_for_stderr_line(&mut old, "registered in", Duration::from_secs(30));
+    write(
+        &dir,
+        "migrations/2_drop_display_name.toml",
+        "[[actions]]\ntype = \"remove_column\"\ntable = \"users\"\ncolumn = \"display_name\"\n",
+    );
+    let out = migrate(&["--phase", "expand"], &["migration", "start"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("left for `migrate --phase contract`: 2_drop_display_name"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        pg_strings(
+            &db.url,
+            "SELECT name FROM reshape.migrations ORDER BY index"
+        ),
+        ["1_create_users"]
+    );
+    assert!(reads(), "release N still reads display_name after start");
+    ok(&run(&mut sg(&[
+        "wait",
+        "--source",
+        dir.to_str().unwrap(),
+        "--format",
+        "reshape",
+        "--phase",
+        "expand",
+        "--timeout",
+        "5s",
+    ])));
+    let out = migrate(&["--phase", "contract"], &["migration", "complete"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("reshape contract migration 2_drop_display_name cannot run yet")
+            && stderr(&out).contains(
+                "release v1 (built for 1_create_users) has 1 live instance(s): web-old-1"
+            ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(reads());
+    sigterm(old.id());
+    assert_eq!(code(&finish(old)), 143);
+    ok(&migrate(
+        &["--phase", "contract"],
+        &["migration", "complete"],
+    ));
+    assert!(!reads(), "complete dropped display_name");
+    assert_eq!(
+        pg_strings(
+            &db.url,
+            "SELECT name FROM reshape.migrations ORDER BY index"
+        ),
+        ["1_create_users", "2_drop_display_name"]
+    );
+}
