@@ -59,6 +59,8 @@ struct FileReport {
     /// The migrations directory it came from (one of `paths`).
     path: String,
     state: &'static str,
+    /// `expand` or `contract`, as the migrator's convention says (`docs/src/phases.md`).
+    phase: crate::phase::Phase,
 }
 
 #[derive(Debug, Serialize)]
@@ -264,6 +266,7 @@ async fn history_report(conn: &mut db::Conn, cfg: &Config, f: &Foreign) -> Resul
                 } else {
                     "applied"
                 },
+                phase: i.phase,
             })
             .collect(),
         unknown: standing.unknown,
@@ -375,17 +378,22 @@ fn render_history(out: &mut String, h: &HistoryReport) {
         &h.digest[..12]
     );
     for f in &h.files {
+        let contract = if f.phase == crate::phase::Phase::Contract {
+            ", contract"
+        } else {
+            ""
+        };
         if h.paths.len() > 1 {
             say!(
                 out,
-                "  {:<9} {} ({}, from {})",
+                "  {:<9} {} ({}, from {}{contract})",
                 f.state,
                 f.id,
                 f.file,
                 f.path
             );
         } else {
-            say!(out, "  {:<9} {} ({})", f.state, f.id, f.file);
+            say!(out, "  {:<9} {} ({}{contract})", f.state, f.id, f.file);
         }
     }
     for u in &h.unknown {

@@ -278,6 +278,33 @@ fn expand_then_gated_contract(case: Case) {
         case.old_release_reads(&db),
         "release N still reads display_name after the expand"
     );
+    // `status` names the phase of each migration.
+    let out = run(&mut case.sg(
+        &db,
+        &[
+            "status",
+            "--source",
+            case.project.path(),
+            "--format",
+            case.format,
+            "--json",
+        ],
+    ));
+    ok(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = json["history"]["files"].as_array().unwrap();
+    let of = |id: &str| {
+        files
+            .iter()
+            .find(|f| f["id"] == id)
+            .map(|f| (f["state"].as_str().unwrap(), f["phase"].as_str().unwrap()))
+    };
+    assert_eq!(
+        of(case.contract_id),
+        Some(("pending", "contract")),
+        "{json}"
+    );
+    assert_eq!(of(case.expand_id), Some(("applied", "expand")), "{json}");
     // The new release's pods may start: every expand is applied.
     let out = run(&mut case.sg(
         &db,

@@ -166,18 +166,13 @@ async fn phased_plan(
             .map(|i| i.id.as_str())
             .filter(|id| !expands.iter().any(|e| e == id))
             .collect();
-        // `start` refuses while a migration is in progress, and `complete` finishes only
-        // what was started.
+        // `start` refuses while a migration is in progress. (The contract phase gates every
+        // pending one: `start --complete` runs both parts.)
         let refusal = match mode {
             Mode::Expand if !expands.is_empty() && !started.is_empty() => Some(format!(
                 "reshape has migration(s) {} started and not completed: complete them first \
                  (`migrate --phase contract -- reshape migration complete`), then start {}",
                 started.join(", "),
-                expands.join(", ")
-            )),
-            Mode::Contract if !expands.is_empty() => Some(format!(
-                "reshape migration(s) {} not started yet: run `migrate --phase expand -- \
-                 reshape migration start` first, then the contract phase",
                 expands.join(", ")
             )),
             _ => None,
