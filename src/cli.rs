@@ -549,7 +549,9 @@ pub struct MigrateArgs {
     /// release runs; go past it only when it may run now and an expand comes after it.
     /// `contract`: apply every pending migration, each contract only once no instance
     /// built before it is live in the release registry (exit 75 otherwise). Without
-    /// --phase: as `contract`.
+    /// --phase: as `contract`. With --format and -- CMD, the migrator's convention says
+    /// which migrations are contract (Rails' db/post_migrate, an Alembic branch labelled
+    /// `contract`, Django's `schemagate_phase`, Reshape's `complete`), and CMD runs gated.
     #[arg(
         long,
         env = "SCHEMAGATE_PHASE",
