@@ -18,11 +18,10 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, Row};
 
-use crate::db::{self, Conn};
+use crate::db::{self, Conn, Dialect};
 use crate::error::{Drift, Error, Result};
-use crate::settings::{Backend, Config, Table};
+use crate::settings::{Config, Table};
 
 /// The barrier row's `instance`: ids starting with `#` are refused for instances.
 pub const BARRIER: &str = "#contract";
@@ -76,32 +75,8 @@ pub fn checked_name(value: &str, what: &str) -> Result<String> {
     Ok(v.to_owned())
 }
 
-/// A string literal for `backend` (MySQL also treats a backslash as an escape).
-fn lit(backend: Backend, s: &str) -> String {
-    let s = s.replace('\0', "").replace('\'', "''");
-    match backend {
-        Backend::MySql => format!("'{}'", s.replace('\\', "\\\\")),
-        _ if s.contains('\\') && backend == Backend::Postgres => {
-            format!("E'{}'", s.replace('\\', "\\\\"))
-        }
-        _ => format!("'{s}'"),
-    }
-}
-
-/// The server's clock in milliseconds since the epoch, as SQL.
-fn now_ms(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-        Backend::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
-        Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    }
-}
-
-fn create_sql(backend: Backend, t: &str) -> String {
-    let text = match backend {
-        Backend::MySql => "VARCHAR(255)",
-        _ => "TEXT",
-    };
+fn create_sql(d: &Dialect, t: &str) -> String {
+    let text = d.key_text;
     format!(
         "CREATE TABLE IF NOT EXISTS {t} (
             instance {text} NOT NULL PRIMARY KEY,
@@ -115,37 +90,27 @@ fn create_sql(backend: Backend, t: &str) -> String {
 }
 
 /// One statement that writes (or renews) a row: its expiry `ttl` ahead of the server's now.
-fn upsert_sql(backend: Backend, t: &str, me: &Me) -> String {
-    let now = now_ms(backend);
+fn upsert_sql(d: &Dialect, t: &str, me: &Me) -> String {
+    let now = d.now_ms;
     let ttl = me.ttl.as_millis().max(1);
     let values = format!(
         "({}, {}, {}, {now}, {now}, {now} + {ttl})",
-        lit(backend, &me.instance),
-        lit(backend, &me.release),
-        lit(backend, &me.expects),
+        d.lit(&me.instance),
+        d.lit(&me.release),
+        d.lit(&me.expects),
     );
     let insert = format!(
         "INSERT INTO {t} (instance, release_name, expects, started_ms, seen_ms, expires_ms) VALUES {values}"
     );
-    match backend {
-        Backend::MySql => format!(
-            "{insert} ON DUPLICATE KEY UPDATE release_name = VALUES(release_name), \
-             expects = VALUES(expects), seen_ms = VALUES(seen_ms), expires_ms = VALUES(expires_ms)"
-        ),
-        _ => format!(
-            "{insert} ON CONFLICT (instance) DO UPDATE SET release_name = excluded.release_name, \
-             expects = excluded.expects, seen_ms = excluded.seen_ms, expires_ms = excluded.expires_ms"
-        ),
-    }
+    d.upsert(
+        &insert,
+        "instance",
+        &["release_name", "expects", "seen_ms", "expires_ms"],
+    )
 }
 
 async fn exec(conn: &mut Conn, sql: String) -> Result<u64, sqlx::Error> {
-    let q = sqlx::raw_sql(AssertSqlSafe(sql));
-    match conn {
-        Conn::Pg(c) => q.execute(c).await.map(|r| r.rows_affected()),
-        Conn::My(c) => q.execute(c).await.map(|r| r.rows_affected()),
-        Conn::Lite(c) => q.execute(c).await.map(|r| r.rows_affected()),
-    }
+    conn.execute(sql).await
 }
 
 /// Rows of text and 64-bit integer columns: `(texts, ints)` per row.
@@ -155,35 +120,14 @@ async fn fetch(
     texts: usize,
     ints: usize,
 ) -> Result<Vec<(Vec<String>, Vec<i64>)>, sqlx::Error> {
-    let q = sqlx::raw_sql(AssertSqlSafe(sql));
-    macro_rules! decode {
-        ($rows:expr) => {
-            $rows
-                .iter()
-                .map(|r| {
-                    let t = (0..texts)
-                        .map(|i| r.try_get::<String, _>(i))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let n = (texts..texts + ints)
-                        .map(|i| r.try_get::<i64, _>(i))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok((t, n))
-                })
-                .collect()
-        };
-    }
-    match conn {
-        Conn::Pg(c) => decode!(q.fetch_all(c).await?),
-        Conn::My(c) => decode!(q.fetch_all(c).await?),
-        Conn::Lite(c) => decode!(q.fetch_all(c).await?),
-    }
+    conn.fetch(sql, texts, ints).await
 }
 
 /// Create the registry table when it is missing (by whoever writes first: the marker
 /// table's role for `migrate`, the app's for `wait` and `heartbeat`).
 async fn ensure(conn: &mut Conn, cfg: &Config) -> Result<()> {
     let t = table(&cfg.table);
-    match exec(conn, create_sql(cfg.backend, &t)).await {
+    match exec(conn, create_sql(conn.dialect(), &t)).await {
         Ok(_) => Ok(()),
         // Racing creators (PostgreSQL): the loser sees the table or its type appear.
         Err(sqlx::Error::Database(e))
@@ -213,7 +157,7 @@ async fn exec_creating(conn: &mut Conn, cfg: &Config, sql: String, what: &str) -
 pub async fn renew(conn: &mut Conn, cfg: &Config, me: &Me) -> Result<()> {
     let t = table(&cfg.table);
     let what = format!("cannot record instance {} in {t}", me.instance);
-    exec_creating(conn, cfg, upsert_sql(cfg.backend, &t, me), &what)
+    exec_creating(conn, cfg, upsert_sql(conn.dialect(), &t, me), &what)
         .await
         .map(drop)
 }
@@ -247,7 +191,7 @@ pub async fn remove(conn: &mut Conn, cfg: &Config, instance: &str) -> Result<()>
     let t = table(&cfg.table);
     let sql = format!(
         "DELETE FROM {t} WHERE instance = {}",
-        lit(cfg.backend, instance)
+        conn.dialect().lit(instance)
     );
     match exec(conn, sql).await {
         Err(e) if db::is_undefined_table(&e) => Ok(()),
@@ -260,13 +204,13 @@ pub async fn remove(conn: &mut Conn, cfg: &Config, instance: &str) -> Result<()>
 /// The live instances, oldest expectation first (none when the table does not exist).
 pub async fn live(conn: &mut Conn, cfg: &Config) -> Result<Vec<Instance>> {
     let t = table(&cfg.table);
-    let now = now_ms(cfg.backend);
+    let now = conn.dialect().now_ms;
     let sql = format!(
         "SELECT instance, release_name, expects, \
            CAST({now} - seen_ms AS {int}), CAST(expires_ms - {now} AS {int}) \
          FROM {t} WHERE instance <> {b} AND expires_ms > {now} ORDER BY instance",
-        int = int_type(cfg.backend),
-        b = lit(cfg.backend, BARRIER),
+        int = conn.dialect().int64,
+        b = conn.dialect().lit(BARRIER),
     );
     let rows = match fetch(conn, sql, 3, 2).await {
         Err(e) if db::is_undefined_table(&e) => return Ok(Vec::new()),
@@ -291,19 +235,12 @@ pub async fn live(conn: &mut Conn, cfg: &Config) -> Result<Vec<Instance>> {
     Ok(out)
 }
 
-fn int_type(backend: Backend) -> &'static str {
-    match backend {
-        Backend::MySql => "SIGNED",
-        _ => "BIGINT",
-    }
-}
-
 /// The newest contract that has run or is about to (the barrier), if any.
 pub async fn barrier(conn: &mut Conn, cfg: &Config) -> Result<Option<i64>> {
     let t = table(&cfg.table);
     let sql = format!(
         "SELECT expects FROM {t} WHERE instance = {}",
-        lit(cfg.backend, BARRIER)
+        conn.dialect().lit(BARRIER)
     );
     match fetch(conn, sql, 1, 0).await {
         Err(e) if db::is_undefined_table(&e) => Ok(None),
@@ -338,12 +275,12 @@ pub async fn lower_barrier(
     before: Option<i64>,
 ) -> Result<()> {
     let t = table(&cfg.table);
-    let b = lit(cfg.backend, BARRIER);
-    let v = lit(cfg.backend, &version.to_string());
+    let b = conn.dialect().lit(BARRIER);
+    let v = conn.dialect().lit(&version.to_string());
     let sql = match before {
         Some(prev) => format!(
             "UPDATE {t} SET expects = {} WHERE instance = {b} AND expects = {v}",
-            lit(cfg.backend, &prev.to_string())
+            conn.dialect().lit(&prev.to_string())
         ),
         None => format!("DELETE FROM {t} WHERE instance = {b} AND expects = {v}"),
     };
@@ -441,6 +378,8 @@ mod tests {
 
     #[test]
     fn literals_are_quoted_for_each_backend() {
+        use crate::settings::Backend;
+        let lit = |b, s| crate::db::dialect_of(b).lit(s);
         assert_eq!(lit(Backend::MySql, r"a\'b"), r"'a\\''b'");
         assert_eq!(lit(Backend::Postgres, r"a\'b"), r"E'a\\''b'");
         assert_eq!(lit(Backend::Sqlite, r"a\'b"), r"'a\''b'");

@@ -9,7 +9,7 @@ pub mod guard;
 pub mod other;
 pub mod outside;
 pub mod pg;
-pub mod stale;
+pub mod rehearse;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -246,6 +246,32 @@ impl Observed {
             self.locks.insert(oid, mode.to_owned());
         }
     }
+}
+
+/// Apply the baseline (the migrations up to the release still running) with `apply`, as
+/// `migrate` would, minus the statements that act outside the scratch database (their
+/// descriptions are gathered in `skipped`, and named in the error of a migration that
+/// failed without them). `mysql`: read the statements in MySQL's dialect.
+pub async fn baseline(
+    source: &crate::source::Source,
+    old: &[&crate::source::Entry],
+    mysql: bool,
+    skipped: &mut Vec<String>,
+    mut apply: impl AsyncFnMut(&sqlx::migrate::Migration) -> Result<(), String>,
+) -> crate::error::Result<()> {
+    for m in old {
+        // Read now, checked against the checksum the source was read with.
+        let m = &source.migration(m)?;
+        let outside = outside::Outside::find(m, mysql, skipped);
+        apply(&outside::runnable(m, &outside)).await.map_err(|e| {
+            crate::error::Error::Failed(format!(
+                "baseline migration {} failed on the scratch database: {e}{}",
+                m.version,
+                outside::hint(skipped)
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// The `(kind, object)` pairs a migration's `schemagate:allow` comments accept, in any

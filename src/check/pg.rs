@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use super::Observed;
 use super::catalog::{Snapshot, excluded};
 use super::guard::{Fingerprint, Roles};
-use crate::db::{ApplyOptions, db_err, postgres};
+use crate::db::pg as postgres;
+use crate::db::{self, ApplyOptions, db_err};
 use crate::error::{Error, Result};
 use crate::redact::redact;
 use crate::settings::{Config, MigrationsTable, Table};
@@ -53,17 +54,15 @@ pub struct Guarded {
 
 /// The scratch database: where every migration is rehearsed. Never the app's.
 pub struct Scratch {
-    /// A connection to the URL's own database, used only for CREATE/DROP DATABASE, to read
-    /// its settings and fingerprint (never to change it), and to hold the lock that says
-    /// the scratch database is in use (`stale.rs`). None when the URL names the scratch
-    /// database itself.
-    admin: Option<PgConnection>,
-    /// How to reach it again, should this value be dropped before `close` (a signal that
-    /// ends the future, a panic): `Drop` then drops the database from another thread.
-    admin_options: PgConnectOptions,
+    /// The database we created (dropped at the end, or by its own `Drop` when a signal
+    /// ends the future first), with the connection to the URL's database that holds its
+    /// lock. None for a given database (reset at the end instead).
+    made: Option<db::Scratch>,
+    /// For a given database: a connection to the URL's own database, to read its settings
+    /// and fingerprint (never to change it). None when the URL names the scratch database
+    /// itself.
+    given_admin: Option<PgConnection>,
     pub name: String,
-    /// Created by us (dropped at the end) rather than given (reset at the end).
-    created: bool,
     options: PgConnectOptions,
     /// The scratch URL for an external migrator's environment.
     pub url: String,
@@ -84,59 +83,46 @@ impl Scratch {
             .application_name("schemagate check")
             .statement_cache_capacity(0)
             .disable_statement_logging();
-        let name = given.map_or_else(scratch_name, str::to_owned);
         let own_database = base.get_database().map(str::to_owned);
-        let mut url = url::Url::parse(&cfg.url)
-            .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
-        url.set_path(&format!("/{name}"));
+        let (made, name, url) = match given {
+            None => {
+                let made = db::Scratch::create(cfg, "check", |name, e| {
+                    db_err(
+                        &format!(
+                            "cannot create the scratch database {name} (the role needs \
+                             CREATEDB, or give an empty one with --scratch-database)"
+                        ),
+                        e,
+                    )
+                })
+                .await?;
+                let (name, url) = (made.name.clone(), made.url.clone());
+                (Some(made), name, url)
+            }
+            Some(name) => {
+                let mut url = url::Url::parse(&cfg.url)
+                    .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
+                url.set_path(&format!("/{name}"));
+                (None, name.to_owned(), url.to_string())
+            }
+        };
         let mut scratch = Scratch {
-            admin: None,
-            admin_options: base.clone(),
+            made,
+            given_admin: None,
             options: base.database(&name),
-            // Armed before CREATE DATABASE is sent: if this future is dropped mid-statement
-            // (a signal), Drop removes whatever the server created.
-            created: given.is_none(),
             name,
-            url: url.to_string(),
+            url,
             event_trigger: false,
             accepted: false,
             copied: Vec::new(),
         };
-        if scratch.created || own_database.as_deref() != Some(scratch.name.as_str()) {
-            let admin = crate::db::connect(cfg).await.and_then(|c| match c {
-                crate::db::Conn::Pg(c) => Ok(c),
-                _ => Err(Error::Config("check needs PostgreSQL".into())),
-            });
-            scratch.admin = Some(admin.inspect_err(|_| scratch.created = false)?);
-        }
-        if scratch.created {
-            let admin = scratch.admin.as_mut().expect("connected above");
-            // Scratch databases whose run was killed; then ours, locked before it exists.
-            super::stale::sweep_pg(admin).await;
-            let sql = format!("CREATE DATABASE {}", ident(&scratch.name));
-            let created = match super::stale::hold_pg(admin, &scratch.name).await {
-                Ok(()) => exec(admin, sql).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = created {
-                scratch.created = false;
-                return Err(db_err(
-                    &format!(
-                        "cannot create the scratch database {} (the role needs CREATEDB, or \
-                         give an empty one with --scratch-database)",
-                        scratch.name
-                    ),
-                    e,
-                ));
-            }
-            if let Err(e) = super::stale::mark_pg(admin, &scratch.name, "check").await {
-                tracing::warn!(
-                    "cannot mark the scratch database {} as check's: {}",
-                    scratch.name,
-                    redact(&e.to_string())
-                );
-            }
-            tracing::info!("created scratch database {}", scratch.name);
+        if scratch.made.is_none() && own_database.as_deref() != Some(scratch.name.as_str()) {
+            let admin = db::connect(cfg).await?;
+            scratch.given_admin = Some(
+                admin
+                    .into_pg()
+                    .ok_or_else(|| Error::Config("check needs PostgreSQL".into()))?,
+            );
         }
         if let Err(e) = scratch.prepare().await {
             scratch.close().await;
@@ -145,10 +131,18 @@ impl Scratch {
         Ok(scratch)
     }
 
+    /// The connection to the URL's own database, if there is one apart from the scratch.
+    fn admin(&mut self) -> Option<&mut PgConnection> {
+        match &mut self.made {
+            Some(made) => made.admin().and_then(db::Conn::pg),
+            None => self.given_admin.as_mut(),
+        }
+    }
+
     /// What must not change while the rehearsal runs: the URL's database (`None` when the
     /// URL names the scratch database itself) and the server's roles.
     pub async fn guard(&mut self, migrations_table: &str) -> Result<Option<Guarded>> {
-        let Some(admin) = self.admin.as_mut() else {
+        let Some(admin) = self.admin() else {
             return Ok(None);
         };
         let read = async {
@@ -168,7 +162,7 @@ impl Scratch {
 
     /// What changed since `guard`: in the URL's database, and in the server's roles.
     pub async fn changes(&mut self, guarded: &Guarded) -> Result<(Vec<String>, Vec<String>)> {
-        let Some(admin) = self.admin.as_mut() else {
+        let Some(admin) = self.admin() else {
             return Ok((Vec::new(), Vec::new()));
         };
         let read = async {
@@ -187,7 +181,7 @@ impl Scratch {
     /// the scratch database: its sessions then start as `migrate`'s would (search_path,
     /// where an unqualified `_sqlx_migrations` goes; lock_timeout; ...).
     async fn copy_settings(&mut self, c: &mut PgConnection) {
-        let Some(admin) = self.admin.as_mut() else {
+        let Some(admin) = self.admin() else {
             return;
         };
         let settings = rows(
@@ -238,7 +232,7 @@ impl Scratch {
     /// trigger where the role may.
     async fn prepare(&mut self) -> Result<()> {
         let mut c = self.connect().await?;
-        if !self.created {
+        if self.made.is_none() {
             let nsp = excluded("n.nspname");
             let r = rows(
                 &mut c,
@@ -298,22 +292,8 @@ impl Scratch {
 
     /// Drop the scratch database we created (its sessions are ended), or reset a given one.
     pub async fn close(&mut self) {
-        if self.created {
-            if let Some(admin) = self.admin.as_mut() {
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&self.name));
-                match exec(admin, sql).await {
-                    Ok(()) => tracing::info!("dropped scratch database {}", self.name),
-                    Err(e) => tracing::error!(
-                        "cannot drop the scratch database {}: {}; drop it by hand",
-                        self.name,
-                        redact(&e.to_string())
-                    ),
-                }
-            }
-            if let Some(admin) = self.admin.take() {
-                admin.close().await.ok();
-            }
-            self.created = false;
+        if let Some(made) = self.made.take() {
+            made.drop_it().await;
         } else if self.accepted
             // A refused database is left exactly as it was.
             && let Ok(mut c) = self.connect().await
@@ -335,53 +315,10 @@ impl Scratch {
             }
             c.close().await.ok();
         }
-        if let Some(admin) = self.admin.take() {
+        if let Some(admin) = self.given_admin.take() {
             admin.close().await.ok();
         }
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.created {
-            return;
-        }
-        // Not closed: the future that owned us was cancelled. Drop the database from a
-        // thread with its own runtime (this one may be shutting down), and wait for it.
-        let options = self.admin_options.clone();
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let mut c = options.connect().await.ok()?;
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name));
-                exec(&mut c, sql).await.ok()
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Some(())) => tracing::info!("dropped scratch database {}", self.name),
-            _ => tracing::error!(
-                "cannot drop the scratch database {}; drop it by hand",
-                self.name
-            ),
-        }
-    }
-}
-
-/// A name no other check on this server uses at the same time.
-pub fn scratch_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "schemagate_check_{}_{:06}",
-        std::process::id(),
-        nanos / 1000
-    )
 }
 
 /// Empty a database check owns: every schema but the system's, then a fresh `public`.
@@ -665,7 +602,7 @@ pub fn merge_sampled(observed: &mut Observed, sampled: &Sampled, event_trigger: 
 /// tables: bookkeeping, not the application's schema).
 pub async fn snapshot(c: &mut PgConnection, hidden: &[&str]) -> Result<Snapshot> {
     let read = async {
-        let mut s = Snapshot::take(c).await?;
+        let mut s = postgres::catalog(c).await?;
         for table in hidden {
             let r = rows(c, format!("SELECT to_regclass({})::oid::int8", lit(table))).await?;
             if let Some(oid) = r

@@ -281,28 +281,8 @@ async fn load_targets(cfg: &FleetConfig) -> Result<Vec<Target>> {
 
 /// The first column of every row of `sql`, as text.
 async fn query_column(conn: &mut Conn, sql: &str) -> Result<Vec<String>, sqlx::Error> {
-    use sqlx::{AssertSqlSafe, Row};
-    let sql = AssertSqlSafe(sql.to_owned());
-    match conn {
-        Conn::Pg(c) => sqlx::raw_sql(sql)
-            .fetch_all(c)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect(),
-        Conn::My(c) => sqlx::raw_sql(sql)
-            .fetch_all(c)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect(),
-        Conn::Lite(c) => sqlx::raw_sql(sql)
-            .fetch_all(c)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect(),
-    }
+    let rows = conn.fetch(sql.to_owned(), 1, 0).await?;
+    Ok(rows.into_iter().flat_map(|(texts, _)| texts).collect())
 }
 
 /// The lock each PostgreSQL server's targets take, decided once per server (host and

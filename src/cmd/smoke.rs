@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::Outcome;
 use super::SmokeConfig;
-use crate::db::{self, Conn};
+use crate::db::{self, Conn, Scratch};
 use crate::error::{Error, Result};
 use crate::redact::redact;
 use crate::settings::{Backend, Config, LockConfig, LockMode, MigrationsTable, Table};
@@ -47,19 +47,6 @@ struct Finished {
     complete_after_exit: Option<bool>,
 }
 
-/// A temp directory removed on drop (the default throwaway SQLite database).
-/// The throwaway SQLite file's directory, locked while smoke runs (so a later run removes
-/// it when a SIGKILL left it behind: check/stale.rs).
-struct TempDir(PathBuf, Option<crate::check::stale::DirLock>);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Some(lock) = self.1.take() {
-            lock.release(&self.0);
-        }
-    }
-}
-
 struct Check {
     name: String,
     ok: bool,
@@ -83,17 +70,13 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
     let version = source.version();
     let source_dir = std::fs::canonicalize(&args.source)
         .map_err(|e| Error::Config(format!("cannot resolve {}: {e}", args.source.display())))?;
+    // The default: a throwaway SQLite file in a temp directory, locked while smoke runs
+    // (so that a later run removes it when a SIGKILL left it behind: db/scratch.rs).
     let (url, _temp) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            crate::check::stale::sweep_dirs();
-            let dir = std::env::temp_dir().join(format!("schemagate-smoke-{}", std::process::id()));
-            let lock = crate::check::stale::lock_dir(&dir)
-                .map_err(|e| Error::Failed(format!("cannot lock {}: {e}", dir.display())))?;
-            let temp = TempDir(dir.clone(), Some(lock));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
-            (format!("sqlite://{}/smoke.db", dir.display()), Some(temp))
+            let temp = Scratch::file("smoke")?;
+            (temp.url.clone(), Some(temp))
         }
     };
     // As `migrate --source` resolves it (smoke has no --migrations-table).
@@ -106,7 +89,7 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
             refuse_sqlite_with_data(&given).await?;
             None
         }
-        _ => Some(Scratch::create(&given).await?),
+        _ => Some(scratch(&given).await?),
     };
     let cfg = match &scratch {
         Some(s) => config_for(&s.url, args, &migrations_table)?,
@@ -125,7 +108,7 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
     )
     .await;
     if let Some(scratch) = scratch {
-        scratch.drop_it(&given).await;
+        scratch.drop_it().await;
     }
     result
 }
@@ -167,68 +150,22 @@ async fn refuse_sqlite_with_data(cfg: &Config) -> Result<()> {
 }
 
 /// smoke's own database on the server the URL names, dropped when the rehearsal ends.
-struct Scratch {
-    name: String,
-    url: String,
-    /// Open until the database is dropped: it holds the lock that tells later runs the
-    /// database is in use (check/stale.rs), and drops it.
-    conn: Conn,
-}
-
-impl Scratch {
-    async fn create(given: &Config) -> Result<Scratch> {
-        let name = format!(
-            "schemagate_smoke_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        );
-        let mut url = url::Url::parse(&given.url)
-            .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
-        url.set_path(&format!("/{name}"));
-        let mut conn = db::connect(given).await?;
-        // Scratch databases of killed runs go first; ours is locked before it exists.
-        let mut created = crate::check::stale::prepare(&mut conn, &name)
-            .await
-            .map_err(|e| db::db_err("cannot lock the scratch database's name", e));
-        if created.is_ok() {
-            created = conn.create_database(&name).await;
-        }
-        if let Err(e) = created {
-            conn.close().await;
-            return Err(Error::Config(format!(
-                "smoke rehearses in a scratch database it creates and drops, so that it never \
-                 touches data: {e:#}; give a user that may create databases (or omit \
-                 --database-url for a throwaway SQLite file)"
-            )));
-        }
-        crate::check::stale::mark_created(&mut conn, &name, "smoke").await;
-        outln!(
-            "rehearsing in the scratch database {name} (dropped afterwards); {} is not touched",
-            given.display_url
-        );
-        Ok(Scratch {
-            name,
-            url: url.to_string(),
-            conn,
-        })
-    }
-
-    /// Drop it from a connection to the database the URL named (ours, else a new one).
-    async fn drop_it(mut self, given: &Config) {
-        let mut dropped = self.conn.drop_database(&self.name).await;
-        if dropped.is_err()
-            && let Ok(mut conn) = db::connect(given).await
-        {
-            dropped = conn.drop_database(&self.name).await;
-            conn.close().await;
-        }
-        self.conn.close().await;
-        if let Err(e) = dropped {
-            tracing::warn!("the scratch database {} was left behind: {e:#}", self.name);
-        }
-    }
+async fn scratch(given: &Config) -> Result<Scratch> {
+    let scratch = Scratch::create(given, "smoke", |name, e| {
+        let e = db::db_err(&format!("cannot create the scratch database {name}"), e);
+        Error::Config(format!(
+            "smoke rehearses in a scratch database it creates and drops, so that it never \
+             touches data: {e:#}; give a user that may create databases (or omit \
+             --database-url for a throwaway SQLite file)"
+        ))
+    })
+    .await?;
+    outln!(
+        "rehearsing in the scratch database {} (dropped afterwards); {} is not touched",
+        scratch.name,
+        given.display_url
+    );
+    Ok(scratch)
 }
 
 async fn rehearse(

@@ -162,9 +162,9 @@ const STALL: Duration = Duration::from_secs(5);
 async fn attempt(cfg: &Config, spoken: &AtomicBool) -> Result<Conn, Failure> {
     let connecting = async {
         match cfg.backend {
-            Backend::Postgres => postgres::connect(cfg).await.map(Conn::Pg),
-            Backend::MySql => mysql::connect(cfg).await.map(Conn::My),
-            Backend::Sqlite => sqlite::connect(cfg).await.map(Conn::Lite),
+            Backend::Postgres => postgres::connect(cfg).await.map(Conn::new),
+            Backend::MySql => mysql::connect(cfg).await.map(Conn::new),
+            Backend::Sqlite => sqlite::connect(cfg).await.map(Conn::new),
         }
     };
     let ask = || async {
@@ -205,6 +205,15 @@ async fn attempt(cfg: &Config, spoken: &AtomicBool) -> Result<Conn, Failure> {
             Some(why) => Err(Failure::Foreign(why)),
             None => connecting.await.map_err(Failure::Driver),
         },
+    }
+}
+
+/// How `backend` spells what portable statements need, before any connection.
+pub fn dialect_of(backend: Backend) -> &'static super::Dialect {
+    match backend {
+        Backend::Postgres => &postgres::DIALECT,
+        Backend::MySql => &mysql::DIALECT,
+        Backend::Sqlite => &sqlite::DIALECT,
     }
 }
 

@@ -60,17 +60,24 @@ macro_rules! question_mark_reads {
     };
 }
 
+mod backend;
+pub mod catalog;
+pub mod scratch;
+mod stale;
+pub use scratch::Scratch;
 mod connect;
+mod dialect;
 mod mysql;
-pub(crate) mod postgres;
+mod postgres;
 mod protocol;
+mod server;
 mod sqlite;
 
 use std::time::Duration;
 
 use serde::Serialize;
+use sqlx::PgConnection;
 use sqlx::migrate::{AppliedMigration, Migrate, Migration};
-use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 
 use crate::error::{Error, Result};
 use crate::redact::redact;
@@ -79,17 +86,28 @@ use crate::settings::{Config, MigrationsTable, Table};
 pub use crate::marker::Upto;
 pub use crate::marker::{Decisive, Marker, NewMarker, Status};
 pub(crate) use crate::marker::{NewestRow, marker_from_row, newest_marker_sql};
+use backend::Backend;
 use connect::is_permission_error;
-pub use connect::{Class, backoff, classify, connect, describe};
-pub use postgres::{Engine, Listener, Wake};
+pub use connect::{Class, backoff, classify, connect, describe, dialect_of};
+pub use dialect::Dialect;
+pub use postgres::{Listener, Wake};
+pub use server::{Engine, ServerInfo};
+
+/// What only PostgreSQL has, on its typed connection: the lease and the probe (`lock/`),
+/// LISTEN, and `check`'s rehearsal with its lock observation, which run migrate's own SQL
+/// inside transactions they watch. Everything else reaches PostgreSQL through `Conn`.
+pub(crate) mod pg {
+    pub(crate) use crate::db::postgres::catalog::take as catalog;
+    pub(crate) use crate::db::postgres::{
+        Existing, advisory_held, apply_in_tx, apply_no_tx, create_schema_sql, ensure_tables, exec,
+        held_here_sql, listen_for_markers, lit, lock_busy, migration_in_tx_sql, millis, row, rows,
+        rows_creating, wait_for_marker,
+    };
+}
 pub use sqlite::options as sqlite_options;
 
 /// One open connection to whichever backend the URL names.
-pub enum Conn {
-    Pg(PgConnection),
-    My(MySqlConnection),
-    Lite(SqliteConnection),
-}
+pub struct Conn(Box<dyn Backend>);
 
 /// Per-migration settings (PostgreSQL): `SET LOCAL` inside each migration's transaction.
 #[derive(Debug, Clone, Default)]
@@ -318,30 +336,51 @@ impl std::fmt::Display for LockGone {
 }
 
 impl Conn {
+    pub(crate) fn new(backend: impl Backend + 'static) -> Conn {
+        Conn(Box::new(backend))
+    }
+
+    fn backend(&mut self) -> &mut dyn Backend {
+        &mut *self.0
+    }
+
     /// sqlx's migration operations on this connection.
     pub fn migrate(&mut self) -> &mut dyn Migrate {
-        match self {
-            Conn::Pg(c) => c,
-            Conn::My(c) => c,
-            Conn::Lite(c) => c,
-        }
+        self.0.migrate()
     }
 
     pub async fn close(self) {
-        use sqlx::Connection;
-        let _ = match self {
-            Conn::Pg(c) => c.close().await,
-            Conn::My(c) => c.close().await,
-            Conn::Lite(c) => c.close().await,
-        };
+        let _ = self.0.close().await;
     }
 
     /// The PostgreSQL connection, for what only PostgreSQL has (the lease, the probe).
     pub fn pg(&mut self) -> Option<&mut PgConnection> {
-        match self {
-            Conn::Pg(c) => Some(c),
-            _ => None,
-        }
+        self.0.as_pg()
+    }
+
+    /// The PostgreSQL connection itself, for what only PostgreSQL has (`pg`).
+    pub fn into_pg(self) -> Option<PgConnection> {
+        self.0.into_pg()
+    }
+
+    /// The catalog as `check` compares it (relations, columns, indexes, ...).
+    pub async fn catalog(&mut self) -> Result<catalog::Snapshot, sqlx::Error> {
+        self.0.catalog().await
+    }
+
+    /// Run `sql` (statements without parameters); the rows it changed.
+    pub async fn execute(&mut self, sql: String) -> Result<u64, sqlx::Error> {
+        self.0.execute(sql).await
+    }
+
+    /// Rows of `sql`: `texts` text columns, then `ints` 64-bit integer columns.
+    pub async fn fetch(
+        &mut self,
+        sql: String,
+        texts: usize,
+        ints: usize,
+    ) -> Result<backend::Rows, sqlx::Error> {
+        self.0.fetch(sql, texts, ints).await
     }
 
     /// Settings for the connection that holds the lock and runs migrations. On PostgreSQL,
@@ -352,16 +391,14 @@ impl Conn {
         &mut self,
         cfg: &Config,
         probe_key: Option<i64>,
-    ) -> Result<Option<postgres::ServerInfo>> {
+    ) -> Result<Option<ServerInfo>> {
         let busy = probe_key
             .filter(|_| cfg.lock.mode != crate::settings::LockMode::Lease)
             .map(|p| (cfg.lock.key, p));
-        match self {
-            Conn::Pg(c) => postgres::prepare_for_lock(c, busy).await.map(Some),
-            Conn::Lite(c) => sqlite::prepare_for_lock(c).await.map(|()| None),
-            Conn::My(_) => Ok(None),
-        }
-        .map_err(|e| db_err("cannot prepare the lock connection", e))
+        self.0
+            .prepare_for_lock(busy)
+            .await
+            .map_err(|e| db_err("cannot prepare the lock connection", e))
     }
 
     /// Try once to take the migration lock for the run named by `token`; true when this
@@ -373,34 +410,23 @@ impl Conn {
         token: &str,
         then_release: Option<i64>,
     ) -> Result<bool> {
-        match self {
-            Conn::Pg(c) => postgres::try_lock(c, cfg.lock.key, token, then_release).await,
-            Conn::My(c) => mysql::try_lock(c, &cfg.lock).await,
-            // SQLite's lock is a file lock taken in lock/file.rs.
-            Conn::Lite(_) => Ok(true),
-        }
-        .map_err(|e| db_err("cannot take the migration lock", e))
+        self.0
+            .try_lock(&cfg.lock, token, then_release)
+            .await
+            .map_err(|e| db_err("cannot take the migration lock", e))
     }
 
     /// Release the migration lock; false when this session did not hold it.
     pub async fn unlock(&mut self, cfg: &Config) -> Result<bool> {
-        match self {
-            Conn::Pg(c) => postgres::unlock(c, cfg.lock.key).await,
-            Conn::My(c) => mysql::unlock(c, &cfg.lock).await.map(|()| true),
-            Conn::Lite(_) => Ok(true),
-        }
-        .map_err(|e| db_err("cannot release the migration lock", e))
+        self.0
+            .unlock(&cfg.lock)
+            .await
+            .map_err(|e| db_err("cannot release the migration lock", e))
     }
 
     /// Whether this connection still holds the migration lock; `Err` says why not.
     pub async fn lock_still_held(&mut self, cfg: &Config) -> Result<(), LockGone> {
-        let held = match self {
-            Conn::Pg(c) => postgres::holds_lock(c, cfg.lock.key).await,
-            Conn::My(c) => mysql::holds_lock(c, &cfg.lock).await,
-            // The file lock lives as long as this process.
-            Conn::Lite(_) => Ok(true),
-        };
-        match held {
+        match self.0.holds_lock(&cfg.lock).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(LockGone::NotHeld),
             Err(e) => Err(LockGone::Connection(describe(&e))),
@@ -408,32 +434,19 @@ impl Conn {
     }
 
     pub async fn lock_holder(&mut self, cfg: &Config) -> Result<Option<Holder>> {
-        match self {
-            Conn::Pg(c) => postgres::lock_holder(c, cfg.lock.key).await,
-            Conn::My(c) => mysql::lock_holder(c, &cfg.lock).await,
-            Conn::Lite(_) => Ok(None),
-        }
-        .map_err(|e| db_err("cannot read the lock holder", e))
+        self.0
+            .lock_holder(&cfg.lock)
+            .await
+            .map_err(|e| db_err("cannot read the lock holder", e))
     }
 
     /// Where `table` lives as the server resolves its name, and where a name needs no
     /// qualifier (for the default lock's name, `LockConfig::resolved`). PostgreSQL: the
-    /// table's schema (for an unqualified name, asked of the server: `postgres::
-    /// table_schema`) and `public`. MySQL: the table's database and the connection's
-    /// (asked only for a qualified name). SQLite: the table's schema and `main`.
+    /// table's schema (for an unqualified name, asked of the server) and `public`. MySQL:
+    /// the table's database and the connection's (asked only for a qualified name).
+    /// SQLite: the table's schema and `main`.
     pub async fn table_home(&mut self, table: &Table) -> Result<(Option<String>, Option<String>)> {
-        let r = match (self, &table.schema) {
-            (Conn::Pg(_), Some(s)) => Ok((Some(s.clone()), Some("public".to_owned()))),
-            (Conn::Pg(c), None) => postgres::table_schema(c, &table.name.to_ascii_lowercase())
-                .await
-                .map(|s| (s, Some("public".to_owned()))),
-            (Conn::My(c), Some(s)) => mysql::current_database(c)
-                .await
-                .map(|home| (Some(s.clone()), home)),
-            (Conn::My(_), None) => Ok((None, None)),
-            (Conn::Lite(_), schema) => Ok((schema.clone(), Some("main".to_owned()))),
-        };
-        r.map_err(|e| {
+        self.0.table_home(table).await.map_err(|e| {
             db_err(
                 &format!("cannot resolve the marker table {}", table.qualified),
                 e,
@@ -445,12 +458,7 @@ impl Conn {
     /// MariaDB; `None` on SQLite, or when it cannot be read): `wait` polls less often when
     /// few are left, so that the migrator gets one.
     pub async fn free_slots(&mut self) -> Option<i64> {
-        let r = match self {
-            Conn::Pg(c) => postgres::free_slots(c).await,
-            Conn::My(c) => mysql::free_slots(c).await,
-            Conn::Lite(_) => Ok(None),
-        };
-        r.unwrap_or_else(|e| {
+        self.0.free_slots().await.unwrap_or_else(|e| {
             tracing::debug!("cannot read the free connection slots: {}", describe(&e));
             None
         })
@@ -458,26 +466,17 @@ impl Conn {
 
     /// This session's id on the server (for killing it from another connection).
     pub async fn session_id(&mut self) -> Result<i64> {
-        match self {
-            Conn::Pg(c) => postgres::session_id(c).await,
-            Conn::My(c) => mysql::session_id(c).await,
-            Conn::Lite(_) => Ok(0),
-        }
-        .map_err(|e| db_err("cannot read the session id", e))
+        self.0
+            .session_id()
+            .await
+            .map_err(|e| db_err("cannot read the session id", e))
     }
 
     /// Cancel the statement another session of ours runs, and wait (up to `limit`) until
     /// it is no longer running one: its transaction is then aborted or was committed, and
     /// the session still holds the lock. False when it did not settle in time.
     pub async fn cancel_and_settle(&mut self, id: i64, limit: Duration) -> Result<bool> {
-        let settle = async {
-            match self {
-                Conn::Pg(c) => postgres::cancel_and_settle(c, id).await,
-                Conn::My(c) => mysql::cancel_and_settle(c, id).await,
-                Conn::Lite(_) => Ok(()),
-            }
-        };
-        match tokio::time::timeout(limit, settle).await {
+        match tokio::time::timeout(limit, self.0.cancel_and_settle(id)).await {
             Ok(r) => r
                 .map(|()| true)
                 .map_err(|e| db_err("cannot cancel the interrupted statement", e)),
@@ -487,12 +486,10 @@ impl Conn {
 
     /// End another session of ours: its transaction rolls back and its lock is released.
     pub async fn kill_session(&mut self, id: i64) -> Result<()> {
-        match self {
-            Conn::Pg(c) => postgres::kill_session(c, id).await,
-            Conn::My(c) => mysql::kill_session(c, id).await,
-            Conn::Lite(_) => Ok(()),
-        }
-        .map_err(|e| db_err("cannot end the interrupted session", e))
+        self.0
+            .kill_session(id)
+            .await
+            .map_err(|e| db_err("cannot end the interrupted session", e))
     }
 
     /// The marker table, and with `migrations` that table first: on PostgreSQL in one
@@ -503,10 +500,9 @@ impl Conn {
         table: &Table,
         migrations: Option<&MigrationsTable>,
     ) -> Result<()> {
-        match (self, migrations) {
-            (Conn::Pg(c), Some(migrations)) => postgres::ensure_tables(c, table, migrations)
-                .await
-                .map_err(|e| {
+        if let Some(migrations) = migrations {
+            if let Some(both) = self.0.ensure_tables(table, migrations) {
+                return both.await.map_err(|e| {
                     db_err(
                         &format!(
                             "cannot create {migrations} and the marker table {}",
@@ -514,14 +510,11 @@ impl Conn {
                         ),
                         e,
                     )
-                }),
-            (conn, migrations) => {
-                if let Some(migrations) = migrations {
-                    conn.ensure_migrations_table(migrations).await?;
-                }
-                conn.ensure_marker_table(table).await
+                });
             }
+            self.ensure_migrations_table(migrations).await?;
         }
+        self.ensure_marker_table(table).await
     }
 
     /// On PostgreSQL, `ensure_tables` (both) and, in the same round trip, the marker that
@@ -534,31 +527,26 @@ impl Conn {
         version: &str,
         upto: Option<Upto<'_>>,
     ) -> Result<Option<(Decisive, (Vec<AppliedMigration>, Option<i64>))>> {
-        let Conn::Pg(c) = self else {
+        let Some(read) = self
+            .0
+            .ensure_tables_and_read(table, migrations, version, upto)
+        else {
             return Ok(None);
         };
-        let (newest, applied) =
-            postgres::ensure_tables_and_read(c, table, migrations, version, upto)
-                .await
-                .map_err(|e| {
-                    db_err(
-                        &format!(
-                            "cannot create or read {migrations} and the marker table {}",
-                            table.qualified
-                        ),
-                        e,
-                    )
-                })?;
+        let (newest, applied) = read.await.map_err(|e| {
+            db_err(
+                &format!(
+                    "cannot create or read {migrations} and the marker table {}",
+                    table.qualified
+                ),
+                e,
+            )
+        })?;
         Ok(Some((settle_newest(Ok(newest), table, version)?, applied)))
     }
 
     pub async fn ensure_marker_table(&mut self, table: &Table) -> Result<()> {
-        match self {
-            Conn::Pg(c) => postgres::ensure_marker_table(c, table).await,
-            Conn::My(c) => mysql::ensure_marker_table(c, table).await,
-            Conn::Lite(c) => sqlite::ensure_marker_table(c, table).await,
-        }
-        .map_err(|e| {
+        self.0.ensure_marker_table(table).await.map_err(|e| {
             db_err(
                 &format!("cannot create the marker table {}", table.qualified),
                 e,
@@ -608,26 +596,21 @@ impl Conn {
             runner: &runner,
             ..m.clone()
         };
-        match self {
-            Conn::Pg(c) if unless_done => {
-                postgres::insert_marker_unless_done(c, table, &m, fence, engine).await
-            }
-            Conn::Pg(c) => postgres::insert_marker(c, table, &m, fence, engine).await,
-            Conn::My(c) => mysql::insert_marker(c, table, &m).await,
-            Conn::Lite(c) => sqlite::insert_marker(c, table, &m).await,
-        }
-        .map_err(|e| {
-            if is_lease_lost(&e) {
-                return Error::LockLost(format!(
-                    "not recording a {} marker: another run has taken the migration lease over",
-                    m.status.as_str()
-                ));
-            }
-            db_err(
-                &format!("cannot write the marker to {}", table.qualified),
-                e,
-            )
-        })
+        self.0
+            .insert_marker(table, &m, fence, engine, unless_done)
+            .await
+            .map_err(|e| {
+                if is_lease_lost(&e) {
+                    return Error::LockLost(format!(
+                        "not recording a {} marker: another run has taken the migration lease over",
+                        m.status.as_str()
+                    ));
+                }
+                db_err(
+                    &format!("cannot write the marker to {}", table.qualified),
+                    e,
+                )
+            })
     }
 
     /// The marker that decides `version`: the newest row for it, unless a rollback to
@@ -648,7 +631,8 @@ impl Conn {
         newest: bool,
     ) -> Result<Decisive> {
         let r = self
-            .newest_rows(table, migrations, version, upto, newest)
+            .0
+            .newest_marker(table, migrations, version, upto, newest)
             .await;
         match r {
             // Which table is missing: the marker's, or the history beside it? Asked for
@@ -656,7 +640,8 @@ impl Conn {
             // as not done, without a second round trip on a database's first run.
             Err(e) if upto.is_some() && newest && is_undefined_table(&e) => {
                 match self
-                    .newest_rows(table, migrations, version, None, newest)
+                    .0
+                    .newest_marker(table, migrations, version, None, newest)
                     .await
                 {
                     Ok(rows) => Ok(Decisive {
@@ -670,44 +655,18 @@ impl Conn {
         }
     }
 
-    async fn newest_rows(
-        &mut self,
-        table: &Table,
-        migrations: &MigrationsTable,
-        version: &str,
-        upto: Option<Upto<'_>>,
-        newest: bool,
-    ) -> Result<Vec<NewestRow>, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => {
-                postgres::newest_marker(c, table, migrations, version, upto, newest).await
-            }
-            Conn::My(c) => mysql::newest_marker(c, table, migrations, version, upto, newest).await,
-            Conn::Lite(c) => {
-                sqlite::newest_marker(c, table, migrations, version, upto, newest).await
-            }
-        }
-    }
-
     /// Where this connection looks for the migrations table, and where it exists (for a
     /// message when it is missing: `Decisive::history_missing`).
     pub async fn history_whereabouts(&mut self, migrations: &MigrationsTable) -> Whereabouts {
-        let r = match self {
-            Conn::Pg(c) => postgres::history_whereabouts(c, migrations).await,
-            Conn::My(c) => mysql::history_whereabouts(c, migrations).await,
-            Conn::Lite(_) => return Whereabouts::default(),
-        };
-        r.unwrap_or_default()
+        self.0
+            .history_whereabouts(migrations)
+            .await
+            .unwrap_or_default()
     }
 
     /// Marker history, newest first. Empty when the table does not exist.
     pub async fn markers(&mut self, table: &Table, limit: u32) -> Result<Vec<Marker>> {
-        let r = match self {
-            Conn::Pg(c) => postgres::markers(c, table, limit).await,
-            Conn::My(c) => mysql::markers(c, table, limit).await,
-            Conn::Lite(c) => sqlite::markers(c, table, limit).await,
-        };
-        match r {
+        match self.0.markers(table, limit).await {
             Err(e) if is_undefined_table(&e) => Ok(Vec::new()),
             r => r.map_err(|e| {
                 db_err(
@@ -723,22 +682,7 @@ impl Conn {
         &mut self,
         table: &MigrationsTable,
     ) -> Result<(Vec<AppliedMigration>, Option<i64>)> {
-        if let Conn::Pg(c) = self {
-            return settle_applied(postgres::applied(c, table).await);
-        }
-        let migrate = self.migrate();
-        let applied = match migrate.list_applied_migrations(table.qualified()).await {
-            Ok(a) => a,
-            Err(sqlx::migrate::MigrateError::Execute(e)) if is_undefined_table(&e) => {
-                return Ok((Vec::new(), None));
-            }
-            Err(e) => return Err(migrate_err("cannot list applied migrations", e)),
-        };
-        let dirty = migrate
-            .dirty_version(table.qualified())
-            .await
-            .map_err(|e| migrate_err("cannot list applied migrations", e))?;
-        Ok((applied, dirty))
+        self.0.applied(table).await
     }
 
     pub async fn ensure_migrations_table(&mut self, table: &MigrationsTable) -> Result<()> {
@@ -753,71 +697,14 @@ impl Conn {
     /// migration is recorded dirty. Each migration is read as `migrations` yields it and let
     /// go once applied: one is in memory at a time. One that cannot be read fails the group,
     /// before it commits.
-    pub async fn apply(
-        &mut self,
-        table: &MigrationsTable,
-        migrations: impl IntoIterator<Item = Result<Migration>>,
-        opts: &ApplyOptions,
+    pub async fn apply<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        migrations: impl IntoIterator<Item = Result<Migration>, IntoIter: Send + 'a>,
+        opts: &'a ApplyOptions,
     ) -> Result<(), ApplyError> {
-        let mut migrations = migrations.into_iter();
-        match self {
-            Conn::Pg(c) => {
-                let Some(first) = migrations.next() else {
-                    return Ok(());
-                };
-                let first = first.map_err(|e| ApplyError::unreadable(&e))?;
-                if !first.no_tx {
-                    let all = std::iter::once(Ok(first)).chain(migrations);
-                    return postgres::apply_in_tx(c, table, all, opts).await;
-                }
-                postgres::apply_no_tx(c, table, &first, opts)
-                    .await
-                    .map_err(ApplyError::from_no_tx)
-            }
-            Conn::My(_) | Conn::Lite(_) => {
-                for m in migrations {
-                    let m = m.map_err(|e| ApplyError::unreadable(&e))?;
-                    let in_pieces = matches!(self, Conn::Lite(_)) && m.sql.as_str().len() > PIECE;
-                    let m = if in_pieces { m } else { shared_sql(m) };
-                    let r = match &mut *self {
-                        Conn::Lite(c) if in_pieces => {
-                            sqlite::apply_in_pieces(c, table.qualified(), &m, PIECE).await
-                        }
-                        _ => self
-                            .migrate()
-                            .apply(table.qualified(), &m)
-                            .await
-                            .map(|_| ()),
-                    };
-                    // sqlx's send buffer grew to the migration's size: let it go.
-                    self.shrink_buffers();
-                    if let (Err(_), true, Conn::Lite(c)) = (&r, m.no_tx, &mut *self)
-                        && let Err(record) = sqlite::record_dirty(c, table, &m).await
-                    {
-                        tracing::warn!(
-                            "could not record migration {} as dirty: {record}",
-                            m.version
-                        );
-                    }
-                    r.map_err(|e| ApplyError {
-                        dirty: m.no_tx,
-                        took_effect: m.no_tx,
-                        ..ApplyError::from_migrate(e)
-                    })?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Let go of the memory a large query left in the connection's buffers.
-    fn shrink_buffers(&mut self) {
-        use sqlx::Connection;
-        match self {
-            Conn::Pg(c) => c.shrink_buffers(),
-            Conn::My(c) => c.shrink_buffers(),
-            Conn::Lite(c) => c.shrink_buffers(),
-        }
+        let migrations = Box::new(migrations.into_iter());
+        self.0.apply(table, migrations, opts).await
     }
 
     /// Run a down migration and delete its row from `table`.
@@ -827,17 +714,7 @@ impl Conn {
         down: Migration,
         fence: Option<&Fence>,
     ) -> Result<(), ApplyError> {
-        match self {
-            Conn::Pg(c) => postgres::revert(c, table, down, fence)
-                .await
-                .map_err(ApplyError::from_no_tx),
-            _ => {
-                let down = shared_sql(down);
-                let r = self.migrate().revert(table.qualified(), &down).await;
-                self.shrink_buffers();
-                r.map(|_| ()).map_err(ApplyError::from_migrate)
-            }
-        }
+        self.0.revert(table, down, fence).await
     }
 
     /// Record a migration as applied in `table` without running it (or mark a dirty one
@@ -848,12 +725,7 @@ impl Conn {
         m: &Migration,
         fence: Option<&Fence>,
     ) -> Result<()> {
-        let r = match self {
-            Conn::Pg(c) => postgres::stamp(c, table, m, fence).await,
-            Conn::My(c) => mysql::stamp(c, table, m).await,
-            Conn::Lite(c) => sqlite::stamp(c, table, m).await,
-        };
-        r.map_err(|e| {
+        self.0.stamp(table, m, fence).await.map_err(|e| {
             db_err(
                 &format!("cannot record migration {} as applied", m.version),
                 e,
@@ -864,81 +736,137 @@ impl Conn {
     /// Create a database on this connection's server (smoke's scratch database). `name`
     /// must be a plain identifier.
     pub async fn create_database(&mut self, name: &str) -> Result<()> {
-        let sql = format!("CREATE DATABASE {name}");
-        let r = match self {
-            Conn::Pg(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(c)
-                .await
-                .map(|_| ()),
-            Conn::My(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(c)
-                .await
-                .map(|_| ()),
-            Conn::Lite(_) => Ok(()),
-        };
-        r.map_err(|e| db_err(&format!("cannot create the scratch database {name}"), e))
+        self.0
+            .create_database(name)
+            .await
+            .map_err(|e| db_err(&format!("cannot create the scratch database {name}"), e))
     }
 
     /// Drop a database created by `create_database`, ending its sessions.
     pub async fn drop_database(&mut self, name: &str) -> Result<()> {
-        let r = match self {
-            Conn::Pg(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(c)
+        self.0
+            .drop_database(name)
             .await
-            .map(|_| ()),
-            Conn::My(c) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name}"
-            )))
-            .execute(c)
-            .await
-            .map(|_| ()),
-            Conn::Lite(_) => Ok(()),
-        };
-        r.map_err(|e| db_err(&format!("cannot drop the scratch database {name}"), e))
+            .map_err(|e| db_err(&format!("cannot drop the scratch database {name}"), e))
     }
 
     /// How many tables the connected database holds (smoke refuses to rehearse on data).
     pub async fn table_count(&mut self) -> Result<i64> {
-        let r = match self {
-            Conn::Pg(c) => {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM pg_tables \
-                     WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
-                )
-                .fetch_one(c)
-                .await
-            }
-            Conn::My(c) => {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM information_schema.tables \
-                     WHERE table_schema = DATABASE()",
-                )
-                .fetch_one(c)
-                .await
-            }
-            Conn::Lite(c) => {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
-                     AND name NOT LIKE 'sqlite_%'",
-                )
-                .fetch_one(c)
-                .await
-            }
-        };
-        r.map_err(|e| db_err("cannot list the tables", e))
+        self.0
+            .table_count()
+            .await
+            .map_err(|e| db_err("cannot list the tables", e))
     }
 
     /// Indexes a failed `CREATE INDEX CONCURRENTLY` left invalid (PostgreSQL only).
     pub async fn invalid_indexes(&mut self) -> Result<Vec<String>> {
-        match self {
-            Conn::Pg(c) => postgres::invalid_indexes(c)
-                .await
-                .map_err(|e| db_err("cannot list invalid indexes", e)),
-            _ => Ok(Vec::new()),
-        }
+        self.0
+            .invalid_indexes()
+            .await
+            .map_err(|e| db_err("cannot list invalid indexes", e))
     }
+
+    /// How this backend spells what portable statements need.
+    pub fn dialect(&self) -> &'static Dialect {
+        self.0.dialect()
+    }
+
+    /// `expr` as text, in this backend's SQL.
+    pub fn cast_text(&self, expr: &str) -> String {
+        self.0.cast_text(expr)
+    }
+
+    /// The text of `parts` joined, in this backend's SQL.
+    pub fn concat(&self, parts: &[&str]) -> String {
+        self.0.concat(parts)
+    }
+
+    /// A table name given by the user, quoted as this backend's migrators quote it: on
+    /// PostgreSQL `schema.table` is two identifiers, on MySQL and SQLite the whole name is
+    /// one.
+    pub fn quote_table(&self, name: &str) -> String {
+        self.0.quote_table(name)
+    }
+
+    /// `SELECT expr FROM table` of another migrator's history table.
+    pub async fn history_rows(
+        &mut self,
+        expr: &str,
+        table: &str,
+    ) -> Result<HistoryRows, sqlx::Error> {
+        self.0.history_rows(expr, table).await
+    }
+
+    /// The newest marker for `version` (or the newest rollback): status, detail and, on
+    /// PostgreSQL, `age(xmin)` (0 elsewhere).
+    pub async fn newest_marker_row(
+        &mut self,
+        table: &Table,
+        version: &str,
+    ) -> Result<Option<(String, Option<String>, i64)>, sqlx::Error> {
+        self.0.newest_marker_row(table, version).await
+    }
+
+    /// The detail of the newest `succeeded` marker whose detail starts with `prefix`.
+    pub async fn newest_succeeded_detail(
+        &mut self,
+        table: &Table,
+        prefix: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        self.0.newest_succeeded_detail(table, prefix).await
+    }
+}
+
+/// MySQL and SQLite: each migration through sqlx's `Migrate` (SQLite's large ones in
+/// pieces: `apply_large`), one at a time, its buffers let go after it; a failed
+/// `-- no-transaction` one recorded dirty by `record_dirty`.
+pub(super) async fn apply_each<C>(
+    c: &mut C,
+    table: &MigrationsTable,
+    migrations: backend::Migrations<'_>,
+    apply_large: Option<backend::ApplyLarge<C>>,
+    record_dirty: Option<backend::RecordDirty<C>>,
+) -> Result<(), ApplyError>
+where
+    C: Backend,
+{
+    for m in migrations {
+        let m = m.map_err(|e| ApplyError::unreadable(&e))?;
+        let large = apply_large.filter(|_| m.sql.as_str().len() > PIECE);
+        let m = if large.is_some() { m } else { shared_sql(m) };
+        let r = match large {
+            Some(apply_large) => apply_large(c, table.qualified(), &m).await,
+            None => c.migrate().apply(table.qualified(), &m).await.map(|_| ()),
+        };
+        // sqlx's send buffer grew to the migration's size: let it go.
+        c.shrink_buffers();
+        if let (Err(_), true, Some(record_dirty)) = (&r, m.no_tx, record_dirty)
+            && let Err(record) = record_dirty(c, table, &m).await
+        {
+            tracing::warn!(
+                "could not record migration {} as dirty: {record}",
+                m.version
+            );
+        }
+        r.map_err(|e| ApplyError {
+            dirty: m.no_tx,
+            took_effect: m.no_tx,
+            ..ApplyError::from_migrate(e)
+        })?;
+    }
+    Ok(())
+}
+
+/// MySQL and SQLite: a down migration through sqlx's `Migrate`.
+pub(super) async fn revert_via_migrate<C: Backend>(
+    c: &mut C,
+    table: &MigrationsTable,
+    down: Migration,
+) -> Result<(), ApplyError> {
+    let down = shared_sql(down);
+    let r = c.migrate().revert(table.qualified(), &down).await;
+    c.shrink_buffers();
+    r.map(|_| ()).map_err(ApplyError::from_migrate)
 }
 
 /// `m` with its SQL shared rather than owned: sqlx's `Migrate` clones it to run it, which
@@ -954,79 +882,6 @@ fn shared_sql(m: Migration) -> Migration {
 /// What another migrator's history table holds: one text id per applied migration and, on
 /// PostgreSQL, `age(xmin)` of the most recently written row (smaller is newer).
 pub type HistoryRows = (Vec<String>, Option<i64>);
-
-impl Conn {
-    /// `expr` as text, in this backend's SQL.
-    pub fn cast_text(&self, expr: &str) -> String {
-        match self {
-            Conn::My(_) => format!("CAST({expr} AS CHAR)"),
-            Conn::Pg(_) | Conn::Lite(_) => format!("CAST({expr} AS TEXT)"),
-        }
-    }
-
-    /// The text of `parts` joined, in this backend's SQL.
-    pub fn concat(&self, parts: &[&str]) -> String {
-        match self {
-            Conn::My(_) => format!("CONCAT({})", parts.join(", ")),
-            Conn::Pg(_) | Conn::Lite(_) => parts.join(" || "),
-        }
-    }
-
-    /// A table name given by the user, quoted as this backend's migrators quote it: on
-    /// PostgreSQL `schema.table` is two identifiers, on MySQL and SQLite the whole name is
-    /// one.
-    pub fn quote_table(&self, name: &str) -> String {
-        match self {
-            Conn::Pg(_) => name
-                .split('.')
-                .map(|part| format!("\"{part}\""))
-                .collect::<Vec<_>>()
-                .join("."),
-            Conn::My(_) => format!("`{name}`"),
-            Conn::Lite(_) => format!("\"{name}\""),
-        }
-    }
-
-    /// `SELECT expr FROM table` of another migrator's history table.
-    pub async fn history_rows(
-        &mut self,
-        expr: &str,
-        table: &str,
-    ) -> Result<HistoryRows, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => postgres::history_rows(c, expr, table).await,
-            Conn::My(c) => mysql::history_rows(c, expr, table).await,
-            Conn::Lite(c) => sqlite::history_rows(c, expr, table).await,
-        }
-    }
-
-    /// The newest marker for `version` (or the newest rollback): status, detail and, on
-    /// PostgreSQL, `age(xmin)` (0 elsewhere).
-    pub async fn newest_marker_row(
-        &mut self,
-        table: &Table,
-        version: &str,
-    ) -> Result<Option<(String, Option<String>, i64)>, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => postgres::newest_marker_row(c, table, version).await,
-            Conn::My(c) => mysql::newest_marker_row(c, table, version).await,
-            Conn::Lite(c) => sqlite::newest_marker_row(c, table, version).await,
-        }
-    }
-
-    /// The detail of the newest `succeeded` marker whose detail starts with `prefix`.
-    pub async fn newest_succeeded_detail(
-        &mut self,
-        table: &Table,
-        prefix: &str,
-    ) -> Result<Option<String>, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => postgres::newest_succeeded_detail(c, table, prefix).await,
-            Conn::My(c) => mysql::newest_succeeded_detail(c, table, prefix).await,
-            Conn::Lite(c) => sqlite::newest_succeeded_detail(c, table, prefix).await,
-        }
-    }
-}
 
 /// The rows `newest_marker_sql` reads, as `Conn::newest_marker` reports them: no table
 /// means none yet; otherwise the marker's rule decides (`marker::settle`).

@@ -1,12 +1,18 @@
 //! MySQL / MariaDB: `GET_LOCK(name, 0)` polled (released on disconnect); the same marker.
 //! There is no NOTIFY, so `wait --listen` is refused before it gets here.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use sqlx::mysql::MySqlConnectOptions;
-use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection, Row};
 
-use super::{Holder, Marker, NewMarker};
+use sqlx::migrate::{AppliedMigration, Migration};
+
+use super::backend::{Boxed, Fut, Migrations, Rows, decode};
+use super::catalog::{Column, Relation, Snapshot, id};
+use super::dialect::Dialect;
+use super::{Engine, Fence, Holder, Marker, NewMarker, ServerInfo};
 use crate::settings::{Config, LockConfig, MigrationsTable, Table};
 
 pub async fn connect(cfg: &Config) -> Result<MySqlConnection, sqlx::Error> {
@@ -255,3 +261,373 @@ pub async fn stamp(
 // ----- other migrators' history, and the marker reads MySQL shares with SQLite -----
 
 question_mark_reads!(MySqlConnection);
+
+// ----- the backend -----
+
+/// MySQL's spelling of what portable statements need.
+pub const DIALECT: Dialect = Dialect {
+    key_text: "VARCHAR(255)",
+    int64: "SIGNED",
+    now_ms: "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+    backslash_escapes: true,
+    e_strings: false,
+    on_duplicate_key: true,
+};
+
+impl super::backend::Backend for MySqlConnection {
+    fn dialect(&self) -> &'static Dialect {
+        &DIALECT
+    }
+
+    fn cast_text(&self, expr: &str) -> String {
+        format!("CAST({expr} AS CHAR)")
+    }
+
+    fn concat(&self, parts: &[&str]) -> String {
+        format!("CONCAT({})", parts.join(", "))
+    }
+
+    fn quote_table(&self, name: &str) -> String {
+        format!("`{name}`")
+    }
+
+    fn migrate(&mut self) -> &mut dyn sqlx::migrate::Migrate {
+        self
+    }
+
+    fn close(self: Box<Self>) -> Fut<'static, ()> {
+        Box::pin(sqlx::Connection::close(*self))
+    }
+
+    fn shrink_buffers(&mut self) {
+        sqlx::Connection::shrink_buffers(self)
+    }
+
+    fn execute(&mut self, sql: String) -> Fut<'_, u64> {
+        Box::pin(async move {
+            let done = sqlx::raw_sql(AssertSqlSafe(sql)).execute(self).await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn fetch(&mut self, sql: String, texts: usize, ints: usize) -> Fut<'_, Rows> {
+        Box::pin(async move {
+            let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(self).await?;
+            decode(rows, texts, ints)
+        })
+    }
+
+    fn prepare_for_lock(&mut self, _busy: Option<(i64, i64)>) -> Fut<'_, Option<ServerInfo>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn try_lock<'a>(
+        &'a mut self,
+        lock: &'a LockConfig,
+        _token: &'a str,
+        _then_release: Option<i64>,
+    ) -> Fut<'a, bool> {
+        Box::pin(try_lock(self, lock))
+    }
+
+    fn unlock<'a>(&'a mut self, lock: &'a LockConfig) -> Fut<'a, bool> {
+        Box::pin(async move { unlock(self, lock).await.map(|()| true) })
+    }
+
+    fn holds_lock<'a>(&'a mut self, lock: &'a LockConfig) -> Fut<'a, bool> {
+        Box::pin(holds_lock(self, lock))
+    }
+
+    fn lock_holder<'a>(&'a mut self, lock: &'a LockConfig) -> Fut<'a, Option<Holder>> {
+        Box::pin(lock_holder(self, lock))
+    }
+
+    fn table_home<'a>(&'a mut self, table: &'a Table) -> Fut<'a, (Option<String>, Option<String>)> {
+        Box::pin(async move {
+            match &table.schema {
+                Some(s) => Ok((Some(s.clone()), current_database(self).await?)),
+                None => Ok((None, None)),
+            }
+        })
+    }
+
+    fn free_slots(&mut self) -> Fut<'_, Option<i64>> {
+        Box::pin(free_slots(self))
+    }
+
+    fn session_id(&mut self) -> Fut<'_, i64> {
+        Box::pin(session_id(self))
+    }
+
+    fn cancel_and_settle(&mut self, id: i64) -> Fut<'_, ()> {
+        Box::pin(cancel_and_settle(self, id))
+    }
+
+    fn kill_session(&mut self, id: i64) -> Fut<'_, ()> {
+        Box::pin(kill_session(self, id))
+    }
+
+    fn ensure_marker_table<'a>(&'a mut self, t: &'a Table) -> Fut<'a, ()> {
+        Box::pin(ensure_marker_table(self, t))
+    }
+
+    fn insert_marker<'a>(
+        &'a mut self,
+        t: &'a Table,
+        m: &'a NewMarker<'a>,
+        _fence: Option<&'a Fence>,
+        _engine: Engine,
+        _unless_done: bool,
+    ) -> Fut<'a, ()> {
+        Box::pin(insert_marker(self, t, m))
+    }
+
+    fn newest_marker<'a>(
+        &'a mut self,
+        t: &'a Table,
+        migrations: &'a MigrationsTable,
+        version: &'a str,
+        upto: Option<super::Upto<'a>>,
+        newest: bool,
+    ) -> Fut<'a, Vec<super::NewestRow>> {
+        Box::pin(newest_marker(self, t, migrations, version, upto, newest))
+    }
+
+    fn history_whereabouts<'a>(
+        &'a mut self,
+        migrations: &'a MigrationsTable,
+    ) -> Fut<'a, super::Whereabouts> {
+        Box::pin(history_whereabouts(self, migrations))
+    }
+
+    fn markers<'a>(&'a mut self, t: &'a Table, limit: u32) -> Fut<'a, Vec<Marker>> {
+        Box::pin(markers(self, t, limit))
+    }
+
+    fn applied<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+    ) -> Boxed<'a, crate::error::Result<(Vec<AppliedMigration>, Option<i64>)>> {
+        super::backend::applied_via_migrate(self, table)
+    }
+
+    fn history_rows<'a>(
+        &'a mut self,
+        expr: &'a str,
+        table: &'a str,
+    ) -> Fut<'a, super::HistoryRows> {
+        Box::pin(history_rows(self, expr, table))
+    }
+
+    fn newest_marker_row<'a>(
+        &'a mut self,
+        t: &'a Table,
+        version: &'a str,
+    ) -> Fut<'a, Option<(String, Option<String>, i64)>> {
+        Box::pin(newest_marker_row(self, t, version))
+    }
+
+    fn newest_succeeded_detail<'a>(
+        &'a mut self,
+        t: &'a Table,
+        prefix: &'a str,
+    ) -> Fut<'a, Option<String>> {
+        Box::pin(newest_succeeded_detail(self, t, prefix))
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        migrations: Migrations<'a>,
+        _opts: &'a super::ApplyOptions,
+    ) -> Boxed<'a, Result<(), super::ApplyError>> {
+        // sqlx records a failed `-- no-transaction` migration dirty itself here.
+        Box::pin(super::apply_each(self, table, migrations, None, None))
+    }
+
+    fn revert<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        down: Migration,
+        _fence: Option<&'a Fence>,
+    ) -> Boxed<'a, Result<(), super::ApplyError>> {
+        Box::pin(super::revert_via_migrate(self, table, down))
+    }
+
+    fn stamp<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        m: &'a Migration,
+        _fence: Option<&'a Fence>,
+    ) -> Fut<'a, ()> {
+        Box::pin(stamp(self, table, m))
+    }
+
+    fn catalog(&mut self) -> Fut<'_, crate::db::catalog::Snapshot> {
+        Box::pin(catalog(self))
+    }
+
+    fn create_database<'a>(&'a mut self, name: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            self.execute(format!("CREATE DATABASE {name}"))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn drop_database<'a>(&'a mut self, name: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            self.execute(format!("DROP DATABASE IF EXISTS {name}"))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn prepare_scratch<'a>(&'a mut self, name: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            super::stale::sweep_mysql(self).await;
+            super::stale::hold_mysql(self, name).await
+        })
+    }
+
+    fn mark_scratch<'a>(&'a mut self, name: &'a str, what: &'a str) -> Fut<'a, ()> {
+        Box::pin(super::stale::mark_mysql(self, name, what))
+    }
+
+    fn table_count(&mut self) -> Fut<'_, i64> {
+        Box::pin(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE()",
+            )
+            .fetch_one(self),
+        )
+    }
+}
+
+// ----- the catalog (`check`) -----
+
+/// MySQL's catalog as a `Snapshot`. Long on purpose: one information_schema query per kind
+/// of object, as PostgreSQL's `catalog::take` does.
+async fn catalog(c: &mut MySqlConnection) -> Result<Snapshot, sqlx::Error> {
+    let mut s = Snapshot {
+        by_name: true,
+        ..Snapshot::default()
+    };
+    // InnoDB's table id changes when a table is rebuilt (MariaDB and MySQL 5.7 name the
+    // view INNODB_SYS_TABLES, MySQL 8 INNODB_TABLES); without either, no rewrites are seen.
+    let mut table_ids: HashMap<String, i64> = HashMap::new();
+    for view in ["INNODB_SYS_TABLES", "INNODB_TABLES"] {
+        let sql = format!(
+            "SELECT CAST(SUBSTRING_INDEX(NAME, '/', -1) AS CHAR), CAST(TABLE_ID AS SIGNED) \
+             FROM information_schema.{view} WHERE NAME LIKE CONCAT(DATABASE(), '/%')"
+        );
+        if let Ok(rows) = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *c).await {
+            for r in rows {
+                table_ids.insert(r.try_get(0)?, r.try_get(1)?);
+            }
+            break;
+        }
+    }
+    let rels = sqlx::query(
+        "SELECT CAST(TABLE_NAME AS CHAR), CAST(TABLE_TYPE AS CHAR) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'schemagate_scratch_owner'",
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    for r in rels {
+        let name: String = r.try_get(0)?;
+        let kind: String = r.try_get(1)?;
+        s.relations.insert(
+            id(&name),
+            Relation {
+                schema: "public".into(),
+                filenode: table_ids.get(&name).copied().unwrap_or(0),
+                kind: if kind == "VIEW" { 'v' } else { 'r' },
+                name,
+            },
+        );
+    }
+    let cols = sqlx::query(
+        "SELECT CAST(TABLE_NAME AS CHAR), CAST(ORDINAL_POSITION AS SIGNED), \
+           CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR), IS_NULLABLE = 'NO', \
+           (COLUMN_DEFAULT IS NOT NULL AND COLUMN_DEFAULT <> 'NULL') OR EXTRA LIKE '%auto_increment%' \
+         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()",
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    for col in cols {
+        let table: String = col.try_get(0)?;
+        let pos: i64 = col.try_get(1)?;
+        s.columns.entry(id(&table)).or_default().insert(
+            pos as i32,
+            Column {
+                name: col.try_get(2)?,
+                type_name: mysql_type(&col.try_get::<String, _>(3)?),
+                not_null: col.try_get::<i64, _>(4)? != 0,
+                has_default: col.try_get::<i64, _>(5)? != 0,
+            },
+        );
+    }
+    for r in sqlx::query(
+        "SELECT DISTINCT CAST(TABLE_NAME AS CHAR), CAST(INDEX_NAME AS CHAR) \
+         FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND NON_UNIQUE = 0",
+    )
+    .fetch_all(&mut *c)
+    .await?
+    {
+        s.unique
+            .insert((id(&r.try_get::<String, _>(0)?), r.try_get(1)?));
+    }
+    if let Ok(rows) = sqlx::query(
+        "SELECT CAST(TABLE_NAME AS CHAR), CAST(CONSTRAINT_NAME AS CHAR) \
+         FROM information_schema.TABLE_CONSTRAINTS \
+         WHERE TABLE_SCHEMA = DATABASE() AND CONSTRAINT_TYPE = 'CHECK'",
+    )
+    .fetch_all(&mut *c)
+    .await
+    {
+        for r in rows {
+            s.checks
+                .insert((id(&r.try_get::<String, _>(0)?), r.try_get(1)?));
+        }
+    }
+    for r in sqlx::query(
+        "SELECT CAST(ROUTINE_NAME AS CHAR) FROM information_schema.ROUTINES \
+         WHERE ROUTINE_SCHEMA = DATABASE()",
+    )
+    .fetch_all(&mut *c)
+    .await?
+    {
+        s.functions
+            .insert(format!("{}()", r.try_get::<String, _>(0)?));
+    }
+    Ok(s)
+}
+
+/// MySQL's column type in the spelling `widens` knows: no integer display width
+/// (`int(11)` is `int`), lower case.
+fn mysql_type(t: &str) -> String {
+    let t = t.to_lowercase();
+    for int in ["tinyint", "smallint", "mediumint", "bigint", "int"] {
+        if let Some(rest) = t.strip_prefix(int)
+            && rest.starts_with('(')
+            && let Some(end) = rest.find(')')
+        {
+            return format!("{int}{}", &rest[end + 1..]);
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mysql_type;
+
+    #[test]
+    fn integer_display_width_is_dropped() {
+        assert_eq!(mysql_type("int(11)"), "int");
+        assert_eq!(mysql_type("bigint(20) unsigned"), "bigint unsigned");
+        assert_eq!(mysql_type("varchar(50)"), "varchar(50)");
+        assert_eq!(mysql_type("enum('a','b')"), "enum('a','b')");
+    }
+}

@@ -1,15 +1,19 @@
 //! SQLite: WAL and a busy timeout so racing processes wait instead of failing; the lock is
 //! an OS file lock beside the database (lock.rs), so nothing here takes it.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::MigrateError;
+use sqlx::migrate::{AppliedMigration, MigrateError, Migration};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Row, SqliteConnection};
 
-use super::{Marker, NewMarker};
-use crate::settings::{Config, MigrationsTable, Table};
+use super::backend::{Backend, Boxed, Fut, Migrations, Rows, decode};
+use super::catalog::{Column, Relation, Snapshot, id};
+use super::dialect::Dialect;
+use super::{Engine, Fence, Holder, Marker, NewMarker, ServerInfo};
+use crate::settings::{Config, LockConfig, MigrationsTable, Table};
 use crate::signals;
 
 pub fn options(cfg: &Config) -> Result<SqliteConnectOptions, sqlx::Error> {
@@ -229,3 +233,318 @@ async fn record(
 // ----- other migrators' history, and the marker reads SQLite shares with MySQL -----
 
 question_mark_reads!(SqliteConnection);
+
+// ----- the backend -----
+
+/// SQLite's spelling of what portable statements need.
+pub const DIALECT: Dialect = Dialect {
+    key_text: "TEXT",
+    int64: "BIGINT",
+    now_ms: "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    backslash_escapes: false,
+    e_strings: false,
+    on_duplicate_key: false,
+};
+
+/// `apply_each`'s way with a large migration: in pieces of whole statements.
+fn apply_large<'b>(
+    c: &'b mut SqliteConnection,
+    table: &'b str,
+    m: &'b Migration,
+) -> Boxed<'b, Result<(), MigrateError>> {
+    Box::pin(apply_in_pieces(c, table, m, super::PIECE))
+}
+
+/// `apply_each`'s way with a failed `-- no-transaction` migration.
+fn dirty<'b>(
+    c: &'b mut SqliteConnection,
+    table: &'b MigrationsTable,
+    m: &'b Migration,
+) -> Fut<'b, ()> {
+    Box::pin(record_dirty(c, table, m))
+}
+
+impl Backend for SqliteConnection {
+    fn dialect(&self) -> &'static Dialect {
+        &DIALECT
+    }
+
+    fn cast_text(&self, expr: &str) -> String {
+        format!("CAST({expr} AS TEXT)")
+    }
+
+    fn concat(&self, parts: &[&str]) -> String {
+        parts.join(" || ")
+    }
+
+    fn quote_table(&self, name: &str) -> String {
+        format!("\"{name}\"")
+    }
+
+    fn migrate(&mut self) -> &mut dyn sqlx::migrate::Migrate {
+        self
+    }
+
+    fn close(self: Box<Self>) -> Fut<'static, ()> {
+        Box::pin(sqlx::Connection::close(*self))
+    }
+
+    fn shrink_buffers(&mut self) {
+        sqlx::Connection::shrink_buffers(self)
+    }
+
+    fn execute(&mut self, sql: String) -> Fut<'_, u64> {
+        Box::pin(async move {
+            let done = sqlx::raw_sql(AssertSqlSafe(sql)).execute(self).await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn fetch(&mut self, sql: String, texts: usize, ints: usize) -> Fut<'_, Rows> {
+        Box::pin(async move {
+            let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(self).await?;
+            decode(rows, texts, ints)
+        })
+    }
+
+    fn prepare_for_lock(&mut self, _busy: Option<(i64, i64)>) -> Fut<'_, Option<ServerInfo>> {
+        Box::pin(async move { prepare_for_lock(self).await.map(|()| None) })
+    }
+
+    // SQLite's lock is a file lock taken in lock/file.rs, held as long as this process:
+    // the connection holds nothing.
+    fn try_lock<'a>(
+        &'a mut self,
+        _lock: &'a LockConfig,
+        _token: &'a str,
+        _then_release: Option<i64>,
+    ) -> Fut<'a, bool> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn unlock<'a>(&'a mut self, _lock: &'a LockConfig) -> Fut<'a, bool> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn holds_lock<'a>(&'a mut self, _lock: &'a LockConfig) -> Fut<'a, bool> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn lock_holder<'a>(&'a mut self, _lock: &'a LockConfig) -> Fut<'a, Option<Holder>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn table_home<'a>(&'a mut self, table: &'a Table) -> Fut<'a, (Option<String>, Option<String>)> {
+        Box::pin(async move { Ok((table.schema.clone(), Some("main".to_owned()))) })
+    }
+
+    // One process, no server: no slots to count, no other session to cancel or end.
+    fn free_slots(&mut self) -> Fut<'_, Option<i64>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn session_id(&mut self) -> Fut<'_, i64> {
+        Box::pin(async { Ok(0) })
+    }
+
+    fn cancel_and_settle(&mut self, _id: i64) -> Fut<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn kill_session(&mut self, _id: i64) -> Fut<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn ensure_marker_table<'a>(&'a mut self, t: &'a Table) -> Fut<'a, ()> {
+        Box::pin(ensure_marker_table(self, t))
+    }
+
+    fn insert_marker<'a>(
+        &'a mut self,
+        t: &'a Table,
+        m: &'a NewMarker<'a>,
+        _fence: Option<&'a Fence>,
+        _engine: Engine,
+        _unless_done: bool,
+    ) -> Fut<'a, ()> {
+        Box::pin(insert_marker(self, t, m))
+    }
+
+    fn newest_marker<'a>(
+        &'a mut self,
+        t: &'a Table,
+        migrations: &'a MigrationsTable,
+        version: &'a str,
+        upto: Option<super::Upto<'a>>,
+        newest: bool,
+    ) -> Fut<'a, Vec<super::NewestRow>> {
+        Box::pin(newest_marker(self, t, migrations, version, upto, newest))
+    }
+
+    // A file has one schema that matters: nothing to say where else the table is.
+    fn history_whereabouts<'a>(
+        &'a mut self,
+        _migrations: &'a MigrationsTable,
+    ) -> Fut<'a, super::Whereabouts> {
+        Box::pin(async { Ok(super::Whereabouts::default()) })
+    }
+
+    fn markers<'a>(&'a mut self, t: &'a Table, limit: u32) -> Fut<'a, Vec<Marker>> {
+        Box::pin(markers(self, t, limit))
+    }
+
+    fn applied<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+    ) -> Boxed<'a, crate::error::Result<(Vec<AppliedMigration>, Option<i64>)>> {
+        super::backend::applied_via_migrate(self, table)
+    }
+
+    fn history_rows<'a>(
+        &'a mut self,
+        expr: &'a str,
+        table: &'a str,
+    ) -> Fut<'a, super::HistoryRows> {
+        Box::pin(history_rows(self, expr, table))
+    }
+
+    fn newest_marker_row<'a>(
+        &'a mut self,
+        t: &'a Table,
+        version: &'a str,
+    ) -> Fut<'a, Option<(String, Option<String>, i64)>> {
+        Box::pin(newest_marker_row(self, t, version))
+    }
+
+    fn newest_succeeded_detail<'a>(
+        &'a mut self,
+        t: &'a Table,
+        prefix: &'a str,
+    ) -> Fut<'a, Option<String>> {
+        Box::pin(newest_succeeded_detail(self, t, prefix))
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        migrations: Migrations<'a>,
+        _opts: &'a super::ApplyOptions,
+    ) -> Boxed<'a, Result<(), super::ApplyError>> {
+        Box::pin(super::apply_each(
+            self,
+            table,
+            migrations,
+            Some(apply_large),
+            Some(dirty),
+        ))
+    }
+
+    fn revert<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        down: Migration,
+        _fence: Option<&'a Fence>,
+    ) -> Boxed<'a, Result<(), super::ApplyError>> {
+        Box::pin(super::revert_via_migrate(self, table, down))
+    }
+
+    fn stamp<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        m: &'a Migration,
+        _fence: Option<&'a Fence>,
+    ) -> Fut<'a, ()> {
+        Box::pin(stamp(self, table, m))
+    }
+
+    // A SQLite database is its file: a scratch one is a new file, made by connecting.
+    fn catalog(&mut self) -> Fut<'_, crate::db::catalog::Snapshot> {
+        Box::pin(catalog(self))
+    }
+
+    fn create_database<'a>(&'a mut self, _name: &'a str) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn drop_database<'a>(&'a mut self, _name: &'a str) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    // A scratch file's directory is held by a file lock instead (`scratch::lock_dir`).
+    fn prepare_scratch<'a>(&'a mut self, _name: &'a str) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn mark_scratch<'a>(&'a mut self, _name: &'a str, _what: &'a str) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn table_count(&mut self) -> Fut<'_, i64> {
+        Box::pin(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite_%'",
+            )
+            .fetch_one(self),
+        )
+    }
+}
+
+// ----- the catalog (`check`) -----
+
+/// SQLite's catalog as a `Snapshot` (`Conn::catalog`).
+async fn catalog(c: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error> {
+    let mut s = Snapshot {
+        by_name: true,
+        ..Snapshot::default()
+    };
+    let rels = sqlx::query(
+        "SELECT name, type, coalesce(rootpage, 0) FROM sqlite_master \
+         WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    for r in rels {
+        let name: String = r.try_get(0)?;
+        let kind: String = r.try_get(1)?;
+        let oid = id(&name);
+        s.relations.insert(
+            oid,
+            Relation {
+                schema: "public".into(),
+                name: name.clone(),
+                kind: if kind == "view" { 'v' } else { 'r' },
+                filenode: r.try_get(2)?,
+            },
+        );
+        let cols = sqlx::query(
+            "SELECT cid, name, type, \"notnull\", dflt_value IS NOT NULL OR pk > 0 \
+             FROM pragma_table_info(?1)",
+        )
+        .bind(&name)
+        .fetch_all(&mut *c)
+        .await?;
+        let mut map = BTreeMap::new();
+        for col in cols {
+            let cid: i64 = col.try_get(0)?;
+            map.insert(
+                cid as i32,
+                Column {
+                    name: col.try_get(1)?,
+                    type_name: col.try_get::<String, _>(2)?.to_lowercase(),
+                    not_null: col.try_get::<i64, _>(3)? != 0,
+                    has_default: col.try_get::<bool, _>(4)?,
+                },
+            );
+        }
+        s.columns.insert(oid, map);
+        let unique = sqlx::query("SELECT name FROM pragma_index_list(?1) WHERE \"unique\"")
+            .bind(&name)
+            .fetch_all(&mut *c)
+            .await?;
+        for u in unique {
+            s.unique.insert((oid, u.try_get(0)?));
+        }
+    }
+    Ok(s)
+}

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, Row};
 
-use crate::db::postgres::{Existing, create_schema_sql, exec, lit, millis, row, rows_creating};
+use crate::db::pg::{Existing, create_schema_sql, exec, lit, millis, row, rows_creating};
 use crate::db::{self, Fence, Holder, LEASE_LOST};
 use crate::error::{Error, Result};
 use crate::settings::{Config, Table};
@@ -103,7 +103,7 @@ pub async fn try_take(
         tok = lit(token),
         ttl = millis(ttl),
     );
-    match db::postgres::rows(&mut *c, sql).await {
+    match db::pg::rows(&mut *c, sql).await {
         Ok(rows) => {
             // The locked row (two columns), then the INSERT's (one column) when it took the
             // lease: told apart by their width.

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use backon::BackoffBuilder;
 use serde::Serialize;
 
-use crate::db::postgres::{self, Engine, ServerInfo};
+use crate::db::pg as postgres;
 use crate::db::{self, Conn, Holder};
+use crate::db::{Engine, ServerInfo};
 use crate::error::{Error, Result};
 use crate::settings::{Backend, Config, LockConfig, LockMode};
 

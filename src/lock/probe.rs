@@ -37,8 +37,9 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, Row};
 
-use crate::db::postgres::{Engine, ServerInfo, advisory_held, held_here_sql, row};
+use crate::db::pg::{advisory_held, held_here_sql, row};
 use crate::db::{self, Conn};
+use crate::db::{Engine, ServerInfo};
 use crate::error::Result;
 use crate::settings::Config;
 

@@ -30,6 +30,15 @@ impl Backend {
             Backend::Sqlite => "sqlite",
         }
     }
+
+    /// Whether a database lives on a server (that holds others beside it), rather than
+    /// being a file of its own.
+    pub fn has_server(self) -> bool {
+        match self {
+            Backend::Postgres | Backend::MySql => true,
+            Backend::Sqlite => false,
+        }
+    }
 }
 
 /// Everything needed to reach the database and find the marker and the lock.

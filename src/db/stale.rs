@@ -13,12 +13,7 @@
 //! A SQLite rehearsal's scratch directory is held the same way, by an `flock` on a file
 //! beside it.
 
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-
 use sqlx::{AssertSqlSafe, MySqlConnection, PgConnection, Row};
-
-use crate::db::Conn;
 
 /// The names scratch databases get (`check`, `smoke`), as a regular expression.
 const NAMES: &str = "^schemagate_(check|smoke)_[0-9]+_[0-9]+$";
@@ -106,38 +101,6 @@ pub async fn mark_mysql(
     .execute(c)
     .await
     .map(|_| ())
-}
-
-/// Before creating scratch database `name` on `c`'s server: drop the stale ones, then
-/// take `name`'s lock (`c` must stay open until `name` is dropped).
-pub async fn prepare(c: &mut Conn, name: &str) -> Result<(), sqlx::Error> {
-    match c {
-        Conn::Pg(c) => {
-            sweep_pg(c).await;
-            hold_pg(c, name).await
-        }
-        Conn::My(c) => {
-            sweep_mysql(c).await;
-            hold_mysql(c, name).await
-        }
-        Conn::Lite(_) => Ok(()),
-    }
-}
-
-/// Mark `name`, just created on `c`'s server, as `what`'s (a failure is only logged: the
-/// database is then named in later runs' warnings instead of dropped).
-pub async fn mark_created(c: &mut Conn, name: &str, what: &str) {
-    let r = match c {
-        Conn::Pg(c) => mark_pg(c, name, what).await,
-        Conn::My(c) => mark_mysql(c, name, what).await,
-        Conn::Lite(_) => Ok(()),
-    };
-    if let Err(e) = r {
-        tracing::warn!(
-            "cannot mark the scratch database {name} as {what}'s: {}",
-            crate::redact::redact(&e.to_string())
-        );
-    }
 }
 
 /// One scratch database found on the server, and what is known of it.
@@ -283,94 +246,8 @@ fn report(name: &str, owner: &str, dropped: Result<(), sqlx::Error>) {
     }
 }
 
-/// A local scratch directory (a SQLite rehearsal's) in use: an exclusive `flock` on
-/// `<dir>.lock`, taken before the directory is made and released by the kernel when the
-/// run ends, however it ends.
-pub struct DirLock {
-    /// Open for as long as the lock is held: closing it releases the lock.
-    _file: std::fs::File,
-}
-
-/// Lock `dir` (not made yet) for this run.
-pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock_path(dir))?;
-    // SAFETY: flock on a descriptor this function owns; no memory is shared.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(DirLock { _file: file })
-}
-
-impl DirLock {
-    /// The run is over: the directory and its lock file go.
-    pub fn release(self, dir: &Path) {
-        let _ = std::fs::remove_dir_all(dir);
-        let _ = std::fs::remove_file(lock_path(dir));
-    }
-}
-
-fn lock_path(dir: &Path) -> PathBuf {
-    let mut name = dir.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
-}
-
-/// Remove the scratch directories (and lock files) in the temp directory whose run is gone:
-/// their lock can be taken. One without a lock file (an older version's) is left alone.
-pub fn sweep_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(base) = name.strip_suffix(".lock") else {
-            continue;
-        };
-        if !(base.starts_with("schemagate_check_") || base.starts_with("schemagate-smoke-")) {
-            continue;
-        }
-        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
-            continue;
-        };
-        // SAFETY: as in lock_dir.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            continue; // its run is alive
-        }
-        let dir = path.with_file_name(base);
-        if dir.exists() {
-            tracing::warn!(
-                "removed the stale scratch directory {}: the run that made it is gone",
-                dir.display()
-            );
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        let _ = std::fs::remove_file(&path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_scratch_directory_is_swept_only_once_its_run_is_gone() {
-        let dir =
-            std::env::temp_dir().join(format!("schemagate_check_{}_{}", std::process::id(), 1));
-        let lock = super::lock_dir(&dir).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
-        // Held by this process (another descriptor cannot take it): left alone.
-        super::sweep_dirs();
-        assert!(dir.exists());
-        // The run ends without cleaning up (as a SIGKILL would leave it): swept.
-        drop(lock);
-        super::sweep_dirs();
-        assert!(!dir.exists());
-        assert!(!super::lock_path(&dir).exists());
-    }
-
     #[test]
     fn a_mark_names_its_owner() {
         let m = super::mark("check");

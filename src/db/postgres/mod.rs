@@ -7,6 +7,8 @@
 //! where a prepared statement parsed on one server connection is gone on the next; and a
 //! transactional migration with its bookkeeping row is one round trip.
 
+pub(super) mod catalog;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,56 +16,15 @@ use sqlx::migrate::{AppliedMigration, Migration};
 use sqlx::postgres::{PgConnectOptions, PgExecutor, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row, SqlStr};
 
+use super::backend::{Backend, Boxed, Fut, Migrations, NewestAndApplied, Rows, decode};
+use super::dialect::Dialect;
+use super::server::{Engine, ServerInfo};
 use super::{ApplyError, ApplyOptions, Fence, Holder, Marker, NewMarker};
-use crate::settings::{Config, MigrationsTable, Table};
+use crate::settings::{Config, LockConfig, MigrationsTable, Table};
 use crate::source::hex;
 
 /// The channel `migrate` notifies in the marker's transaction, and `wait --listen` hears.
 pub const CHANNEL: &str = "schemagate_marker";
-
-/// A Postgres-compatible engine that is not PostgreSQL, named by its `version()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Postgres,
-    /// `pg_try_advisory_lock` is a stub that always returns true; `pg_locks` is empty;
-    /// no LISTEN/NOTIFY.
-    CockroachDb,
-    /// Advisory locks are off unless enabled; no LISTEN/NOTIFY.
-    YugabyteDb,
-}
-
-/// What `version()` contains on each engine that is not PostgreSQL: read here, and in SQL
-/// by `prepare_for_lock` (`Engine::not_postgres_sql`).
-const ENGINE_MARKS: [(&str, Engine); 3] = [
-    ("CockroachDB", Engine::CockroachDb),
-    ("-YB-", Engine::YugabyteDb),
-    ("YugabyteDB", Engine::YugabyteDb),
-];
-
-impl Engine {
-    pub fn from_version(version: &str) -> Engine {
-        ENGINE_MARKS
-            .iter()
-            .find(|(mark, _)| version.contains(mark))
-            .map_or(Engine::Postgres, |&(_, engine)| engine)
-    }
-
-    /// Whether the engine has LISTEN/NOTIFY: on one without, the marker is written without
-    /// NOTIFY (its waiters poll).
-    pub fn notifies(self) -> bool {
-        self == Engine::Postgres
-    }
-
-    /// A condition true when the text column `v` (a `version()`) names PostgreSQL itself,
-    /// as `from_version` reads it.
-    fn not_postgres_sql(v: &str) -> String {
-        ENGINE_MARKS
-            .iter()
-            .map(|(mark, _)| format!("{v} NOT LIKE '%{mark}%'"))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    }
-}
 
 fn options(cfg: &Config) -> Result<PgConnectOptions, sqlx::Error> {
     // application_name is limited to 63 bytes by the server.
@@ -127,28 +88,6 @@ pub(crate) async fn exec(c: &mut PgConnection, sql: String) -> Result<(), sqlx::
         .execute(c)
         .await
         .map(|_| ())
-}
-
-/// What the lock connection learns about the server it reached.
-#[derive(Debug, Clone)]
-pub struct ServerInfo {
-    /// `version()`: names a Postgres-compatible engine (CockroachDB, YugabyteDB) whose
-    /// advisory locks are not real.
-    pub version: String,
-    /// `pg_backend_pid()`: the server session this statement ran in.
-    pub pid: i64,
-    /// The backend pid announced at startup (BackendKeyData). A pooler announces its own.
-    pub startup_pid: i64,
-    /// Whether a session held the advisory lock on the run's key when this was read: a
-    /// run that would only wait need not prove the advisory lock yet.
-    pub advisory_held: bool,
-    /// Whether another run was proving the advisory lock (held the probe key) then.
-    pub proving: bool,
-    /// Whether this session took the probe key in the same statement: done on a direct
-    /// PostgreSQL session (see `prepare_for_lock`) when the lock was free, so that the run
-    /// that proves needs no round trip of its own to claim the proof, and the others learn
-    /// that it is claimed without one.
-    pub probe_taken: bool,
 }
 
 /// Settings for the lock connection, and what it learns about the server. With `busy`
@@ -753,9 +692,6 @@ pub async fn ensure_tables_and_read(
         applied_from(applied)?,
     ))
 }
-
-/// The rows of the marker query, and the applied migrations with the first dirty one.
-pub type NewestAndApplied = (Vec<super::NewestRow>, (Vec<AppliedMigration>, Option<i64>));
 
 pub async fn markers(
     c: &mut PgConnection,
@@ -1556,6 +1492,298 @@ pub async fn newest_succeeded_detail(
     {
         Some(r) => r.try_get(0),
         None => Ok(None),
+    }
+}
+
+// ----- the backend -----
+
+/// PostgreSQL's spelling of what portable statements need.
+pub const DIALECT: Dialect = Dialect {
+    key_text: "TEXT",
+    int64: "BIGINT",
+    now_ms: "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    backslash_escapes: false,
+    e_strings: true,
+    on_duplicate_key: false,
+};
+
+impl Backend for PgConnection {
+    fn dialect(&self) -> &'static Dialect {
+        &DIALECT
+    }
+
+    fn cast_text(&self, expr: &str) -> String {
+        format!("CAST({expr} AS TEXT)")
+    }
+
+    fn concat(&self, parts: &[&str]) -> String {
+        parts.join(" || ")
+    }
+
+    fn quote_table(&self, name: &str) -> String {
+        name.split('.')
+            .map(|part| format!("\"{part}\""))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    fn migrate(&mut self) -> &mut dyn sqlx::migrate::Migrate {
+        self
+    }
+
+    fn close(self: Box<Self>) -> Fut<'static, ()> {
+        Box::pin(sqlx::Connection::close(*self))
+    }
+
+    fn shrink_buffers(&mut self) {
+        sqlx::Connection::shrink_buffers(self)
+    }
+
+    fn as_pg(&mut self) -> Option<&mut PgConnection> {
+        Some(self)
+    }
+
+    fn into_pg(self: Box<Self>) -> Option<PgConnection> {
+        Some(*self)
+    }
+
+    fn execute(&mut self, sql: String) -> Fut<'_, u64> {
+        Box::pin(async move {
+            let done = sqlx::raw_sql(AssertSqlSafe(sql)).execute(self).await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn fetch(&mut self, sql: String, texts: usize, ints: usize) -> Fut<'_, Rows> {
+        Box::pin(async move { decode(rows(self, sql).await?, texts, ints) })
+    }
+
+    fn prepare_for_lock(&mut self, busy: Option<(i64, i64)>) -> Fut<'_, Option<ServerInfo>> {
+        Box::pin(async move { prepare_for_lock(self, busy).await.map(Some) })
+    }
+
+    fn try_lock<'a>(
+        &'a mut self,
+        lock: &'a LockConfig,
+        token: &'a str,
+        then_release: Option<i64>,
+    ) -> Fut<'a, bool> {
+        Box::pin(try_lock(self, lock.key, token, then_release))
+    }
+
+    fn unlock<'a>(&'a mut self, lock: &'a LockConfig) -> Fut<'a, bool> {
+        Box::pin(unlock(self, lock.key))
+    }
+
+    fn holds_lock<'a>(&'a mut self, lock: &'a LockConfig) -> Fut<'a, bool> {
+        Box::pin(holds_lock(self, lock.key))
+    }
+
+    fn lock_holder<'a>(&'a mut self, lock: &'a LockConfig) -> Fut<'a, Option<Holder>> {
+        Box::pin(lock_holder(self, lock.key))
+    }
+
+    fn table_home<'a>(&'a mut self, table: &'a Table) -> Fut<'a, (Option<String>, Option<String>)> {
+        Box::pin(async move {
+            let schema = match &table.schema {
+                Some(s) => Some(s.clone()),
+                None => table_schema(self, &table.name.to_ascii_lowercase()).await?,
+            };
+            Ok((schema, Some("public".to_owned())))
+        })
+    }
+
+    fn free_slots(&mut self) -> Fut<'_, Option<i64>> {
+        Box::pin(free_slots(self))
+    }
+
+    fn session_id(&mut self) -> Fut<'_, i64> {
+        Box::pin(session_id(self))
+    }
+
+    fn cancel_and_settle(&mut self, id: i64) -> Fut<'_, ()> {
+        Box::pin(cancel_and_settle(self, id))
+    }
+
+    fn kill_session(&mut self, id: i64) -> Fut<'_, ()> {
+        Box::pin(kill_session(self, id))
+    }
+
+    fn ensure_marker_table<'a>(&'a mut self, t: &'a Table) -> Fut<'a, ()> {
+        Box::pin(ensure_marker_table(self, t))
+    }
+
+    fn ensure_tables<'a>(
+        &'a mut self,
+        t: &'a Table,
+        migrations: &'a MigrationsTable,
+    ) -> Option<Fut<'a, ()>> {
+        Some(Box::pin(ensure_tables(self, t, migrations)))
+    }
+
+    fn ensure_tables_and_read<'a>(
+        &'a mut self,
+        t: &'a Table,
+        migrations: &'a MigrationsTable,
+        version: &'a str,
+        upto: Option<super::Upto<'a>>,
+    ) -> Option<Fut<'a, NewestAndApplied>> {
+        Some(Box::pin(ensure_tables_and_read(
+            self, t, migrations, version, upto,
+        )))
+    }
+
+    fn insert_marker<'a>(
+        &'a mut self,
+        t: &'a Table,
+        m: &'a NewMarker<'a>,
+        fence: Option<&'a Fence>,
+        engine: Engine,
+        unless_done: bool,
+    ) -> Fut<'a, ()> {
+        if unless_done {
+            Box::pin(insert_marker_unless_done(self, t, m, fence, engine))
+        } else {
+            Box::pin(insert_marker(self, t, m, fence, engine))
+        }
+    }
+
+    fn newest_marker<'a>(
+        &'a mut self,
+        t: &'a Table,
+        migrations: &'a MigrationsTable,
+        version: &'a str,
+        upto: Option<super::Upto<'a>>,
+        newest: bool,
+    ) -> Fut<'a, Vec<super::NewestRow>> {
+        Box::pin(newest_marker(self, t, migrations, version, upto, newest))
+    }
+
+    fn history_whereabouts<'a>(
+        &'a mut self,
+        migrations: &'a MigrationsTable,
+    ) -> Fut<'a, super::Whereabouts> {
+        Box::pin(history_whereabouts(self, migrations))
+    }
+
+    fn markers<'a>(&'a mut self, t: &'a Table, limit: u32) -> Fut<'a, Vec<Marker>> {
+        Box::pin(markers(self, t, limit))
+    }
+
+    fn applied<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+    ) -> Boxed<'a, crate::error::Result<(Vec<AppliedMigration>, Option<i64>)>> {
+        Box::pin(async move { super::settle_applied(applied(self, table).await) })
+    }
+
+    fn history_rows<'a>(
+        &'a mut self,
+        expr: &'a str,
+        table: &'a str,
+    ) -> Fut<'a, super::HistoryRows> {
+        Box::pin(history_rows(self, expr, table))
+    }
+
+    fn newest_marker_row<'a>(
+        &'a mut self,
+        t: &'a Table,
+        version: &'a str,
+    ) -> Fut<'a, Option<(String, Option<String>, i64)>> {
+        Box::pin(newest_marker_row(self, t, version))
+    }
+
+    fn newest_succeeded_detail<'a>(
+        &'a mut self,
+        t: &'a Table,
+        prefix: &'a str,
+    ) -> Fut<'a, Option<String>> {
+        Box::pin(newest_succeeded_detail(self, t, prefix))
+    }
+
+    /// Transactional migrations together in one transaction; a `-- no-transaction` one
+    /// alone, statement by statement.
+    fn apply<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        mut migrations: Migrations<'a>,
+        opts: &'a ApplyOptions,
+    ) -> Boxed<'a, Result<(), ApplyError>> {
+        Box::pin(async move {
+            let Some(first) = migrations.next() else {
+                return Ok(());
+            };
+            let first = first.map_err(|e| ApplyError::unreadable(&e))?;
+            if !first.no_tx {
+                let all = std::iter::once(Ok(first)).chain(migrations);
+                return apply_in_tx(self, table, all, opts).await;
+            }
+            apply_no_tx(self, table, &first, opts)
+                .await
+                .map_err(ApplyError::from_no_tx)
+        })
+    }
+
+    fn revert<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        down: Migration,
+        fence: Option<&'a Fence>,
+    ) -> Boxed<'a, Result<(), ApplyError>> {
+        Box::pin(async move {
+            revert(self, table, down, fence)
+                .await
+                .map_err(ApplyError::from_no_tx)
+        })
+    }
+
+    fn stamp<'a>(
+        &'a mut self,
+        table: &'a MigrationsTable,
+        m: &'a Migration,
+        fence: Option<&'a Fence>,
+    ) -> Fut<'a, ()> {
+        Box::pin(stamp(self, table, m, fence))
+    }
+
+    fn invalid_indexes(&mut self) -> Fut<'_, Vec<String>> {
+        Box::pin(invalid_indexes(self))
+    }
+
+    fn catalog(&mut self) -> Fut<'_, crate::db::catalog::Snapshot> {
+        Box::pin(catalog::take(self))
+    }
+
+    fn create_database<'a>(&'a mut self, name: &'a str) -> Fut<'a, ()> {
+        Box::pin(exec(self, format!("CREATE DATABASE {name}")))
+    }
+
+    fn drop_database<'a>(&'a mut self, name: &'a str) -> Fut<'a, ()> {
+        Box::pin(exec(
+            self,
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ))
+    }
+
+    fn prepare_scratch<'a>(&'a mut self, name: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            super::stale::sweep_pg(self).await;
+            super::stale::hold_pg(self, name).await
+        })
+    }
+
+    fn mark_scratch<'a>(&'a mut self, name: &'a str, what: &'a str) -> Fut<'a, ()> {
+        Box::pin(super::stale::mark_pg(self, name, what))
+    }
+
+    fn table_count(&mut self) -> Fut<'_, i64> {
+        Box::pin(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM pg_tables \
+                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+            )
+            .fetch_one(self),
+        )
     }
 }
 
