@@ -1,61 +1,84 @@
-//! The few operations whose SQL differs by backend (connecting and classifying errors:
-//! `connect.rs`). Each backend file holds its SQL; this file dispatches with a `match`
-//! and holds what they share. Migrations use sqlx's types, checksums and table layout
-//! everywhere (`_sqlx_migrations`, or the `MigrationsTable` the config names, passed to
-//! each call); MySQL and SQLite apply them through sqlx's `Migrate` trait, PostgreSQL
-//! through the simple query protocol (see postgres.rs).
+//! The databases: one `Conn` per connection, whichever backend the URL names, behind the
+//! `Backend` trait each backend implements in its own file (`postgres/`, `mysql.rs`,
+//! `sqlite.rs`) with its own SQL; connecting and classifying errors are `connect.rs`'s.
+//! Migrations use sqlx's types, checksums and table layout everywhere (`_sqlx_migrations`,
+//! or the `MigrationsTable` the config names, passed to each call); MySQL and SQLite apply
+//! them through sqlx's `Migrate` trait, PostgreSQL through the simple query protocol.
 
-/// The reads MySQL and SQLite share word for word (both bind with `?`, and neither marker
-/// table keeps a write order): other migrators' history, the newest marker for a version,
-/// the newest `succeeded` detail. One body, expanded in each backend's file for its
-/// connection type.
-macro_rules! question_mark_reads {
-    ($conn:ty) => {
-        /// `SELECT expr` of another migrator's history table (`Conn::history_rows`): its rows carry
-        /// no write order.
-        pub async fn history_rows(
-            c: &mut $conn,
-            expr: &str,
-            table: &str,
-        ) -> Result<$crate::db::HistoryRows, sqlx::Error> {
-            let rows =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {expr} FROM {table}")))
-                    .fetch_all(&mut *c)
+/// The `Backend` methods MySQL and SQLite share word for word (both bind with `?`, neither
+/// marker table keeps a write order, both go through sqlx's `Migrate`): other migrators'
+/// history, the newest marker for a version, the newest `succeeded` detail, the applied
+/// migrations, reverting. Expanded inside each one's `impl Backend`.
+macro_rules! question_mark_backend {
+    () => {
+        /// Another migrator's rows carry no write order here.
+        fn history_rows<'a>(
+            &'a mut self,
+            expr: &'a str,
+            table: &'a str,
+        ) -> $crate::db::backend::Fut<'a, $crate::db::HistoryRows> {
+            Box::pin(async move {
+                let sql = format!("SELECT {expr} FROM {table}");
+                let rows = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&mut *self)
                     .await?;
-            Ok((rows, None))
+                Ok((rows, None))
+            })
         }
 
-        /// `Conn::newest_marker_row` (no write order: 0).
-        pub async fn newest_marker_row(
-            c: &mut $conn,
-            t: &$crate::settings::Table,
-            version: &str,
-        ) -> Result<Option<(String, Option<String>, i64)>, sqlx::Error> {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT status, detail, 0 FROM {} WHERE version = ? OR action = 'rollback' \
-                 ORDER BY id DESC LIMIT 1",
-                t.qualified
-            )))
-            .bind(version)
-            .fetch_optional(&mut *c)
-            .await
+        /// No write order: 0.
+        fn newest_marker_row<'a>(
+            &'a mut self,
+            t: &'a $crate::settings::Table,
+            version: &'a str,
+        ) -> $crate::db::backend::Fut<'a, Option<(String, Option<String>, i64)>> {
+            Box::pin(
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT status, detail, 0 FROM {} WHERE version = ? OR action = 'rollback' \
+                     ORDER BY id DESC LIMIT 1",
+                    t.qualified
+                )))
+                .bind(version)
+                .fetch_optional(&mut *self),
+            )
         }
 
-        /// `Conn::newest_succeeded_detail`.
-        pub async fn newest_succeeded_detail(
-            c: &mut $conn,
-            t: &$crate::settings::Table,
-            prefix: &str,
-        ) -> Result<Option<String>, sqlx::Error> {
-            let detail: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT detail FROM {} WHERE status = 'succeeded' AND detail LIKE ? \
-                 ORDER BY id DESC LIMIT 1",
-                t.qualified
-            )))
-            .bind(format!("{prefix}%"))
-            .fetch_optional(&mut *c)
-            .await?;
-            Ok(detail.flatten())
+        fn newest_succeeded_detail<'a>(
+            &'a mut self,
+            t: &'a $crate::settings::Table,
+            prefix: &'a str,
+        ) -> $crate::db::backend::Fut<'a, Option<String>> {
+            Box::pin(async move {
+                let detail: Option<Option<String>> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT detail FROM {} WHERE status = 'succeeded' AND detail LIKE ? \
+                         ORDER BY id DESC LIMIT 1",
+                        t.qualified
+                    )))
+                    .bind(format!("{prefix}%"))
+                    .fetch_optional(&mut *self)
+                    .await?;
+                Ok(detail.flatten())
+            })
+        }
+
+        fn applied<'a>(
+            &'a mut self,
+            table: &'a $crate::settings::MigrationsTable,
+        ) -> $crate::db::backend::Boxed<
+            'a,
+            $crate::error::Result<(Vec<sqlx::migrate::AppliedMigration>, Option<i64>)>,
+        > {
+            $crate::db::backend::applied_via_migrate(self, table)
+        }
+
+        fn revert<'a>(
+            &'a mut self,
+            table: &'a $crate::settings::MigrationsTable,
+            down: sqlx::migrate::Migration,
+            _fence: Option<&'a $crate::db::Fence>,
+        ) -> $crate::db::backend::Boxed<'a, Result<(), $crate::db::ApplyError>> {
+            Box::pin($crate::db::revert_via_migrate(self, table, down))
         }
     };
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection, Row};
 
-use sqlx::migrate::{AppliedMigration, Migration};
+use sqlx::migrate::Migration;
 
 use super::backend::{Boxed, Fut, Migrations, Rows, decode};
 use super::catalog::{Column, Relation, Snapshot, id};
@@ -258,10 +258,6 @@ pub async fn stamp(
     Ok(())
 }
 
-// ----- other migrators' history, and the marker reads MySQL shares with SQLite -----
-
-question_mark_reads!(MySqlConnection);
-
 // ----- the backend -----
 
 /// MySQL's spelling of what portable statements need.
@@ -275,6 +271,8 @@ pub const DIALECT: Dialect = Dialect {
 };
 
 impl super::backend::Backend for MySqlConnection {
+    question_mark_backend!();
+
     fn dialect(&self) -> &'static Dialect {
         &DIALECT
     }
@@ -404,37 +402,6 @@ impl super::backend::Backend for MySqlConnection {
         Box::pin(markers(self, t, limit))
     }
 
-    fn applied<'a>(
-        &'a mut self,
-        table: &'a MigrationsTable,
-    ) -> Boxed<'a, crate::error::Result<(Vec<AppliedMigration>, Option<i64>)>> {
-        super::backend::applied_via_migrate(self, table)
-    }
-
-    fn history_rows<'a>(
-        &'a mut self,
-        expr: &'a str,
-        table: &'a str,
-    ) -> Fut<'a, super::HistoryRows> {
-        Box::pin(history_rows(self, expr, table))
-    }
-
-    fn newest_marker_row<'a>(
-        &'a mut self,
-        t: &'a Table,
-        version: &'a str,
-    ) -> Fut<'a, Option<(String, Option<String>, i64)>> {
-        Box::pin(newest_marker_row(self, t, version))
-    }
-
-    fn newest_succeeded_detail<'a>(
-        &'a mut self,
-        t: &'a Table,
-        prefix: &'a str,
-    ) -> Fut<'a, Option<String>> {
-        Box::pin(newest_succeeded_detail(self, t, prefix))
-    }
-
     fn apply<'a>(
         &'a mut self,
         table: &'a MigrationsTable,
@@ -443,15 +410,6 @@ impl super::backend::Backend for MySqlConnection {
     ) -> Boxed<'a, Result<(), super::ApplyError>> {
         // sqlx records a failed `-- no-transaction` migration dirty itself here.
         Box::pin(super::apply_each(self, table, migrations, None, None))
-    }
-
-    fn revert<'a>(
-        &'a mut self,
-        table: &'a MigrationsTable,
-        down: Migration,
-        _fence: Option<&'a Fence>,
-    ) -> Boxed<'a, Result<(), super::ApplyError>> {
-        Box::pin(super::revert_via_migrate(self, table, down))
     }
 
     fn stamp<'a>(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::{AppliedMigration, MigrateError, Migration};
+use sqlx::migrate::{MigrateError, Migration};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, Row, SqliteConnection};
 
@@ -230,10 +230,6 @@ async fn record(
     Ok(())
 }
 
-// ----- other migrators' history, and the marker reads SQLite shares with MySQL -----
-
-question_mark_reads!(SqliteConnection);
-
 // ----- the backend -----
 
 /// SQLite's spelling of what portable statements need.
@@ -265,6 +261,8 @@ fn dirty<'b>(
 }
 
 impl Backend for SqliteConnection {
+    question_mark_backend!();
+
     fn dialect(&self) -> &'static Dialect {
         &DIALECT
     }
@@ -393,37 +391,6 @@ impl Backend for SqliteConnection {
         Box::pin(markers(self, t, limit))
     }
 
-    fn applied<'a>(
-        &'a mut self,
-        table: &'a MigrationsTable,
-    ) -> Boxed<'a, crate::error::Result<(Vec<AppliedMigration>, Option<i64>)>> {
-        super::backend::applied_via_migrate(self, table)
-    }
-
-    fn history_rows<'a>(
-        &'a mut self,
-        expr: &'a str,
-        table: &'a str,
-    ) -> Fut<'a, super::HistoryRows> {
-        Box::pin(history_rows(self, expr, table))
-    }
-
-    fn newest_marker_row<'a>(
-        &'a mut self,
-        t: &'a Table,
-        version: &'a str,
-    ) -> Fut<'a, Option<(String, Option<String>, i64)>> {
-        Box::pin(newest_marker_row(self, t, version))
-    }
-
-    fn newest_succeeded_detail<'a>(
-        &'a mut self,
-        t: &'a Table,
-        prefix: &'a str,
-    ) -> Fut<'a, Option<String>> {
-        Box::pin(newest_succeeded_detail(self, t, prefix))
-    }
-
     fn apply<'a>(
         &'a mut self,
         table: &'a MigrationsTable,
@@ -437,15 +404,6 @@ impl Backend for SqliteConnection {
             Some(apply_large),
             Some(dirty),
         ))
-    }
-
-    fn revert<'a>(
-        &'a mut self,
-        table: &'a MigrationsTable,
-        down: Migration,
-        _fence: Option<&'a Fence>,
-    ) -> Boxed<'a, Result<(), super::ApplyError>> {
-        Box::pin(super::revert_via_migrate(self, table, down))
     }
 
     fn stamp<'a>(
