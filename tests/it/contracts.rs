@@ -20,7 +20,7 @@ fn help(args: &[&str]) -> String {
         .env("COLUMNS", "100")
         .output()
         .expect("run schemagate --help");
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -67,7 +67,7 @@ fn wait_offers_no_lock_name() {
         "--lock-name",
         "x",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
 }
 
 /// The shape of `status --json` (keys and value types, not values) is a contract for the
@@ -98,10 +98,10 @@ fn status_json_shape_is_the_documented_contract() {
         ("2_b.down.sql", "DROP TABLE b;"),
     ]);
     let out = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     src.write("3_c.sql", "CREATE TABLE c (id int);");
     let out = run(schemagate(&db.url).args(["status", "--json", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut lines = Vec::new();
     shape(&v, "", &mut lines);
@@ -206,7 +206,7 @@ fn mistyped_flag_tip_says_what_follows_the_double_dash() {
 #[test]
 fn bash_completion_completes_a_commands_flags() {
     let script = run(Command::new(bin()).args(["completions", "bash"]));
-    assert_eq!(code(&script), 0, "{}", stderr(&script));
+    assert_exit(&script, 0);
     let dir = tempfile_dir("completions");
     let path = dir.join("schemagate.bash");
     std::fs::write(&path, &script.stdout).unwrap();
@@ -216,7 +216,7 @@ fn bash_completion_completes_a_commands_flags() {
         path.display()
     );
     let out = run(Command::new("bash").args(["-c", &probe]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let words = String::from_utf8_lossy(&out.stdout);
     assert_eq!(words.trim(), "--lock-wait", "{words}");
 }
@@ -241,8 +241,8 @@ fn completions_cover_every_shell_and_command() {
         }
     }
     let out = run(Command::new(bin()).args(["completions", "tcsh"]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("possible values"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "possible values");
 }
 
 /// `schemagate man` renders with the system's man, with the exit codes as their own
@@ -251,7 +251,7 @@ fn completions_cover_every_shell_and_command() {
 fn man_pages_render_with_man() {
     let dir = tempfile_dir("man");
     let out = run(Command::new(bin()).args(["man", "--dir"]).arg(&dir));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     for page in [
         "schemagate",
         "schemagate-migrate",
@@ -277,7 +277,7 @@ fn man_pages_render_with_man() {
     }
     assert!(!dir.join("schemagate-help.1").exists());
     let stdout_page = run(Command::new(bin()).arg("man"));
-    assert_eq!(code(&stdout_page), 0, "{}", stderr(&stdout_page));
+    assert_exit(&stdout_page, 0);
     assert_eq!(
         stdout_page.stdout,
         std::fs::read(dir.join("schemagate.1")).unwrap()
