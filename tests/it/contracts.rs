@@ -1,8 +1,9 @@
-//! Contracts no behaviour test pins: the `--help` text of every subcommand, compared with
-//! `tests/it/snapshots/help.txt` (`SCHEMAGATE_BLESS=1 cargo test --test it contracts`
-//! rewrites it), so a changed flag, default or exit-code line is a reviewed diff.
+//! Contracts no behaviour test pins: the `--help` text of every subcommand and the shape of
+//! `status --json`, as insta snapshots in `tests/it/snapshots/`, so a changed flag, default,
+//! exit-code line or key is a reviewed diff. A failure prints the diff; after reviewing it,
+//! `INSTA_UPDATE=always cargo test --test it contracts` rewrites the `.snap` files (or
+//! `cargo insta review`, if installed).
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::harness::*;
@@ -43,16 +44,15 @@ fn help_text_is_the_documented_contract() {
         text.push_str(&help(args));
         text.push('\n');
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots/help.txt");
-    if std::env::var_os("SCHEMAGATE_BLESS").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        want == text,
-        "--help changed; review the diff and bless it with \
-         `SCHEMAGATE_BLESS=1 cargo test --test it contracts`"
-    );
+    snapshot("help", &text);
+}
+
+/// Compare `text` with `tests/it/snapshots/{name}.snap`, printing the diff when it differs.
+#[track_caller]
+fn snapshot(name: &str, text: &str) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(name, text));
 }
 
 /// `wait` takes no lock: it offers no `--lock-name` (issue 13), and refuses one with exit 2.
@@ -71,7 +71,7 @@ fn wait_offers_no_lock_name() {
 }
 
 /// The shape of `status --json` (keys and value types, not values) is a contract for the
-/// machines that read it: compared with `tests/it/snapshots/status-json-shape.txt`.
+/// machines that read it: compared with `tests/it/snapshots/status-json-shape.snap`.
 #[test]
 fn status_json_shape_is_the_documented_contract() {
     fn shape(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
@@ -106,17 +106,7 @@ fn status_json_shape_is_the_documented_contract() {
     let mut lines = Vec::new();
     shape(&v, "", &mut lines);
     let text = lines.join("\n") + "\n";
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots/status-json-shape.txt");
-    if std::env::var_os("SCHEMAGATE_BLESS").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        want == text,
-        "the status --json shape changed:\n{text}\nreview it and bless it with \
-         `SCHEMAGATE_BLESS=1 cargo test --test it contracts`"
-    );
+    snapshot("status-json-shape", &text);
 }
 
 /// The headings of a `--help` text, in order ("Migrate:", "Connection:", ...).
