@@ -1,25 +1,8 @@
-//! The build-time digest: `schemagate digest --source DIR` reads and hashes every migration
-//! once, when the image is built, and writes what the no-op path needs into
-//! `DIR/.schemagate-digest`. `migrate --source` and `wait --source` then answer "already
-//! applied" without opening a migration: they read the digest file's claim (its digest,
-//! and the version and count derived from the names it lists), ask the marker about it,
-//! and believe the answer only once the directory has been checked against the file. In
-//! `migrate` that check runs on a blocking thread while the connection is made and the
-//! marker read, so its per-file work is off the path the run waits on.
-//!
-//! What keeps it honest: the directory must hold exactly the `.sql` files the digest file
-//! names, each of the size it records, and none modified after the digest file was written.
-//! Anything else (a new, missing, renamed, resized or later-modified migration) is "stale":
-//! the run reads and hashes every file as it would without a digest, and says so. The digest
-//! value itself is never trusted for anything but the fast path's comparison with a marker:
-//! a marker only ever records a digest computed from the files' contents, and a run that
-//! goes past the fast path computes it again and warns when the digest file disagrees.
-//!
-//! What the check cannot see, since it reads names, sizes and modification times (as make
-//! does) and no content: an edit that keeps a file's size and leaves its modification time
-//! at or before the digest file's (a time set back by hand, or copied in with an old time),
-//! or two migrations of one size exchanging names. Times are compared, not recorded, so the
-//! check survives image layers and builds that reset or clamp them.
+//! The build-time digest: `schemagate digest --source DIR` hashes every migration once, when
+//! the image is built, into `DIR/.schemagate-digest`; `migrate --source` and `wait --source`
+//! then answer "already applied" from the file's claim, believed only once the directory
+//! is checked against it (names, sizes, modification times; `Claim::check`). What that check
+//! sees and what it cannot: `docs/src/how-it-works.md#the-digest-file`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
