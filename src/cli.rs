@@ -1173,4 +1173,43 @@ mod tests {
     fn verify_cli() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn value_parsers_name_the_bad_value() {
+        fn why<T>(r: Result<T, InvalidValue>) -> String {
+            r.err().expect("refused").to_string()
+        }
+        assert_eq!(
+            why(parse_shard("3/3")),
+            "invalid --shard \"3/3\": I/N, with 0 <= I < N (for example 3/8)"
+        );
+        assert_eq!(
+            why(parse_max_failed("120%")),
+            "--max-failed \"120%\": a percentage is 0% to 100%"
+        );
+        assert_eq!(
+            why(parse_max_failed("many")),
+            "invalid --max-failed \"many\": a count (5) or a percentage (2%)"
+        );
+        assert_eq!(
+            why(parse_duration("400d")),
+            "duration \"400d\" is too long: at most 366d"
+        );
+        assert_eq!(
+            why(parse_lease_ttl("1s")),
+            "duration \"1s\" is too short: at least 3s"
+        );
+        assert!(why(parse_pg_timeout("25d")).starts_with("duration \"25d\" is longer than"));
+        assert!(why(parse_duration("soon")).starts_with("invalid duration \"soon\": "));
+        // clap prints the reason as it is, after naming the flag.
+        let e = Cli::try_parse_from(["schemagate", "wait", "--interval", "10ms"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(
+            e.to_string().contains(
+                "invalid value '10ms' for '--interval <DURATION>': duration \"10ms\" is too \
+                 short: at least 50ms"
+            ),
+            "{e}"
+        );
+    }
 }

@@ -310,3 +310,30 @@ macro_rules! reason {
     };
 }
 pub(crate) use reason;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_becomes_the_error_of_its_exit_code() {
+        for (class, code, kind) in [(Class::Config, 2, "config"), (Class::Runtime, 1, "failed")] {
+            let e = class.error("migration 2 (b) failed".into());
+            assert_eq!((e.exit_code(), e.kind()), (code, kind));
+            assert_eq!(e.class(), class);
+            assert_eq!(e.to_string(), "migration 2 (b) failed");
+        }
+    }
+
+    reason! {
+        /// A reason for the test below.
+        struct Why;
+    }
+
+    #[test]
+    fn a_reason_prints_its_text_and_is_an_error() {
+        let why: Box<dyn std::error::Error + Send + Sync> = Box::new(Why("it is 3 bytes".into()));
+        assert_eq!(why.to_string(), "it is 3 bytes");
+        assert!(why.source().is_none());
+    }
+}
