@@ -920,8 +920,12 @@ pub struct FleetArgs {
 }
 
 /// `--shard I/N`.
-fn parse_shard(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("invalid --shard {s:?}: I/N, with 0 <= I < N (for example 3/8)");
+fn parse_shard(s: &str) -> Result<(u32, u32), InvalidValue> {
+    let bad = || {
+        InvalidValue(format!(
+            "invalid --shard {s:?}: I/N, with 0 <= I < N (for example 3/8)"
+        ))
+    };
     let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
     let (i, n): (u32, u32) = (
         i.trim().parse().map_err(|_| bad())?,
@@ -933,13 +937,19 @@ fn parse_shard(s: &str) -> Result<(u32, u32), String> {
     Ok((i, n))
 }
 
-fn parse_max_failed(s: &str) -> Result<MaxFailed, String> {
-    let bad = || format!("invalid --max-failed {s:?}: a count (5) or a percentage (2%)");
+fn parse_max_failed(s: &str) -> Result<MaxFailed, InvalidValue> {
+    let bad = || {
+        InvalidValue(format!(
+            "invalid --max-failed {s:?}: a count (5) or a percentage (2%)"
+        ))
+    };
     match s.trim().strip_suffix('%') {
         Some(p) => {
             let p: f64 = p.trim().parse().map_err(|_| bad())?;
             if !(0.0..=100.0).contains(&p) {
-                return Err(format!("--max-failed {s:?}: a percentage is 0% to 100%"));
+                return Err(InvalidValue(format!(
+                    "--max-failed {s:?}: a percentage is 0% to 100%"
+                )));
             }
             Ok(MaxFailed::Percent(p))
         }
@@ -1094,53 +1104,62 @@ pub struct CheckArgs {
     pub command: Vec<String>,
 }
 
+crate::error::reason! {
+    /// Why a flag's value is refused, as clap prints it after `invalid value '…' for '--flag'`.
+    pub struct InvalidValue;
+}
+
 /// The longest duration any flag takes: beyond it, deadline arithmetic overflows and
 /// servers refuse the interval.
 const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Humane durations: `30s`, `10m`, `1h 30m`, `250ms`; at most a year.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, InvalidValue> {
     let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?}: {e} (try 30s, 10m)"))?;
+        .map_err(|e| InvalidValue(format!("invalid duration {s:?}: {e} (try 30s, 10m)")))?;
     if d > MAX_DURATION {
-        return Err(format!("duration {s:?} is too long: at most 366d"));
+        return Err(InvalidValue(format!(
+            "duration {s:?} is too long: at most 366d"
+        )));
     }
     Ok(d)
 }
 
 /// A duration with a floor: below it, the flag would spin (open connections in a loop).
-fn at_least(s: &str, min: Duration, min_text: &str) -> Result<Duration, String> {
+fn at_least(s: &str, min: Duration, min_text: &str) -> Result<Duration, InvalidValue> {
     let d = parse_duration(s)?;
     if d < min {
-        return Err(format!("duration {s:?} is too short: at least {min_text}"));
+        return Err(InvalidValue(format!(
+            "duration {s:?} is too short: at least {min_text}"
+        )));
     }
     Ok(d)
 }
 
 /// `wait --interval`: each check opens a connection; at least 50ms.
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
+pub fn parse_interval(s: &str) -> Result<Duration, InvalidValue> {
     at_least(s, Duration::from_millis(50), "50ms")
 }
 
 /// `--connect-timeout`: 0 would give up before the first attempt.
-pub fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+pub fn parse_connect_timeout(s: &str) -> Result<Duration, InvalidValue> {
     at_least(s, Duration::from_millis(100), "100ms")
 }
 
 /// `--lease-ttl`: renewed every third of it; at least 3s.
-pub fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+pub fn parse_lease_ttl(s: &str) -> Result<Duration, InvalidValue> {
     at_least(s, Duration::from_secs(3), "3s")
 }
 
 /// PostgreSQL's `lock_timeout` / `statement_timeout`: `0` means no limit, as in
 /// PostgreSQL; otherwise at most 2147483647ms, the largest the server accepts.
-pub fn parse_pg_timeout(s: &str) -> Result<Duration, String> {
+pub fn parse_pg_timeout(s: &str) -> Result<Duration, InvalidValue> {
     let d = parse_duration(s)?;
     if d.as_millis() > i32::MAX as u128 {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "duration {s:?} is longer than PostgreSQL accepts (at most 2147483647ms, about 24d \
              20h; 0 means no limit)"
-        ));
+        )));
     }
     Ok(d)
 }
@@ -1153,5 +1172,44 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn value_parsers_name_the_bad_value() {
+        fn why<T>(r: Result<T, InvalidValue>) -> String {
+            r.err().expect("refused").to_string()
+        }
+        assert_eq!(
+            why(parse_shard("3/3")),
+            "invalid --shard \"3/3\": I/N, with 0 <= I < N (for example 3/8)"
+        );
+        assert_eq!(
+            why(parse_max_failed("120%")),
+            "--max-failed \"120%\": a percentage is 0% to 100%"
+        );
+        assert_eq!(
+            why(parse_max_failed("many")),
+            "invalid --max-failed \"many\": a count (5) or a percentage (2%)"
+        );
+        assert_eq!(
+            why(parse_duration("400d")),
+            "duration \"400d\" is too long: at most 366d"
+        );
+        assert_eq!(
+            why(parse_lease_ttl("1s")),
+            "duration \"1s\" is too short: at least 3s"
+        );
+        assert!(why(parse_pg_timeout("25d")).starts_with("duration \"25d\" is longer than"));
+        assert!(why(parse_duration("soon")).starts_with("invalid duration \"soon\": "));
+        // clap prints the reason as it is, after naming the flag.
+        let e = Cli::try_parse_from(["schemagate", "wait", "--interval", "10ms"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(
+            e.to_string().contains(
+                "invalid value '10ms' for '--interval <DURATION>': duration \"10ms\" is too \
+                 short: at least 50ms"
+            ),
+            "{e}"
+        );
     }
 }

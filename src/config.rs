@@ -429,7 +429,7 @@ impl CheckConfig {
                 )));
             }
         }
-        let mut allowed = crate::check::parse_allow_flags(&args.allow).map_err(Error::Config)?;
+        let mut allowed = crate::check::parse_allow_flags(&args.allow)?;
         for file in &args.allow_files {
             let text = crate::files::read_small(file, 16 << 20).map_err(|e| {
                 Error::Config(format!("cannot read --allow-file {}: {e}", file.display()))

@@ -1,25 +1,8 @@
-//! The build-time digest: `schemagate digest --source DIR` reads and hashes every migration
-//! once, when the image is built, and writes what the no-op path needs into
-//! `DIR/.schemagate-digest`. `migrate --source` and `wait --source` then answer "already
-//! applied" without opening a migration: they read the digest file's claim (its digest,
-//! and the version and count derived from the names it lists), ask the marker about it,
-//! and believe the answer only once the directory has been checked against the file. In
-//! `migrate` that check runs on a blocking thread while the connection is made and the
-//! marker read, so its per-file work is off the path the run waits on.
-//!
-//! What keeps it honest: the directory must hold exactly the `.sql` files the digest file
-//! names, each of the size it records, and none modified after the digest file was written.
-//! Anything else (a new, missing, renamed, resized or later-modified migration) is "stale":
-//! the run reads and hashes every file as it would without a digest, and says so. The digest
-//! value itself is never trusted for anything but the fast path's comparison with a marker:
-//! a marker only ever records a digest computed from the files' contents, and a run that
-//! goes past the fast path computes it again and warns when the digest file disagrees.
-//!
-//! What the check cannot see, since it reads names, sizes and modification times (as make
-//! does) and no content: an edit that keeps a file's size and leaves its modification time
-//! at or before the digest file's (a time set back by hand, or copied in with an old time),
-//! or two migrations of one size exchanging names. Times are compared, not recorded, so the
-//! check survives image layers and builds that reset or clamp them.
+//! The build-time digest: `schemagate digest --source DIR` hashes every migration once, when
+//! the image is built, into `DIR/.schemagate-digest`; `migrate --source` and `wait --source`
+//! then answer "already applied" from the file's claim, believed only once the directory
+//! is checked against it (names, sizes, modification times; `Claim::check`). What that check
+//! sees and what it cannot: `docs/src/how-it-works.md#the-digest-file`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -163,7 +146,7 @@ pub fn read(dir: &Path) -> Result<Option<Claim>> {
         }
     };
     if text.len() as u64 > MAX_SIZE {
-        ignore(dir, &format!("it is larger than {MAX_SIZE} bytes"));
+        ignore(dir, format!("it is larger than {MAX_SIZE} bytes"));
         return Ok(None);
     }
     match parse(text, written) {
@@ -191,7 +174,7 @@ pub fn trusted(dir: &Path) -> Result<Option<Summary>> {
 }
 
 /// Say that the digest file is ignored, and why.
-pub fn ignore(dir: &Path, why: &str) {
+pub fn ignore(dir: &Path, why: impl std::fmt::Display) {
     tracing::warn!(
         "ignoring {}: {why}; reading every migration instead. Run `schemagate digest \
          --source {}` again",
@@ -200,15 +183,20 @@ pub fn ignore(dir: &Path, why: &str) {
     );
 }
 
+crate::error::reason! {
+    /// Why the digest file does not describe its directory (it is then ignored).
+    pub struct Stale;
+}
+
 /// Parse the digest file's `text`. The version and the count of up migrations are derived
 /// from the names it lists (`check` then proves the directory holds exactly those), so the
 /// file's claim is complete before any directory entry is read. Byte by byte: this runs on
 /// every start, once per migration. Long on purpose: one pass over the bytes, each kind of
 /// line handled where it is met, then the name index built.
-fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String> {
+fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, Stale> {
     let bytes = text.as_bytes();
     if text.len() >= u32::MAX as usize {
-        return Err("it is too large".into());
+        return Err(Stale("it is too large".into()));
     }
     let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut digest = None;
@@ -231,7 +219,7 @@ fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String
         let line = &bytes[start..end];
         if std::mem::take(&mut first) {
             if line != MAGIC.as_bytes() {
-                return Err(format!("its first line is not {MAGIC:?}"));
+                return Err(Stale(format!("its first line is not {MAGIC:?}")));
             }
             continue;
         }
@@ -240,7 +228,7 @@ fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String
         }
         if let Some(d) = line.strip_prefix(b"digest ") {
             if d.len() != 64 || !d.iter().all(u8::is_ascii_hexdigit) {
-                return Err(format!("malformed digest {:?}", lossy(d)));
+                return Err(Stale(format!("malformed digest {:?}", lossy(d))));
             }
             digest = Some(lossy(d));
             continue;
@@ -248,7 +236,7 @@ fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String
         // `<size> <name>`: the size's digits, one space, the name.
         let Some((size, name_at)) = number(line).filter(|&(_, i)| line.get(i) == Some(&b' '))
         else {
-            return Err(format!("malformed line {:?}", lossy(line)));
+            return Err(Stale(format!("malformed line {:?}", lossy(line))));
         };
         let name = &line[name_at + 1..];
         // Every name listed parsed when the file was written (`Source::load`): the version
@@ -256,7 +244,7 @@ fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String
         let version = number(name)
             .filter(|&(_, i)| name.get(i) == Some(&b'_'))
             .and_then(|(v, _)| i64::try_from(v).ok())
-            .ok_or_else(|| format!("{} is not a migration name", lossy(name)))?;
+            .ok_or_else(|| Stale(format!("{} is not a migration name", lossy(name))))?;
         if !name.ends_with(b".down.sql") {
             count += 1;
             newest = newest.max(Some(version));
@@ -264,10 +252,10 @@ fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String
         let name_start = start + name_at + 1;
         files.push((name_start as u32, end as u32, size));
     }
-    let digest = digest.ok_or("it records no digest")?;
+    let digest = digest.ok_or_else(|| Stale("it records no digest".into()))?;
     let mut claim = Claim {
         summary: Summary {
-            version: newest.ok_or("it lists no up migration")?,
+            version: newest.ok_or_else(|| Stale("it lists no up migration".into()))?,
             count,
             digest,
         },
@@ -279,7 +267,7 @@ fn parse(text: String, written: SystemTime) -> std::result::Result<Claim, String
     for i in 0..claim.files.len() {
         let name = claim.name(i);
         match claim.slot(name) {
-            Ok(_) => return Err(format!("it lists {} twice", lossy(name))),
+            Ok(_) => return Err(Stale(format!("it lists {} twice", lossy(name)))),
             Err(slot) => claim.index[slot] = i as u32 + 1,
         }
     }
@@ -325,18 +313,20 @@ impl Claim {
     /// Check the directory against the claim: `Err` says why the file does not describe it.
     /// This is the work every replica's start pays per migration: a directory entry, one
     /// `statx` and a hash lookup per file; no path is built, nothing hashed but the name.
-    pub fn check(&self, dir: &Path) -> std::result::Result<(), String> {
+    pub fn check(&self, dir: &Path) -> std::result::Result<(), Stale> {
         use std::os::unix::ffi::OsStrExt;
         let mut seen = 0;
-        for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
-            let entry = entry.map_err(|e| e.to_string())?;
+        for entry in std::fs::read_dir(dir).map_err(|e| Stale(e.to_string()))? {
+            let entry = entry.map_err(|e| Stale(e.to_string()))?;
             let name = entry.file_name();
             let name = name.as_bytes();
             if name.first() == Some(&b'.') || !name.ends_with(b".sql") {
                 continue;
             }
             let shown = || String::from_utf8_lossy(name).into_owned();
-            let kind = entry.file_type().map_err(|e| format!("{}: {e}", shown()))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| Stale(format!("{}: {e}", shown())))?;
             // A `.sql` entry that is not a file (nor a directory) is one `Source::load`
             // refuses: the file cannot stand for the directory then.
             let meta = if kind.is_file() {
@@ -345,36 +335,39 @@ impl Claim {
                 match std::fs::metadata(entry.path()) {
                     Ok(m) if m.is_file() => Ok(m),
                     Ok(m) if m.is_dir() => continue,
-                    Ok(_) => return Err(format!("{} is not a regular file", shown())),
-                    Err(e) => return Err(format!("{}: {e} (a dangling symlink?)", shown())),
+                    Ok(_) => return Err(Stale(format!("{} is not a regular file", shown()))),
+                    Err(e) => return Err(Stale(format!("{}: {e} (a dangling symlink?)", shown()))),
                 }
             } else if let Some(what) = files::special(kind) {
-                return Err(format!("{} is {what}, not a regular file", shown()));
+                return Err(Stale(format!("{} is {what}, not a regular file", shown())));
             } else {
                 continue;
             }
-            .map_err(|e| format!("{}: {e}", shown()))?;
+            .map_err(|e| Stale(format!("{}: {e}", shown())))?;
             let size = match self.slot(name) {
                 Ok(slot) => self.files[self.index[slot] as usize - 1].2,
-                Err(_) => return Err(format!("{} is not listed in it", shown())),
+                Err(_) => return Err(Stale(format!("{} is not listed in it", shown()))),
             };
             if meta.len() != size {
-                return Err(format!(
+                return Err(Stale(format!(
                     "{} is {} bytes, it recorded {size}",
                     shown(),
                     meta.len()
-                ));
+                )));
             }
-            if meta.modified().map_err(|e| e.to_string())? > self.written {
-                return Err(format!("{} was modified after it was written", shown()));
+            if meta.modified().map_err(|e| Stale(e.to_string()))? > self.written {
+                return Err(Stale(format!(
+                    "{} was modified after it was written",
+                    shown()
+                )));
             }
             seen += 1;
         }
         if seen != self.files.len() {
-            return Err(format!(
+            return Err(Stale(format!(
                 "it lists {} migration file(s), the directory holds {seen}",
                 self.files.len()
-            ));
+            )));
         }
         Ok(())
     }
@@ -514,7 +507,10 @@ mod tests {
         );
         // Renamed after the file was written: the claim stands, the check does not.
         std::fs::rename(d.0.join("1_a.sql"), d.0.join("2_a.sql")).unwrap();
-        assert_eq!(claim.check(&d.0), Err("2_a.sql is not listed in it".into()));
+        assert_eq!(
+            claim.check(&d.0),
+            Err(Stale("2_a.sql is not listed in it".into()))
+        );
         assert_eq!(trusted(&d.0).unwrap(), None);
     }
 
@@ -535,7 +531,7 @@ mod tests {
         std::fs::write(d.0.join(FILE), format!("{text}24 1_a.sql\n")).unwrap();
         assert_eq!(trusted(&d.0).unwrap(), None);
         let claim = parse(format!("{text}24 1_a.sql\n"), SystemTime::now());
-        assert_eq!(claim.unwrap_err(), "it lists 1_a.sql twice");
+        assert_eq!(claim.unwrap_err().0, "it lists 1_a.sql twice");
     }
 
     #[test]

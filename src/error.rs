@@ -56,6 +56,17 @@ pub enum Class {
     Runtime,
 }
 
+impl Class {
+    /// The error a failure of this class is, with `message`: `Config` (exit 2) or
+    /// `Failed` (exit 1).
+    pub fn error(self, message: String) -> Error {
+        match self {
+            Class::Config => Error::Config(message),
+            Class::Runtime => Error::Failed(message),
+        }
+    }
+}
+
 /// How what is applied differs from the source (exit 4), with what the message names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drift {
@@ -179,6 +190,15 @@ impl Error {
         )
     }
 
+    /// What retrying can do about this error: `Class::Config` exactly when `is_config`.
+    pub fn class(&self) -> Class {
+        if self.is_config() {
+            Class::Config
+        } else {
+            Class::Runtime
+        }
+    }
+
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -269,3 +289,51 @@ impl std::error::Error for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Declares a reason type: why a value or a step was refused, as a sentence fragment
+/// (already redacted, naming the bad value) that the caller puts in its own message
+/// (`{origin} line {n}: {why}`) or turns into an [`Error`]. A type per use, named after
+/// what it says, instead of a bare `String`.
+macro_rules! reason {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident;) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        $vis struct $name(pub String);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for $name {}
+    };
+}
+pub(crate) use reason;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_becomes_the_error_of_its_exit_code() {
+        for (class, code, kind) in [(Class::Config, 2, "config"), (Class::Runtime, 1, "failed")] {
+            let e = class.error("migration 2 (b) failed".into());
+            assert_eq!((e.exit_code(), e.kind()), (code, kind));
+            assert_eq!(e.class(), class);
+            assert_eq!(e.to_string(), "migration 2 (b) failed");
+        }
+    }
+
+    reason! {
+        /// A reason for the test below.
+        struct Why;
+    }
+
+    #[test]
+    fn a_reason_prints_its_text_and_is_an_error() {
+        let why: Box<dyn std::error::Error + Send + Sync> = Box::new(Why("it is 3 bytes".into()));
+        assert_eq!(why.to_string(), "it is 3 bytes");
+        assert!(why.source().is_none());
+    }
+}

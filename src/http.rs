@@ -49,9 +49,14 @@ pub fn validate(urls: &[String], flag: &str) -> Result<()> {
     Ok(())
 }
 
+crate::error::reason! {
+    /// Why a request got no answer (redacted).
+    struct NoAnswer;
+}
+
 /// One request, on the blocking pool: the status it was answered with, or why there was
 /// none (redacted). A JSON `body` makes it a POST, none a GET.
-async fn send(client: &Client, url: &str, body: Option<Vec<u8>>) -> Result<StatusCode, String> {
+async fn send(client: &Client, url: &str, body: Option<Vec<u8>>) -> Result<StatusCode, NoAnswer> {
     let (client, url) = (client.clone(), url.to_owned());
     let sent = tokio::task::spawn_blocking(move || {
         match body {
@@ -66,8 +71,8 @@ async fn send(client: &Client, url: &str, body: Option<Vec<u8>>) -> Result<Statu
     .await;
     match sent {
         Ok(Ok(status)) => Ok(status),
-        Ok(Err(e)) => Err(redact(&error_chain(&e))),
-        Err(e) => Err(format!("the request did not complete: {e}")),
+        Ok(Err(e)) => Err(NoAnswer(redact(&error_chain(&e)))),
+        Err(e) => Err(NoAnswer(format!("the request did not complete: {e}"))),
     }
 }
 
@@ -119,7 +124,7 @@ pub async fn notify(urls: &[String], event: &Event<'_>) {
                     break;
                 }
                 Ok(s) => last = format!("HTTP {s}"),
-                Err(why) => last = why,
+                Err(why) => last = why.0,
             }
             if attempt < NOTIFY_TRIES {
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
@@ -142,7 +147,7 @@ pub async fn wait_ready(client: &Client, url: &str, interval: Duration) {
                 return;
             }
             Ok(s) => format!("HTTP {s}"),
-            Err(why) => why,
+            Err(why) => why.0,
         };
         if !logged {
             tracing::info!("waiting for {shown}: {why}");

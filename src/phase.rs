@@ -41,11 +41,35 @@ impl fmt::Display for Phase {
     }
 }
 
+/// A phase line `declared` refuses, with the `line` it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadPhase {
+    /// Neither `contract` nor `expand`.
+    Unknown { phase: String, line: String },
+    /// A second phase line, declaring the other phase.
+    Two { line: String },
+}
+
+impl std::fmt::Display for BadPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadPhase::Unknown { phase, line } => write!(
+                f,
+                "unknown phase {phase:?} in `{line}`: expected `-- schemagate:phase contract` \
+                 or `-- schemagate:phase expand`"
+            ),
+            BadPhase::Two { line } => write!(f, "two different phases declared (`{line}`)"),
+        }
+    }
+}
+
+impl std::error::Error for BadPhase {}
+
 /// The phase a file's opening comments declare (`None`: none declared). Only the comment
 /// lines before the first statement count, so a phase line further down (in a string, in a
 /// later comment) never changes what a migration is. An unknown phase is an error naming
 /// the line: a typo must not silently make a contract an expand.
-pub fn declared(head: &[u8]) -> std::result::Result<Option<Phase>, String> {
+pub fn declared(head: &[u8]) -> std::result::Result<Option<Phase>, BadPhase> {
     // The head may end in the middle of a character: only whole lines count anyway.
     let text = match std::str::from_utf8(head) {
         Ok(t) => t,
@@ -68,14 +92,16 @@ pub fn declared(head: &[u8]) -> std::result::Result<Option<Phase>, String> {
             "contract" => Phase::Contract,
             "expand" => Phase::Expand,
             other => {
-                return Err(format!(
-                    "unknown phase {other:?} in `{line}`: expected `-- schemagate:phase \
-                     contract` or `-- schemagate:phase expand`"
-                ));
+                return Err(BadPhase::Unknown {
+                    phase: other.to_owned(),
+                    line: line.to_owned(),
+                });
             }
         };
         if found.is_some_and(|f| f != phase) {
-            return Err(format!("two different phases declared (`{line}`)"));
+            return Err(BadPhase::Two {
+                line: line.to_owned(),
+            });
         }
         found = Some(phase);
     }
@@ -135,7 +161,13 @@ mod tests {
             Ok(None),
             "a phase line after a statement does not count"
         );
-        assert!(d("-- schemagate:phase contracts\n").is_err());
-        assert!(d("-- schemagate:phase contract\n-- schemagate:phase expand\n").is_err());
+        assert!(matches!(
+            d("-- schemagate:phase contracts\n"),
+            Err(BadPhase::Unknown { phase, .. }) if phase == "contracts"
+        ));
+        assert!(matches!(
+            d("-- schemagate:phase contract\n-- schemagate:phase expand\n"),
+            Err(BadPhase::Two { .. })
+        ));
     }
 }

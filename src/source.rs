@@ -285,21 +285,24 @@ impl Source {
 
     /// Whether every expand migration here is among `applied` with the same checksum
     /// (`wait --phase expand`): `Err` names the first one that is not.
-    pub fn expand_applied(&self, applied: &[AppliedMigration]) -> std::result::Result<(), String> {
+    pub fn expand_applied(
+        &self,
+        applied: &[AppliedMigration],
+    ) -> std::result::Result<(), ExpandPending> {
         for m in self.ups.iter().filter(|m| m.phase == Phase::Expand) {
+            let (version, description) = (m.version, m.description.clone());
             match applied.iter().find(|a| a.version == m.version) {
                 None => {
-                    return Err(format!(
-                        "expand migration {} ({}) is not applied yet",
-                        m.version, m.description
-                    ));
+                    return Err(ExpandPending::NotApplied {
+                        version,
+                        description,
+                    });
                 }
                 Some(a) if a.checksum[..] != m.checksum[..] => {
-                    return Err(format!(
-                        "expand migration {} ({}) is applied with another checksum than this \
-                         build's",
-                        m.version, m.description
-                    ));
+                    return Err(ExpandPending::OtherChecksum {
+                        version,
+                        description,
+                    });
                 }
                 Some(_) => {}
             }
@@ -311,6 +314,45 @@ impl Source {
         self.digest_upto(None)
     }
 }
+
+/// The first expand migration of a source not applied as this build has it
+/// (`Source::expand_applied`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpandPending {
+    NotApplied {
+        version: i64,
+        description: String,
+    },
+    /// Applied, with another checksum than this build's.
+    OtherChecksum {
+        version: i64,
+        description: String,
+    },
+}
+
+impl std::fmt::Display for ExpandPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpandPending::NotApplied {
+                version,
+                description,
+            } => write!(
+                f,
+                "expand migration {version} ({description}) is not applied yet"
+            ),
+            ExpandPending::OtherChecksum {
+                version,
+                description,
+            } => write!(
+                f,
+                "expand migration {version} ({description}) is applied with another checksum \
+                 than this build's"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ExpandPending {}
 
 /// Every difference between what is applied and a source (`Source::compare`).
 #[derive(Debug, Default)]

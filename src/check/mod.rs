@@ -248,6 +248,12 @@ impl Observed {
     }
 }
 
+crate::error::reason! {
+    /// Why a migration failed on the scratch database (redacted), for the message that
+    /// names it.
+    pub struct ApplyFailed;
+}
+
 /// Apply the baseline (the migrations up to the release still running) with `apply`, as
 /// `migrate` would, minus the statements that act outside the scratch database (their
 /// descriptions are gathered in `skipped`, and named in the error of a migration that
@@ -257,7 +263,7 @@ pub async fn baseline(
     old: &[&crate::source::Entry],
     mysql: bool,
     skipped: &mut Vec<String>,
-    mut apply: impl AsyncFnMut(&sqlx::migrate::Migration) -> Result<(), String>,
+    mut apply: impl AsyncFnMut(&sqlx::migrate::Migration) -> Result<(), ApplyFailed>,
 ) -> crate::error::Result<()> {
     for m in old {
         // Read now, checked against the checksum the source was read with.
@@ -289,15 +295,15 @@ pub fn allows(text: &str) -> Vec<(String, String)> {
 }
 
 /// `--allow 'kind object'` values as pairs; a malformed one is named.
-pub fn parse_allow_flags(flags: &[String]) -> Result<Vec<(String, String)>, String> {
+pub fn parse_allow_flags(flags: &[String]) -> crate::error::Result<Vec<(String, String)>> {
     flags
         .iter()
         .map(|f| match f.trim().split_once(char::is_whitespace) {
             Some((k, o)) if !o.trim().is_empty() => Ok((k.to_owned(), o.trim().to_owned())),
-            _ => Err(format!(
+            _ => Err(crate::error::Error::Config(format!(
                 "invalid --allow {f:?}: expected '<finding-kind> <object>', for example \
                      'drop-column users.legacy_email'"
-            )),
+            ))),
         })
         .collect()
 }
@@ -524,7 +530,10 @@ mod tests {
                 ("drop-function".into(), "f(character varying)".into())
             ]
         );
-        assert!(parse_allow_flags(&["drop-column".into()]).is_err());
+        assert!(matches!(
+            parse_allow_flags(&["drop-column".into()]),
+            Err(crate::error::Error::Config(_))
+        ));
     }
 
     #[test]

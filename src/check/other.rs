@@ -10,7 +10,7 @@ use sqlx::migrate::Migration;
 
 use super::catalog::Snapshot;
 use super::outside::{self, Outside};
-use super::{MigrationReport, Observed};
+use super::{ApplyFailed, MigrationReport, Observed};
 use crate::db::{self, Conn, Scratch};
 use crate::error::{Error, Result};
 use crate::redact::redact;
@@ -48,9 +48,10 @@ async fn ensure_history(c: &mut Conn, table: &MigrationsTable) -> Result<()> {
 
 /// Apply a migration as `migrate` does on these backends: sqlx's `apply`, history row
 /// included.
-async fn apply(c: &mut Conn, table: &MigrationsTable, m: &Migration) -> Result<(), String> {
+async fn apply(c: &mut Conn, table: &MigrationsTable, m: &Migration) -> Result<(), ApplyFailed> {
     let r = c.migrate().apply(table.qualified(), m).await;
-    r.map(|_| ()).map_err(|e| redact(&e.to_string()))
+    r.map(|_| ())
+        .map_err(|e| ApplyFailed(redact(&e.to_string())))
 }
 
 async fn snapshot(c: &mut Conn) -> Result<Snapshot> {

@@ -11,9 +11,9 @@ use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::watch;
 
-use super::Observed;
 use super::catalog::{Snapshot, excluded};
 use super::guard::{Fingerprint, Roles};
+use super::{ApplyFailed, Observed};
 use crate::db::pg as postgres;
 use crate::db::{self, ApplyOptions, db_err};
 use crate::error::{Error, Result};
@@ -436,14 +436,14 @@ pub async fn apply_plain(
     c: &mut PgConnection,
     table: &MigrationsTable,
     m: &Migration,
-) -> Result<(), String> {
+) -> Result<(), ApplyFailed> {
     let opts = ApplyOptions::default();
     if m.no_tx {
         return apply_no_tx(c, table, m).await.map(|_| ());
     }
     postgres::apply_in_tx(c, table, std::iter::once(Ok(m.clone())), &opts)
         .await
-        .map_err(|e| e.message)
+        .map_err(|e| ApplyFailed(e.message))
 }
 
 /// Run a transactional migration as `migrate` does (its statements, then its history row,
@@ -453,9 +453,9 @@ pub async fn apply_in_tx(
     c: &mut PgConnection,
     table: &MigrationsTable,
     m: &Migration,
-) -> Result<Observed, String> {
+) -> Result<Observed, ApplyFailed> {
     let started = Instant::now();
-    let fail = |e: sqlx::Error| redact(&e.to_string());
+    let fail = |e: sqlx::Error| ApplyFailed(redact(&e.to_string()));
     let mut observed = Observed {
         how: "in its own transaction: pg_locks of its backend, read before commit".into(),
         rewrite_lock: Some("AccessExclusiveLock"),
@@ -625,11 +625,11 @@ pub async fn apply_no_tx(
     c: &mut PgConnection,
     table: &MigrationsTable,
     m: &Migration,
-) -> Result<Duration, String> {
+) -> Result<Duration, ApplyFailed> {
     let started = Instant::now();
     postgres::apply_no_tx(c, table, m, &ApplyOptions::default())
         .await
-        .map_err(|e| e.message)?;
+        .map_err(|e| ApplyFailed(e.message))?;
     Ok(started.elapsed())
 }
 

@@ -100,7 +100,7 @@ pub async fn sql(
         let run = outside::runnable(m, &outside);
         let before = pg::snapshot(c, &hidden).await?;
         pg::clear_log(c, scratch).await?;
-        let failed = |e: String| {
+        let failed = |e: check::ApplyFailed| {
             Error::Failed(format!(
                 "migration {name} failed on the scratch database: {e}{}",
                 outside::hint(&skipped)

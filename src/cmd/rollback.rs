@@ -99,10 +99,9 @@ async fn undo(
                     tracing::warn!("{m:#}");
                 }
             }
-            return Err(match (e.lease_lost, e.config) {
-                (true, _) => Error::LockLost(detail),
-                (false, true) => Error::Config(detail),
-                (false, false) => Error::Failed(detail),
+            return Err(match e.lease_lost {
+                true => Error::LockLost(detail),
+                false => e.class.error(detail),
             });
         }
         undone += 1;

@@ -718,6 +718,6 @@ async fn expand_ready(via: &mut Via<'_>, cfg: &Config, sql: &SqlSource) -> Resul
     }
     Ok(match source.expand_applied(&applied) {
         Ok(()) => Readiness::Ready("every expand migration in the source is applied".into()),
-        Err(why) => Readiness::NotYet(why),
+        Err(why) => Readiness::NotYet(why.to_string()),
     })
 }

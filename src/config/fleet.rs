@@ -301,11 +301,17 @@ fn read_targets(text: &str, origin: &str, layout: &Layout) -> Result<Vec<Target>
     Ok(targets)
 }
 
+crate::error::reason! {
+    /// Why a line of a target list is not a target.
+    struct BadTarget;
+}
+
 /// One line: a URL (`scheme://…`), or a name for `{schema}`.
-fn parse_target(line: &str, layout: &Layout) -> Result<Target, String> {
+fn parse_target(line: &str, layout: &Layout) -> Result<Target, BadTarget> {
     if line.contains("://") || line.starts_with("sqlite:") {
         crate::redact::register_secrets(line);
-        let (_, _, display) = settings::parse_database_url(line).map_err(|e| e.to_string())?;
+        let (_, _, display) =
+            settings::parse_database_url(line).map_err(|e| BadTarget(e.to_string()))?;
         return Ok(Target {
             id: display,
             what: What::Url(line.to_owned()),
@@ -316,25 +322,25 @@ fn parse_target(line: &str, layout: &Layout) -> Result<Target, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !valid {
-        return Err(format!(
+        return Err(BadTarget(format!(
             "{line:?} is neither a database URL nor a name (letters, digits, `_`, `-`, `.`; \
              at most 63)"
-        ));
+        )));
     }
     match layout {
         Layout::UrlsOnly => {
-            return Err(format!(
+            return Err(BadTarget(format!(
                 "{line:?} is a name, but no --database-url says where it lives: give \
                  --database-url 'postgres://host/{PLACEHOLDER}' (a database per name) or \
                  the database whose schemas they are"
-            ));
+            )));
         }
         Layout::Schemas(_) => {
             Table::parse(&format!("{line}.t")).map_err(|_| {
-                format!(
+                BadTarget(format!(
                     "{line:?} is not a schema name schemagate takes unquoted (a letter or \
                      `_`, then letters, digits or `_`; not a reserved word)"
-                )
+                ))
             })?;
         }
         Layout::Databases(_) => {}

@@ -102,7 +102,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use sqlx::migrate::{AppliedMigration, Migrate, Migration};
 
-use crate::error::{Error, Result};
+use crate::error::{self, Error, Result};
 use crate::redact::redact;
 use crate::settings::{Config, MigrationsTable, Table};
 
@@ -176,8 +176,9 @@ pub struct ApplyError {
     /// a statement ran before the failure, or every one ran and recording it failed).
     /// Whether or not it is recorded dirty, nothing may say that nothing took effect.
     pub took_effect: bool,
-    /// Retrying cannot help: the user lacks a privilege the migration needs (exit 2).
-    pub config: bool,
+    /// `Class::Config` when retrying cannot help: the user lacks a privilege the migration
+    /// needs (exit 2).
+    pub class: error::Class,
 }
 
 impl ApplyError {
@@ -192,7 +193,11 @@ impl ApplyError {
             lease_lost: is_lease_lost(e),
             dirty: false,
             took_effect: false,
-            config: is_permission_error(e),
+            class: if is_permission_error(e) {
+                error::Class::Config
+            } else {
+                error::Class::Runtime
+            },
         }
     }
 
@@ -216,7 +221,7 @@ impl ApplyError {
             lease_lost: false,
             dirty: false,
             took_effect: false,
-            config: e.is_config(),
+            class: e.class(),
         }
     }
 
@@ -230,7 +235,7 @@ impl ApplyError {
                 lease_lost: false,
                 dirty: false,
                 took_effect: false,
-                config: false,
+                class: error::Class::Runtime,
             },
         }
     }
@@ -328,8 +333,8 @@ pub fn db_err(context: &str, e: sqlx::Error) -> Error {
     Error::Database {
         context: context.to_owned(),
         class: match classify(&e) {
-            Class::Config => crate::error::Class::Config,
-            Class::Transient | Class::Other => crate::error::Class::Runtime,
+            Class::Config => error::Class::Config,
+            Class::Transient | Class::Other => error::Class::Runtime,
         },
         described: describe(&e),
         source: e,

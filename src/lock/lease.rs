@@ -1,20 +1,9 @@
 //! The lease lock (PostgreSQL): a row `<table>_lease` with an owner, a token and an expiry,
-//! renewed by a heartbeat on a connection of its own and taken over only once expired. It
-//! works through transaction poolers and on Postgres-compatible engines whose advisory
-//! locks are not real, so its SQL sticks to what those support: plain tables, `INSERT … ON
-//! CONFLICT`, `clock_timestamp()`, `SET LOCAL lock_timeout`, no advisory functions, no
-//! procedural language, no NOTIFY.
-//!
-//! A lease alone cannot stop a holder that was paused past its TTL (a frozen node, a long
-//! GC pause) from carrying on once it resumes. The **fence** does: every migration
-//! transaction starts by checking the lease row *by our token*, and ends, just before
-//! COMMIT, by renewing it by our token, which locks the row until the commit. When another
-//! run took the lease over, the token no longer matches, the fence raises and the
-//! transaction does nothing; a takeover that races our commit waits for it and then finds
-//! the lease renewed. Marker writes take the same lock first. Should another run take over
-//! while our migration is in flight (we were paused past the TTL after sending it), its own
-//! migration waits on ours (the same DDL, the same `_sqlx_migrations` key) until our fence
-//! fails and rolls ours back.
+//! renewed by a heartbeat on a connection of its own, taken over only once expired, and
+//! checked by the fence in every migration transaction. Its SQL works through transaction
+//! poolers and on engines whose advisory locks are not real (plain tables, `INSERT … ON
+//! CONFLICT`, no advisory function, no procedural language, no NOTIFY). The fence, and what
+//! it cannot stop: `docs/src/how-it-works.md#the-lease-and-fencing`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,11 +135,11 @@ pub async fn renew(c: &mut PgConnection, cfg: &Config, token: &str, ttl: Duratio
         .is_some())
 }
 
-/// The fence (see the module comment). Both statements check the token, not the expiry:
-/// a lease that lapsed while nobody took it is still ours, and `hold` renews it under the
-/// row lock, so a takeover waits for our commit. The error is a failed cast of a text that
-/// depends on the row count, so PostgreSQL cannot fold it into a constant and raise it when
-/// the lease is fine.
+/// The fence (`docs/src/how-it-works.md#the-lease-and-fencing`). Both statements check the
+/// token, not the expiry: a lease that lapsed while nobody took it is still ours, and `hold`
+/// renews it under the row lock, so a takeover waits for our commit. The error is a failed
+/// cast of a text that depends on the row count, so PostgreSQL cannot fold it into a
+/// constant and raise it when the lease is fine.
 pub fn fence(cfg: &Config, token: &str, ttl: Duration) -> Fence {
     let raise = |rows: &str| {
         format!(

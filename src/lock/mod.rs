@@ -1,22 +1,9 @@
-//! The migration lock: choose the kind that really excludes here, acquire it by polling
-//! (never blocking), report who holds it while we wait, and stop waiting as soon as another
-//! run's marker says the work is done. On a direct PostgreSQL session a waiter LISTENs on
-//! its lock connection and leaves at the marker's commit; polling stays the fallback, and
-//! the way to take over from a holder that died.
-//!
-//! - PostgreSQL `advisory`: a session advisory lock; MySQL: `GET_LOCK`. Both die with the
-//!   connection, so a crashed migrator leaves no stale lock. `--lock auto` (the default)
-//!   uses it on PostgreSQL only when `probe` proves it excludes other sessions.
-//! - PostgreSQL `lease` (`lease.rs`): a row with an owner and an expiry, renewed by a
-//!   heartbeat and fenced in every migration transaction. Works through transaction
-//!   poolers and on engines whose advisory locks are not real.
-//! - SQLite (`file.rs`): an OS file lock on a file beside the database, released by the
-//!   kernel when the process dies.
-//!
-//! Runs that chose differently still exclude each other (one connects directly, another
-//! through a pooler): an advisory holder steps back when a live lease exists, and a lease
-//! taker steps back when a session holds the advisory lock. Each checks *after* taking its
-//! own, so of two that race at least one sees the other.
+//! The migration lock: choose the kind that really excludes here (`probe`), acquire it by
+//! polling (never blocking), report who holds it while we wait, and stop waiting as soon as
+//! another run's marker says the work is done (LISTEN, on a direct PostgreSQL session). The
+//! kinds: the advisory lock and `GET_LOCK` here, the lease (`lease.rs`), an OS file lock for
+//! SQLite (`file.rs`). How each is taken, and how runs that chose differently still exclude
+//! each other: `docs/src/how-it-works.md#the-lock` and `#choosing-the-lock`.
 
 mod expected;
 mod file;

@@ -1,37 +1,8 @@
 //! `--lock auto` on PostgreSQL: use the session advisory lock only when this connection is
-//! proven to be a server session of its own whose advisory lock excludes other sessions;
-//! otherwise the lease.
-//!
-//! What is trusted, and why:
-//!
-//! - **`version()`** names CockroachDB and YugabyteDB, whose advisory locks are a stub that
-//!   always succeeds, or off (or silently not locking) unless enabled. The server reports
-//!   its own version; no pooler rewrites it.
-//! - **The backend pid announced at startup equals `pg_backend_pid()`.** A server announces
-//!   its own process id in BackendKeyData when the connection starts; a pooler or proxy
-//!   (PgBouncer, Supavisor, Neon's pooler, RDS Proxy) cannot hand a client one server's key,
-//!   since it multiplexes clients over server sessions, so it announces a key of its own.
-//!   Equal pids prove a direct server session; a mismatch proves something sits between.
-//!   This signal does not depend on traffic, pool size or the order in which a pool hands
-//!   out servers: a probe that watched our statements move between server sessions was
-//!   measured here to judge a busy PgBouncer pool of four a direct session, under load.
-//!   A session pooler, which would in fact keep the advisory lock working, cannot be told
-//!   apart from a transaction pooler from the client's side with certainty, so it gets
-//!   the lease too.
-//! - **A second connection is refused the key, and `pg_locks` shows it held.** On a direct
-//!   session we take an advisory lock on a fresh random key, open one short-lived second
-//!   connection, and try the same key there: it must be refused, and the server's own
-//!   lock table must show this session holding it. A stub that always grants (as
-//!   CockroachDB's does) fails both.
-//! - The key is never a real run's, so the probe never contends with one. `migrate` proves
-//!   on the run's probe key (`probe_key`), derived from its lock key: while one run proves,
-//!   the others that would only wait for its marker see the probe key held and wait too,
-//!   instead of each opening a second connection to prove the same thing (50 racing
-//!   replicas open one, not one each). `choose` (`status`, `wait --listen`) proves on a
-//!   random key, since it never waits.
-//!
-//! The probe runs only on the path that takes the lock, never on the fast path, and costs
-//! one short extra connection (BENCHMARKS.md has the figure).
+//! proven to be a server session of its own whose advisory lock excludes other sessions
+//! (`version()`, the pid announced at startup, a second connection refused the probe key);
+//! otherwise the lease. What is trusted, and why, and what the proof costs:
+//! `docs/src/how-it-works.md#choosing-the-lock`.
 
 use std::time::Duration;
 

@@ -66,11 +66,11 @@ pub(crate) fn parse_database_url(raw: &str) -> Result<(Backend, String, String)>
             )));
         }
     }
-    let mut modified = honour_query_credentials(&mut url).map_err(|why| bad(&shown, &why))?;
+    let mut modified = honour_query_credentials(&mut url).map_err(|why| bad(&shown, &why.0))?;
     if backend == Backend::MySql && !url.scheme().eq_ignore_ascii_case("mysql") {
         // mariadb:// is MySQL's protocol; sqlx knows it as mysql://.
         url = url::Url::parse(&format!("mysql:{rest}")).map_err(|e| bad(&shown, &e.to_string()))?;
-        honour_query_credentials(&mut url).map_err(|why| bad(&shown, &why))?;
+        honour_query_credentials(&mut url).map_err(|why| bad(&shown, &why.0))?;
         modified = true;
     }
     let display = redact(&display_of(&url));
@@ -82,13 +82,18 @@ pub(crate) fn parse_database_url(raw: &str) -> Result<(Backend, String, String)>
     Ok((backend, url, display))
 }
 
+crate::error::reason! {
+    /// Why the credentials in a URL's query are refused.
+    struct Refused;
+}
+
 /// `?user=` and `?password=` in the query, in any case: MySQL URLs may carry them
 /// (documented MySQL URI parameters) and sqlx ignores them, connecting as its default user
 /// instead; PostgreSQL's are honoured by sqlx only in lower case, over the user-info. Either
 /// way the URL would not say who connects: each is moved into the user-info, and a user or
 /// password given twice (`?user=root&USER=x`), or differently before the host and in the
 /// query, is refused. True when the URL changed.
-fn honour_query_credentials(url: &mut url::Url) -> Result<bool, String> {
+fn honour_query_credentials(url: &mut url::Url) -> Result<bool, Refused> {
     let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     let named = |k: &str| -> Vec<&(String, String)> {
         pairs
@@ -102,42 +107,42 @@ fn honour_query_credentials(url: &mut url::Url) -> Result<bool, String> {
     }
     if users.len() > 1 {
         let each: Vec<String> = users.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-        return Err(format!(
+        return Err(Refused(format!(
             "it names the user {} times in the query ({}): keep one",
             users.len(),
             each.join(", ")
-        ));
+        )));
     }
     if passwords.len() > 1 {
         // The keys only: never a password.
         let each: Vec<String> = passwords.iter().map(|(k, _)| format!("{k}=")).collect();
-        return Err(format!(
+        return Err(Refused(format!(
             "it gives a password {} times in the query ({}): keep one",
             passwords.len(),
             each.join(", ")
-        ));
+        )));
     }
     let user = users.first().map(|(k, v)| (k.as_str(), v.as_str()));
     let password = passwords.first().map(|(k, v)| (k.as_str(), v.as_str()));
     if let Some((key, user)) = user {
         let current = crate::redact::percent_decode(url.username());
         if !current.is_empty() && current != user {
-            return Err(format!(
+            return Err(Refused(format!(
                 "it names two users, {current:?} before the host and {user:?} in ?{key}=: keep one"
-            ));
+            )));
         }
         url.set_username(&crate::redact::percent_encode(user))
-            .map_err(|()| "the URL cannot carry a user name".to_owned())?;
+            .map_err(|()| Refused("the URL cannot carry a user name".to_owned()))?;
     }
     if let Some((key, password)) = password {
         let current = url.password().map(crate::redact::percent_decode);
         if current.as_deref().is_some_and(|c| c != password) {
-            return Err(format!(
+            return Err(Refused(format!(
                 "it has two different passwords, before the host and in ?{key}=: keep one"
-            ));
+            )));
         }
         url.set_password(Some(&crate::redact::percent_encode(password)))
-            .map_err(|()| "the URL cannot carry a password".to_owned())?;
+            .map_err(|()| Refused("the URL cannot carry a password".to_owned()))?;
     }
     let rest: Vec<(String, String)> = pairs
         .into_iter()

@@ -95,5 +95,5 @@ fn twenty_racing_alembic_upgrades_under_schemagate_all_succeed_and_run_each_revi
     );
 
     let out = run(schemagate(&db.url).args(["wait", "--expect", &head, "--timeout", "10s"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }

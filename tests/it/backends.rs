@@ -15,7 +15,7 @@ fn migrate(db: &TestDb, src: &Migrations) -> Command {
 }
 
 fn ok(out: &std::process::Output) {
-    assert_eq!(code(out), 0, "{}", stderr(out));
+    assert_exit(out, 0);
 }
 
 fn simple_source() -> Migrations {
@@ -85,27 +85,15 @@ fn sigkill_mid_migration(kind: Kind) {
     if kind == Kind::My {
         // MySQL commits DDL implicitly: `second` was created, so the migration is dirty and
         // the next run refuses, naming it and the repair.
-        assert_eq!(code(&out), 4, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("migration 2 is dirty"),
-            "{}",
-            stderr(&out)
-        );
-        assert!(
-            stderr(&out).contains("DELETE FROM _sqlx_migrations WHERE version = 2"),
-            "{}",
-            stderr(&out)
-        );
+        assert_exit(&out, 4);
+        assert_stderr_has(&out, "migration 2 is dirty");
+        assert_stderr_has(&out, "DELETE FROM _sqlx_migrations WHERE version = 2");
         db.exec("DROP TABLE second; DELETE FROM _sqlx_migrations WHERE version = 2;");
         ok(&run(&mut migrate(&db, &src)));
     } else {
         ok(&out);
         // The second run applied migration 2 itself: nothing of the killed run survived.
-        assert!(
-            stderr(&out).contains("applying 2 (slow)"),
-            "{}",
-            stderr(&out)
-        );
+        assert_stderr_has(&out, "applying 2 (slow)");
     }
     assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
     assert!(db.table_exists("second"));
@@ -123,7 +111,7 @@ fn sigterm_mid_migration(kind: Kind) {
     let child = migrator_in_slow_migration(&db, &src);
     sigterm(child.id());
     let out = finish(child);
-    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_exit(&out, 143);
     let newest = db.strings("SELECT status FROM schemagate_marker ORDER BY id DESC");
     assert_eq!(newest, vec!["failed".to_string()]);
     let detail = db.strings("SELECT detail FROM schemagate_marker");
@@ -183,12 +171,8 @@ fn wait_times_out(kind: Kind) {
         "--interval",
         "100ms",
     ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("schema version 42 not ready after 1s"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 124);
+    assert_stderr_has(&out, "schema version 42 not ready after 1s");
 }
 
 /// reliability: a migration fails (SQL error) | rolled back; `failed` marker with the redacted error; exit 1; waiters exit 3 at once (or keep waiting with `--ignore-failed`); a fixed re-run succeeds | nothing
@@ -202,12 +186,8 @@ fn failed_migration_then_wait_exits_3(kind: Kind) {
         ),
     ]);
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("migration 2 (bad) failed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "migration 2 (bad) failed");
     assert_eq!(
         db.i64("SELECT count(*) FROM a"),
         0,
@@ -215,8 +195,8 @@ fn failed_migration_then_wait_exits_3(kind: Kind) {
     );
     assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 1);
     let out = run(schemagate(db.url()).args(["wait", "--source", src.path(), "--timeout", "30s"]));
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(stderr(&out).contains("no_such_table"), "{}", stderr(&out));
+    assert_exit(&out, 3);
+    assert_stderr_has(&out, "no_such_table");
     let out = run(schemagate(db.url()).args([
         "wait",
         "--source",
@@ -225,7 +205,7 @@ fn failed_migration_then_wait_exits_3(kind: Kind) {
         "--timeout",
         "1s",
     ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert_exit(&out, 124);
     // Fixed and re-run: the newest marker is succeeded and waiters pass.
     src.write("2_bad.sql", "INSERT INTO a VALUES (1);");
     ok(&run(&mut migrate(&db, &src)));
@@ -265,7 +245,7 @@ fn wait_source_when_database_is_ahead(kind: Kind) {
 fn wait_once(kind: Kind) {
     let db = TestDb::new(kind, "once");
     let out = run(schemagate(db.url()).args(["wait", "--once", "--expect", "2"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     ok(&run(&mut migrate(&db, &simple_source())));
     ok(&run(
         schemagate(db.url()).args(["wait", "--once", "--expect", "2"])
@@ -280,11 +260,10 @@ fn modified_migration_is_drift(kind: Kind) {
     src.write("1_a.sql", "CREATE TABLE a (id bigint);");
     src.write("3_c.sql", "CREATE TABLE c (id int);");
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("migration 1 (a) was previously applied but has been modified"),
-        "{}",
-        stderr(&out)
+    assert_exit(&out, 4);
+    assert_stderr_has(
+        &out,
+        "migration 1 (a) was previously applied but has been modified",
     );
     assert!(!db.table_exists("c"), "applied despite drift");
 }
@@ -297,11 +276,10 @@ fn missing_migration_is_drift(kind: Kind) {
     std::fs::remove_file(src.dir.join("2_b.sql")).unwrap();
     src.write("3_c.sql", "CREATE TABLE c (id int);");
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("migration 2 was applied to the database but is missing"),
-        "{}",
-        stderr(&out)
+    assert_exit(&out, 4);
+    assert_stderr_has(
+        &out,
+        "migration 2 was applied to the database but is missing",
     );
 }
 
@@ -328,8 +306,8 @@ fn dry_run_into_a_closed_pipe_does_not_panic(kind: Kind) {
     // Closed before the process starts: its first write fails with EPIPE, every time.
     drop(reader);
     let out = run(migrate(&db, &src).arg("--dry-run").stdout(writer));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_lacks(&out, "panicked");
 }
 
 /// reliability: the database is unreachable (refused port; SQLite file in a missing directory) | retried with jittered backoff until `--connect-timeout`, then exit 124 (SQLite: exit 2 at once), URL redacted | nothing
@@ -340,24 +318,12 @@ fn unreachable_database(kind: Kind) {
         run(schemagate(&url).args(["migrate", "--source", src.path(), "--connect-timeout", "1s"]));
     if kind == Kind::Lite {
         // A file that cannot be created is a configuration error, not a wait.
-        assert_eq!(code(&out), 2, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("/no/such/dir/app.db"),
-            "{}",
-            stderr(&out)
-        );
+        assert_exit(&out, 2);
+        assert_stderr_has(&out, "/no/such/dir/app.db");
     } else {
-        assert_eq!(code(&out), 124, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("within 1s (--connect-timeout)"),
-            "{}",
-            stderr(&out)
-        );
-        assert!(
-            stderr(&out).contains(":***@127.0.0.1:1/db"),
-            "{}",
-            stderr(&out)
-        );
+        assert_exit(&out, 124);
+        assert_stderr_has(&out, "within 1s (--connect-timeout)");
+        assert_stderr_has(&out, ":***@127.0.0.1:1/db");
     }
 }
 
@@ -408,7 +374,7 @@ fn rollback_and_up_again(kind: Kind) {
     assert_eq!(newest[0], "rollback 1 succeeded");
     // The app built for 3 waits again; one built for 1 starts.
     let out = run(schemagate(db.url()).args(["wait", "--expect", "3", "--timeout", "1s"]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert_exit(&out, 124);
     let old = Migrations::new(&[
         ("1_a.up.sql", "CREATE TABLE a (id int);"),
         ("1_a.down.sql", "DROP TABLE a;"),
@@ -423,7 +389,7 @@ fn rollback_and_up_again(kind: Kind) {
     // And up again.
     let out = run(&mut migrate(&db, &src));
     ok(&out);
-    assert!(stderr(&out).contains("applying 2 (b)"), "{}", stderr(&out));
+    assert_stderr_has(&out, "applying 2 (b)");
     assert!(db.table_exists("c"));
     ok(&run(schemagate(db.url()).args([
         "wait",
@@ -440,12 +406,8 @@ fn rollback_without_down_migration_is_refused(kind: Kind) {
     let src = simple_source();
     ok(&run(&mut migrate(&db, &src)));
     let out = run(schemagate(db.url()).args(["rollback", "--to", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no .down.sql for 2"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "no .down.sql for 2");
     assert!(db.table_exists("b"));
 }
 
@@ -483,7 +445,7 @@ fn a_large_migration_runs_in_pieces_as_one(kind: Kind) {
     let db = TestDb::new(kind, "largesql");
     let failing = Migrations::new(&[("1_big.sql", &large_sql(kind, true))]);
     let out = run(&mut migrate(&db, &failing));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     assert!(!db.table_exists("big"), "part of a failed migration stayed");
     let src = Migrations::new(&[("1_big.sql", &large_sql(kind, false))]);
     ok(&run(&mut migrate(&db, &src)));
@@ -577,12 +539,12 @@ fn stamp_over_drift_is_refused(kind: Kind) {
         src.path(),
     ])));
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_exit(&out, 4);
     // Missing: applied, then deleted from the source.
     src.write("2_b.sql", "CREATE TABLE b (id int);");
     std::fs::remove_file(src.dir.join("2_b.sql")).unwrap();
     let out = run(schemagate(db.url()).args(["stamp", "3", "--source", src.path()]));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_exit(&out, 4);
 }
 
 /// reliability: a `-- no-transaction` migration that fails part-way, then `stamp` | the run exits 1 and records the migration dirty; the next `migrate` exits 4 naming it and the repair; after the operator finishes it by hand, `stamp V --source` marks it done under the lock and `migrate` / `wait` pass | nothing: the partial effects are reported, never re-run blindly
@@ -598,9 +560,9 @@ INSERT INTO no_such_table VALUES (1);",
         ),
     ]);
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_exit(&out, 4);
     assert!(
         stderr(&out).contains("migration 2 is dirty")
             && stderr(&out).contains("schemagate stamp 2"),
@@ -615,7 +577,7 @@ INSERT INTO no_such_table VALUES (1);",
     ok(&out);
     let out = run(&mut migrate(&db, &src));
     ok(&out);
-    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
+    assert_stderr_has(&out, "already applied");
     ok(&run(schemagate(db.url()).args([
         "wait",
         "--source",
@@ -697,12 +659,8 @@ fn assert_undone_version_not_ready(db: &TestDb, src: &Migrations) {
     if db.kind() == Kind::My {
         // sqlx marks a MySQL down migration dirty before running it (its DDL commits
         // at once): the next run stops and names it, as for an interrupted up migration.
-        assert_eq!(code(&out), 4, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("migration 2 is dirty"),
-            "{}",
-            stderr(&out)
-        );
+        assert_exit(&out, 4);
+        assert_stderr_has(&out, "migration 2 is dirty");
         return;
     }
     ok(&out);
@@ -724,7 +682,7 @@ fn interrupted_rollback_by_sigterm_leaves_the_undone_version_not_ready(kind: Kin
     let child = rollback_in_slow_down(&db, &src);
     sigterm(child.id());
     let out = finish(child);
-    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_exit(&out, 143);
     assert_undone_version_not_ready(&db, &src);
 }
 
@@ -755,7 +713,7 @@ fn wait_for_a_version_the_database_has_passed(kind: Kind) {
     let out = run(schemagate(db.url()).args(["wait", "--expect", "2", "--once"]));
     ok(&out);
     let out = run(schemagate(db.url()).args(["wait", "--expect", "3", "--once"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     // Rolled back below 1: an app built for 1 waits again.
     ok(&run(schemagate(db.url()).args([
         "rollback",
@@ -765,7 +723,7 @@ fn wait_for_a_version_the_database_has_passed(kind: Kind) {
         src.path(),
     ])));
     let out = run(schemagate(db.url()).args(["wait", "--expect", "1", "--once"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
 }
 
 /// reliability: another tool reverts migrations out of band (the SQL `sqlx migrate revert` runs: the down migration, then its `_sqlx_migrations` row deleted) after a `succeeded` marker | the fast path reads the history in the same query as the marker, sees it disagree, and takes the slow path: `migrate` re-applies; `wait --source` does not pass meanwhile | nothing
@@ -776,15 +734,11 @@ fn out_of_band_revert_is_seen_by_the_fast_path(kind: Kind) {
     db.exec("DROP TABLE c");
     db.exec("DELETE FROM _sqlx_migrations WHERE version = 3");
     let out = run(schemagate(db.url()).args(["wait", "--source", src.path(), "--once"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("records 2 of this build's 3"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "records 2 of this build's 3");
     let out = run(&mut migrate(&db, &src));
     ok(&out);
-    assert!(stderr(&out).contains("applying 3 (c)"), "{}", stderr(&out));
+    assert_stderr_has(&out, "applying 3 (c)");
     assert!(db.table_exists("c"));
 }
 
@@ -805,17 +759,13 @@ fn database_ahead_of_the_source_is_not_drift(kind: Kind) {
     fresh.exec("DELETE FROM schemagate_marker");
     let out = run(&mut migrate(&fresh, &old));
     ok(&out);
-    assert!(
-        stderr(&out).contains("the database is ahead of this build"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "the database is ahead of this build");
     let modified = Migrations::new(&[
         ("1_a.sql", "CREATE TABLE a (id int); -- changed"),
         ("2_b.sql", "CREATE TABLE b (id int);"),
     ]);
     let out = run(&mut migrate(&fresh, &modified));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_exit(&out, 4);
 }
 
 /// reliability (PostgreSQL, MariaDB): the server ends the migrator's session in the middle of a migration (`pg_terminate_backend`, MySQL `KILL CONNECTION`: a failover, a restart) | exit 1; the `failed` marker is written from a fresh connection, so a `wait` for the version exits 3 at once instead of waiting to its timeout | nothing reported as applied
@@ -839,13 +789,13 @@ fn lost_lock_connection_records_a_failed_marker(kind: Kind) {
         Kind::Lite => unreachable!("SQLite runs in the migrator's process"),
     }
     let out = finish(child);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     assert_eq!(
         db.strings("SELECT status FROM schemagate_marker ORDER BY id DESC"),
         vec!["failed".to_string()]
     );
     let out = run(schemagate(db.url()).args(["wait", "--expect", "2", "--timeout", "60s"]));
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_exit(&out, 3);
 }
 
 /// reliability: two migration tracks in one history (`--ignore-missing`, quickwit's deferred track): 8 `migrate` runs of one track race, then 5 more run one after another | the marker's history check counts only this track's versions, so the racers that wait leave at the first run's marker, and every later run takes the fast path (no lock, no marker): one marker in all | nothing
@@ -875,19 +825,15 @@ fn ignore_missing_runs_take_the_fast_path(kind: Kind) {
     for _ in 0..5 {
         let out = run(&mut go(&main));
         ok(&out);
-        assert!(
-            stderr(&out).contains("schema version 3 is already applied"),
-            "{}",
-            stderr(&out)
-        );
-        assert!(!stderr(&out).contains("lock: "), "{}", stderr(&out));
+        assert_stderr_has(&out, "schema version 3 is already applied");
+        assert_stderr_lacks(&out, "lock: ");
     }
     assert_eq!(markers(), 1, "a no-op run appended a marker");
     // The check still sees this track's history: reverted out of band, it runs again.
     db.exec("DELETE FROM _sqlx_migrations WHERE version = 3; DROP TABLE c;");
     let out = run(&mut go(&main));
     ok(&out);
-    assert!(stderr(&out).contains("applying 3"), "{}", stderr(&out));
+    assert_stderr_has(&out, "applying 3");
     assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 4);
 }
 

@@ -94,7 +94,7 @@ fn sql_corpus_gets_the_expected_verdicts_and_the_gate_exits_5() {
     let out = run(schemagate(&db.url)
         .args(["check", "--json", "--since", "20240101000000", "--source"])
         .arg(corpus().join("sql")));
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     let report = json(&out);
     let got: BTreeMap<String, String> = report["migrations"]
         .as_array()
@@ -189,7 +189,7 @@ fn sql_corpus_gets_the_expected_verdicts_and_the_gate_exits_5() {
     let out = run(schemagate(&db.url)
         .args(["check", "--since", "20240201000008", "--source"])
         .arg(corpus().join("sql")));
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("drop-column") && table.contains("users.legacy_email"),
@@ -225,27 +225,19 @@ fn accepted_findings_pass_the_gate() {
             .args(extra))
     };
     let out = check(&[]);
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     assert_eq!(
         verdict(&json(&out)["migrations"][0]),
         "drop-column users.legacy (allowed); drop-column users.nick"
     );
-    assert!(
-        stderr(&out).contains("drop-column users.nick"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "drop-column users.nick");
     let out = check(&["--allow", "drop-column users.nick"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(json(&out)["unaccepted"], 0);
 
     let out = check(&["--allow", "drop-column"]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("invalid --allow \"drop-column\""),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "invalid --allow \"drop-column\"");
 }
 
 /// A given scratch database is refused when it holds tables check did not create; an
@@ -275,12 +267,8 @@ fn a_given_scratch_database_must_be_empty_and_is_left_empty() {
     // The app's own database, given by mistake, is refused and left as it was.
     let app_name = app.url.rsplit('/').next().unwrap().to_owned();
     let out = check(&app_name);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("refusing --scratch-database {app_name}")),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, &format!("refusing --scratch-database {app_name}"));
     assert_eq!(
         pg_i64(
             &app.url,
@@ -290,7 +278,7 @@ fn a_given_scratch_database_must_be_empty_and_is_left_empty() {
     );
     for _ in 0..2 {
         let out = check(&name);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
         assert!(String::from_utf8_lossy(&out.stdout).contains("no findings"));
         assert_eq!(
             user_relations(&scratch.url),
@@ -331,12 +319,8 @@ fn sigterm_drops_the_scratch_database() {
 fn external_migrators_on_other_backends_are_refused_with_exit_2() {
     for url in ["mysql://root@127.0.0.1:3306/x", "sqlite:///tmp/none.db"] {
         let out = run(schemagate(url).args(["check", "--", "true"]));
-        assert_eq!(code(&out), 2, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("check -- CMD needs PostgreSQL"),
-            "{}",
-            stderr(&out)
-        );
+        assert_exit(&out, 2);
+        assert_stderr_has(&out, "check -- CMD needs PostgreSQL");
     }
 }
 
@@ -520,7 +504,7 @@ fn smoke_on_postgres_prints_the_check_summary() {
             "--source",
         ])
         .arg(&examples));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("schemagate check: 5 migration run(s) against an empty database"),
@@ -561,7 +545,7 @@ fn a_failing_migration_fails_the_check_and_the_scratch_database_goes() {
         ),
     ]);
     let out = run(schemagate(&db.url).args(["check", "--since", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let err = stderr(&out);
     assert!(
         err.contains("migration 2 bad failed on the scratch database") && err.contains("nope"),
@@ -594,12 +578,8 @@ fn an_external_migrator_is_observed_from_a_side_connection() {
     ]));
     // The migrator printed the scratch URL, password included: masked in our log (run()
     // fails the test if the password shows anywhere).
-    assert!(
-        stderr(&out).contains("[sh] migrated postgres://postgres:***@"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_stderr_has(&out, "[sh] migrated postgres://postgres:***@");
+    assert_exit(&out, 5);
     let report = json(&out);
     let m = &report["migrations"][0];
     assert_eq!(verdict(m), "rewrite a", "{m}");
@@ -656,7 +636,7 @@ fn mysql_and_sqlite_get_the_catalog_diff() {
         "--source",
         mysql.path(),
     ]));
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     let report = json(&out);
     let verdicts: Vec<String> = report["migrations"]
         .as_array()
@@ -712,7 +692,7 @@ fn mysql_and_sqlite_get_the_catalog_diff() {
         "--source",
         sqlite.path(),
     ]));
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     let report = json(&out);
     let verdicts: Vec<String> = report["migrations"]
         .as_array()
@@ -770,7 +750,7 @@ fn the_other_compatibility_findings() {
     ]);
     let out =
         run(schemagate(&db.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     let report = json(&out);
     let verdicts: Vec<String> = report["migrations"]
         .as_array()
@@ -821,7 +801,7 @@ fn a_role_without_superuser_still_gets_a_check() {
     let out =
         run(schemagate(&url).args(["check", "--json", "--since", "1", "--source", src.path()]));
     pg_exec(&db.url, &format!("DROP ROLE {role}"));
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     let report = json(&out);
     let observed = report["migrations"][0]["observed"].as_str().unwrap();
     assert!(observed.contains("no event trigger"), "{observed}");
@@ -914,7 +894,7 @@ fn statements_outside_the_scratch_database_are_findings_and_never_run() {
     ]);
     let out =
         run(schemagate(&app.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     let report = json(&out);
     let m = &report["migrations"][0];
     assert_eq!(
@@ -961,7 +941,7 @@ fn statements_outside_the_scratch_database_are_findings_and_never_run() {
         ),
     );
     let out = run(schemagate(&app.url).args(["check", "--since", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(database_settings_and_comment(&app.url), (0, String::new()));
     assert!(!role_exists(&app.url, &role));
 }
@@ -979,7 +959,7 @@ fn a_failure_after_a_statement_left_out_names_it() {
         ),
     ]);
     let out = run(schemagate(&app.url).args(["check", "--since", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let err = stderr(&out);
     assert!(
         err.contains("migration 2 role failed on the scratch database")
@@ -1050,7 +1030,7 @@ fn an_external_migrator_that_migrates_the_real_database_fails_the_check() {
             "upgrade",
             "head",
         ]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let report = json(&out);
     let m = &report["migrations"][0];
     assert_eq!(
@@ -1064,11 +1044,7 @@ fn an_external_migrator_that_migrates_the_real_database_fails_the_check() {
             && detail.contains("new rows of public.alembic_version"),
         "{detail}"
     );
-    assert!(
-        stderr(&out).contains("did not stay on its scratch database"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "did not stay on its scratch database");
 }
 
 /// issue 20.3b, the other shapes: a migrator that changes database-level settings of the
@@ -1090,7 +1066,7 @@ fn an_external_migrator_that_ignores_database_url_fails_the_check() {
         "psql \"$REAL_URL\" -qc \"ALTER DATABASE {real} SET work_mem = '8MB'; \
          COMMENT ON DATABASE {real} IS 'x'\""
     ));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let detail = json(&out)["migrations"][0]["findings"][0]["detail"]
         .as_str()
         .unwrap()
@@ -1102,7 +1078,7 @@ fn an_external_migrator_that_ignores_database_url_fails_the_check() {
     assert!(detail.contains("changed database comment"), "{detail}");
 
     let out = check("psql \"$OTHER_URL\" -qc 'CREATE TABLE elsewhere (id int)'");
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let report = json(&out);
     let m = &report["migrations"][0];
     assert!(
@@ -1112,7 +1088,7 @@ fn an_external_migrator_that_ignores_database_url_fails_the_check() {
 
     // Nothing to do, but it looked at the scratch database: a clean pass.
     let out = check("psql \"$DATABASE_URL\" -qc 'SELECT pg_sleep(0.3)'");
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(json(&out)["findings"], 0);
 }
 
@@ -1135,7 +1111,7 @@ fn a_migration_that_edits_its_own_history_is_rehearsed() {
     let out = run(schemagate(&app.url)
         .args(["check", "--json", "--since", "20230103000000", "--source"])
         .arg(corpus().join("history")));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let report = json(&out);
     let m = &report["migrations"][0];
     assert_eq!(m["version"], 20250101000000_i64, "{m}");
@@ -1152,7 +1128,7 @@ fn a_migration_that_edits_its_own_history_is_rehearsed() {
         ),
     ]);
     let out = run(schemagate(&app.url).args(["check", "--since", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let src = Migrations::new(&[
         ("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);"),
         (
@@ -1169,7 +1145,7 @@ fn a_migration_that_edits_its_own_history_is_rehearsed() {
         "--source",
         src.path(),
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         user_relations(&app.url),
         0,
@@ -1227,7 +1203,7 @@ fn a_scratch_database_left_by_a_killed_check_is_dropped_by_the_next() {
 
     let src = Migrations::new(&[("1_base.sql", "CREATE TABLE t (id INT);")]);
     let out = run(schemagate(&db.url).args(["check", "--since", "0", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert!(
         !database_exists(&db.url, &stale),
         "{stale} survived the next check:\n{}",
@@ -1238,17 +1214,14 @@ fn a_scratch_database_left_by_a_killed_check_is_dropped_by_the_next() {
         "the scratch database of a running check was dropped"
     );
     assert!(database_exists(&db.url, &unmarked));
-    assert!(
-        stderr(&out).contains(&format!(
-            "the scratch database {unmarked} looks left behind"
-        )),
-        "{}",
-        stderr(&out)
+    assert_stderr_has(
+        &out,
+        &format!("the scratch database {unmarked} looks left behind"),
     );
     pg_exec(&db.url, &format!("DROP DATABASE {unmarked}"));
     sigterm(live.id());
     let out = finish(live);
-    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_exit(&out, 143);
     assert!(!database_exists(&db.url, &running));
 }
 
@@ -1314,7 +1287,7 @@ fn a_scratch_database_left_by_a_killed_check_on_mysql_is_dropped_by_the_next() {
     );
     let quick = Migrations::new(&[("1_base.sql", "CREATE TABLE t (id INT PRIMARY KEY);")]);
     let out = run(schemagate(&my.url).args(["check", "--since", "0", "--source", quick.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert!(
         !databases().contains(&stale),
         "{stale} survived the next check:\n{}",
@@ -1384,7 +1357,7 @@ fn scratch_databases_left_by_a_killed_smoke_are_dropped_by_the_next_check() {
     );
     let quick = Migrations::new(&[("1_base.sql", "CREATE TABLE t (id INT);")]);
     let out = run(schemagate(&db.url).args(["check", "--since", "0", "--source", quick.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     for name in &stale {
         assert!(
             !database_exists(&db.url, name),
@@ -1409,7 +1382,7 @@ fn statements_outside_the_scratch_database_on_mysql_and_sqlite_are_findings() {
     ]);
     let out =
         run(schemagate(&my.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert_exit(&out, 5);
     assert_eq!(
         verdict(&json(&out)["migrations"][0]),
         format!("outside-database role {user}")
@@ -1446,12 +1419,8 @@ fn statements_outside_the_scratch_database_on_mysql_and_sqlite_are_findings() {
         src.path(),
     ]));
     // The attach is left out, so the statement that needs it fails, saying why.
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("`ATTACH DATABASE"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "`ATTACH DATABASE");
     assert!(!other.exists(), "the rehearsal wrote {}", other.display());
 }
 
@@ -1484,7 +1453,7 @@ fn a_migration_that_reaches_the_real_database_through_a_function_fails_the_check
     ]);
     let out =
         run(schemagate(&app.url).args(["check", "--json", "--since", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let report = json(&out);
     let migrations = report["migrations"].as_array().unwrap();
     assert_eq!(migrations.len(), 1, "the rehearsal went on: {report}");
@@ -1494,9 +1463,8 @@ fn a_migration_that_reaches_the_real_database_through_a_function_fails_the_check
     );
     let detail = migrations[0]["findings"][0]["detail"].as_str().unwrap();
     assert!(detail.contains("new relation public.reached"), "{detail}");
-    assert!(
-        stderr(&out).contains(&format!("changed-real-database database {real} (2 reach)")),
-        "{}",
-        stderr(&out)
+    assert_stderr_has(
+        &out,
+        &format!("changed-real-database database {real} (2 reach)"),
     );
 }

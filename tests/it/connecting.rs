@@ -217,12 +217,8 @@ fn http_url_tokens_are_never_printed() {
         &["wait", "--expect", "v1", "--http", &ready],
         &secrets,
     );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("/ready?token=***"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "/ready?token=***");
     for (url, once, exit) in [
         (with_token(&broken.url("/ready")), false, 124),
         (with_token(&refused), false, 124),
@@ -253,7 +249,7 @@ fn http_url_tokens_are_never_printed() {
         &["wait", "--expect", "v1", "--http", &bad],
         &secrets,
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
 }
 
 /// A TCP server on loopback that accepts connections and, per connection, either hangs up
@@ -395,12 +391,8 @@ fn a_timeout_names_the_limit_that_ran_out() {
         "--connect-timeout",
         "2s",
     ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("within 2s (--connect-timeout)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 124);
+    assert_stderr_has(&out, "within 2s (--connect-timeout)");
 }
 
 /// A login role with no privilege beyond what PostgreSQL 15 gives every role (CONNECT;
@@ -453,7 +445,7 @@ fn a_role_without_create_on_the_database_migrates_into_an_existing_schema() {
             "--table",
             "app.marker",
         ]));
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
     }
     let out = run(schemagate(&owner).args([
         "migrate",
@@ -475,9 +467,9 @@ fn a_role_without_create_on_the_database_migrates_into_an_existing_schema() {
         "app.marker",
         "--once",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = run(schemagate(&owner).args(["status", "--table", "app.marker"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_i64(
             &db.url,
@@ -501,7 +493,7 @@ fn a_role_without_create_on_the_database_migrates_into_an_existing_schema() {
         "--",
         "true",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 
     // Everything created by an administrator; the role may only read and write the marker.
     let out = run(schemagate(&db.url).args([
@@ -513,7 +505,7 @@ fn a_role_without_create_on_the_database_migrates_into_an_existing_schema() {
         "--",
         "true",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let (_, dml) = least_privilege_role(
         &db,
         pw,
@@ -529,7 +521,7 @@ fn a_role_without_create_on_the_database_migrates_into_an_existing_schema() {
         "--",
         "true",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(&db.url, "SELECT version FROM dba.marker ORDER BY id"),
         vec!["v0".to_owned(), "v1".to_owned()]
@@ -546,12 +538,8 @@ fn a_role_without_create_on_the_database_migrates_into_an_existing_schema() {
         "--",
         "true",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("permission denied for database"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "permission denied for database");
 }
 
 /// reliability: `wait --listen` against a hot standby (a read replica), where LISTEN cannot run ("cannot execute LISTEN during recovery") and a NOTIFY on the primary never arrives | it polls instead, saying once why, and passes when the marker written on the primary has replicated; `wait --source`, `--once` and `status` read the standby too (it exited 1) | nothing
@@ -590,7 +578,7 @@ fn wait_listen_on_a_hot_standby_polls_instead() {
     let seen = wait_for_stderr_line(&mut waiter, "polling", std::time::Duration::from_secs(60));
     assert!(seen.contains("standby"), "{seen}");
     let out = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = finish(waiter);
     let err = stderr(&out);
     assert_eq!(code(&out), 0, "{err}");
@@ -683,7 +671,7 @@ fn history_off_the_search_path_is_named_not_called_missing() {
     let migrator = format!("{}?options=-csearch_path%3Ds1", db.url);
     let out =
         run(schemagate(&migrator).args(["migrate", "--source", src.path(), "--table", "app.x"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_i64(&db.url, "SELECT count(*) FROM s1._sqlx_migrations"),
         2
@@ -729,5 +717,5 @@ fn history_off_the_search_path_is_named_not_called_missing() {
         "s1._sqlx_migrations",
         "--once",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }

@@ -1,8 +1,9 @@
-//! Contracts no behaviour test pins: the `--help` text of every subcommand, compared with
-//! `tests/it/snapshots/help.txt` (`SCHEMAGATE_BLESS=1 cargo test --test it contracts`
-//! rewrites it), so a changed flag, default or exit-code line is a reviewed diff.
+//! Contracts no behaviour test pins: the `--help` text of every subcommand and the shape of
+//! `status --json`, as insta snapshots in `tests/it/snapshots/`, so a changed flag, default,
+//! exit-code line or key is a reviewed diff. A failure prints the diff; after reviewing it,
+//! `INSTA_UPDATE=always cargo test --test it contracts` rewrites the `.snap` files (or
+//! `cargo insta review`, if installed).
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::harness::*;
@@ -20,7 +21,7 @@ fn help(args: &[&str]) -> String {
         .env("COLUMNS", "100")
         .output()
         .expect("run schemagate --help");
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -43,16 +44,15 @@ fn help_text_is_the_documented_contract() {
         text.push_str(&help(args));
         text.push('\n');
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots/help.txt");
-    if std::env::var_os("SCHEMAGATE_BLESS").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        want == text,
-        "--help changed; review the diff and bless it with \
-         `SCHEMAGATE_BLESS=1 cargo test --test it contracts`"
-    );
+    snapshot("help", &text);
+}
+
+/// Compare `text` with `tests/it/snapshots/{name}.snap`, printing the diff when it differs.
+#[track_caller]
+fn snapshot(name: &str, text: &str) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(name, text));
 }
 
 /// `wait` takes no lock: it offers no `--lock-name` (issue 13), and refuses one with exit 2.
@@ -67,11 +67,11 @@ fn wait_offers_no_lock_name() {
         "--lock-name",
         "x",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
 }
 
 /// The shape of `status --json` (keys and value types, not values) is a contract for the
-/// machines that read it: compared with `tests/it/snapshots/status-json-shape.txt`.
+/// machines that read it: compared with `tests/it/snapshots/status-json-shape.snap`.
 #[test]
 fn status_json_shape_is_the_documented_contract() {
     fn shape(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
@@ -98,25 +98,15 @@ fn status_json_shape_is_the_documented_contract() {
         ("2_b.down.sql", "DROP TABLE b;"),
     ]);
     let out = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     src.write("3_c.sql", "CREATE TABLE c (id int);");
     let out = run(schemagate(&db.url).args(["status", "--json", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut lines = Vec::new();
     shape(&v, "", &mut lines);
     let text = lines.join("\n") + "\n";
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots/status-json-shape.txt");
-    if std::env::var_os("SCHEMAGATE_BLESS").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        want == text,
-        "the status --json shape changed:\n{text}\nreview it and bless it with \
-         `SCHEMAGATE_BLESS=1 cargo test --test it contracts`"
-    );
+    snapshot("status-json-shape", &text);
 }
 
 /// The headings of a `--help` text, in order ("Migrate:", "Connection:", ...).
@@ -206,7 +196,7 @@ fn mistyped_flag_tip_says_what_follows_the_double_dash() {
 #[test]
 fn bash_completion_completes_a_commands_flags() {
     let script = run(Command::new(bin()).args(["completions", "bash"]));
-    assert_eq!(code(&script), 0, "{}", stderr(&script));
+    assert_exit(&script, 0);
     let dir = tempfile_dir("completions");
     let path = dir.join("schemagate.bash");
     std::fs::write(&path, &script.stdout).unwrap();
@@ -216,7 +206,7 @@ fn bash_completion_completes_a_commands_flags() {
         path.display()
     );
     let out = run(Command::new("bash").args(["-c", &probe]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let words = String::from_utf8_lossy(&out.stdout);
     assert_eq!(words.trim(), "--lock-wait", "{words}");
 }
@@ -241,8 +231,8 @@ fn completions_cover_every_shell_and_command() {
         }
     }
     let out = run(Command::new(bin()).args(["completions", "tcsh"]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("possible values"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "possible values");
 }
 
 /// `schemagate man` renders with the system's man, with the exit codes as their own
@@ -251,7 +241,7 @@ fn completions_cover_every_shell_and_command() {
 fn man_pages_render_with_man() {
     let dir = tempfile_dir("man");
     let out = run(Command::new(bin()).args(["man", "--dir"]).arg(&dir));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     for page in [
         "schemagate",
         "schemagate-migrate",
@@ -277,7 +267,7 @@ fn man_pages_render_with_man() {
     }
     assert!(!dir.join("schemagate-help.1").exists());
     let stdout_page = run(Command::new(bin()).arg("man"));
-    assert_eq!(code(&stdout_page), 0, "{}", stderr(&stdout_page));
+    assert_exit(&stdout_page, 0);
     assert_eq!(
         stdout_page.stdout,
         std::fs::read(dir.join("schemagate.1")).unwrap()

@@ -38,7 +38,7 @@ fn assert_clean(secret: &str, out: &Output, tlog: &str) {
 /// `status --json` (markers with their detail included): no form of `secret` in it.
 fn assert_status_clean(url: &str, secret: &str) -> serde_json::Value {
     let out = run(schemagate(url).args(["status", "--json"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_no_form_of(secret, &text, "status --json");
     serde_json::from_str(&text).unwrap()
@@ -156,8 +156,8 @@ fn short_password_in_url_is_masked_in_log_marker_and_status() {
          echo \"{\\\"password\\\": \\\"Zq\\\"}\" >&2",
     ));
     let (out, _) = run_logged(&mut cmd, dir.dir.as_path(), pw);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains(":***@127.0.0.1"), "{}", stderr(&out));
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, ":***@127.0.0.1");
     let status = assert_status_clean(&url, pw);
     let detail = status["markers"][0]["detail"].as_str().unwrap().to_owned();
     assert!(detail.contains(":***@"), "{detail}");
@@ -182,12 +182,12 @@ fn every_form_of_the_password_is_masked() {
              printf '%s\\n' 'encoded {lower}' >&2"
         )));
     let (out, _) = run_logged(&mut cmd, dir.dir.as_path(), pw);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("encoded ***"), "{}", stderr(&out));
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "encoded ***");
     let mut status = schemagate(&bare);
     status.env("PGPASSWORD", pw);
     let out = run(status.args(["status", "--json"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_no_form_of(pw, &String::from_utf8_lossy(&out.stdout), "status --json");
 
     // MYSQL_PWD is registered too, whatever the backend.
@@ -197,7 +197,7 @@ fn every_form_of_the_password_is_masked() {
         .args(["migrate", "--version", "v1", "--"])
         .args(echoing_migrator("echo \"$MYSQL_PWD\" >&2"));
     let (out, _) = run_logged(&mut cmd, dir.dir.as_path(), "My-Pwd-4412");
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     assert_status_clean(lite.url(), "My-Pwd-4412");
 }
 
@@ -226,11 +226,11 @@ fn pgpass_password_is_masked() {
             "cut -d: -f5- \"$PGPASSFILE\" >&2; echo 'Pass:File\\Pw-81' >&2",
         ));
     let (out, _) = run_logged(&mut cmd, dir.dir.as_path(), pw);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let mut status = schemagate(&bare);
     status.env("PGPASSFILE", &pgpass);
     let out = run(status.args(["status", "--json"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_no_form_of(pw, &String::from_utf8_lossy(&out.stdout), "status --json");
 }
 
@@ -257,7 +257,7 @@ fn mysql_user_and_password_parameters_are_honoured() {
         dir.dir.as_path(),
         pw,
     );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         db.strings("SELECT u FROM who"),
         vec![format!("{user}@%")],
@@ -271,13 +271,13 @@ fn mysql_user_and_password_parameters_are_honoured() {
         dir.dir.as_path(),
         "wrong-Pw-55",
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains(&user), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, &user);
 
     let two = format!("{}?user={user}", db.url());
     let (out, _) = run_logged(schemagate(&two).args(["status"]), dir.dir.as_path(), pw);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("two users"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "two users");
 }
 
 #[test]
@@ -288,8 +288,8 @@ fn stray_url_argument_is_redacted_and_logged() {
     cmd.env_remove("SCHEMAGATE_DATABASE_URL")
         .args(["wait", "--expect", "1", &url]);
     let (out, log) = run_logged(&mut cmd, dir.dir.as_path(), PASSWORD);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("app:***@db"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "app:***@db");
     assert_eq!(termination_code(&log), 2);
     assert!(log.contains("unexpected argument"), "{log}");
 }
@@ -302,7 +302,7 @@ fn empty_schemagate_database_url_does_not_shadow_database_url() {
     cmd.env("DATABASE_URL", db.url())
         .args(["migrate", "--source", src.path()]);
     let out = run(&mut cmd);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert!(db.table_exists("a"));
 
     // Nor does it conflict with --database-url-file.
@@ -312,17 +312,13 @@ fn empty_schemagate_database_url_does_not_shadow_database_url() {
     let mut cmd = schemagate("");
     cmd.args(["status", "--database-url-file"]).arg(&file);
     let out = run(&mut cmd);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     // Both set is refused, naming the file.
     let out = run(schemagate(db.url())
         .args(["status", "--database-url-file"])
         .arg(&file));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--database-url-file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--database-url-file");
 }
 
 // ----- input validated before anything runs -----
@@ -376,7 +372,7 @@ fn durations_out_of_range_are_usage_errors() {
         let (out, log) = run_logged(schemagate(&url).args(&args), dir.dir.as_path(), PASSWORD);
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(named), "{args:?}: {}", stderr(&out));
-        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        assert_stderr_lacks(&out, "panicked");
         assert_eq!(termination_code(&log), 2, "{args:?}");
     }
 }
@@ -399,7 +395,7 @@ fn statement_timeout_zero_means_no_limit() {
         "--ddl-retries",
         "0",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(&db.url, "SELECT v FROM st"),
         vec!["0".to_owned()]
@@ -411,9 +407,9 @@ fn wait_timeout_zero_still_checks_once() {
     let db = TestDb::new(Kind::Lite, "timeout0");
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
     let out = run(schemagate(db.url()).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = run(schemagate(db.url()).args(["wait", "--expect", "1", "--timeout", "0"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }
 
 /// reliability: `wait --once` (a Compose healthcheck) against an unreachable database | gives up within `--timeout` instead of retrying for `--connect-timeout` | nothing
@@ -439,7 +435,7 @@ fn wait_once_is_bounded_by_timeout() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert_ne!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
+    assert_stderr_has(&out, "127.0.0.1:1");
 }
 
 #[test]
@@ -455,11 +451,7 @@ fn reserved_or_too_long_table_names_are_usage_errors() {
         ] {
             let (out, _) = run_logged(schemagate(&url).args(&args), dir.dir.as_path(), PASSWORD);
             assert_eq!(code(&out), 2, "{table}: {}", stderr(&out));
-            assert!(
-                stderr(&out).contains(&format!("--table {table:?}")),
-                "{}",
-                stderr(&out)
-            );
+            assert_stderr_has(&out, &format!("--table {table:?}"));
         }
     }
     // The longest allowed name works, lease table and index included.
@@ -474,9 +466,9 @@ fn reserved_or_too_long_table_names_are_usage_errors() {
         "--lock",
         "lease",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = run(schemagate(&db.url).args(["wait", "--expect", "1", "--table", &table]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }
 
 #[test]
@@ -489,12 +481,8 @@ fn source_is_read_as_sqlx_cli_reads_it() {
         ("README.md", "notes"),
     ]);
     let out = run(schemagate(db.url()).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("skipping schema.sql"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "skipping schema.sql");
     assert!(db.table_exists("a") && db.table_exists("b"));
     assert_eq!(db.i64("SELECT count(*) FROM _sqlx_migrations"), 2);
 }
@@ -618,7 +606,7 @@ fn special_files_are_refused_without_blocking() {
         let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
         // A valid digest file first: the fast path reads it before any migration.
         let out = run(schemagate(&db.url).args(["digest", "--source", src.path()]));
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
         src
     };
     let refused = |src: &Migrations, args: &[&str], file: &str, what: &str| {
@@ -672,12 +660,8 @@ fn special_files_are_refused_without_blocking() {
     cmd.args(["wait", "--expect", "1", "--once", "--termination-log"])
         .arg(dir.dir.join("tlog"));
     let out = finish_unblocked(&mut cmd, limit);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot write the termination log"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "cannot write the termination log");
     // The database URL from a mounted secret that is a FIFO, or a device.
     mkfifo(&dir.dir.join("url"));
     std::os::unix::fs::symlink("/dev/zero", dir.dir.join("zero")).unwrap();
@@ -713,10 +697,10 @@ fn ipv6_literal_url_connects() {
         "--connect-timeout",
         "20s",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert!(started.elapsed() < Duration::from_secs(15));
     let out = run(schemagate(&url).args(["wait", "--expect", "1", "--once"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }
 
 // ----- error classes and messages -----
@@ -737,7 +721,7 @@ fn unknown_database_is_a_configuration_error_on_every_server() {
             PASSWORD,
         );
         assert_eq!(code(&out), 2, "{url}: {}", stderr(&out));
-        assert!(stderr(&out).contains("sg_no_such_db"), "{}", stderr(&out));
+        assert_stderr_has(&out, "sg_no_such_db");
         assert!(started.elapsed() < Duration::from_secs(20));
     }
 }
@@ -774,12 +758,8 @@ fn mysql_connection_limits_are_retried() {
     release.send(()).unwrap();
     holder.join().unwrap();
     let out = finish(child);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("max_user_connections"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "max_user_connections");
     assert_no_form_of(pw, &stderr(&out), "stderr");
 }
 
@@ -798,7 +778,7 @@ fn missing_privilege_is_a_configuration_error() {
     );
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
     let out = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let role_url = format!(
         "postgres://{role}:{pw}@{}:{}{}",
         url.host_str().unwrap(),
@@ -810,24 +790,16 @@ fn missing_privilege_is_a_configuration_error() {
         dir.dir.as_path(),
         pw,
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("permission denied for schema public"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "permission denied for schema public");
     let started = Instant::now();
     let (out, _) = run_logged(
         schemagate(&role_url).args(["wait", "--expect", "1", "--timeout", "60s"]),
         dir.dir.as_path(),
         pw,
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("permission denied for table schemagate_marker"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "permission denied for table schemagate_marker");
     assert!(started.elapsed() < Duration::from_secs(20));
 
     // A migration that needs a privilege the user lacks: exit 2, recorded as failed.
@@ -841,11 +813,7 @@ fn missing_privilege_is_a_configuration_error() {
         pw,
     );
     assert_eq!(code(&out), 2, "{owner}: {}", stderr(&out));
-    assert!(
-        stderr(&out).contains("permission denied for schema locked_away"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "permission denied for schema locked_away");
     assert_eq!(
         pg_strings(&db2.url, "SELECT status FROM m2"),
         vec!["failed".to_owned()]
@@ -865,12 +833,8 @@ fn missing_privilege_is_a_configuration_error() {
         dir.dir.as_path(),
         pw,
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("CREATE command denied"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "CREATE command denied");
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -993,7 +957,7 @@ fn tls_with_an_unknown_ca_is_a_configuration_error() {
         certs.dir.as_path(),
         PASSWORD,
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
     assert!(started.elapsed() < Duration::from_secs(20));
     for text in [stderr(&out), log] {
         assert!(text.contains("UnknownIssuer"), "{text}");
@@ -1005,7 +969,7 @@ fn tls_with_an_unknown_ca_is_a_configuration_error() {
         certs.dir.as_path(),
         PASSWORD,
     );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     // A CA file that is not there is named at once, not retried.
     let missing = format!("{base}&sslrootcert=/no/such/ca.pem");
     let (out, _) = run_logged(
@@ -1013,8 +977,8 @@ fn tls_with_an_unknown_ca_is_a_configuration_error() {
         certs.dir.as_path(),
         PASSWORD,
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("/no/such/ca.pem"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "/no/such/ca.pem");
     drop(server);
     let _ = std::fs::remove_dir_all(&ssl_dir);
 }
@@ -1035,7 +999,7 @@ fn postgres_errors_name_no_server_source_line_and_log_once() {
     let db = PgDb::new("atline");
     let src = Migrations::new(&[("1_bad.sql", "SELECT * FROM no_such_table;")]);
     let out = run(schemagate(&db.url).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let err = stderr(&out);
     assert!(err.contains("no_such_table"), "{err}");
     assert!(
@@ -1059,13 +1023,9 @@ fn postgres_errors_name_no_server_source_line_and_log_once() {
 fn status_json_lock_key_is_a_string() {
     let db = TestDb::new(Kind::Lite, "keystr");
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
-    assert_eq!(
-        code(&run(schemagate(db.url()).args([
-            "migrate",
-            "--source",
-            src.path()
-        ]))),
-        0
+    assert_exit(
+        &run(schemagate(db.url()).args(["migrate", "--source", src.path()])),
+        0,
     );
     let v = assert_status_clean(db.url(), PASSWORD);
     let key = v["lock"]["key"].as_str().expect("the key is a string");
@@ -1076,13 +1036,9 @@ fn status_json_lock_key_is_a_string() {
 fn status_into_a_closed_pipe_does_not_panic() {
     let db = TestDb::new(Kind::Lite, "pipe");
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
-    assert_eq!(
-        code(&run(schemagate(db.url()).args([
-            "migrate",
-            "--source",
-            src.path()
-        ]))),
-        0
+    assert_exit(
+        &run(schemagate(db.url()).args(["migrate", "--source", src.path()])),
+        0,
     );
     let mut child = schemagate(db.url())
         .args(["status"])
@@ -1093,21 +1049,17 @@ fn status_into_a_closed_pipe_does_not_panic() {
     // The reader is gone before schemagate writes a byte: every write is EPIPE.
     drop(child.stdout.take());
     let out = finish(child);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_lacks(&out, "panicked");
 }
 
 #[test]
 fn wait_http_timeout_says_the_schema_is_ready() {
     let db = TestDb::new(Kind::Lite, "httpmsg");
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
-    assert_eq!(
-        code(&run(schemagate(db.url()).args([
-            "migrate",
-            "--source",
-            src.path()
-        ]))),
-        0
+    assert_exit(
+        &run(schemagate(db.url()).args(["migrate", "--source", src.path()])),
+        0,
     );
     let url = format!("http://127.0.0.1:{}/healthz", free_port());
     let out = run(schemagate(db.url()).args([
@@ -1121,18 +1073,10 @@ fn wait_http_timeout_says_the_schema_is_ready() {
         "--interval",
         "100ms",
     ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("the schema is ready"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stderr(&out).contains(&url), "{}", stderr(&out));
-    assert!(
-        !stderr(&out).contains("not checked yet"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 124);
+    assert_stderr_has(&out, "the schema is ready");
+    assert_stderr_has(&out, &url);
+    assert_stderr_lacks(&out, "not checked yet");
 }
 
 /// reliability: an external migrator writes bytes that are not UTF-8, or a 200 KB line without a newline | its output keeps streaming (decoded lossily; lines cut at 64 KiB, marked), so it is never killed by SIGPIPE mid-migration; exit 0 and a `succeeded` marker | nothing
@@ -1170,34 +1114,30 @@ fn sqlite_readers_never_create_or_convert_the_file() {
         dir.dir.as_path(),
         PASSWORD,
     );
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
-    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("typo.db"), "{}", stderr(&out));
+    assert_exit(&out, 124);
+    assert_stderr_has(&out, "does not exist");
+    assert_stderr_has(&out, "typo.db");
     let (out, _) = run_logged(
         schemagate(&url).args(["status"]),
         dir.dir.as_path(),
         PASSWORD,
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("typo.db"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "typo.db");
     assert!(!file.exists(), "a reader created the database file");
 
     // A rollback-journal database stays one.
     let db = TestDb::new(Kind::Lite, "journal");
     let src = Migrations::new(&[("1_a.sql", "CREATE TABLE a (id int);")]);
-    assert_eq!(
-        code(&run(schemagate(db.url()).args([
-            "migrate",
-            "--source",
-            src.path()
-        ]))),
-        0
+    assert_exit(
+        &run(schemagate(db.url()).args(["migrate", "--source", src.path()])),
+        0,
     );
     db.exec("PRAGMA journal_mode = DELETE;");
     let out = run(schemagate(db.url()).args(["wait", "--expect", "1"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = run(schemagate(db.url()).args(["status", "--json"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(db.strings("PRAGMA journal_mode"), vec!["delete".to_owned()]);
 }
 
@@ -1216,7 +1156,7 @@ fn sqlite_in_memory_is_refused_outside_smoke() {
             PASSWORD,
         );
         assert_eq!(code(&out), 2, "{url}: {}", stderr(&out));
-        assert!(stderr(&out).contains("in-memory"), "{}", stderr(&out));
+        assert_stderr_has(&out, "in-memory");
     }
 }
 
@@ -1290,11 +1230,7 @@ fn smoke_never_touches_existing_data() {
         lite.url(),
     ]);
     let out = run(&mut cmd);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("app.db holds tables"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "app.db holds tables");
     assert_eq!(lite.i64("SELECT count(*) FROM keep"), 1);
 }

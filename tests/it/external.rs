@@ -28,17 +28,9 @@ fn external_migrator_runs_once_under_the_lock_and_records_the_version() {
         log.display()
     );
     let out = run(&mut external(&db, "rev-1", &script));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("[sh] hello-from-cmd"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("[sh] warn-from-cmd"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "[sh] hello-from-cmd");
+    assert_stderr_has(&out, "[sh] warn-from-cmd");
     let runs = std::fs::read_to_string(&log).unwrap();
     assert!(runs.starts_with("run rev-1 "), "{runs}");
     let marker = pg_strings(
@@ -48,11 +40,11 @@ fn external_migrator_runs_once_under_the_lock_and_records_the_version() {
     assert_eq!(marker, vec!["rev-1 succeeded null".to_string()]);
     // The fast path: the command does not run again.
     let out = run(&mut external(&db, "rev-1", &script));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
     // Ready for waiters.
     let out = run(schemagate(&db.url).args(["wait", "--expect", "rev-1", "--timeout", "5s"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }
 
 /// reliability: 20 racing `migrate --version V -- CMD` | CMD runs once, under the lock; the others exit 0 | nothing
@@ -67,7 +59,7 @@ fn twenty_racing_external_migrators_run_the_command_once() {
         .collect();
     for c in children {
         let out = finish(c);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
     }
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
@@ -81,12 +73,8 @@ fn failing_external_migrator_records_the_tail_of_its_stderr() {
         "for i in $(seq 1 30); do echo line-$i >&2; done; echo 'using {PASSWORD}' >&2; exit 3"
     );
     let out = run(&mut external(&db, "v2", &script));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("sh exited with 3"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "sh exited with 3");
     let detail = pg_strings(
         &db.url,
         "SELECT detail FROM schemagate_marker WHERE status = 'failed'",
@@ -106,7 +94,7 @@ fn failing_external_migrator_records_the_tail_of_its_stderr() {
         "not redacted: {d}"
     );
     let out = run(schemagate(&db.url).args(["wait", "--expect", "v2", "--timeout", "5s"]));
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_exit(&out, 3);
 }
 
 /// reliability: the external migrator is killed by a signal | exit 1; the marker names the signal | nothing
@@ -114,7 +102,7 @@ fn failing_external_migrator_records_the_tail_of_its_stderr() {
 fn external_migrator_killed_by_a_signal_is_named() {
     let db = PgDb::new("extkill");
     let out = run(&mut external(&db, "v3", "kill -9 $$"));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let detail = pg_strings(&db.url, "SELECT detail FROM schemagate_marker");
     assert!(
         detail[0].starts_with("sh was killed by signal 9 (SIGKILL)"),
@@ -132,15 +120,11 @@ fn external_bad_input_is_2() {
         "no-such-migrator-xyz",
         "up",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("command not found: no-such-migrator-xyz"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "command not found: no-such-migrator-xyz");
     let out = run(schemagate("postgres://u:p@127.0.0.1:1/db").args(["migrate", "--", "true"]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("--version"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--version");
 }
 
 /// reliability: SIGTERM while an external migrator runs | forwarded to its process group; once it exits, a `failed` marker; exit 143 | nothing
@@ -219,7 +203,7 @@ fn losing_the_lock_connection_stops_the_external_migrator() {
     // (stderr was taken by the watcher above: the marker carries the message.)
     let t = Instant::now();
     let out = finish(child);
-    assert_eq!(code(&out), 1);
+    assert_exit(&out, 1);
     assert!(
         t.elapsed() < Duration::from_secs(30),
         "the child ran on after the lock was lost"
@@ -238,7 +222,7 @@ fn losing_the_lock_connection_stops_the_external_migrator() {
 #[test]
 fn wait_execs_the_command_once_ready() {
     let db = PgDb::new("waitexec");
-    assert_eq!(code(&run(&mut external(&db, "v1", "true"))), 0);
+    assert_exit(&run(&mut external(&db, "v1", "true")), 0);
     let child = spawn(schemagate(&db.url).args([
         "wait",
         "--expect",
@@ -251,20 +235,20 @@ fn wait_execs_the_command_once_ready() {
     ]));
     let pid = child.id();
     let out = finish(child);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     // The same process, replaced: the app gets the signals.
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("pid={pid} app=my-app")
     );
     let out = run(schemagate(&db.url).args(["wait", "--expect", "v1", "--", "no-such-app-xyz"]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
 }
 
 #[test]
 fn wait_http_polls_until_2xx() {
     let db = PgDb::new("waithttp");
-    assert_eq!(code(&run(&mut external(&db, "v1", "true"))), 0);
+    assert_exit(&run(&mut external(&db, "v1", "true")), 0);
     let server = HttpServer::start(|n, _| Some(if n < 3 { 503 } else { 204 }));
     let out = run(schemagate(&db.url).args([
         "wait",
@@ -275,7 +259,7 @@ fn wait_http_polls_until_2xx() {
         "--http",
         &server.url("/healthz"),
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let requests = server.requests();
     assert_eq!(requests.len(), 3, "{requests:?}");
     assert!(
@@ -296,7 +280,7 @@ fn wait_http_polls_until_2xx() {
         "--http",
         &down.url("/"),
     ]));
-    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert_exit(&out, 124);
 }
 
 #[test]
@@ -312,7 +296,7 @@ fn notify_url_posts_the_outcome_and_never_changes_it() {
         "true",
     );
     let out = run(&mut ok);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert!(
         stderr(&out).contains("could not notify") && stderr(&out).contains("HTTP 500"),
         "{}",
@@ -334,7 +318,7 @@ fn notify_url_posts_the_outcome_and_never_changes_it() {
         &["--notify-url", &good_url],
         "echo nope >&2; exit 1",
     );
-    assert_eq!(code(&run(&mut bad)), 1);
+    assert_exit(&run(&mut bad), 1);
     let e: serde_json::Value = serde_json::from_str(&hook.requests()[1].body).unwrap();
     assert_eq!(e["status"], "failed");
     assert_eq!(e["error"], "sh exited with 1");
@@ -347,12 +331,8 @@ fn a_silent_notify_endpoint_does_not_change_the_outcome() {
     let silent = HttpServer::start(|_, _| None);
     let mut cmd = external_with(&db, "v1", &["--notify-url", &silent.url("/hook")], "true");
     let out = run(&mut cmd);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("could not notify"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "could not notify");
     assert_eq!(
         pg_strings(&db.url, "SELECT status FROM schemagate_marker"),
         vec!["succeeded".to_string()]
@@ -368,7 +348,7 @@ fn json_logs_wrap_the_migrators_output_lines() {
         &["--log-format", "json"],
         "echo out-line; echo err-line >&2",
     ));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let lines: Vec<serde_json::Value> = stderr(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))

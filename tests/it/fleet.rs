@@ -104,7 +104,7 @@ fn schema_per_target_applies_each_schema_once_and_a_rerun_finds_them_up_to_date(
     let src = tenant_migrations();
     let targets = Targets::new(&["# tenants", "t_a", "", "t_b", "  t_c  "]);
     let out = run(fleet(&db.url, &targets, &src).arg("--json"));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let v = summary(&out);
     assert_eq!(
         states(&v),
@@ -152,7 +152,7 @@ fn schema_per_target_applies_each_schema_once_and_a_rerun_finds_them_up_to_date(
     );
 
     let again = run(fleet(&db.url, &targets, &src).arg("--json"));
-    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_exit(&again, 0);
     let v = summary(&again);
     assert_eq!(
         states(&v),
@@ -182,7 +182,7 @@ fn a_failing_target_fails_alone_and_the_fleet_exits_1() {
     let src = tenant_migrations();
     let targets = Targets::new(&["t_a", "t_b", "t_c"]);
     let out = run(fleet(&db.url, &targets, &src).arg("--json"));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let v = summary(&out);
     assert_eq!(
         states(&v),
@@ -206,7 +206,7 @@ fn a_failing_target_fails_alone_and_the_fleet_exits_1() {
     );
     // The text summary names it too.
     let text = run(&mut fleet(&db.url, &targets, &src));
-    assert_eq!(code(&text), 1);
+    assert_exit(&text, 1);
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(
         stdout.contains("1 failed")
@@ -282,7 +282,7 @@ fn schemas_in_one_database_never_share_a_lock() {
     let _held = hold_advisory_lock(&db.url, key);
     let targets = Targets::new(&["t_a", "t_b"]);
     let out = run(fleet(&db.url, &targets, &src).args(["--json", "--lock-wait", "1s"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let v = summary(&out);
     assert_eq!(states(&v), pairs(&[("t_a", "failed"), ("t_b", "applied")]));
     assert_eq!(v["results"][0]["exit_code"], 124);
@@ -322,21 +322,13 @@ fn bad_target_lists_are_usage_errors_before_anything_runs() {
     let mut c = fleet("", &targets, &src);
     c.env_remove("SCHEMAGATE_DATABASE_URL");
     let out = run(&mut c);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no --database-url"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "no --database-url");
     // A schema per target is PostgreSQL's.
     let my = MyDb::new("fleet_usage");
     let out = run(&mut fleet(&my.url, &targets, &src));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("needs PostgreSQL"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "needs PostgreSQL");
     assert_eq!(
         pg_i64(
             &db.url,
@@ -377,7 +369,7 @@ fn max_failed_starts_no_new_target_once_crossed() {
             "--max-failed",
             limit,
         ]));
-        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        assert_exit(&out, 1);
         let v = summary(&out);
         let got: Vec<String> = states(&v).into_iter().map(|(_, s)| s).collect();
         assert_eq!(
@@ -421,7 +413,7 @@ fn a_failed_canary_keeps_the_rest_from_starting() {
         "--parallel",
         "4",
     ]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let v = summary(&out);
     let got: Vec<String> = states(&v).into_iter().map(|(_, s)| s).collect();
     assert_eq!(got, ["applied", "failed", "skipped", "skipped", "skipped"]);
@@ -429,7 +421,7 @@ fn a_failed_canary_keeps_the_rest_from_starting() {
     // Fixed, the rerun applies the rest and leaves the first alone.
     pg_exec(&db.url, "DROP TABLE t01.apply_log");
     let out = run(fleet(&db.url, &targets, &tenant_migrations()).args(["--json", "--canary", "2"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let got: Vec<String> = states(&summary(&out)).into_iter().map(|(_, s)| s).collect();
     assert_eq!(
         got,
@@ -453,7 +445,7 @@ fn a_stuck_tenant_fails_alone_at_its_target_timeout() {
     let targets = Targets::new(&["t_locked", "t_slow", "t_ok"]);
     let t = std::time::Instant::now();
     let out = run(fleet(&db.url, &targets, &src).args(["--json", "--target-timeout", "3s"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     assert!(
         t.elapsed() < std::time::Duration::from_secs(40),
         "a stuck target held the fleet"
@@ -543,7 +535,7 @@ fn parallel_n_holds_at_most_n_plus_1_connections() {
         &format!("ALTER DATABASE {dbname} OWNER TO postgres"),
     );
     pg_exec(&db.url, &format!("DROP OWNED BY {role} CASCADE"));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(summary(&out)["applied"], 12);
     assert!(
         !stderr(&out).contains("cannot connect"),
@@ -568,7 +560,7 @@ fn targets_from_a_command_and_from_a_catalog_query() {
         "printf 't_a\\nt_b\\n'",
     ]);
     let out = run(&mut c);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         states(&summary(&out)),
         pairs(&[("t_a", "applied"), ("t_b", "applied")])
@@ -589,7 +581,7 @@ fn targets_from_a_command_and_from_a_catalog_query() {
         "SELECT name FROM public.tenants WHERE active ORDER BY name",
     ]);
     let out = run(&mut c);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         states(&summary(&out)),
         pairs(&[("t_a", "up-to-date"), ("t_c", "applied")])
@@ -605,8 +597,8 @@ fn targets_from_a_command_and_from_a_catalog_query() {
         "echo t_z; exit 3",
     ]);
     let out = run(&mut c);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("exit"), "{}", stderr(&out));
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "exit");
     assert_eq!(
         pg_i64(
             &db.url,
@@ -684,7 +676,7 @@ fn a_rerun_after_kill_9_applies_every_target_exactly_once() {
     kill_after(fleet(&db.url, &targets, &src).args(["--parallel", "4"]), 3);
     kill_after(fleet(&db.url, &targets, &src).args(["--parallel", "6"]), 8);
     let out = run(fleet(&db.url, &targets, &src).args(["--json", "--parallel", "4"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let v = summary(&out);
     let up_to_date = v["up_to_date"].as_u64().unwrap();
     assert!(up_to_date >= 11, "{v}");
@@ -709,7 +701,7 @@ fn shards_cover_every_target_once_and_a_duplicated_index_applies_nothing_twice()
     let mut listed: Vec<Vec<String>> = Vec::new();
     for child in children {
         let out = finish(child);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
         listed.push(states(&summary(&out)).into_iter().map(|(t, _)| t).collect());
     }
     assert_eq!(listed[1], listed[3], "one index, one set of targets");
@@ -722,7 +714,7 @@ fn shards_cover_every_target_once_and_a_duplicated_index_applies_nothing_twice()
     let out = run(fleet(&db.url, &targets, &src)
         .args(["--json", "--shards", "3"])
         .env("JOB_COMPLETION_INDEX", "1"));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let v = summary(&out);
     assert_eq!(v["shard"], "1/3");
     let got: Vec<String> = states(&v).into_iter().map(|(t, _)| t).collect();
@@ -730,7 +722,7 @@ fn shards_cover_every_target_once_and_a_duplicated_index_applies_nothing_twice()
     let out = run(fleet(&db.url, &targets, &src)
         .args(["--shards", "3"])
         .env("JOB_COMPLETION_INDEX", "3"));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
 }
 
 /// reliability: an external migrator over a fleet of schemas (`-- sh -c 'psql {url} …{schema}…'`), run twice | each target's command gets its own `{schema}`, `{url}`, DATABASE_URL and SCHEMAGATE_TARGET and runs once under that target's lock; the rerun runs nothing | nothing
@@ -758,7 +750,7 @@ fn an_external_migrator_runs_once_per_target_with_its_url_and_schema() {
         c
     };
     let out = run(&mut fleet_ext());
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         states(&summary(&out)),
         pairs(&[("t_a", "applied"), ("t_b", "applied")])
@@ -777,7 +769,7 @@ fn an_external_migrator_runs_once_per_target_with_its_url_and_schema() {
         );
     }
     let again = run(&mut fleet_ext());
-    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_exit(&again, 0);
     assert_eq!(
         states(&summary(&again)),
         pairs(&[("t_a", "up-to-date"), ("t_b", "up-to-date")])
@@ -802,15 +794,15 @@ fn wait_target_gates_on_one_tenants_schema() {
     };
     assert_eq!(code(&wait("t_a")), 1, "nothing applied yet");
     let out = run(&mut fleet(&db.url, &targets, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let ready = wait("t_a");
-    assert_eq!(code(&ready), 0, "{}", stderr(&ready));
+    assert_exit(&ready, 0);
     // Another tenant, not migrated, is not ready; nor is the database's public schema.
-    assert_eq!(code(&wait("t_b")), 1);
+    assert_exit(&wait("t_b"), 1);
     let plain = run(schemagate(&db.url).args(["wait", "--source", src.path(), "--once"]));
-    assert_eq!(code(&plain), 1, "{}", stderr(&plain));
+    assert_exit(&plain, 1);
     let bad = wait("t-a");
-    assert_eq!(code(&bad), 2, "{}", stderr(&bad));
+    assert_exit(&bad, 2);
 }
 
 /// reliability: SIGTERM to a fleet while 2 of 10 targets are mid-migration | those two are stopped as `migrate` stops (rolled back, `failed` markers), no other target starts, the summary lists them all; exit 143 | the two migrations in flight (rolled back)
@@ -843,7 +835,7 @@ fn sigterm_stops_the_targets_in_flight_and_starts_no_other() {
     );
     sigterm(child.id());
     let out = finish(child);
-    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_exit(&out, 143);
     let v = summary(&out);
     let got: Vec<String> = states(&v).into_iter().map(|(_, s)| s).collect();
     assert_eq!(got[..2], ["failed", "failed"], "{v}");
@@ -873,7 +865,7 @@ fn dry_run_changes_no_target() {
     let db = PgDb::new("fleet_dry");
     let targets = Targets::new(&["t_a", "t_b"]);
     let out = run(fleet(&db.url, &targets, &tenant_migrations()).args(["--json", "--dry-run"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = &stdout[stdout.find("{\n").expect("the summary")..];
     let v: Value = serde_json::from_str(json).unwrap();
@@ -897,7 +889,7 @@ fn status_targets_summarises_every_target_without_changing_any() {
     let src = tenant_migrations();
     let applied = Targets::new(&["t_a", "t_b", "t_c"]);
     let out = run(&mut fleet(&db.url, &applied, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     // t_c drifts: its applied migration 1 no longer matches the file.
     pg_exec(
         &db.url,
@@ -917,7 +909,7 @@ fn status_targets_summarises_every_target_without_changing_any() {
         ]))
     };
     let out = status(&all);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let v = summary(&out);
     assert_eq!(
         states(&v),
@@ -939,7 +931,7 @@ fn status_targets_summarises_every_target_without_changing_any() {
         0
     );
     let out = run(&mut fleet(&db.url, &Targets::new(&["t_a", "t_b"]), &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = status(&all);
     assert_eq!(
         states(&summary(&out))[..2],
@@ -957,7 +949,7 @@ fn status_targets_summarises_every_target_without_changing_any() {
         "--connect-timeout",
         "1s",
     ]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with("2 target(s): 1 unreadable, 1 up-to-date"),

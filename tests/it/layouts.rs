@@ -48,7 +48,7 @@ fn with_path(dir: &Path) -> String {
 /// `status --json …` (exit 0 required).
 fn status(url: &str, args: &[&str]) -> serde_json::Value {
     let out = run(schemagate(url).args(["status", "--json"]).args(args));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -186,13 +186,9 @@ fn alembic_unknown_row_beside_an_ancestor_of_the_head_is_not_ready() {
         .current_dir(&project.dir)
         .args(["migrate", "--source", project.path(), "--format", "alembic"])
         .args(["--", "alembic", "upgrade", "heads"]));
-    assert!(stderr(&out).contains("under the lock"), "{}", stderr(&out));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("Can't locate revision"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "under the lock");
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "Can't locate revision");
     assert_eq!(markers(&db.url), ["failed 0005_merge"]);
 
     // At the merge, the unknown revision is a newer release's: the database is ahead.
@@ -203,12 +199,8 @@ fn alembic_unknown_row_beside_an_ancestor_of_the_head_is_not_ready() {
     tool(&alembic, &["upgrade", "heads"], &project.dir, &db.url, &[]);
     pg_exec(&db.url, "INSERT INTO alembic_version VALUES ('ffff_newer')");
     let out = wait();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("the database is ahead"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "the database is ahead");
 }
 
 /// An Alembic environment that needs nothing of the project's code.
@@ -275,12 +267,12 @@ fn alembic_script_location_is_found_where_alembic_finds_it() {
     }
     // Relative, from the repository root, detected by its alembic.ini.
     let out = wait(&mlflow.dir, "pkg/db_migrations", None);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 
     // The example: `%(here)s/migrations`, with `--source examples/alembic` from the
     // repository root (the same revisions, so the same database is at its head).
     let out = wait(root(), "examples/alembic", Some("alembic"));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 
     // Superset: `superset/migrations/` is a package (`__init__.py`, Django's shape too)
     // whose alembic.ini names no script_location (Flask-Migrate sets it).
@@ -295,12 +287,8 @@ fn alembic_script_location_is_found_where_alembic_finds_it() {
     put(&superset.dir, "superset/migrations/__init__.py", "");
     let source = superset.dir.join("superset/migrations");
     let out = wait(Path::new("/"), source.to_str().unwrap(), None);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("schema version 0003_backfill_display_name is ready"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "schema version 0003_backfill_display_name is ready");
 
     // A script_location that is nowhere: `versions/` beside the ini.
     put(
@@ -309,11 +297,11 @@ fn alembic_script_location_is_found_where_alembic_finds_it() {
         "[alembic]\nscript_location = gone/elsewhere\n",
     );
     let out = wait(Path::new("/"), source.to_str().unwrap(), None);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     // Nowhere at all: a usage error naming where it looked.
     std::fs::rename(source.join("versions"), source.join("old_versions")).unwrap();
     let out = wait(Path::new("/"), source.to_str().unwrap(), None);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
     assert!(
         stderr(&out).contains("cannot find the alembic revisions")
             && stderr(&out).contains("gone/elsewhere"),
@@ -368,7 +356,7 @@ fn rails_zero_padded_versions_compare_as_integers() {
     }
     let db = PgDb::new("rails_padded");
     let out = rails_migrate(&project.dir, &db.url);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(&db.url, "SELECT version FROM schema_migrations ORDER BY 1"),
         ["1", "2", "20240103000000"]
@@ -376,7 +364,7 @@ fn rails_zero_padded_versions_compare_as_integers() {
     assert_eq!(markers(&db.url), ["succeeded 20240103000000"]);
     let wait = || run(schemagate(&db.url).args(["wait", "--once", "--source", project.path()]));
     let out = wait();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let report = status(&db.url, &["--source", project.path()]);
     assert_eq!(report["history"]["ready"], true);
     assert_eq!(
@@ -391,12 +379,12 @@ fn rails_zero_padded_versions_compare_as_integers() {
         &rails_migration("AddLocale", "3", "add_column :users, :locale, :text"),
     );
     let out = wait();
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("applied: 3"), "{}", stderr(&out));
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "applied: 3");
     let out = rails_migrate(&project.dir, &db.url);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("under the lock"), "{}", stderr(&out));
-    assert_eq!(code(&wait()), 0);
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "under the lock");
+    assert_exit(&wait(), 0);
 }
 
 /// reliability: a release that adds only a post-deployment migration (`db/post_migrate`, which Mastodon, Discourse and GitLab add to Rails' migration paths) after a pre-deployment run that skipped it | `wait` is not ready, naming the migration; `status` says it comes from `db/post_migrate`; `migrate -- CMD` runs the migrator instead of "nothing to do"; `--source` given for each path reads the same | nothing
@@ -475,16 +463,12 @@ fn rails_post_migrate_migrations_are_read() {
     for sources in forms {
         let out = wait(sources);
         assert_eq!(code(&out), 1, "{sources:?}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("applied: 20240104000000"),
-            "{}",
-            stderr(&out)
-        );
+        assert_stderr_has(&out, "applied: 20240104000000");
     }
 
     let out = rails_migrate(&project.dir, &db.url);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("under the lock"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "under the lock");
     assert_eq!(
         pg_i64(
             &db.url,
@@ -508,12 +492,8 @@ fn rails_post_migrate_migrations_are_read() {
         "--source",
         post.to_str().unwrap(),
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("diesel reads one directory"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "diesel reads one directory");
 }
 
 // ----- dbmate -----
@@ -551,19 +531,15 @@ fn dbmate_migrations_table_is_honoured_and_unread_flags_are_refused() {
             .args(extra))
     };
     let out = wait(&["--migrations-table", table]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = run(schemagate(&db.url)
         .env("SCHEMAGATE_MIGRATIONS_TABLE", table)
         .args(["wait", "--once", "--source", project.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     // schema_migrations is not dbmate's table here.
     let out = wait(&[]);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("schema_migrations does not show 3"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "schema_migrations does not show 3");
     let report = status(
         &db.url,
         &["--source", project.path(), "--migrations-table", table],
@@ -583,12 +559,8 @@ fn dbmate_migrations_table_is_honoured_and_unread_flags_are_refused() {
         ])
         .arg("--")
         .args(dbmate_up));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("recorded without running"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "recorded without running");
 
     // Flags a format does not read.
     let url = "postgres://nobody@127.0.0.1:1/none";
@@ -604,23 +576,16 @@ fn dbmate_migrations_table_is_honoured_and_unread_flags_are_refused() {
             "--migrations-table",
             "history",
         ]));
-        assert_eq!(code(&out), 2, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains(&format!(
-                "--migrations-table is not read with --format {format}"
-            )),
-            "{}",
-            stderr(&out)
+        assert_exit(&out, 2);
+        assert_stderr_has(
+            &out,
+            &format!("--migrations-table is not read with --format {format}"),
         );
         let out = run(schemagate(url)
             .env("SCHEMAGATE_MIGRATIONS_TABLE", "history")
             .args(["status", "--source", example.to_str().unwrap()]));
-        assert_eq!(code(&out), 2, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("--migrations-table is not read"),
-            "{}",
-            stderr(&out)
-        );
+        assert_exit(&out, 2);
+        assert_stderr_has(&out, "--migrations-table is not read");
     }
     for flag in ["--ignore-missing", "--single-transaction"] {
         let out = run(schemagate(url).args([
@@ -633,12 +598,8 @@ fn dbmate_migrations_table_is_honoured_and_unread_flags_are_refused() {
             "--",
             "true",
         ]));
-        assert_eq!(code(&out), 2, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains(&format!("{flag} is not read with --format dbmate")),
-            "{}",
-            stderr(&out)
-        );
+        assert_exit(&out, 2);
+        assert_stderr_has(&out, &format!("{flag} is not read with --format dbmate"));
     }
 }
 
@@ -683,17 +644,14 @@ fn dbmate_several_directories_and_its_table_on_sqlite() {
     };
     up(&["db/migrations"]);
     let out = wait();
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(
-            "ops.History does not show 1 of this build's migrations applied: 20240102000000"
-        ),
-        "{}",
-        stderr(&out)
+    assert_exit(&out, 1);
+    assert_stderr_has(
+        &out,
+        "ops.History does not show 1 of this build's migrations applied: 20240102000000",
     );
     up(&["db/migrations", "db/seeds"]);
     let out = wait();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let report = status(
         &url,
         &[
@@ -810,8 +768,8 @@ fn django_squash_recorded_or_not_agrees_with_django() {
         assert_eq!(leaves, "shop:0003_backfill_display_name");
         assert_eq!(report["history"]["unknown"], serde_json::json!([]));
         let out = run(schemagate(&db.url).args(["wait", "--once", "--source", image.path()]));
-        assert_eq!(code(&out), if ready { 0 } else { 1 }, "{}", stderr(&out));
-        assert!(!stderr(&out).contains("ahead"), "{}", stderr(&out));
+        assert_exit(&out, if ready { 0 } else { 1 });
+        assert_stderr_lacks(&out, "ahead");
         django_pending
     };
     let migrate = |db: &PgDb| {
@@ -841,17 +799,13 @@ fn django_squash_recorded_or_not_agrees_with_django() {
     );
     assert!(check(&db, true).is_empty());
     let out = migrate(&db);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("recorded without running"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "recorded without running");
 
     // Migrated with the squash: Django records it beside what it replaces.
     let db = PgDb::new("django_recorded");
     let out = migrate(&db);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_i64(
             &db.url,
@@ -879,8 +833,8 @@ fn django_squash_recorded_or_not_agrees_with_django() {
         ])
     );
     let out = migrate(&db);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("under the lock"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "under the lock");
     assert!(check(&db, true).is_empty());
 }
 
@@ -916,7 +870,7 @@ fn diesel_head_follows_diesel_s_version_order() {
         ])
         .arg(&diesel)
         .args(["migration", "run"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let list = tool(&diesel, &["migration", "list"], &project.dir, &db.url, &[]);
     let newest = String::from_utf8_lossy(&list.stdout)
         .lines()
@@ -929,5 +883,5 @@ fn diesel_head_follows_diesel_s_version_order() {
     let report = status(&db.url, &["--source", project.path()]);
     assert_eq!(report["history"]["version"], newest.as_str());
     let out = run(schemagate(&db.url).args(["wait", "--once", "--source", project.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::harness::*;
 
 fn ok(out: &std::process::Output) {
-    assert_eq!(code(out), 0, "{}", stderr(out));
+    assert_exit(out, 0);
 }
 
 /// Every row of `table` as `version:checksum:success`, in version order.
@@ -125,9 +125,9 @@ fn migrations_table_flag_is_used_by_every_command(kind: Kind) {
         "3_half.up.sql",
         "-- no-transaction\nCREATE TABLE half (id int);\nINSERT INTO no_such_table VALUES (1);",
     );
-    assert_eq!(code(&sg(&["migrate", "--source", dir])), 1);
+    assert_exit(&sg(&["migrate", "--source", dir]), 1);
     let out = sg(&["migrate", "--source", dir]);
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_exit(&out, 4);
     assert!(
         stderr(&out).contains("migration 3 is dirty")
             && stderr(&out).contains("DELETE FROM other_history WHERE version = 3"),
@@ -140,7 +140,7 @@ fn migrations_table_flag_is_used_by_every_command(kind: Kind) {
     ok(&sg(&["stamp", "3", "--source", dir]));
     let out = sg(&["migrate", "--source", dir]);
     ok(&out);
-    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
+    assert_stderr_has(&out, "already applied");
     ok(&sg(&["wait", "--once", "--source", dir]));
     assert_eq!(history(&db, "other_history").len(), 3);
 
@@ -172,8 +172,8 @@ fn digest_fast_path_reads_the_table_a_sqlx_toml_names(kind: Kind) {
     set_modified(&path, time);
     let out = migrate();
     ok(&out);
-    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("ignoring"), "{}", stderr(&out));
+    assert_stderr_has(&out, "already applied");
+    assert_stderr_lacks(&out, "ignoring");
     ok(&wait());
     // Correct as well as fast: the history it cross-checks is the named table's.
     std::fs::write(&path, &bytes).unwrap();
@@ -181,15 +181,11 @@ fn digest_fast_path_reads_the_table_a_sqlx_toml_names(kind: Kind) {
     db.exec("DELETE FROM other_history WHERE version = 2");
     db.exec("DROP TABLE b");
     let out = wait();
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("other_history records 1 of this build's 2 migrations"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "other_history records 1 of this build's 2 migrations");
     let out = migrate();
     ok(&out);
-    assert!(stderr(&out).contains("applying 2 (b)"), "{}", stderr(&out));
+    assert_stderr_has(&out, "applying 2 (b)");
     assert!(db.table_exists("b"));
     assert_eq!(history(&db, "other_history").len(), 2);
     assert_eq!(history(&db, "_sqlx_migrations"), others);
@@ -209,17 +205,9 @@ fn digest_file_is_stale_once_the_sqlx_toml_changes(kind: Kind) {
     src.write("sqlx.toml", "[migrate]\n");
     set_modified(&src.dir.join("sqlx.toml"), written + Duration::from_secs(1));
     let out = migrate();
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("sqlx.toml was modified after it was written"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("has been modified"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "sqlx.toml was modified after it was written");
+    assert_stderr_has(&out, "has been modified");
 }
 
 // ----- the sqlx.toml at the crate root (issue 21) -----
@@ -278,7 +266,7 @@ fn sqlx_toml_at_the_crate_root_names_the_table(kind: Kind) {
     std::fs::remove_file(&toml).unwrap();
     let out = sg(&["status", "--json", "--source", dir]);
     ok(&out);
-    assert!(!stderr(&out).contains("sqlx.toml"), "{}", stderr(&out));
+    assert_stderr_lacks(&out, "sqlx.toml");
     assert_eq!(applied(&out), [1, 2, 3]);
     assert!(!db.table_exists("workspace_history"));
     assert_eq!(history(&db, "_sqlx_migrations"), others);
@@ -302,14 +290,13 @@ fn the_flag_overrides_the_sqlx_toml_and_a_bad_name_is_refused() {
         "flag_history",
     ]));
     ok(&out);
-    assert!(
-        stderr(&out).contains(&format!(
+    assert_stderr_has(
+        &out,
+        &format!(
             "using {}: migrations table flag_history (--migrations-table, which overrides its \
              table-name \"toml_history\")",
             toml.display()
-        )),
-        "{}",
-        stderr(&out)
+        ),
     );
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM flag_history"), 1);
     assert_eq!(
@@ -326,14 +313,13 @@ fn the_flag_overrides_the_sqlx_toml_and_a_bad_name_is_refused() {
         "--source",
         src.path(),
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!(
+    assert_exit(&out, 2);
+    assert_stderr_has(
+        &out,
+        &format!(
             "invalid migrations table \"bad-name\" ([migrate] table-name in {})",
             toml.display()
-        )),
-        "{}",
-        stderr(&out)
+        ),
     );
     assert_no_secret(&out);
 }
@@ -366,7 +352,7 @@ fn migrations_table_in_a_schema_not_created_yet() {
         "--migrations-table",
         "app._sqlx_migrations",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_i64(&db.url, "SELECT count(*) FROM app._sqlx_migrations"),
         2

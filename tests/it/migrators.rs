@@ -432,7 +432,7 @@ fn races_then_drift(tool: Tool) {
             .args(["status", "--json", "--source"])
             .arg(p)
             .args(["--format", tool.format]));
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let before = status(&project);
@@ -441,8 +441,8 @@ fn races_then_drift(tool: Tool) {
 
     // The fast path: the next replica runs nothing.
     let out = run(&mut tool.migrate(&project, &db.url));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "already applied");
 
     // A file changed after it was applied.
     let changed = Project::copy(&project);
@@ -460,8 +460,8 @@ fn races_then_drift(tool: Tool) {
     // Diesel's migration is its directory (up.sql and down.sql).
     let named = tool.modify.trim_end_matches("/up.sql");
     let out = run(&mut tool.migrate(&changed.dir, &db.url));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(stderr(&out).contains(named), "{}", stderr(&out));
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, named);
     let text = run(schemagate(&db.url).args([
         "status",
         "--source",
@@ -502,13 +502,13 @@ fn wait_on_the_tools_history(tool: Tool) {
 
     tool.run_alone(&tool.project.dir, &db.url);
     let out = finish(waiter);
-    assert_eq!(code(&out), 0);
+    assert_exit(&out, 0);
 
     let out = run(tool.wait(&tool.project.dir, &db.url).arg("--once"));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     // An image one migration older than the database (a rolled-back release) starts.
     let out = run(tool.wait(&older.dir, &db.url).arg("--once"));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_i64(
             &db.url,
@@ -519,28 +519,20 @@ fn wait_on_the_tools_history(tool: Tool) {
     );
     // The format is detected when left out.
     let out = run(schemagate(&db.url).args(["wait", "--once", "--source", tool.project.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("schema version {} is ready", tool.version)),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, &format!("schema version {} is ready", tool.version));
 
     // The migrations ran without schemagate: `migrate --format -- CMD` records the marker
     // without running CMD, and the next run takes the fast path.
     let runs = pg_strings(&db.url, tool.runs_sql);
     let out = run(&mut tool.migrate(&tool.project.dir, &db.url));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("recorded without running"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(!stderr(&out).contains("under the lock"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "recorded without running");
+    assert_stderr_lacks(&out, "under the lock");
     assert_eq!(pg_strings(&db.url, tool.runs_sql), runs);
     let out = run(&mut tool.migrate(&tool.project.dir, &db.url));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "already applied");
     assert_eq!(
         pg_strings(
             &db.url,
@@ -646,16 +638,12 @@ fn a_failed_marker_ends_the_wait_until_the_history_moves_on() {
             "dbmate",
         ])
         .args(["--", "false"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let out = run(tool
         .wait(&tool.project.dir, &db.url)
         .args(["--timeout", "30s"]));
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("recorded as failed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 3);
+    assert_stderr_has(&out, "recorded as failed");
 
     // Someone runs the migrator again (a retry, by hand): the failure is old news.
     tool.run_alone(&older.dir, &db.url);
@@ -669,7 +657,7 @@ fn a_failed_marker_ends_the_wait_until_the_history_moves_on() {
     );
     assert!(waiter.try_wait().unwrap().is_none(), "wait did not block");
     tool.run_alone(&tool.project.dir, &db.url);
-    assert_eq!(code(&finish(waiter)), 0);
+    assert_exit(&finish(waiter), 0);
 }
 
 /// A directory that looks like two migrators is refused (exit 2) naming both (an
@@ -683,22 +671,17 @@ fn an_ambiguous_or_incomplete_source_is_a_usage_error() {
     let both = project.dir.join("migrations");
     std::fs::write(both.join("manage.py"), "").unwrap();
     let out = run(schemagate(url).args(["wait", "--once", "--source", both.to_str().unwrap()]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("looks like alembic and django; pass --format"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "looks like alembic and django; pass --format");
     let out = run(schemagate(url).args([
         "migrate",
         "--source",
         root().join("examples/rails").to_str().unwrap(),
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is a rails directory: give the migrator's command after --"),
-        "{}",
-        stderr(&out)
+    assert_exit(&out, 2);
+    assert_stderr_has(
+        &out,
+        "is a rails directory: give the migrator's command after --",
     );
     let out = run(schemagate(url).args([
         "migrate",
@@ -709,12 +692,8 @@ fn an_ambiguous_or_incomplete_source_is_a_usage_error() {
         "--",
         "true",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--version comes from the files"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--version comes from the files");
 }
 
 /// reliability: after a `succeeded` marker, the last migration is rolled back with the migrator itself (`dbmate rollback`) | `wait --format` is not ready; `migrate --format -- CMD` does not take the fast path, runs the migrator again and records the marker | nothing
@@ -723,7 +702,7 @@ fn a_downgrade_made_with_the_migrator_is_not_hidden_by_the_marker() {
     let tool = Tool::dbmate();
     let db = PgDb::new("downgrade");
     let out = run(&mut tool.migrate(&tool.project.dir, &db.url));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = Command::new(&tool.command[0])
         .args(["--no-dump-schema", "rollback"])
         .current_dir(&tool.project.dir)
@@ -736,11 +715,11 @@ fn a_downgrade_made_with_the_migrator_is_not_hidden_by_the_marker() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = run(tool.wait(&tool.project.dir, &db.url).arg("--once"));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("20240103000000"), "{}", stderr(&out));
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "20240103000000");
     let out = run(&mut tool.migrate(&tool.project.dir, &db.url));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("under the lock"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "under the lock");
     let out = run(tool.wait(&tool.project.dir, &db.url).arg("--once"));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }

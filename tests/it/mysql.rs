@@ -16,13 +16,13 @@ fn half_applied_migration_is_dirty_and_the_next_run_refuses_with_4() {
         ),
     ]);
     let out = run(schemagate(db.url()).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     assert!(
         db.table_exists("half"),
         "expected the DDL to have committed"
     );
     let out = run(schemagate(db.url()).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_exit(&out, 4);
     let err = stderr(&out);
     assert!(err.contains("migration 2 is dirty"), "{err}");
     assert!(
@@ -41,19 +41,15 @@ fn half_applied_migration_is_dirty_and_the_next_run_refuses_with_4() {
     src.write("2_half.sql", "CREATE TABLE half (id int);");
     db.exec("DROP TABLE half; DELETE FROM _sqlx_migrations WHERE version = 2;");
     let out = run(schemagate(db.url()).args(["migrate", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }
 
 #[test]
 fn listen_is_refused_with_2() {
     let db = TestDb::new(Kind::My, "listen");
     let out = run(schemagate(db.url()).args(["wait", "--expect", "1", "--listen"]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--listen needs PostgreSQL"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "--listen needs PostgreSQL");
 }
 
 /// reliability: MariaDB: wrong password | exit 2 at once, password never printed | nothing
@@ -76,8 +72,8 @@ fn wrong_password_fails_at_once_with_2() {
         "--timeout",
         "30s",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("Access denied"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "Access denied");
     db.exec(&format!("DROP USER '{user}'@'%'"));
 }
 
@@ -97,8 +93,8 @@ fn version_longer_than_the_marker_column_is_refused_before_running() {
         "-c",
         &format!("touch {}", ran.display()),
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("300 characters"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "300 characters");
     assert!(!ran.exists(), "the migrator ran");
 }
 
@@ -115,7 +111,7 @@ fn huge_migrator_output_still_records_the_failed_marker() {
         "-c",
         "head -c 70000 /dev/zero | tr '\\0' x >&2; echo >&2; exit 1",
     ]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     assert_eq!(
         db.strings("SELECT status FROM schemagate_marker"),
         vec!["failed".to_string()]
@@ -125,5 +121,5 @@ fn huge_migrator_output_still_records_the_failed_marker() {
         "the detail was not cut"
     );
     let out = run(schemagate(db.url()).args(["wait", "--expect", "v1", "--once"]));
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_exit(&out, 3);
 }

@@ -324,16 +324,12 @@ fn expand_then_gated_contract(case: Case) {
     // Again: nothing for the expand phase to do; the command is not run.
     let out = case.migrate(&db, &["--phase", "expand"], &["false".to_owned()]);
     ok(&out);
-    assert!(
-        stderr(&out).contains("no expand migration pending"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "no expand migration pending");
 
     // The contract waits for release N's instance; release N+1's does not hold it back.
     let new = case.heartbeat(&db, "web-new-1", "v2", case.new_expects);
     let out = case.migrate(&db, &["--phase", "contract"], &case.contract);
-    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert_exit(&out, 75);
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
@@ -350,10 +346,10 @@ fn expand_then_gated_contract(case: Case) {
         "the refused contract ran nothing"
     );
     // Without --phase: the same gate.
-    assert_eq!(code(&case.migrate(&db, &[], &case.contract)), 75);
+    assert_exit(&case.migrate(&db, &[], &case.contract), 75);
 
     sigterm(old.id());
-    assert_eq!(code(&finish(old)), 143);
+    assert_exit(&finish(old), 143);
     let out = case.migrate(
         &db,
         &["--phase", "contract", "--wait-for-drain", "30s"],
@@ -419,7 +415,7 @@ fn rails_expand_that_applies_post_migrate_is_reported() {
     )
     .unwrap();
     let out = case.migrate(&db, &["--phase", "expand"], &case.expand);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let err = stderr(&out);
     assert!(
         err.contains("applied contract migration(s) 20240105000000 during the expand phase")
@@ -511,10 +507,9 @@ fn reshape_complete_waits_for_the_older_release() {
     );
     let out = migrate(&["--phase", "expand"], &["migration", "start"]);
     ok(&out);
-    assert!(
-        stderr(&out).contains("left for `migrate --phase contract`: 2_drop_display_name"),
-        "{}",
-        stderr(&out)
+    assert_stderr_has(
+        &out,
+        "left for `migrate --phase contract`: 2_drop_display_name",
     );
     assert_eq!(
         pg_strings(
@@ -536,7 +531,7 @@ fn reshape_complete_waits_for_the_older_release() {
         "5s",
     ])));
     let out = migrate(&["--phase", "contract"], &["migration", "complete"]);
-    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert_exit(&out, 75);
     assert!(
         stderr(&out).contains("reshape contract migration 2_drop_display_name cannot run yet")
             && stderr(&out).contains(
@@ -547,7 +542,7 @@ fn reshape_complete_waits_for_the_older_release() {
     );
     assert!(reads());
     sigterm(old.id());
-    assert_eq!(code(&finish(old)), 143);
+    assert_exit(&finish(old), 143);
     ok(&migrate(
         &["--phase", "contract"],
         &["migration", "complete"],

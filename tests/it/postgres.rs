@@ -35,7 +35,7 @@ fn twenty_racing_migrators_apply_each_migration_exactly_once() {
     let children: Vec<_> = (0..20).map(|_| spawn(&mut migrate(&db, &src))).collect();
     for child in children {
         let out = finish(child);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
     }
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 20);
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM apply_log"), 20);
@@ -78,7 +78,7 @@ fn racing_create_index_concurrently_does_not_deadlock() {
         .collect();
     for child in children {
         let out = finish(child);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
     }
     assert_eq!(
         pg_i64(
@@ -189,7 +189,7 @@ fn wait_listen_started_before_migrate_passes_when_the_marker_commits() {
         "wait exited before the marker existed"
     );
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let status = waiter.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
@@ -198,7 +198,7 @@ fn wait_listen_started_before_migrate_passes_when_the_marker_commits() {
 fn second_migrate_takes_the_fast_path_without_the_lock() {
     let db = PgDb::new("fastpath");
     let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    assert_exit(&run(&mut migrate(&db, &src)), 0);
     // Hold the lock from another session: a run that needed it would time out.
     let key = lock_key(&db);
     block_on(async {
@@ -216,7 +216,7 @@ fn second_migrate_takes_the_fast_path_without_the_lock() {
             .await
             .unwrap();
         assert_no_secret(&out);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
         // A new migration needs the lock: it waits, names the holder, and times out.
         src.write("3_c.sql", "CREATE TABLE c (id int);");
         let out = tokio::process::Command::new(bin())
@@ -226,8 +226,8 @@ fn second_migrate_takes_the_fast_path_without_the_lock() {
             .await
             .unwrap();
         assert_no_secret(&out);
-        assert_eq!(code(&out), 124, "{}", stderr(&out));
-        assert!(stderr(&out).contains("held by pid"), "{}", stderr(&out));
+        assert_exit(&out, 124);
+        assert_stderr_has(&out, "held by pid");
     });
 }
 
@@ -235,10 +235,10 @@ fn second_migrate_takes_the_fast_path_without_the_lock() {
 fn status_json_shows_markers_pending_and_lock() {
     let db = PgDb::new("status");
     let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    assert_exit(&run(&mut migrate(&db, &src)), 0);
     src.write("3_c.sql", "CREATE TABLE c (id int);");
     let out = run(schemagate(&db.url).args(["status", "--json", "--source", src.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["markers"][0]["status"], "succeeded");
     assert_eq!(v["markers"][0]["version"], "2");
@@ -273,17 +273,13 @@ fn wrong_password_fails_at_once_with_2() {
         "--connect-timeout",
         "30s",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "authentication failure was retried"
     );
-    assert!(
-        stderr(&out).contains("password authentication failed"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(!stderr(&out).contains("wrong-one"), "{}", stderr(&out));
+    assert_stderr_has(&out, "password authentication failed");
+    assert_stderr_lacks(&out, "wrong-one");
     pg_exec(&db.url, &format!("DROP ROLE {role}"));
 }
 
@@ -295,8 +291,8 @@ fn missing_source_directory_is_2() {
         "--source",
         "/no/such/dir",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("/no/such/dir"), "{}", stderr(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "/no/such/dir");
 }
 
 /// reliability: a `.sql` file named `<something>_<description>.sql` whose version does not parse | exit 2 naming the file (not silently skipped; a name without `_`, such as `schema.sql`, is skipped with a warning, as sqlx-cli does) | nothing
@@ -308,12 +304,8 @@ fn malformed_migration_file_name_is_2() {
         "--source",
         src.path(),
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("malformed migration file name \"v2_add_users.sql\""),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "malformed migration file name \"v2_add_users.sql\"");
 }
 
 /// reliability: malformed URL or unknown scheme | exit 2; a URL that does not parse is never echoed, only its scheme and host | nothing
@@ -335,7 +327,7 @@ fn malformed_url_is_2_and_redacted() {
             "5s",
         ]));
         assert_eq!(code(&out), 2, "{url}: {}", stderr(&out));
-        assert!(stderr(&out).contains(shown), "{}", stderr(&out));
+        assert_stderr_has(&out, shown);
     }
 }
 
@@ -354,7 +346,7 @@ fn database_url_from_file_and_termination_log() {
         .arg("--termination-log")
         .arg(&tlog);
     let out = run(&mut cmd);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let line: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(&tlog).unwrap().trim()).unwrap();
     assert_eq!(line["exit_code"], 0);
@@ -436,7 +428,7 @@ fn migration_that_ends_its_own_transaction_is_refused() {
             let src =
                 Migrations::new(&[("1_ok.sql", "CREATE TABLE ok (id int);"), ("2_tx.sql", sql)]);
             let out = run(migrate(&db, &src).args(extra));
-            assert_eq!(code(&out), 2, "{}", stderr(&out));
+            assert_exit(&out, 2);
             assert!(
                 stderr(&out).contains(named) && stderr(&out).contains("-- no-transaction"),
                 "{}",
@@ -467,14 +459,10 @@ fn down_migration_that_ends_its_own_transaction_is_refused() {
         ("2_b.down.sql", "DROP TABLE b;\nCOMMIT;\nSELECT 1/0;"),
     ]);
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = run(schemagate(&db.url).args(["rollback", "--to", "1", "--source", src.path()]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("down migration 2 (b) has `COMMIT` at line 2"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "down migration 2 (b) has `COMMIT` at line 2");
     assert_eq!(
         pg_i64(
             &db.url,
@@ -498,7 +486,7 @@ fn no_transaction_file_with_several_statements_applies() {
         ),
     ]);
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_i64(
             &db.url,
@@ -520,17 +508,9 @@ fn no_transaction_failure_is_dirty_only_when_something_took_effect() {
         ),
     ]);
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("statement 1 of 2 (line 2)"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("nothing of it took effect"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "statement 1 of 2 (line 2)");
+    assert_stderr_has(&out, "nothing of it took effect");
     pg_exec(&db.url, "CREATE TABLE missing (id int)");
     let out = run(&mut migrate(&db, &src));
     assert_eq!(code(&out), 0, "the retry must run it: {}", stderr(&out));
@@ -544,24 +524,15 @@ fn no_transaction_failure_is_dirty_only_when_something_took_effect() {
         ),
     ]);
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("statement 2 of 2 (line 3), after statement 1 took effect"),
-        "{}",
-        stderr(&out)
+    assert_exit(&out, 1);
+    assert_stderr_has(
+        &out,
+        "statement 2 of 2 (line 3), after statement 1 took effect",
     );
-    assert!(
-        stderr(&out).contains("recorded as dirty"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "recorded as dirty");
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("migration 2 is dirty"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "migration 2 is dirty");
 }
 
 /// A trigger that makes the marker's commit take a second, so that a test can stop the
@@ -610,7 +581,7 @@ fn sigterm_after_the_marker_committed_is_not_a_failure() {
             vec!["succeeded".to_owned()]
         );
         let out = run(schemagate(&db.url).args(["wait", "--expect", "2", "--once"]));
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_exit(&out, 0);
     }
 }
 
@@ -654,7 +625,7 @@ fn sigterm_while_a_migration_commits_records_the_true_count() {
             "round {round}: the marker's count disagrees with _sqlx_migrations: {}",
             stderr(&out)
         );
-        assert!(!stderr(&out).contains("rolling back"), "{}", stderr(&out));
+        assert_stderr_lacks(&out, "rolling back");
     }
 }
 
@@ -694,7 +665,7 @@ fn a_waiter_for_the_lock_leaves_at_the_holders_marker_without_probing() {
     assert!(seen.contains("held by pid"), "{seen}");
     pg_exec(&db.url, "UPDATE ctl SET go = true");
     let holder = finish(holder);
-    assert_eq!(code(&holder), 0, "{}", stderr(&holder));
+    assert_exit(&holder, 0);
     let status = waiter.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     // Its stderr was consumed by wait_for_stderr_line up to the line; what it logged first
@@ -775,8 +746,8 @@ fn a_run_waits_for_another_runs_proof_instead_of_proving_too() {
         );
         prover.close().await.unwrap();
         let out = finish(child);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
-        assert!(stderr(&out).contains("lock: advisory"), "{}", stderr(&out));
+        assert_exit(&out, 0);
+        assert_stderr_has(&out, "lock: advisory");
     });
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
 }
@@ -787,7 +758,7 @@ fn digest(src: &Migrations) -> std::process::Output {
     let mut c = std::process::Command::new(bin());
     c.args(["digest", "--source", src.path()]);
     let out = run(&mut c);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     out
 }
 
@@ -795,7 +766,7 @@ fn digest(src: &Migrations) -> std::process::Output {
 fn digest_file_takes_the_fast_path_and_prints_the_sources_digest() {
     let db = PgDb::new("digest_fast");
     let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    assert_exit(&run(&mut migrate(&db, &src)), 0);
     let out = digest(&src);
     let printed = String::from_utf8_lossy(&out.stdout);
     let recorded = pg_strings(&db.url, "SELECT digest FROM schemagate_marker");
@@ -804,9 +775,9 @@ fn digest_file_takes_the_fast_path_and_prints_the_sources_digest() {
         "{printed} vs {recorded:?}"
     );
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("already applied"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("ignoring"), "{}", stderr(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "already applied");
+    assert_stderr_lacks(&out, "ignoring");
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
 }
 
@@ -815,18 +786,14 @@ fn digest_file_takes_the_fast_path_and_prints_the_sources_digest() {
 fn a_migration_changed_after_the_digest_is_still_noticed() {
     let db = PgDb::new("digest_changed");
     let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    assert_exit(&run(&mut migrate(&db, &src)), 0);
     digest(&src);
     // Another size.
     src.write("1_a.sql", "CREATE TABLE a (id bigint);");
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(stderr(&out).contains("ignoring"), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("has been modified"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "ignoring");
+    assert_stderr_has(&out, "has been modified");
     // The same size, written after the digest file.
     src.write("1_a.sql", "CREATE TABLE a (id int);");
     digest(&src);
@@ -836,8 +803,8 @@ fn a_migration_changed_after_the_digest_is_still_noticed() {
         .unwrap();
     set_modified(&src.dir.join("1_a.sql"), written + Duration::from_secs(1));
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(stderr(&out).contains("modified after"), "{}", stderr(&out));
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "modified after");
 }
 
 /// reliability: the digest value in the digest file is edited by hand | the fast path misses (markers only record digests computed from the files), the run reads every migration, warns that the file disagrees with them, and finds the version applied: exit 0, no new marker | nothing
@@ -845,7 +812,7 @@ fn a_migration_changed_after_the_digest_is_still_noticed() {
 fn a_tampered_digest_file_is_noticed() {
     let db = PgDb::new("digest_tampered");
     let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    assert_exit(&run(&mut migrate(&db, &src)), 0);
     digest(&src);
     let file = src.dir.join(".schemagate-digest");
     let text = std::fs::read_to_string(&file).unwrap();
@@ -853,12 +820,8 @@ fn a_tampered_digest_file_is_noticed() {
     let forged = format!("digest {}", "0".repeat(64));
     std::fs::write(&file, text.replace(line, &forged)).unwrap();
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("but the migrations hash to"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "but the migrations hash to");
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM schemagate_marker"), 1);
 }
 
@@ -867,17 +830,13 @@ fn a_tampered_digest_file_is_noticed() {
 fn the_marker_answer_counts_only_after_the_digest_check() {
     let db = PgDb::new("digest_added");
     let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    assert_exit(&run(&mut migrate(&db, &src)), 0);
     digest(&src);
     // The digest file still names versions 1 and 2, whose marker is there.
     src.write("3_c.sql", "CREATE TABLE c (id int);");
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("3_c.sql is not listed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "3_c.sql is not listed");
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 3);
     assert_eq!(
         pg_strings(
@@ -890,22 +849,14 @@ fn the_marker_answer_counts_only_after_the_digest_check() {
     digest(&src);
     std::fs::rename(src.dir.join("3_c.sql"), src.dir.join("3_see.sql")).unwrap();
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("3_see.sql is not listed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "3_see.sql is not listed");
     // Removed: the database is then ahead of the source, which is no drift.
     digest(&src);
     std::fs::remove_file(src.dir.join("3_see.sql")).unwrap();
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("it lists 3 migration file(s), the directory holds 2"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "it lists 3 migration file(s), the directory holds 2");
 }
 
 fn set_modified(path: &std::path::Path, time: std::time::SystemTime) {
@@ -933,12 +884,8 @@ fn a_bad_source_found_under_the_lease_lets_the_lease_go() {
     digest(&src);
     corrupt_unseen(&src, "2_b.sql");
     let out = run(migrate(&db, &src).args(["--lock", "lease"]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("2_b.sql is not valid UTF-8"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "2_b.sql is not valid UTF-8");
     let exists = |table: &str| {
         pg_i64(
             &db.url,
@@ -957,7 +904,7 @@ fn a_bad_source_found_under_the_lease_lets_the_lease_go() {
     }
     src.write("2_b.sql", "CREATE TABLE b (id int);");
     let out = run(migrate(&db, &src).args(["--lock", "lease", "--lock-wait", "5s"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM _sqlx_migrations"), 2);
 }
 
@@ -973,25 +920,21 @@ fn wait_source(db: &PgDb, src: &Migrations) -> std::process::Output {
 fn wait_source_with_a_digest_file_reads_no_migration() {
     let db = PgDb::new("digest_wait");
     let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    assert_exit(&run(&mut migrate(&db, &src)), 0);
     digest(&src);
     let out = wait_source(&db, &src);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("marker succeeded"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "marker succeeded");
     let before = std::fs::metadata(src.dir.join("1_a.sql"))
         .and_then(|m| m.modified())
         .unwrap();
     src.write("1_a.sql", "CREATE TABLE z (id int);");
     set_modified(&src.dir.join("1_a.sql"), before);
     let out = wait_source(&db, &src);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     std::fs::remove_file(src.dir.join(".schemagate-digest")).unwrap();
     let out = wait_source(&db, &src);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
 }
 
 /// reliability: `wait --source` where a migration changed after `schemagate digest` wrote the digest file | the digest file is ignored with a warning, every migration is read, and the changed one keeps the wait from passing | nothing
@@ -999,12 +942,12 @@ fn wait_source_with_a_digest_file_reads_no_migration() {
 fn wait_source_notices_a_migration_changed_after_the_digest() {
     let db = PgDb::new("digest_wait_changed");
     let src = simple_source();
-    assert_eq!(code(&run(&mut migrate(&db, &src))), 0);
+    assert_exit(&run(&mut migrate(&db, &src)), 0);
     digest(&src);
     src.write("1_a.sql", "CREATE TABLE a (id bigint);");
     let out = wait_source(&db, &src);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("ignoring"), "{}", stderr(&out));
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "ignoring");
     // A digest file whose value was edited: the marker disagrees, the migrations are read,
     // and they are all applied unchanged.
     src.write("1_a.sql", "CREATE TABLE a (id int);");
@@ -1018,12 +961,8 @@ fn wait_source_notices_a_migration_changed_after_the_digest() {
     )
     .unwrap();
     let out = wait_source(&db, &src);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("but the migrations hash to"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "but the migrations hash to");
 }
 
 #[test]
@@ -1033,12 +972,8 @@ fn digest_of_a_missing_directory_is_2_naming_it() {
         "--source",
         "/nonexistent/schemagate-migrations",
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("/nonexistent/schemagate-migrations"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "/nonexistent/schemagate-migrations");
 }
 
 /// A failing migration's message carries what PostgreSQL said beyond the first line: the
@@ -1055,7 +990,7 @@ fn migration_failure_keeps_the_servers_sqlstate_and_detail() {
         ("2_unique.sql", "CREATE UNIQUE INDEX t_id ON t (id);"),
     ]);
     let out = run(&mut migrate(&db, &src));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let err = stderr(&out);
     for part in ["SQLSTATE 23505", "DETAIL: Key (id)=(1) is duplicated."] {
         assert_eq!(err.matches(part).count(), 1, "{part:?} once in: {err}");
@@ -1078,7 +1013,7 @@ fn unknown_database_is_a_configuration_error_with_its_cause() {
     let db = PgDb::new("errclass");
     let url = db.url.rsplit_once('/').unwrap().0.to_owned() + "/no_such_database_here";
     let out = run(schemagate(&url).args(["status"]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_exit(&out, 2);
     let err = stderr(&out);
     assert_eq!(err.matches("SQLSTATE 3D000").count(), 1, "{err}");
     assert!(err.contains("no_such_database_here"), "{err}");
@@ -1103,7 +1038,7 @@ fn timeouts_apply_to_no_transaction_migrations() {
         "--statement-timeout",
         "20s",
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(&db.url, "SELECT lt || ' ' || st FROM seen"),
         vec!["1500ms 20s".to_owned()]
@@ -1111,7 +1046,7 @@ fn timeouts_apply_to_no_transaction_migrations() {
 
     src.write("2_slow.sql", "-- no-transaction\nSELECT pg_sleep(30);");
     let out = run(migrate(&db, &src).args(["--statement-timeout", "300ms", "--ddl-retries", "1"]));
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_exit(&out, 1);
     let err = stderr(&out);
     assert!(
         err.contains("statement timeout") && err.contains("after 2 tries"),
@@ -1162,7 +1097,7 @@ fn concurrent_index_build_is_not_cut_short_by_the_lock_timeout() {
     );
     let out = run(migrate(&db, &src).args(["--ddl-lock-timeout", "200ms"]));
     holder.join().unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(
             &db.url,
@@ -1187,7 +1122,7 @@ fn version_with_a_line_end_matches_on_both_sides() {
     let db = PgDb::new("vtrim");
     let out =
         run(schemagate(&db.url).args(["migrate", "--version", "0003_head\r\n", "--", "true"]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(&db.url, "SELECT version FROM schemagate_marker"),
         vec!["0003_head".to_owned()]

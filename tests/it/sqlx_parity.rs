@@ -24,7 +24,7 @@ fn sqlx_toml_table_name_is_the_history() {
     std::fs::write(dir.join("2_orders.sql"), "CREATE TABLE orders (id int);").unwrap();
     let dir = dir.to_str().unwrap();
     let out = migrate(&db, dir);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(
             &db.url,
@@ -42,14 +42,10 @@ fn sqlx_toml_table_name_is_the_history() {
     // Forget the marker: the history alone must say that nothing is pending.
     pg_exec(&db.url, "DROP TABLE schemagate_marker");
     let out = migrate(&db, dir);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("ready: 0 applied"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "ready: 0 applied");
     let out = run(schemagate(&db.url).args(["wait", "--once", "--source", dir]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
 }
 
 /// reliability: a migration checked out with CRLF, applied, then checked out with LF, with `ignored-chars = ["\r"]` | same checksum as sqlx-cli computes; no drift | nothing
@@ -62,7 +58,7 @@ fn sqlx_toml_ignored_chars_leave_line_endings_out_of_the_checksum() {
         ("1_users.sql", &lf.replace('\n', "\r\n")),
     ]);
     let out = migrate(&db, src.path());
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let expected: String = Sha384::digest(lf.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -77,13 +73,13 @@ fn sqlx_toml_ignored_chars_leave_line_endings_out_of_the_checksum() {
     src.write("1_users.sql", lf);
     src.write("2_more.sql", "INSERT INTO users VALUES (2);\n");
     let out = migrate(&db, src.path());
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(pg_i64(&db.url, "SELECT count(*) FROM users"), 2);
     // Without the setting, the same files are drift.
     src.write("sqlx.toml", "[migrate]\n");
     src.write("1_users.sql", &lf.replace('\n', "\r\n"));
     let out = migrate(&db, src.path());
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_exit(&out, 4);
 }
 
 /// reliability: two apps sharing one database, each with its own marker and migrations table (`--migrations-table`, and `SCHEMAGATE_MIGRATIONS_TABLE`) | both apply their own migrations | nothing (before: the second exited 4 on the first's versions)
@@ -102,11 +98,11 @@ fn two_apps_in_one_database_with_their_own_migrations_tables() {
         "--source",
         a.path(),
     ]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     let out = run(schemagate(&db.url)
         .env("SCHEMAGATE_MIGRATIONS_TABLE", "appb._sqlx_migrations")
         .args(["migrate", "--table", "appb.marker", "--source", b.path()]));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(&db.url, "SELECT version::text FROM appb._sqlx_migrations"),
         vec!["7"]
@@ -118,12 +114,8 @@ fn two_apps_in_one_database_with_their_own_migrations_tables() {
         "--source",
         b.path(),
     ]));
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("\"appb.bad-name\""),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "\"appb.bad-name\"");
 }
 
 /// reliability: two migration tracks applied to one `_sqlx_migrations` (quickwit's `postgresql/` and `postgresql_deferred/`) with `--ignore-missing` | each applies its own, the other's versions are not drift | nothing (without it: exit 4)
@@ -143,17 +135,17 @@ fn ignore_missing_lets_two_tracks_share_one_history() {
         }
         run(&mut c)
     };
-    assert_eq!(code(&go(main.path(), true)), 0);
+    assert_exit(&go(main.path(), true), 0);
     let out = go(deferred.path(), false);
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_exit(&out, 4);
     let out = go(deferred.path(), true);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     main.write("4_d.sql", "CREATE TABLE d (id int);");
     let out = go(main.path(), true);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     deferred.write("5_e.sql", "CREATE TABLE e (id int);");
     let out = go(deferred.path(), true);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert_eq!(
         pg_strings(
             &db.url,
@@ -162,6 +154,6 @@ fn ignore_missing_lets_two_tracks_share_one_history() {
         vec!["1", "2", "3", "4", "5"]
     );
     // Again: nothing to do for either.
-    assert_eq!(code(&go(main.path(), true)), 0);
-    assert_eq!(code(&go(deferred.path(), true)), 0);
+    assert_exit(&go(main.path(), true), 0);
+    assert_exit(&go(deferred.path(), true), 0);
 }

@@ -68,7 +68,7 @@ pub(super) async fn walk(
         };
         let admitted = match admit(conn, ctx, &gate, wait_for_drain).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(refused(contract, blocked, &why, mode)),
+            Ok(Err(why)) => Err(refused(contract, blocked, &why.0, mode)),
             Err(e) => Err(e),
         };
         if let Err(e) = admitted {
@@ -94,6 +94,11 @@ pub(super) struct Gate<'a> {
     pub(super) knows: &'a dyn Fn(&str) -> bool,
 }
 
+crate::error::reason! {
+    /// Which live releases keep a contract from running (`registry::holding_back_unless`).
+    pub(super) struct HeldBack;
+}
+
 /// Whether the gate's contract may run now (see the module comment); with
 /// `--wait-for-drain`, poll until it may or the deadline passes (exit 124). `Ok(Err(why))`:
 /// refused now, `why` names the releases holding it back.
@@ -102,7 +107,7 @@ pub(super) async fn admit(
     ctx: &Ctx<'_>,
     gate: &Gate<'_>,
     wait_for_drain: Option<Duration>,
-) -> Result<std::result::Result<(), String>> {
+) -> Result<std::result::Result<(), HeldBack>> {
     let cfg = ctx.cfg;
     let started = Instant::now();
     let mut last_log: Option<Instant> = None;
@@ -124,7 +129,7 @@ pub(super) async fn admit(
             registry::lower_barrier(conn, cfg, v, before).await?;
         }
         let Some(limit) = wait_for_drain else {
-            return Ok(Err(why));
+            return Ok(Err(HeldBack(why)));
         };
         if started.elapsed() >= limit {
             return Err(Error::Timeout(format!(

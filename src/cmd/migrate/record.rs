@@ -164,11 +164,7 @@ pub(super) async fn record_failed(
         }
     }
     let message = format!("{detail}{hint}{predecessor}");
-    if e.config {
-        Error::Config(message)
-    } else {
-        Error::Failed(message)
-    }
+    e.class.error(message)
 }
 
 /// Write a `failed` marker from a fresh connection (the lock connection is busy or gone),

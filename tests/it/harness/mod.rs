@@ -126,6 +126,57 @@ pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
+/// Fail unless `out` exited with `expected`, showing what it printed.
+#[track_caller]
+pub fn assert_exit(out: &Output, expected: i32) {
+    let got = code(out);
+    assert!(
+        got == expected,
+        "exit code {got} ({}), expected {expected}\n{}",
+        out.status,
+        printed(out)
+    );
+}
+
+/// Fail unless `needle` is in what `out` wrote to stderr, showing what it printed.
+#[track_caller]
+pub fn assert_stderr_has(out: &Output, needle: &str) {
+    assert!(
+        stderr(out).contains(needle),
+        "stderr lacks {needle:?}\n{}",
+        printed(out)
+    );
+}
+
+/// Fail if `needle` is in what `out` wrote to stderr, showing what it printed.
+#[track_caller]
+pub fn assert_stderr_lacks(out: &Output, needle: &str) {
+    assert!(
+        !stderr(out).contains(needle),
+        "stderr has {needle:?}\n{}",
+        printed(out)
+    );
+}
+
+/// What `out` printed, for a failed assertion: stdout and stderr, each cut to its last
+/// 16 KiB.
+fn printed(out: &Output) -> String {
+    let tail = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let cut = text.len().saturating_sub(16 * 1024);
+        let cut = (cut..=text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        let dots = if cut > 0 { "[…]" } else { "" };
+        format!("{dots}{}", &text[cut..])
+    };
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        tail(&out.stdout),
+        tail(&out.stderr)
+    )
+}
+
 /// Send SIGTERM to a child process (what `docker stop` / the kubelet send first).
 pub fn sigterm(pid: u32) {
     let sent = Command::new("kill")
