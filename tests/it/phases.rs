@@ -557,6 +557,56 @@ fn a_partitioned_instance_stops_its_app_before_its_row_expires(kind: Kind) {
     assert_eq!(applied(&db), ["1", "2", "3", "4"]);
 }
 
+/// reliability (PostgreSQL, MariaDB): a network partition cuts a `heartbeat` sidecar off from the database, its link dropping every packet without closing | it exits 1 before its row expires, saying it stops so that no contract runs while it is alive | nothing
+fn a_partitioned_heartbeat_exits_before_its_row_expires(kind: Kind) {
+    let db = TestDb::new(kind, "partitionbeat");
+    at_release_n(&db);
+    let link = CutLink::start(url::Url::parse(db.url()).unwrap().port().unwrap());
+    let mut beat = spawn(schemagate(&link.url(db.url())).args([
+        "heartbeat",
+        "--release",
+        "v1",
+        "--expect",
+        "2",
+        "--instance",
+        "side-1",
+        "--instance-ttl",
+        "12s",
+    ]));
+    wait_for_stderr_line(&mut beat, "registered in", Duration::from_secs(30));
+    until("a renewal", Duration::from_secs(30), || {
+        db.i64("SELECT count(*) FROM schemagate_marker_instances WHERE seen_ms > started_ms") == 1
+    });
+    link.cut();
+    let out = finish(beat);
+    let live_rows = format!(
+        "SELECT count(*) FROM schemagate_marker_instances WHERE instance = 'side-1' \
+         AND expires_ms > {}",
+        server_now_ms(kind)
+    );
+    assert_eq!(
+        db.i64(&live_rows),
+        1,
+        "the row expired before the sidecar gave up"
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stopping before the row expires"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_partitioned_heartbeat_exits_before_its_row_expires_postgres() {
+    a_partitioned_heartbeat_exits_before_its_row_expires(Kind::Pg);
+}
+
+#[test]
+fn a_partitioned_heartbeat_exits_before_its_row_expires_mariadb() {
+    a_partitioned_heartbeat_exits_before_its_row_expires(Kind::My);
+}
+
 #[test]
 fn a_partitioned_instance_stops_its_app_before_its_row_expires_postgres() {
     a_partitioned_instance_stops_its_app_before_its_row_expires(Kind::Pg);
