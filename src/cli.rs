@@ -139,9 +139,16 @@ pub enum Command {
     /// that every process exited 0, each migration was applied exactly once by one run, one
     /// `succeeded` marker was written, and every waiter passed only once it existed.
     ///
+    /// With --rolling, rehearses rolling updates with expand/contract phases instead:
+    /// instances of each release run as `wait --release -- sleep` while the contract waits
+    /// for the older ones, with SIGTERM, SIGKILL and (on a server --database-url only)
+    /// network partitions; fails when a contract starts while an older app is alive.
+    ///
     /// Examples:
     ///   schemagate smoke --source examples/migrations/sqlite
     ///   schemagate smoke --source ./migrations --replicas 20 \
+    ///       --database-url postgres://postgres@127.0.0.1/scratch
+    ///   schemagate smoke --rolling --updates 100 \
     ///       --database-url postgres://postgres@127.0.0.1/scratch
     #[command(verbatim_doc_comment)]
     Smoke(SmokeArgs),
@@ -1009,6 +1016,25 @@ pub struct SmokeArgs {
     /// How many `migrate` and how many `wait` processes to start at once.
     #[arg(long, env = "SCHEMAGATE_REPLICAS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=500), value_name = "N", help_heading = "Smoke")]
     pub replicas: u32,
+
+    /// Rehearse rolling updates with expand/contract instead (docs/src/phases.md), on
+    /// migrations it generates (--source is not read). Each update replaces 3 instances
+    /// of the old release (`wait --phase expand --release vK -- sleep`) by 3 of the new
+    /// one, while `migrate --phase contract --wait-for-drain` waits for the old ones to go.
+    /// The old ones end by SIGTERM, SIGKILL or, on a server --database-url only, a network
+    /// partition (each old instance talks to the server through a proxy of smoke's own
+    /// that stops forwarding: its supervisor must stop its app before its row expires).
+    /// A new instance is SIGKILLed at random; every fifth update skips a release
+    /// (N -> N+2). Fails when a contract starts while an app of an older release is alive,
+    /// a partitioned app outlives its registry row, a contract starts over 60 s after the
+    /// last old app ended, an N -> N+2 update fails, or `check` finds a breaking change
+    /// in an expand migration. Needs `sleep` on PATH.
+    #[arg(long, help_heading = "Smoke")]
+    pub rolling: bool,
+
+    /// With --rolling: how many rolling updates (--timeout bounds each one).
+    #[arg(long, requires = "rolling", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000), value_name = "N", help_heading = "Smoke")]
+    pub updates: u32,
 
     /// Give up on the whole rehearsal after this long.
     #[arg(long, env = "SCHEMAGATE_TIMEOUT", default_value = "2m", value_parser = parse_duration, value_name = "DURATION", help_heading = "Timeouts")]

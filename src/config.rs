@@ -380,6 +380,7 @@ impl SmokeConfig {
                 .map(str::to_owned),
             source: args.source.clone(),
             replicas: args.replicas,
+            rolling: args.rolling.then_some(args.updates),
             timeout: args.timeout,
             json_logs: args.log_format == LogFormat::Json,
         }

@@ -125,6 +125,8 @@ pub struct SmokeConfig {
     pub database_url: Option<String>,
     pub source: PathBuf,
     pub replicas: u32,
+    /// `--rolling`: how many rolling updates to rehearse instead.
+    pub rolling: Option<u32>,
     pub timeout: Duration,
     pub json_logs: bool,
 }

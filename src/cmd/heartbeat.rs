@@ -86,6 +86,17 @@ impl Heart {
         Instant::now() >= self.deadline()
     }
 
+    /// Wait for the next beat, never past the deadline, then beat unless the deadline has
+    /// come: a failed beat must not sleep a whole period past it (the row would expire
+    /// before its owner sees `lapsed`).
+    pub(super) async fn tick(&mut self) {
+        let until_deadline = self.deadline().saturating_duration_since(Instant::now());
+        tokio::time::sleep(self.period().min(until_deadline)).await;
+        if !self.lapsed() {
+            self.beat().await;
+        }
+    }
+
     /// Renew the row once, within a third of the TTL (and never past the deadline). A
     /// failure is logged; `lapsed` says when failures have lasted too long.
     pub(super) async fn beat(&mut self) {
@@ -160,10 +171,7 @@ pub async fn run(cfg: &HeartbeatConfig, mut signals: Signals) -> Result<Outcome>
     };
     loop {
         let signal = tokio::select! {
-            () = async {
-                tokio::time::sleep(heart.period()).await;
-                heart.beat().await;
-            } => None,
+            () = heart.tick() => None,
             sig = signals.recv() => Some(sig),
         };
         if let Some(sig) = signal {
@@ -213,10 +221,7 @@ pub async fn after_wait(
     let status = loop {
         let event = tokio::select! {
             status = child.wait() => Ok(status),
-            () = async {
-                tokio::time::sleep(heart.period()).await;
-                heart.beat().await;
-            } => Err(None),
+            () = heart.tick() => Err(None),
             sig = signals.recv() => Err(Some(sig)),
         };
         match event {

@@ -469,6 +469,154 @@ fn check_judges_breaking_changes_by_phase(kind: Kind) {
     );
 }
 
+/// The registry's "now" on the server's clock, in milliseconds, as SQL.
+fn server_now_ms(kind: Kind) -> &'static str {
+    match kind {
+        Kind::My => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+        _ => "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS bigint)",
+    }
+}
+
+/// reliability (PostgreSQL, MariaDB): a network partition cuts an instance (`wait --release v1 -- APP`) off from the database, its link dropping every packet without closing | its supervisor stops the app before the instance's row expires; the contract is refused (75) while the row is live, even with the app already gone, and runs once the row expires | nothing: the gate never counts a live app as gone
+fn a_partitioned_instance_stops_its_app_before_its_row_expires(kind: Kind) {
+    let db = TestDb::new(kind, "partition");
+    at_release_n(&db);
+    let link = CutLink::start(url::Url::parse(db.url()).unwrap().port().unwrap());
+    let n = Migrations::new(&[
+        ("1_users.sql", "CREATE TABLE users (id int, legacy text);"),
+        ("2_orders.sql", "CREATE TABLE orders (id int);"),
+    ]);
+    let pid_file = n.dir.join("app.pid");
+    let app_cmd = format!("echo $$ > {}; exec sleep 300", pid_file.display());
+    let mut instance = spawn(schemagate(&link.url(db.url())).args([
+        "wait",
+        "--source",
+        n.path(),
+        "--release",
+        "v1",
+        "--instance",
+        "app-1",
+        "--instance-ttl",
+        "12s",
+        "--",
+        "sh",
+        "-c",
+        &app_cmd,
+    ]));
+    wait_for_stderr_line(&mut instance, "registered in", Duration::from_secs(30));
+    until("the app to start", Duration::from_secs(30), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
+    });
+    let app: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Renewals pass through the link before it is cut.
+    until("a renewal", Duration::from_secs(30), || {
+        db.i64("SELECT count(*) FROM schemagate_marker_instances WHERE seen_ms > started_ms") == 1
+    });
+    link.cut();
+    let src = two_releases();
+    let out = migrate(&db, &src, &["--phase", "contract"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(stderr(&out).contains("app-1"), "{}", stderr(&out));
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let app_alive = || unsafe { libc::kill(app, 0) } == 0;
+    until(
+        "the supervisor to stop its app",
+        Duration::from_secs(60),
+        || !app_alive(),
+    );
+    // The app is gone: its row must still be live (the fence is 80% of the TTL).
+    let live_rows = format!(
+        "SELECT count(*) FROM schemagate_marker_instances WHERE instance = 'app-1' \
+         AND expires_ms > {}",
+        server_now_ms(kind)
+    );
+    assert_eq!(
+        db.i64(&live_rows),
+        1,
+        "the row expired before the app stopped"
+    );
+    let out = migrate(&db, &src, &["--phase", "contract"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let out = finish(instance);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stopping before the row expires"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&migrate(
+        &db,
+        &src,
+        &["--phase", "contract", "--wait-for-drain", "2m"],
+    ));
+    assert_eq!(db.i64(&live_rows), 0);
+    assert_eq!(applied(&db), ["1", "2", "3", "4"]);
+}
+
+/// reliability (PostgreSQL, MariaDB): a network partition cuts a `heartbeat` sidecar off from the database, its link dropping every packet without closing | it exits 1 before its row expires, saying it stops so that no contract runs while it is alive | nothing
+fn a_partitioned_heartbeat_exits_before_its_row_expires(kind: Kind) {
+    let db = TestDb::new(kind, "partitionbeat");
+    at_release_n(&db);
+    let link = CutLink::start(url::Url::parse(db.url()).unwrap().port().unwrap());
+    let mut beat = spawn(schemagate(&link.url(db.url())).args([
+        "heartbeat",
+        "--release",
+        "v1",
+        "--expect",
+        "2",
+        "--instance",
+        "side-1",
+        "--instance-ttl",
+        "12s",
+    ]));
+    wait_for_stderr_line(&mut beat, "registered in", Duration::from_secs(30));
+    until("a renewal", Duration::from_secs(30), || {
+        db.i64("SELECT count(*) FROM schemagate_marker_instances WHERE seen_ms > started_ms") == 1
+    });
+    link.cut();
+    let out = finish(beat);
+    let live_rows = format!(
+        "SELECT count(*) FROM schemagate_marker_instances WHERE instance = 'side-1' \
+         AND expires_ms > {}",
+        server_now_ms(kind)
+    );
+    assert_eq!(
+        db.i64(&live_rows),
+        1,
+        "the row expired before the sidecar gave up"
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stopping before the row expires"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_partitioned_heartbeat_exits_before_its_row_expires_postgres() {
+    a_partitioned_heartbeat_exits_before_its_row_expires(Kind::Pg);
+}
+
+#[test]
+fn a_partitioned_heartbeat_exits_before_its_row_expires_mariadb() {
+    a_partitioned_heartbeat_exits_before_its_row_expires(Kind::My);
+}
+
+#[test]
+fn a_partitioned_instance_stops_its_app_before_its_row_expires_postgres() {
+    a_partitioned_instance_stops_its_app_before_its_row_expires(Kind::Pg);
+}
+
+#[test]
+fn a_partitioned_instance_stops_its_app_before_its_row_expires_mariadb() {
+    a_partitioned_instance_stops_its_app_before_its_row_expires(Kind::My);
+}
+
 on_every_backend!(
     status_shows_phases,
     unknown_phase_is_a_usage_error,

@@ -171,3 +171,57 @@ fn smoke_interrupted_drops_its_scratch_database() {
         stderr(&out)
     );
 }
+
+/// `smoke --rolling`: rolling updates with expand/contract and faults pass, with every
+/// acceptance figure printed; on a server, old instances are also partitioned.
+fn assert_rolled(out: &std::process::Output, partitions: bool) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(code(out), 0, "{stdout}\n{}", stderr(out));
+    for row in [
+        "| rolling updates | 5 of 5 (1 skipping a release)",
+        "| contracts started while an older app was alive | 0 |",
+        "| N -> N+2 updates: expand refused (75), completed, failed | 1, 1, 0 |",
+        "| every migration applied (`wait --once --source`) | yes |",
+        "| `check` findings unaccepted in expands (accepted in contracts) | 0 (7) |",
+    ] {
+        assert!(stdout.contains(row), "no {row:?} in\n{stdout}");
+    }
+    assert!(
+        stdout.contains("partitions need a server --database-url") != partitions,
+        "{stdout}"
+    );
+    assert!(stdout.contains("smoke --rolling passed"), "{stdout}");
+}
+
+/// reliability (SQLite): 5 rolling updates with expand/contract (`smoke --rolling`): old instances (`wait --release -- APP`) ended by random SIGTERM or SIGKILL of their process group, a new instance SIGKILLed at random, one update skipping a release (N -> N+2) | no contract starts while an app of an older release is alive; the N -> N+2 update completes (its expand refused with 75 first); every migration applied; `check` finds nothing breaking in the expands | nothing
+#[test]
+fn smoke_rolling_on_sqlite() {
+    assert_rolled(&smoke(&["--rolling", "--updates", "5"]), false);
+}
+
+/// reliability (PostgreSQL): 5 rolling updates with expand/contract (`smoke --rolling`): old instances (`wait --release -- APP`) ended by random SIGTERM, SIGKILL of their process group or a network partition (their proxy drops every packet), a new instance SIGKILLed at random, one update skipping a release (N -> N+2) | no contract starts while an app of an older release is alive; every partitioned app stops before its registry row expires; the N -> N+2 update completes (its expand refused with 75 first); every migration applied; `check` finds nothing breaking in the expands | nothing
+#[test]
+fn smoke_rolling_on_postgres() {
+    let db = PgDb::new("smokerolling");
+    assert_rolled(
+        &smoke(&["--rolling", "--updates", "5", "--database-url", &db.url]),
+        true,
+    );
+}
+
+/// reliability (MariaDB): the rolling updates of `smoke_rolling_on_postgres`, partitions included | the same | nothing
+#[test]
+fn smoke_rolling_on_mariadb() {
+    let db = TestDb::new(Kind::My, "smokerolling");
+    assert_rolled(
+        &smoke(&["--rolling", "--updates", "5", "--database-url", db.url()]),
+        true,
+    );
+}
+
+#[test]
+fn updates_without_rolling_is_a_usage_error() {
+    let out = smoke(&["--updates", "5"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--rolling"), "{}", stderr(&out));
+}

@@ -172,3 +172,87 @@ impl Drop for SlowLink {
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// A link that can be cut: a TCP proxy on 127.0.0.1 to `target_port` that forwards both
+/// ways until `cut`, then forwards nothing more while keeping every connection open, and
+/// accepts new connections only to hold them (a network partition: packets dropped,
+/// nothing refused or closed). Dropping it closes its connections to the server.
+pub struct CutLink {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    upstream: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutLink {
+    pub fn start(target_port: u16) -> CutLink {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the link");
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let upstream: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let pump = |mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    // Cut: read and drop, so the peer sees nothing, not a closed socket.
+                    if !cut.load(SeqCst) && to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                if !cut.load(SeqCst) {
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                }
+            });
+        };
+        let (cutting, servers) = (cut.clone(), upstream.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cutting.load(SeqCst) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                servers.lock().unwrap().push(server.try_clone().unwrap());
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    cutting.clone(),
+                );
+                pump(server, client, cutting.clone());
+            }
+        });
+        CutLink {
+            port,
+            cut,
+            upstream,
+        }
+    }
+
+    /// Stop forwarding, both ways, without closing anything.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `url` with its host and port replaced by this link's.
+    pub fn url(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).unwrap();
+        u.set_host(Some("127.0.0.1")).unwrap();
+        u.set_port(Some(self.port)).unwrap();
+        u.to_string()
+    }
+}
+
+impl Drop for CutLink {
+    fn drop(&mut self) {
+        for s in self.upstream.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}

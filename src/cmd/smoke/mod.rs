@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio::task::JoinSet;
 
+mod rolling;
+
 use super::Outcome;
 use super::SmokeConfig;
 use crate::db::{self, Conn, Scratch};
@@ -65,6 +67,9 @@ struct Rehearsal {
 }
 
 pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
+    if let Some(updates) = args.rolling {
+        return rolling::run(args, updates, signals).await;
+    }
     let started = Instant::now();
     let source = Source::load(&args.source)?;
     let version = source.version();
@@ -201,6 +206,32 @@ async fn rehearse(
     };
     let checks = rehearsal.phases(signals).await?;
     verdict(&checks, version, started)
+}
+
+/// A rehearsed process of `exe`, on `url`, as a plain `std::process::Command`.
+fn std_command(exe: &std::path::Path, url: &str, cfg: &Config) -> std::process::Command {
+    let mut cmd = std::process::Command::new(exe);
+    // A clean, explicit environment: nothing of the caller's SCHEMAGATE_* (a table, a
+    // log format, a lock mode) may change what the rehearsed processes do. The URL goes
+    // through the environment, never argv (visible in `ps`).
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SCHEMAGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SCHEMAGATE_DATABASE_URL", url)
+        .env("SCHEMAGATE_TABLE", &cfg.table.qualified)
+        .env(
+            "SCHEMAGATE_MIGRATIONS_TABLE",
+            cfg.migrations_table.qualified(),
+        )
+        .env("SCHEMAGATE_LOG_FORMAT", "text")
+        .env("SCHEMAGATE_LOG", "info,sqlx=warn")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// Print the checks' table and turn it into the outcome.
@@ -410,28 +441,8 @@ impl Rehearsal {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.exe);
-        // A clean, explicit environment: nothing of the caller's SCHEMAGATE_* (a table, a
-        // log format, a lock mode) may change what the rehearsed processes do. The URL goes
-        // through the environment, never argv (visible in `ps`).
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SCHEMAGATE_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("SCHEMAGATE_DATABASE_URL", &self.url)
-            .env("SCHEMAGATE_TABLE", &self.cfg.table.qualified)
-            .env(
-                "SCHEMAGATE_MIGRATIONS_TABLE",
-                self.cfg.migrations_table.qualified(),
-            )
-            .env("SCHEMAGATE_LOG_FORMAT", "text")
-            .env("SCHEMAGATE_LOG", "info,sqlx=warn")
-            .env_remove("DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = Command::from(std_command(&self.exe, &self.url, &self.cfg));
+        cmd.kill_on_drop(true);
         cmd
     }
 
