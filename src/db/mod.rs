@@ -5,6 +5,48 @@
 //! or the `MigrationsTable` the config names, passed to each call); MySQL and SQLite apply
 //! them through sqlx's `Migrate` trait, PostgreSQL through the simple query protocol.
 
+/// The `Backend` methods every backend writes alike for its sqlx connection type: sqlx's
+/// `Migrate`, closing, letting buffers go, and statements without parameters. Expanded
+/// inside each `impl Backend`.
+macro_rules! sqlx_connection_backend {
+    () => {
+        fn migrate(&mut self) -> &mut dyn sqlx::migrate::Migrate {
+            self
+        }
+
+        fn close(self: Box<Self>) -> $crate::db::backend::Fut<'static, ()> {
+            Box::pin(sqlx::Connection::close(*self))
+        }
+
+        fn shrink_buffers(&mut self) {
+            sqlx::Connection::shrink_buffers(self)
+        }
+
+        fn execute(&mut self, sql: String) -> $crate::db::backend::Fut<'_, u64> {
+            Box::pin(async move {
+                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(self)
+                    .await?;
+                Ok(done.rows_affected())
+            })
+        }
+
+        fn fetch(
+            &mut self,
+            sql: String,
+            texts: usize,
+            ints: usize,
+        ) -> $crate::db::backend::Fut<'_, $crate::db::backend::Rows> {
+            Box::pin(async move {
+                let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(self)
+                    .await?;
+                $crate::db::backend::decode(rows, texts, ints)
+            })
+        }
+    };
+}
+
 /// The `Backend` methods MySQL and SQLite share word for word (both bind with `?`, neither
 /// marker table keeps a write order, both go through sqlx's `Migrate`): other migrators'
 /// history, the newest marker for a version, the newest `succeeded` detail, the applied

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, MySqlConnection, Row};
 
 use sqlx::migrate::Migration;
 
-use super::backend::{Boxed, Fut, Migrations, Rows, decode};
+use super::backend::{Boxed, Fut, Migrations};
 use super::catalog::{Column, Relation, Snapshot, id};
 use super::dialect::Dialect;
 use super::{Engine, Fence, Holder, Marker, NewMarker, ServerInfo};
@@ -271,6 +271,7 @@ pub const DIALECT: Dialect = Dialect {
 };
 
 impl super::backend::Backend for MySqlConnection {
+    sqlx_connection_backend!();
     question_mark_backend!();
 
     fn dialect(&self) -> &'static Dialect {
@@ -287,32 +288,6 @@ impl super::backend::Backend for MySqlConnection {
 
     fn quote_table(&self, name: &str) -> String {
         format!("`{name}`")
-    }
-
-    fn migrate(&mut self) -> &mut dyn sqlx::migrate::Migrate {
-        self
-    }
-
-    fn close(self: Box<Self>) -> Fut<'static, ()> {
-        Box::pin(sqlx::Connection::close(*self))
-    }
-
-    fn shrink_buffers(&mut self) {
-        sqlx::Connection::shrink_buffers(self)
-    }
-
-    fn execute(&mut self, sql: String) -> Fut<'_, u64> {
-        Box::pin(async move {
-            let done = sqlx::raw_sql(AssertSqlSafe(sql)).execute(self).await?;
-            Ok(done.rows_affected())
-        })
-    }
-
-    fn fetch(&mut self, sql: String, texts: usize, ints: usize) -> Fut<'_, Rows> {
-        Box::pin(async move {
-            let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(self).await?;
-            decode(rows, texts, ints)
-        })
     }
 
     fn prepare_for_lock(&mut self, _busy: Option<(i64, i64)>) -> Fut<'_, Option<ServerInfo>> {

@@ -9,7 +9,7 @@ use sqlx::migrate::{MigrateError, Migration};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, Row, SqliteConnection};
 
-use super::backend::{Backend, Boxed, Fut, Migrations, Rows, decode};
+use super::backend::{Backend, Boxed, Fut, Migrations};
 use super::catalog::{Column, Relation, Snapshot, id};
 use super::dialect::Dialect;
 use super::{Engine, Fence, Holder, Marker, NewMarker, ServerInfo};
@@ -261,6 +261,7 @@ fn dirty<'b>(
 }
 
 impl Backend for SqliteConnection {
+    sqlx_connection_backend!();
     question_mark_backend!();
 
     fn dialect(&self) -> &'static Dialect {
@@ -277,32 +278,6 @@ impl Backend for SqliteConnection {
 
     fn quote_table(&self, name: &str) -> String {
         format!("\"{name}\"")
-    }
-
-    fn migrate(&mut self) -> &mut dyn sqlx::migrate::Migrate {
-        self
-    }
-
-    fn close(self: Box<Self>) -> Fut<'static, ()> {
-        Box::pin(sqlx::Connection::close(*self))
-    }
-
-    fn shrink_buffers(&mut self) {
-        sqlx::Connection::shrink_buffers(self)
-    }
-
-    fn execute(&mut self, sql: String) -> Fut<'_, u64> {
-        Box::pin(async move {
-            let done = sqlx::raw_sql(AssertSqlSafe(sql)).execute(self).await?;
-            Ok(done.rows_affected())
-        })
-    }
-
-    fn fetch(&mut self, sql: String, texts: usize, ints: usize) -> Fut<'_, Rows> {
-        Box::pin(async move {
-            let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(self).await?;
-            decode(rows, texts, ints)
-        })
     }
 
     fn prepare_for_lock(&mut self, _busy: Option<(i64, i64)>) -> Fut<'_, Option<ServerInfo>> {

@@ -18,7 +18,7 @@ use super::SmokeConfig;
 use crate::db::{self, Conn, Scratch};
 use crate::error::{Error, Result};
 use crate::redact::redact;
-use crate::settings::{Backend, Config, LockConfig, LockMode, MigrationsTable, Table};
+use crate::settings::{Config, LockConfig, LockMode, MigrationsTable, Table};
 use crate::signals::Signals;
 use crate::source::Source;
 
@@ -87,19 +87,7 @@ pub async fn run(args: &SmokeConfig, mut signals: Signals) -> Result<Outcome> {
     // As `migrate --source` resolves it (smoke has no --migrations-table).
     let migrations_table = MigrationsTable::resolve(None, Some(&args.source))?;
     let given = config_for(&url, args, &migrations_table)?;
-    // A rehearsal never touches data it did not create: on a server, it runs in a scratch
-    // database it creates here and drops at the end; a SQLite file must hold no tables.
-    let scratch = match given.backend {
-        Backend::Sqlite => {
-            refuse_sqlite_with_data(&given).await?;
-            None
-        }
-        _ => Some(scratch(&given).await?),
-    };
-    let cfg = match &scratch {
-        Some(s) => config_for(&s.url, args, &migrations_table)?,
-        None => given.clone(),
-    };
+    let (scratch, cfg) = rehearsal_database(&given, args, &migrations_table).await?;
     // A signal stops the rehearsal (its processes are killed as their handles drop, and
     // check's own scratch database is dropped), and ours is dropped all the same.
     let result = rehearse(
@@ -152,6 +140,23 @@ async fn refuse_sqlite_with_data(cfg: &Config) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Where a rehearsal runs, and its config there. It never touches data it did not create:
+/// on a server, it runs in a scratch database it creates here (the caller drops it at the
+/// end); a SQLite file must hold no tables.
+async fn rehearsal_database(
+    given: &Config,
+    args: &SmokeConfig,
+    migrations_table: &MigrationsTable,
+) -> Result<(Option<Scratch>, Config)> {
+    if !given.backend.has_server() {
+        refuse_sqlite_with_data(given).await?;
+        return Ok((None, given.clone()));
+    }
+    let scratch = scratch(given).await?;
+    let cfg = config_for(&scratch.url, args, migrations_table)?;
+    Ok((Some(scratch), cfg))
 }
 
 /// smoke's own database on the server the URL names, dropped when the rehearsal ends.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use std::process::{Child, Command};
 
-use super::{Outcome, SmokeConfig, config_for, refuse_sqlite_with_data, scratch, std_command};
+use super::{Outcome, SmokeConfig, config_for, rehearsal_database, std_command};
 use crate::db::Scratch;
 use crate::error::{Error, Result};
 use crate::settings::{Backend, Config, MigrationsTable};
@@ -53,17 +53,7 @@ pub(super) async fn run(args: &SmokeConfig, updates: u32, mut signals: Signals) 
     let table = MigrationsTable::resolve(None, None)?;
     let given = config_for(&url, args, &table)?;
     // As plain smoke: a scratch database on a server, a SQLite file must hold no tables.
-    let scratch = match given.backend {
-        Backend::Sqlite => {
-            refuse_sqlite_with_data(&given).await?;
-            None
-        }
-        _ => Some(scratch(&given).await?),
-    };
-    let cfg = match &scratch {
-        Some(s) => config_for(&s.url, args, &table)?,
-        None => given.clone(),
-    };
+    let (scratch, cfg) = rehearsal_database(&given, args, &table).await?;
     let proxied = cfg.backend != Backend::Sqlite;
     outln!(
         "schemagate smoke --rolling: {updates} rolling updates of {REPLICAS} instances against {} \

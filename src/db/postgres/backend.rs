@@ -13,6 +13,7 @@ pub const DIALECT: Dialect = Dialect {
 };
 
 impl Backend for PgConnection {
+    sqlx_connection_backend!();
     fn dialect(&self) -> &'static Dialect {
         &DIALECT
     }
@@ -32,35 +33,12 @@ impl Backend for PgConnection {
             .join(".")
     }
 
-    fn migrate(&mut self) -> &mut dyn sqlx::migrate::Migrate {
-        self
-    }
-
-    fn close(self: Box<Self>) -> Fut<'static, ()> {
-        Box::pin(sqlx::Connection::close(*self))
-    }
-
-    fn shrink_buffers(&mut self) {
-        sqlx::Connection::shrink_buffers(self)
-    }
-
     fn as_pg(&mut self) -> Option<&mut PgConnection> {
         Some(self)
     }
 
     fn into_pg(self: Box<Self>) -> Option<PgConnection> {
         Some(*self)
-    }
-
-    fn execute(&mut self, sql: String) -> Fut<'_, u64> {
-        Box::pin(async move {
-            let done = sqlx::raw_sql(AssertSqlSafe(sql)).execute(self).await?;
-            Ok(done.rows_affected())
-        })
-    }
-
-    fn fetch(&mut self, sql: String, texts: usize, ints: usize) -> Fut<'_, Rows> {
-        Box::pin(async move { decode(rows(self, sql).await?, texts, ints) })
     }
 
     fn prepare_for_lock(&mut self, busy: Option<(i64, i64)>) -> Fut<'_, Option<ServerInfo>> {

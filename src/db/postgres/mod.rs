@@ -16,7 +16,7 @@ use sqlx::migrate::{AppliedMigration, Migration};
 use sqlx::postgres::{PgConnectOptions, PgExecutor, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Row, SqlStr};
 
-use super::backend::{Backend, Boxed, Fut, Migrations, NewestAndApplied, Rows, decode};
+use super::backend::{Backend, Boxed, Fut, Migrations, NewestAndApplied};
 use super::dialect::Dialect;
 use super::server::{Engine, ServerInfo};
 use super::{ApplyError, ApplyOptions, Fence, Holder, Marker, NewMarker};
